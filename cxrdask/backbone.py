@@ -1,0 +1,237 @@
+"""Frozen torchvision backbones without their classifier, cached once per worker process.
+
+Weights are ``"imagenet"`` (torchvision's enum, downloaded into the torch cache when online),
+an enum name such as ``"IMAGENET1K_V2"``, a local or fsspec ``.pth`` file (identified by
+its sha256), or ``"random"`` with a seed (what tests use). The identity of the weights
+goes into the feature store, so features of different backbones are never mixed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import urllib.error
+from collections import Counter
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from .errors import WeightsUnavailableError
+
+FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "densenet121": 1024}
+IMAGENET_DEFAULT = {"resnet50": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1",
+                    "densenet121": "IMAGENET1K_V1"}
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+# Per-process bookkeeping: how many times each spec was built here (tests count loads).
+LOAD_COUNTS: Counter = Counter()
+_CACHE: dict[tuple, BackboneRunner] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Which network and weights; small and picklable, so tasks carry it instead of a model."""
+
+    name: str = "resnet50"
+    weights: str = "imagenet"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in FEATURE_DIMS:
+            raise ValueError(f"unknown backbone {self.name!r}; use one of {', '.join(FEATURE_DIMS)}")
+
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIMS[self.name]
+
+    @property
+    def kind(self) -> str:
+        """``random``, ``torchvision`` (an enum) or ``file``."""
+        if self.weights in (None, "random", "none"):
+            return "random"
+        if self.weights == "imagenet" or self.weights.isupper():
+            return "torchvision"
+        return "file"
+
+    def identity(self) -> dict:
+        """What identifies the features this spec produces (stored as provenance)."""
+        kind = self.kind
+        identity = {"name": self.name, "feature_dim": self.feature_dim, "kind": kind}
+        if kind == "random":
+            identity["weights"] = f"random, seed {self.seed}"
+        elif kind == "torchvision":
+            identity["weights"] = _enum_name(self)
+        else:
+            identity["weights"] = os.path.basename(self.weights)
+            identity["sha256"] = file_sha256(self.weights)
+        return identity
+
+
+def file_sha256(url: str) -> str:
+    """sha256 of a weights file at any fsspec URL, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    try:
+        with fsspec.open(url, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError as exc:
+        raise WeightsUnavailableError(f"weights file not found: {url}") from exc
+    return digest.hexdigest()
+
+
+def _enum_name(spec: BackboneSpec) -> str:
+    name = IMAGENET_DEFAULT[spec.name] if spec.weights == "imagenet" else spec.weights
+    enum = torchvision.models.get_model_weights(spec.name)
+    if name not in enum.__members__:
+        raise WeightsUnavailableError(
+            f"{spec.name} has no torchvision weights {name!r}; known: {', '.join(enum.__members__)}"
+        )
+    return f"{enum.__name__}.{name}"
+
+
+def build_backbone(spec: BackboneSpec) -> nn.Module:
+    """Build the frozen, eval-mode network of ``spec`` on the CPU; output is ``(B, feature_dim)``."""
+    constructor = getattr(torchvision.models, spec.name)
+    kind = spec.kind
+    if kind == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.seed)
+            model = constructor(weights=None)
+    elif kind == "torchvision":
+        enum_path = _enum_name(spec)
+        weights = torchvision.models.get_weight(enum_path)
+        try:
+            model = constructor(weights=weights)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+            raise WeightsUnavailableError(
+                f"could not load {enum_path} for {spec.name}: {exc}. torchvision downloads it "
+                f"from {weights.url} into {cache}; offline, copy that file there, or pass a "
+                f"local file with --weights /path/to/{spec.name}.pth"
+            ) from exc
+    else:
+        model = constructor(weights=None)
+        _load_state_file(model, spec)
+    _drop_classifier(model, spec.name)
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    LOAD_COUNTS[spec] += 1
+    return model
+
+
+def _drop_classifier(model: nn.Module, name: str) -> None:
+    if name.startswith("resnet"):
+        model.fc = nn.Identity()
+    elif name.startswith("densenet"):
+        model.classifier = nn.Identity()
+
+
+def _load_state_file(model: nn.Module, spec: BackboneSpec) -> None:
+    try:
+        with fsspec.open(spec.weights, "rb") as handle:
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise WeightsUnavailableError(f"weights file not found: {spec.weights}") from exc
+    except Exception as exc:  # a pickle of something else, a truncated file, ...
+        raise WeightsUnavailableError(f"{spec.weights} is not a state dict: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"{spec.weights} holds a {type(state).__name__}, not a state dict")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    classifier = ("fc.", "classifier.")
+    state = {k: v for k, v in state.items() if not k.startswith(classifier)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of other shapes: another architecture's file
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise WeightsUnavailableError(f"{spec.weights} does not fit {spec.name}: {first}") from exc
+    missing = [k for k in result.missing_keys if not k.startswith(classifier)]
+    if missing or result.unexpected_keys:
+        raise WeightsUnavailableError(
+            f"{spec.weights} does not fit {spec.name}: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is the worker's GPU when it has one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device here")
+    return resolved
+
+
+class BackboneRunner:
+    """A frozen backbone bound to a device, precision and memory layout: arrays in, features out.
+
+    With ``compile=True`` the batch is padded to a fixed size so torch.compile builds one
+    graph, instead of recompiling for the short last batch of each chunk.
+    """
+
+    def __init__(self, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
+                 compile: bool = False, batch_size: int = 8):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.spec = spec
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("fp16 autocast needs a GPU; on CPUs use bf16 (native on recent CPUs)")
+        self.precision = precision
+        self.batch_size = batch_size
+        self.compiled = compile
+        model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)
+        self.model = torch.compile(model) if compile else model
+        # Eager inference is thread-safe; a compiled graph is guarded to be safe.
+        self.lock = threading.Lock() if compile else contextlib.nullcontext()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch."""
+        n = len(batch)
+        if self.compiled and n < self.batch_size:
+            pad = np.zeros((self.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)
+            batch = np.concatenate([batch, pad])
+        tensor = torch.from_numpy(np.ascontiguousarray(batch))
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        with self.lock, torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=dtype, enabled=dtype is not None
+        ):
+            out = self.model(tensor)
+        return out.float().cpu().numpy()[:n]
+
+
+def cached_runner(spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
+                  compile: bool = False, batch_size: int = 8) -> BackboneRunner:
+    """The process-wide runner for these settings, built on first use and reused by every task."""
+    key = (spec, device, precision, compile, batch_size if compile else None)
+    with _CACHE_LOCK:
+        runner = _CACHE.get(key)
+        if runner is None:
+            runner = BackboneRunner(spec, device, precision, compile, batch_size)
+            _CACHE[key] = runner
+        return runner
+
+
+def load_counts() -> dict[str, int]:
+    """How many backbones this process has built, by spec (Dask's ``client.run`` reads it)."""
+    return {repr(spec): count for spec, count in LOAD_COUNTS.items()}
+
+
+def load_backbone(name: str = "resnet50", weights: str | None = "imagenet",
+                  device: str = "auto", seed: int = 0) -> nn.Module:
+    """A frozen eval-mode backbone on ``device`` returning ``(B, feature_dim)`` features."""
+    spec = BackboneSpec(name=name, weights=weights or "random", seed=seed)
+    return build_backbone(spec).to(resolve_device(device))

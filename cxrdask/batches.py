@@ -1,0 +1,222 @@
+"""Out-of-core training batches read lazily from a feature store.
+
+Chunk order is shuffled per epoch, rows are shuffled inside a buffer of a few chunks, and a
+background thread reads, decompresses, converts and shuffles the next buffers while the
+model trains. Feature memory is bounded by about three buffers (``buffer_chunks`` chunks
+each), never by N; per-row labels and demographics (22 bytes a row) are read once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ._fs import StorageOptions
+from .metadata import encode_demographics
+from .splits import split_code
+from .store import STATUS_OK, FeatureStore
+
+DEMOGRAPHIC_COLUMNS = {"age": "age", "sex": "sex", "view": "view"}
+DEFAULT_DEMOGRAPHICS = ("age", "sex")
+
+
+def open_store(store: FeatureStore | str, storage_options: StorageOptions | None = None
+               ) -> FeatureStore:
+    """Accept a store or its URL."""
+    return store if isinstance(store, FeatureStore) else FeatureStore.open(store, storage_options)
+
+
+def encode_inputs(features: np.ndarray, age, sex, view=None,
+                  demographics: Sequence[str] = DEFAULT_DEMOGRAPHICS) -> np.ndarray:
+    """Head inputs: features (float32) then the chosen demographics (age/100, sex, view)."""
+    unknown = set(demographics) - set(DEMOGRAPHIC_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown demographics {sorted(unknown)}; use age, sex, view")
+    parts = [np.asarray(features, dtype=np.float32)]
+    if demographics:
+        encoded = encode_demographics(age, sex, view if "view" in demographics else None)
+        wanted = [i for i, name in enumerate(("age", "sex", "view")) if name in demographics]
+        parts.append(encoded[:, wanted])
+    return np.concatenate(parts, axis=1)
+
+
+class FeatureBatches(torch.utils.data.IterableDataset):
+    """``(inputs, targets)`` float32 batches of one split, read chunk by chunk from the store.
+
+    Usable directly (``for x, y in batches``) or as a DataLoader dataset with
+    ``batch_size=None``. ``chunks_read`` and ``max_rows_held`` show the bounded reading.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore | str,
+        split: str | int = "train",
+        batch_size: int = 256,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_chunks: int = 4,
+        demographics: Sequence[str] = DEFAULT_DEMOGRAPHICS,
+        drop_last: bool = False,
+        storage_options: StorageOptions | None = None,
+    ):
+        super().__init__()
+        self.store = open_store(store, storage_options)
+        self.split = split_code(split)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.buffer_chunks = max(1, int(buffer_chunks))
+        self.demographics = tuple(demographics)
+        self.drop_last = drop_last
+        self.chunks_read = 0
+        self.max_rows_held = 0
+        # One byte per row each: which chunks hold rows of this split whose image was read.
+        group = self.store.group
+        keep = (group["split"][:] == self.split) & (group["status"][:] == STATUS_OK)
+        self.n_rows = int(keep.sum())
+        rows_per_chunk = np.add.reduceat(keep, np.arange(0, self.store.n_rows,
+                                                         self.store.chunk_rows))
+        self.chunk_ids = np.flatnonzero(rows_per_chunk > 0)
+        self._keep = keep
+        # Labels and encoded demographics (22 bytes a row, 2.5 MB for all of NIH) are read
+        # once: one zarr call per chunk for them would cost more than the features' read.
+        # Features, 4 KB a row, are only ever held a buffer at a time.
+        view = group["view"][:] if "view" in self.demographics else None
+        self._extra = encode_inputs(np.zeros((self.store.n_rows, 0), np.float32),
+                                    group["age"][:], group["sex"][:], view, self.demographics)
+        self._labels = group["labels"][:]
+        self._standardisation: tuple[np.ndarray, np.ndarray] | None = None
+
+    def standardise(self, mean, scale) -> None:
+        """Yield ``(inputs - mean) * scale``, computed in the reader thread, off the training path."""
+        self._standardisation = (torch.as_tensor(mean, dtype=torch.float32),
+                                 torch.as_tensor(scale, dtype=torch.float32))
+
+    @property
+    def n_inputs(self) -> int:
+        return self.store.feature_dim + len(self.demographics)
+
+    @property
+    def row_bound(self) -> int:
+        """The most rows held in the shuffle buffer at once."""
+        return self.buffer_chunks * self.store.chunk_rows + self.batch_size
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n_rows, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use a different (seeded) chunk and row order for each epoch."""
+        self.epoch = epoch
+
+    def read_chunk(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of this split's readable rows in one chunk (float32 tensors)."""
+        start, stop = self.store.chunk_bounds(chunk)
+        keep = self._keep[start:stop]
+        features = self.store.group["features"][start:stop]
+        if not keep.all():
+            features = features[keep]
+        dim = features.shape[1]
+        inputs = torch.empty((len(features), dim + self._extra.shape[1]), dtype=torch.float32)
+        inputs[:, :dim].copy_(torch.from_numpy(features))  # SIMD float16 -> float32, in place
+        inputs[:, dim:].copy_(torch.from_numpy(self._extra[start:stop][keep]))
+        if self._standardisation is not None:
+            mean, scale = self._standardisation
+            inputs.sub_(mean).mul_(scale)
+        targets = torch.from_numpy(self._labels[start:stop][keep].astype(np.float32))
+        self.chunks_read += 1
+        return inputs, targets
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches made by a background thread (read, convert, shuffle), so training never waits
+        on the store while the reader keeps no more than a couple of buffers ahead."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.chunk_ids) if self.shuffle else self.chunk_ids
+        ahead = max(2, 2 * self.buffer_chunks * self.store.chunk_rows // self.batch_size)
+        return _in_background(self._batches(order, rng), ahead)
+
+    def _batches(self, order: np.ndarray, rng: np.random.Generator):
+        held_x: list[torch.Tensor] = []
+        held_y: list[torch.Tensor] = []
+        chunks_held = 0
+        for chunk in order:
+            inputs, targets = self.read_chunk(int(chunk))
+            held_x.append(inputs)
+            held_y.append(targets)
+            chunks_held += 1
+            if chunks_held == self.buffer_chunks:  # a full buffer (plus < one batch carried over)
+                carry = yield from self._emit(held_x, held_y, rng, final=False)
+                held_x, held_y, chunks_held = [carry[0]], [carry[1]], 0
+        if held_x:
+            yield from self._emit(held_x, held_y, rng, final=True)
+
+    def _emit(self, held_x, held_y, rng, final: bool):
+        """Shuffle the buffer, yield its full batches, return the remainder to carry over."""
+        x = torch.cat(held_x) if len(held_x) > 1 else held_x[0]
+        y = torch.cat(held_y) if len(held_y) > 1 else held_y[0]
+        self.max_rows_held = max(self.max_rows_held, len(x))
+        if self.shuffle:
+            permutation = torch.from_numpy(rng.permutation(len(x)))
+            x, y = x[permutation], y[permutation]
+        n_full = len(x) // self.batch_size * self.batch_size
+        for i in range(0, n_full, self.batch_size):
+            yield x[i:i + self.batch_size], y[i:i + self.batch_size]
+        if final:
+            if n_full < len(x) and not self.drop_last:
+                yield x[n_full:], y[n_full:]
+            return None
+        return x[n_full:], y[n_full:]
+
+
+def _in_background(items: Iterator, ahead: int) -> Iterator:
+    """Run a generator in a daemon thread, at most ``ahead`` items in front of the consumer."""
+    pipe: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                pipe.put(item)
+            pipe.put(end)
+        except BaseException as exc:  # surfaced in the consumer
+            pipe.put(exc)
+
+    thread = threading.Thread(target=produce, name="cxrdask-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = pipe.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                pipe.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def label_counts(store: FeatureStore, split: str | int = "train") -> tuple[int, np.ndarray]:
+    """Rows and per-disease positives of a split, counted in one pass over the labels only."""
+    keep = (store.array("split")[:] == split_code(split)) & (store.array("status")[:] == STATUS_OK)
+    labels = store.array("labels")
+    positives = np.zeros(labels.shape[1], dtype=np.int64)
+    step = labels.chunks[0]
+    for start in range(0, store.n_rows, step):
+        rows = keep[start:start + step]
+        if rows.any():
+            positives += labels[start:start + step][rows].sum(axis=0, dtype=np.int64)
+    return int(keep.sum()), positives

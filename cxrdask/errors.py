@@ -1,0 +1,93 @@
+"""Typed errors raised by cxrdask, so callers can tell bad input from bugs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CxrDaskError(Exception):
+    """Base class of every error cxrdask raises on purpose."""
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One bad CSV row: its line number in the file (header = line 1), column and reason."""
+
+    line: int
+    image_index: str
+    column: str
+    value: str
+    reason: str
+
+    def __str__(self) -> str:
+        return (
+            f"line {self.line} (image {self.image_index!r}), column {self.column!r}: "
+            f"{self.reason} (value {self.value!r})"
+        )
+
+
+class MetadataError(CxrDaskError, ValueError):
+    """The metadata CSV (or a split list) is unusable; ``problems`` names each bad row."""
+
+    def __init__(self, source: str, problems: list[RowProblem] | None = None, message: str = ""):
+        self.source = source
+        self.problems = list(problems or [])
+        if not message:
+            shown = "\n  ".join(str(p) for p in self.problems[:20])
+            more = len(self.problems) - 20
+            tail = f"\n  ... and {more} more" if more > 0 else ""
+            message = f"{source}: {len(self.problems)} bad row(s):\n  {shown}{tail}"
+        super().__init__(message)
+
+
+class MissingColumnError(MetadataError):
+    """A required column is absent from the metadata CSV."""
+
+
+class SplitError(CxrDaskError, ValueError):
+    """A split cannot be made as asked (unknown method, image in no official list, ...)."""
+
+
+class ImageDecodeError(CxrDaskError, ValueError):
+    """One image could not be read or decoded; carries the image index and the cause."""
+
+    def __init__(self, image_index: str, reason: str):
+        self.image_index = image_index
+        self.reason = reason
+        super().__init__(f"image {image_index!r}: {reason}")
+
+
+class StoreError(CxrDaskError):
+    """A feature store is missing, not a cxrdask store, or cannot be used as asked."""
+
+
+class StoreMismatchError(StoreError):
+    """A store exists but was made with other settings; ``differences`` names each."""
+
+    def __init__(self, url: str, differences: dict[str, tuple[object, object]]):
+        self.url = url
+        self.differences = differences
+        lines = "\n  ".join(
+            f"{key}: store has {old!r}, this run asks for {new!r}"
+            for key, (old, new) in differences.items()
+        )
+        super().__init__(
+            f"feature store {url} was made with other settings; refusing to mix them:\n  {lines}\n"
+            "Write to a new store URL, or run with the store's settings."
+        )
+
+
+class FeatureOverflowError(CxrDaskError, ValueError):
+    """Backbone outputs do not fit the store's dtype (float16 tops out at 65504)."""
+
+
+class WeightsUnavailableError(CxrDaskError, RuntimeError):
+    """Pretrained weights could not be loaded (offline, missing file, wrong architecture)."""
+
+
+class CheckpointMismatchError(CxrDaskError, ValueError):
+    """A head checkpoint does not match the backbone, store or inputs it is used with."""
+
+
+class ClusterError(CxrDaskError, RuntimeError):
+    """A Dask cluster could not be started or reached as asked."""

@@ -1,0 +1,271 @@
+"""Evaluation (per-disease ROC AUC beside published results) and single-image prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from ._fs import StorageOptions
+from .backbone import BackboneSpec, cached_runner
+from .batches import FeatureBatches, encode_inputs, open_store
+from .errors import CheckpointMismatchError
+from .head import Checkpoint, DiagnosisHead, load_checkpoint, new_head
+from .imaging import Preprocessing, preprocess_bytes
+from .labels import LABELS
+
+# Published test-set AUCs, kept for comparison (their splits differ from ours: see the report).
+WANG_2017 = {  # Wang et al., "ChestX-ray8", CVPR 2017, Table 4, ResNet-50.
+    "Atelectasis": 0.7003, "Cardiomegaly": 0.8100, "Effusion": 0.7585, "Infiltration": 0.6614,
+    "Mass": 0.6933, "Nodule": 0.6687, "Pneumonia": 0.6580, "Pneumothorax": 0.7993,
+    "Consolidation": 0.7032, "Edema": 0.8052, "Emphysema": 0.8330, "Fibrosis": 0.7859,
+    "Pleural_Thickening": 0.6835, "Hernia": 0.8717,
+}
+CHEXNET_2017 = {  # Rajpurkar et al., "CheXNet", arXiv:1711.05225, Table 1 (DenseNet-121).
+    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345,
+    "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
+    "Consolidation": 0.7901, "Edema": 0.8878, "Emphysema": 0.9371, "Fibrosis": 0.8047,
+    "Pleural_Thickening": 0.8062, "Hernia": 0.9164,
+}
+CITATIONS = {
+    "wang2017": "Wang X. et al., ChestX-ray8, CVPR 2017 (ResNet-50, official split)",
+    "chexnet": "Rajpurkar P. et al., CheXNet, arXiv:1711.05225 (DenseNet-121, own patient split)",
+}
+
+
+def head_outputs(head: DiagnosisHead, batches: FeatureBatches) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and targets of every row the batches yield, in order."""
+    head.eval()
+    probabilities, targets = [], []
+    with torch.inference_mode():
+        for inputs, labels in batches:
+            probabilities.append(head.probabilities(inputs).numpy())
+            targets.append(labels.numpy())
+    if not probabilities:
+        return np.zeros((0, len(LABELS))), np.zeros((0, len(LABELS)))
+    return np.concatenate(probabilities), np.concatenate(targets)
+
+
+def auc_per_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """ROC AUC per disease; NaN where the split has only one class for that disease."""
+    out = np.full(targets.shape[1], np.nan)
+    for i in range(targets.shape[1]):
+        if 0 < targets[:, i].sum() < len(targets):
+            out[i] = roc_auc_score(targets[:, i], probabilities[:, i])
+    return out
+
+
+@dataclass
+class EvaluationReport:
+    """Per-disease AUC of the trained and the untrained head, beside published results."""
+
+    table: pd.DataFrame
+    split: str
+    split_description: str
+    n_rows: int
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def mean_auc(self) -> float:
+        return float(np.nanmean(self.table["auc"]))
+
+    @property
+    def mean_auc_untrained(self) -> float:
+        return float(np.nanmean(self.table["auc_untrained"]))
+
+    def to_markdown(self) -> str:
+        shown = self.table.copy()
+        mean = {"label": "**mean**", "positives": int(shown["positives"].sum())}
+        for column in ("auc", "auc_untrained", "wang2017", "chexnet"):
+            mean[column] = float(np.nanmean(shown[column]))
+        shown = pd.concat([shown, pd.DataFrame([mean])], ignore_index=True)
+        lines = ["| disease | positives | AUC | untrained head | Wang 2017 | CheXNet |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for row in shown.itertuples():
+            cells = [f"{v:.3f}" if np.isfinite(v) else "n/a"
+                     for v in (row.auc, row.auc_untrained, row.wang2017, row.chexnet)]
+            lines.append(f"| {row.label} | {row.positives} | " + " | ".join(cells) + " |")
+        notes = [
+            f"Split: {self.split} ({self.n_rows} images); {self.split_description}.",
+            "Published results use other splits: " + "; ".join(CITATIONS.values()) + ".",
+            "n/a: the split has no positive (or no negative) image of that disease.",
+        ]
+        return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def evaluate(
+    store,
+    checkpoint: str | Checkpoint,
+    *,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    storage_options: StorageOptions | None = None,
+) -> EvaluationReport:
+    """AUC per disease and mean on ``split`` for the checkpoint and for the untrained head.
+
+    With ``out_dir``: ``report.md``, ``report.json``, ``roc.png`` and ``auc_bars.png``.
+    """
+    store = open_store(store, storage_options)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    demographics = tuple(ckpt.input["demographics"])
+    batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
+    ckpt.check_inputs(batches.n_inputs, store.provenance["backbone"])
+    probabilities, targets = head_outputs(ckpt.head, batches)
+    # The untrained head: the same seed's initial weights and the same input standardisation.
+    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
+    untrained.input_mean.copy_(ckpt.head.input_mean)
+    untrained.input_scale.copy_(ckpt.head.input_scale)
+    untrained_probabilities, _ = head_outputs(untrained, batches)
+    table = pd.DataFrame({
+        "label": list(LABELS),
+        "positives": targets.sum(axis=0).astype(int),
+        "auc": auc_per_label(targets, probabilities),
+        "auc_untrained": auc_per_label(targets, untrained_probabilities),
+        "wang2017": [WANG_2017[name] for name in LABELS],
+        "chexnet": [CHEXNET_2017[name] for name in LABELS],
+    })
+    report = EvaluationReport(table=table, split=split,
+                              split_description=store.provenance["split"].get("description", ""),
+                              n_rows=len(targets))
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text(report.to_markdown())
+        (out / "report.json").write_text(json.dumps({
+            "split": split, "split_description": report.split_description, "rows": len(targets),
+            "mean_auc": report.mean_auc, "mean_auc_untrained": report.mean_auc_untrained,
+            "checkpoint": ckpt.path, "backbone": ckpt.backbone, "citations": CITATIONS,
+            "per_label": json.loads(table.to_json(orient="records")),
+        }, indent=2))
+        report.files = [str(out / "report.md"), str(out / "report.json"),
+                        plot_roc(targets, probabilities, out / "roc.png"),
+                        plot_auc_bars(table, out / "auc_bars.png")]
+    return report
+
+
+def plot_roc(targets: np.ndarray, probabilities: np.ndarray, path) -> str:
+    """One ROC curve per disease that has both classes in the split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for i, name in enumerate(LABELS):
+        if 0 < targets[:, i].sum() < len(targets):
+            fpr, tpr, _ = roc_curve(targets[:, i], probabilities[:, i])
+            ax.plot(fpr, tpr, linewidth=1, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def plot_auc_bars(table: pd.DataFrame, path) -> str:
+    """Grouped bars per disease: this project, Wang et al. 2017 and CheXNet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for offset, column, label in ((-0.27, "auc", "cxrdask"), (0.0, "wang2017", "Wang 2017"),
+                                  (0.27, "chexnet", "CheXNet")):
+        ax.bar(x + offset, table[column].fillna(0), width=0.27, label=label)
+    ax.set_xticks(x, table["label"], rotation=40, ha="right")
+    ax.set_ylim(0.4, 1.0)
+    ax.axhline(0.5, color="grey", linestyle=":")
+    ax.set_ylabel("ROC AUC")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _backbone_for(ckpt: Checkpoint, weights: str | None) -> BackboneSpec:
+    """The backbone the head was trained on; a weights file must be given and must match."""
+    identity = ckpt.backbone
+    if identity["kind"] == "random":
+        seed = int(identity["weights"].rsplit(" ", 1)[-1])
+        return BackboneSpec(identity["name"], "random", seed)
+    if identity["kind"] == "torchvision" and weights is None:
+        return BackboneSpec(identity["name"], identity["weights"].split(".")[-1])
+    if weights is None:
+        raise CheckpointMismatchError(
+            f"the head was trained on features of {identity['name']} with weights file "
+            f"{identity['weights']} (sha256 {identity.get('sha256', '?')[:12]}…); pass weights=")
+    spec = BackboneSpec(identity["name"], weights)
+    ckpt.check_inputs(ckpt.input["n_inputs"], spec.identity())
+    return spec
+
+
+def predict(
+    images: Iterable,
+    checkpoint: str | Checkpoint,
+    *,
+    weights: str | None = None,
+    age: float | None = None,
+    sex: str | None = None,
+    view: str | None = None,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """14 probabilities per image (paths, bytes or PIL images), one row each.
+
+    The backbone is the one recorded in the checkpoint (a weights file must be passed as
+    ``weights`` and match its sha256). Unknown demographics enter as age 50, sex 0.5.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    spec = _backbone_for(ckpt, weights)
+    preprocessing = Preprocessing.from_dict({**ckpt.provenance["preprocessing"], "flip": "none"})
+    runner = cached_runner(spec, device)
+    names, arrays = [], []
+    for i, item in enumerate(images):
+        name, data = _image_bytes(item, i)
+        names.append(name)
+        arrays.append(preprocess_bytes(data, name, preprocessing)[0])
+    if not arrays:
+        return pd.DataFrame(columns=["image", *LABELS])
+    features = np.concatenate([runner(np.stack(arrays[i:i + 8])) for i in range(0, len(arrays), 8)])
+    n = len(features)
+    demographics = tuple(ckpt.input["demographics"])
+    inputs = encode_inputs(features, np.full(n, 50.0 if age is None else float(age)),
+                           np.full(n, str(sex or "F").upper()[:1]), np.full(n, view or "PA"),
+                           demographics)
+    if sex is None and "sex" in demographics:  # unknown sex sits between F (0) and M (1)
+        inputs[:, features.shape[1] + demographics.index("sex")] = 0.5
+    ckpt.check_inputs(inputs.shape[1])
+    with torch.inference_mode():
+        probabilities = ckpt.head.probabilities(torch.from_numpy(inputs)).numpy()
+    frame = pd.DataFrame(probabilities, columns=list(LABELS))
+    frame.insert(0, "image", names)
+    return frame
+
+
+def _image_bytes(item, position: int) -> tuple[str, bytes]:
+    import io
+
+    from PIL import Image
+
+    if isinstance(item, (bytes, bytearray)):
+        return f"image-{position}", bytes(item)
+    if isinstance(item, Image.Image):
+        buffer = io.BytesIO()
+        item.save(buffer, format="PNG")
+        return f"image-{position}", buffer.getvalue()
+    import fsspec
+
+    with fsspec.open(str(item), "rb") as handle:
+        return os.path.basename(str(item)), handle.read()

@@ -1,0 +1,442 @@
+"""Distributed feature extraction: one Dask task per store chunk, resumable, with progress.
+
+A task carries only its rows' URLs and a small picklable config. On the worker it reads
+the bytes through fsspec (many at once, so object-store latency overlaps), decodes and
+resizes them in a thread pool while the previous batch runs through the backbone (built
+once per worker process and cached), writes its chunk of the store, then its done marker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._fs import StorageOptions, filesystem
+from .backbone import BackboneSpec, cached_runner
+from .errors import ImageDecodeError
+from .imaging import Preprocessing, flip_for, preprocess_bytes
+from .metadata import locate_images, read_metadata
+from .splits import TRAIN, assign_splits
+from .store import STATUS_FAILED, STATUS_OK, FeatureStore
+
+DEFAULT_BATCH_SIZE = 8  # fastest on CPUs here (PERFORMANCE.md); GPUs want 64 or more
+PRESETS = {
+    # The 2018 system: random image-level split, random flip of training images.
+    "seed2018": {"split": "random", "flip": "train"},
+    "default": {},
+}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Everything a chunk task needs besides its rows; small, so the graph stays light."""
+
+    store_url: str
+    storage_options: StorageOptions | None
+    backbone: BackboneSpec
+    preprocessing: Preprocessing
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    io_threads: int = 8
+    torch_threads: int = 1
+    flip_seed: int = 0
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did: rows written and failed, chunks skipped, speed, where time went."""
+
+    store_url: str
+    rows_total: int
+    rows_written: int
+    rows_failed: int
+    chunks_total: int
+    chunks_skipped: int
+    chunks_run: int
+    seconds: float
+    warmup_seconds: float
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    conversions: list[tuple[str, str]] = field(default_factory=list)
+    timings: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    dashboard_link: str | None = None
+    split: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        done = self.rows_written + self.rows_failed
+        return done / self.seconds if self.seconds > 0 else 0.0
+
+    def per_worker(self) -> pd.DataFrame:
+        """Seconds per stage (read, decode, forward, write) summed per worker."""
+        if self.timings.empty:
+            return self.timings
+        columns = ["images", "read_s", "decode_s", "forward_s", "write_s", "task_s"]
+        return self.timings.groupby("worker")[columns].sum()
+
+    def __str__(self) -> str:
+        lines = [
+            f"store: {self.store_url}",
+            f"split: {self.split}",
+            f"chunks: {self.chunks_run} run, {self.chunks_skipped} skipped as already done, "
+            f"{self.chunks_total} in all",
+            f"rows: {self.rows_written} written, {self.rows_failed} failed "
+            f"(of {self.rows_total} in the store)",
+            f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s), "
+            f"model warm-up {self.warmup_seconds:.1f} s",
+        ]
+        if self.failures:
+            lines.append("failed images (also in the store: FeatureStore.failures()):")
+            lines += [f"  {name}: {reason}" for name, reason in self.failures[:10]]
+            if len(self.failures) > 10:
+                lines.append(f"  ... and {len(self.failures) - 10} more")
+        if self.conversions:
+            lines.append(f"converted images: {len(self.conversions)} "
+                         f"(e.g. {self.conversions[0][0]}: {self.conversions[0][1]})")
+        if not self.timings.empty:
+            lines.append("seconds per stage and worker:")
+            lines += ["  " + row for row in self.per_worker().round(2).to_string().splitlines()]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- worker side
+
+_WORKER_STATE: dict[str, Any] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_resources(config: TaskConfig):
+    """This process's store handle and I/O pool, made once and reused by every task."""
+    with _WORKER_LOCK:
+        if _WORKER_STATE.get("torch_threads") != config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+            _WORKER_STATE["torch_threads"] = config.torch_threads
+        key = ("store", config.store_url, repr(config.storage_options))
+        if key not in _WORKER_STATE:
+            _WORKER_STATE[key] = FeatureStore.open(config.store_url, config.storage_options, "r+")
+        pool_key = ("pool", config.io_threads)
+        if pool_key not in _WORKER_STATE:
+            _WORKER_STATE[pool_key] = ThreadPoolExecutor(config.io_threads,
+                                                         thread_name_prefix="cxrdask-io")
+        return _WORKER_STATE[key], _WORKER_STATE[pool_key]
+
+
+def _load_one(url: str, name: str, flip: bool, config: TaskConfig):
+    """Read and preprocess one image; returns (array | None, note | error, read_s, decode_s)."""
+    t0 = time.perf_counter()
+    try:
+        fs, path = filesystem(url, config.storage_options)
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return None, "file not found", time.perf_counter() - t0, 0.0
+    except OSError as exc:
+        return None, f"cannot read: {exc}", time.perf_counter() - t0, 0.0
+    t1 = time.perf_counter()
+    try:
+        array, note = preprocess_bytes(data, name, config.preprocessing, flip)
+    except ImageDecodeError as exc:
+        return None, exc.reason, t1 - t0, time.perf_counter() - t1
+    return array, note, t1 - t0, time.perf_counter() - t1
+
+
+def warm_worker(config: TaskConfig) -> float:
+    """Build (and compile) the worker's backbone ahead of the chunks; returns seconds taken."""
+    start = time.perf_counter()
+    _worker_resources(config)
+    runner = cached_runner(config.backbone, config.device, config.precision, config.compile,
+                           config.batch_size)
+    size = config.preprocessing.size
+    runner(np.zeros((config.batch_size, 3, size, size), dtype=np.float32))
+    return time.perf_counter() - start
+
+
+def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[bool],
+                  config: TaskConfig) -> dict:
+    """Compute and write one chunk of the store (idempotent: a re-run writes the same values)."""
+    started = time.perf_counter()
+    store, pool = _worker_resources(config)
+    runner = cached_runner(config.backbone, config.device, config.precision, config.compile,
+                           config.batch_size)
+    n = len(names)
+    features = np.full((n, runner.spec.feature_dim), np.nan, dtype=np.float32)
+    status = np.full(n, STATUS_FAILED, dtype=np.uint8)
+    errors = [""] * n
+    notes: list[tuple[str, str]] = []
+    timing = defaultdict(float)
+
+    def submit(i: int):
+        if urls[i] is None:
+            return None
+        return pool.submit(_load_one, urls[i], names[i], flips[i], config)
+
+    # Keep two batches of reads in flight ahead of the network: latency overlaps, memory is bounded.
+    window = 2 * config.batch_size
+    pending = {i: submit(i) for i in range(min(window, n))}
+    batch_rows: list[int] = []
+    batch_arrays: list[np.ndarray] = []
+
+    def run_batch() -> None:
+        t = time.perf_counter()
+        features[batch_rows] = runner(np.stack(batch_arrays))
+        timing["forward_s"] += time.perf_counter() - t
+        status[batch_rows] = STATUS_OK
+        batch_rows.clear()
+        batch_arrays.clear()
+
+    for i in range(n):
+        future = pending.pop(i)
+        if i + window < n:
+            pending[i + window] = submit(i + window)
+        if future is None:
+            errors[i] = "file not found"
+            continue
+        array, message, read_s, decode_s = future.result()
+        timing["read_s"] += read_s
+        timing["decode_s"] += decode_s
+        if array is None:
+            errors[i] = message
+            continue
+        if message:
+            notes.append((names[i], message))
+        batch_rows.append(i)
+        batch_arrays.append(array)
+        if len(batch_rows) == config.batch_size:
+            run_batch()
+    if batch_rows:
+        run_batch()
+
+    t = time.perf_counter()
+    store.write_chunk(chunk, features, status, errors)
+    timing["write_s"] = time.perf_counter() - t
+    return {
+        "chunk": chunk,
+        "worker": _worker_name(),
+        "images": n,
+        "ok": int((status == STATUS_OK).sum()),
+        "failures": [(names[i], errors[i]) for i in range(n) if status[i] != STATUS_OK],
+        "conversions": notes,
+        **timing,
+        "task_s": time.perf_counter() - started,
+    }
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().name)
+    except ValueError:
+        return f"pid-{os.getpid()}"
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def prepare_rows(metadata: pd.DataFrame, split: str | np.ndarray = "auto", *, seed: int = 0,
+                 archive_root: str | None = None,
+                 storage_options: StorageOptions | None = None) -> tuple[pd.DataFrame, dict]:
+    """Rows in store order (train, then validation, then test) with a ``split`` column.
+
+    Contiguous splits mean that training reads only training chunks.
+    """
+    frame = metadata.reset_index(drop=True).copy()
+    if isinstance(split, str):
+        codes, spec = assign_splits(frame, split, seed=seed, archive_root=archive_root,
+                                    storage_options=storage_options)
+        split_info = {"method": spec.method, "seed": spec.seed, "fractions": list(spec.fractions),
+                      "description": spec.describe()}
+    else:
+        codes = np.asarray(split, dtype=np.uint8)
+        split_info = {"method": "given", "description": "split codes given by the caller"}
+    frame["split"] = codes
+    frame = frame.sort_values("split", kind="stable").reset_index(drop=True)
+    return frame, split_info
+
+
+def extract_features(
+    metadata: pd.DataFrame | str,
+    images_root: str,
+    store_url: str,
+    *,
+    client=None,
+    split: str | np.ndarray = "auto",
+    split_seed: int = 0,
+    chunk_rows: int = 512,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    backbone: str = "resnet50",
+    weights: str | None = "imagenet",
+    weights_seed: int = 0,
+    device: str = "auto",
+    dtype: str = "float16",
+    precision: str = "fp32",
+    compile: bool = False,
+    preset: str = "default",
+    resume: bool = True,
+    strict: bool = False,
+    storage_options: StorageOptions | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    io_threads: int = 8,
+    progress: bool = True,
+    warmup: bool = True,
+) -> ExtractSummary:
+    """Run the frozen backbone over every image of ``metadata`` into the store at ``store_url``.
+
+    ``metadata`` is a frame from :func:`read_metadata` or the CSV's URL. ``client=None``
+    starts a local cluster of processes for the run. Re-running resumes: chunks whose
+    done marker is set are skipped. Images that cannot be read are recorded (status
+    failed, reason in the store) unless ``strict``, where the first stops the run.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    overrides = PRESETS[preset]
+    split = overrides.get("split", split) if isinstance(split, str) and split == "auto" else split
+    preprocessing = Preprocessing(flip=overrides.get("flip", "none"))
+    if isinstance(metadata, str):
+        metadata = read_metadata(metadata, storage_options)
+    rows, split_info = prepare_rows(metadata, split, seed=split_seed, archive_root=images_root,
+                                    storage_options=storage_options)
+    located = locate_images(images_root, storage_options, expected=rows["image_index"])
+    if strict and located.missing:
+        raise ImageDecodeError(located.missing[0], f"file not found under {images_root}")
+    spec = BackboneSpec(name=backbone, weights=weights or "random", seed=weights_seed)
+    store = _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows,
+                              dtype, precision, compile, resume, storage_options)
+    config = TaskConfig(store_url=store_url, storage_options=storage_options, backbone=spec,
+                        preprocessing=preprocessing, device=device, precision=precision,
+                        compile=compile, batch_size=batch_size, io_threads=io_threads,
+                        torch_threads=1, flip_seed=split_seed)
+
+    from .cluster import local_client
+
+    if client is None:
+        with local_client(n_workers=n_workers, threads_per_worker=threads_per_worker) as owned:
+            return _run(owned, store, rows, located.urls, config, strict, progress, warmup)
+    return _run(client, store, rows, located.urls, config, strict, progress, warmup)
+
+
+def _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows, dtype,
+                      precision, compile, resume, storage_options) -> FeatureStore:
+    identity = spec.identity()
+    settings = dict(backbone=identity, preprocessing=preprocessing.to_dict(), dtype=dtype,
+                    precision=precision, compile=compile, split=split_info)
+    if resume and FeatureStore.exists(store_url, storage_options):
+        store = FeatureStore.open(store_url, storage_options, mode="r+")
+        from .store import rows_fingerprint
+
+        store.check_settings({**settings, "chunk_rows": chunk_rows, "n_rows": len(rows),
+                              "rows_fingerprint": rows_fingerprint(rows["image_index"])})
+        return store
+    return FeatureStore.create(store_url, rows, chunk_rows=chunk_rows,
+                               storage_options=storage_options, **settings)
+
+
+def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
+         config: TaskConfig, strict: bool, progress: bool, warmup: bool) -> ExtractSummary:
+    from distributed import as_completed, span
+    from tqdm.auto import tqdm
+
+    names = rows["image_index"].tolist()
+    done = store.done_chunks()
+    todo = [c for c in range(store.n_chunks) if not done[c]]
+    flip_train = config.preprocessing.flip == "train"
+    codes = rows["split"].to_numpy()
+    link = getattr(client, "dashboard_link", None)
+    started = time.perf_counter()
+    warm_seconds = 0.0
+    results: list[dict] = []
+    with span("cxrdask-extract"):
+        if warmup and todo:
+            workers = list(client.scheduler_info(n_workers=-1)["workers"])
+            warm = [client.submit(warm_worker, config, workers=[w], pure=False,
+                                  key=f"cxrdask-warmup-{i}-{time.time_ns()}")
+                    for i, w in enumerate(workers)]
+            client.gather(warm)
+            warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build
+        args = []
+        for chunk in todo:
+            start, stop = store.chunk_bounds(chunk)
+            chunk_names = names[start:stop]
+            args.append((chunk, [urls.get(n) for n in chunk_names], chunk_names,
+                         [flip_train and codes[r] == TRAIN and flip_for(n, config.flip_seed)
+                          for r, n in zip(range(start, stop), chunk_names, strict=True)]))
+        futures = [client.submit(extract_chunk, *a, config, pure=False,
+                                 key=f"cxrdask-extract-chunk-{a[0]}-{time.time_ns()}")
+                   for a in args]
+        total = sum(len(a[2]) for a in args)
+        bar = tqdm(total=total, unit="img", desc="extract", disable=not progress)
+        try:
+            for future in as_completed(futures):
+                result = future.result()
+                results.append(result)
+                bar.update(result["images"])
+                if strict and result["failures"]:
+                    name, reason = result["failures"][0]
+                    client.cancel(futures)
+                    raise ImageDecodeError(name, reason)
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - started - warm_seconds
+    failures = [f for r in results for f in r["failures"]]
+    conversions = [c for r in results for c in r["conversions"]]
+    timings = pd.DataFrame([{k: v for k, v in r.items() if k not in ("failures", "conversions")}
+                            for r in results])
+    summary = ExtractSummary(
+        store_url=store.url,
+        rows_total=store.n_rows,
+        rows_written=sum(r["ok"] for r in results),
+        rows_failed=len(failures),
+        chunks_total=store.n_chunks,
+        chunks_skipped=store.n_chunks - len(todo),
+        chunks_run=len(todo),
+        seconds=seconds,
+        warmup_seconds=warm_seconds,
+        failures=failures,
+        conversions=conversions,
+        timings=timings,
+        dashboard_link=link,
+        split=store.provenance["split"].get("description", ""),
+    )
+    _record_run(store, summary)
+    return summary
+
+
+def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
+    """Keep the run's outcome in the store: failed-row count and conversions (first 1,000)."""
+    previous = store.provenance.get("conversions", [])
+    conversions = (previous + [list(c) for c in summary.conversions])[:1000]
+    store.update_provenance(
+        failed_rows=len(store.failures()),
+        conversions=conversions,
+        complete=store.is_complete(),
+        last_run={"chunks_run": summary.chunks_run, "chunks_skipped": summary.chunks_skipped,
+                  "seconds": round(summary.seconds, 3),
+                  "images_per_second": round(summary.images_per_second, 2)},
+    )
+
+
+def direct_features(paths: Iterable[str], spec: BackboneSpec,
+                    preprocessing: Preprocessing = Preprocessing(), batch_size: int = 8,
+                    precision: str = "fp32") -> np.ndarray:
+    """Features of local files computed in this process, without Dask (a reference for tests)."""
+    runner = cached_runner(spec, "cpu", precision, False, batch_size)
+    arrays = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            arrays.append(preprocess_bytes(handle.read(), os.path.basename(path), preprocessing)[0])
+    out = [runner(np.stack(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
+    return np.concatenate(out)
+
+
+__all__ = ["ExtractSummary", "TaskConfig", "extract_features", "prepare_rows"]

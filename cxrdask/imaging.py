@@ -1,0 +1,120 @@
+"""Image bytes -> the backbone's input: decode, convert to 8-bit gray, resize, normalise.
+
+Real NIH files are mostly 8-bit ``L`` PNGs, a few are RGBA (R = G = B), and users bring
+16-bit or JPEG files too; each is converted and the conversion is reported. A file that
+cannot be decoded raises :class:`ImageDecodeError` with the image index and the cause.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageDecodeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become tensors; recorded in the store so features are reproducible."""
+
+    size: int = 224
+    interpolation: str = "bilinear-antialias"
+    reducing_gap: float = 2.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    flip: str = "none"  # "none", or "train" = random horizontal flip of training rows (2018)
+    channels: str = "gray-repeated-3"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Preprocessing:
+        data = dict(data)
+        data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        return cls(**data)
+
+
+def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> tuple[Image.Image, str | None]:
+    """Decode PNG/JPEG bytes to an 8-bit ``L`` image; also return the conversion made, if any.
+
+    RGB/RGBA/LA/P become L; 16-bit and 32-bit images are scaled to 8 bits by their own
+    range; images above ``max_pixels`` are refused before decoding (decompression bombs).
+    """
+    if not data:
+        raise ImageDecodeError(image_index, "empty file (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                image_index,
+                f"{width}x{height} is {width * height:,} pixels, above the limit of "
+                f"{max_pixels:,} (possible decompression bomb)",
+            )
+        image.load()
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error,
+            Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(image_index, f"cannot decode: {exc}") from exc
+    return _to_gray8(image, image_index)
+
+
+def _to_gray8(image: Image.Image, image_index: str) -> tuple[Image.Image, str | None]:
+    mode, fmt = image.mode, image.format or "unknown"
+    note = None if fmt == "PNG" else f"{fmt} file"
+    if mode == "L":
+        return image, note
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        gray = ((pixels - low) * scale).round().clip(0, 255).astype(np.uint8)
+        return Image.fromarray(gray), _join(note, f"{mode} scaled to 8-bit by range {low:g}-{high:g}")
+    if mode in ("RGB", "RGBA", "LA", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("L"), _join(note, f"{mode} converted to L")
+    raise ImageDecodeError(image_index, f"unsupported image mode {mode!r}")
+
+
+def _join(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def to_model_input(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(),
+                   flip: bool = False) -> np.ndarray:
+    """Resize an ``L`` image to ``size`` (antialiased) and normalise: float32 ``(3, size, size)``."""
+    size = preprocessing.size
+    if gray.size != (size, size):
+        gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=preprocessing.reducing_gap)
+    pixels = np.asarray(gray, dtype=np.float32) * (1.0 / 255.0)
+    if flip:
+        pixels = pixels[:, ::-1]
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(preprocessing.std, dtype=np.float32)[:, None, None]
+    return (pixels[None, :, :] - mean) / std
+
+
+def preprocess_bytes(data: bytes, image_index: str = "?",
+                     preprocessing: Preprocessing = Preprocessing(), flip: bool = False
+                     ) -> tuple[np.ndarray, str | None]:
+    """Bytes -> normalised ``(3, size, size)`` array and the conversion note (None if plain L PNG)."""
+    gray, note = decode_gray(data, image_index)
+    return to_model_input(gray, preprocessing, flip), note
+
+
+def flip_for(image_index: str, seed: int) -> bool:
+    """The 2018 recipe's random horizontal flip, seeded per image so re-runs are identical."""
+    digest = zlib.crc32(f"{seed}:{image_index}".encode())
+    return bool(digest & 1)

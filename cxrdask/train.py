@@ -1,0 +1,321 @@
+"""Train the diagnosis head out of core from a feature store, and grid-search it on Dask.
+
+The loss is BCE on logits with each disease's positives weighted by its negatives /
+positives ratio on the training split (counted in one lazy pass over the labels), as the
+2018 system weighted by disease frequency. Adam, ReduceLROnPlateau, a checkpoint whenever
+validation loss improves, optional early stopping, a fixed seed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ._fs import StorageOptions
+from .batches import DEFAULT_DEMOGRAPHICS, FeatureBatches, label_counts, open_store
+from .errors import CxrDaskError
+from .head import new_head, save_checkpoint
+from .store import FeatureStore
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training choice; saved in the checkpoint. ``TrainConfig.preset("seed2018")`` is 2018's.
+
+    Our defaults differ from 2018 where it helps: batch 256 (25x fewer steps, the same
+    optimum, 50 epochs in under a minute on 2 cores) with lr 1e-3 scaled for it, inputs
+    standardised with training-split statistics, plateau patience 2 and early stopping
+    after 6 epochs without improvement.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    batch_size: int = 256
+    epochs: int = 50
+    plateau_patience: int = 2
+    plateau_factor: float = 0.2
+    early_stopping: int | None = 6
+    seed: int = 0
+    demographics: tuple[str, ...] = DEFAULT_DEMOGRAPHICS
+    buffer_chunks: int = 4
+    pos_weight: bool = True
+    standardize: bool = True
+    preset: str = "default"
+
+    @classmethod
+    def preset_config(cls, name: str = "default", **overrides) -> TrainConfig:
+        """``default`` or ``seed2018`` (lr 3e-4, wd 1e-5, patience 1, factor 0.2, batch 10, 50 epochs)."""
+        presets = {
+            "default": {},
+            "seed2018": dict(lr=3e-4, weight_decay=1e-5, betas=(0.9, 0.999), eps=1e-8,
+                             batch_size=10, epochs=50, plateau_patience=1, plateau_factor=0.2,
+                             early_stopping=None, standardize=False, preset="seed2018"),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; use {', '.join(presets)}")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(cls(), **{**presets[name], **given})
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        data["demographics"] = list(self.demographics)
+        return data
+
+
+@dataclass
+class TrainResult:
+    """The best checkpoint, the per-epoch history, and where the curves were written."""
+
+    checkpoint: str
+    best_epoch: int
+    best_val_loss: float
+    history: pd.DataFrame
+    seconds: float
+    files: list[str] = field(default_factory=list)
+
+
+def _pos_weight(store: FeatureStore) -> torch.Tensor:
+    n, positives = label_counts(store, "train")
+    if n == 0:
+        raise CxrDaskError(f"{store.url} has no readable training rows")
+    negatives = n - positives
+    # A disease absent from the training split gets weight 1 (it cannot be learnt anyway).
+    weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    return torch.tensor(weight, dtype=torch.float32)
+
+
+def input_statistics(batches: FeatureBatches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input mean and standard deviation over a split, in one streaming pass (float64)."""
+    total = torch.zeros(batches.n_inputs, dtype=torch.float64)
+    squares = torch.zeros(batches.n_inputs, dtype=torch.float64)
+    rows = 0
+    for inputs, _ in batches:
+        values = inputs.double()
+        total += values.sum(0)
+        squares += (values * values).sum(0)
+        rows += len(values)
+    mean = total / max(rows, 1)
+    std = (squares / max(rows, 1) - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), std.float()
+
+
+def _run_epoch(head, batches, criterion, optimizer=None) -> float:
+    """One pass; trains when an optimizer is given. Returns the mean loss per row."""
+    head.train(optimizer is not None)
+    total, rows = 0.0, 0
+    with torch.set_grad_enabled(optimizer is not None):
+        for inputs, targets in batches:
+            loss = criterion(head(inputs), targets)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            total += loss.item() * len(inputs)
+            rows += len(inputs)
+    return total / max(rows, 1)
+
+
+def _adam(params, config: TrainConfig) -> torch.optim.Adam:
+    kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas),
+                  eps=config.eps)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)  # fastest on CPU since torch 2.4
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, **kwargs)
+
+
+def train_head(
+    store: FeatureStore | str,
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike = "head-out",
+    *,
+    storage_options: StorageOptions | None = None,
+    progress: bool = True,
+    plot: bool = True,
+) -> TrainResult:
+    """Train a head on the store's training split, validating each epoch; write into ``out_dir``.
+
+    Files: ``head.pt`` (the best checkpoint), ``history.csv`` and ``curves.png``.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or TrainConfig()
+    store = open_store(store, storage_options)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(demographics=config.demographics, buffer_chunks=config.buffer_chunks)
+    train = FeatureBatches(store, "train", config.batch_size, shuffle=True, seed=config.seed,
+                           **common)
+    val = FeatureBatches(store, "validation", max(config.batch_size, 1024), shuffle=False,
+                         **common)
+    if val.n_rows == 0:
+        raise CxrDaskError(f"{store.url} has no readable validation rows to select a checkpoint")
+    head = new_head(train.n_inputs, config.seed)
+    if config.standardize:
+        head.set_standardisation(*input_statistics(train))
+        for batches in (train, val):  # done by the reader thread; the head keeps it for inference
+            batches.standardise(head.input_mean.numpy(), head.input_scale.numpy())
+    pos_weight = _pos_weight(store) if config.pos_weight else None
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    optimizer = _adam(head.parameters(), config)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor)
+    input_spec = {"feature_dim": store.feature_dim, "demographics": list(config.demographics),
+                  "n_inputs": train.n_inputs}
+    provenance = {k: store.provenance.get(k) for k in
+                  ("backbone", "preprocessing", "dtype", "precision", "split")}
+    provenance["store_url"] = store.url
+    checkpoint = str(out / "head.pt")
+
+    history = []
+    best_loss, best_epoch, stale = float("inf"), -1, 0
+    started = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        for epoch in bar:
+            t = time.perf_counter()
+            train.set_epoch(epoch)
+            train_loss = _run_epoch(head.layers, train, criterion, optimizer)
+            val_loss = _run_epoch(head.layers, val, criterion)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step(val_loss)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "lr": lr, "seconds": time.perf_counter() - t})
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
+            if val_loss < best_loss:
+                best_loss, best_epoch, stale = val_loss, epoch, 0
+                save_checkpoint(checkpoint, head, config=config.to_dict(), input_spec=input_spec,
+                                provenance=provenance, epoch=epoch, val_loss=val_loss)
+            else:
+                stale += 1
+                if config.early_stopping and stale >= config.early_stopping:
+                    break
+    frame = pd.DataFrame(history)
+    files = [checkpoint, str(out / "history.csv")]
+    frame.to_csv(files[1], index=False)
+    if plot:
+        files.append(plot_curves(frame, out / "curves.png"))
+    return TrainResult(checkpoint=checkpoint, best_epoch=best_epoch, best_val_loss=best_loss,
+                       history=frame, seconds=time.perf_counter() - started, files=files)
+
+
+def plot_curves(history: pd.DataFrame, path: str | os.PathLike) -> str:
+    """Train and validation loss per epoch, with the learning rate on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(history["epoch"], history["train_loss"], label="train loss")
+    ax.plot(history["epoch"], history["val_loss"], label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted BCE")
+    ax.legend(loc="upper left")
+    lr_axis = ax.twinx()
+    lr_axis.plot(history["epoch"], history["lr"], color="grey", linestyle=":", label="lr")
+    lr_axis.set_yscale("log")
+    lr_axis.set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+def _train_task(store_url: str, storage_options, config: TrainConfig, out_dir: str) -> dict:
+    """One grid-search configuration, run as a Dask task with one torch thread."""
+    torch.set_num_threads(1)
+    result = train_head(store_url, config, out_dir, storage_options=storage_options,
+                        progress=False, plot=False)
+    return {"lr": config.lr, "weight_decay": config.weight_decay,
+            "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history), "seconds": result.seconds,
+            "checkpoint": result.checkpoint}
+
+
+def grid_search(
+    store_url: str,
+    lrs=(1e-4, 3e-4, 1e-3),
+    weight_decays=(0.0, 1e-5, 1e-4),
+    *,
+    base: TrainConfig | None = None,
+    out_dir: str | os.PathLike = "grid-out",
+    client=None,
+    storage_options: StorageOptions | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train one head per (lr, weight decay) as Dask tasks; keep the best as ``out_dir/head.pt``.
+
+    Returns a frame of best validation loss per configuration (sorted, best first) and
+    writes ``grid.csv`` and ``grid.png`` (a heatmap). ``client=None`` starts a local cluster.
+    The store must be reachable from the workers (a shared disk or object storage).
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from .cluster import local_client
+
+    base = base or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = [replace(base, lr=float(lr), weight_decay=float(wd))
+               for lr in lrs for wd in weight_decays]
+
+    def run(c) -> list[dict]:
+        futures = [c.submit(_train_task, store_url, storage_options, cfg,
+                            str((out / f"lr{cfg.lr:g}_wd{cfg.weight_decay:g}").resolve()),
+                            pure=False, key=f"cxrdask-train-lr{cfg.lr:g}-wd{cfg.weight_decay:g}-"
+                                            f"{time.time_ns()}")
+                   for cfg in configs]
+        rows = []
+        with tqdm(total=len(futures), desc="grid", unit="config", disable=not progress) as bar:
+            for future in as_completed(futures):
+                rows.append(future.result())
+                bar.update()
+        return rows
+
+    if client is None:
+        with local_client() as owned:
+            rows = run(owned)
+    else:
+        rows = run(client)
+    frame = pd.DataFrame(rows).sort_values("best_val_loss").reset_index(drop=True)
+    frame.to_csv(out / "grid.csv", index=False)
+    shutil.copyfile(frame.loc[0, "checkpoint"], out / "head.pt")
+    plot_grid(frame, out / "grid.png")
+    return frame
+
+
+def plot_grid(frame: pd.DataFrame, path: str | os.PathLike) -> str:
+    """Heatmap of best validation loss over learning rate x weight decay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = frame.pivot(index="lr", columns="weight_decay", values="best_val_loss")
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    image = ax.imshow(table.to_numpy(), cmap="viridis_r")
+    ax.set_xticks(range(len(table.columns)), [f"{v:g}" for v in table.columns])
+    ax.set_yticks(range(len(table.index)), [f"{v:g}" for v in table.index])
+    ax.set_xlabel("weight decay")
+    ax.set_ylabel("learning rate")
+    for (i, j), value in np.ndenumerate(table.to_numpy()):
+        ax.text(j, i, f"{value:.4f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(image, label="best validation loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

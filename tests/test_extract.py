@@ -1,0 +1,123 @@
+"""Distributed extraction on a real 2-process LocalCluster: equality, resume, model caching."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from cxrdask.backbone import BackboneSpec, load_counts
+from cxrdask.errors import ImageDecodeError, StoreMismatchError
+from cxrdask.extract import direct_features, extract_features
+from cxrdask.metadata import locate_images, read_metadata
+from cxrdask.store import STATUS_FAILED, FeatureStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clean_store(small_archive, cluster_client, tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("clean") / "features.zarr")
+    summary = extract_features(small_archive.metadata_url, small_archive.root, url,
+                               client=cluster_client, weights="random", chunk_rows=16,
+                               progress=False)
+    return url, summary
+
+
+def test_cluster_features_equal_direct_computation(small_archive, clean_store):
+    url, summary = clean_store
+    assert summary.rows_failed == 0 and summary.chunks_run == summary.chunks_total == 5
+    assert summary.rows_written == FeatureStore.open(url).n_rows
+    store = FeatureStore.open(url)
+    names = store.table(["image_index"])["image_index"].tolist()
+    urls = locate_images(small_archive.root).urls_for(names)
+    expected = direct_features(urls, BackboneSpec("resnet50", "random", 0))
+    got = store.features.compute().astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-2)  # float16 storage
+    assert store.provenance["complete"] is True
+    per_worker = summary.per_worker()
+    assert len(per_worker) == 2 and per_worker["images"].sum() == store.n_rows
+    assert (per_worker["forward_s"] > 0).all()
+
+
+def test_rows_are_stored_by_split(small_archive, clean_store):
+    store = FeatureStore.open(clean_store[0])
+    codes = store.array("split")[:]
+    assert (np.diff(codes.astype(int)) >= 0).all()  # train, then validation, then test
+    frame = store.table()
+    metadata = read_metadata(small_archive.metadata_url)
+    assert sorted(frame["image_index"]) == sorted(metadata["image_index"])
+    assert store.provenance["split"]["method"] == "official"
+
+
+def test_backbone_built_once_per_worker(small_archive, cluster_client, tmp_path):
+    spec = BackboneSpec("resnet50", "random", 77)  # a spec no other test uses
+    summary = extract_features(small_archive.metadata_url, small_archive.root,
+                               str(tmp_path / "f.zarr"), client=cluster_client, weights="random",
+                               weights_seed=77, chunk_rows=8, progress=False)
+    assert summary.chunks_run == 10  # many tasks ...
+    counts = cluster_client.run(load_counts)
+    per_worker = [c.get(repr(spec), 0) for c in counts.values()]
+    assert per_worker == [1, 1]  # ... one model build per worker process
+
+
+def test_resume_recomputes_only_unmarked_chunks(small_archive, cluster_client, clean_store,
+                                                tmp_path):
+    url = str(tmp_path / "resumed.zarr")
+    shutil.copytree(clean_store[0], url)
+    store = FeatureStore.open(url, mode="r+")
+    # Chunks 1 and 3: data written (here: garbage) but the marker never was.
+    for chunk in (1, 3):
+        start, stop = store.chunk_bounds(chunk)
+        store.group["features"][start:stop] = 7.0
+        store.group["done"][chunk] = False
+    summary = extract_features(small_archive.metadata_url, small_archive.root, url,
+                               client=cluster_client, weights="random", chunk_rows=16,
+                               progress=False)
+    assert (summary.chunks_run, summary.chunks_skipped) == (2, 3)
+    assert sorted(summary.timings["chunk"]) == [1, 3]
+    assert "3 skipped as already done" in str(summary)
+    np.testing.assert_array_equal(FeatureStore.open(url).features.compute(),
+                                  FeatureStore.open(clean_store[0]).features.compute())
+
+
+def test_other_settings_refused(small_archive, cluster_client, clean_store, tmp_path):
+    url = str(tmp_path / "copy.zarr")
+    shutil.copytree(clean_store[0], url)
+    with pytest.raises(StoreMismatchError, match="dtype"):
+        extract_features(small_archive.metadata_url, small_archive.root, url,
+                         client=cluster_client, weights="random", chunk_rows=16,
+                         dtype="float32", progress=False)
+    with pytest.raises(StoreMismatchError, match="backbone"):
+        extract_features(small_archive.metadata_url, small_archive.root, url,
+                         client=cluster_client, weights="random", weights_seed=5,
+                         chunk_rows=16, progress=False)
+
+
+def test_bad_images_recorded_not_fatal(small_archive, cluster_client, tmp_path):
+    root = tmp_path / "archive"
+    shutil.copytree(small_archive.root, root)
+    folder = root / "images_001" / "images"
+    names = sorted(os.listdir(folder))
+    (folder / names[0]).write_bytes(b"")
+    (folder / names[1]).write_bytes(b"not a png at all")
+    os.remove(folder / names[2])
+    url = str(tmp_path / "f.zarr")
+    metadata = str(root / "Data_Entry_2017.csv")
+    summary = extract_features(metadata, str(root), url, client=cluster_client,
+                               weights="random", chunk_rows=16, progress=False)
+    reasons = dict(summary.failures)
+    assert set(reasons) >= {names[0], names[1], names[2]} - set()  # age-dropped rows aside
+    assert reasons.get(names[2], "file not found") == "file not found"
+    store = FeatureStore.open(url)
+    failed = store.failures()
+    assert set(failed["image_index"]) == set(reasons)
+    status = store.array("status")[:]
+    assert np.isnan(store.features.compute()[status == STATUS_FAILED]).all()
+    assert store.provenance["failed_rows"] == len(reasons)
+    with pytest.raises(ImageDecodeError):
+        extract_features(metadata, str(root), str(tmp_path / "strict.zarr"),
+                         client=cluster_client, weights="random", chunk_rows=16, strict=True,
+                         progress=False)

@@ -1,0 +1,133 @@
+"""Out-of-core batches, head training, checkpoints, grid search on Dask, evaluation, predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrdask.batches import FeatureBatches, label_counts
+from cxrdask.errors import CheckpointMismatchError
+from cxrdask.evaluate import CHEXNET_2017, WANG_2017, evaluate
+from cxrdask.head import load_checkpoint
+from cxrdask.labels import LABELS
+from cxrdask.store import FeatureStore
+from cxrdask.synthetic import make_feature_store
+from cxrdask.train import TrainConfig, grid_search, train_head
+
+
+@pytest.fixture(scope="module")
+def feature_store(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("fs") / "features.zarr")
+    make_feature_store(url, 3000, feature_dim=64, chunk_rows=100, seed=2, signal=0.8)
+    return url
+
+
+def test_batches_cover_split_once_per_epoch_and_stay_bounded(feature_store):
+    batches = FeatureBatches(feature_store, "train", 64, buffer_chunks=3, seed=1)
+    store = FeatureStore.open(feature_store)
+    expected = store.rows("train")
+    seen_rows = 0
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        sizes = [len(x) for x, _ in batches]
+        assert sum(sizes) == len(expected) and max(sizes) == 64
+        seen_rows += sum(sizes)
+    n_chunks = len(batches.chunk_ids)
+    assert batches.chunks_read == 2 * n_chunks  # each chunk read once per epoch, lazily
+    assert n_chunks > 3 * 3  # the split is far larger than the buffer ...
+    assert batches.max_rows_held <= batches.row_bound  # ... yet no more than a buffer is held
+    assert batches.n_inputs == 64 + 2
+
+
+def test_batches_are_the_rows_of_the_store(feature_store):
+    store = FeatureStore.open(feature_store)
+    ordered = FeatureBatches(store, "validation", 1000, shuffle=False, demographics=())
+    x = torch.cat([b[0] for b in ordered]).numpy()
+    rows = store.rows("validation")
+    np.testing.assert_array_equal(x, store.features.compute()[rows].astype(np.float32))
+    shuffled = FeatureBatches(store, "validation", 1000, shuffle=True, seed=3, demographics=())
+    y = torch.cat([b[0] for b in shuffled]).numpy()
+    assert not np.array_equal(x, y)
+    np.testing.assert_array_equal(np.sort(x, axis=0), np.sort(y, axis=0))
+    with_view = FeatureBatches(store, "validation", 10, demographics=("age", "sex", "view"))
+    assert next(iter(with_view))[0].shape == (10, 67)
+
+
+def test_label_counts(feature_store):
+    store = FeatureStore.open(feature_store)
+    n, positives = label_counts(store, "train")
+    table = store.table()
+    train = table[table["split"] == 0]
+    assert n == len(train)
+    assert positives.tolist() == train[list(LABELS)].sum().tolist()
+
+
+def test_train_checkpoint_and_evaluate(feature_store, tmp_path):
+    config = TrainConfig(epochs=8, batch_size=64, lr=1e-3)
+    result = train_head(feature_store, config, tmp_path / "head", progress=False)
+    history = pd.read_csv(tmp_path / "head" / "history.csv")
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "lr", "seconds"]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert (tmp_path / "head" / "curves.png").stat().st_size > 5000
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.epoch == result.best_epoch == int(history["val_loss"].idxmin())
+    assert ckpt.input == {"feature_dim": 64, "demographics": ["age", "sex"], "n_inputs": 66}
+    assert ckpt.config["lr"] == 1e-3 and ckpt.provenance["backbone"]["name"] == "synthetic"
+    report = evaluate(feature_store, result.checkpoint, out_dir=tmp_path / "report")
+    assert report.mean_auc > 0.85 and report.mean_auc > report.mean_auc_untrained + 0.2
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert data["mean_auc"] == pytest.approx(report.mean_auc)
+    assert data["per_label"][0]["wang2017"] == WANG_2017["Atelectasis"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "CheXNet" in markdown and "**mean**" in markdown and "patient split" in markdown
+    assert f"{CHEXNET_2017['Hernia']:.3f}" in markdown
+    for name in ("roc.png", "auc_bars.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 5000
+
+
+def test_shuffled_labels_learn_nothing(tmp_path):
+    url = str(tmp_path / "shuffled.zarr")
+    make_feature_store(url, 3000, feature_dim=64, chunk_rows=100, seed=2, signal=0.8,
+                       shuffle_labels=True)
+    result = train_head(url, TrainConfig(epochs=8, batch_size=64), tmp_path / "h", progress=False)
+    assert abs(evaluate(url, result.checkpoint).mean_auc - 0.5) < 0.07
+
+
+def test_seed2018_preset():
+    config = TrainConfig.preset_config("seed2018")
+    assert (config.lr, config.weight_decay, config.batch_size, config.epochs) == (3e-4, 1e-5, 10, 50)
+    assert (config.plateau_patience, config.plateau_factor, config.betas, config.eps) == (
+        1, 0.2, (0.9, 0.999), 1e-8)
+    assert TrainConfig.preset_config("seed2018", epochs=3).epochs == 3
+    with pytest.raises(ValueError, match="unknown preset"):
+        TrainConfig.preset_config("2019")
+
+
+def test_checkpoint_refuses_other_inputs(feature_store, tmp_path):
+    result = train_head(feature_store, TrainConfig(epochs=1, batch_size=256), tmp_path,
+                        progress=False)
+    ckpt = load_checkpoint(result.checkpoint)
+    with pytest.raises(CheckpointMismatchError, match="takes 66 inputs"):
+        ckpt.check_inputs(67)
+    with pytest.raises(CheckpointMismatchError, match="trained on features of"):
+        ckpt.check_inputs(66, {"name": "resnet50", "weights": "ResNet50_Weights.IMAGENET1K_V1"})
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointMismatchError, match="not a cxrdask head checkpoint"):
+        load_checkpoint(str(tmp_path / "junk.pt"))
+
+
+@pytest.mark.slow
+def test_grid_search_on_cluster(feature_store, cluster_client, tmp_path):
+    base = TrainConfig(epochs=3, batch_size=128)
+    frame = grid_search(feature_store, [1e-3, 3e-3], [0.0, 1e-4], base=base, out_dir=tmp_path,
+                        client=cluster_client, progress=False)
+    assert len(frame) == 4 and frame["best_val_loss"].is_monotonic_increasing
+    assert set(frame["lr"]) == {1e-3, 3e-3}
+    best = load_checkpoint(str(tmp_path / "head.pt"))
+    assert best.val_loss == pytest.approx(frame.loc[0, "best_val_loss"])
+    assert (tmp_path / "grid.png").stat().st_size > 5000
+    assert pd.read_csv(tmp_path / "grid.csv").shape[0] == 4
