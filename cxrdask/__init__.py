@@ -32,8 +32,8 @@ _EXPORTS = {
     "TrainConfig": "train",
     "train_head": "train",
     "grid_search": "train",
-    "evaluate": "evaluate",
-    "predict": "evaluate",
+    "evaluate": "evaluation",
+    "predict": "evaluation",
 }
 __all__ = ["__version__", *_EXPORTS]
 

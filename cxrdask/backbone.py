@@ -8,7 +8,6 @@ goes into the feature store, so features of different backbones are never mixed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
@@ -192,8 +191,6 @@ class BackboneRunner:
         self.compiled = compile
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
-        # Eager inference is thread-safe; a compiled graph is guarded to be safe.
-        self.lock = threading.Lock() if compile else contextlib.nullcontext()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch."""
@@ -206,7 +203,7 @@ class BackboneRunner:
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         tensor = tensor.contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with self.lock, torch.inference_mode(), torch.autocast(
+        with torch.inference_mode(), torch.autocast(
             self.device.type, dtype=dtype, enabled=dtype is not None
         ):
             out = self.model(tensor)
@@ -215,8 +212,13 @@ class BackboneRunner:
 
 def cached_runner(spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
                   compile: bool = False, batch_size: int = 8) -> BackboneRunner:
-    """The process-wide runner for these settings, built on first use and reused by every task."""
-    key = (spec, device, precision, compile, batch_size if compile else None)
+    """The process-wide runner for these settings, built on first use and reused by every task.
+
+    Eager models are shared by a worker's threads (inference is thread-safe); a compiled
+    model is not safe to call from two threads at once, so each thread compiles its own.
+    """
+    key = (spec, device, precision, compile,
+           (batch_size, threading.get_ident()) if compile else None)
     with _CACHE_LOCK:
         runner = _CACHE.get(key)
         if runner is None:

@@ -89,8 +89,8 @@ def cmd_synth(args) -> int:
 def _metadata_url(args) -> str:
     if args.metadata:
         return args.metadata
-    from .synthetic import CSV_NAMES
     from ._fs import filesystem, join_url
+    from .synthetic import CSV_NAMES
 
     fs, base = filesystem(args.images, parse_storage_options(args.storage_option))
     for name in CSV_NAMES.values():
@@ -151,7 +151,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
+    from .evaluation import evaluate
 
     report = evaluate(args.store, args.checkpoint, split=args.split, out_dir=args.out,
                       storage_options=parse_storage_options(args.storage_option))
@@ -163,7 +163,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_demo(args) -> int:
     """Synthetic archive -> metadata -> splits -> features -> head -> evaluation, end to end."""
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .extract import extract_features
     from .metadata import read_metadata
     from .synthetic import make_archive

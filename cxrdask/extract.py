@@ -25,9 +25,10 @@ from ._fs import StorageOptions, filesystem
 from .backbone import BackboneSpec, cached_runner
 from .errors import ImageDecodeError
 from .imaging import Preprocessing, flip_for, preprocess_bytes
+from .lease import StoreLease
 from .metadata import locate_images, read_metadata
 from .splits import TRAIN, assign_splits
-from .store import STATUS_FAILED, STATUS_OK, FeatureStore
+from .store import STATUS_FAILED, STATUS_OK, FeatureStore, rows_fingerprint
 
 DEFAULT_BATCH_SIZE = 8  # fastest on CPUs here (PERFORMANCE.md); GPUs want 64 or more
 PRESETS = {
@@ -311,35 +312,43 @@ def extract_features(
     if strict and located.missing:
         raise ImageDecodeError(located.missing[0], f"file not found under {images_root}")
     spec = BackboneSpec(name=backbone, weights=weights or "random", seed=weights_seed)
-    store = _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows,
-                              dtype, precision, compile, resume, storage_options)
-    config = TaskConfig(store_url=store_url, storage_options=storage_options, backbone=spec,
-                        preprocessing=preprocessing, device=device, precision=precision,
-                        compile=compile, batch_size=batch_size, io_threads=io_threads,
-                        torch_threads=1, flip_seed=split_seed)
+    with StoreLease(store_url, storage_options) as lease:
+        store = _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows,
+                                  dtype, precision, compile, resume, storage_options, lease)
+        return _extract(store, rows, located.urls, spec, preprocessing, client, strict,
+                        progress, warmup, n_workers, threads_per_worker,
+                        dict(device=device, precision=precision, compile=compile,
+                             batch_size=batch_size, io_threads=io_threads, flip_seed=split_seed))
+
+
+def _extract(store, rows, urls, spec, preprocessing, client, strict, progress, warmup,
+             n_workers, threads_per_worker, settings) -> ExtractSummary:
+    config = TaskConfig(store_url=store.url, storage_options=store.storage_options,
+                        backbone=spec, preprocessing=preprocessing, torch_threads=1, **settings)
 
     from .cluster import local_client
 
     if client is None:
         with local_client(n_workers=n_workers, threads_per_worker=threads_per_worker) as owned:
-            return _run(owned, store, rows, located.urls, config, strict, progress, warmup)
-    return _run(client, store, rows, located.urls, config, strict, progress, warmup)
+            return _run(owned, store, rows, urls, config, strict, progress, warmup)
+    return _run(client, store, rows, urls, config, strict, progress, warmup)
 
 
 def _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows, dtype,
-                      precision, compile, resume, storage_options) -> FeatureStore:
+                      precision, compile, resume, storage_options, lease) -> FeatureStore:
     identity = spec.identity()
     settings = dict(backbone=identity, preprocessing=preprocessing.to_dict(), dtype=dtype,
                     precision=precision, compile=compile, split=split_info)
-    if resume and FeatureStore.exists(store_url, storage_options):
+    exists = FeatureStore.exists(store_url, storage_options)
+    if resume and exists:
         store = FeatureStore.open(store_url, storage_options, mode="r+")
-        from .store import rows_fingerprint
-
         store.check_settings({**settings, "chunk_rows": chunk_rows, "n_rows": len(rows),
                               "rows_fingerprint": rows_fingerprint(rows["image_index"])})
         return store
-    return FeatureStore.create(store_url, rows, chunk_rows=chunk_rows,
-                               storage_options=storage_options, **settings)
+    store = FeatureStore.create(store_url, rows, chunk_rows=chunk_rows,
+                                storage_options=storage_options, overwrite=exists, **settings)
+    lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
+    return store
 
 
 def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],

@@ -100,11 +100,13 @@ class FeatureStore:
         split: dict | None = None,
         storage_options: StorageOptions | None = None,
         extra: dict | None = None,
+        overwrite: bool = False,
     ) -> FeatureStore:
         """Make a new store for the rows of ``table`` (metadata columns plus ``split``).
 
         ``backbone`` is the backbone's identity (``BackboneSpec.identity()``), including
-        ``feature_dim``; ``preprocessing`` is ``Preprocessing.to_dict()``.
+        ``feature_dim``; ``preprocessing`` is ``Preprocessing.to_dict()``. An existing store
+        at ``url`` is refused unless ``overwrite``.
         """
         if dtype not in ("float16", "float32"):
             raise ValueError(f"dtype must be float16 or float32, not {dtype!r}")
@@ -132,7 +134,11 @@ class FeatureStore:
             **(extra or {}),
         }
         store = zarr_store(url, storage_options)
-        group = zarr.open_group(store=store, mode="w", zarr_format=3)
+        if not overwrite and cls.exists(url, storage_options):
+            raise StoreError(f"a Zarr group or array already exists at {url}; open it, or "
+                             "create with overwrite=True")
+        # "a" keeps other files in the folder (the writer's lease); "w" clears it all.
+        group = zarr.open_group(store=store, mode="w" if overwrite else "a", zarr_format=3)
         dim = int(backbone["feature_dim"])
         group.create_array("features", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype=dtype,
                            compressors=_features_codec(dtype), fill_value=np.nan)

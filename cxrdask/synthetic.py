@@ -40,6 +40,9 @@ NIH_COUNTS = {
 }
 NIH_PATIENTS = 30_805
 IMAGES_PER_FOLDER = 10_000
+# Strength 1 draws clearly visible signs: calibrated so that 500 images at 128 px through a
+# random-weight ResNet50 and the default head reach a mean test AUC of about 0.8.
+SIGN_GAIN = 2.0
 CSV_NAMES = {
     "kaggle2017": "Data_Entry_2017.csv",
     "v2020": "Data_Entry_2017_v2020.csv",
@@ -240,7 +243,7 @@ def render_image(labels: np.ndarray, size: int = 1024, seed: int = 0,
     rng = np.random.default_rng(seed)
     x, y = _grid(size)
     on = dict(zip(LABELS, np.asarray(labels).astype(bool), strict=True))
-    s = float(strength)
+    s = float(strength) * SIGN_GAIN
     jitter = lambda scale: float(rng.normal(0, scale))  # noqa: E731
 
     image = np.full((size, size), 18.0, dtype=np.float32)

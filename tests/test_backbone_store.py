@@ -88,7 +88,7 @@ def test_imagenet_offline_gives_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(WeightsUnavailableError, match="--weights /path/to/resnet50.pth"):
+    with pytest.raises(WeightsUnavailableError, match=r"--weights /path/to/resnet50\.pth"):
         build_backbone(BackboneSpec("resnet50", "IMAGENET1K_V2"))
     with pytest.raises(WeightsUnavailableError, match="no torchvision weights 'IMAGENET9'"):
         BackboneSpec("resnet50", "IMAGENET9").identity()

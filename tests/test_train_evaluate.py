@@ -11,7 +11,7 @@ import torch
 
 from cxrdask.batches import FeatureBatches, label_counts
 from cxrdask.errors import CheckpointMismatchError
-from cxrdask.evaluate import CHEXNET_2017, WANG_2017, evaluate
+from cxrdask.evaluation import CHEXNET_2017, WANG_2017, evaluate
 from cxrdask.head import load_checkpoint
 from cxrdask.labels import LABELS
 from cxrdask.store import FeatureStore

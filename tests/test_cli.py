@@ -1,0 +1,89 @@
+"""The ``cxrdask`` command line, run as users run it (a subprocess), on tiny archives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cxrdask.cli import build_parser, parse_storage_options
+from cxrdask.store import FeatureStore
+
+
+def cxrdask(*args, check=True, timeout=600):
+    result = subprocess.run([sys.executable, "-m", "cxrdask.cli", *map(str, args)],
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_every_command_has_help():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"info", "synth", "demo", "extract", "train", "evaluate"}
+    for name in commands:
+        assert cxrdask(name, "--help").stdout.startswith(f"usage: cxrdask {name}")
+
+
+def test_info():
+    out = cxrdask("info").stdout
+    assert "torch" in out and "zarr" in out and "torch threads" in out and "CUDA" in out
+
+
+def test_storage_options_parse_json_values():
+    options = parse_storage_options(['client_kwargs={"endpoint_url": "http://127.0.0.1:9000"}',
+                                     "anon=false", "key=abc"])
+    assert options == {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"},
+                       "anon": False, "key": "abc"}
+
+
+@pytest.mark.slow
+def test_synth_extract_train_evaluate(tmp_path):
+    archive = tmp_path / "archive"
+    out = cxrdask("synth", archive, "--n", 40, "--size", 96, "--workers", 1, "--quiet").stdout
+    assert "wrote 40 images" in out
+    store = tmp_path / "f.zarr"
+    out = cxrdask("extract", "--images", archive, "--store", store, "--weights", "random",
+                  "--workers", 2, "--chunk-rows", 16, "--quiet").stdout
+    assert "Dask dashboard: http" in out and "rows: " in out and "kaggle2017 variant" in out
+    assert FeatureStore.open(str(store)).is_complete()
+    again = cxrdask("extract", "--images", archive, "--store", store, "--weights", "random",
+                    "--workers", 1, "--chunk-rows", 16, "--quiet").stdout
+    assert "0 run, 3 skipped as already done" in again
+    refused = cxrdask("extract", "--images", archive, "--store", store, "--weights", "random",
+                      "--workers", 1, "--chunk-rows", 16, "--dtype", "float32", check=False)
+    assert refused.returncode == 2 and "dtype: store has 'float16'" in refused.stderr
+    out = cxrdask("train", "--store", store, "--out", tmp_path / "head", "--epochs", 3,
+                  "--batch-size", 8, "--quiet").stdout
+    assert "best validation loss" in out and (tmp_path / "head" / "head.pt").exists()
+    out = cxrdask("evaluate", "--store", store, "--checkpoint", tmp_path / "head" / "head.pt",
+                  "--out", tmp_path / "report").stdout
+    assert "| disease | positives | AUC |" in out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert len(report["per_label"]) == 14
+
+
+def test_bad_metadata_exits_non_zero_and_writes_nothing(tmp_path):
+    archive = tmp_path / "archive"
+    (archive / "images").mkdir(parents=True)
+    csv = archive / "Data_Entry_2017.csv"
+    csv.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+                   "View Position\n00000001_000.png,Pneumonitis,0,1,58,M,PA\n")
+    result = cxrdask("extract", "--images", archive, "--store", tmp_path / "f.zarr",
+                     "--weights", "random", check=False)
+    assert result.returncode == 2
+    assert "line 2" in result.stderr and "unknown label 'Pneumonitis'" in result.stderr
+    assert not (tmp_path / "f.zarr").exists()
+
+
+def test_public_api_resolves():
+    import cxrdask
+
+    for name in cxrdask.__all__:
+        assert getattr(cxrdask, name) is not None, name
+    from cxrdask import evaluate, predict
+
+    assert callable(evaluate) and callable(predict) and evaluate.__module__ == "cxrdask.evaluation"
