@@ -1,0 +1,192 @@
+"""Faults and bad input: killed workers and clients, concurrent writers, bad images.
+
+Each fault ends with the store compared to a clean run's: nothing lost, nothing doubled.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrdask.cluster import local_client
+from cxrdask.extract import extract_features
+from cxrdask.lease import LEASE_NAME, StoreLease, StoreLockedError
+from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference(small_archive, cluster_client, tmp_path_factory):
+    """A clean run's store: what every faulty run must end equal to."""
+    url = str(tmp_path_factory.mktemp("reference") / "features.zarr")
+    extract_features(small_archive.metadata_url, small_archive.root, url, client=cluster_client,
+                     weights="random", chunk_rows=8, progress=False)
+    return FeatureStore.open(url)
+
+
+def assert_same_store(url: str, reference: FeatureStore) -> None:
+    store = FeatureStore.open(url)
+    assert store.is_complete()
+    assert (store.array("status")[:] == STATUS_OK).all()
+    np.testing.assert_array_equal(store.features.compute(), reference.features.compute())
+    assert store.table().equals(reference.table())
+
+
+def test_lease_refuses_a_second_writer_and_expires(tmp_path):
+    url = str(tmp_path / "s.zarr")
+    with StoreLease(url, timeout_seconds=30):
+        with pytest.raises(StoreLockedError, match="being written by another run"):
+            StoreLease(url).acquire()
+    StoreLease(url).acquire().release()  # released: free again
+    # A lease left by a process that no longer exists on this host is stale at once ...
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    record = {"token": "x", "host": os.uname().nodename, "pid": int(dead),
+              "started": time.time(), "renewed": time.time()}
+    (tmp_path / "s.zarr" / LEASE_NAME).write_text(json.dumps(record))
+    StoreLease(url).acquire().release()
+    # ... and one on another host only once it has not been renewed for the timeout.
+    record.update(host="elsewhere", renewed=time.time())
+    (tmp_path / "s.zarr" / LEASE_NAME).write_text(json.dumps(record))
+    with pytest.raises(StoreLockedError):
+        StoreLease(url, timeout_seconds=60).acquire()
+    record.update(renewed=time.time() - 120)
+    (tmp_path / "s.zarr" / LEASE_NAME).write_text(json.dumps(record))
+    StoreLease(url, timeout_seconds=60).acquire().release()
+
+
+def done_count(url: str) -> int:
+    try:
+        return int(FeatureStore.open(url).done_chunks().sum())
+    except Exception:
+        return 0
+
+
+def test_worker_killed_mid_run(small_archive, reference, tmp_path):
+    url = str(tmp_path / "f.zarr")
+    with local_client(n_workers=2, dashboard_address="127.0.0.1:0", announce=False) as client:
+        pids = list(client.run(os.getpid).values())
+        killed = []
+
+        def kill_when_started() -> None:
+            deadline = time.time() + 120
+            while done_count(url) < 1 and time.time() < deadline:
+                time.sleep(0.05)
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+        killer = threading.Thread(target=kill_when_started)
+        killer.start()
+        summary = extract_features(small_archive.metadata_url, small_archive.root, url,
+                                   client=client, weights="random", chunk_rows=8,
+                                   progress=False)
+        killer.join()
+    assert killed and summary.chunks_run == 10
+    assert_same_store(url, reference)
+
+
+def extract_command(archive, store, workers=1):
+    return [sys.executable, "-m", "cxrdask.cli", "extract", "--images", archive.root,
+            "--store", store, "--weights", "random", "--chunk-rows", "8",
+            "--workers", str(workers), "--quiet"]
+
+
+def test_client_killed_then_rerun_resumes(small_archive, reference, tmp_path):
+    url = str(tmp_path / "f.zarr")
+    run = subprocess.Popen(extract_command(small_archive, url), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while done_count(url) < 3 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the client and its cluster, all at once
+    run.wait()
+    finished = done_count(url)
+    assert 3 <= finished < 10
+    # A chunk whose data landed but whose marker did not: recomputed, never trusted.
+    store = FeatureStore.open(url, mode="r+")
+    chunk = int(np.flatnonzero(~store.done_chunks())[0])
+    start, stop = store.chunk_bounds(chunk)
+    store.group["features"][start:stop] = 1.0
+    store.group["status"][start:stop] = STATUS_OK
+    again = subprocess.run(extract_command(small_archive, url, workers=2), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{finished} skipped as already done" in again.stdout
+    assert_same_store(url, reference)
+
+
+def test_second_extraction_on_same_store_is_refused(small_archive, reference, tmp_path):
+    url = str(tmp_path / "f.zarr")
+    first = subprocess.Popen(extract_command(small_archive, url), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(url, LEASE_NAME)) and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(extract_command(small_archive, url), capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 2 and "being written by another run" in second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert_same_store(url, reference)
+
+
+def write_png(path, image: Image.Image, fmt="PNG") -> None:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_bad_and_odd_images_end_to_end(small_archive, cluster_client, tmp_path):
+    root = tmp_path / "archive"
+    shutil.copytree(small_archive.root, root)
+    folder = root / "images_001" / "images"
+    names = sorted(os.listdir(folder))
+    gray = np.asarray(Image.open(folder / names[10]))
+    write_png(folder / names[0], Image.fromarray(gray).convert("RGBA"))
+    write_png(folder / names[1], Image.fromarray(gray.astype(np.uint16) * 257))
+    write_png(folder / names[2], Image.fromarray(gray).resize((512, 512)))
+    write_png(folder / names[3], Image.fromarray(gray).resize((3000, 2500)))
+    write_png(folder / names[4], Image.fromarray(gray), fmt="JPEG")
+    write_png(folder / names[5], Image.new("1", (10_000, 10_000)))  # 100 Mpx: a bomb
+    data = (folder / names[6]).read_bytes()
+    (folder / names[6]).write_bytes(data[: len(data) // 3])  # truncated
+    (folder / names[7]).write_bytes(b"")
+    (folder / names[8]).write_bytes(os.urandom(4000))
+    os.remove(folder / names[9])
+    url = str(tmp_path / "f.zarr")
+    summary = extract_features(str(root / "Data_Entry_2017.csv"), str(root), url,
+                               client=cluster_client, weights="random", chunk_rows=16,
+                               progress=False)
+    store = FeatureStore.open(url)
+    table = store.table()
+    status = dict(zip(table["image_index"], table["status"], strict=True))
+    present = set(table["image_index"])
+    assert set(names[:10]) <= present  # an 80-image archive has no age-dropped rows
+    for name in names[:5]:  # decodable: converted where needed, and used
+        assert status[name] == STATUS_OK, name
+    for name in names[5:10]:  # undecodable: recorded as failed, with the reason
+        assert status[name] == STATUS_FAILED, name
+    reasons = dict(summary.failures)
+    assert "decompression bomb" in reasons[names[5]]
+    assert reasons[names[7]] == "empty file (0 bytes)"
+    assert reasons[names[9]] == "file not found"
+    conversions = dict(map(tuple, store.provenance["conversions"]))
+    for name, note in ((names[0], "RGBA converted to L"), (names[1], "scaled to 8-bit"),
+                       (names[4], "JPEG file")):
+        assert note in conversions[name]
+    failed = set(store.failures()["image_index"])
+    assert failed == set(reasons) and len(failed) == summary.rows_failed
+    features = store.features.compute()
+    assert np.isnan(features[table["status"] == STATUS_FAILED]).all()
+    assert np.isfinite(features[table["status"] == STATUS_OK]).all()
