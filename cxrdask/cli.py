@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
@@ -42,6 +43,21 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     parser.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--performance-report", metavar="FILE.html",
+                        help="write Dask's performance report of the run to this file")
+
+
+@contextmanager
+def _maybe_report(path: str | None):
+    """Dask's performance report around the work, when asked for."""
+    if not path:
+        yield
+        return
+    from distributed import performance_report
+
+    with performance_report(filename=path):
+        yield
+    print(f"performance report: {path}")
 
 
 # --------------------------------------------------------------------------- commands
@@ -109,7 +125,8 @@ def cmd_extract(args) -> int:
                                      return_report=True)
     print(report.summary())
     with local_client(args.scheduler, n_workers=args.workers,
-                      threads_per_worker=args.threads_per_worker, gpu=args.gpu) as client:
+                      threads_per_worker=args.threads_per_worker, gpu=args.gpu) as client, \
+            _maybe_report(args.performance_report):
         summary = extract_features(
             metadata, args.images, args.store, client=client, split=args.split,
             split_seed=args.seed, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
@@ -135,7 +152,8 @@ def cmd_train(args) -> int:
 
         lrs = [float(v) for v in args.grid_lrs.split(",")]
         wds = [float(v) for v in args.grid_weight_decays.split(",")]
-        with local_client(args.scheduler, n_workers=args.workers) as client:
+        with local_client(args.scheduler, n_workers=args.workers) as client, \
+                _maybe_report(args.performance_report):
             frame = grid_search(args.store, lrs, wds, base=config, out_dir=args.out, client=client,
                                 storage_options=storage_options, progress=not args.quiet)
         print(frame.to_string(index=False))
@@ -274,7 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grid-lrs", default="1e-4,3e-4,1e-3")
     train.add_argument("--grid-weight-decays", default="0,1e-5,1e-4")
     train.add_argument("--scheduler", help="Dask scheduler address for --grid")
-    train.add_argument("--workers", type=int)
+    train.add_argument("--workers", type=int, help="local worker processes for --grid")
+    train.add_argument("--performance-report", metavar="FILE.html",
+                       help="Dask's performance report of the --grid run")
     train.add_argument("--quiet", action="store_true")
     _add_storage(train)
     train.set_defaults(run=cmd_train)

@@ -66,17 +66,39 @@ def test_synth_extract_train_evaluate(tmp_path):
     assert len(report["per_label"]) == 14
 
 
-def test_bad_metadata_exits_non_zero_and_writes_nothing(tmp_path):
+HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+          "View Position")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ("00000001_000.png,Pneumonitis,0,1,58,M,PA", "line 2 (image '00000001_000.png'), column "
+                                                 "'Finding Labels': unknown label 'Pneumonitis'"),
+    ("00000001_000.png,Mass,0,1,old,M,PA", "column 'Patient Age': not a valid patient age"),
+    ("00000001_000.png,Mass,0,1,58,Q,PA", "column 'Patient Gender': unknown sex"),
+    ("00000001_000.png,Mass,0,1,58,M,PA\n00000001_000.png,Mass,1,1,58,M,PA",
+     "line 3 (image '00000001_000.png'), column 'Image Index': duplicate image index"),
+])
+def test_bad_metadata_exits_non_zero_and_writes_nothing(tmp_path, capsys, rows, message):
+    from cxrdask.cli import main
+
     archive = tmp_path / "archive"
     (archive / "images").mkdir(parents=True)
-    csv = archive / "Data_Entry_2017.csv"
-    csv.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-                   "View Position\n00000001_000.png,Pneumonitis,0,1,58,M,PA\n")
-    result = cxrdask("extract", "--images", archive, "--store", tmp_path / "f.zarr",
-                     "--weights", "random", check=False)
-    assert result.returncode == 2
-    assert "line 2" in result.stderr and "unknown label 'Pneumonitis'" in result.stderr
+    (archive / "Data_Entry_2017.csv").write_text(f"{HEADER}\n{rows}\n")
+    code = main(["extract", "--images", str(archive), "--store", str(tmp_path / "f.zarr"),
+                 "--weights", "random"])
+    assert code == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "f.zarr").exists()
+
+
+def test_missing_column_exits_non_zero(tmp_path, capsys):
+    from cxrdask.cli import main
+
+    csv = tmp_path / "meta.csv"
+    csv.write_text("Image Index,Finding Labels\n00000001_000.png,Mass\n")
+    code = main(["extract", "--images", str(tmp_path), "--metadata", str(csv), "--store",
+                 str(tmp_path / "f.zarr"), "--weights", "random"])
+    assert code == 2 and "required column 'Follow-up #' is missing" in capsys.readouterr().err
 
 
 def test_public_api_resolves():
@@ -87,3 +109,13 @@ def test_public_api_resolves():
     from cxrdask import evaluate, predict
 
     assert callable(evaluate) and callable(predict) and evaluate.__module__ == "cxrdask.evaluation"
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    out = cxrdask("demo", "--out", tmp_path / "demo", "--n", 60, "--size", 64, "--epochs", 2,
+                  "--workers", 1, "--quiet").stdout
+    assert "5/5 evaluation on the test split" in out and "mean test AUC" in out
+    for name in ("report.md", "report.json", "roc.png", "auc_bars.png"):
+        assert (tmp_path / "demo" / "report" / name).exists()
+    assert FeatureStore.open(str(tmp_path / "demo" / "features.zarr")).is_complete()

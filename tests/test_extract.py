@@ -90,6 +90,11 @@ def test_other_settings_refused(small_archive, cluster_client, clean_store, tmp_
         extract_features(small_archive.metadata_url, small_archive.root, url,
                          client=cluster_client, weights="random", chunk_rows=16,
                          dtype="float32", progress=False)
+    with pytest.raises(StoreMismatchError, match="preprocessing") as info:
+        extract_features(small_archive.metadata_url, small_archive.root, url,
+                         client=cluster_client, weights="random", chunk_rows=16,
+                         preset="seed2018", progress=False)
+    assert "'flip': 'train'" in str(info.value)
     with pytest.raises(StoreMismatchError, match="backbone"):
         extract_features(small_archive.metadata_url, small_archive.root, url,
                          client=cluster_client, weights="random", weights_seed=5,

@@ -131,3 +131,15 @@ def test_grid_search_on_cluster(feature_store, cluster_client, tmp_path):
     assert best.val_loss == pytest.approx(frame.loc[0, "best_val_loss"])
     assert (tmp_path / "grid.png").stat().st_size > 5000
     assert pd.read_csv(tmp_path / "grid.csv").shape[0] == 4
+
+
+def test_evaluating_another_backbones_store_is_refused(feature_store, tmp_path):
+    other = str(tmp_path / "other.zarr")
+    make_feature_store(other, 600, feature_dim=64, chunk_rows=100, seed=9)  # other "weights"
+    result = train_head(feature_store, TrainConfig(epochs=1), tmp_path / "h", progress=False)
+    with pytest.raises(CheckpointMismatchError, match="trained on features of"):
+        evaluate(other, result.checkpoint)
+    wider = str(tmp_path / "wider.zarr")
+    make_feature_store(wider, 600, feature_dim=65, chunk_rows=100, seed=2)
+    with pytest.raises(CheckpointMismatchError, match="takes 66 inputs"):
+        evaluate(wider, result.checkpoint)
