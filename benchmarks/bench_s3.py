@@ -11,12 +11,12 @@ request) gain far more from the concurrent fetch than this shows.
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 
 from benchmarks.common import machine, save_results, table
 from cxrdask.cluster import local_client
 from cxrdask.extract import extract_features
+from cxrdask.local_s3 import local_s3_server
 from cxrdask.synthetic import make_archive
 
 
@@ -28,20 +28,15 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results/bench_s3")
     args = parser.parse_args(argv)
 
-    import boto3
-    from moto.server import ThreadedMotoServer
+    with local_s3_server("bench") as options:
+        rows = run(args, options)
+    header = f"bench_s3 on {machine()}: {args.n} PNGs of {args.size}x{args.size}"
+    save_results(args.out, rows, header, vars(args), plot_column="images_per_s")
+    print(table(rows, header))
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    options = {"key": "bench", "secret": "bench",
-               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}",
-                                 "region_name": "us-east-1"}}
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                 aws_access_key_id="bench", aws_secret_access_key="bench"
-                 ).create_bucket(Bucket="bench")
+
+def run(args, options: dict) -> list[dict]:
+    """Extract the same archive from local disk and from the bucket, fetch concurrent or not."""
     local_root = tempfile.mkdtemp(prefix="bench-s3-local-")
     local = make_archive(local_root, n=args.n, size=args.size, seed=0)
     remote = make_archive("s3://bench/archive", n=args.n, size=args.size, seed=0,
@@ -60,10 +55,7 @@ def main(argv=None) -> None:
                              "images_per_s": summary.images_per_second,
                              "read_s_per_image": read_s / summary.rows_written})
                 print(rows[-1], flush=True)
-    server.stop()
-    header = f"bench_s3 on {machine()}: {args.n} PNGs of {args.size}x{args.size}"
-    save_results(args.out, rows, header, vars(args), plot_column="images_per_s")
-    print(table(rows, header))
+    return rows
 
 
 if __name__ == "__main__":

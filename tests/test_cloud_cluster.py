@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import torch
 
 from cxrdask.evaluation import evaluate
 from cxrdask.extract import extract_features
+from cxrdask.local_s3 import free_port, local_s3_server
 from cxrdask.store import FeatureStore
 from cxrdask.synthetic import make_archive
 from cxrdask.train import TrainConfig, train_head
@@ -26,30 +26,11 @@ from cxrdask.train import TrainConfig, train_head
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
     """moto's S3 server on a free loopback port, with a bucket; yields storage_options."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    options = {"key": "testing", "secret": "testing",
-               "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}",
-                                 "region_name": "us-east-1"}}
-    import boto3
-
-    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing"
-                 ).create_bucket(Bucket="cxr")
-    yield options
-    server.stop()
+    with local_s3_server("cxr") as options:
+        yield options
 
 
 def test_s3_pipeline_equals_local(s3, small_archive, cluster_client, tmp_path):
