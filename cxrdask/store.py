@@ -27,6 +27,7 @@ from . import __version__
 from ._fs import StorageOptions, filesystem, is_local
 from .errors import FeatureOverflowError, StoreError, StoreMismatchError
 from .labels import LABELS
+from .metadata import label_matrix
 from .splits import SPLIT_NAMES, split_code
 
 FORMAT_VERSION = 1
@@ -155,7 +156,7 @@ class FeatureStore:
             array[:] = values
         labels = group.create_array("labels", shape=(n_rows, len(LABELS)),
                                     chunks=(table_chunks, len(LABELS)), dtype="uint8")
-        labels[:] = table.loc[:, list(LABELS)].to_numpy(dtype=np.uint8)
+        labels[:] = label_matrix(table)
         splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8")
         splits[:] = table["split"].to_numpy(dtype=np.uint8)
         # The attributes go last: a half-made store is not a cxrdask store.

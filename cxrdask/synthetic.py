@@ -28,6 +28,7 @@ from PIL import Image
 
 from ._fs import StorageOptions, filesystem, join_url
 from .labels import LABELS, NO_FINDING, format_labels
+from .metadata import label_matrix
 
 # NIH ChestX-ray14 counts (of 112,120 images) that the label sampler reproduces.
 NIH_IMAGES = 112_120
@@ -376,7 +377,7 @@ def make_archive(
     for folder in sorted({image_folder(i) for i in range(n)}):
         fs.makedirs(join_url(base, folder), exist_ok=True)
 
-    labels = frame.loc[:, list(LABELS)].to_numpy()
+    labels = label_matrix(frame)
     jobs = [(i, name, labels[i], size, (seed, 7, i), strength)
             for i, name in enumerate(frame["image_index"])]
     per_batch = max(1, min(64, math.ceil(n / ((workers or os.cpu_count() or 1) * 4))))
@@ -461,7 +462,7 @@ def make_feature_store(
     frame = make_metadata(n_rows, seed=seed)
     frame["split"] = patient_split(frame["patient_id"], seed=seed)
     frame = frame.sort_values("split", kind="stable").reset_index(drop=True)
-    labels = frame.loc[:, list(LABELS)].to_numpy()
+    labels = label_matrix(frame)
     if shuffle_labels:
         frame.loc[:, list(LABELS)] = labels[rng.permutation(n_rows)]
     directions = rng.standard_normal((len(LABELS), feature_dim)).astype(np.float32)

@@ -121,6 +121,7 @@ def make_store(url, dtype="float16", **overrides):
 def test_store_layout_and_lazy_views(tmp_path):
     store = make_store(str(tmp_path / "s.zarr"))
     assert store.n_chunks == 3 and store.chunk_bounds(2) == (8, 10)
+    assert store.split_counts() == {"train": 6, "validation": 2, "test": 2}
     lazy = store.features
     assert lazy.chunks == ((4, 4, 2), (8,))
     rows = np.arange(4, 8)
