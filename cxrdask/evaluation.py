@@ -40,17 +40,22 @@ CITATIONS = {
 }
 
 
-def head_outputs(head: DiagnosisHead, batches: FeatureBatches) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and targets of every row the batches yield, in order."""
-    head.eval()
-    probabilities, targets = [], []
+def head_outputs(heads: list[DiagnosisHead], batches: FeatureBatches
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each head's probabilities and the targets of every row, in one pass over the store."""
+    for head in heads:
+        head.eval()
+    probabilities: list[list[np.ndarray]] = [[] for _ in heads]
+    targets = []
     with torch.inference_mode():
         for inputs, labels in batches:
-            probabilities.append(head.probabilities(inputs).numpy())
+            for out, head in zip(probabilities, heads, strict=True):
+                out.append(head.probabilities(inputs).numpy())
             targets.append(labels.numpy())
-    if not probabilities:
-        return np.zeros((0, len(LABELS))), np.zeros((0, len(LABELS)))
-    return np.concatenate(probabilities), np.concatenate(targets)
+    if not targets:
+        empty = np.zeros((0, len(LABELS)))
+        return [empty for _ in heads], empty
+    return [np.concatenate(p) for p in probabilities], np.concatenate(targets)
 
 
 def auc_per_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
@@ -117,12 +122,12 @@ def evaluate(
     demographics = tuple(ckpt.input["demographics"])
     batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
     ckpt.check_inputs(batches.n_inputs, store.provenance["backbone"])
-    probabilities, targets = head_outputs(ckpt.head, batches)
     # The untrained head: the same seed's initial weights and the same input standardisation.
     untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
     untrained.input_mean.copy_(ckpt.head.input_mean)
     untrained.input_scale.copy_(ckpt.head.input_scale)
-    untrained_probabilities, _ = head_outputs(untrained, batches)
+    (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
+                                                                     batches)
     table = pd.DataFrame({
         "label": list(LABELS),
         "positives": targets.sum(axis=0).astype(int),
