@@ -315,23 +315,16 @@ def extract_features(
     with StoreLease(store_url, storage_options) as lease:
         store = _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows,
                                   dtype, precision, compile, resume, storage_options, lease)
-        return _extract(store, rows, located.urls, spec, preprocessing, client, strict,
-                        progress, warmup, n_workers, threads_per_worker,
-                        dict(device=device, precision=precision, compile=compile,
-                             batch_size=batch_size, io_threads=io_threads, flip_seed=split_seed))
+        config = TaskConfig(store_url=store_url, storage_options=storage_options, backbone=spec,
+                            preprocessing=preprocessing, device=device, precision=precision,
+                            compile=compile, batch_size=batch_size, io_threads=io_threads,
+                            torch_threads=1, flip_seed=split_seed)
+        if client is not None:
+            return _run(client, store, rows, located.urls, config, strict, progress, warmup)
+        from .cluster import local_client
 
-
-def _extract(store, rows, urls, spec, preprocessing, client, strict, progress, warmup,
-             n_workers, threads_per_worker, settings) -> ExtractSummary:
-    config = TaskConfig(store_url=store.url, storage_options=store.storage_options,
-                        backbone=spec, preprocessing=preprocessing, torch_threads=1, **settings)
-
-    from .cluster import local_client
-
-    if client is None:
         with local_client(n_workers=n_workers, threads_per_worker=threads_per_worker) as owned:
-            return _run(owned, store, rows, urls, config, strict, progress, warmup)
-    return _run(client, store, rows, urls, config, strict, progress, warmup)
+            return _run(owned, store, rows, located.urls, config, strict, progress, warmup)
 
 
 def _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows, dtype,
@@ -347,7 +340,8 @@ def _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_ro
         return store
     store = FeatureStore.create(store_url, rows, chunk_rows=chunk_rows,
                                 storage_options=storage_options, overwrite=exists, **settings)
-    lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
+    if exists:
+        lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
     return store
 
 
