@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import machine, peak_rss_mb, save_results, table
+from benchmarks.common import ProcessTreeMonitor, disk_bytes, machine, peak_rss_mb, save_results, table
+from benchmarks.spark_2018 import spark_available
 from cxrdask.backbone import BackboneRunner, BackboneSpec
 from cxrdask.imaging import preprocess_bytes
 from cxrdask.metadata import locate_images, read_metadata
@@ -44,12 +45,22 @@ def archive_for(path: Path, n: int, size: int):
     return archive.root, archive.metadata_url
 
 
-def forward_rate(precision: str, compile: bool, batch: int, seconds: float) -> float:
-    """Images/s of the bare backbone, one thread, on random decoded tensors."""
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512-BF16 or AMX); without them bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def forward_rate(device: str, precision: str, compile: bool, batch: int, seconds: float) -> float:
+    """Images/s of the bare backbone (one CPU thread, or the GPU) on random decoded tensors."""
     torch.set_num_threads(1)
-    runner = BackboneRunner(SPEC, "cpu", precision, compile, batch)
+    runner = BackboneRunner(SPEC, device, precision, compile, batch)
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     runner(x)  # warm-up (and compilation)
+    runner(x)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         runner(x)
@@ -66,23 +77,28 @@ def decode_rate(urls: list[str]) -> float:
     return len(urls) / (time.perf_counter() - start)
 
 
-def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, precision: str,
-                 compile: bool, chunk_rows: int, batch: int) -> dict:
+def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, device: str,
+                 precision: str, compile: bool, chunk_rows: int, batch: int, io_threads: int) -> dict:
     """extract_features on a fresh local cluster; the model is built before the clock starts."""
     from cxrdask.cluster import local_client
-    from cxrdask.extract import extract_features
+    from cxrdask.extract import STAGES, extract_features
 
     store = tempfile.mkdtemp(prefix="bench-store-") + "/f.zarr"
-    with local_client(n_workers=workers, threads_per_worker=threads, announce=False,
-                      dashboard_address=None) as client:
-        summary = extract_features(metadata, root, store, client=client, weights="random",
-                                   chunk_rows=chunk_rows, batch_size=batch, precision=precision,
-                                   compile=compile, progress=False, split="patient")
-    stages = summary.timings[["read_s", "decode_s", "forward_s", "write_s"]].sum()
+    with ProcessTreeMonitor() as monitor:
+        with local_client(n_workers=workers, threads_per_worker=threads, announce=False,
+                          dashboard_address=None) as client:
+            summary = extract_features(metadata, root, store, client=client, weights="random",
+                                       chunk_rows=chunk_rows, batch_size=batch, device=device,
+                                       precision=precision, compile=compile, progress=False,
+                                       split="patient", io_threads=io_threads)
+    stages = summary.timings[list(STAGES)].sum()
+    share = stages / stages.sum()
+    result = {"images_per_s": summary.images_per_second, "seconds": summary.seconds,
+              "warmup_s": summary.warmup_seconds, "cpu_s": monitor.cpu_seconds,
+              "peak_mb": monitor.peak_rss_mb, "output_mb": disk_bytes(store) / 1e6,
+              "stages": " ".join(f"{k.removesuffix('_s')} {v:.0%}" for k, v in share.items())}
     shutil.rmtree(os.path.dirname(store), ignore_errors=True)
-    return {"images_per_s": summary.images_per_second, "seconds": summary.seconds,
-            "warmup_s": summary.warmup_seconds,
-            **{k: round(float(v), 2) for k, v in stages.items()}}
+    return result
 
 
 class _Files(torch.utils.data.Dataset):
@@ -97,22 +113,64 @@ class _Files(torch.utils.data.Dataset):
             return torch.from_numpy(preprocess_bytes(handle.read(), self.urls[i])[0])
 
 
-def dataloader_rate(urls: list[str], precision: str, batch: int) -> dict:
+def dataloader_rate(urls: list[str], device: str, precision: str, batch: int) -> dict:
     """A plain PyTorch loop: DataLoader workers decode, the main process runs the model."""
     cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
-    runner = BackboneRunner(SPEC, "cpu", precision, False, batch)
+    torch.set_num_threads(cores if device == "cpu" else 1)
+    runner = BackboneRunner(SPEC, device, precision, False, batch)
     runner(np.zeros((batch, 3, 224, 224), np.float32))
     out = Path(tempfile.mkdtemp(prefix="bench-dl-"))
     loader = torch.utils.data.DataLoader(_Files(urls), batch_size=batch, num_workers=cores,
                                          multiprocessing_context="spawn", prefetch_factor=4)
-    start = time.perf_counter()
-    for i, x in enumerate(loader):
-        np.save(out / f"features_{i:05d}.npy", runner(x.numpy()).astype(np.float16))
-    seconds = time.perf_counter() - start
+    waited = model = 0.0
+    with ProcessTreeMonitor() as monitor:
+        start = time.perf_counter()
+        ready = start
+        for i, x in enumerate(loader):
+            got = time.perf_counter()
+            np.save(out / f"features_{i:05d}.npy", runner(x.numpy()).astype(np.float16))
+            waited += got - ready
+            ready = time.perf_counter()
+            model += ready - got
+        seconds = time.perf_counter() - start
+    result = {"images_per_s": len(urls) / seconds, "seconds": seconds, "cpu_s": monitor.cpu_seconds,
+              "peak_mb": monitor.peak_rss_mb, "output_mb": disk_bytes(out) / 1e6,
+              "stages": f"waiting for batches {waited / seconds:.0%} model+save {model / seconds:.0%}"}
     shutil.rmtree(out, ignore_errors=True)
     torch.set_num_threads(1)
-    return {"images_per_s": len(urls) / seconds, "seconds": seconds}
+    return result
+
+
+def spark_rate(frame, urls: list[str], cores: int, batch: int) -> dict:
+    """The 2018 way (see ``benchmarks/spark_2018.py``), eager fp32, text output."""
+    from benchmarks.spark_2018 import run_spark
+
+    out = tempfile.mkdtemp(prefix="bench-spark-") + "/features_txt"
+    with ProcessTreeMonitor() as monitor:
+        result = run_spark(frame["image_index"].tolist(), urls, out, cores, "fp32", batch)
+    result.update(images_per_s=len(urls) / result["seconds"], cpu_s=monitor.cpu_seconds,
+                  peak_mb=monitor.peak_rss_mb, output_mb=disk_bytes(out) / 1e6)
+    shutil.rmtree(os.path.dirname(out), ignore_errors=True)
+    return result
+
+
+def measured_row(what: str, result: dict, n: int, bound_rate: float | None, **extra) -> dict:
+    """One table row: speed, CPU seconds per image, peak memory, output size, ratio to the bound."""
+    rate = result["images_per_s"]
+    return {"what": what, "images_per_s": rate, "cpu_s_per_img": result["cpu_s"] / n,
+            "peak_mem_mb": result["peak_mb"], "output_mb": result["output_mb"],
+            "of_bound": rate / bound_rate if bound_rate else None, **extra}
+
+
+def default_layouts(device: str, cores: int) -> str:
+    """1x1, 1x2, 2x1 (and one process per core where there are more) on CPUs; on a GPU, one
+    GPU worker with several threads, and several processes sharing the GPU."""
+    if device == "cuda":
+        return f"1x{min(8, cores)},{cores}x1"
+    layouts = ["1x1", "1x2", "2x1"]
+    if cores > 2:
+        layouts.append(f"{cores}x1")
+    return ",".join(layouts)
 
 
 def main(argv=None) -> None:
@@ -121,75 +179,162 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--archive", default=os.path.join(tempfile.gettempdir(),
                                                           "cxrdask-bench-archive"))
-    parser.add_argument("--layouts", default="1x1,1x2,2x1", help="processes x threads, comma list")
-    parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile + bf16")
-    parser.add_argument("--batch-sizes", default="8,32", help="for the bare-backbone bound")
-    parser.add_argument("--batch", type=int, default=8, help="batch size of the extraction")
-    parser.add_argument("--chunk-rows", type=int, default=24,
-                        help="a multiple of --batch, so compiled graphs never pad")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layouts", help="processes x threads, comma list "
+                        "(default: 1x1,1x2,2x1 on CPUs; 1x8,<cores>x1 on a GPU)")
+    parser.add_argument("--precisions", help="default fp32 (+ bf16 where the CPU has it natively); "
+                        "fp32,fp16,bf16 on a GPU")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile configurations (CPU only; they take ~30 s "
+                             "to compile per worker)")
+    parser.add_argument("--batch-sizes", default=None, help="for the bare backbone (default 8,32; "
+                        "64,256 on a GPU)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size of the extraction "
+                        "(default 8; 64 on a GPU)")
+    parser.add_argument("--chunk-rows", type=int, default=None,
+                        help="rows per task, a multiple of --batch so compiled graphs never pad "
+                             "(default 24; 128 on a GPU)")
+    parser.add_argument("--io-threads", type=int, default=None,
+                        help="decode threads per worker (default max(8, cores / processes))")
     parser.add_argument("--seconds", type=float, default=8.0, help="per bare-backbone figure")
-    parser.add_argument("--no-dataloader", action="store_true")
+    parser.add_argument("--parts", default="c,d,e", help="what to measure besides the bound: "
+                        "c = cxrdask layouts, d = DataLoader loop, e = PySpark (default c,d,e)")
     parser.add_argument("--out", default="benchmarks/results/bench_extract")
     args = parser.parse_args(argv)
+    gpu = args.device == "cuda"
+    parts = set(args.parts.split(","))
+    cores = os.cpu_count() or 1
+    batch = args.batch or (64 if gpu else 8)
+    chunk_rows = args.chunk_rows or (128 if gpu else 24)
+    notes = []
+    if args.precisions:
+        precisions = args.precisions.split(",")
+    elif gpu:
+        precisions = ["fp32", "fp16", "bf16"]
+    else:
+        precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
+        if not native_bf16():
+            notes.append("bf16 left out: this CPU has no AVX-512-BF16/AMX, so bf16 is emulated "
+                         "and slower than fp32 (--precisions fp32,bf16 to measure it anyway)")
+    configs = [(p, False) for p in precisions]
+    if not gpu and not args.no_compile:
+        configs += [(p, True) for p in precisions]
+    name_of = {c: f"{'compile+' if c[1] else ''}{c[0]}" for c in configs}
 
     root, metadata = archive_for(Path(args.archive), args.n, args.size)
     frame = read_metadata(metadata, max_age=10_000)
     urls = locate_images(root).urls_for(frame["image_index"])
-    configs = [(p, False) for p in args.precisions.split(",")]
-    if args.compile:
-        configs.append(("bf16", True))
+    n = len(urls)
 
     rows, bound = [], {}
-    decode = decode_rate(urls[: min(len(urls), 100)])
+    decode = decode_rate(urls[: min(n, 100)])
     rows.append({"what": "(b) read+decode+resize, 1 thread", "images_per_s": decode})
-    for precision, compile in configs:
-        name = f"{'compile+' if compile else ''}{precision}"
-        rates = {b: forward_rate(precision, compile, int(b), args.seconds)
-                 for b in args.batch_sizes.split(",")}
-        for batch, rate in rates.items():
-            rows.append({"what": f"(a) backbone {name}, batch {batch}, 1 thread",
+    print(rows[-1], flush=True)
+    for config in configs:
+        batch_sizes = args.batch_sizes or ("64,256" if gpu else "8,32")
+        rates = {int(b): forward_rate(args.device, config[0], config[1], int(b), args.seconds)
+                 for b in batch_sizes.split(",")}
+        for size, rate in rates.items():
+            where = "GPU" if gpu else "1 thread"
+            rows.append({"what": f"(a) backbone {name_of[config]}, batch {size}, {where}",
                          "images_per_s": rate})
-        per_core = 1.0 / (1.0 / rates[str(args.batch)] + 1.0 / decode) \
-            if str(args.batch) in rates else 1.0 / (1.0 / max(rates.values()) + 1.0 / decode)
-        bound[name] = per_core
-    cores = os.cpu_count() or 1
-    for name, per_core in bound.items():
-        rows.append({"what": f"bound {name}, {cores} cores", "images_per_s": per_core * cores})
-
-    one_worker = {}
-    for precision, compile in configs:
-        name = f"{'compile+' if compile else ''}{precision}"
-        for layout in args.layouts.split(","):
-            processes, threads = (int(v) for v in layout.split("x"))
-            used = processes * threads
-            result = cxrdask_rate(metadata, root, processes, threads, precision, compile,
-                                  args.chunk_rows, args.batch)
-            rate = result["images_per_s"]
-            if used == 1:
-                one_worker[name] = rate
-            rows.append({
-                "what": f"(c) cxrdask {name}, {processes} proc x {threads} thr",
-                "images_per_s": rate,
-                "of_bound": rate / (bound[name] * used),
-                "vs_1_worker": rate / one_worker[name] if name in one_worker else None,
-                "stages_s": f"read {result['read_s']} dec {result['decode_s']} "
-                            f"fwd {result['forward_s']} write {result['write_s']}",
-                "warmup_s": round(result["warmup_s"], 1),
-            })
             print(rows[-1], flush=True)
-    if not args.no_dataloader:
-        for precision, compile in configs:
-            if compile:
-                continue
-            result = dataloader_rate(urls, precision, args.batch)
-            rows.append({"what": f"(d) DataLoader loop {precision}, {cores} workers",
-                         "images_per_s": result["images_per_s"],
-                         "of_bound": result["images_per_s"] / (bound[precision] * cores)})
+        forward = rates.get(batch, max(rates.values()))
+        # CPU: each core decodes then runs the network; GPU: the cores decode, the GPU runs it.
+        bound[config] = min(decode * cores, forward) if gpu else cores / (1 / forward + 1 / decode)
+        rows.append({"what": f"bound {name_of[config]}, {cores} cores" + (" + GPU" if gpu else ""),
+                     "images_per_s": bound[config]})
+        print(rows[-1], flush=True)
+
+    measured: dict[tuple, dict[str, float]] = {}
+    for config in configs if "c" in parts else []:
+        for layout in (args.layouts or default_layouts(args.device, cores)).split(","):
+            processes, threads = (int(v) for v in layout.split("x"))
+            used = min(processes * threads, cores)
+            io_threads = args.io_threads or max(8, cores // processes)
+            result = cxrdask_rate(metadata, root, processes, threads, args.device, config[0],
+                                  config[1], chunk_rows, batch, io_threads)
+            measured.setdefault(config, {})[layout] = result["images_per_s"]
+            share = bound[config] if gpu else bound[config] * used / cores
+            one = measured[config].get("1x1")
+            rows.append(measured_row(
+                f"(c) cxrdask {name_of[config]}, {processes} proc x {threads} thr", result, n,
+                share, vs_1_worker=result["images_per_s"] / one if one else None,
+                stages=result["stages"], warmup_s=result["warmup_s"]))
+            print(rows[-1], flush=True)
+
+    def best(precision: str | None = None, eager_only: bool = False) -> tuple[str, float]:
+        options = [(name_of[c], rate) for c, by in measured.items() for rate in by.values()
+                   if (precision is None or c[0] == precision) and not (eager_only and c[1])]
+        return max(options, key=lambda item: item[1]) if options else ("", 0.0)
+
+    peers = {}
+    if "d" in parts:
+        for precision in precisions:
+            result = dataloader_rate(urls, args.device, precision, batch)
+            peers[f"DataLoader {precision}"] = result["images_per_s"]
+            rows.append(measured_row(
+                f"(d) DataLoader loop {precision}, {cores} workers", result, n,
+                bound[(precision, False)], stages=result["stages"],
+                cxrdask_x=best(precision)[1] / result["images_per_s"] if measured else None))
+            print(rows[-1], flush=True)
+    why_not = "not asked for (--parts)" if "e" not in parts else spark_available()
+    if why_not is None:
+        result = spark_rate(frame, urls, cores, 8)
+        peers["Spark fp32"] = result["images_per_s"]
+        rows.append(measured_row(
+            f"(e) 2018 way: PySpark local[{cores}], eager fp32, text files", result, n,
+            bound.get(("fp32", False)),
+            cxrdask_x=best()[1] / result["images_per_s"] if measured else None,
+            warmup_s=result["session_s"]))
+        print(rows[-1], flush=True)
+    else:
+        notes.append(f"PySpark comparison not run: {why_not}")
     rows.append({"what": "peak RSS of this process (MB)", "images_per_s": peak_rss_mb()})
-    header = f"bench_extract on {machine()}: {args.n} PNGs of {args.size}x{args.size}"
-    save_results(args.out, rows, header, vars(args), plot_column="images_per_s")
+
+    targets = target_rows(measured, bound, name_of, peers, best, gpu, n)
+    header = f"bench_extract on {machine()}: {n} PNGs of {args.size}x{args.size}, {args.device}"
+    save_results(args.out, rows + targets, header, vars(args) | {"notes": notes},
+                 plot_column="images_per_s")
     print(table(rows, header))
+    print()
+    print(table(targets, "targets"))
+    for note in notes:
+        print(f"note: {note}")
+
+
+def target_rows(measured, bound, name_of, peers, best, gpu: bool, n: int) -> list[dict]:
+    """The issue's targets, each with the measured figure and whether it is met."""
+    targets = []
+    for config, by_layout in measured.items():
+        top = max(by_layout.values())
+        targets.append({"target": f"cxrdask {name_of[config]} >= 0.85 of the bound",
+                        "measured": top / bound[config], "met": top / bound[config] >= 0.85})
+        if "1x1" in by_layout:
+            two = max((r for layout, r in by_layout.items() if layout in ("2x1", "1x2")), default=None)
+            if two:
+                targets.append({"target": f"2 workers >= 1.8x one ({name_of[config]})",
+                                "measured": two / by_layout["1x1"], "met": two / by_layout["1x1"] >= 1.8})
+    for peer, rate in peers.items() if measured else ():
+        if peer.startswith("DataLoader"):
+            precision = peer.split()[-1]
+            ratio = best(precision, eager_only=True)[1] / rate
+            targets.append({"target": f"cxrdask >= 1.0x the {peer} loop (same precision, eager)",
+                            "measured": ratio, "met": ratio >= 1.0})
+        else:
+            fastest, top = best()
+            targets.append({"target": f"cxrdask fastest ({fastest}) >= 2.7x PySpark 2018",
+                            "measured": top / rate, "met": top / rate >= 2.7})
+            same = best("fp32", eager_only=True)[1] / rate
+            targets.append({"target": "cxrdask eager fp32 vs PySpark eager fp32 (same precision)",
+                            "measured": same, "met": None})
+    if gpu and measured:
+        fastest, top = best()
+        minutes = 112_120 / top / 60
+        targets.append({"target": f"full archive (112,120) on this node < 2 min ({fastest})",
+                        "measured": minutes, "met": minutes < 2})
+    return targets
 
 
 if __name__ == "__main__":

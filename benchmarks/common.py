@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import subprocess
+import threading
 from pathlib import Path
 
 
@@ -82,3 +83,74 @@ def save_results(stem: str, rows: list[dict], header: str, arguments: dict,
         fig.tight_layout()
         fig.savefig(path.with_suffix(".png"), dpi=100)
         plt.close(fig)
+
+
+class ProcessTreeMonitor:
+    """CPU seconds and peak resident memory of this process and all its descendants.
+
+    Memory is counted above this process's own resident size at the start, so models the
+    benchmark built earlier do not count against the run being measured.
+
+    A background thread samples the tree every ``interval`` seconds (worker processes,
+    DataLoader workers and Spark's JVM and Python workers included); CPU time of a process
+    that ends between two samples is counted up to its last sample.
+    """
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self._psutil = psutil
+        self.interval = interval
+        self.peak_rss_mb = 0.0
+        self._first: dict[tuple, float] = {}
+        self._last: dict[tuple, float] = {}
+        self._started = False
+        self._baseline = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        root = self._psutil.Process()
+        rss = 0
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                with process.oneshot():
+                    cpu = process.cpu_times()
+                    memory = process.memory_info().rss
+            except (self._psutil.NoSuchProcess, self._psutil.AccessDenied):
+                continue
+            key = (process.pid, process.create_time())
+            self._first.setdefault(key, 0.0 if self._started else cpu.user + cpu.system)
+            self._last[key] = cpu.user + cpu.system
+            rss += memory
+        if not self._started:
+            self._baseline = root.memory_info().rss
+        self.peak_rss_mb = max(self.peak_rss_mb, (rss - self._baseline) / 2**20)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> ProcessTreeMonitor:
+        self._sample()  # processes already running count from now on
+        self._started = True
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._last[k] - self._first[k] for k in self._last)
+
+
+def disk_bytes(path: str | os.PathLike) -> int:
+    """Bytes of all files under ``path`` (a file or a folder)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+

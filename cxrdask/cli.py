@@ -1,4 +1,4 @@
-"""The ``cxrdask`` command: info, synth, demo, extract, train, evaluate.
+"""The ``cxrdask`` command: info, synth, demo, extract, train, evaluate, predict, serve.
 
 Errors that come from bad input (a CSV row, an image, a store made otherwise) print one
 clear message and exit with status 2; nothing is written for a refused run.
@@ -179,6 +179,39 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .evaluation import predict
+
+    frame = predict(args.images, args.checkpoint, weights=args.weights, age=args.age, sex=args.sex,
+                    view=args.view, device=args.device)
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    shown = frame.set_index("image").T
+    shown.index.name = "finding"
+    print(shown.round(3).to_string())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .web import create_app
+    except ImportError as exc:
+        raise CxrDaskError(f"{exc}; the web page needs: pip install 'cxrdask[web]'") from exc
+    app = create_app(args.checkpoint, weights=args.weights, device=args.device,
+                     max_upload_bytes=int(args.max_upload_mb * 2**20),
+                     max_concurrent=args.max_concurrent)
+    identity = app.state.diagnoser.identity
+    print(f"model: {identity['backbone']['name']} ({identity['backbone']['weights']}) + head "
+          f"{identity['head']['file']} on {identity['device']}")
+    print(f"serving on http://{args.host}:{args.port}/ (API docs: /docs, health: /api/health)",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Synthetic archive -> metadata -> splits -> features -> head -> evaluation, end to end."""
     from .evaluation import evaluate
@@ -306,7 +339,34 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     _add_storage(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="14 probabilities for image files")
+    predict.add_argument("images", nargs="+", help="PNG or JPEG files (local paths or URLs)")
+    _add_model(predict)
+    predict.add_argument("--age", type=float, help="years (unknown: 50)")
+    predict.add_argument("--sex", choices=["M", "F"])
+    predict.add_argument("--view", choices=["PA", "AP"])
+    predict.add_argument("--csv", help="also write the probabilities to this CSV")
+    predict.set_defaults(run=cmd_predict)
+
+    serve = commands.add_parser("serve", help="the single-image web page and its JSON API")
+    _add_model(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-upload-mb", type=float, default=20.0,
+                       help="largest accepted upload in MiB (default 20)")
+    serve.add_argument("--max-concurrent", type=int, default=1,
+                       help="images computed at once (each uses every core; default 1)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
+                                                               "info", "debug"])
+    serve.set_defaults(run=cmd_serve)
     return parser
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="head checkpoint (head.pt)")
+    parser.add_argument("--weights", help="backbone weights file, when the head was trained on one")
+    parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,10 @@ class ImageDecodeError(CxrDaskError, ValueError):
         super().__init__(f"image {image_index!r}: {reason}")
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose pixel count is above the limit (a possible decompression bomb)."""
+
+
 class StoreError(CxrDaskError):
     """A feature store is missing, not a cxrdask store, or cannot be used as asked."""
 

@@ -200,7 +200,7 @@ def plot_auc_bars(table: pd.DataFrame, path) -> str:
     return str(path)
 
 
-def _backbone_for(ckpt: Checkpoint, weights: str | None) -> BackboneSpec:
+def backbone_for_checkpoint(ckpt: Checkpoint, weights: str | None = None) -> BackboneSpec:
     """The backbone the head was trained on; a weights file must be given and must match."""
     identity = ckpt.backbone
     if identity["kind"] == "random":
@@ -233,7 +233,7 @@ def predict(
     ``weights`` and match its sha256). Unknown demographics enter as age 50, sex 0.5.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    spec = _backbone_for(ckpt, weights)
+    spec = backbone_for_checkpoint(ckpt, weights)
     preprocessing = Preprocessing.from_dict({**ckpt.provenance["preprocessing"], "flip": "none"})
     runner = cached_runner(spec, device)
     names, arrays = [], []
@@ -244,6 +244,18 @@ def predict(
     if not arrays:
         return pd.DataFrame(columns=["image", *LABELS])
     features = np.concatenate([runner(np.stack(arrays[i:i + 8])) for i in range(0, len(arrays), 8)])
+    inputs = head_inputs(ckpt, features, age, sex, view)
+    with torch.inference_mode():
+        probabilities = ckpt.head.probabilities(torch.from_numpy(inputs)).numpy()
+    frame = pd.DataFrame(probabilities, columns=list(LABELS))
+    frame.insert(0, "image", names)
+    return frame
+
+
+def head_inputs(ckpt: Checkpoint, features: np.ndarray, age: float | None = None,
+                sex: str | None = None, view: str | None = None) -> np.ndarray:
+    """The head's inputs for backbone features and one set of demographics (unknown: age 50,
+    sex halfway between F and M, view PA), checked against the checkpoint's width."""
     n = len(features)
     demographics = tuple(ckpt.input["demographics"])
     inputs = encode_inputs(features, np.full(n, 50.0 if age is None else float(age)),
@@ -252,11 +264,7 @@ def predict(
     if sex is None and "sex" in demographics:  # unknown sex sits between F (0) and M (1)
         inputs[:, features.shape[1] + demographics.index("sex")] = 0.5
     ckpt.check_inputs(inputs.shape[1])
-    with torch.inference_mode():
-        probabilities = ckpt.head.probabilities(torch.from_numpy(inputs)).numpy()
-    frame = pd.DataFrame(probabilities, columns=list(LABELS))
-    frame.insert(0, "image", names)
-    return frame
+    return inputs
 
 
 def _image_bytes(item, position: int) -> tuple[str, bytes]:

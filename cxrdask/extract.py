@@ -24,7 +24,7 @@ import torch
 from ._fs import StorageOptions, filesystem
 from .backbone import BackboneSpec, cached_runner
 from .errors import ImageDecodeError
-from .imaging import Preprocessing, flip_for, preprocess_bytes
+from .imaging import Preprocessing, decode_gray, flip_for, preprocess_bytes, to_model_input
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
 from .splits import TRAIN, assign_splits
@@ -36,6 +36,9 @@ PRESETS = {
     "seed2018": {"split": "random", "flip": "train"},
     "default": {},
 }
+
+
+STAGES = ("read_s", "decode_s", "resize_s", "forward_s", "write_s")
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,10 @@ class ExtractSummary:
         return done / self.seconds if self.seconds > 0 else 0.0
 
     def per_worker(self) -> pd.DataFrame:
-        """Seconds per stage (read, decode, forward, write) summed per worker."""
+        """Seconds per stage (read, decode, resize, forward, write) summed per worker."""
         if self.timings.empty:
             return self.timings
-        columns = ["images", "read_s", "decode_s", "forward_s", "write_s", "task_s"]
+        columns = ["images", *STAGES, "task_s"]
         return self.timings.groupby("worker")[columns].sum()
 
     def __str__(self) -> str:
@@ -134,21 +137,23 @@ def _worker_resources(config: TaskConfig):
 
 
 def _load_one(url: str, name: str, flip: bool, config: TaskConfig):
-    """Read and preprocess one image; returns (array | None, note | error, read_s, decode_s)."""
+    """Read and preprocess one image: (array | None, note | error, read_s, decode_s, resize_s)."""
     t0 = time.perf_counter()
     try:
         fs, path = filesystem(url, config.storage_options)
         data = fs.cat_file(path)
     except FileNotFoundError:
-        return None, "file not found", time.perf_counter() - t0, 0.0
+        return None, "file not found", time.perf_counter() - t0, 0.0, 0.0
     except OSError as exc:
-        return None, f"cannot read: {exc}", time.perf_counter() - t0, 0.0
+        return None, f"cannot read: {exc}", time.perf_counter() - t0, 0.0, 0.0
     t1 = time.perf_counter()
     try:
-        array, note = preprocess_bytes(data, name, config.preprocessing, flip)
+        gray, note = decode_gray(data, name)
     except ImageDecodeError as exc:
-        return None, exc.reason, t1 - t0, time.perf_counter() - t1
-    return array, note, t1 - t0, time.perf_counter() - t1
+        return None, exc.reason, t1 - t0, time.perf_counter() - t1, 0.0
+    t2 = time.perf_counter()
+    array = to_model_input(gray, config.preprocessing, flip)
+    return array, note, t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
 def warm_worker(config: TaskConfig) -> float:
@@ -174,7 +179,7 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
     status = np.full(n, STATUS_FAILED, dtype=np.uint8)
     errors = [""] * n
     notes: list[tuple[str, str]] = []
-    timing = defaultdict(float)
+    timing = defaultdict(float, dict.fromkeys(STAGES, 0.0))
 
     def submit(i: int):
         if urls[i] is None:
@@ -202,9 +207,10 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
         if future is None:
             errors[i] = "file not found"
             continue
-        array, message, read_s, decode_s = future.result()
+        array, message, read_s, decode_s, resize_s = future.result()
         timing["read_s"] += read_s
         timing["decode_s"] += decode_s
+        timing["resize_s"] += resize_s
         if array is None:
             errors[i] = message
             continue

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageDecodeError
+from .errors import ImageDecodeError, ImageTooLargeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,7 +58,7 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageDecodeError(
+            raise ImageTooLargeError(
                 image_index,
                 f"{width}x{height} is {width * height:,} pixels, above the limit of "
                 f"{max_pixels:,} (possible decompression bomb)",
@@ -66,8 +66,9 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
         image.load()
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error,
-            Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its limit
+        raise ImageTooLargeError(image_index, f"{exc} (possible decompression bomb)") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error) as exc:
         raise ImageDecodeError(image_index, f"cannot decode: {exc}") from exc
     return _to_gray8(image, image_index)
 

@@ -26,3 +26,17 @@ def cluster_client():
     with local_client(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                       announce=False) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(small_archive, cluster_client, tmp_path_factory):
+    """A head trained for a few epochs on random-weight ResNet50 features of ``small_archive``."""
+    from cxrdask.extract import extract_features
+    from cxrdask.train import TrainConfig, train_head
+
+    out = tmp_path_factory.mktemp("trained")
+    store = str(out / "features.zarr")
+    extract_features(small_archive.metadata_url, small_archive.root, store, client=cluster_client,
+                     weights="random", chunk_rows=40, split="patient", progress=False)
+    result = train_head(store, TrainConfig(epochs=3, batch_size=16), out / "head", progress=False)
+    return result.checkpoint
