@@ -18,6 +18,7 @@ _EXPORTS = {
     "parse_labels": "labels",
     "read_metadata": "metadata",
     "locate_images": "metadata",
+    "find_metadata": "metadata",
     "encode_demographics": "metadata",
     "assign_splits": "splits",
     "make_archive": "synthetic",
@@ -28,12 +29,14 @@ _EXPORTS = {
     "extract_features": "extract",
     "ExtractSummary": "extract",
     "local_client": "cluster",
+    "start_local_cluster": "cluster",
     "FeatureBatches": "batches",
     "TrainConfig": "train",
     "train_head": "train",
     "grid_search": "train",
     "evaluate": "evaluation",
     "predict": "evaluation",
+    "create_app": "web",
 }
 __all__ = ["__version__", *_EXPORTS]
 

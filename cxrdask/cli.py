@@ -105,14 +105,9 @@ def cmd_synth(args) -> int:
 def _metadata_url(args) -> str:
     if args.metadata:
         return args.metadata
-    from ._fs import filesystem, join_url
-    from .synthetic import CSV_NAMES
+    from .metadata import find_metadata
 
-    fs, base = filesystem(args.images, parse_storage_options(args.storage_option))
-    for name in CSV_NAMES.values():
-        if fs.exists(join_url(base, name)):
-            return join_url(args.images, name)
-    raise CxrDaskError(f"no metadata CSV found under {args.images}; pass --metadata")
+    return find_metadata(args.images, parse_storage_options(args.storage_option))
 
 
 def cmd_extract(args) -> int:

@@ -16,8 +16,8 @@ import fsspec
 import numpy as np
 import pandas as pd
 
-from ._fs import StorageOptions, filesystem, full_url
-from .errors import MetadataError, MissingColumnError, RowProblem
+from ._fs import StorageOptions, filesystem, full_url, join_url
+from .errors import CxrDaskError, MetadataError, MissingColumnError, RowProblem
 from .labels import LABELS, LabelParseError, parse_labels
 
 DEFAULT_MAX_AGE = 123
@@ -43,6 +43,23 @@ _SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 _AGE = re.compile(r"^(\d+)(?:\.0*)?\s*([YMD])?$", re.IGNORECASE)
 _IMAGE_FOLDER = re.compile(r"^(?:images|images_\d{3}/images)$")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# The metadata file's name in each variant of the archive, as the archive ships it.
+CSV_NAMES = {
+    "kaggle2017": "Data_Entry_2017.csv",
+    "v2020": "Data_Entry_2017_v2020.csv",
+    "sample_labels": "sample_labels.csv",
+}
+
+
+def find_metadata(root: str, storage_options: StorageOptions | None = None) -> str:
+    """The URL of the metadata CSV in an archive's root folder (any of the three variants)."""
+    fs, base = filesystem(root, storage_options)
+    for name in CSV_NAMES.values():
+        if fs.exists(join_url(base, name)):
+            return join_url(root, name)
+    raise CxrDaskError(f"no metadata CSV ({', '.join(CSV_NAMES.values())}) under {root}; "
+                       "pass it explicitly (--metadata)")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ._fs import StorageOptions, filesystem, join_url
 from .labels import LABELS, NO_FINDING, format_labels
-from .metadata import label_matrix
+from .metadata import CSV_NAMES, label_matrix
 
 # NIH ChestX-ray14 counts (of 112,120 images) that the label sampler reproduces.
 NIH_IMAGES = 112_120
@@ -44,11 +44,6 @@ IMAGES_PER_FOLDER = 10_000
 # Strength 1 draws clearly visible signs: calibrated so that 500 images at 128 px through a
 # random-weight ResNet50 and the default head reach a mean test AUC of about 0.8.
 SIGN_GAIN = 2.0
-CSV_NAMES = {
-    "kaggle2017": "Data_Entry_2017.csv",
-    "v2020": "Data_Entry_2017_v2020.csv",
-    "sample_labels": "sample_labels.csv",
-}
 CsvVariant = Literal["kaggle2017", "v2020", "sample_labels"]
 Prevalence = Literal["nih", "balanced"]
 

@@ -28,7 +28,7 @@ from .store import FeatureStore
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training choice; saved in the checkpoint. ``TrainConfig.preset("seed2018")`` is 2018's.
+    """Every training choice; saved in the checkpoint. ``TrainConfig.preset_config("seed2018")`` is 2018's.
 
     Our defaults differ from 2018 where it helps: batch 256 (25x fewer steps, the same
     optimum, 50 epochs in under a minute on 2 cores) with lr 1e-3 scaled for it, inputs

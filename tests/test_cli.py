@@ -23,7 +23,8 @@ def cxrdask(*args, check=True, timeout=600):
 def test_every_command_has_help():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"info", "synth", "demo", "extract", "train", "evaluate"}
+    assert set(commands) == {"info", "synth", "demo", "extract", "train", "evaluate", "predict",
+                             "serve"}
     for name in commands:
         assert cxrdask(name, "--help").stdout.startswith(f"usage: cxrdask {name}")
 
@@ -119,3 +120,25 @@ def test_demo_runs_end_to_end(tmp_path):
     for name in ("report.md", "report.json", "roc.png", "auc_bars.png"):
         assert (tmp_path / "demo" / "report" / name).exists()
     assert FeatureStore.open(str(tmp_path / "demo" / "features.zarr")).is_complete()
+
+
+@pytest.mark.slow
+def test_predict_command_matches_the_library(trained_checkpoint, small_archive, tmp_path):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from cxrdask.evaluation import predict
+    from cxrdask.labels import LABELS
+
+    images = sorted(str(p) for p in Path(small_archive.root).rglob("*.png"))[:3]
+    out = cxrdask("predict", *images, "--checkpoint", trained_checkpoint, "--device", "cpu",
+                  "--age", "40", "--sex", "F", "--csv", tmp_path / "p.csv").stdout
+    assert all(label in out for label in LABELS)
+    written = pd.read_csv(tmp_path / "p.csv")
+    expected = predict(images, trained_checkpoint, age=40, sex="F", device="cpu")
+    assert list(written["image"]) == [Path(p).name for p in images]
+    assert (written[list(LABELS)] - expected[list(LABELS)]).abs().to_numpy().max() < 1e-6
+    missing = cxrdask("predict", tmp_path / "nope.png", "--checkpoint", trained_checkpoint,
+                      check=False)
+    assert missing.returncode == 2 and "nope.png" in missing.stderr

@@ -1,0 +1,112 @@
+"""The examples and docs a newcomer follows: the quickstart notebook, the CLI reference."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from cxrdask.docs_gen import API_START, api_page, markdown_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
+    notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
+        "the notebook is saved without outputs"
+    parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1
+    parameters[0].source = (f"N_IMAGES = 90\nSIZE = 128\nEPOCHS = 3\nWORKERS = 2\n"
+                            f"WORKDIR = {str(tmp_path / 'out')!r}")
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "dashboard: http://127.0.0.1:" in text
+    assert "rows: 90 written" in text or "written, 0 failed" in text
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # curves, AUC bars, ROC
+    assert (tmp_path / "out" / "head" / "head.pt").exists()
+
+
+def test_cli_reference_matches_the_commands_help():
+    written = (ROOT / "docs" / "cli.md").read_text()
+    assert written == markdown_reference(), \
+        "docs/cli.md is stale: run python -m cxrdask.docs_gen"
+
+
+def test_api_reference_matches_the_code():
+    written = (ROOT / "docs" / "api.md").read_text()
+    assert written == api_page(written), "docs/api.md is stale: run python -m cxrdask.docs_gen"
+
+
+# --------------------------------------------------------------------------- docs snippets
+
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+             "examples/real_nih.md"]
+# Why a block may be left out; anything else must run.
+NOT_RUN_REASONS = {
+    "real-archive": "needs the real 45 GB NIH archive",
+    "gpu": "needs a CUDA GPU",
+    "cluster": "needs a Slurm/Kubernetes/Coiled cluster",
+    "install": "installs the project (what .ci/run itself does before the tests)",
+    "server": "starts a server that runs until stopped (tests/test_web.py starts it)",
+    "benchmark": "a benchmark run of minutes; its table is recorded beside it",
+    "illustration": "a folder layout, not a command",
+}
+FENCE = re.compile(r"(?:<!-- not-run: (?P<reason>[\w-]+) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```",
+                   re.S)
+
+
+def snippets(document: str) -> list[tuple[str, str | None, str]]:
+    """``(language, not-run reason or None, code)`` of each fenced block, in order."""
+    text = (ROOT / document).read_text()
+    if document == "docs/api.md":  # the generated reference holds signatures, not examples
+        text = text.split(API_START)[0]
+    return [(m["lang"], m["reason"], m["body"]) for m in FENCE.finditer(text)]
+
+
+def test_every_snippet_is_runnable_or_says_why_not():
+    for document in DOCUMENTS:
+        for lang, reason, _ in snippets(document):
+            if reason is not None:
+                assert reason in NOT_RUN_REASONS, f"{document}: unknown not-run reason {reason!r}"
+            else:
+                assert lang in ("bash", "python", "text"), f"{document}: a ``` block without a language"
+
+
+def runnable(document: str) -> list[tuple[str, str]]:
+    return [(lang, body) for lang, reason, body in snippets(document)
+            if reason is None and lang in ("bash", "python")]
+
+
+@pytest.mark.parametrize("document", [d for d in DOCUMENTS if runnable(d)])
+def test_document_snippets_run(document, tmp_path):
+    """Each document's runnable blocks, in order, in one fresh folder: Python blocks share one
+    interpreter (later blocks use earlier names), shell blocks run with this environment's
+    ``cxrdask`` and ``python`` first on the PATH."""
+    blocks = runnable(document)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
+    python = "\n".join(body for lang, body in blocks if lang == "python")
+    for lang, body in blocks:
+        if lang == "bash":
+            run = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=tmp_path, env=env,
+                                 capture_output=True, text=True, timeout=600)
+            assert run.returncode == 0, f"{document}:\n{body}\n--- output:\n{run.stdout}\n{run.stderr}"
+    if python:
+        script = tmp_path / "snippets.py"
+        script.write_text(f"if __name__ == '__main__':\n{textwrap.indent(python, '    ')}")
+        run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, f"{document}:\n{python}\n--- output:\n{run.stdout}\n{run.stderr}"
