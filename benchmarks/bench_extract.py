@@ -15,11 +15,13 @@ All on the same synthetic 1024x1024 PNGs, in one run, so the ratios are fair:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +34,23 @@ from cxrdask.metadata import locate_images, read_metadata
 from cxrdask.synthetic import make_archive
 
 SPEC = BackboneSpec("resnet50", "random", 0)
+
+
+class Config(NamedTuple):
+    """One way of running the backbone: precision, torch.compile or not, engine."""
+
+    precision: str
+    compile: bool = False
+    engine: str = "torch"
+
+    @property
+    def name(self) -> str:
+        prefix = "compile+" if self.compile else "onnxruntime " if self.engine == "onnxruntime" else ""
+        return prefix + self.precision
+
+    @property
+    def eager_torch(self) -> bool:
+        return not self.compile and self.engine == "torch"
 
 
 def archive_for(path: Path, n: int, size: int):
@@ -54,10 +73,10 @@ def native_bf16() -> bool:
     return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def forward_rate(device: str, precision: str, compile: bool, batch: int, seconds: float) -> float:
+def forward_rate(device: str, config: Config, batch: int, seconds: float) -> float:
     """Images/s of the bare backbone (one CPU thread, or the GPU) on random decoded tensors."""
     torch.set_num_threads(1)
-    runner = BackboneRunner(SPEC, device, precision, compile, batch)
+    runner = BackboneRunner(SPEC, device, config.precision, config.compile, batch, config.engine)
     x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     runner(x)  # warm-up (and compilation)
     runner(x)
@@ -78,7 +97,7 @@ def decode_rate(urls: list[str]) -> float:
 
 
 def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, device: str,
-                 precision: str, compile: bool, chunk_rows: int, batch: int, io_threads: int) -> dict:
+                 config: Config, chunk_rows: int, batch: int, io_threads: int) -> dict:
     """extract_features on a fresh local cluster; the model is built before the clock starts."""
     from cxrdask.cluster import local_client
     from cxrdask.extract import STAGES, extract_features
@@ -89,7 +108,8 @@ def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, device: s
                           dashboard_address=None) as client:
             summary = extract_features(metadata, root, store, client=client, weights="random",
                                        chunk_rows=chunk_rows, batch_size=batch, device=device,
-                                       precision=precision, compile=compile, progress=False,
+                                       precision=config.precision, compile=config.compile,
+                                       engine=config.engine, progress=False,
                                        split="patient", io_threads=io_threads)
     stages = summary.timings[list(STAGES)].sum()
     share = stages / stages.sum()
@@ -188,6 +208,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile configurations (CPU only; they take ~30 s "
                              "to compile per worker)")
+    parser.add_argument("--no-onnxruntime", action="store_true",
+                        help="skip the ONNX Runtime engine (CPU only)")
     parser.add_argument("--batch-sizes", default=None, help="for the bare backbone (default 8,32; "
                         "64,256 on a GPU)")
     parser.add_argument("--batch", type=int, default=None, help="batch size of the extraction "
@@ -217,10 +239,15 @@ def main(argv=None) -> None:
         if not native_bf16():
             notes.append("bf16 left out: this CPU has no AVX-512-BF16/AMX, so bf16 is emulated "
                          "and slower than fp32 (--precisions fp32,bf16 to measure it anyway)")
-    configs = [(p, False) for p in precisions]
+    configs = [Config(p) for p in precisions]
     if not gpu and not args.no_compile:
-        configs += [(p, True) for p in precisions]
-    name_of = {c: f"{'compile+' if c[1] else ''}{c[0]}" for c in configs}
+        configs += [Config(p, compile=True) for p in precisions]
+    if not gpu and not args.no_onnxruntime:
+        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+            configs.append(Config("fp32", engine="onnxruntime"))
+        else:
+            notes.append("ONNX Runtime left out: pip install 'cxrdask[onnx]'")
+    name_of = {c: c.name for c in configs}
 
     root, metadata = archive_for(Path(args.archive), args.n, args.size)
     frame = read_metadata(metadata, max_age=10_000)
@@ -233,7 +260,7 @@ def main(argv=None) -> None:
     print(rows[-1], flush=True)
     for config in configs:
         batch_sizes = args.batch_sizes or ("64,256" if gpu else "8,32")
-        rates = {int(b): forward_rate(args.device, config[0], config[1], int(b), args.seconds)
+        rates = {int(b): forward_rate(args.device, config, int(b), args.seconds)
                  for b in batch_sizes.split(",")}
         for size, rate in rates.items():
             where = "GPU" if gpu else "1 thread"
@@ -253,8 +280,8 @@ def main(argv=None) -> None:
             processes, threads = (int(v) for v in layout.split("x"))
             used = min(processes * threads, cores)
             io_threads = args.io_threads or max(8, cores // processes)
-            result = cxrdask_rate(metadata, root, processes, threads, args.device, config[0],
-                                  config[1], chunk_rows, batch, io_threads)
+            result = cxrdask_rate(metadata, root, processes, threads, args.device, config,
+                                  chunk_rows, batch, io_threads)
             measured.setdefault(config, {})[layout] = result["images_per_s"]
             share = bound[config] if gpu else bound[config] * used / cores
             one = measured[config].get("1x1")
@@ -266,7 +293,7 @@ def main(argv=None) -> None:
 
     def best(precision: str | None = None, eager_only: bool = False) -> tuple[str, float]:
         options = [(name_of[c], rate) for c, by in measured.items() for rate in by.values()
-                   if (precision is None or c[0] == precision) and not (eager_only and c[1])]
+                   if (precision is None or c.precision == precision) and (c.eager_torch or not eager_only)]
         return max(options, key=lambda item: item[1]) if options else ("", 0.0)
 
     peers = {}
@@ -276,7 +303,7 @@ def main(argv=None) -> None:
             peers[f"DataLoader {precision}"] = result["images_per_s"]
             rows.append(measured_row(
                 f"(d) DataLoader loop {precision}, {cores} workers", result, n,
-                bound[(precision, False)], stages=result["stages"],
+                bound[Config(precision)], stages=result["stages"],
                 cxrdask_x=best(precision)[1] / result["images_per_s"] if measured else None))
             print(rows[-1], flush=True)
     why_not = "not asked for (--parts)" if "e" not in parts else spark_available()
@@ -285,7 +312,7 @@ def main(argv=None) -> None:
         peers["Spark fp32"] = result["images_per_s"]
         rows.append(measured_row(
             f"(e) 2018 way: PySpark local[{cores}], eager fp32, text files", result, n,
-            bound.get(("fp32", False)),
+            bound.get(Config("fp32")),
             cxrdask_x=best()[1] / result["images_per_s"] if measured else None,
             warmup_s=result["session_s"]))
         print(rows[-1], flush=True)

@@ -27,6 +27,7 @@ FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "densenet121": 1024}
 IMAGENET_DEFAULT = {"resnet50": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1",
                     "densenet121": "IMAGENET1K_V1"}
 PRECISIONS = ("fp32", "bf16", "fp16")
+ENGINES = ("torch", "onnxruntime")
 
 # Per-process bookkeeping: how many times each spec was built here (tests count loads).
 LOAD_COUNTS: Counter = Counter()
@@ -175,25 +176,37 @@ class BackboneRunner:
     """A frozen backbone bound to a device, precision and memory layout: arrays in, features out.
 
     With ``compile=True`` the batch is padded to a fixed size so torch.compile builds one
-    graph, instead of recompiling for the short last batch of each chunk.
+    graph, instead of recompiling for the short last batch of each chunk. With
+    ``engine="onnxruntime"`` (CPU, fp32) the network is exported to ONNX once and run by
+    ONNX Runtime on as many threads as torch would use (the ``onnx`` extra).
     """
 
     def __init__(self, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
-                 compile: bool = False, batch_size: int = 8):
+                 compile: bool = False, batch_size: int = 8, engine: str = "torch"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.spec = spec
-        self.device = resolve_device(device)
+        self.device = resolve_device("cpu" if engine == "onnxruntime" and device == "auto" else device)
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 autocast needs a GPU; on CPUs use bf16 (native on recent CPUs)")
         self.precision = precision
         self.batch_size = batch_size
         self.compiled = compile
+        self.engine = engine
+        if engine == "onnxruntime":
+            if self.device.type != "cpu" or precision != "fp32" or compile:
+                raise ValueError("the onnxruntime engine runs fp32 on the CPU, without compile")
+            self.session = onnx_session(build_backbone(spec), torch.get_num_threads())
+            return
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch."""
+        if self.engine == "onnxruntime":
+            return self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})[0]
         n = len(batch)
         if self.compiled and n < self.batch_size:
             pad = np.zeros((self.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)
@@ -210,19 +223,38 @@ class BackboneRunner:
         return out.float().cpu().numpy()[:n]
 
 
+def onnx_session(model: nn.Module, threads: int):
+    """An ONNX Runtime CPU session of ``model`` (exported in memory, batch size free)."""
+    import io
+
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it)
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError("the onnxruntime engine needs: pip install 'cxrdask[onnx]'") from exc
+    buffer = io.BytesIO()
+    example = torch.zeros(1, 3, 224, 224)
+    torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["features"],
+                      dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+
 def cached_runner(spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
-                  compile: bool = False, batch_size: int = 8) -> BackboneRunner:
+                  compile: bool = False, batch_size: int = 8, engine: str = "torch") -> BackboneRunner:
     """The process-wide runner for these settings, built on first use and reused by every task.
 
     Eager models are shared by a worker's threads (inference is thread-safe); a compiled
     model is not safe to call from two threads at once, so each thread compiles its own.
     """
-    key = (spec, device, precision, compile,
+    key = (spec, device, precision, compile, engine,
            (batch_size, threading.get_ident()) if compile else None)
     with _CACHE_LOCK:
         runner = _CACHE.get(key)
         if runner is None:
-            runner = BackboneRunner(spec, device, precision, compile, batch_size)
+            runner = BackboneRunner(spec, device, precision, compile, batch_size, engine)
             _CACHE[key] = runner
         return runner
 

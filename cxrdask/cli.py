@@ -126,7 +126,7 @@ def cmd_extract(args) -> int:
             metadata, args.images, args.store, client=client, split=args.split,
             split_seed=args.seed, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
             backbone=args.backbone, weights=args.weights, weights_seed=args.seed,
-            device=args.device, dtype=args.dtype, precision=args.precision,
+            device=args.device, dtype=args.dtype, precision=args.precision, engine=args.engine,
             compile=args.compile, preset=args.preset, resume=not args.overwrite,
             strict=args.strict, storage_options=storage_options, progress=not args.quiet)
     print(summary)
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--device", default="auto", help="cpu | cuda | auto")
     extract.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     extract.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    extract.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                         help="run the backbone with PyTorch, or with ONNX Runtime (CPU, fp32; "
+                              "pip install 'cxrdask[onnx]')")
     extract.add_argument("--preset", choices=["default", "seed2018"], default="default")
     extract.add_argument("--split", choices=["auto", "official", "patient", "random"],
                          default="auto")

@@ -37,7 +37,9 @@ DEFAULT_CHUNK_ROWS = 512
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
 # Settings that must match for a run to write into an existing store.
 WRITE_SETTINGS = ("format_version", "backbone", "preprocessing", "dtype", "chunk_rows",
-                  "precision", "compile", "label_names", "n_rows", "rows_fingerprint", "split")
+                  "precision", "compile", "engine", "label_names", "n_rows", "rows_fingerprint",
+                  "split")
+_SETTING_DEFAULTS = {"engine": "torch"}  # for stores written before the setting existed
 _TABLE_ARRAYS = {  # store array -> (metadata column, dtype)
     "image_index": ("image_index", str),
     "patient_id": ("patient_id", "int32"),
@@ -98,6 +100,7 @@ class FeatureStore:
         dtype: str = "float16",
         precision: str = "fp32",
         compile: bool = False,
+        engine: str = "torch",
         split: dict | None = None,
         storage_options: StorageOptions | None = None,
         extra: dict | None = None,
@@ -126,6 +129,7 @@ class FeatureStore:
             "dtype": dtype,
             "precision": precision,
             "compile": bool(compile),
+            "engine": engine,
             "chunk_rows": int(chunk_rows),
             "n_rows": int(n_rows),
             "n_chunks": int(n_chunks),
@@ -192,8 +196,9 @@ class FeatureStore:
         """Refuse (StoreMismatchError naming each setting) if ``wanted`` differs from the store's."""
         differences = {}
         for key in WRITE_SETTINGS:
-            if key in wanted and _normal(self.provenance.get(key)) != _normal(wanted[key]):
-                differences[key] = (self.provenance.get(key), wanted[key])
+            mine = self.provenance.get(key, _SETTING_DEFAULTS.get(key))
+            if key in wanted and _normal(mine) != _normal(wanted[key]):
+                differences[key] = (mine, wanted[key])
         if differences:
             raise StoreMismatchError(self.url, differences)
 

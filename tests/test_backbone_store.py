@@ -160,6 +160,17 @@ def test_mismatch_names_the_setting(tmp_path):
     store.check_settings({"dtype": "float16", "chunk_rows": 4})  # same settings: fine
 
 
+def test_a_store_from_before_the_engine_setting_resumes_with_torch_only(tmp_path):
+    store = make_store(str(tmp_path / "s.zarr"))
+    attrs = dict(store.group.attrs["cxrdask"])
+    del attrs["engine"]
+    store.group.attrs["cxrdask"] = attrs
+    old = FeatureStore.open(str(tmp_path / "s.zarr"))
+    old.check_settings({"engine": "torch"})
+    with pytest.raises(StoreMismatchError, match="engine"):
+        old.check_settings({"engine": "onnxruntime"})
+
+
 def test_not_a_store(tmp_path):
     import zarr
 

@@ -126,3 +126,21 @@ def test_bad_images_recorded_not_fatal(small_archive, cluster_client, tmp_path):
         extract_features(metadata, str(root), str(tmp_path / "strict.zarr"),
                          client=cluster_client, weights="random", chunk_rows=16, strict=True,
                          progress=False)
+
+
+def test_onnxruntime_engine_matches_torch_and_is_recorded(small_archive, clean_store, cluster_client,
+                                                         tmp_path):
+    url = str(tmp_path / "ort.zarr")
+    summary = extract_features(small_archive.metadata_url, small_archive.root, url,
+                               client=cluster_client, weights="random", chunk_rows=16,
+                               engine="onnxruntime", progress=False)
+    assert summary.rows_failed == 0
+    store, reference = FeatureStore.open(url), FeatureStore.open(clean_store[0])
+    assert store.provenance["engine"] == "onnxruntime"
+    assert reference.provenance["engine"] == "torch"
+    got = store.features.compute().astype(np.float32)
+    expected = reference.features.compute().astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-2)  # both float16 on disk
+    with pytest.raises(StoreMismatchError, match="engine"):
+        extract_features(small_archive.metadata_url, small_archive.root, url, client=cluster_client,
+                         weights="random", chunk_rows=16, progress=False)
