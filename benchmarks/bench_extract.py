@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ProcessTreeMonitor, disk_bytes, machine, peak_rss_mb, save_results, table
 from benchmarks.spark_2018 import spark_available

@@ -11,7 +11,12 @@ request) gain far more from the concurrent fetch than this shows.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine, save_results, table
 from cxrdask.cluster import local_client

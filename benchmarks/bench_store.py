@@ -15,11 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_extract import SPEC, archive_for
 from benchmarks.common import disk_bytes, machine, save_results, table

@@ -22,6 +22,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from benchmarks.common import machine, save_results, table
 from cxrdask.local_s3 import free_port
 

@@ -1,0 +1,44 @@
+"""The benchmark scripts run, as users run them (plain scripts), on tiny inputs; no timing asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *map(str, args)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_bench_extract_writes_its_table_json_and_plot(tmp_path):
+    out = tmp_path / "extract"
+    result = run_script("bench_extract", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
+                        "--layouts", "1x1", "--no-compile", "--no-onnxruntime", "--parts", "c",
+                        "--seconds", 0.3, "--chunk-rows", 8, "--out", out)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["what"]: row for row in saved["rows"] if "what" in row}
+    measured = rows["(c) cxrdask fp32, 1 proc x 1 thr"]
+    assert measured["images_per_s"] > 0 and measured["cpu_s_per_img"] > 0
+    assert measured["output_mb"] > 0 and "forward" in measured["stages"]
+    assert "bound fp32, " in result.stdout and out.with_suffix(".png").exists()
+
+
+def test_bench_store_compares_with_text(tmp_path):
+    out = tmp_path / "store"
+    run_script("bench_store", "--rows", 1024, "--chunk-rows", 256, "--images", 8, "--text-rows", 64,
+               "--archive", tmp_path / "archive", "--out", out)
+    rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    text = rows["2018 text (name + 2048 floats per line)"]["bytes_per_row"]
+    half = rows["Zarr float16, blosc zstd-5 + shuffle"]["bytes_per_row"]
+    assert 30_000 < text < 45_000 and half < 4096 < text  # float16 raw is 4096 bytes a row
