@@ -110,3 +110,15 @@ def test_document_snippets_run(document, tmp_path):
         run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, f"{document}:\n{python}\n--- output:\n{run.stdout}\n{run.stderr}"
+
+
+@pytest.mark.parametrize(("script", "args", "expected"), [
+    ("compare_workers.py", ["--n", "8", "--size", "128", "--layouts", "2x1"], "fastest here:"),
+    ("s3_pipeline.py", ["--n", "40"], "checkpoint and report in"),
+])
+def test_example_scripts_run(script, args, expected, tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"})
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert expected in run.stdout
