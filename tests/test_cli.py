@@ -12,9 +12,9 @@ from cxrdask.cli import build_parser, parse_storage_options
 from cxrdask.store import FeatureStore
 
 
-def cxrdask(*args, check=True, timeout=600):
+def cxrdask(*args, check=True, timeout=600, cwd=None):
     result = subprocess.run([sys.executable, "-m", "cxrdask.cli", *map(str, args)],
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -114,12 +114,18 @@ def test_public_api_resolves():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
-    out = cxrdask("demo", "--out", tmp_path / "demo", "--n", 60, "--size", 64, "--epochs", 2,
-                  "--workers", 1, "--quiet").stdout
+    """The first run of docs/index.md, exactly as written there (the docs test leaves it to us)."""
+    from pathlib import Path
+
+    index = (Path(__file__).resolve().parent.parent / "docs" / "index.md").read_text()
+    command = next(line for line in index.splitlines() if line.startswith("cxrdask demo "))
+    assert "<!-- not-run: run-by-test -->\n```bash\n" + command in index
+    out = cxrdask(*command.split()[1:], "--quiet", cwd=tmp_path).stdout
+    demo = tmp_path / "demo-run"
     assert "5/5 evaluation on the test split" in out and "mean test AUC" in out
     for name in ("report.md", "report.json", "roc.png", "auc_bars.png"):
-        assert (tmp_path / "demo" / "report" / name).exists()
-    assert FeatureStore.open(str(tmp_path / "demo" / "features.zarr")).is_complete()
+        assert (demo / "report" / name).exists()
+    assert FeatureStore.open(str(demo / "features.zarr")).is_complete()
 
 
 @pytest.mark.slow
