@@ -56,7 +56,8 @@ def start_server(checkpoint: str, port: int, max_concurrent: int, log: Path) -> 
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
                 return process
         except httpx.TransportError:
-            time.sleep(0.3)
+            pass
+        time.sleep(0.3)
     process.kill()
     raise RuntimeError(f"cxrdask serve did not start:\n{log.read_text()}")
 

@@ -217,6 +217,11 @@ def backbone_for_checkpoint(ckpt: Checkpoint, weights: str | None = None) -> Bac
     return spec
 
 
+def inference_preprocessing(ckpt: Checkpoint) -> Preprocessing:
+    """The preprocessing the head's features were made with, without the training flip."""
+    return Preprocessing.from_dict({**ckpt.provenance["preprocessing"], "flip": "none"})
+
+
 def predict(
     images: Iterable,
     checkpoint: str | Checkpoint,
@@ -234,7 +239,7 @@ def predict(
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     spec = backbone_for_checkpoint(ckpt, weights)
-    preprocessing = Preprocessing.from_dict({**ckpt.provenance["preprocessing"], "flip": "none"})
+    preprocessing = inference_preprocessing(ckpt)
     runner = cached_runner(spec, device)
     names, arrays = [], []
     for i, item in enumerate(images):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -157,12 +156,17 @@ def _load_one(url: str, name: str, flip: bool, config: TaskConfig):
     return array, note, t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
+def _runner(config: TaskConfig):
+    """This process's backbone runner for the task's settings (built once, then cached)."""
+    return cached_runner(config.backbone, config.device, config.precision, config.compile,
+                         config.batch_size, config.engine)
+
+
 def warm_worker(config: TaskConfig) -> float:
     """Build (and compile) the worker's backbone ahead of the chunks; returns seconds taken."""
     start = time.perf_counter()
     _worker_resources(config)
-    runner = cached_runner(config.backbone, config.device, config.precision, config.compile,
-                           config.batch_size, config.engine)
+    runner = _runner(config)
     size = config.preprocessing.size
     runner(np.zeros((config.batch_size, 3, size, size), dtype=np.float32))
     return time.perf_counter() - start
@@ -173,14 +177,13 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
     """Compute and write one chunk of the store (idempotent: a re-run writes the same values)."""
     started = time.perf_counter()
     store, pool = _worker_resources(config)
-    runner = cached_runner(config.backbone, config.device, config.precision, config.compile,
-                           config.batch_size, config.engine)
+    runner = _runner(config)
     n = len(names)
     features = np.full((n, runner.spec.feature_dim), np.nan, dtype=np.float32)
     status = np.full(n, STATUS_FAILED, dtype=np.uint8)
     errors = [""] * n
     notes: list[tuple[str, str]] = []
-    timing = defaultdict(float, dict.fromkeys(STAGES, 0.0))
+    timing = dict.fromkeys(STAGES, 0.0)
 
     def submit(i: int):
         if urls[i] is None:

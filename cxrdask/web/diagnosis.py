@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backbone import build_backbone, file_sha256, resolve_device
-from ..evaluation import backbone_for_checkpoint, head_inputs
+from ..evaluation import backbone_for_checkpoint, head_inputs, inference_preprocessing
 from ..head import Checkpoint, load_checkpoint
-from ..imaging import DEFAULT_MAX_PIXELS, Preprocessing, decode_gray, to_model_input
+from ..imaging import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
 from ..labels import LABELS
 
 DISCLAIMER = ("Research tool, not a medical device: its output must not be used for "
@@ -82,8 +82,7 @@ class Diagnoser:
         self.device = resolve_device(device)
         self.backbone = build_backbone(self.spec).to(self.device)
         self.head = self.checkpoint.head.to(self.device)
-        self.preprocessing = Preprocessing.from_dict(
-            {**self.checkpoint.provenance["preprocessing"], "flip": "none"})
+        self.preprocessing = inference_preprocessing(self.checkpoint)
         self.max_pixels = max_pixels
         self._slots = threading.BoundedSemaphore(max_concurrent)
         path = self.checkpoint.path
@@ -109,7 +108,8 @@ class Diagnoser:
             x = torch.from_numpy(array[None]).to(self.device)
             with torch.no_grad():  # not inference_mode: Grad-CAM differentiates through the maps
                 maps = last_conv_maps(self.backbone, self.spec.name, x)[0]
-            features = maps.mean(dim=(1, 2))[None].cpu().numpy()
+            pooled = maps.mean(dim=(1, 2))  # the features the store would hold for this image
+            features = pooled[None].cpu().numpy()
             demographics = torch.from_numpy(
                 head_inputs(self.checkpoint, features, age, sex, view)[0, features.shape[1]:]
             ).to(self.device)
@@ -119,7 +119,7 @@ class Diagnoser:
 
             forward = time.perf_counter()
             with torch.no_grad():
-                probabilities = torch.sigmoid(logits_of_pooled(maps.mean(dim=(1, 2)))).cpu().numpy()
+                probabilities = torch.sigmoid(logits_of_pooled(pooled)).cpu().numpy()
             cams = None
             if heatmaps:
                 with torch.enable_grad():
