@@ -27,6 +27,9 @@ _EXPORTS = {
     "Preprocessing": "imaging",
     "FeatureStore": "store",
     "extract_features": "extract",
+    "plan_extraction": "extract",
+    "run_extraction": "extract",
+    "ExtractionPlan": "extract",
     "ExtractSummary": "extract",
     "local_client": "cluster",
     "start_local_cluster": "cluster",
@@ -37,6 +40,7 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "predict": "evaluation",
     "create_app": "web",
+    "run_demo": "demo",
 }
 __all__ = ["__version__", *_EXPORTS]
 

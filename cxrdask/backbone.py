@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import threading
 import urllib.error
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 
@@ -28,6 +31,11 @@ IMAGENET_DEFAULT = {"resnet50": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1",
                     "densenet121": "IMAGENET1K_V1"}
 PRECISIONS = ("fp32", "bf16", "fp16")
 ENGINES = ("torch", "onnxruntime")
+
+# torchvision weight enum names (IMAGENET1K_V2); a path such as /DATA/W.PTH is a file.
+_ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+# How long the check before a run waits for the weights' download server.
+REACHABILITY_TIMEOUT_S = 5.0
 
 # Per-process bookkeeping: how many times each spec was built here (tests count loads).
 LOAD_COUNTS: Counter = Counter()
@@ -56,7 +64,7 @@ class BackboneSpec:
         """``random``, ``torchvision`` (an enum) or ``file``."""
         if self.weights in (None, "random", "none"):
             return "random"
-        if self.weights == "imagenet" or self.weights.isupper():
+        if self.weights == "imagenet" or _ENUM_NAME.fullmatch(self.weights):
             return "torchvision"
         return "file"
 
@@ -94,6 +102,43 @@ def _enum_name(spec: BackboneSpec) -> str:
             f"{spec.name} has no torchvision weights {name!r}; known: {', '.join(enum.__members__)}"
         )
     return f"{enum.__name__}.{name}"
+
+
+def torchvision_weights_file(spec: BackboneSpec) -> tuple[str, str]:
+    """``(url, cached path)`` of a torchvision weights enum: where torchvision fetches it from
+    and where it keeps it (``$TORCH_HOME/hub/checkpoints``)."""
+    weights = torchvision.models.get_weight(_enum_name(spec))
+    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+    return weights.url, cache
+
+
+def check_weights_available(spec: BackboneSpec) -> None:
+    """Fail fast, before any cluster starts, when ``spec``'s weights cannot be had.
+
+    A weights file must exist (its sha256 is taken for the store's provenance anyway);
+    torchvision weights must be in the local cache or their server must answer within
+    a few seconds. Offline, that is a :class:`WeightsUnavailableError` at once, instead of
+    every worker timing out on the download.
+    """
+    kind = spec.kind
+    if kind == "random":
+        return
+    if kind == "file":
+        file_sha256(spec.weights)
+        return
+    url, cache = torchvision_weights_file(spec)
+    if os.path.exists(cache):
+        return
+    host = urllib.parse.urlparse(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=REACHABILITY_TIMEOUT_S).close()
+    except OSError as exc:
+        raise WeightsUnavailableError(
+            f"{spec.name} weights {_enum_name(spec)} are not in the local cache ({cache}) and "
+            f"{host} cannot be reached ({exc}). Copy {os.path.basename(url)} into "
+            f"{os.path.dirname(cache)}, pass a local file (--weights /path/to/{spec.name}.pth), "
+            "or use --weights random for a dry run"
+        ) from exc
 
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:

@@ -1,21 +1,46 @@
 """The ``cxrdask`` command: info, synth, demo, extract, train, evaluate, predict, serve.
 
-Errors that come from bad input (a CSV row, an image, a store made otherwise) print one
-clear message and exit with status 2; nothing is written for a refused run.
+Exit status: 0 done; 2 refused (bad input: a CSV row, a missing images folder, weights that
+cannot be had, a store made otherwise; nothing is written for a refused run); 3 an
+extraction ran but more rows failed than ``--max-failed-fraction`` allows (or all of them;
+what was written is kept). Defaults shown by ``--help`` come from the Python API's own.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import os
-import platform
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .errors import CxrDaskError
+from .errors import CxrDaskError, ExtractionFailedError
+
+EXIT_REFUSED = 2
+EXIT_TOO_MANY_FAILED = 3
+EXIT_CODES_HELP = """exit status:
+  0  done
+  2  refused before any work (bad input; nothing written)
+  3  an extraction ran, but more rows failed than --max-failed-fraction allows"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (where it has one the help does not already state)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or "default" in text
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def api_default(function, name: str):
+    """The default of parameter ``name`` of an API function: the CLI states no default twice."""
+    return inspect.signature(function).parameters[name].default
 
 
 def parse_storage_options(pairs: list[str] | None) -> dict | None:
@@ -40,9 +65,15 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    from .cluster import DEFAULT_DASHBOARD
+
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     parser.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
-    parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--threads-per-worker", type=int, default=1,
+                        help="threads per local worker process")
+    parser.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD,
+                        help="where the local cluster's dashboard listens (a busy port is replaced "
+                             "by a free one); 0.0.0.0:8787 shows it to other machines")
     parser.add_argument("--performance-report", metavar="FILE.html",
                         help="write Dask's performance report of the run to this file")
 
@@ -64,26 +95,13 @@ def _maybe_report(path: str | None):
 
 
 def cmd_info(args) -> int:
-    """Versions of the key dependencies, torch threads and CUDA devices."""
-    import dask
-    import distributed
-    import fsspec
-    import numpy
-    import pandas
-    import torch
-    import torchvision
-    import zarr
+    """A store's or a checkpoint's contents (fast, no torch), or the environment."""
+    from .info import describe_target, environment_report
 
-    print(f"cxrdask {__version__} on Python {platform.python_version()} ({platform.machine()}, "
-          f"{os.cpu_count()} cores)")
-    for module in (torch, torchvision, dask, distributed, zarr, fsspec, numpy, pandas):
-        print(f"  {module.__name__:<12} {module.__version__}")
-    print(f"  torch threads: {torch.get_num_threads()}")
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            print(f"  CUDA device {i}: {torch.cuda.get_device_name(i)}")
+    if args.target:
+        print(describe_target(args.target, parse_storage_options(args.storage_option)))
     else:
-        print("  CUDA devices: none")
+        print(environment_report())
     return 0
 
 
@@ -112,26 +130,37 @@ def _metadata_url(args) -> str:
 
 def cmd_extract(args) -> int:
     from .cluster import local_client
-    from .extract import extract_features
+    from .extract import plan_extraction, run_extraction
     from .metadata import read_metadata
 
     storage_options = parse_storage_options(args.storage_option)
     metadata, report = read_metadata(_metadata_url(args), storage_options, max_age=args.max_age,
                                      return_report=True)
     print(report.summary())
-    with local_client(args.scheduler, n_workers=args.workers,
-                      threads_per_worker=args.threads_per_worker, gpu=args.gpu) as client, \
-            _maybe_report(args.performance_report):
-        summary = extract_features(
-            metadata, args.images, args.store, client=client, split=args.split,
-            split_seed=args.seed, chunk_rows=args.chunk_rows, batch_size=args.batch_size,
-            backbone=args.backbone, weights=args.weights, weights_seed=args.seed,
-            device=args.device, dtype=args.dtype, precision=args.precision, engine=args.engine,
-            compile=args.compile, preset=args.preset, resume=not args.overwrite,
-            strict=args.strict, storage_options=storage_options, progress=not args.quiet)
+    # Everything that can be checked is checked before a cluster starts.
+    plan = plan_extraction(
+        metadata, args.images, args.store, split=args.split, split_seed=args.split_seed,
+        chunk_rows=args.chunk_rows, batch_size=args.batch_size, backbone=args.backbone,
+        weights=args.weights, weights_seed=args.weights_seed, device=args.device,
+        dtype=args.dtype, precision=args.precision, compile=args.compile, engine=args.engine,
+        preset=args.preset, resume=not args.overwrite, strict=args.strict,
+        max_failed_fraction=args.max_failed_fraction, storage_options=storage_options)
+    print(plan.describe(), flush=True)
+    try:
+        with local_client(args.scheduler, n_workers=args.workers,
+                          threads_per_worker=args.threads_per_worker, gpu=args.gpu,
+                          dashboard_address=args.dashboard_address) as client, \
+                _maybe_report(args.performance_report):
+            summary = run_extraction(plan, client, progress=not args.quiet)
+    except ExtractionFailedError as exc:
+        print(exc.summary)
+        print(f"cxrdask extract: FAILED: {exc}. What was written is kept in {args.store}; list "
+              f"the failed rows with: cxrdask info {args.store}", file=sys.stderr)
+        return EXIT_TOO_MANY_FAILED
     print(summary)
     if summary.rows_failed:
-        print(f"{summary.rows_failed} image(s) could not be read; list them with "
+        print(f"{summary.rows_failed} image(s) could not be read ({summary.failed_fraction:.1%} of "
+              f"the store, within the allowed {args.max_failed_fraction:.1%}); list them with "
               f"FeatureStore.open({args.store!r}).failures()")
     return 0
 
@@ -209,156 +238,222 @@ def cmd_serve(args) -> int:
 
 def cmd_demo(args) -> int:
     """Synthetic archive -> metadata -> splits -> features -> head -> evaluation, end to end."""
-    from .evaluation import evaluate
-    from .extract import extract_features
-    from .metadata import read_metadata
-    from .synthetic import make_archive
-    from .train import TrainConfig, train_head
+    from .demo import run_demo
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"1/5 synthetic archive: {args.n} images of {args.size}x{args.size} under {out}/archive")
-    archive = make_archive(str(out / "archive"), n=args.n, size=args.size, seed=args.seed,
-                           prevalence="balanced", progress=not args.quiet)
-    print(f"    {archive.images_per_second:.1f} images/s")
-    metadata, report = read_metadata(archive.metadata_url, return_report=True)
-    print("2/5 metadata: " + report.summary().replace("\n", "\n    "))
-    store = str(out / "features.zarr")
-    print(f"3/5 features (ResNet50, {args.weights} weights) into {store}")
-    summary = extract_features(metadata, archive.root, store, weights=args.weights,
-                               chunk_rows=64, n_workers=args.workers, progress=not args.quiet)
-    print("    " + str(summary).replace("\n", "\n    "))
-    print("4/5 training the head")
-    result = train_head(store, TrainConfig(epochs=args.epochs), out / "head",
-                        progress=not args.quiet)
-    print(f"    best validation loss {result.best_val_loss:.4f} at epoch {result.best_epoch}")
-    print("5/5 evaluation on the test split")
-    evaluation = evaluate(store, result.checkpoint, out_dir=out / "report")
-    print(evaluation.to_markdown())
-    print(f"mean test AUC {evaluation.mean_auc:.3f} (untrained head "
-          f"{evaluation.mean_auc_untrained:.3f}); report in {out / 'report'}")
+    run_demo(args.out, n=args.n, size=args.size, seed=args.seed, weights=args.weights,
+             epochs=args.epochs, workers=args.workers, progress=not args.quiet)
     return 0
 
 
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = {  # name: one-line help, in the order --help lists them
+    "info": "what a feature store or head checkpoint holds (fast); versions and devices without one",
+    "synth": "write a synthetic archive in the NIH layout",
+    "demo": "run everything end to end on a synthetic archive",
+    "extract": "images -> features in a Zarr store, on a Dask cluster",
+    "train": "train the head from a feature store",
+    "evaluate": "per-disease AUC report for a checkpoint",
+    "predict": "14 probabilities for image files",
+    "serve": "the single-image web page and its JSON API",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``cxrdask`` parser; with ``only``, just that command's options are built.
+
+    Each command's defaults are read from its API function, which means importing its
+    module; building only the command being run keeps ``cxrdask info STORE`` free of torch.
+    """
     parser = argparse.ArgumentParser(
-        prog="cxrdask",
+        prog="cxrdask", epilog=EXIT_CODES_HELP, formatter_class=_HelpFormatter,
         description="Chest X-ray features with Dask and Zarr, and a diagnosis head on them.")
     parser.add_argument("--version", action="version", version=f"cxrdask {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, description=summary[:1].upper() + summary[1:] + ".",
+                                  formatter_class=_HelpFormatter, epilog=EXIT_CODES_HELP)
+        if only is None or only == name:
+            _OPTIONS[name](sub)
+    return parser
 
-    info = commands.add_parser("info", help="versions, torch threads, CUDA devices")
+
+def _info_options(info: argparse.ArgumentParser) -> None:
+    info.add_argument("target", nargs="?",
+                      help="a feature store (.zarr folder or URL) or a head checkpoint (head.pt); "
+                           "without one: versions, torch threads, CUDA devices")
+    _add_storage(info)
     info.set_defaults(run=cmd_info)
 
-    synth = commands.add_parser("synth", help="write a synthetic archive in the NIH layout")
+
+def _synth_options(synth: argparse.ArgumentParser) -> None:
+    from .synthetic import make_archive
+
+    default = lambda name: api_default(make_archive, name)  # noqa: E731
     synth.add_argument("root", help="directory or URL to write the archive to")
-    synth.add_argument("--n", type=int, default=500, help="number of images (default 500)")
-    synth.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--strength", type=float, default=1.0, help="disease sign strength")
-    synth.add_argument("--prevalence", choices=["nih", "balanced"], default="nih")
+    synth.add_argument("--n", type=int, default=default("n"), help="number of images")
+    synth.add_argument("--size", type=int, default=default("size"), help="image side in pixels")
+    synth.add_argument("--seed", type=int, default=default("seed"),
+                       help="seed of the labels, patients and pixels")
+    synth.add_argument("--strength", type=float, default=default("strength"),
+                       help="disease sign strength")
+    synth.add_argument("--prevalence", choices=["nih", "balanced"], default=default("prevalence"),
+                       help="label frequencies: NIH's, or every disease alike")
     synth.add_argument("--csv-variant", choices=["kaggle2017", "v2020", "sample_labels"],
-                       default="kaggle2017")
-    synth.add_argument("--workers", type=int, help="processes (default: one per core)")
-    synth.add_argument("--quiet", action="store_true")
+                       default=default("csv_variant"), help="which real metadata CSV to imitate")
+    synth.add_argument("--workers", type=int, help="writer threads (default: one per core)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage(synth)
     synth.set_defaults(run=cmd_synth)
 
-    demo = commands.add_parser("demo", help="run everything end to end on a synthetic archive")
-    demo.add_argument("--out", default="cxrdask-demo", help="output directory")
-    demo.add_argument("--n", type=int, default=400)
-    demo.add_argument("--size", type=int, default=256)
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--workers", type=int)
-    demo.add_argument("--weights", default="random",
-                      help="random (offline default), imagenet, or a .pth file")
-    demo.add_argument("--quiet", action="store_true")
+
+def _demo_options(demo: argparse.ArgumentParser) -> None:
+    from .demo import run_demo
+
+    default = lambda name: api_default(run_demo, name)  # noqa: E731
+    demo.add_argument("--out", default=default("out"),
+                      help="output folder: new, empty, or an earlier demo of the same settings "
+                           "(resumed); anything else is refused untouched")
+    demo.add_argument("--n", type=int, default=default("n"), help="images in the synthetic archive")
+    demo.add_argument("--size", type=int, default=default("size"), help="their side in pixels")
+    demo.add_argument("--epochs", type=int, default=default("epochs"),
+                      help="head training epochs (early stopping may end sooner)")
+    demo.add_argument("--seed", type=int, default=default("seed"), help="the archive's seed")
+    demo.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core)")
+    demo.add_argument("--weights", default=default("weights"),
+                      help="random (a fixed-seed ResNet50: runs offline), imagenet, or a .pth file")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(run=cmd_demo)
 
-    extract = commands.add_parser("extract", help="images -> features in a Zarr store")
+
+def _extract_options(extract: argparse.ArgumentParser) -> None:
+    from .extract import plan_extraction
+    from .metadata import read_metadata
+
+    default = lambda name: api_default(plan_extraction, name)  # noqa: E731
     extract.add_argument("--images", required=True, help="archive root (images/ or images_###/)")
     extract.add_argument("--metadata", help="metadata CSV (default: found under --images)")
     extract.add_argument("--store", required=True, help="feature store URL (.zarr)")
     _add_cluster(extract)
     extract.add_argument("--gpu", action="store_true", help="local GPU cluster (dask-cuda)")
-    extract.add_argument("--chunk-rows", type=int, default=512, help="rows per chunk and task")
-    extract.add_argument("--batch-size", type=int, default=8)
-    extract.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    extract.add_argument("--chunk-rows", type=_chunk_rows, default=default("chunk_rows"),
+                         help="rows per store chunk and task; auto gives every worker thread "
+                              "several tasks, at most 512 rows (a resumed store keeps its own)")
+    extract.add_argument("--batch-size", type=int, default=default("batch_size"),
+                         help="images per backbone call")
+    extract.add_argument("--dtype", choices=["float16", "float32"], default=default("dtype"),
+                         help="feature dtype in the store")
     extract.add_argument("--backbone", choices=["resnet50", "densenet121", "resnet18"],
-                         default="resnet50")
-    extract.add_argument("--weights", default="imagenet",
+                         default=default("backbone"), help="torchvision network")
+    extract.add_argument("--weights", default=default("weights"),
                          help="imagenet | a torchvision enum name | PATH.pth | random")
-    extract.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    extract.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    extract.add_argument("--weights-seed", type=int, default=default("weights_seed"),
+                         help="seed of --weights random")
+    extract.add_argument("--device", default=default("device"), help="cpu | cuda | auto")
+    extract.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=default("precision"),
+                         help="backbone arithmetic (bf16: CPUs with native bf16, GPUs; fp16: GPUs)")
     extract.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    extract.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+    extract.add_argument("--engine", choices=["torch", "onnxruntime"], default=default("engine"),
                          help="run the backbone with PyTorch, or with ONNX Runtime (CPU, fp32; "
                               "pip install 'cxrdask[onnx]')")
-    extract.add_argument("--preset", choices=["default", "seed2018"], default="default")
+    extract.add_argument("--preset", choices=["default", "seed2018"], default=default("preset"),
+                         help="seed2018: the 2018 recipe (random image split, flips)")
     extract.add_argument("--split", choices=["auto", "official", "patient", "random"],
-                         default="auto")
-    extract.add_argument("--seed", type=int, default=0, help="split and random-weights seed")
-    extract.add_argument("--max-age", type=int, default=123)
-    extract.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+                         default=default("split"),
+                         help="auto: the official lists when the archive has them, else by patient")
+    extract.add_argument("--split-seed", type=int, default=default("split_seed"),
+                         help="seed of the patient/random split and of 2018's flips")
+    extract.add_argument("--max-age", type=int, default=api_default(read_metadata, "max_age"),
+                         help="rows with a greater age are dropped (the real CSV has a few)")
+    extract.add_argument("--max-failed-fraction", type=float, default=default("max_failed_fraction"),
+                         help="share of rows allowed to fail (missing or unreadable images) before "
+                              "the run is refused up front or ends with exit status 3")
+    extract.add_argument("--strict", action="store_true",
+                         help="refuse a run with any missing image, stop at the first unreadable one")
     extract.add_argument("--overwrite", action="store_true",
                          help="start the store afresh instead of resuming")
-    extract.add_argument("--quiet", action="store_true")
+    extract.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage(extract)
     extract.set_defaults(run=cmd_extract)
 
-    train = commands.add_parser("train", help="train the head from a feature store")
-    train.add_argument("--store", required=True)
+
+def _chunk_rows(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of rows or 'auto', not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a positive number of rows, not {value}")
+    return value
+
+
+def _train_options(train: argparse.ArgumentParser) -> None:
+    from .train import TrainConfig, grid_search
+
+    preset = TrainConfig()
+    train.add_argument("--store", required=True, help="feature store URL")
     train.add_argument("--out", required=True, help="directory for head.pt, curves and plots")
-    train.add_argument("--preset", choices=["default", "seed2018"], default="default")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--weight-decay", type=float)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--preset", choices=["default", "seed2018"], default=preset.preset,
+                       help="seed2018: the 2018 recipe (batch 10, lr 3e-4, no early stopping)")
+    for flag, field, kind in (("--epochs", "epochs", int), ("--batch-size", "batch_size", int),
+                              ("--lr", "lr", float), ("--weight-decay", "weight_decay", float),
+                              ("--seed", "seed", int)):
+        train.add_argument(flag, type=kind, default=None,
+                           help=f"{field.replace('_', ' ')} (default: the preset's; "
+                                f"default preset: {getattr(preset, field)})")
+    lrs, wds = api_default(grid_search, "lrs"), api_default(grid_search, "weight_decays")
     train.add_argument("--grid", action="store_true", help="grid search lr x weight decay on Dask")
-    train.add_argument("--grid-lrs", default="1e-4,3e-4,1e-3")
-    train.add_argument("--grid-weight-decays", default="0,1e-5,1e-4")
+    train.add_argument("--grid-lrs", default=",".join(f"{v:g}" for v in lrs),
+                       help="learning rates of the grid")
+    train.add_argument("--grid-weight-decays", default=",".join(f"{v:g}" for v in wds),
+                       help="weight decays of the grid")
     train.add_argument("--scheduler", help="Dask scheduler address for --grid")
     train.add_argument("--workers", type=int, help="local worker processes for --grid")
     train.add_argument("--performance-report", metavar="FILE.html",
                        help="Dask's performance report of the --grid run")
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage(train)
     train.set_defaults(run=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="per-disease AUC report for a checkpoint")
-    evaluate.add_argument("--store", required=True)
-    evaluate.add_argument("--checkpoint", required=True)
+
+def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
+    from .evaluation import evaluate as evaluate_function
+
+    evaluate.add_argument("--store", required=True, help="feature store URL")
+    evaluate.add_argument("--checkpoint", required=True, help="head checkpoint (head.pt)")
     evaluate.add_argument("--out", help="directory for report.md, report.json and plots")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--split", default=api_default(evaluate_function, "split"),
+                          choices=["train", "validation", "test"], help="rows to evaluate on")
     _add_storage(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
-    predict = commands.add_parser("predict", help="14 probabilities for image files")
+
+def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("images", nargs="+", help="PNG or JPEG files (local paths or URLs)")
     _add_model(predict)
     predict.add_argument("--age", type=float, help="years (unknown: 50)")
-    predict.add_argument("--sex", choices=["M", "F"])
-    predict.add_argument("--view", choices=["PA", "AP"])
+    predict.add_argument("--sex", choices=["M", "F"], help="unknown: halfway between F and M")
+    predict.add_argument("--view", choices=["PA", "AP"], help="unknown: PA")
     predict.add_argument("--csv", help="also write the probabilities to this CSV")
     predict.set_defaults(run=cmd_predict)
 
-    serve = commands.add_parser("serve", help="the single-image web page and its JSON API")
+
+def _serve_options(serve: argparse.ArgumentParser) -> None:
     _add_model(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="interface to listen on (0.0.0.0 shows the page to other machines)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--max-upload-mb", type=float, default=20.0,
-                       help="largest accepted upload in MiB (default 20)")
+                       help="largest accepted upload in MiB")
     serve.add_argument("--max-concurrent", type=int, default=1,
-                       help="images computed at once (each uses every core; default 1)")
+                       help="images computed at once (each uses every core)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
-                                                               "info", "debug"])
+                                                               "info", "debug"],
+                       help="uvicorn's log level")
     serve.set_defaults(run=cmd_serve)
-    return parser
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
@@ -367,13 +462,24 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
 
 
+_OPTIONS = {"info": _info_options, "synth": _synth_options, "demo": _demo_options,
+            "extract": _extract_options, "train": _train_options, "evaluate": _evaluate_options,
+            "predict": _predict_options, "serve": _serve_options}
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command named on the command line (its first word that is one), if any."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=_command_of(argv)).parse_args(argv)
     try:
         return args.run(args)
     except (CxrDaskError, argparse.ArgumentTypeError, FileNotFoundError) as exc:
         print(f"cxrdask {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
 
 
 if __name__ == "__main__":

@@ -1,13 +1,17 @@
 """Dask clients: a local CPU cluster of processes (default), a local GPU cluster, or an address.
 
-The local CPU cluster is tuned for this workload (see PERFORMANCE.md): one single-threaded
-worker process per core; the glibc trim and mmap thresholds raised (Dask's default
-``MALLOC_TRIM_THRESHOLD_=65536`` cost ~15% here); the statistical profiler off.
+The local CPU cluster is tuned for this workload: one single-threaded worker process per
+core; the glibc trim and mmap thresholds raised (Dask's default
+``MALLOC_TRIM_THRESHOLD_=65536`` cost ~15% of extraction speed); the statistical profiler
+off. Its dashboard listens on 127.0.0.1 only unless asked otherwise, and takes a free port
+when the default one is busy (the printed link is the real one).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,6 +27,10 @@ WORKER_ENVIRONMENT = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
+DEFAULT_DASHBOARD = "127.0.0.1:8787"
+# Seconds a closing worker process gets before its nanny kills it: model teardown (torch,
+# ONNX Runtime thread pools) can outlast Dask's default of a few seconds.
+WORKER_CLOSE_TIMEOUT = 20
 
 
 def cluster_config() -> dict:
@@ -33,23 +41,47 @@ def cluster_config() -> dict:
     }
 
 
+def dashboard_address_for(address: str | None) -> str | None:
+    """``address`` if its port is free (or is 0), else the same host with a free port.
+
+    Dask itself falls back to a random port too, but with a warning ("Port 8787 is already
+    in use") that reads like an error; checking first keeps the output clean.
+    """
+    if not address:
+        return address
+    host, _, port_text = address.rpartition(":")
+    host = host or "127.0.0.1"
+    port = int(port_text or 0)
+    if port:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
+            except OSError:
+                port = 0
+    return f"{host}:{port}"
+
+
 def start_local_cluster(n_workers: int | None = None, threads_per_worker: int = 1,
-                        dashboard_address: str | None = ":8787",
+                        dashboard_address: str | None = DEFAULT_DASHBOARD,
                         memory_limit: str | float | None = "auto") -> LocalCluster:
-    """A local cluster of worker *processes*, one single-threaded worker per core by default."""
+    """A local cluster of worker *processes*, one single-threaded worker per core by default.
+
+    Everything listens on 127.0.0.1; pass ``dashboard_address="0.0.0.0:8787"`` to show the
+    dashboard to other machines. ``None`` starts no dashboard.
+    """
     n_workers = n_workers or os.cpu_count() or 1
     with dask.config.set(cluster_config()):
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
-            dashboard_address=dashboard_address,
+            dashboard_address=dashboard_address_for(dashboard_address),
             memory_limit=memory_limit,
             host="127.0.0.1",
         )
 
 
-def start_gpu_cluster(**kwargs) -> LocalCluster:
+def start_gpu_cluster(dashboard_address: str | None = DEFAULT_DASHBOARD, **kwargs) -> LocalCluster:
     """dask-cuda's LocalCUDACluster (the ``gpu`` extra): one worker per visible GPU."""
     try:
         from dask_cuda import LocalCUDACluster
@@ -62,7 +94,26 @@ def start_gpu_cluster(**kwargs) -> LocalCluster:
     if not torch.cuda.is_available():
         raise ClusterError("--gpu asked for, but torch sees no CUDA device on this machine")
     with dask.config.set(cluster_config()):
-        return LocalCUDACluster(**kwargs)
+        return LocalCUDACluster(host="127.0.0.1",
+                                dashboard_address=dashboard_address_for(dashboard_address),
+                                **kwargs)
+
+
+def close_cluster(cluster: LocalCluster) -> None:
+    """Close a local cluster, giving its workers time to tear their models down first.
+
+    Each nanny waits a few seconds for its worker process and then kills it with a warning
+    ("Worker process still alive after 4.0 seconds, killing"); a worker that holds a model
+    can take that long to exit, and the kill is harmless at that point, so the warning is
+    kept out of the user's output.
+    """
+    nanny_logger = logging.getLogger("distributed.nanny")
+    level = nanny_logger.level
+    nanny_logger.setLevel(logging.ERROR)
+    try:
+        cluster.close(timeout=WORKER_CLOSE_TIMEOUT)
+    finally:
+        nanny_logger.setLevel(level)
 
 
 @contextmanager
@@ -72,7 +123,7 @@ def local_client(
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     gpu: bool = False,
-    dashboard_address: str | None = ":8787",
+    dashboard_address: str | None = DEFAULT_DASHBOARD,
     announce: bool = True,
 ) -> Iterator[Client]:
     """A client to ``scheduler`` if given, else to a new local (GPU) cluster that is closed after.
@@ -100,4 +151,4 @@ def local_client(
             client.close()
     finally:
         if cluster is not None:
-            cluster.close()
+            close_cluster(cluster)

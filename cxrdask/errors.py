@@ -57,6 +57,41 @@ class ImageDecodeError(CxrDaskError, ValueError):
         super().__init__(f"image {image_index!r}: {reason}")
 
 
+class ImagesNotFoundError(CxrDaskError, FileNotFoundError):
+    """The images root does not exist, or holds none (or too few) of the metadata's images.
+
+    Raised before any cluster starts or anything is written; ``missing`` lists the image
+    indices that were not found (``found`` of ``expected`` were).
+    """
+
+    def __init__(self, message: str, *, root: str = "", missing: list[str] | None = None,
+                 found: int = 0, expected: int = 0):
+        self.root = root
+        self.missing = list(missing or [])
+        self.found = found
+        self.expected = expected
+        super().__init__(message)
+
+
+class ExtractionFailedError(CxrDaskError, RuntimeError):
+    """An extraction ran, but more rows failed than allowed; ``summary`` says which and why.
+
+    What was written is kept. Failed rows are final in a store: after fixing the archive,
+    extract into a new store or with ``resume=False`` (``--overwrite``).
+    """
+
+    def __init__(self, summary, max_failed_fraction: float):
+        self.summary = summary
+        self.max_failed_fraction = max_failed_fraction
+        failed, done = summary.store_rows_failed, summary.store_rows_done
+        what = (f"every row failed ({failed} of {done})" if failed and failed == done else
+                f"{failed} of {done} rows failed ({failed / max(done, 1):.1%}), above the "
+                f"allowed {max_failed_fraction:.1%}")
+        first = summary.failures[0] if summary.failures else None
+        example = f"; first: {first[0]}: {first[1]}" if first else ""
+        super().__init__(f"extraction into {summary.store_url}: {what}{example}")
+
+
 class ImageTooLargeError(ImageDecodeError):
     """An image whose pixel count is above the limit (a possible decompression bomb)."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 from ._fs import StorageOptions
 from .backbone import BackboneSpec, cached_runner
@@ -67,6 +67,27 @@ def auc_per_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return out
 
 
+FEW_POSITIVES = 10  # below this, a disease's AUC moves a lot with one image
+FAR_FROM_CHANCE = 0.4  # an untrained head this far from AUC 0.5 is worth a sentence
+# Why a synthetic sign is easy even for untrained heads (see cxrdask.synthetic.render_image).
+SYNTHETIC_GLOBAL_SIGNS = {
+    "Emphysema": "its synthetic sign darkens and enlarges both lungs, a change of overall "
+                 "brightness that any random projection of the features follows (image "
+                 "brightness alone ranks it at an AUC of about 0.96 in the demo)",
+}
+
+
+def report_caveats(provenance: dict) -> list[str]:
+    """What makes results not comparable with published ones: a synthetic archive, or
+    random backbone weights (read from the store's or checkpoint's provenance)."""
+    caveats = []
+    if (provenance.get("archive") or {}).get("synthetic"):
+        caveats.append("synthetic archive")
+    if (provenance.get("backbone") or {}).get("kind") == "random":
+        caveats.append("random-weight backbone")
+    return caveats
+
+
 @dataclass
 class EvaluationReport:
     """Per-disease AUC of the trained and the untrained head, beside published results."""
@@ -76,33 +97,91 @@ class EvaluationReport:
     split_description: str
     n_rows: int
     files: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    backbone: str = ""
+
+    @property
+    def mean_over(self) -> list[str]:
+        """The diseases every mean is taken over: those with both classes in the split."""
+        return self.table.loc[np.isfinite(self.table["auc"]), "label"].tolist()
+
+    def _mean(self, column: str) -> float:
+        values = self.table.loc[self.table["label"].isin(self.mean_over), column]
+        return float(values.mean()) if len(values) else float("nan")
 
     @property
     def mean_auc(self) -> float:
-        return float(np.nanmean(self.table["auc"]))
+        return self._mean("auc")
 
     @property
     def mean_auc_untrained(self) -> float:
-        return float(np.nanmean(self.table["auc_untrained"]))
+        return self._mean("auc_untrained")
+
+    @property
+    def caveat_line(self) -> str | None:
+        """One line for reports and charts, or None for a real archive and real weights."""
+        if not self.caveats:
+            return None
+        what = ", ".join(self.caveats)
+        return f"{what[:1].upper()}{what[1:]}: not comparable with published results"
+
+    def notes(self) -> list[str]:
+        """Sentences that help read the table: few positives, untrained heads far from chance."""
+        notes = []
+        few = self.table[(self.table["positives"] < FEW_POSITIVES) & np.isfinite(self.table["auc"])]
+        if len(few):
+            notes.append(f"Fewer than {FEW_POSITIVES} positive images for "
+                         f"{', '.join(f'{r.label} ({r.positives})' for r in few.itertuples())}: "
+                         "their AUCs move by several hundredths with a single image.")
+        extreme = self.table[np.abs(self.table["auc_untrained"] - 0.5) >= FAR_FROM_CHANCE]
+        for row in extreme.itertuples():
+            why = SYNTHETIC_GLOBAL_SIGNS.get(row.label) if "synthetic archive" in self.caveats else None
+            notes.append(
+                f"The untrained head scores {row.auc_untrained:.3f} on {row.label}: "
+                + (f"real, not a leak: {why}." if why else
+                   "the finding changes something that a random projection of the features "
+                   "follows (or, with few positives, chance); it says the finding is easy to "
+                   "see in these features, not that the head learned it."))
+        return notes
 
     def to_markdown(self) -> str:
         shown = self.table.copy()
-        mean = {"label": "**mean**", "positives": int(shown["positives"].sum())}
+        kept = shown["label"].isin(self.mean_over)
+        mean = {"label": f"**mean of {int(kept.sum())}**", "positives": int(shown["positives"].sum())}
         for column in ("auc", "auc_untrained", "wang2017", "chexnet"):
-            mean[column] = float(np.nanmean(shown[column]))
+            mean[column] = self._mean(column)
         shown = pd.concat([shown, pd.DataFrame([mean])], ignore_index=True)
+        head = []
+        if self.caveat_line:
+            head.append(f"> **{self.caveat_line}.**\n")
+        head.append(f"Split: **{self.split}** ({self.n_rows} images); {self.split_description}.  ")
+        if self.backbone:
+            head.append(f"Backbone: {self.backbone}.  ")
+        head.append(f"Means are over the same {int(kept.sum())} of {len(self.table)} diseases in "
+                    "every column (those with positive and negative images in the split).\n")
         lines = ["| disease | positives | AUC | untrained head | Wang 2017 | CheXNet |",
                  "|---|---:|---:|---:|---:|---:|"]
         for row in shown.itertuples():
             cells = [f"{v:.3f}" if np.isfinite(v) else "n/a"
                      for v in (row.auc, row.auc_untrained, row.wang2017, row.chexnet)]
             lines.append(f"| {row.label} | {row.positives} | " + " | ".join(cells) + " |")
-        notes = [
-            f"Split: {self.split} ({self.n_rows} images); {self.split_description}.",
-            "Published results use other splits: " + "; ".join(CITATIONS.values()) + ".",
-            "n/a: the split has no positive (or no negative) image of that disease.",
-        ]
-        return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+        notes = [*self.notes(),
+                 "Published results use other splits: " + "; ".join(CITATIONS.values()) + ".",
+                 "n/a: the split has no positive (or no negative) image of that disease."]
+        return ("\n".join(head) + "\n" + "\n".join(lines) + "\n\n"
+                + "\n".join(f"- {n}" for n in notes) + "\n")
+
+    def to_json(self) -> dict:
+        """The report as plain values (what ``report.json`` holds)."""
+        return {
+            "caveats": self.caveats, "comparable_with_published": not self.caveats,
+            "split": self.split, "split_description": self.split_description, "rows": self.n_rows,
+            "backbone": self.backbone, "mean_over": self.mean_over, "mean_auc": self.mean_auc,
+            "mean_auc_untrained": self.mean_auc_untrained,
+            "mean_wang2017": self._mean("wang2017"), "mean_chexnet": self._mean("chexnet"),
+            "notes": self.notes(), "citations": CITATIONS,
+            "per_label": json.loads(self.table.to_json(orient="records")),
+        }
 
 
 def evaluate(
@@ -115,7 +194,9 @@ def evaluate(
 ) -> EvaluationReport:
     """AUC per disease and mean on ``split`` for the checkpoint and for the untrained head.
 
-    With ``out_dir``: ``report.md``, ``report.json``, ``roc.png`` and ``auc_bars.png``.
+    With ``out_dir``: ``report.md``, ``report.json``, ``roc.png`` and ``auc_bars.png``. The
+    report states the split, the backbone, and whether the archive is synthetic or the
+    backbone's weights random (then its numbers are not comparable with published ones).
     """
     store = open_store(store, storage_options)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
@@ -136,68 +217,25 @@ def evaluate(
         "wang2017": [WANG_2017[name] for name in LABELS],
         "chexnet": [CHEXNET_2017[name] for name in LABELS],
     })
+    identity = store.provenance["backbone"]
     report = EvaluationReport(table=table, split=split,
                               split_description=store.provenance["split"].get("description", ""),
-                              n_rows=len(targets))
+                              n_rows=len(targets), caveats=report_caveats(store.provenance),
+                              backbone=f"{identity['name']} ({identity['weights']})")
     if out_dir is not None:
+        from .plots import auc_bars_figure, roc_figure, save_figure
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(report.to_markdown())
-        (out / "report.json").write_text(json.dumps({
-            "split": split, "split_description": report.split_description, "rows": len(targets),
-            "mean_auc": report.mean_auc, "mean_auc_untrained": report.mean_auc_untrained,
-            "checkpoint": ckpt.path, "backbone": ckpt.backbone, "citations": CITATIONS,
-            "per_label": json.loads(table.to_json(orient="records")),
-        }, indent=2))
+        (out / "report.json").write_text(json.dumps(
+            {**report.to_json(), "checkpoint": ckpt.path, "backbone_identity": ckpt.backbone},
+            indent=2))
+        caveat = report.caveat_line
         report.files = [str(out / "report.md"), str(out / "report.json"),
-                        plot_roc(targets, probabilities, out / "roc.png"),
-                        plot_auc_bars(table, out / "auc_bars.png")]
+                        save_figure(roc_figure(targets, probabilities, caveat), out / "roc.png"),
+                        save_figure(auc_bars_figure(table, caveat), out / "auc_bars.png")]
     return report
-
-
-def plot_roc(targets: np.ndarray, probabilities: np.ndarray, path) -> str:
-    """One ROC curve per disease that has both classes in the split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for i, name in enumerate(LABELS):
-        if 0 < targets[:, i].sum() < len(targets):
-            fpr, tpr, _ = roc_curve(targets[:, i], probabilities[:, i])
-            ax.plot(fpr, tpr, linewidth=1, label=name)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
-
-
-def plot_auc_bars(table: pd.DataFrame, path) -> str:
-    """Grouped bars per disease: this project, Wang et al. 2017 and CheXNet."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    for offset, column, label in ((-0.27, "auc", "cxrdask"), (0.0, "wang2017", "Wang 2017"),
-                                  (0.27, "chexnet", "CheXNet")):
-        ax.bar(x + offset, table[column].fillna(0), width=0.27, label=label)
-    ax.set_xticks(x, table["label"], rotation=40, ha="right")
-    ax.set_ylim(0.4, 1.0)
-    ax.axhline(0.5, color="grey", linestyle=":")
-    ax.set_ylabel("ROC AUC")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
 
 
 def backbone_for_checkpoint(ckpt: Checkpoint, weights: str | None = None) -> BackboneSpec:

@@ -8,28 +8,38 @@ once per worker process and cached), writes its chunk of the store, then its don
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ._fs import StorageOptions, filesystem
-from .backbone import BackboneSpec, cached_runner
-from .errors import ImageDecodeError
+from .backbone import BackboneSpec, cached_runner, check_weights_available
+from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError
 from .imaging import Preprocessing, decode_gray, flip_for, preprocess_bytes, to_model_input
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
 from .splits import TRAIN, assign_splits
-from .store import STATUS_FAILED, STATUS_OK, FeatureStore, rows_fingerprint
+from .store import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore, rows_fingerprint
 
-DEFAULT_BATCH_SIZE = 8  # fastest on CPUs here (PERFORMANCE.md); GPUs want 64 or more
+DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
+MAX_AUTO_CHUNK_ROWS = 512
+TASKS_PER_THREAD = 4  # tasks per worker thread that chunk_rows="auto" aims for
+DEFAULT_MAX_FAILED_FRACTION = 0.05
+SplitMethod = Literal["auto", "official", "patient", "random"]
+BackboneName = Literal["resnet50", "densenet121", "resnet18"]
+Dtype = Literal["float16", "float32"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Engine = Literal["torch", "onnxruntime"]
+Preset = Literal["default", "seed2018"]
 PRESETS = {
     # The 2018 system: random image-level split, random flip of training images.
     "seed2018": {"split": "random", "flip": "train"},
@@ -76,6 +86,14 @@ class ExtractSummary:
     timings: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     dashboard_link: str | None = None
     split: str = ""
+    chunk_rows: int = 0
+    store_rows_failed: int = 0  # failed rows in the whole store, earlier runs included
+    store_rows_done: int = 0  # rows of the store that are written (ok or failed)
+
+    @property
+    def failed_fraction(self) -> float:
+        """Failed rows as a share of the store's written rows (what the threshold checks)."""
+        return self.store_rows_failed / self.store_rows_done if self.store_rows_done else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -94,7 +112,7 @@ class ExtractSummary:
             f"store: {self.store_url}",
             f"split: {self.split}",
             f"chunks: {self.chunks_run} run, {self.chunks_skipped} skipped as already done, "
-            f"{self.chunks_total} in all",
+            f"{self.chunks_total} in all ({self.chunk_rows} rows each)",
             f"rows: {self.rows_written} written, {self.rows_failed} failed "
             f"(of {self.rows_total} in the store)",
             f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s), "
@@ -275,27 +293,200 @@ def prepare_rows(metadata: pd.DataFrame, split: str | np.ndarray = "auto", *, se
     return frame, split_info
 
 
+def auto_chunk_rows(n_rows: int, worker_threads: int, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Rows per chunk (and task) for ``n_rows`` on a cluster of ``worker_threads`` threads.
+
+    Every thread gets about ``TASKS_PER_THREAD`` tasks, so the last ones balance out (one
+    task of 512 and one of 87 left one of two workers idle 86% of a 599-row run); a whole
+    number of batches; never above ``MAX_AUTO_CHUNK_ROWS`` (what training reads at once).
+    """
+    per_task = math.ceil(n_rows / max(1, worker_threads * TASKS_PER_THREAD))
+    whole_batches = math.ceil(per_task / batch_size) * batch_size
+    return int(min(MAX_AUTO_CHUNK_ROWS, max(batch_size, whole_batches)))
+
+
+@dataclass
+class ExtractionPlan:
+    """A run checked before it starts: rows, where each image is, backbone, store settings.
+
+    :func:`plan_extraction` makes it without starting a cluster or writing anything, so
+    every mistake it can find (a wrong images root, missing images, unavailable weights,
+    a store made with other settings) is reported before any work starts.
+    """
+
+    rows: pd.DataFrame
+    urls: dict[str, str]
+    missing: list[str]
+    images_root: str
+    store_url: str
+    storage_options: StorageOptions | None
+    spec: BackboneSpec
+    identity: dict
+    preprocessing: Preprocessing
+    split_info: dict
+    split_seed: int
+    archive: dict
+    chunk_rows: int | Literal["auto"]
+    batch_size: int
+    dtype: Dtype
+    precision: Precision
+    compile: bool
+    engine: Engine
+    device: str
+    resume: bool
+    strict: bool
+    max_failed_fraction: float
+    io_threads: int
+    store_exists: bool
+
+    def settings(self) -> dict:
+        """The settings recorded in the store, which a resumed run must match."""
+        return dict(backbone=self.identity, preprocessing=self.preprocessing.to_dict(),
+                    dtype=self.dtype, precision=self.precision, compile=self.compile,
+                    engine=self.engine, split=self.split_info)
+
+    def describe(self) -> str:
+        """Lines for the user before the run: images found, split, backbone, the store."""
+        n = len(self.rows)
+        found = n - len(self.missing)
+        lines = [f"images: {found} of {n} found under {self.images_root}"
+                 + (f" ({len(self.missing)} missing, e.g. {self.missing[0]}: they will be "
+                    "recorded as failed rows)" if self.missing else "")]
+        lines.append(f"split: {self.split_info.get('description', '')}")
+        lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
+                     f"{self.engine} {self.precision}, features as {self.dtype}")
+        state = "resumed (finished chunks are skipped)" if self.resume and self.store_exists \
+            else "new" if not self.store_exists else "overwritten"
+        lines.append(f"store: {self.store_url} ({state})")
+        return "\n".join(lines)
+
+
+def plan_extraction(
+    metadata: pd.DataFrame | str,
+    images_root: str,
+    store_url: str,
+    *,
+    split: SplitMethod | np.ndarray = "auto",
+    split_seed: int = 0,
+    chunk_rows: int | Literal["auto"] = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    backbone: BackboneName = "resnet50",
+    weights: str | None = "imagenet",
+    weights_seed: int = 0,
+    device: str = "auto",
+    dtype: Dtype = "float16",
+    precision: Precision = "fp32",
+    compile: bool = False,
+    engine: Engine = "torch",
+    preset: Preset = "default",
+    resume: bool = True,
+    strict: bool = False,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
+    io_threads: int = 8,
+    storage_options: StorageOptions | None = None,
+) -> ExtractionPlan:
+    """Check a run and plan it, before any cluster starts or anything is written.
+
+    Raises :class:`ImagesNotFoundError` when ``images_root`` does not exist, holds none of
+    the metadata's images, or misses more than ``max_failed_fraction`` of them (or any, with
+    ``strict``); :class:`WeightsUnavailableError` when the weights cannot be had (offline);
+    :class:`StoreMismatchError` when the store exists with other settings (resume).
+    Parameters are those of :func:`extract_features`.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if chunk_rows != "auto" and (not isinstance(chunk_rows, int) or chunk_rows < 1):
+        raise ValueError(f"chunk_rows must be a positive number of rows or 'auto', not {chunk_rows!r}")
+    if not 0.0 <= max_failed_fraction <= 1.0:
+        raise ValueError(f"max_failed_fraction must be within 0 and 1, not {max_failed_fraction!r}")
+    overrides = PRESETS[preset]
+    split = overrides.get("split", split) if isinstance(split, str) and split == "auto" else split
+    preprocessing = Preprocessing(flip=overrides.get("flip", "none"))
+    source = metadata if isinstance(metadata, str) else metadata.attrs.get("source", "the metadata")
+    if isinstance(metadata, str):
+        metadata = read_metadata(metadata, storage_options)
+    fs, base = filesystem(images_root, storage_options)
+    if not fs.exists(base):
+        raise ImagesNotFoundError(f"the images folder {images_root} does not exist", root=images_root,
+                                  expected=len(metadata))
+    located = locate_images(images_root, storage_options, expected=metadata["image_index"])
+    _check_images_found(located, len(metadata), source, strict, max_failed_fraction)
+    rows, split_info = prepare_rows(metadata, split, seed=split_seed, archive_root=images_root,
+                                    storage_options=storage_options)
+    spec = BackboneSpec(name=backbone, weights=weights or "random", seed=weights_seed)
+    check_weights_available(spec)
+    from .synthetic import synthetic_settings
+
+    archive = {"root": images_root, "synthetic": synthetic_settings(images_root, storage_options)
+               is not None}
+    plan = ExtractionPlan(
+        rows=rows, urls=located.urls, missing=located.missing, images_root=images_root,
+        store_url=store_url, storage_options=storage_options, spec=spec, identity=spec.identity(),
+        preprocessing=preprocessing, split_info=split_info, split_seed=split_seed, archive=archive,
+        chunk_rows=chunk_rows, batch_size=batch_size, dtype=dtype, precision=precision,
+        compile=compile, engine=engine, device=device, resume=resume, strict=strict,
+        max_failed_fraction=max_failed_fraction, io_threads=io_threads,
+        store_exists=FeatureStore.exists(store_url, storage_options),
+    )
+    if resume and plan.store_exists:
+        FeatureStore.open(store_url, storage_options).check_settings(_resume_settings(plan))
+    return plan
+
+
+def _check_images_found(located, expected: int, source: str, strict: bool,
+                        max_failed_fraction: float) -> None:
+    missing = located.missing
+    found = expected - len(missing)
+    details = dict(root=located.root, missing=missing, found=found, expected=expected)
+    if not missing:
+        return
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    if found == 0:
+        raise ImagesNotFoundError(
+            f"none of the {expected} images named in {source} is under {located.root} (looked "
+            f"for {located.root}/images/*.png and {located.root}/images_###/images/*.png; "
+            f"e.g. {shown}); is --images the archive's root folder?", **details)
+    if strict:
+        raise ImageDecodeError(missing[0], f"file not found under {located.root} "
+                               f"({len(missing)} of {expected} images missing: {shown})")
+    if len(missing) / expected > max_failed_fraction:
+        raise ImagesNotFoundError(
+            f"{len(missing)} of the {expected} images named in {source} are not under "
+            f"{located.root} ({len(missing) / expected:.1%}, above the allowed "
+            f"{max_failed_fraction:.1%}; e.g. {shown}). Complete the archive, or allow more "
+            "failed rows (max_failed_fraction=, --max-failed-fraction)", **details)
+
+
+def _resume_settings(plan: ExtractionPlan) -> dict:
+    settings = {**plan.settings(), "n_rows": len(plan.rows),
+                "rows_fingerprint": rows_fingerprint(plan.rows["image_index"])}
+    if plan.chunk_rows != "auto":
+        settings["chunk_rows"] = plan.chunk_rows
+    return settings
+
+
 def extract_features(
     metadata: pd.DataFrame | str,
     images_root: str,
     store_url: str,
     *,
     client=None,
-    split: str | np.ndarray = "auto",
+    split: SplitMethod | np.ndarray = "auto",
     split_seed: int = 0,
-    chunk_rows: int = 512,
+    chunk_rows: int | Literal["auto"] = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
-    backbone: str = "resnet50",
+    backbone: BackboneName = "resnet50",
     weights: str | None = "imagenet",
     weights_seed: int = 0,
     device: str = "auto",
-    dtype: str = "float16",
-    precision: str = "fp32",
+    dtype: Dtype = "float16",
+    precision: Precision = "fp32",
     compile: bool = False,
-    engine: str = "torch",
-    preset: str = "default",
+    engine: Engine = "torch",
+    preset: Preset = "default",
     resume: bool = True,
     strict: bool = False,
+    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
     storage_options: StorageOptions | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
@@ -305,54 +496,78 @@ def extract_features(
 ) -> ExtractSummary:
     """Run the frozen backbone over every image of ``metadata`` into the store at ``store_url``.
 
-    ``metadata`` is a frame from :func:`read_metadata` or the CSV's URL. ``client=None``
-    starts a local cluster of processes for the run. Re-running resumes: chunks whose
-    done marker is set are skipped. Images that cannot be read are recorded (status
-    failed, reason in the store) unless ``strict``, where the first stops the run.
-    ``engine="onnxruntime"`` runs the backbone with ONNX Runtime (CPU, fp32; the ``onnx``
-    extra), faster than eager PyTorch on many CPUs; the engine is recorded in the store.
+    ``metadata`` is a frame from :func:`read_metadata` or the CSV's URL. Everything that
+    can be checked is checked first (:func:`plan_extraction`), before a cluster starts:
+    ``client=None`` then starts a local cluster of ``n_workers`` processes for the run.
+    Re-running resumes: chunks whose done marker is set are skipped. ``chunk_rows="auto"``
+    gives every worker thread several tasks (at most 512 rows each); a resumed store keeps
+    its own. Images that cannot be read are recorded (status failed, reason in the store)
+    unless ``strict``, where the first stops the run; if more than ``max_failed_fraction``
+    of the store's rows failed (or all of them), :class:`ExtractionFailedError` is raised
+    after the run, with its summary. ``engine="onnxruntime"`` runs the backbone with ONNX
+    Runtime (CPU, fp32; the ``onnx`` extra); the engine is recorded in the store.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    overrides = PRESETS[preset]
-    split = overrides.get("split", split) if isinstance(split, str) and split == "auto" else split
-    preprocessing = Preprocessing(flip=overrides.get("flip", "none"))
-    if isinstance(metadata, str):
-        metadata = read_metadata(metadata, storage_options)
-    rows, split_info = prepare_rows(metadata, split, seed=split_seed, archive_root=images_root,
-                                    storage_options=storage_options)
-    located = locate_images(images_root, storage_options, expected=rows["image_index"])
-    if strict and located.missing:
-        raise ImageDecodeError(located.missing[0], f"file not found under {images_root}")
-    spec = BackboneSpec(name=backbone, weights=weights or "random", seed=weights_seed)
-    with StoreLease(store_url, storage_options) as lease:
-        store = _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows,
-                                  dtype, precision, compile, engine, resume, storage_options, lease)
-        config = TaskConfig(store_url=store_url, storage_options=storage_options, backbone=spec,
-                            preprocessing=preprocessing, device=device, precision=precision,
-                            compile=compile, engine=engine, batch_size=batch_size, io_threads=io_threads,
-                            torch_threads=1, flip_seed=split_seed)
+    plan = plan_extraction(
+        metadata, images_root, store_url, split=split, split_seed=split_seed,
+        chunk_rows=chunk_rows, batch_size=batch_size, backbone=backbone, weights=weights,
+        weights_seed=weights_seed, device=device, dtype=dtype, precision=precision,
+        compile=compile, engine=engine, preset=preset, resume=resume, strict=strict,
+        max_failed_fraction=max_failed_fraction, io_threads=io_threads,
+        storage_options=storage_options)
+    return run_extraction(plan, client, n_workers=n_workers,
+                          threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
+
+
+def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None = None,
+                   threads_per_worker: int = 1, progress: bool = True,
+                   warmup: bool = True) -> ExtractSummary:
+    """Run a checked :class:`ExtractionPlan` on ``client`` (or on a local cluster it starts).
+
+    The store's writer lease is taken before the cluster starts, so a second run on the
+    same store is refused at once.
+    """
+    with StoreLease(plan.store_url, plan.storage_options) as lease:
         if client is not None:
-            return _run(client, store, rows, located.urls, config, strict, progress, warmup)
+            return _execute(plan, client, lease, progress, warmup)
         from .cluster import local_client
 
         with local_client(n_workers=n_workers, threads_per_worker=threads_per_worker) as owned:
-            return _run(owned, store, rows, located.urls, config, strict, progress, warmup)
+            return _execute(plan, owned, lease, progress, warmup)
 
 
-def _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_rows, dtype,
-                      precision, compile, engine, resume, storage_options, lease) -> FeatureStore:
-    identity = spec.identity()
-    settings = dict(backbone=identity, preprocessing=preprocessing.to_dict(), dtype=dtype,
-                    precision=precision, compile=compile, engine=engine, split=split_info)
-    exists = FeatureStore.exists(store_url, storage_options)
-    if resume and exists:
-        store = FeatureStore.open(store_url, storage_options, mode="r+")
-        store.check_settings({**settings, "chunk_rows": chunk_rows, "n_rows": len(rows),
-                              "rows_fingerprint": rows_fingerprint(rows["image_index"])})
+def _worker_threads(client) -> int:
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+
+
+def _execute(plan: ExtractionPlan, client, lease: StoreLease, progress: bool,
+             warmup: bool) -> ExtractSummary:
+    store = _create_or_resume(plan, client, lease)
+    config = TaskConfig(store_url=plan.store_url, storage_options=plan.storage_options,
+                        backbone=plan.spec, preprocessing=plan.preprocessing, device=plan.device,
+                        precision=plan.precision, compile=plan.compile, engine=plan.engine,
+                        batch_size=plan.batch_size, io_threads=plan.io_threads, torch_threads=1,
+                        flip_seed=plan.split_seed)
+    summary = _run(client, store, plan.rows, plan.urls, config, plan.strict, progress, warmup)
+    if summary.store_rows_failed and (summary.failed_fraction > plan.max_failed_fraction
+                                      or summary.store_rows_failed == summary.store_rows_done):
+        raise ExtractionFailedError(summary, plan.max_failed_fraction)
+    return summary
+
+
+def _create_or_resume(plan: ExtractionPlan, client, lease: StoreLease) -> FeatureStore:
+    """Open the store to resume it (settings checked again, under the lease), or make it."""
+    url, options = plan.store_url, plan.storage_options
+    exists = FeatureStore.exists(url, options)
+    if plan.resume and exists:
+        store = FeatureStore.open(url, options, mode="r+")
+        store.check_settings(_resume_settings(plan))
         return store
-    store = FeatureStore.create(store_url, rows, chunk_rows=chunk_rows,
-                                storage_options=storage_options, overwrite=exists, **settings)
+    chunk_rows = plan.chunk_rows if plan.chunk_rows != "auto" else auto_chunk_rows(
+        len(plan.rows), _worker_threads(client), plan.batch_size)
+    store = FeatureStore.create(url, plan.rows, chunk_rows=chunk_rows, storage_options=options,
+                                overwrite=exists, extra={"archive": plan.archive},
+                                **plan.settings())
     if exists:
         lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
     return store
@@ -361,7 +576,8 @@ def _create_or_resume(rows, store_url, spec, preprocessing, split_info, chunk_ro
 def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
          config: TaskConfig, strict: bool, progress: bool, warmup: bool) -> ExtractSummary:
     from distributed import as_completed, span
-    from tqdm.auto import tqdm
+
+    from .progress import progress_bar
 
     names = rows["image_index"].tolist()
     done = store.done_chunks()
@@ -391,7 +607,7 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
                                  key=f"cxrdask-extract-chunk-{a[0]}-{time.time_ns()}")
                    for a in args]
         total = sum(len(a[2]) for a in args)
-        bar = tqdm(total=total, unit="img", desc="extract", disable=not progress)
+        bar = progress_bar(total=total, unit="img", desc="extract", disable=not progress)
         try:
             for future in as_completed(futures):
                 result = future.result()
@@ -408,6 +624,7 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
     conversions = [c for r in results for c in r["conversions"]]
     timings = pd.DataFrame([{k: v for k, v in r.items() if k not in ("failures", "conversions")}
                             for r in results])
+    status = store.array("status")[:]
     summary = ExtractSummary(
         store_url=store.url,
         rows_total=store.n_rows,
@@ -423,6 +640,9 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
         timings=timings,
         dashboard_link=link,
         split=store.provenance["split"].get("description", ""),
+        chunk_rows=store.chunk_rows,
+        store_rows_failed=int((status == STATUS_FAILED).sum()),
+        store_rows_done=int((status != STATUS_PENDING).sum()),
     )
     _record_run(store, summary)
     return summary
@@ -455,4 +675,5 @@ def direct_features(paths: Iterable[str], spec: BackboneSpec,
     return np.concatenate(out)
 
 
-__all__ = ["ExtractSummary", "TaskConfig", "extract_features", "prepare_rows"]
+__all__ = ["ExtractSummary", "ExtractionPlan", "TaskConfig", "auto_chunk_rows", "extract_features",
+           "plan_extraction", "prepare_rows", "run_extraction"]

@@ -8,6 +8,7 @@ cannot be decoded raises :class:`ImageDecodeError` with the image index and the 
 from __future__ import annotations
 
 import io
+import re
 import zlib
 from dataclasses import asdict, dataclass
 
@@ -18,6 +19,7 @@ from .errors import ImageDecodeError, ImageTooLargeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
 
 
@@ -68,8 +70,13 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its limit
         raise ImageTooLargeError(image_index, f"{exc} (possible decompression bomb)") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zlib.error) as exc:
-        raise ImageDecodeError(image_index, f"cannot decode: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            image_index, f"cannot decode: not a PNG or JPEG image (a {len(data):,}-byte file starting "
+                         f"{data[:8]!r})") from exc
+    except (OSError, SyntaxError, ValueError, zlib.error) as exc:
+        reason = _OBJECT_REPR.sub("the file", str(exc)) or type(exc).__name__
+        raise ImageDecodeError(image_index, f"cannot decode: {reason}") from exc
     return _to_gray8(image, image_index)
 
 

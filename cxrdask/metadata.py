@@ -129,6 +129,7 @@ def read_metadata(
     too_old = frame["age"] > max_age
     dropped = frame.loc[too_old, ["csv_line", "image_index", "age"]].reset_index(drop=True)
     frame = frame.loc[~too_old].reset_index(drop=True)
+    frame.attrs["source"] = url  # error messages about these rows name the file
     report = MetadataReport(
         source=url,
         variant=variant,

@@ -12,13 +12,13 @@ deterministic for a seed: image ``i`` depends only on ``(seed, i)``.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from multiprocessing import get_context
 from typing import Literal
 
 import fsspec
@@ -41,6 +41,9 @@ NIH_COUNTS = {
 }
 NIH_PATIENTS = 30_805
 IMAGES_PER_FOLDER = 10_000
+# Written last into a synthetic archive's root: extraction records it in the store, and
+# reports then say that their numbers are not comparable with published results.
+SYNTHETIC_MARKER = "cxrdask-synthetic.json"
 # Strength 1 draws clearly visible signs: calibrated so that 500 images at 128 px through a
 # random-weight ResNet50 and the default head reach a mean test AUC of about 0.8.
 SIGN_GAIN = 2.0
@@ -363,7 +366,11 @@ def make_archive(
     """Write a synthetic NIH-layout archive of ``n`` images under ``root`` (any fsspec URL).
 
     Images are rendered in parallel: on ``client`` (a Dask client) when given, else in
-    ``workers`` spawned processes (default: all cores). The same seed gives the same bytes.
+    ``workers`` threads of this process (default: one per core; NumPy, the resize and the
+    PNG encoder release the GIL), so a plain script needs no ``if __name__ == "__main__"``
+    guard for it. The same seed gives the same bytes. The metadata CSV, the split lists and
+    the ``cxrdask-synthetic.json`` marker are written after the images: an archive with a
+    marker is complete.
     """
     start = time.perf_counter()
     frame = make_metadata(n, seed=seed, prevalence=prevalence)
@@ -387,6 +394,10 @@ def make_archive(
         for name, rows in (("train_val_list.txt", train_val), ("test_list.txt", test)):
             with fsspec.open(join_url(root, name), "wt", **(storage_options or {})) as handle:
                 handle.write("\n".join(rows) + "\n")
+    settings = {"n": n, "size": size, "seed": seed, "strength": strength,
+                "prevalence": prevalence, "csv_variant": csv_variant, "official": official}
+    with fsspec.open(join_url(root, SYNTHETIC_MARKER), "wt", **(storage_options or {})) as handle:
+        json.dump({"generator": "cxrdask.synthetic.make_archive", **settings}, handle, indent=1)
     return SyntheticArchive(
         root=root,
         metadata_url=metadata_url,
@@ -398,8 +409,18 @@ def make_archive(
     )
 
 
+def synthetic_settings(root: str, storage_options: StorageOptions | None = None) -> dict | None:
+    """The settings a complete synthetic archive at ``root`` was made with; None otherwise."""
+    fs, base = filesystem(root, storage_options)
+    try:
+        with fs.open(join_url(base, SYNTHETIC_MARKER), "rt") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def _run_batches(root, storage_options, batches, workers, client, progress) -> int:
-    from tqdm.auto import tqdm
+    from .progress import progress_bar as tqdm
 
     bar = tqdm(total=sum(len(b) for b in batches), unit="img", desc="synth", disable=not progress)
     total = 0
@@ -413,7 +434,7 @@ def _run_batches(root, storage_options, batches, workers, client, progress) -> i
             total += future.result()
             bar.update(sizes[future.key])
     elif (workers or os.cpu_count() or 1) > 1 and len(batches) > 1:
-        with ProcessPoolExecutor(workers or os.cpu_count(), mp_context=get_context("spawn")) as pool:
+        with ThreadPoolExecutor(workers or os.cpu_count(), thread_name_prefix="cxrdask-synth") as pool:
             for batch, written in zip(batches, pool.map(
                     _write_images, [root] * len(batches), [storage_options] * len(batches),
                     batches), strict=True):
@@ -467,6 +488,7 @@ def make_feature_store(
                   "weights": f"synthetic features, seed {seed}"},
         preprocessing=Preprocessing().to_dict(),
         split={"method": "patient", "seed": seed, "description": f"patient split, seed {seed}"},
+        extra={"archive": {"root": None, "synthetic": True}},
     )
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
@@ -491,4 +513,5 @@ __all__ = [
     "official_lists",
     "render_image",
     "sample_labels",
+    "synthetic_settings",
 ]

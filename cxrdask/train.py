@@ -148,7 +148,7 @@ def train_head(
 
     Files: ``head.pt`` (the best checkpoint), ``history.csv`` and ``curves.png``.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar as tqdm
 
     config = config or TrainConfig()
     store = open_store(store, storage_options)
@@ -174,7 +174,7 @@ def train_head(
     input_spec = {"feature_dim": store.feature_dim, "demographics": list(config.demographics),
                   "n_inputs": train.n_inputs}
     provenance = {k: store.provenance.get(k) for k in
-                  ("backbone", "preprocessing", "dtype", "precision", "split")}
+                  ("backbone", "preprocessing", "dtype", "precision", "split", "archive")}
     provenance["store_url"] = store.url
     checkpoint = str(out / "head.pt")
 
@@ -212,26 +212,10 @@ def train_head(
 
 
 def plot_curves(history: pd.DataFrame, path: str | os.PathLike) -> str:
-    """Train and validation loss per epoch, with the learning rate on a second axis."""
-    import matplotlib
+    """Train and validation loss per epoch (and the learning rate), saved as PNG at ``path``."""
+    from .plots import curves_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(history["epoch"], history["train_loss"], label="train loss")
-    ax.plot(history["epoch"], history["val_loss"], label="validation loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("weighted BCE")
-    ax.legend(loc="upper left")
-    lr_axis = ax.twinx()
-    lr_axis.plot(history["epoch"], history["lr"], color="grey", linestyle=":", label="lr")
-    lr_axis.set_yscale("log")
-    lr_axis.set_ylabel("learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(curves_figure(history), path)
 
 
 def _train_task(store_url: str, storage_options, config: TrainConfig, out_dir: str) -> dict:
@@ -263,9 +247,9 @@ def grid_search(
     The store must be reachable from the workers (a shared disk or object storage).
     """
     from distributed import as_completed
-    from tqdm.auto import tqdm
 
     from .cluster import local_client
+    from .progress import progress_bar as tqdm
 
     base = base or TrainConfig()
     out = Path(out_dir)
@@ -299,23 +283,7 @@ def grid_search(
 
 
 def plot_grid(frame: pd.DataFrame, path: str | os.PathLike) -> str:
-    """Heatmap of best validation loss over learning rate x weight decay."""
-    import matplotlib
+    """Heatmap of best validation loss over learning rate x weight decay, saved at ``path``."""
+    from .plots import grid_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    table = frame.pivot(index="lr", columns="weight_decay", values="best_val_loss")
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    image = ax.imshow(table.to_numpy(), cmap="viridis_r")
-    ax.set_xticks(range(len(table.columns)), [f"{v:g}" for v in table.columns])
-    ax.set_yticks(range(len(table.index)), [f"{v:g}" for v in table.index])
-    ax.set_xlabel("weight decay")
-    ax.set_ylabel("learning rate")
-    for (i, j), value in np.ndenumerate(table.to_numpy()):
-        ax.text(j, i, f"{value:.4f}", ha="center", va="center", color="white", fontsize=8)
-    fig.colorbar(image, label="best validation loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+    return save_figure(grid_figure(frame), path)

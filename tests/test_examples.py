@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import nbformat
@@ -32,6 +31,10 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path):
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     text = "\n".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    stderr = "\n".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+    for noise in ("IProgress not found", "still alive", "already in use", "Traceback"):
+        assert noise not in stderr, f"{noise!r} in the notebook's output:\n{stderr}"
+    assert "pip install -e '.[notebook]'" in notebook.cells[0].source
     assert "dashboard: http://127.0.0.1:" in text
     assert "rows: 90 written" in text or "written, 0 failed" in text
     images = [o for o in outputs if "image/png" in o.get("data", {})]
@@ -93,24 +96,23 @@ def runnable(document: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("document", [d for d in DOCUMENTS if runnable(d)])
 def test_document_snippets_run(document, tmp_path):
-    """Each document's runnable blocks, in order, in one fresh folder: Python blocks share one
-    interpreter (later blocks use earlier names), shell blocks run with this environment's
-    ``cxrdask`` and ``python`` first on the PATH."""
-    blocks = runnable(document)
+    """Each document's runnable blocks, exactly as written and in order, in one fresh folder:
+    every Python block saved as its own file and run with ``python FILE`` (as a reader who
+    copies it would), every shell block run by bash with this environment's ``cxrdask`` and
+    ``python`` first on the PATH. Later blocks may read files that earlier ones wrote."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "TQDM_DISABLE": "1", "MPLBACKEND": "Agg"}
-    python = "\n".join(body for lang, body in blocks if lang == "python")
-    for lang, body in blocks:
+    for number, (lang, body) in enumerate(runnable(document)):
         if lang == "bash":
-            run = subprocess.run(["bash", "-euo", "pipefail", "-c", body], cwd=tmp_path, env=env,
-                                 capture_output=True, text=True, timeout=600)
-            assert run.returncode == 0, f"{document}:\n{body}\n--- output:\n{run.stdout}\n{run.stderr}"
-    if python:
-        script = tmp_path / "snippets.py"
-        script.write_text(f"if __name__ == '__main__':\n{textwrap.indent(python, '    ')}")
-        run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, f"{document}:\n{python}\n--- output:\n{run.stdout}\n{run.stderr}"
+            command = ["bash", "-euo", "pipefail", "-c", body]
+        else:
+            script = tmp_path / f"snippet_{number}.py"
+            script.write_text(body)
+            command = [sys.executable, str(script)]
+        run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, f"{document}:\n{body}\n--- output:\n{run.stdout}\n{run.stderr}"
+        assert "Traceback" not in run.stderr, f"{document}:\n{body}\n--- stderr:\n{run.stderr}"
 
 
 @pytest.mark.parametrize(("script", "args", "expected"), [

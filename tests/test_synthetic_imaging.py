@@ -122,12 +122,14 @@ def test_undecodable_raises_typed_error(data, reason):
     with pytest.raises(ImageDecodeError, match=reason) as info:
         decode_gray(data, "bad.png")
     assert info.value.image_index == "bad.png"
+    assert "bad.png" in str(info.value) and "object at 0x" not in str(info.value)
 
 
 def test_truncated_png():
     data = png_bytes(GRAY)
-    with pytest.raises(ImageDecodeError):
+    with pytest.raises(ImageDecodeError) as info:
         decode_gray(data[: len(data) // 2], "cut.png")
+    assert "cut.png" in str(info.value) and "object at 0x" not in str(info.value)
 
 
 def test_decompression_bomb_refused_before_decoding():

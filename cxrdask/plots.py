@@ -1,0 +1,135 @@
+"""Every chart cxrdask draws, built on :class:`matplotlib.figure.Figure`.
+
+Figures are made with matplotlib's object API and returned, saved only where asked: the
+library never calls ``matplotlib.use`` or pyplot, so a notebook's backend and its open
+figures are left alone. Charts of results from a synthetic archive or a random-weight
+backbone carry that caveat on the chart itself.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .labels import LABELS
+
+DPI = 110
+# 14 findings, 14 distinct colours: tab20's dark halves then its light ones.
+_TAB20 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+          (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+          (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150)]
+FINDING_COLOURS = {name: tuple(c / 255 for c in rgb) for name, rgb in zip(LABELS, _TAB20, strict=True)}
+_LINESTYLES = ["-", "--"]
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure with its own Agg canvas (no pyplot, no global backend switch)."""
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Figure, path: str | os.PathLike) -> str:
+    """Write ``figure`` as PNG at ``path``; returns the path as a string."""
+    figure.savefig(path, dpi=DPI)
+    return str(path)
+
+
+def _caveat(figure: Figure, caveat: str | None) -> None:
+    if caveat:
+        figure.text(0.5, 0.995, caveat, ha="center", va="top", fontsize=8, color="#a33",
+                    style="italic")
+
+
+def roc_figure(targets: np.ndarray, probabilities: np.ndarray, caveat: str | None = None) -> Figure:
+    """One ROC curve per disease, each its own colour, with its AUC in the legend; a disease
+    with only one class in the split is listed as ``n/a`` rather than left out silently."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure = new_figure(9.5, 6)
+    ax = figure.add_axes((0.08, 0.09, 0.55, 0.82))
+    for i, name in enumerate(LABELS):
+        positives = int(targets[:, i].sum())
+        style = _LINESTYLES[i // 10]
+        if 0 < positives < len(targets):
+            fpr, tpr, _ = roc_curve(targets[:, i], probabilities[:, i])
+            auc = roc_auc_score(targets[:, i], probabilities[:, i])
+            ax.plot(fpr, tpr, linewidth=1.2, linestyle=style, color=FINDING_COLOURS[name],
+                    label=f"{name}: {auc:.3f} ({positives} pos.)")
+        else:
+            ax.plot([], [], linestyle=style, color=FINDING_COLOURS[name],
+                    label=f"{name}: n/a ({positives} pos.)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"ROC per finding ({len(targets)} images)", fontsize=10)
+    ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.02, 0.5), title="finding: AUC",
+              title_fontsize=8, frameon=False)
+    _caveat(figure, caveat)
+    return figure
+
+
+def auc_bars_figure(table: pd.DataFrame, caveat: str | None = None) -> Figure:
+    """Grouped bars per disease: cxrdask, Wang et al. 2017 and CheXNet; a disease whose AUC
+    cannot be computed on the split is marked ``n/a`` above its place."""
+    figure = new_figure(11, 4.8)
+    ax = figure.add_axes((0.06, 0.25, 0.92, 0.66))
+    x = np.arange(len(table))
+    for offset, column, label in ((-0.27, "auc", "cxrdask"), (0.0, "wang2017", "Wang 2017"),
+                                  (0.27, "chexnet", "CheXNet")):
+        values = table[column].to_numpy(dtype=float)
+        ax.bar(x[np.isfinite(values)] + offset, values[np.isfinite(values)], width=0.27, label=label)
+    for position, value in zip(x, table["auc"].to_numpy(dtype=float), strict=True):
+        if not np.isfinite(value):
+            ax.text(position - 0.27, 0.42, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
+    ax.set_xticks(x, table["label"], rotation=40, ha="right")
+    ax.set_ylim(0.4, 1.0)
+    ax.axhline(0.5, color="grey", linestyle=":")
+    ax.set_ylabel("test ROC AUC")
+    ax.legend(ncols=3, fontsize=8, loc="upper left")
+    _caveat(figure, caveat)
+    return figure
+
+
+def curves_figure(history: pd.DataFrame) -> Figure:
+    """Train and validation loss per epoch, with the learning rate on a second axis."""
+    figure = new_figure(7.5, 4)
+    ax = figure.add_axes((0.1, 0.13, 0.75, 0.8))
+    ax.plot(history["epoch"], history["train_loss"], label="train loss")
+    ax.plot(history["epoch"], history["val_loss"], label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted BCE")
+    lr_axis = ax.twinx()
+    lr_axis.plot(history["epoch"], history["lr"], color="grey", linestyle=":", label="lr")
+    lr_axis.set_yscale("log")
+    lr_axis.set_ylabel("learning rate")
+    lines = ax.get_lines() + lr_axis.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8,
+              framealpha=0.8)
+    return figure
+
+
+def grid_figure(frame: pd.DataFrame) -> Figure:
+    """Heatmap of best validation loss over learning rate x weight decay."""
+    table = frame.pivot(index="lr", columns="weight_decay", values="best_val_loss")
+    figure = new_figure(6.5, 4.5)
+    ax = figure.add_axes((0.15, 0.13, 0.6, 0.8))
+    image = ax.imshow(table.to_numpy(), cmap="viridis_r")
+    ax.set_xticks(range(len(table.columns)), [f"{v:g}" for v in table.columns])
+    ax.set_yticks(range(len(table.index)), [f"{v:g}" for v in table.index])
+    ax.set_xlabel("weight decay")
+    ax.set_ylabel("learning rate")
+    for (i, j), value in np.ndenumerate(table.to_numpy()):
+        ax.text(j, i, f"{value:.4f}", ha="center", va="center", color="white", fontsize=8)
+    figure.colorbar(image, ax=ax, label="best validation loss")
+    return figure
+
+
+__all__ = ["FINDING_COLOURS", "auc_bars_figure", "curves_figure", "grid_figure", "new_figure",
+           "roc_figure", "save_figure"]
