@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError
 from .imaging import Preprocessing, decode_gray, flip_for, preprocess_bytes, to_model_input
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
+from .metrics import CHUNK_PREFIX, install_counters, report_chunk, span_metrics
 from .splits import TRAIN, assign_splits
 from .store import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore, rows_fingerprint
 
@@ -48,6 +50,7 @@ PRESETS = {
 
 
 STAGES = ("read_s", "decode_s", "resize_s", "forward_s", "write_s")
+STAGE_NAMES = tuple(stage.removesuffix("_s") for stage in STAGES)
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ class ExtractSummary:
     chunk_rows: int = 0
     store_rows_failed: int = 0  # failed rows in the whole store, earlier runs included
     store_rows_done: int = 0  # rows of the store that are written (ok or failed)
+    # Seconds per stage over every worker, read back from the scheduler's fine performance
+    # metrics of this run's span (what the dashboard shows); empty when nothing ran.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    span_id: str | None = None
 
     @property
     def failed_fraction(self) -> float:
@@ -126,6 +133,11 @@ class ExtractSummary:
         if self.conversions:
             lines.append(f"converted images: {len(self.conversions)} "
                          f"(e.g. {self.conversions[0][0]}: {self.conversions[0][1]})")
+        if any(self.stage_seconds.values()):
+            total = sum(self.stage_seconds.values())
+            lines.append("seconds per stage, all workers (the dashboard's Fine Performance "
+                         "Metrics): " + ", ".join(f"{stage} {seconds:.1f} ({seconds / total:.0%})"
+                                                  for stage, seconds in self.stage_seconds.items()))
         if not self.timings.empty:
             lines.append("seconds per stage and worker:")
             lines += ["  " + row for row in self.per_worker().round(2).to_string().splitlines()]
@@ -248,6 +260,8 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
     t = time.perf_counter()
     store.write_chunk(chunk, features, status, errors)
     timing["write_s"] = time.perf_counter() - t
+    failed = int((status != STATUS_OK).sum())
+    report_chunk({stage.removesuffix("_s"): seconds for stage, seconds in timing.items()}, n, failed)
     return {
         "chunk": chunk,
         "worker": _worker_name(),
@@ -535,6 +549,11 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
             return _execute(plan, owned, lease, progress, warmup)
 
 
+def _store_name(url: str) -> str:
+    """The store's last path part (``nih.zarr``): what a span is called after."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _worker_threads(client) -> int:
     workers = client.scheduler_info(n_workers=-1)["workers"]
     return sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
@@ -588,11 +607,13 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
     started = time.perf_counter()
     warm_seconds = 0.0
     results: list[dict] = []
-    with span("cxrdask-extract"):
+    install_counters(client)
+    run_token = uuid.uuid4().hex
+    with span(f"cxrdask-extract {_store_name(store.url)}") as span_id:
         if warmup and todo:
             workers = list(client.scheduler_info(n_workers=-1)["workers"])
             warm = [client.submit(warm_worker, config, workers=[w], pure=False,
-                                  key=f"cxrdask-warmup-{i}-{time.time_ns()}")
+                                  key=f"backbone-warmup-{i}-{run_token}")
                     for i, w in enumerate(workers)]
             client.gather(warm)
             warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build
@@ -604,7 +625,7 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
                          [flip_train and codes[r] == TRAIN and flip_for(n, config.flip_seed)
                           for r, n in zip(range(start, stop), chunk_names, strict=True)]))
         futures = [client.submit(extract_chunk, *a, config, pure=False,
-                                 key=f"cxrdask-extract-chunk-{a[0]}-{time.time_ns()}")
+                                 key=f"{CHUNK_PREFIX}-{a[0]}-{run_token}")
                    for a in args]
         total = sum(len(a[2]) for a in args)
         bar = progress_bar(total=total, unit="img", desc="extract", disable=not progress)
@@ -625,6 +646,8 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
     timings = pd.DataFrame([{k: v for k, v in r.items() if k not in ("failures", "conversions")}
                             for r in results])
     status = store.array("status")[:]
+    images_run = sum(r["images"] for r in results)
+    measured = span_metrics(client, span_id, expect_images=images_run) if results else {}
     summary = ExtractSummary(
         store_url=store.url,
         rows_total=store.n_rows,
@@ -643,6 +666,8 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
         chunk_rows=store.chunk_rows,
         store_rows_failed=int((status == STATUS_FAILED).sum()),
         store_rows_done=int((status != STATUS_PENDING).sum()),
+        stage_seconds={stage: measured.get(stage, 0.0) for stage in STAGE_NAMES},
+        span_id=span_id,
     )
     _record_run(store, summary)
     return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -246,7 +247,7 @@ def grid_search(
     writes ``grid.csv`` and ``grid.png`` (a heatmap). ``client=None`` starts a local cluster.
     The store must be reachable from the workers (a shared disk or object storage).
     """
-    from distributed import as_completed
+    from distributed import as_completed, span
 
     from .cluster import local_client
     from .progress import progress_bar as tqdm
@@ -257,12 +258,15 @@ def grid_search(
     configs = [replace(base, lr=float(lr), weight_decay=float(wd))
                for lr in lrs for wd in weight_decays]
 
+    token = uuid.uuid4().hex
+    name = str(store_url).rstrip("/").rsplit("/", 1)[-1]
+
     def run(c) -> list[dict]:
-        futures = [c.submit(_train_task, store_url, storage_options, cfg,
-                            str((out / f"lr{cfg.lr:g}_wd{cfg.weight_decay:g}").resolve()),
-                            pure=False, key=f"cxrdask-train-lr{cfg.lr:g}-wd{cfg.weight_decay:g}-"
-                                            f"{time.time_ns()}")
-                   for cfg in configs]
+        with span(f"cxrdask-grid-search {name}"):  # one span per call on the dashboard
+            futures = [c.submit(_train_task, store_url, storage_options, cfg,
+                                str((out / f"lr{cfg.lr:g}_wd{cfg.weight_decay:g}").resolve()),
+                                pure=False, key=f"train-trial-{i}-{token}")
+                       for i, cfg in enumerate(configs)]
         rows = []
         with tqdm(total=len(futures), desc="grid", unit="config", disable=not progress) as bar:
             for future in as_completed(futures):

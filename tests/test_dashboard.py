@@ -1,0 +1,83 @@
+"""What the Dask dashboard shows of cxrdask, checked on a real LocalCluster of processes:
+spans per call, fine performance metrics per stage, readable task names, and cxrdask's
+counters on the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import pytest
+from dask.utils import key_split
+from distributed import get_task_stream
+
+from cxrdask.extract import extract_features
+from cxrdask.metrics import counters
+
+pytestmark = pytest.mark.slow
+
+
+def spans(client) -> dict[str, tuple]:
+    """Span id -> name, for every span the scheduler knows."""
+    return client.run_on_scheduler(
+        lambda dask_scheduler: {s.id: s.name for s in dask_scheduler.extensions["spans"].spans.values()})
+
+
+def scrape(client) -> dict[str, float]:
+    """``cxrdask_*`` samples of the dashboard's /metrics, summed over labels, by name."""
+    port = re.search(r":(\d+)/", client.dashboard_link).group(1)
+    assert client.dashboard_link.startswith("http://127.0.0.1:")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    totals: dict[str, float] = {}
+    for name, value in re.findall(r"^(cxrdask_\w+?)(?:\{[^}]*\})? ([\d.e+]+)$", text, re.M):
+        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def test_each_run_is_a_span_whose_stage_metrics_match_the_summary(small_archive, cluster_client,
+                                                                  tmp_path):
+    before = scrape(cluster_client)
+    with get_task_stream(cluster_client) as stream:
+        first = extract_features(small_archive.metadata_url, small_archive.root,
+                                 str(tmp_path / "one.zarr"), client=cluster_client,
+                                 weights="random", chunk_rows=16, progress=False)
+    second = extract_features(small_archive.metadata_url, small_archive.root,
+                              str(tmp_path / "two.zarr"), client=cluster_client, weights="random",
+                              chunk_rows=16, progress=False)
+
+    names = spans(cluster_client)
+    assert names[first.span_id] == ("cxrdask-extract one.zarr",)
+    assert names[second.span_id] == ("cxrdask-extract two.zarr",)
+
+    for summary in (first, second):
+        own = summary.timings[["read_s", "decode_s", "resize_s", "forward_s", "write_s"]].sum()
+        for stage in ("decode", "forward", "read", "write"):
+            measured = summary.stage_seconds[stage]
+            assert measured == pytest.approx(own[f"{stage}_s"], rel=0.10), stage
+        assert summary.stage_seconds["forward"] > 0 and summary.stage_seconds["decode"] > 0
+        assert "Fine Performance Metrics" in str(summary)
+
+    prefixes = {key_split(task["key"]) for task in stream.data}
+    assert {"extract-chunk", "backbone-warmup"} <= prefixes, prefixes
+
+    after = scrape(cluster_client)
+    done = first.rows_written + second.rows_written
+    assert after["cxrdask_images_done_total"] - before.get("cxrdask_images_done_total", 0) == done
+    assert after["cxrdask_images_failed_total"] == before.get("cxrdask_images_failed_total", 0)
+    assert "cxrdask_chunks_retried_total" in after
+    per_worker = counters(cluster_client)["done"]
+    assert len(per_worker) == 2 and sum(per_worker.values()) >= done
+
+
+def test_grid_search_is_a_span_of_train_trials(cluster_client, tmp_path):
+    from cxrdask.synthetic import make_feature_store
+    from cxrdask.train import TrainConfig, grid_search
+
+    url = str(tmp_path / "grid.zarr")
+    make_feature_store(url, 400, feature_dim=16, chunk_rows=100, seed=4)
+    with get_task_stream(cluster_client) as stream:
+        frame = grid_search(url, [1e-3, 3e-3], [0.0], base=TrainConfig(epochs=1, batch_size=64),
+                            out_dir=tmp_path / "grid", client=cluster_client, progress=False)
+    assert len(frame) == 2
+    assert {key_split(task["key"]) for task in stream.data} == {"train-trial"}
+    assert ("cxrdask-grid-search grid.zarr",) in spans(cluster_client).values()
