@@ -24,7 +24,13 @@ import torch
 import torchvision
 from torch import nn
 
-from .errors import WeightsUnavailableError
+from .errors import (
+    DeviceUnavailableError,
+    MissingExtraError,
+    OptionError,
+    WeightsNotFoundError,
+    WeightsUnavailableError,
+)
 
 FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "densenet121": 1024}
 IMAGENET_DEFAULT = {"resnet50": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1",
@@ -53,7 +59,7 @@ class BackboneSpec:
 
     def __post_init__(self) -> None:
         if self.name not in FEATURE_DIMS:
-            raise ValueError(f"unknown backbone {self.name!r}; use one of {', '.join(FEATURE_DIMS)}")
+            raise OptionError(f"unknown backbone {self.name!r}; use one of {', '.join(FEATURE_DIMS)}")
 
     @property
     def feature_dim(self) -> int:
@@ -90,7 +96,7 @@ def file_sha256(url: str) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except FileNotFoundError as exc:
-        raise WeightsUnavailableError(f"weights file not found: {url}") from exc
+        raise WeightsNotFoundError(f"weights file not found: {url}") from exc
     return digest.hexdigest()
 
 
@@ -184,7 +190,7 @@ def _load_state_file(model: nn.Module, spec: BackboneSpec) -> None:
         with fsspec.open(spec.weights, "rb") as handle:
             state = torch.load(handle, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
-        raise WeightsUnavailableError(f"weights file not found: {spec.weights}") from exc
+        raise WeightsNotFoundError(f"weights file not found: {spec.weights}") from exc
     except Exception as exc:  # a pickle of something else, a truncated file, ...
         raise WeightsUnavailableError(f"{spec.weights} is not a state dict: {exc}") from exc
     if isinstance(state, dict) and "state_dict" in state:
@@ -213,7 +219,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device here")
+        raise DeviceUnavailableError("device 'cuda' asked for, but torch sees no CUDA device here")
     return resolved
 
 
@@ -229,20 +235,20 @@ class BackboneRunner:
     def __init__(self, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
                  compile: bool = False, batch_size: int = 8, engine: str = "torch"):
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+            raise OptionError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+            raise OptionError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.spec = spec
         self.device = resolve_device("cpu" if engine == "onnxruntime" and device == "auto" else device)
         if precision == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 autocast needs a GPU; on CPUs use bf16 (native on recent CPUs)")
+            raise OptionError("fp16 autocast needs a GPU; on CPUs use bf16 (native on recent CPUs)")
         self.precision = precision
         self.batch_size = batch_size
         self.compiled = compile
         self.engine = engine
         if engine == "onnxruntime":
             if self.device.type != "cpu" or precision != "fp32" or compile:
-                raise ValueError("the onnxruntime engine runs fp32 on the CPU, without compile")
+                raise OptionError("the onnxruntime engine runs fp32 on the CPU, without compile")
             self.session = onnx_session(build_backbone(spec), torch.get_num_threads())
             return
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)
@@ -276,7 +282,7 @@ def onnx_session(model: nn.Module, threads: int):
         import onnx  # noqa: F401  (torch's exporter needs it)
         import onnxruntime
     except ImportError as exc:
-        raise ImportError("the onnxruntime engine needs: pip install 'cxrdask[onnx]'") from exc
+        raise MissingExtraError("the onnxruntime engine needs: pip install 'cxrdask[onnx]'") from exc
     buffer = io.BytesIO()
     example = torch.zeros(1, 3, 224, 224)
     torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["features"],

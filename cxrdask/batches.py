@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ._fs import StorageOptions
+from .errors import OptionError
 from .metadata import encode_demographics
 from .splits import split_code
 from .store import STATUS_OK, FeatureStore
@@ -35,7 +36,7 @@ def encode_inputs(features: np.ndarray, age, sex, view=None,
     """Head inputs: features (float32) then the chosen demographics (age/100, sex, view)."""
     unknown = set(demographics) - set(DEMOGRAPHIC_COLUMNS)
     if unknown:
-        raise ValueError(f"unknown demographics {sorted(unknown)}; use age, sex, view")
+        raise OptionError(f"unknown demographics {sorted(unknown)}; use age, sex, view")
     parts = [np.asarray(features, dtype=np.float32)]
     if demographics:
         encoded = encode_demographics(age, sex, view if "view" in demographics else None)

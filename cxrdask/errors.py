@@ -26,6 +26,22 @@ class RowProblem:
         )
 
 
+class OptionError(CxrDaskError, ValueError):
+    """An option has a value cxrdask does not accept (an unknown preset, precision, dtype ...)."""
+
+
+class MissingExtraError(CxrDaskError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message says which extra."""
+
+
+class DeviceUnavailableError(CxrDaskError, RuntimeError):
+    """A device was asked for (``cuda``) that this machine does not have."""
+
+
+class LabelParseError(CxrDaskError, ValueError):
+    """A label string names an unknown disease or combines "No Finding" with one."""
+
+
 class MetadataError(CxrDaskError, ValueError):
     """The metadata CSV (or a split list) is unusable; ``problems`` names each bad row."""
 
@@ -100,6 +116,14 @@ class StoreError(CxrDaskError):
     """A feature store is missing, not a cxrdask store, or cannot be used as asked."""
 
 
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No feature store (or checkpoint) at the URL given."""
+
+
+class StoreLockedError(StoreError):
+    """Another run holds the store's writer lease."""
+
+
 class StoreMismatchError(StoreError):
     """A store exists but was made with other settings; ``differences`` names each."""
 
@@ -124,8 +148,16 @@ class WeightsUnavailableError(CxrDaskError, RuntimeError):
     """Pretrained weights could not be loaded (offline, missing file, wrong architecture)."""
 
 
+class WeightsNotFoundError(WeightsUnavailableError, FileNotFoundError):
+    """A weights file that does not exist."""
+
+
 class CheckpointMismatchError(CxrDaskError, ValueError):
     """A head checkpoint does not match the backbone, store or inputs it is used with."""
+
+
+class CheckpointNotFoundError(CxrDaskError, FileNotFoundError):
+    """No head checkpoint at the path given."""
 
 
 class ClusterError(CxrDaskError, RuntimeError):

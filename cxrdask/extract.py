@@ -24,7 +24,7 @@ import torch
 
 from ._fs import StorageOptions, filesystem
 from .backbone import BackboneSpec, cached_runner, check_weights_available
-from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError
+from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError, OptionError
 from .imaging import Preprocessing, decode_gray, flip_for, preprocess_bytes, to_model_input
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
@@ -408,11 +408,11 @@ def plan_extraction(
     Parameters are those of :func:`extract_features`.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        raise OptionError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     if chunk_rows != "auto" and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-        raise ValueError(f"chunk_rows must be a positive number of rows or 'auto', not {chunk_rows!r}")
+        raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not {chunk_rows!r}")
     if not 0.0 <= max_failed_fraction <= 1.0:
-        raise ValueError(f"max_failed_fraction must be within 0 and 1, not {max_failed_fraction!r}")
+        raise OptionError(f"max_failed_fraction must be within 0 and 1, not {max_failed_fraction!r}")
     overrides = PRESETS[preset]
     split = overrides.get("split", split) if isinstance(split, str) and split == "auto" else split
     preprocessing = Preprocessing(flip=overrides.get("flip", "none"))

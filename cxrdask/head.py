@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointMismatchError
+from .errors import CheckpointMismatchError, CheckpointNotFoundError
 from .labels import LABELS
 
 CHECKPOINT_FORMAT = "cxrdask-head"
@@ -119,8 +119,8 @@ def load_checkpoint(path: str) -> Checkpoint:
     """Load a head checkpoint (tensors and plain values only: ``weights_only=True``)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as exc:
+        raise CheckpointNotFoundError(f"no head checkpoint at {path}") from exc
     except Exception as exc:
         raise CheckpointMismatchError(f"{path} is not a cxrdask head checkpoint: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

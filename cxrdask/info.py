@@ -168,7 +168,7 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
 
 def describe_target(target: str, storage_options: StorageOptions | None = None) -> str:
     """A store (a folder or URL with ``zarr.json``) or a checkpoint file, whichever it is."""
-    from .errors import StoreError
+    from .errors import StoreError, StoreNotFoundError
 
     fs, path = filesystem(target, storage_options)
     if fs.isfile(path):
@@ -177,7 +177,7 @@ def describe_target(target: str, storage_options: StorageOptions | None = None) 
         except ValueError as exc:
             raise StoreError(str(exc)) from exc
     if not fs.exists(path):
-        raise StoreError(f"no feature store or checkpoint at {target}")
+        raise StoreNotFoundError(f"no feature store or checkpoint at {target}")
     return describe_store(target, storage_options)
 
 

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .errors import LabelParseError
+
 LABELS: tuple[str, ...] = (
     "Atelectasis",
     "Cardiomegaly",
@@ -25,10 +27,6 @@ LABELS: tuple[str, ...] = (
 NO_FINDING = "No Finding"
 N_LABELS = len(LABELS)
 LABEL_POSITION = {name: i for i, name in enumerate(LABELS)}
-
-
-class LabelParseError(ValueError):
-    """A label string names an unknown disease or combines "No Finding" with one."""
 
 
 def parse_labels(text: str) -> np.ndarray:

@@ -19,14 +19,10 @@ import uuid
 from dataclasses import dataclass
 
 from ._fs import StorageOptions, filesystem
-from .errors import StoreError
+from .errors import StoreLockedError
 
 LEASE_NAME = "cxrdask.lease"
 DEFAULT_TIMEOUT = 120.0
-
-
-class StoreLockedError(StoreError):
-    """Another run holds the store's writer lease."""
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,15 @@ import numpy as np
 import pandas as pd
 
 from ._fs import StorageOptions, filesystem, full_url, join_url
-from .errors import CxrDaskError, MetadataError, MissingColumnError, RowProblem
-from .labels import LABELS, LabelParseError, parse_labels
+from .errors import (
+    CxrDaskError,
+    LabelParseError,
+    MetadataError,
+    MissingColumnError,
+    OptionError,
+    RowProblem,
+)
+from .labels import LABELS, parse_labels
 
 DEFAULT_MAX_AGE = 123
 FIRST_DATA_LINE = 2  # the header is line 1 of the file
@@ -118,7 +125,7 @@ def read_metadata(
     :class:`MetadataError` naming it, or with ``errors="report"`` is left out and listed.
     """
     if errors not in ("raise", "report"):
-        raise ValueError(f"errors must be 'raise' or 'report', not {errors!r}")
+        raise OptionError(f"errors must be 'raise' or 'report', not {errors!r}")
     raw = _read_raw_csv(url, storage_options)
     variant = _detect_variant(raw.columns)
     columns = _canonical_columns(raw, url)

@@ -25,7 +25,13 @@ from zarr.codecs import BloscCodec
 
 from . import __version__
 from ._fs import StorageOptions, filesystem, is_local
-from .errors import FeatureOverflowError, StoreError, StoreMismatchError
+from .errors import (
+    FeatureOverflowError,
+    OptionError,
+    StoreError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
 from .labels import LABELS
 from .metadata import label_matrix
 from .splits import SPLIT_NAMES, split_code
@@ -113,9 +119,9 @@ class FeatureStore:
         at ``url`` is refused unless ``overwrite``.
         """
         if dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be float16 or float32, not {dtype!r}")
+            raise OptionError(f"dtype must be float16 or float32, not {dtype!r}")
         if chunk_rows < 1:
-            raise ValueError("chunk_rows must be at least 1")
+            raise OptionError("chunk_rows must be at least 1")
         n_rows = len(table)
         if n_rows == 0:
             raise StoreError("no rows to store: the metadata (after filtering) is empty")
@@ -175,7 +181,7 @@ class FeatureStore:
         try:
             group = zarr.open_group(store=store, mode=mode, zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-            raise StoreError(f"no feature store at {url}") from exc
+            raise StoreNotFoundError(f"no feature store at {url}") from exc
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             raise StoreError(f"{url} is not a readable Zarr v3 group: {exc}") from exc
         opened = cls(group, url, storage_options)

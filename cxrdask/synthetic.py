@@ -27,6 +27,7 @@ import pandas as pd
 from PIL import Image
 
 from ._fs import StorageOptions, filesystem, join_url
+from .errors import OptionError
 from .labels import LABELS, NO_FINDING, format_labels
 from .metadata import CSV_NAMES, label_matrix
 
@@ -86,7 +87,7 @@ def _label_probabilities(prevalence: Prevalence) -> tuple[float, np.ndarray]:
     elif prevalence == "nih":
         finding_rate = abnormal / NIH_IMAGES
     else:
-        raise ValueError(f"prevalence must be 'nih' or 'balanced', not {prevalence!r}")
+        raise OptionError(f"prevalence must be 'nih' or 'balanced', not {prevalence!r}")
     share = counts / abnormal
     target = counts.sum() / abnormal  # mean labels per abnormal image (1.57)
 
@@ -188,7 +189,7 @@ def format_csv(frame: pd.DataFrame, variant: CsvVariant = "kaggle2017", seed: in
         age_text = [str(int(a)) for a in ages]
         size_names = ["OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]"]
     else:
-        raise ValueError(f"unknown CSV variant {variant!r}; use {', '.join(CSV_NAMES)}")
+        raise OptionError(f"unknown CSV variant {variant!r}; use {', '.join(CSV_NAMES)}")
     header = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
               "Patient Gender", "View Position", *size_names]
     columns = [frame["image_index"], frame["finding_labels"], frame["follow_up"],

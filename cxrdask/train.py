@@ -22,7 +22,7 @@ from torch import nn
 
 from ._fs import StorageOptions
 from .batches import DEFAULT_DEMOGRAPHICS, FeatureBatches, label_counts, open_store
-from .errors import CxrDaskError
+from .errors import CxrDaskError, OptionError
 from .head import new_head, save_checkpoint
 from .store import FeatureStore
 
@@ -63,7 +63,7 @@ class TrainConfig:
                              early_stopping=None, standardize=False, preset="seed2018"),
         }
         if name not in presets:
-            raise ValueError(f"unknown preset {name!r}; use {', '.join(presets)}")
+            raise OptionError(f"unknown preset {name!r}; use {', '.join(presets)}")
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(cls(), **{**presets[name], **given})
 
