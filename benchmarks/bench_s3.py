@@ -21,8 +21,8 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 from benchmarks.common import machine, save_results, table
 from cxrdask.cluster import local_client
 from cxrdask.extract import extract_features
-from cxrdask.local_s3 import local_s3_server
 from cxrdask.synthetic import make_archive
+from cxrdask.testing import local_s3_server
 
 
 def main(argv=None) -> None:

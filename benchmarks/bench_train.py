@@ -71,7 +71,7 @@ def measure(store_url: str, batch: int, mode: str, max_rows: int) -> dict:
 
 def ensure_store(directory: Path, n: int) -> str:
     from cxrdask.store import FeatureStore
-    from cxrdask.synthetic import make_feature_store
+    from cxrdask.testing import make_feature_store
 
     url = str(directory / f"features_{n}.zarr")
     if not (FeatureStore.exists(url) and FeatureStore.open(url).n_rows == n):

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine, save_results, table
-from cxrdask.local_s3 import free_port
+from cxrdask.testing import free_port
 
 
 def small_checkpoint(workdir: Path) -> str:

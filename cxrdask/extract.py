@@ -13,7 +13,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,7 +24,7 @@ import torch
 from ._fs import StorageOptions, filesystem
 from .backbone import BackboneSpec, cached_runner, check_weights_available
 from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError, OptionError
-from .imaging import Preprocessing, decode_gray, flip_for, preprocess_bytes, to_model_input
+from .imaging import Preprocessing, decode_gray, flip_for, to_model_input
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
 from .metrics import CHUNK_PREFIX, install_counters, report_chunk, span_metrics
@@ -685,19 +684,6 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
                   "seconds": round(summary.seconds, 3),
                   "images_per_second": round(summary.images_per_second, 2)},
     )
-
-
-def direct_features(paths: Iterable[str], spec: BackboneSpec,
-                    preprocessing: Preprocessing = Preprocessing(), batch_size: int = 8,
-                    precision: str = "fp32") -> np.ndarray:
-    """Features of local files computed in this process, without Dask (a reference for tests)."""
-    runner = cached_runner(spec, "cpu", precision, False, batch_size)
-    arrays = []
-    for path in paths:
-        with open(path, "rb") as handle:
-            arrays.append(preprocess_bytes(handle.read(), os.path.basename(path), preprocessing)[0])
-    out = [runner(np.stack(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
-    return np.concatenate(out)
 
 
 __all__ = ["ExtractSummary", "ExtractionPlan", "TaskConfig", "auto_chunk_rows", "extract_features",

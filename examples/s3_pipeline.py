@@ -14,7 +14,7 @@ import tempfile
 
 from cxrdask import evaluate, extract_features, make_archive, train_head
 from cxrdask.cluster import local_client
-from cxrdask.local_s3 import local_s3_server
+from cxrdask.testing import local_s3_server
 
 
 def run(bucket: str, storage_options: dict, n: int) -> None:

@@ -18,9 +18,9 @@ import torch
 
 from cxrdask.evaluation import evaluate
 from cxrdask.extract import extract_features
-from cxrdask.local_s3 import free_port, local_s3_server
 from cxrdask.store import FeatureStore
 from cxrdask.synthetic import make_archive
+from cxrdask.testing import free_port, local_s3_server
 from cxrdask.train import TrainConfig, train_head
 
 pytestmark = pytest.mark.slow

@@ -70,7 +70,7 @@ def test_each_run_is_a_span_whose_stage_metrics_match_the_summary(small_archive,
 
 
 def test_grid_search_is_a_span_of_train_trials(cluster_client, tmp_path):
-    from cxrdask.synthetic import make_feature_store
+    from cxrdask.testing import make_feature_store
     from cxrdask.train import TrainConfig, grid_search
 
     url = str(tmp_path / "grid.zarr")

@@ -10,9 +10,10 @@ import pytest
 
 from cxrdask.backbone import BackboneSpec, load_counts
 from cxrdask.errors import ImageDecodeError, StoreMismatchError
-from cxrdask.extract import direct_features, extract_features
+from cxrdask.extract import extract_features
 from cxrdask.metadata import locate_images, read_metadata
 from cxrdask.store import STATUS_FAILED, FeatureStore
+from cxrdask.testing import direct_features
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from cxrdask.evaluation import CHEXNET_2017, WANG_2017, evaluate
 from cxrdask.head import load_checkpoint
 from cxrdask.labels import LABELS
 from cxrdask.store import FeatureStore
-from cxrdask.synthetic import make_feature_store
+from cxrdask.testing import make_feature_store
 from cxrdask.train import TrainConfig, grid_search, train_head
 
 

@@ -24,7 +24,7 @@ from PIL import Image
 from cxrdask.backbone import BackboneSpec, build_backbone
 from cxrdask.evaluation import predict
 from cxrdask.labels import LABELS
-from cxrdask.local_s3 import free_port
+from cxrdask.testing import free_port
 from cxrdask.web import create_app, grad_cam
 from cxrdask.web.diagnosis import last_conv_maps
 
