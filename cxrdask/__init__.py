@@ -19,7 +19,7 @@ _EXPORTS = {
     "read_metadata": "metadata",
     "locate_images": "metadata",
     "find_metadata": "metadata",
-    "encode_demographics": "metadata",
+    "encode_demographics": "encoding",
     "assign_splits": "splits",
     "make_archive": "synthetic",
     "BackboneSpec": "backbone",
@@ -38,7 +38,7 @@ _EXPORTS = {
     "train_head": "train",
     "grid_search": "train",
     "evaluate": "evaluation",
-    "predict": "evaluation",
+    "predict": "inference",
     "create_app": "web",
     "run_demo": "demo",
 }

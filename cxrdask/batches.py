@@ -16,33 +16,15 @@ import numpy as np
 import torch
 
 from ._fs import StorageOptions
-from .errors import OptionError
-from .metadata import encode_demographics
+from .encoding import DEFAULT_DEMOGRAPHICS, encode_inputs
 from .splits import split_code
 from .store import STATUS_OK, FeatureStore
-
-DEMOGRAPHIC_COLUMNS = {"age": "age", "sex": "sex", "view": "view"}
-DEFAULT_DEMOGRAPHICS = ("age", "sex")
 
 
 def open_store(store: FeatureStore | str, storage_options: StorageOptions | None = None
                ) -> FeatureStore:
     """Accept a store or its URL."""
     return store if isinstance(store, FeatureStore) else FeatureStore.open(store, storage_options)
-
-
-def encode_inputs(features: np.ndarray, age, sex, view=None,
-                  demographics: Sequence[str] = DEFAULT_DEMOGRAPHICS) -> np.ndarray:
-    """Head inputs: features (float32) then the chosen demographics (age/100, sex, view)."""
-    unknown = set(demographics) - set(DEMOGRAPHIC_COLUMNS)
-    if unknown:
-        raise OptionError(f"unknown demographics {sorted(unknown)}; use age, sex, view")
-    parts = [np.asarray(features, dtype=np.float32)]
-    if demographics:
-        encoded = encode_demographics(age, sex, view if "view" in demographics else None)
-        wanted = [i for i, name in enumerate(("age", "sex", "view")) if name in demographics]
-        parts.append(encoded[:, wanted])
-    return np.concatenate(parts, axis=1)
 
 
 class FeatureBatches(torch.utils.data.IterableDataset):

@@ -31,7 +31,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default is None or action.default is False
+        if (action.default is None or action.nargs == 0  # flags: their help says what they do
                 or action.default == argparse.SUPPRESS or "default" in text
                 or not action.option_strings):
             return text
@@ -130,6 +130,7 @@ def _metadata_url(args) -> str:
 
 def cmd_extract(args) -> int:
     from .cluster import local_client
+    from .config import config_from_args
     from .extract import plan_extraction, run_extraction
     from .metadata import read_metadata
 
@@ -138,13 +139,8 @@ def cmd_extract(args) -> int:
                                      return_report=True)
     print(report.summary())
     # Everything that can be checked is checked before a cluster starts.
-    plan = plan_extraction(
-        metadata, args.images, args.store, split=args.split, split_seed=args.split_seed,
-        chunk_rows=args.chunk_rows, batch_size=args.batch_size, backbone=args.backbone,
-        weights=args.weights, weights_seed=args.weights_seed, device=args.device,
-        dtype=args.dtype, precision=args.precision, compile=args.compile, engine=args.engine,
-        preset=args.preset, resume=not args.overwrite, strict=args.strict,
-        max_failed_fraction=args.max_failed_fraction, storage_options=storage_options)
+    plan = plan_extraction(metadata, args.images, args.store, config_from_args(args),
+                           storage_options=storage_options)
     print(plan.describe(), flush=True)
     try:
         with local_client(args.scheduler, n_workers=args.workers,
@@ -204,7 +200,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .evaluation import predict
+    from .inference import predict
 
     frame = predict(args.images, args.checkpoint, weights=args.weights, age=args.age, sex=args.sex,
                     view=args.view, device=args.device)
@@ -328,66 +324,20 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
 
 
 def _extract_options(extract: argparse.ArgumentParser) -> None:
-    from .extract import plan_extraction
+    from .config import add_config_options
     from .metadata import read_metadata
 
-    default = lambda name: api_default(plan_extraction, name)  # noqa: E731
     extract.add_argument("--images", required=True, help="archive root (images/ or images_###/)")
     extract.add_argument("--metadata", help="metadata CSV (default: found under --images)")
     extract.add_argument("--store", required=True, help="feature store URL (.zarr)")
     _add_cluster(extract)
     extract.add_argument("--gpu", action="store_true", help="local GPU cluster (dask-cuda)")
-    extract.add_argument("--chunk-rows", type=_chunk_rows, default=default("chunk_rows"),
-                         help="rows per store chunk and task; auto gives every worker thread "
-                              "several tasks, at most 512 rows (a resumed store keeps its own)")
-    extract.add_argument("--batch-size", type=int, default=default("batch_size"),
-                         help="images per backbone call")
-    extract.add_argument("--dtype", choices=["float16", "float32"], default=default("dtype"),
-                         help="feature dtype in the store")
-    extract.add_argument("--backbone", choices=["resnet50", "densenet121", "resnet18"],
-                         default=default("backbone"), help="torchvision network")
-    extract.add_argument("--weights", default=default("weights"),
-                         help="imagenet | a torchvision enum name | PATH.pth | random")
-    extract.add_argument("--weights-seed", type=int, default=default("weights_seed"),
-                         help="seed of --weights random")
-    extract.add_argument("--device", default=default("device"), help="cpu | cuda | auto")
-    extract.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=default("precision"),
-                         help="backbone arithmetic (bf16: CPUs with native bf16, GPUs; fp16: GPUs)")
-    extract.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    extract.add_argument("--engine", choices=["torch", "onnxruntime"], default=default("engine"),
-                         help="run the backbone with PyTorch, or with ONNX Runtime (CPU, fp32; "
-                              "pip install 'cxrdask[onnx]')")
-    extract.add_argument("--preset", choices=["default", "seed2018"], default=default("preset"),
-                         help="seed2018: the 2018 recipe (random image split, flips)")
-    extract.add_argument("--split", choices=["auto", "official", "patient", "random"],
-                         default=default("split"),
-                         help="auto: the official lists when the archive has them, else by patient")
-    extract.add_argument("--split-seed", type=int, default=default("split_seed"),
-                         help="seed of the patient/random split and of 2018's flips")
     extract.add_argument("--max-age", type=int, default=api_default(read_metadata, "max_age"),
                          help="rows with a greater age are dropped (the real CSV has a few)")
-    extract.add_argument("--max-failed-fraction", type=float, default=default("max_failed_fraction"),
-                         help="share of rows allowed to fail (missing or unreadable images) before "
-                              "the run is refused up front or ends with exit status 3")
-    extract.add_argument("--strict", action="store_true",
-                         help="refuse a run with any missing image, stop at the first unreadable one")
-    extract.add_argument("--overwrite", action="store_true",
-                         help="start the store afresh instead of resuming")
+    add_config_options(extract)  # every ExtractConfig field, its default and its help
     extract.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage(extract)
     extract.set_defaults(run=cmd_extract)
-
-
-def _chunk_rows(text: str):
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of rows or 'auto', not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a positive number of rows, not {value}")
-    return value
 
 
 def _train_options(train: argparse.ArgumentParser) -> None:

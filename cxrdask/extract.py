@@ -1,73 +1,37 @@
-"""Distributed feature extraction: one Dask task per store chunk, resumable, with progress.
+"""The client side of an extraction: check and plan a run, submit one task per store chunk,
+follow its progress, and summarise it.
 
-A task carries only its rows' URLs and a small picklable config. On the worker it reads
-the bytes through fsspec (many at once, so object-store latency overlaps), decodes and
-resizes them in a thread pool while the previous batch runs through the backbone (built
-once per worker process and cached), writes its chunk of the store, then its done marker.
+:func:`plan_extraction` checks everything it can before a cluster starts or a byte is
+written; :func:`run_extraction` takes the store's writer lease, creates or resumes the
+store and submits the chunk tasks of :mod:`cxrdask.extract_worker`;
+:func:`extract_features` does both. Every choice is an :class:`~cxrdask.config.ExtractConfig`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ._fs import StorageOptions, filesystem
-from .backbone import BackboneSpec, cached_runner, check_weights_available
-from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError, OptionError
-from .imaging import Preprocessing, decode_gray, flip_for, to_model_input
+from .backbone import BackboneSpec, check_weights_available
+from .config import DEFAULT_BATCH_SIZE, ExtractConfig
+from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError
+from .extract_worker import STAGE_NAMES, STAGES, TaskConfig, extract_chunk, warm_worker
+from .imaging import Preprocessing, flip_for
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
-from .metrics import CHUNK_PREFIX, install_counters, report_chunk, span_metrics
+from .metrics import CHUNK_PREFIX, install_counters, span_metrics
 from .splits import TRAIN, assign_splits
-from .store import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore, rows_fingerprint
+from .store import STATUS_FAILED, STATUS_PENDING, FeatureStore, rows_fingerprint
 
-DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
 MAX_AUTO_CHUNK_ROWS = 512
 TASKS_PER_THREAD = 4  # tasks per worker thread that chunk_rows="auto" aims for
-DEFAULT_MAX_FAILED_FRACTION = 0.05
-SplitMethod = Literal["auto", "official", "patient", "random"]
-BackboneName = Literal["resnet50", "densenet121", "resnet18"]
-Dtype = Literal["float16", "float32"]
-Precision = Literal["fp32", "bf16", "fp16"]
-Engine = Literal["torch", "onnxruntime"]
-Preset = Literal["default", "seed2018"]
-PRESETS = {
-    # The 2018 system: random image-level split, random flip of training images.
-    "seed2018": {"split": "random", "flip": "train"},
-    "default": {},
-}
-
-
-STAGES = ("read_s", "decode_s", "resize_s", "forward_s", "write_s")
-STAGE_NAMES = tuple(stage.removesuffix("_s") for stage in STAGES)
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """Everything a chunk task needs besides its rows; small, so the graph stays light."""
-
-    store_url: str
-    storage_options: StorageOptions | None
-    backbone: BackboneSpec
-    preprocessing: Preprocessing
-    device: str = "auto"
-    precision: str = "fp32"
-    compile: bool = False
-    engine: str = "torch"
-    batch_size: int = DEFAULT_BATCH_SIZE
-    io_threads: int = 8
-    torch_threads: int = 1
-    flip_seed: int = 0
 
 
 @dataclass
@@ -143,145 +107,6 @@ class ExtractSummary:
         return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- worker side
-
-_WORKER_STATE: dict[str, Any] = {}
-_WORKER_LOCK = threading.Lock()
-
-
-def _worker_resources(config: TaskConfig):
-    """This process's store handle and I/O pool, made once and reused by every task."""
-    with _WORKER_LOCK:
-        if _WORKER_STATE.get("torch_threads") != config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
-            _WORKER_STATE["torch_threads"] = config.torch_threads
-        key = ("store", config.store_url, repr(config.storage_options))
-        if key not in _WORKER_STATE:
-            _WORKER_STATE[key] = FeatureStore.open(config.store_url, config.storage_options, "r+")
-        pool_key = ("pool", config.io_threads)
-        if pool_key not in _WORKER_STATE:
-            _WORKER_STATE[pool_key] = ThreadPoolExecutor(config.io_threads,
-                                                         thread_name_prefix="cxrdask-io")
-        return _WORKER_STATE[key], _WORKER_STATE[pool_key]
-
-
-def _load_one(url: str, name: str, flip: bool, config: TaskConfig):
-    """Read and preprocess one image: (array | None, note | error, read_s, decode_s, resize_s)."""
-    t0 = time.perf_counter()
-    try:
-        fs, path = filesystem(url, config.storage_options)
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        return None, "file not found", time.perf_counter() - t0, 0.0, 0.0
-    except OSError as exc:
-        return None, f"cannot read: {exc}", time.perf_counter() - t0, 0.0, 0.0
-    t1 = time.perf_counter()
-    try:
-        gray, note = decode_gray(data, name)
-    except ImageDecodeError as exc:
-        return None, exc.reason, t1 - t0, time.perf_counter() - t1, 0.0
-    t2 = time.perf_counter()
-    array = to_model_input(gray, config.preprocessing, flip)
-    return array, note, t1 - t0, t2 - t1, time.perf_counter() - t2
-
-
-def _runner(config: TaskConfig):
-    """This process's backbone runner for the task's settings (built once, then cached)."""
-    return cached_runner(config.backbone, config.device, config.precision, config.compile,
-                         config.batch_size, config.engine)
-
-
-def warm_worker(config: TaskConfig) -> float:
-    """Build (and compile) the worker's backbone ahead of the chunks; returns seconds taken."""
-    start = time.perf_counter()
-    _worker_resources(config)
-    runner = _runner(config)
-    size = config.preprocessing.size
-    runner(np.zeros((config.batch_size, 3, size, size), dtype=np.float32))
-    return time.perf_counter() - start
-
-
-def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[bool],
-                  config: TaskConfig) -> dict:
-    """Compute and write one chunk of the store (idempotent: a re-run writes the same values)."""
-    started = time.perf_counter()
-    store, pool = _worker_resources(config)
-    runner = _runner(config)
-    n = len(names)
-    features = np.full((n, runner.spec.feature_dim), np.nan, dtype=np.float32)
-    status = np.full(n, STATUS_FAILED, dtype=np.uint8)
-    errors = [""] * n
-    notes: list[tuple[str, str]] = []
-    timing = dict.fromkeys(STAGES, 0.0)
-
-    def submit(i: int):
-        if urls[i] is None:
-            return None
-        return pool.submit(_load_one, urls[i], names[i], flips[i], config)
-
-    # Keep two batches of reads in flight ahead of the network: latency overlaps, memory is bounded.
-    window = 2 * config.batch_size
-    pending = {i: submit(i) for i in range(min(window, n))}
-    batch_rows: list[int] = []
-    batch_arrays: list[np.ndarray] = []
-
-    def run_batch() -> None:
-        t = time.perf_counter()
-        features[batch_rows] = runner(np.stack(batch_arrays))
-        timing["forward_s"] += time.perf_counter() - t
-        status[batch_rows] = STATUS_OK
-        batch_rows.clear()
-        batch_arrays.clear()
-
-    for i in range(n):
-        future = pending.pop(i)
-        if i + window < n:
-            pending[i + window] = submit(i + window)
-        if future is None:
-            errors[i] = "file not found"
-            continue
-        array, message, read_s, decode_s, resize_s = future.result()
-        timing["read_s"] += read_s
-        timing["decode_s"] += decode_s
-        timing["resize_s"] += resize_s
-        if array is None:
-            errors[i] = message
-            continue
-        if message:
-            notes.append((names[i], message))
-        batch_rows.append(i)
-        batch_arrays.append(array)
-        if len(batch_rows) == config.batch_size:
-            run_batch()
-    if batch_rows:
-        run_batch()
-
-    t = time.perf_counter()
-    store.write_chunk(chunk, features, status, errors)
-    timing["write_s"] = time.perf_counter() - t
-    failed = int((status != STATUS_OK).sum())
-    report_chunk({stage.removesuffix("_s"): seconds for stage, seconds in timing.items()}, n, failed)
-    return {
-        "chunk": chunk,
-        "worker": _worker_name(),
-        "images": n,
-        "ok": int((status == STATUS_OK).sum()),
-        "failures": [(names[i], errors[i]) for i in range(n) if status[i] != STATUS_OK],
-        "conversions": notes,
-        **timing,
-        "task_s": time.perf_counter() - started,
-    }
-
-
-def _worker_name() -> str:
-    try:
-        from distributed import get_worker
-
-        return str(get_worker().name)
-    except ValueError:
-        return f"pid-{os.getpid()}"
-
-
 # --------------------------------------------------------------------------- client side
 
 
@@ -327,6 +152,7 @@ class ExtractionPlan:
     a store made with other settings) is reported before any work starts.
     """
 
+    config: ExtractConfig
     rows: pd.DataFrame
     urls: dict[str, str]
     missing: list[str]
@@ -337,29 +163,19 @@ class ExtractionPlan:
     identity: dict
     preprocessing: Preprocessing
     split_info: dict
-    split_seed: int
     archive: dict
-    chunk_rows: int | Literal["auto"]
-    batch_size: int
-    dtype: Dtype
-    precision: Precision
-    compile: bool
-    engine: Engine
-    device: str
-    resume: bool
-    strict: bool
-    max_failed_fraction: float
-    io_threads: int
     store_exists: bool
 
     def settings(self) -> dict:
         """The settings recorded in the store, which a resumed run must match."""
+        c = self.config
         return dict(backbone=self.identity, preprocessing=self.preprocessing.to_dict(),
-                    dtype=self.dtype, precision=self.precision, compile=self.compile,
-                    engine=self.engine, split=self.split_info)
+                    dtype=c.dtype, precision=c.precision, compile=c.compile, engine=c.engine,
+                    split=self.split_info)
 
     def describe(self) -> str:
         """Lines for the user before the run: images found, split, backbone, the store."""
+        c = self.config
         n = len(self.rows)
         found = n - len(self.missing)
         lines = [f"images: {found} of {n} found under {self.images_root}"
@@ -367,8 +183,8 @@ class ExtractionPlan:
                     "recorded as failed rows)" if self.missing else "")]
         lines.append(f"split: {self.split_info.get('description', '')}")
         lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
-                     f"{self.engine} {self.precision}, features as {self.dtype}")
-        state = "resumed (finished chunks are skipped)" if self.resume and self.store_exists \
+                     f"{c.engine} {c.precision}, features as {c.dtype}")
+        state = "resumed (finished chunks are skipped)" if c.resume and self.store_exists \
             else "new" if not self.store_exists else "overwritten"
         lines.append(f"store: {self.store_url} ({state})")
         return "\n".join(lines)
@@ -378,43 +194,54 @@ def plan_extraction(
     metadata: pd.DataFrame | str,
     images_root: str,
     store_url: str,
+    config: ExtractConfig | None = None,
     *,
-    split: SplitMethod | np.ndarray = "auto",
-    split_seed: int = 0,
-    chunk_rows: int | Literal["auto"] = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    backbone: BackboneName = "resnet50",
-    weights: str | None = "imagenet",
-    weights_seed: int = 0,
-    device: str = "auto",
-    dtype: Dtype = "float16",
-    precision: Precision = "fp32",
-    compile: bool = False,
-    engine: Engine = "torch",
-    preset: Preset = "default",
-    resume: bool = True,
-    strict: bool = False,
-    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
-    io_threads: int = 8,
     storage_options: StorageOptions | None = None,
+    split_codes: np.ndarray | None = None,
+    **options: Any,
 ) -> ExtractionPlan:
     """Check a run and plan it, before any cluster starts or anything is written.
 
-    Raises :class:`ImagesNotFoundError` when ``images_root`` does not exist, holds none of
-    the metadata's images, or misses more than ``max_failed_fraction`` of them (or any, with
-    ``strict``); :class:`WeightsUnavailableError` when the weights cannot be had (offline);
-    :class:`StoreMismatchError` when the store exists with other settings (resume).
-    Parameters are those of :func:`extract_features`.
+    Parameters
+    ----------
+    metadata
+        A frame from :func:`~cxrdask.metadata.read_metadata`, or the metadata CSV's URL.
+    images_root
+        The archive's root folder (or URL): ``images/`` or Kaggle's ``images_###/images/``.
+    store_url
+        Where the feature store is (or will be): a folder or any fsspec URL.
+    config
+        Every choice of the run; :class:`~cxrdask.config.ExtractConfig` defaults if None.
+    storage_options
+        fsspec options for every URL (credentials, endpoints).
+    split_codes
+        Split codes per metadata row (0 train, 1 validation, 2 test) instead of
+        ``config.split``.
+    **options
+        Fields of :class:`~cxrdask.config.ExtractConfig` that replace those of ``config``
+        (``weights="random"``, ``chunk_rows=32``, ...).
+
+    Returns
+    -------
+    ExtractionPlan
+        The rows in store order, the image URLs, the backbone and the store's settings.
+
+    Raises
+    ------
+    ImagesNotFoundError
+        ``images_root`` does not exist, holds none of the metadata's images, or misses more
+        than ``max_failed_fraction`` of them.
+    ImageDecodeError
+        With ``strict``, any image is missing.
+    WeightsUnavailableError
+        The weights cannot be had (offline and not cached, or a missing file).
+    StoreMismatchError
+        The store exists, is to be resumed, and was made with other settings.
+    OptionError
+        An option has a value cxrdask does not accept.
     """
-    if preset not in PRESETS:
-        raise OptionError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    if chunk_rows != "auto" and (not isinstance(chunk_rows, int) or chunk_rows < 1):
-        raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not {chunk_rows!r}")
-    if not 0.0 <= max_failed_fraction <= 1.0:
-        raise OptionError(f"max_failed_fraction must be within 0 and 1, not {max_failed_fraction!r}")
-    overrides = PRESETS[preset]
-    split = overrides.get("split", split) if isinstance(split, str) and split == "auto" else split
-    preprocessing = Preprocessing(flip=overrides.get("flip", "none"))
+    config = ExtractConfig.with_options(config, **options)
+    preprocessing = Preprocessing(flip=config.flip)
     source = metadata if isinstance(metadata, str) else metadata.attrs.get("source", "the metadata")
     if isinstance(metadata, str):
         metadata = read_metadata(metadata, storage_options)
@@ -423,25 +250,24 @@ def plan_extraction(
         raise ImagesNotFoundError(f"the images folder {images_root} does not exist", root=images_root,
                                   expected=len(metadata))
     located = locate_images(images_root, storage_options, expected=metadata["image_index"])
-    _check_images_found(located, len(metadata), source, strict, max_failed_fraction)
-    rows, split_info = prepare_rows(metadata, split, seed=split_seed, archive_root=images_root,
-                                    storage_options=storage_options)
-    spec = BackboneSpec(name=backbone, weights=weights or "random", seed=weights_seed)
+    _check_images_found(located, len(metadata), source, config.strict, config.max_failed_fraction)
+    rows, split_info = prepare_rows(
+        metadata, config.split_method if split_codes is None else split_codes,
+        seed=config.split_seed, archive_root=images_root, storage_options=storage_options)
+    spec = BackboneSpec(name=config.backbone, weights=config.weights or "random",
+                        seed=config.weights_seed)
     check_weights_available(spec)
     from .synthetic import synthetic_settings
 
-    archive = {"root": images_root, "synthetic": synthetic_settings(images_root, storage_options)
-               is not None}
+    archive = {"root": images_root,
+               "synthetic": synthetic_settings(images_root, storage_options) is not None}
     plan = ExtractionPlan(
-        rows=rows, urls=located.urls, missing=located.missing, images_root=images_root,
-        store_url=store_url, storage_options=storage_options, spec=spec, identity=spec.identity(),
-        preprocessing=preprocessing, split_info=split_info, split_seed=split_seed, archive=archive,
-        chunk_rows=chunk_rows, batch_size=batch_size, dtype=dtype, precision=precision,
-        compile=compile, engine=engine, device=device, resume=resume, strict=strict,
-        max_failed_fraction=max_failed_fraction, io_threads=io_threads,
-        store_exists=FeatureStore.exists(store_url, storage_options),
+        config=config, rows=rows, urls=located.urls, missing=located.missing,
+        images_root=images_root, store_url=store_url, storage_options=storage_options, spec=spec,
+        identity=spec.identity(), preprocessing=preprocessing, split_info=split_info,
+        archive=archive, store_exists=FeatureStore.exists(store_url, storage_options),
     )
-    if resume and plan.store_exists:
+    if config.resume and plan.store_exists:
         FeatureStore.open(store_url, storage_options).check_settings(_resume_settings(plan))
     return plan
 
@@ -473,8 +299,8 @@ def _check_images_found(located, expected: int, source: str, strict: bool,
 def _resume_settings(plan: ExtractionPlan) -> dict:
     settings = {**plan.settings(), "n_rows": len(plan.rows),
                 "rows_fingerprint": rows_fingerprint(plan.rows["image_index"])}
-    if plan.chunk_rows != "auto":
-        settings["chunk_rows"] = plan.chunk_rows
+    if plan.config.chunk_rows != "auto":
+        settings["chunk_rows"] = plan.config.chunk_rows
     return settings
 
 
@@ -482,51 +308,53 @@ def extract_features(
     metadata: pd.DataFrame | str,
     images_root: str,
     store_url: str,
+    config: ExtractConfig | None = None,
     *,
     client=None,
-    split: SplitMethod | np.ndarray = "auto",
-    split_seed: int = 0,
-    chunk_rows: int | Literal["auto"] = "auto",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    backbone: BackboneName = "resnet50",
-    weights: str | None = "imagenet",
-    weights_seed: int = 0,
-    device: str = "auto",
-    dtype: Dtype = "float16",
-    precision: Precision = "fp32",
-    compile: bool = False,
-    engine: Engine = "torch",
-    preset: Preset = "default",
-    resume: bool = True,
-    strict: bool = False,
-    max_failed_fraction: float = DEFAULT_MAX_FAILED_FRACTION,
     storage_options: StorageOptions | None = None,
+    split_codes: np.ndarray | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
-    io_threads: int = 8,
     progress: bool = True,
     warmup: bool = True,
+    **options: Any,
 ) -> ExtractSummary:
     """Run the frozen backbone over every image of ``metadata`` into the store at ``store_url``.
 
-    ``metadata`` is a frame from :func:`read_metadata` or the CSV's URL. Everything that
-    can be checked is checked first (:func:`plan_extraction`), before a cluster starts:
-    ``client=None`` then starts a local cluster of ``n_workers`` processes for the run.
-    Re-running resumes: chunks whose done marker is set are skipped. ``chunk_rows="auto"``
-    gives every worker thread several tasks (at most 512 rows each); a resumed store keeps
-    its own. Images that cannot be read are recorded (status failed, reason in the store)
-    unless ``strict``, where the first stops the run; if more than ``max_failed_fraction``
-    of the store's rows failed (or all of them), :class:`ExtractionFailedError` is raised
-    after the run, with its summary. ``engine="onnxruntime"`` runs the backbone with ONNX
-    Runtime (CPU, fp32; the ``onnx`` extra); the engine is recorded in the store.
+    Everything that can be checked is checked first (:func:`plan_extraction`), before a
+    cluster starts. Re-running resumes: chunks whose done marker is set are skipped. Images
+    that cannot be read are recorded (status failed, reason in the store) unless ``strict``.
+
+    Parameters
+    ----------
+    metadata, images_root, store_url, config, storage_options, split_codes, **options
+        As for :func:`plan_extraction`: ``extract_features(meta, root, "f.zarr",
+        weights="random")`` or ``extract_features(meta, root, "f.zarr", ExtractConfig(...))``.
+    client
+        A Dask client; None starts a local cluster of ``n_workers`` processes (one per core
+        by default) with ``threads_per_worker`` threads each, closed after the run.
+    progress
+        Show a progress bar.
+    warmup
+        Build the backbone on every worker before the chunks are submitted.
+
+    Returns
+    -------
+    ExtractSummary
+        Rows written and failed, chunks run and skipped, speed, seconds per stage.
+
+    Raises
+    ------
+    ExtractionFailedError
+        After the run, when more than ``max_failed_fraction`` of the store's rows (or all of
+        them) failed; it carries the summary, and what was written is kept.
+    ImagesNotFoundError, WeightsUnavailableError, StoreMismatchError, OptionError
+        Before any work, as for :func:`plan_extraction`.
+    StoreLockedError
+        Another run holds the store's writer lease.
     """
-    plan = plan_extraction(
-        metadata, images_root, store_url, split=split, split_seed=split_seed,
-        chunk_rows=chunk_rows, batch_size=batch_size, backbone=backbone, weights=weights,
-        weights_seed=weights_seed, device=device, dtype=dtype, precision=precision,
-        compile=compile, engine=engine, preset=preset, resume=resume, strict=strict,
-        max_failed_fraction=max_failed_fraction, io_threads=io_threads,
-        storage_options=storage_options)
+    plan = plan_extraction(metadata, images_root, store_url, config,
+                           storage_options=storage_options, split_codes=split_codes, **options)
     return run_extraction(plan, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
 
@@ -537,7 +365,8 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
     """Run a checked :class:`ExtractionPlan` on ``client`` (or on a local cluster it starts).
 
     The store's writer lease is taken before the cluster starts, so a second run on the
-    same store is refused at once.
+    same store is refused at once. Parameters and errors are those of
+    :func:`extract_features`.
     """
     with StoreLease(plan.store_url, plan.storage_options) as lease:
         if client is not None:
@@ -560,31 +389,34 @@ def _worker_threads(client) -> int:
 
 def _execute(plan: ExtractionPlan, client, lease: StoreLease, progress: bool,
              warmup: bool) -> ExtractSummary:
+    c = plan.config
     store = _create_or_resume(plan, client, lease)
-    config = TaskConfig(store_url=plan.store_url, storage_options=plan.storage_options,
-                        backbone=plan.spec, preprocessing=plan.preprocessing, device=plan.device,
-                        precision=plan.precision, compile=plan.compile, engine=plan.engine,
-                        batch_size=plan.batch_size, io_threads=plan.io_threads, torch_threads=1,
-                        flip_seed=plan.split_seed)
-    summary = _run(client, store, plan.rows, plan.urls, config, plan.strict, progress, warmup)
-    if summary.store_rows_failed and (summary.failed_fraction > plan.max_failed_fraction
+    task = TaskConfig(store_url=plan.store_url, storage_options=plan.storage_options,
+                      backbone=plan.spec, preprocessing=plan.preprocessing, device=c.device,
+                      precision=c.precision, compile=c.compile, engine=c.engine,
+                      batch_size=c.batch_size, io_threads=c.io_threads, torch_threads=1,
+                      flip_seed=c.split_seed)
+    summary = _run(client, store, plan.rows, plan.urls, task, c.strict, progress, warmup)
+    if summary.store_rows_failed and (summary.failed_fraction > c.max_failed_fraction
                                       or summary.store_rows_failed == summary.store_rows_done):
-        raise ExtractionFailedError(summary, plan.max_failed_fraction)
+        raise ExtractionFailedError(summary, c.max_failed_fraction)
     return summary
 
 
 def _create_or_resume(plan: ExtractionPlan, client, lease: StoreLease) -> FeatureStore:
     """Open the store to resume it (settings checked again, under the lease), or make it."""
+    c = plan.config
     url, options = plan.store_url, plan.storage_options
     exists = FeatureStore.exists(url, options)
-    if plan.resume and exists:
+    if c.resume and exists:
         store = FeatureStore.open(url, options, mode="r+")
         store.check_settings(_resume_settings(plan))
         return store
-    chunk_rows = plan.chunk_rows if plan.chunk_rows != "auto" else auto_chunk_rows(
-        len(plan.rows), _worker_threads(client), plan.batch_size)
+    chunk_rows = c.chunk_rows if c.chunk_rows != "auto" else auto_chunk_rows(
+        len(plan.rows), _worker_threads(client), c.batch_size)
     store = FeatureStore.create(url, plan.rows, chunk_rows=chunk_rows, storage_options=options,
-                                overwrite=exists, extra={"archive": plan.archive},
+                                overwrite=exists,
+                                extra={"archive": plan.archive, "extract_config": c.to_dict()},
                                 **plan.settings())
     if exists:
         lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
@@ -686,5 +518,5 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
     )
 
 
-__all__ = ["ExtractSummary", "ExtractionPlan", "TaskConfig", "auto_chunk_rows", "extract_features",
-           "plan_extraction", "prepare_rows", "run_extraction"]
+__all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "extract_features", "plan_extraction",
+           "prepare_rows", "run_extraction"]

@@ -288,17 +288,6 @@ def label_matrix(frame: pd.DataFrame) -> np.ndarray:
     return frame.loc[:, list(LABELS)].to_numpy(dtype=np.uint8)
 
 
-def encode_demographics(
-    age: np.ndarray, sex: np.ndarray, view: np.ndarray | None = None
-) -> np.ndarray:
-    """The head's extra inputs: age / 100, sex (M = 1, F = 0) and optionally view (PA = 1)."""
-    columns = [np.asarray(age, dtype=np.float32) / 100.0,
-               (np.asarray(sex).astype(object) == "M").astype(np.float32)]
-    if view is not None:
-        columns.append((np.asarray(view).astype(object) == "PA").astype(np.float32))
-    return np.stack(columns, axis=1)
-
-
 @dataclass
 class ImageLocations:
     """Where each image lives: ``urls`` by image index, plus what is missing or doubled."""

@@ -22,6 +22,7 @@ from torch import nn
 
 from ._fs import StorageOptions
 from .batches import DEFAULT_DEMOGRAPHICS, FeatureBatches, label_counts, open_store
+from .config import TRAIN_PRESETS
 from .errors import CxrDaskError, OptionError
 from .head import new_head, save_checkpoint
 from .store import FeatureStore
@@ -56,12 +57,7 @@ class TrainConfig:
     @classmethod
     def preset_config(cls, name: str = "default", **overrides) -> TrainConfig:
         """``default`` or ``seed2018`` (lr 3e-4, wd 1e-5, patience 1, factor 0.2, batch 10, 50 epochs)."""
-        presets = {
-            "default": {},
-            "seed2018": dict(lr=3e-4, weight_decay=1e-5, betas=(0.9, 0.999), eps=1e-8,
-                             batch_size=10, epochs=50, plateau_patience=1, plateau_factor=0.2,
-                             early_stopping=None, standardize=False, preset="seed2018"),
-        }
+        presets = TRAIN_PRESETS  # beside the extraction presets, in cxrdask.config
         if name not in presets:
             raise OptionError(f"unknown preset {name!r}; use {', '.join(presets)}")
         given = {k: v for k, v in overrides.items() if v is not None}

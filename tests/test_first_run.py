@@ -271,21 +271,23 @@ def test_info_on_a_store_and_a_checkpoint_is_fast_and_imports_no_torch(trained_c
 
 
 def test_help_shows_defaults_that_come_from_the_api():
+    import dataclasses
     import inspect
 
     from cxrdask.cli import build_parser
+    from cxrdask.config import ExtractConfig
     from cxrdask.demo import run_demo
-    from cxrdask.extract import plan_extraction
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    for command, function in (("extract", plan_extraction), ("demo", run_demo)):
-        signature = inspect.signature(function).parameters
-        for action in commands[command]._actions:
-            name = action.dest
-            if (name in signature and action.option_strings
-                    and signature[name].default is not inspect.Parameter.empty):
-                assert action.default == signature[name].default, (command, name)
+    extract_options = {a.dest: a for a in commands["extract"]._actions}
+    for item in dataclasses.fields(ExtractConfig):  # every config field is an option, one default
+        assert extract_options[item.name].default == item.default, item.name
+        assert extract_options[item.name].help == item.metadata["help"], item.name
+    signature = inspect.signature(run_demo).parameters
+    for action in commands["demo"]._actions:
+        if action.dest in signature and action.option_strings:
+            assert action.default == signature[action.dest].default, action.dest
     extract_help = cxrdask("extract", "--help").stdout
     for text in ("(default: auto)", "(default: 0.05)", "--split-seed", "--weights-seed",
                  "(default: 127.0.0.1:8787)"):

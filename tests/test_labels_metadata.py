@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cxrdask.encoding import encode_demographics
 from cxrdask.errors import MetadataError, MissingColumnError
 from cxrdask.labels import LABELS, LabelParseError, format_labels, parse_labels
-from cxrdask.metadata import encode_demographics, locate_images, parse_age, read_metadata
+from cxrdask.metadata import locate_images, parse_age, read_metadata
 from cxrdask.synthetic import format_csv, make_metadata
 
 V2020_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"

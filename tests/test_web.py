@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxrdask.backbone import BackboneSpec, build_backbone
-from cxrdask.evaluation import predict
+from cxrdask.inference import predict
 from cxrdask.labels import LABELS
 from cxrdask.testing import free_port
 from cxrdask.web import create_app, grad_cam

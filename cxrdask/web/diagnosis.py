@@ -20,9 +20,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..backbone import build_backbone, file_sha256, resolve_device
-from ..evaluation import backbone_for_checkpoint, head_inputs, inference_preprocessing
 from ..head import Checkpoint, load_checkpoint
 from ..imaging import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
+from ..inference import backbone_for_checkpoint, head_inputs, inference_preprocessing
 from ..labels import LABELS
 
 DISCLAIMER = ("Research tool, not a medical device: its output must not be used for "

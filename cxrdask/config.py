@@ -1,0 +1,189 @@
+"""Every choice of an extraction in one typed, frozen dataclass, and the presets, in one place.
+
+:class:`ExtractConfig` is what :func:`~cxrdask.extract.extract_features` takes, what the
+store records as provenance (``provenance["extract_config"]``) and what the ``cxrdask
+extract`` options are generated from (:func:`add_config_options`): a default or a help
+text is written once, here. Presets (``seed2018``, the 2018 recipe) live here for both
+extraction and training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal, get_args, get_origin
+
+from .errors import OptionError
+
+SplitMethod = Literal["auto", "official", "patient", "random"]
+BackboneName = Literal["resnet50", "densenet121", "resnet18"]
+Dtype = Literal["float16", "float32"]
+Precision = Literal["fp32", "bf16", "fp16"]
+Engine = Literal["torch", "onnxruntime"]
+Flip = Literal["none", "train"]
+PresetName = Literal["default", "seed2018"]
+
+DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
+DEFAULT_MAX_FAILED_FRACTION = 0.05
+
+# The 2018 system: random image-level split and random flips of training images, batch 10,
+# lr 3e-4, plateau patience 1, no early stopping, raw (unstandardised) features.
+EXTRACT_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "seed2018": {"split": "random", "flip": "train"},
+}
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "seed2018": dict(lr=3e-4, weight_decay=1e-5, betas=(0.9, 0.999), eps=1e-8, batch_size=10,
+                     epochs=50, plateau_patience=1, plateau_factor=0.2, early_stopping=None,
+                     standardize=False, preset="seed2018"),
+}
+
+
+def _option(default: Any, help: str, **cli: Any) -> Any:
+    """A field with its command-line help (and, where the flag differs, how to spell it)."""
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How features are extracted: split, chunking, backbone and weights, arithmetic, failures.
+
+    Frozen and typed; ``ExtractConfig(weights="random")`` or ``replace(config, dtype=...)``.
+    Recorded in the store; a resumed store must have been made with the same backbone,
+    preprocessing, dtype, precision, compile, engine, split and chunk size.
+    """
+
+    split: SplitMethod = _option(
+        "auto", "how rows are split: auto = the official lists when the archive has them, "
+                "else by patient")
+    split_seed: int = _option(0, "seed of the patient/random split and of 2018's flips")
+    chunk_rows: int | Literal["auto"] = _option(
+        "auto", "rows per store chunk and task; auto gives every worker thread several tasks, "
+                "at most 512 rows (a resumed store keeps its own)", type="chunk_rows")
+    batch_size: int = _option(DEFAULT_BATCH_SIZE, "images per backbone call")
+    backbone: BackboneName = _option("resnet50", "torchvision network")
+    weights: str = _option("imagenet", "imagenet | a torchvision enum name | PATH.pth | random")
+    weights_seed: int = _option(0, "seed of --weights random")
+    device: str = _option("auto", "cpu | cuda | auto (the worker's GPU when it has one)")
+    dtype: Dtype = _option("float16", "feature dtype in the store")
+    precision: Precision = _option(
+        "fp32", "backbone arithmetic (bf16: CPUs with native bf16, GPUs; fp16: GPUs)")
+    compile: bool = _option(False, "torch.compile the backbone")
+    engine: Engine = _option(
+        "torch", "run the backbone with PyTorch, or with ONNX Runtime (CPU, fp32; "
+                 "pip install 'cxrdask[onnx]')")
+    preset: PresetName = _option("default", "seed2018: the 2018 recipe (random image split, flips)")
+    resume: bool = _option(True, "start the store afresh instead of resuming",
+                           flag="--overwrite", action="store_false")
+    strict: bool = _option(
+        False, "refuse a run with any missing image, stop at the first unreadable one")
+    max_failed_fraction: float = _option(
+        DEFAULT_MAX_FAILED_FRACTION,
+        "share of rows allowed to fail (missing or unreadable images) before the run is refused "
+        "up front or ends with exit status 3")
+    io_threads: int = _option(8, "reader threads per worker (overlap object-storage latency)")
+
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            kind = _HINTS[item.name]
+            value = getattr(self, item.name)
+            allowed = _literal_values(kind)
+            if allowed and value not in allowed and not (isinstance(value, int) and int in _members(kind)):
+                raise OptionError(f"{item.name} must be one of {', '.join(map(repr, allowed))}, "
+                                  f"not {value!r}")
+        if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):
+            raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not "
+                              f"{self.chunk_rows!r}")
+        if self.batch_size < 1 or self.io_threads < 1:
+            raise OptionError("batch_size and io_threads must be at least 1")
+        if not 0.0 <= self.max_failed_fraction <= 1.0:
+            raise OptionError(f"max_failed_fraction must be within 0 and 1, not "
+                              f"{self.max_failed_fraction!r}")
+
+    @property
+    def flip(self) -> Flip:
+        """The training-image flip the preset asks for (``train`` for seed2018)."""
+        return EXTRACT_PRESETS[self.preset].get("flip", "none")
+
+    @property
+    def split_method(self) -> SplitMethod:
+        """The split actually used: the preset's where ``split`` is ``auto``."""
+        return EXTRACT_PRESETS[self.preset].get("split", self.split) if self.split == "auto" \
+            else self.split
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (what the store records)."""
+        return asdict(self)
+
+    @classmethod
+    def with_options(cls, base: ExtractConfig | None = None, **options: Any) -> ExtractConfig:
+        """``base`` (or the defaults) with ``options`` replaced; an unknown name is an error."""
+        unknown = set(options) - {item.name for item in fields(cls)}
+        if unknown:
+            raise OptionError(f"unknown extraction option(s) {', '.join(sorted(unknown))}; known: "
+                              f"{', '.join(item.name for item in fields(cls))}")
+        return replace(base or cls(), **options)
+
+
+def _members(kind: Any) -> tuple:
+    """The members of a union type (``int | Literal["auto"]``), or the type alone."""
+    return get_args(kind) if get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+
+
+def _literal_values(kind: Any) -> tuple:
+    """The values a ``Literal`` (or a union holding one) allows; empty for other types."""
+    if get_origin(kind) is Literal:
+        return get_args(kind)
+    return tuple(v for member in _members(kind) if get_origin(member) is Literal
+                 for v in get_args(member))
+
+
+_HINTS = typing.get_type_hints(ExtractConfig)
+
+
+def _chunk_rows(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of rows or 'auto', not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a positive number of rows, not {value}")
+    return value
+
+
+_PARSERS = {"chunk_rows": _chunk_rows}
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfig) -> None:
+    """Add one option per field of ``cls``: its flag, type or choices, default and help."""
+    hints = typing.get_type_hints(cls)
+    for item in fields(cls):
+        cli = dict(item.metadata.get("cli", {}))
+        flag = cli.pop("flag", "--" + item.name.replace("_", "-"))
+        options: dict[str, Any] = {"dest": item.name, "default": item.default,
+                                   "help": item.metadata["help"]}
+        kind = hints[item.name]
+        if kind is bool:
+            options["action"] = cli.pop("action", "store_true")
+        elif "type" in cli:
+            options["type"] = _PARSERS[cli.pop("type")]
+        elif _literal_values(kind):
+            options["choices"] = list(_literal_values(kind))
+        else:
+            options["type"] = kind
+        parser.add_argument(flag, **options)
+
+
+def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig) -> Any:
+    """The config the parsed options of :func:`add_config_options` describe."""
+    return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_FAILED_FRACTION", "EXTRACT_PRESETS", "TRAIN_PRESETS",
+           "BackboneName", "Dtype", "Engine", "ExtractConfig", "Flip", "Precision", "PresetName",
+           "SplitMethod", "add_config_options", "config_from_args"]
