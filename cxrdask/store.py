@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from datetime import datetime, timezone
 from typing import Any
 
@@ -151,26 +152,48 @@ class FeatureStore:
         # "a" keeps other files in the folder (the writer's lease); "w" clears it all.
         group = zarr.open_group(store=store, mode="w" if overwrite else "a", zarr_format=3)
         dim = int(backbone["feature_dim"])
+        # Every array names its dimensions (Zarr v3 dimension_names), and ``image`` and
+        # ``finding`` hold the coordinates, so xarray.open_zarr gives a labelled Dataset.
         group.create_array("features", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype=dtype,
-                           compressors=_features_codec(dtype), fill_value=np.nan)
+                           compressors=_features_codec(dtype), fill_value=np.nan,
+                           dimension_names=("image", "feature"))
         group.create_array("status", shape=(n_rows,), chunks=(chunk_rows,), dtype="uint8",
-                           fill_value=STATUS_PENDING)
-        group.create_array("error", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, fill_value="")
-        group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False)
+                           fill_value=STATUS_PENDING, dimension_names=("image",))
+        group.create_array("error", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, fill_value="",
+                           dimension_names=("image",))
+        group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False,
+                           dimension_names=("chunk",))
         table_chunks = chunk_rows  # aligned with features: a training read touches one chunk each
+        image_index = table["image_index"].to_numpy().astype(str)
+        coordinate = group.create_array("image", shape=(n_rows,), chunks=(table_chunks,), dtype=str,
+                                        dimension_names=("image",))
+        coordinate[:] = image_index
+        findings = group.create_array("finding", shape=(len(LABELS),), dtype=str,
+                                      dimension_names=("finding",))
+        findings[:] = np.asarray(LABELS, dtype=str)
         for name, (column, array_dtype) in _TABLE_ARRAYS.items():
             values = table[column].to_numpy()
             values = values.astype(str) if array_dtype is str else values.astype(array_dtype)
             array = group.create_array(name, shape=(n_rows,), chunks=(table_chunks,),
-                                       dtype=array_dtype)
+                                       dtype=array_dtype, dimension_names=("image",))
             array[:] = values
         labels = group.create_array("labels", shape=(n_rows, len(LABELS)),
-                                    chunks=(table_chunks, len(LABELS)), dtype="uint8")
+                                    chunks=(table_chunks, len(LABELS)), dtype="uint8",
+                                    dimension_names=("image", "finding"))
         labels[:] = label_matrix(table)
-        splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8")
+        splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
+                                    dimension_names=("image",))
         splits[:] = table["split"].to_numpy(dtype=np.uint8)
         # The attributes go last: a half-made store is not a cxrdask store.
         group.attrs[ATTRS_KEY] = provenance
+        # Consolidated metadata (the arrays' metadata in the group's zarr.json) lets xarray
+        # and readers on object storage open the store with one request. Arrays' metadata
+        # never changes after this; the group's attributes are rewritten with it kept.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Object at cxrdask.lease", category=UserWarning)
+            zarr.consolidate_metadata(store)
+        group = zarr.open_group(store=store, mode="r+", zarr_format=3)
         return cls(group, url, storage_options)
 
     @classmethod
@@ -232,10 +255,11 @@ class FeatureStore:
         return start, min(start + self.chunk_rows, self.n_rows)
 
     def __repr__(self) -> str:
+        """From the provenance read at open: no I/O (``info()`` or ``done_chunks()`` read more)."""
         backbone = self.provenance["backbone"]
         return (f"FeatureStore({self.url!r}, rows={self.n_rows}, chunks={self.n_chunks}x"
                 f"{self.chunk_rows}, {backbone['name']} [{backbone['weights']}], "
-                f"{self.provenance['dtype']}, done={int(self.done_chunks().sum())}/{self.n_chunks})")
+                f"{self.provenance['dtype']})")
 
     # ------------------------------------------------------------------ lazy views
 
@@ -245,7 +269,30 @@ class FeatureStore:
         return da.from_zarr(self.group["features"])
 
     def array(self, name: str) -> zarr.Array:
+        """One of the store's Zarr arrays by name (``features``, ``status``, ``labels``, ...)."""
         return self.group[name]
+
+    def to_xarray(self):
+        """The store as a labelled :class:`xarray.Dataset` of lazy dask arrays.
+
+        Dimensions ``image`` (coordinate: the image index), ``feature`` and ``finding``
+        (coordinate: the 14 label names), ``chunk`` for the done markers; the provenance as
+        attributes. Stores written before dimension names were recorded are labelled here
+        the same way. Nothing is read until computed.
+        """
+        import xarray as xr
+
+        dims = {"features": ("image", "feature"), "labels": ("image", "finding"),
+                "done": ("chunk",)}
+        variables = {}
+        for name in ("features", "status", "error", "done", "labels", "split",
+                     *(n for n in _TABLE_ARRAYS if n != "image_index")):
+            array = self.group[name]
+            data = da.from_zarr(array) if name != "error" else array[:]
+            variables[name] = (dims.get(name, ("image",)), data)
+        coords = {"image": self.group["image_index"][:],
+                  "finding": list(self.provenance["label_names"])}
+        return xr.Dataset(variables, coords=coords, attrs={ATTRS_KEY: _normal(self.provenance)})
 
     def table(self, columns=None) -> pd.DataFrame:
         """Per-row columns (no features): image index, patient, demographics, split, status, labels."""

@@ -1,0 +1,138 @@
+"""The house's rules, checked: what each room imports, the error hierarchy, the typed config,
+and a store that speaks xarray."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cxrdask.errors as errors_module
+from cxrdask.errors import CxrDaskError, OptionError
+from cxrdask.labels import LABELS
+from cxrdask.store import FeatureStore
+from cxrdask.testing import make_feature_store
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("arch") / "features.zarr")
+    make_feature_store(url, 300, feature_dim=32, chunk_rows=64, seed=1)
+    return url
+
+
+def run_python(code: str) -> str:
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_reading_a_store_imports_no_torch(store_url):
+    out = run_python(
+        "import sys\nfrom cxrdask import FeatureStore\n"
+        f"store = FeatureStore.open({store_url!r})\n"
+        "print(repr(store)); store.failures(); store.table(); store.rows('train'); "
+        "store.to_xarray()\n"
+        "print('torch' in sys.modules)\n")
+    assert out.strip().endswith("False"), out
+
+
+def test_the_web_page_imports_no_scikit_learn():
+    pytest.importorskip("fastapi")
+    out = run_python("import sys\nfrom cxrdask.web import create_app\n"
+                     "import cxrdask.inference\nprint('sklearn' in sys.modules)\n")
+    assert out.strip() == "False"
+
+
+def test_every_error_is_a_cxrdask_error_and_not_found_errors_are_file_not_found():
+    classes = [c for _, c in inspect.getmembers(errors_module, inspect.isclass)
+               if issubclass(c, Exception) and c.__module__ == errors_module.__name__]
+    assert len(classes) >= 20
+    for cls in classes:
+        assert issubclass(cls, CxrDaskError), cls
+        if cls.__name__.endswith("NotFoundError"):
+            assert issubclass(cls, FileNotFoundError), cls
+    from cxrdask.labels import LabelParseError
+    from cxrdask.lease import StoreLockedError
+
+    assert issubclass(LabelParseError, CxrDaskError) and issubclass(StoreLockedError, CxrDaskError)
+
+
+def test_not_found_is_caught_as_file_not_found(tmp_path):
+    from cxrdask.backbone import BackboneSpec, file_sha256
+    from cxrdask.head import load_checkpoint
+
+    for attempt in (lambda: FeatureStore.open(str(tmp_path / "none.zarr")),
+                    lambda: load_checkpoint(str(tmp_path / "none.pt")),
+                    lambda: file_sha256(str(tmp_path / "none.pth"))):
+        with pytest.raises(FileNotFoundError) as info:
+            attempt()
+        assert isinstance(info.value, CxrDaskError)
+    assert BackboneSpec(weights="/DATA/W.PTH").kind == "file"  # a path, not an enum name
+    assert BackboneSpec(weights="IMAGENET1K_V2").kind == "torchvision"
+
+
+def test_extract_config_is_typed_validated_and_recorded():
+    from dataclasses import FrozenInstanceError, replace
+
+    from cxrdask.config import ExtractConfig
+
+    config = ExtractConfig(weights="random", chunk_rows=32)
+    with pytest.raises(FrozenInstanceError):
+        config.dtype = "float32"  # type: ignore[misc]
+    for bad in ({"precision": "fp64"}, {"engine": "tensorrt"}, {"chunk_rows": 0},
+                {"chunk_rows": "many"}, {"max_failed_fraction": 2.0}, {"preset": "seed2019"}):
+        with pytest.raises(OptionError):
+            replace(config, **bad)
+    with pytest.raises(OptionError, match="unknown extraction option"):
+        ExtractConfig.with_options(config, weigths="random")
+    assert ExtractConfig(preset="seed2018").split_method == "random"
+    assert ExtractConfig(preset="seed2018").flip == "train"
+    assert json.loads(json.dumps(config.to_dict()))["chunk_rows"] == 32
+
+
+def test_presets_live_in_one_place():
+    from cxrdask.config import TRAIN_PRESETS
+    from cxrdask.train import TrainConfig
+
+    assert TrainConfig.preset_config("seed2018").batch_size == TRAIN_PRESETS["seed2018"]["batch_size"]
+    sources = "\n".join(p.read_text() for p in (Path(__file__).parent.parent / "cxrdask").rglob("*.py")
+                        if p.name != "config.py")
+    assert '"seed2018": {' not in sources and '"seed2018": dict(' not in sources
+
+
+def test_the_store_speaks_xarray(store_url):
+    xr = pytest.importorskip("xarray")
+    store = FeatureStore.open(store_url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback from consolidated metadata, no other noise
+        dataset = xr.open_zarr(store_url)
+    assert dict(dataset.sizes) == {"image": 300, "feature": 32, "finding": 14, "chunk": 5}
+    assert list(dataset["finding"].values) == list(LABELS)
+    assert list(dataset["image"].values) == list(store.array("image_index")[:])
+    assert dataset["features"].dims == ("image", "feature")
+    assert dataset["labels"].dims == ("image", "finding")
+    assert hasattr(dataset["features"].data, "dask")  # lazy
+    effusion = dataset["labels"].sel(finding="Effusion").values
+    assert np.array_equal(effusion, store.array("labels")[:, LABELS.index("Effusion")])
+    mine = store.to_xarray()
+    assert mine["features"].dims == ("image", "feature") and hasattr(mine["features"].data, "dask")
+    np.testing.assert_array_equal(mine["features"].values, dataset["features"].values)
+    assert mine.attrs["cxrdask"]["n_rows"] == 300
+
+
+def test_store_repr_does_no_io(store_url, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store_url, copy)
+    store = FeatureStore.open(str(copy))
+    shutil.rmtree(copy / "done")  # a repr that read the done markers would now fail
+    shutil.rmtree(copy / "status")
+    text = repr(store)
+    assert text.startswith("FeatureStore(") and "rows=300" in text and "chunks=5x64" in text
