@@ -51,7 +51,18 @@ _CACHE_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Which network and weights; small and picklable, so tasks carry it instead of a model."""
+    """Which network and weights; small and picklable, so tasks carry it instead of a model.
+
+    Attributes
+    ----------
+    name : str
+        ``resnet50``, ``resnet18`` or ``densenet121``.
+    weights : str
+        ``imagenet``, a torchvision enum name (``IMAGENET1K_V2``), a ``.pth`` file (any fsspec
+        URL; identified by its sha256), or ``random``.
+    seed : int
+        Seed of ``random`` weights.
+    """
 
     name: str = "resnet50"
     weights: str = "imagenet"
@@ -251,7 +262,7 @@ class BackboneRunner:
                 raise OptionError("the onnxruntime engine runs fp32 on the CPU, without compile")
             self.session = onnx_session(build_backbone(spec), torch.get_num_threads())
             return
-        model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)
+        model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = torch.compile(model) if compile else model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -285,7 +296,8 @@ def onnx_session(model: nn.Module, threads: int):
         raise MissingExtraError("the onnxruntime engine needs: pip install 'cxrdask[onnx]'") from exc
     buffer = io.BytesIO()
     example = torch.zeros(1, 3, 224, 224)
-    torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["features"],
+    torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
+                      input_names=["images"], output_names=["features"],
                       dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
@@ -317,6 +329,28 @@ def load_counts() -> dict[str, int]:
 
 def load_backbone(name: str = "resnet50", weights: str | None = "imagenet",
                   device: str = "auto", seed: int = 0) -> nn.Module:
-    """A frozen eval-mode backbone on ``device`` returning ``(B, feature_dim)`` features."""
+    """A frozen eval-mode backbone on ``device`` returning ``(B, feature_dim)`` features.
+
+    Parameters
+    ----------
+    name
+        ``resnet50``, ``resnet18`` or ``densenet121``.
+    weights
+        ``imagenet``, a torchvision enum name, a ``.pth`` file, or ``random``.
+    device
+        ``cpu``, ``cuda`` or ``auto``.
+    seed
+        Seed of ``random`` weights.
+
+    Returns
+    -------
+    torch.nn.Module
+        Without its classifier, gradients off.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        The weights cannot be had (offline, a missing or mismatched file).
+    """
     spec = BackboneSpec(name=name, weights=weights or "random", seed=seed)
     return build_backbone(spec).to(resolve_device(device))

@@ -30,8 +30,38 @@ def open_store(store: FeatureStore | str, storage_options: StorageOptions | None
 class FeatureBatches(torch.utils.data.IterableDataset):
     """``(inputs, targets)`` float32 batches of one split, read chunk by chunk from the store.
 
-    Usable directly (``for x, y in batches``) or as a DataLoader dataset with
-    ``batch_size=None``. ``chunks_read`` and ``max_rows_held`` show the bounded reading.
+    Chunk order is shuffled per epoch and rows are shuffled inside a buffer of
+    ``buffer_chunks`` chunks, read by a background thread: feature memory stays at a few
+    buffers whatever the store's size. Usable directly (``for x, y in batches``) or as a
+    DataLoader dataset with ``batch_size=None``.
+
+    Parameters
+    ----------
+    store
+        A :class:`FeatureStore` or its URL.
+    split
+        ``"train"``, ``"validation"``, ``"test"`` or its code.
+    batch_size
+        Rows per batch.
+    shuffle
+        Shuffle chunks and rows (training); False reads in store order.
+    seed
+        Seed of the shuffles (epoch ``e`` uses ``seed + e``).
+    buffer_chunks
+        Chunks held and shuffled together.
+    demographics
+        Inputs after the features: ``age``, ``sex``, ``view`` (2018: age and sex).
+    drop_last
+        Leave out a last, smaller batch.
+    storage_options
+        fsspec options.
+
+    Attributes
+    ----------
+    n_inputs : int
+        Features plus demographics (2050 for ResNet50 with age and sex).
+    chunks_read, max_rows_held : int
+        How much was read, and the most rows held at once.
     """
 
     def __init__(
@@ -60,8 +90,7 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         self.chunks_read = 0
         self.max_rows_held = 0
         # One byte per row each: which chunks hold rows of this split whose image was read.
-        group = self.store.group
-        keep = (group["split"][:] == self.split) & (group["status"][:] == STATUS_OK)
+        keep = (self.store.read("split") == self.split) & (self.store.read("status") == STATUS_OK)
         self.n_rows = int(keep.sum())
         rows_per_chunk = np.add.reduceat(keep, np.arange(0, self.store.n_rows,
                                                          self.store.chunk_rows))
@@ -70,11 +99,11 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         # Labels and encoded demographics (22 bytes a row, 2.5 MB for all of NIH) are read
         # once: one zarr call per chunk for them would cost more than the features' read.
         # Features, 4 KB a row, are only ever held a buffer at a time.
-        view = group["view"][:] if "view" in self.demographics else None
+        view = self.store.read("view") if "view" in self.demographics else None
         self._extra = encode_inputs(np.zeros((self.store.n_rows, 0), np.float32),
-                                    group["age"][:], group["sex"][:], view, self.demographics)
-        self._labels = group["labels"][:]
-        self._standardisation: tuple[np.ndarray, np.ndarray] | None = None
+                                    self.store.read("age"), self.store.read("sex"), view, self.demographics)
+        self._labels = self.store.read("labels")
+        self._standardisation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def standardise(self, mean, scale) -> None:
         """Yield ``(inputs - mean) * scale``, computed in the reader thread, off the training path."""
@@ -102,7 +131,7 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         """Inputs and targets of this split's readable rows in one chunk (float32 tensors)."""
         start, stop = self.store.chunk_bounds(chunk)
         keep = self._keep[start:stop]
-        features = self.store.group["features"][start:stop]
+        features = self.store.read("features", slice(start, stop))
         if not keep.all():
             features = features[keep]
         dim = features.shape[1]
@@ -194,12 +223,12 @@ def _in_background(items: Iterator, ahead: int) -> Iterator:
 
 def label_counts(store: FeatureStore, split: str | int = "train") -> tuple[int, np.ndarray]:
     """Rows and per-disease positives of a split, counted in one pass over the labels only."""
-    keep = (store.array("split")[:] == split_code(split)) & (store.array("status")[:] == STATUS_OK)
+    keep = (store.read("split") == split_code(split)) & (store.read("status") == STATUS_OK)
     labels = store.array("labels")
     positives = np.zeros(labels.shape[1], dtype=np.int64)
     step = labels.chunks[0]
     for start in range(0, store.n_rows, step):
         rows = keep[start:start + step]
         if rows.any():
-            positives += labels[start:start + step][rows].sum(axis=0, dtype=np.int64)
+            positives += np.asarray(labels[start:start + step])[rows].sum(axis=0, dtype=np.int64)
     return int(keep.sum()), positives

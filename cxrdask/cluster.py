@@ -67,7 +67,20 @@ def start_local_cluster(n_workers: int | None = None, threads_per_worker: int = 
     """A local cluster of worker *processes*, one single-threaded worker per core by default.
 
     Everything listens on 127.0.0.1; pass ``dashboard_address="0.0.0.0:8787"`` to show the
-    dashboard to other machines. ``None`` starts no dashboard.
+    dashboard to other machines.
+
+    Parameters
+    ----------
+    n_workers, threads_per_worker
+        The layout (default: one single-threaded process per core).
+    dashboard_address
+        Where the dashboard listens (a busy port is replaced by a free one); None: none.
+    memory_limit
+        Per worker, as Dask takes it.
+
+    Returns
+    -------
+    distributed.LocalCluster
     """
     n_workers = n_workers or os.cpu_count() or 1
     with dask.config.set(cluster_config()):
@@ -126,9 +139,30 @@ def local_client(
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     announce: bool = True,
 ) -> Iterator[Client]:
-    """A client to ``scheduler`` if given, else to a new local (GPU) cluster that is closed after.
+    """A client to ``scheduler`` if given, else to a new local (GPU) cluster closed afterwards.
 
-    The dashboard link is printed, so users can watch the work as it runs.
+    Parameters
+    ----------
+    scheduler
+        Address of a running scheduler (``tcp://host:8786``).
+    n_workers, threads_per_worker
+        The local cluster's layout (default: one single-threaded process per core).
+    gpu
+        A local dask-cuda cluster, one worker per GPU (the ``gpu`` extra).
+    dashboard_address
+        Where the dashboard listens; 127.0.0.1 only by default, a busy port is replaced by a
+        free one. None: no dashboard.
+    announce
+        Print the dashboard link.
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached, or a GPU cluster cannot be started.
     """
     cluster = None
     try:

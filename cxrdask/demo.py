@@ -86,8 +86,35 @@ def run_demo(
 ) -> DemoResult:
     """Run the pipeline end to end on a synthetic archive of ``n`` images of ``size`` pixels.
 
-    ``weights="random"`` (a fixed-seed ResNet50) runs offline; ``"imagenet"`` or a ``.pth``
-    file give real features. ``echo`` receives the step-by-step lines.
+    The output folder is checked before anything is written: a demo of the same settings is
+    resumed, anything else refused untouched.
+
+    Parameters
+    ----------
+    out
+        Output folder.
+    n, size, seed
+        The synthetic archive.
+    weights
+        ``random`` (a fixed-seed ResNet50: runs offline), ``imagenet``, or a ``.pth`` file.
+    epochs
+        Head training epochs (early stopping may end sooner).
+    workers
+        Local Dask worker processes (default: one per core).
+    progress
+        Show progress bars.
+    echo
+        Receives the step-by-step lines (default: print).
+
+    Returns
+    -------
+    DemoResult
+        Where the archive, store, checkpoint and report are, and the mean AUCs.
+
+    Raises
+    ------
+    DemoFolderError
+        ``out`` holds a demo of other settings, or files that are not a demo's.
     """
     from .evaluation import evaluate
     from .extract import plan_extraction, run_extraction

@@ -24,7 +24,20 @@ DEFAULT_DEMOGRAPHICS = ("age", "sex")  # the 2018 recipe's 2050 inputs
 def encode_demographics(
     age: np.ndarray, sex: np.ndarray, view: np.ndarray | None = None
 ) -> np.ndarray:
-    """The head's extra inputs: age / 100, sex (M = 1, F = 0) and optionally view (PA = 1)."""
+    """The head's extra inputs: age / 100, sex (M = 1, F = 0) and optionally view (PA = 1).
+
+    Parameters
+    ----------
+    age, sex
+        Arrays of years and ``"M"``/``"F"``.
+    view
+        Array of ``"PA"``/``"AP"``, or None to leave view out.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape ``(n, 2)`` or ``(n, 3)``.
+    """
     columns = [np.asarray(age, dtype=np.float32) / 100.0,
                (np.asarray(sex).astype(object) == "M").astype(np.float32)]
     if view is not None:

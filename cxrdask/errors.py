@@ -56,6 +56,10 @@ class MetadataError(CxrDaskError, ValueError):
         super().__init__(message)
 
 
+class MetadataNotFoundError(CxrDaskError, FileNotFoundError):
+    """No metadata CSV where one was looked for."""
+
+
 class MissingColumnError(MetadataError):
     """A required column is absent from the metadata CSV."""
 

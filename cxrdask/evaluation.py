@@ -188,11 +188,34 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     storage_options: StorageOptions | None = None,
 ) -> EvaluationReport:
-    """AUC per disease and mean on ``split`` for the checkpoint and for the untrained head.
+    """Per-disease ROC AUC on ``split`` for a checkpoint and for its untrained head.
 
-    With ``out_dir``: ``report.md``, ``report.json``, ``roc.png`` and ``auc_bars.png``. The
-    report states the split, the backbone, and whether the archive is synthetic or the
-    backbone's weights random (then its numbers are not comparable with published ones).
+    Read out of core from the store. The report states the split, the backbone, and whether
+    the archive is synthetic or the weights random (then its numbers are not comparable with
+    published ones); means are over the same diseases in every column.
+
+    Parameters
+    ----------
+    store
+        A :class:`FeatureStore` or its URL.
+    checkpoint
+        A head checkpoint (``head.pt``) trained on this store's backbone.
+    split
+        ``"test"``, ``"validation"`` or ``"train"``.
+    out_dir
+        Where ``report.md``, ``report.json``, ``roc.png`` and ``auc_bars.png`` go; None: no files.
+    storage_options
+        fsspec options.
+
+    Returns
+    -------
+    EvaluationReport
+        The table (AUC, untrained AUC, Wang 2017, CheXNet per disease), means and notes.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        The head was trained on another backbone or other inputs.
     """
     store = open_store(store, storage_options)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)

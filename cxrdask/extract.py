@@ -20,7 +20,7 @@ import pandas as pd
 
 from ._fs import StorageOptions, filesystem
 from .backbone import BackboneSpec, check_weights_available
-from .config import DEFAULT_BATCH_SIZE, ExtractConfig
+from .config import DEFAULT_BATCH_SIZE, ExtractConfig, SplitMethod
 from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError
 from .extract_worker import STAGE_NAMES, STAGES, TaskConfig, extract_chunk, warm_worker
 from .imaging import Preprocessing, flip_for
@@ -36,7 +36,26 @@ TASKS_PER_THREAD = 4  # tasks per worker thread that chunk_rows="auto" aims for
 
 @dataclass
 class ExtractSummary:
-    """What a run did: rows written and failed, chunks skipped, speed, where time went."""
+    """What an extraction did: rows written and failed, chunks run and skipped, speed, stage times.
+
+    Attributes
+    ----------
+    rows_written, rows_failed : int
+        This run's rows.
+    store_rows_failed, store_rows_done : int
+        The whole store's failed and written rows (earlier runs included).
+    chunks_total, chunks_run, chunks_skipped : int
+        Chunks of the store, run now, skipped as done.
+    seconds, warmup_seconds : float
+        The run's time after the workers' model warm-up, and the warm-up.
+    failures : list of (str, str)
+        Image index and reason of each failed row of this run.
+    stage_seconds : dict of str to float
+        Seconds per stage over every worker, read back from the dashboard's fine performance
+        metrics of the run's span (``span_id``).
+    timings : pandas.DataFrame
+        One row per chunk task: worker, images and seconds per stage.
+    """
 
     store_url: str
     rows_total: int
@@ -110,7 +129,7 @@ class ExtractSummary:
 # --------------------------------------------------------------------------- client side
 
 
-def prepare_rows(metadata: pd.DataFrame, split: str | np.ndarray = "auto", *, seed: int = 0,
+def prepare_rows(metadata: pd.DataFrame, split: SplitMethod | np.ndarray = "auto", *, seed: int = 0,
                  archive_root: str | None = None,
                  storage_options: StorageOptions | None = None) -> tuple[pd.DataFrame, dict]:
     """Rows in store order (train, then validation, then test) with a ``split`` column.
@@ -145,11 +164,25 @@ def auto_chunk_rows(n_rows: int, worker_threads: int, batch_size: int = DEFAULT_
 
 @dataclass
 class ExtractionPlan:
-    """A run checked before it starts: rows, where each image is, backbone, store settings.
+    """A run checked before it starts: its rows, where each image is, the backbone, the store.
 
-    :func:`plan_extraction` makes it without starting a cluster or writing anything, so
-    every mistake it can find (a wrong images root, missing images, unavailable weights,
-    a store made with other settings) is reported before any work starts.
+    :func:`plan_extraction` makes it without starting a cluster or writing anything, so every
+    mistake it can find (a wrong images root, missing images, unavailable weights, a store
+    made with other settings) is reported before any work starts; :func:`run_extraction`
+    runs it.
+
+    Attributes
+    ----------
+    config : ExtractConfig
+        Every choice of the run.
+    rows : pandas.DataFrame
+        The rows in store order, with their ``split`` codes.
+    urls : dict of str to str
+        Each image's URL, by image index.
+    missing : list of str
+        Image indices of the metadata not found under the images root.
+    store_exists : bool
+        Whether a store is already at ``store_url`` (resumed unless ``config.resume`` is False).
     """
 
     config: ExtractConfig
@@ -362,11 +395,34 @@ def extract_features(
 def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None = None,
                    threads_per_worker: int = 1, progress: bool = True,
                    warmup: bool = True) -> ExtractSummary:
-    """Run a checked :class:`ExtractionPlan` on ``client`` (or on a local cluster it starts).
+    """Run a checked :class:`ExtractionPlan` on ``client``, or on a local cluster it starts.
 
-    The store's writer lease is taken before the cluster starts, so a second run on the
-    same store is refused at once. Parameters and errors are those of
-    :func:`extract_features`.
+    The store's writer lease is taken before the cluster starts, so a second run on the same
+    store is refused at once.
+
+    Parameters
+    ----------
+    plan
+        From :func:`plan_extraction`.
+    client
+        A Dask client; None starts a local cluster, closed after the run.
+    n_workers, threads_per_worker
+        The local cluster's layout (default: one single-threaded process per core).
+    progress
+        Show a progress bar.
+    warmup
+        Build the backbone on every worker before the chunks are submitted.
+
+    Returns
+    -------
+    ExtractSummary
+
+    Raises
+    ------
+    ExtractionFailedError
+        More than ``max_failed_fraction`` of the store's rows (or all) failed.
+    StoreLockedError
+        Another run holds the store's writer lease.
     """
     with StoreLease(plan.store_url, plan.storage_options) as lease:
         if client is not None:
@@ -476,7 +532,7 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
     conversions = [c for r in results for c in r["conversions"]]
     timings = pd.DataFrame([{k: v for k, v in r.items() if k not in ("failures", "conversions")}
                             for r in results])
-    status = store.array("status")[:]
+    status = store.read("status")
     images_run = sum(r["images"] for r in results)
     measured = span_metrics(client, span_id, expect_images=images_run) if results else {}
     summary = ExtractSummary(

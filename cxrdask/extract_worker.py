@@ -50,7 +50,7 @@ class TaskConfig:
 
 
 
-_WORKER_STATE: dict[str, Any] = {}
+_WORKER_STATE: dict[Any, Any] = {}
 _WORKER_LOCK = threading.Lock()
 
 

@@ -29,6 +29,9 @@ class DiagnosisHead(nn.Module):
     Random-weight or unfamiliar features (values up to ~100) otherwise kill the ReLUs.
     """
 
+    input_mean: torch.Tensor
+    input_scale: torch.Tensor
+
     def __init__(self, n_inputs: int = 2050, n_labels: int = len(LABELS)):
         super().__init__()
         self.n_inputs = n_inputs

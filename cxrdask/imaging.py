@@ -25,7 +25,23 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images become tensors; recorded in the store so features are reproducible."""
+    """How images become tensors; recorded in the store so features are reproducible.
+
+    Attributes
+    ----------
+    size : int
+        Side of the square input, in pixels.
+    interpolation : str
+        The resize (Pillow's antialiased bilinear).
+    reducing_gap : float
+        Pillow's ``reducing_gap`` for large downscales.
+    mean, std : tuple of float
+        Per-channel normalisation (ImageNet's).
+    flip : str
+        ``none``, or ``train``: the 2018 recipe's random horizontal flip of training rows.
+    channels : str
+        How the gray image fills three channels (repeated).
+    """
 
     size: int = 224
     interpolation: str = "bilinear-antialias"
@@ -105,7 +121,7 @@ def to_model_input(gray: Image.Image, preprocessing: Preprocessing = Preprocessi
     """Resize an ``L`` image to ``size`` (antialiased) and normalise: float32 ``(3, size, size)``."""
     size = preprocessing.size
     if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.BILINEAR, reducing_gap=preprocessing.reducing_gap)
+        gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=preprocessing.reducing_gap)
     pixels = np.asarray(gray, dtype=np.float32) * (1.0 / 255.0)
     if flip:
         pixels = pixels[:, ::-1]

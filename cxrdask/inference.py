@@ -54,10 +54,32 @@ def predict(
     view: str | None = None,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """14 probabilities per image (paths, bytes or PIL images), one row each.
+    """14 probabilities per image, with the backbone and preprocessing the head was trained on.
 
-    The backbone is the one recorded in the checkpoint (a weights file must be passed as
-    ``weights`` and match its sha256). Unknown demographics enter as age 50, sex 0.5.
+    Parameters
+    ----------
+    images
+        Paths or URLs, bytes, or PIL images.
+    checkpoint
+        A head checkpoint (``head.pt``).
+    weights
+        The backbone's weights file, when the head was trained on one (its sha256 must match).
+    age, sex, view
+        Demographics of every image; unknown: age 50, sex halfway between F and M, view PA.
+    device
+        ``cpu``, ``cuda`` or ``auto``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per image: ``image`` then the 14 findings.
+
+    Raises
+    ------
+    ImageDecodeError
+        An image cannot be decoded (the error names it).
+    CheckpointMismatchError
+        A weights file is needed, or it does not match the checkpoint.
     """
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     spec = backbone_for_checkpoint(ckpt, weights)

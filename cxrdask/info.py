@@ -128,8 +128,8 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
 
     store = FeatureStore.open(url, storage_options)
     p = store.provenance
-    status = store.array("status")[:]
-    split = store.array("split")[:]
+    status = store.read("status")
+    split = store.read("split")
     done = store.done_chunks()
     backbone = p["backbone"]
     fs, path = filesystem(url, storage_options)

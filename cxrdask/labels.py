@@ -30,7 +30,23 @@ LABEL_POSITION = {name: i for i, name in enumerate(LABELS)}
 
 
 def parse_labels(text: str) -> np.ndarray:
-    """Turn ``"Effusion|Atelectasis"`` into a 14-long uint8 multi-hot vector in NIH order."""
+    """Turn a ``Finding Labels`` string into a 14-long multi-hot vector in NIH order.
+
+    Parameters
+    ----------
+    text
+        ``"Effusion|Atelectasis"``, or ``"No Finding"``.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape ``(14,)``, 1 where the finding is named.
+
+    Raises
+    ------
+    LabelParseError
+        An empty string, an unknown finding, or ``No Finding`` combined with a finding.
+    """
     if not isinstance(text, str) or not text.strip():
         raise LabelParseError("empty label string")
     names = [part.strip() for part in text.split("|")]

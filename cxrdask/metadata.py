@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, overload
 
 import fsspec
 import numpy as np
@@ -18,9 +18,9 @@ import pandas as pd
 
 from ._fs import StorageOptions, filesystem, full_url, join_url
 from .errors import (
-    CxrDaskError,
     LabelParseError,
     MetadataError,
+    MetadataNotFoundError,
     MissingColumnError,
     OptionError,
     RowProblem,
@@ -60,12 +60,30 @@ CSV_NAMES = {
 
 
 def find_metadata(root: str, storage_options: StorageOptions | None = None) -> str:
-    """The URL of the metadata CSV in an archive's root folder (any of the three variants)."""
+    """The metadata CSV under ``root``: the first of the three real file names found there.
+
+    Parameters
+    ----------
+    root
+        The archive's root folder or URL.
+    storage_options
+        fsspec options.
+
+    Returns
+    -------
+    str
+        The CSV's URL.
+
+    Raises
+    ------
+    MetadataNotFoundError
+        No known metadata file is there.
+    """
     fs, base = filesystem(root, storage_options)
     for name in CSV_NAMES.values():
         if fs.exists(join_url(base, name)):
             return join_url(root, name)
-    raise CxrDaskError(f"no metadata CSV ({', '.join(CSV_NAMES.values())}) under {root}; "
+    raise MetadataNotFoundError(f"no metadata CSV ({', '.join(CSV_NAMES.values())}) under {root}; "
                        "pass it explicitly (--metadata)")
 
 
@@ -108,6 +126,18 @@ def parse_age(text: str) -> int:
     return {"Y": number, "M": number // 12, "D": number // 365}[unit]
 
 
+@overload
+def read_metadata(url: str, storage_options: StorageOptions | None = None, *, max_age: int = ...,
+                  errors: Literal["raise", "report"] = ...,
+                  return_report: Literal[False] = ...) -> pd.DataFrame: ...
+
+
+@overload
+def read_metadata(url: str, storage_options: StorageOptions | None = None, *, max_age: int = ...,
+                  errors: Literal["raise", "report"] = ...,
+                  return_report: Literal[True]) -> tuple[pd.DataFrame, MetadataReport]: ...
+
+
 def read_metadata(
     url: str,
     storage_options: StorageOptions | None = None,
@@ -116,13 +146,36 @@ def read_metadata(
     errors: Literal["raise", "report"] = "raise",
     return_report: bool = False,
 ) -> pd.DataFrame | tuple[pd.DataFrame, MetadataReport]:
-    """Read ``Data_Entry_2017.csv`` (any variant, any fsspec URL) into a validated frame.
+    """Read ``Data_Entry_2017.csv`` (any of its three real variants, any fsspec URL) into a frame.
 
     Columns: ``image_index, patient_id, follow_up, age`` (int years), ``sex`` (M/F),
-    ``view_position``, ``finding_labels`` (the original string), the 14 label columns
-    (uint8, NIH order), the original size and spacing where present, and ``csv_line``.
-    Rows with age above ``max_age`` are dropped and reported. Any bad row raises
-    :class:`MetadataError` naming it, or with ``errors="report"`` is left out and listed.
+    ``view_position``, ``finding_labels`` (the original string), the 14 label columns (uint8,
+    NIH order), the original size and spacing where present, and ``csv_line``.
+
+    Parameters
+    ----------
+    url
+        The CSV: ``Data_Entry_2017.csv``, ``Data_Entry_2017_v2020.csv`` or ``sample_labels.csv``.
+    storage_options
+        fsspec options (credentials, endpoints).
+    max_age
+        Rows with a greater age are dropped and reported (the 2017 file has a few above 123).
+    errors
+        ``"raise"``: any bad row raises; ``"report"``: bad rows are left out and listed.
+    return_report
+        Also return the :class:`MetadataReport` (variant, rows kept and dropped, and why).
+
+    Returns
+    -------
+    pandas.DataFrame or tuple of (pandas.DataFrame, MetadataReport)
+        The validated rows (and the report).
+
+    Raises
+    ------
+    MissingColumnError
+        A required column is absent.
+    MetadataError
+        With ``errors="raise"``, a bad row; the error names each one's line, image and column.
     """
     if errors not in ("raise", "report"):
         raise OptionError(f"errors must be 'raise' or 'report', not {errors!r}")
@@ -314,10 +367,23 @@ def locate_images(
     *,
     expected=None,
 ) -> ImageLocations:
-    """Map image index to URL under ``root/images/`` or ``root/images_###/images/``.
+    """Map each image index to its URL under ``root/images/`` or ``root/images_###/images/``.
 
     The tree is listed once (``fs.find``), which stays fast for 112,120 objects on S3.
-    ``expected`` (image indices, e.g. the metadata's) fills ``missing``.
+
+    Parameters
+    ----------
+    root
+        The archive's root folder or URL.
+    storage_options
+        fsspec options.
+    expected
+        Image indices (e.g. the metadata's) to report as ``missing`` when absent.
+
+    Returns
+    -------
+    ImageLocations
+        ``urls`` by image index, ``missing`` and ``duplicates``.
     """
     fs, base = filesystem(root, storage_options)
     base = base.rstrip("/")

@@ -110,7 +110,7 @@ def curves_figure(history: pd.DataFrame) -> Figure:
     lr_axis.set_yscale("log")
     lr_axis.set_ylabel("learning rate")
     lines = ax.get_lines() + lr_axis.get_lines()
-    ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8,
+    ax.legend(lines, [str(line.get_label()) for line in lines], loc="upper right", fontsize=8,
               framealpha=0.8)
     return figure
 

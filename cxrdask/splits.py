@@ -56,7 +56,7 @@ def _check_fractions(fractions) -> tuple[float, float, float]:
     values = tuple(float(f) for f in fractions)
     if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
         raise SplitError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
-    return values  # type: ignore[return-value]
+    return values[0], values[1], values[2]
 
 
 def random_split(n_images: int, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> np.ndarray:
@@ -147,9 +147,34 @@ def assign_splits(
     archive_root: str | None = None,
     storage_options: StorageOptions | None = None,
 ) -> tuple[np.ndarray, SplitSpec]:
-    """Split codes (0 train, 1 validation, 2 test) for each metadata row, and how they were made.
+    """Split codes per row (0 train, 1 validation, 2 test) and a description of the split.
 
-    ``auto`` uses the official lists when ``archive_root`` has them, else ``patient``.
+    Parameters
+    ----------
+    metadata
+        A frame from :func:`read_metadata`.
+    method
+        ``"official"`` (NIH's lists, validation carved by patient), ``"patient"``, ``"random"``
+        (by image, as in 2018: patients leak), or ``"auto"`` (official where the archive has
+        the lists, else patient).
+    seed
+        Seed of the patient or random assignment.
+    fractions
+        Train, validation and test shares (validation only, for ``official``).
+    archive_root
+        Where ``train_val_list.txt`` and ``test_list.txt`` are.
+    storage_options
+        fsspec options.
+
+    Returns
+    -------
+    tuple of (numpy.ndarray, SplitSpec)
+        uint8 codes, and what every report names.
+
+    Raises
+    ------
+    SplitError
+        The method cannot be applied (no lists for ``official``, an image in no list).
     """
     fractions = _check_fractions(fractions)
     lists = None

@@ -15,7 +15,7 @@ import json
 import math
 import warnings
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -47,7 +47,7 @@ WRITE_SETTINGS = ("format_version", "backbone", "preprocessing", "dtype", "chunk
                   "precision", "compile", "engine", "label_names", "n_rows", "rows_fingerprint",
                   "split")
 _SETTING_DEFAULTS = {"engine": "torch"}  # for stores written before the setting existed
-_TABLE_ARRAYS = {  # store array -> (metadata column, dtype)
+_TABLE_ARRAYS: dict[str, tuple[str, Any]] = {  # store array -> (metadata column, dtype)
     "image_index": ("image_index", str),
     "patient_id": ("patient_id", "int32"),
     "follow_up": ("follow_up", "int32"),
@@ -82,16 +82,33 @@ def _features_codec(dtype: str) -> BloscCodec:
 
 
 class FeatureStore:
-    """A cxrdask feature store; open with :meth:`open`, make with :meth:`create`."""
+    """A cxrdask feature store: one Zarr v3 group, opened with :meth:`open`, made with :meth:`create`.
+
+    Rows are images, in split order (train, validation, test). ``features`` is chunked by
+    ``chunk_rows``; ``status``, ``error``, the per-row table and ``labels`` share its chunking;
+    ``done`` holds one marker per chunk, written last. Every array names its dimensions, so
+    ``xarray.open_zarr(url)`` (or :meth:`to_xarray`) gives a labelled Dataset.
+
+    Attributes
+    ----------
+    url : str
+        Where the store is.
+    provenance : dict
+        Backbone and weights identity, preprocessing, dtype, precision, engine, split, the
+        extraction config, failed-row count, the last run.
+    """
 
     def __init__(self, group: zarr.Group, url: str, storage_options: StorageOptions | None):
         self.group = group
         self.url = url
         self.storage_options = storage_options
         try:
-            self.provenance: dict[str, Any] = dict(group.attrs[ATTRS_KEY])
+            attributes = group.attrs[ATTRS_KEY]
         except KeyError:
             raise StoreError(f"{url} is a Zarr group but not a cxrdask feature store") from None
+        if not isinstance(attributes, dict):
+            raise StoreError(f"{url}: its {ATTRS_KEY!r} attribute is not a mapping")
+        self.provenance: dict[str, Any] = dict(attributes)
 
     # ------------------------------------------------------------------ create / open
 
@@ -115,9 +132,40 @@ class FeatureStore:
     ) -> FeatureStore:
         """Make a new store for the rows of ``table`` (metadata columns plus ``split``).
 
-        ``backbone`` is the backbone's identity (``BackboneSpec.identity()``), including
-        ``feature_dim``; ``preprocessing`` is ``Preprocessing.to_dict()``. An existing store
-        at ``url`` is refused unless ``overwrite``.
+        Parameters
+        ----------
+        url
+            Where to make it (any fsspec URL).
+        table
+            The rows, in store order, with the metadata's columns and ``split`` codes.
+        chunk_rows
+            Rows per chunk of every per-row array.
+        backbone
+            The backbone's identity (``BackboneSpec.identity()``), with ``feature_dim``.
+        preprocessing
+            ``Preprocessing.to_dict()``.
+        dtype, precision, compile, engine
+            How features are computed and kept (recorded; a resume must match).
+        split
+            The split's description.
+        storage_options
+            fsspec options.
+        extra
+            More provenance (the extraction config, the archive).
+        overwrite
+            Replace a store already at ``url``.
+
+        Returns
+        -------
+        FeatureStore
+            Open for writing chunks.
+
+        Raises
+        ------
+        StoreError
+            A store exists at ``url`` and ``overwrite`` is False, or ``table`` is empty.
+        OptionError
+            An unknown dtype, or ``chunk_rows`` below 1.
         """
         if dtype not in ("float16", "float32"):
             raise OptionError(f"dtype must be float16 or float32, not {dtype!r}")
@@ -198,8 +246,29 @@ class FeatureStore:
 
     @classmethod
     def open(cls, url: str, storage_options: StorageOptions | None = None,
-             mode: str = "r") -> FeatureStore:
-        """Open an existing store (``mode="r"`` to read, ``"r+"`` to write its chunks)."""
+             mode: Literal["r", "r+"] = "r") -> FeatureStore:
+        """Open an existing store.
+
+        Parameters
+        ----------
+        url
+            The store's folder or URL.
+        storage_options
+            fsspec options.
+        mode
+            ``"r"`` to read, ``"r+"`` to write its chunks (extraction workers).
+
+        Returns
+        -------
+        FeatureStore
+
+        Raises
+        ------
+        StoreNotFoundError
+            No Zarr group at ``url``.
+        StoreError
+            A Zarr group that is not a cxrdask store, or one of another format version.
+        """
         store = zarr_store(url, storage_options, read_only=mode == "r")
         try:
             group = zarr.open_group(store=store, mode=mode, zarr_format=3)
@@ -266,11 +335,18 @@ class FeatureStore:
     @property
     def features(self) -> da.Array:
         """The features as a dask array chunked like the store; nothing is read until computed."""
-        return da.from_zarr(self.group["features"])
+        return da.from_zarr(self.array("features"))
 
     def array(self, name: str) -> zarr.Array:
         """One of the store's Zarr arrays by name (``features``, ``status``, ``labels``, ...)."""
-        return self.group[name]
+        node = self.group[name]
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{self.url}: {name!r} is not an array")
+        return node
+
+    def read(self, name: str, selection: Any = slice(None)) -> np.ndarray:
+        """``selection`` of the array ``name`` as a NumPy array (the whole array by default)."""
+        return np.asarray(self.array(name)[selection])
 
     def to_xarray(self):
         """The store as a labelled :class:`xarray.Dataset` of lazy dask arrays.
@@ -287,10 +363,10 @@ class FeatureStore:
         variables = {}
         for name in ("features", "status", "error", "done", "labels", "split",
                      *(n for n in _TABLE_ARRAYS if n != "image_index")):
-            array = self.group[name]
+            array = self.array(name)
             data = da.from_zarr(array) if name != "error" else array[:]
             variables[name] = (dims.get(name, ("image",)), data)
-        coords = {"image": self.group["image_index"][:],
+        coords = {"image": self.read("image_index"),
                   "finding": list(self.provenance["label_names"])}
         return xr.Dataset(variables, coords=coords, attrs={ATTRS_KEY: _normal(self.provenance)})
 
@@ -300,41 +376,41 @@ class FeatureStore:
         frame = {}
         for name in names:
             if name == "labels":
-                labels = self.group["labels"][:]
+                labels = self.read("labels")
                 for position, label in enumerate(self.provenance["label_names"]):
                     frame[label] = labels[:, position]
             else:
-                frame[name] = self.group[name][:]
+                frame[name] = self.read(name)
         return pd.DataFrame(frame)
 
     def rows(self, split: str | int | None = None, ok_only: bool = True) -> np.ndarray:
         """Row numbers of one split (all rows if None), by default only rows whose image was read."""
         keep = np.ones(self.n_rows, dtype=bool)
         if split is not None:
-            keep &= self.group["split"][:] == split_code(split)
+            keep &= self.read("split") == split_code(split)
         if ok_only:
-            keep &= self.group["status"][:] == STATUS_OK
+            keep &= self.read("status") == STATUS_OK
         return np.flatnonzero(keep)
 
     def done_chunks(self) -> np.ndarray:
         """Boolean per chunk: True where the chunk's marker (written last) is set."""
-        return np.asarray(self.group["done"][:], dtype=bool)
+        return np.asarray(self.read("done"), dtype=bool)
 
     def is_complete(self) -> bool:
         return bool(self.done_chunks().all())
 
     def failures(self) -> pd.DataFrame:
         """Rows whose image could not be read: image index, row number and reason."""
-        status = self.group["status"][:]
+        status = self.read("status")
         rows = np.flatnonzero(status == STATUS_FAILED)
         if len(rows) == 0:
             return pd.DataFrame({"row": [], "image_index": [], "reason": []})
-        names = self.group["image_index"].get_coordinate_selection(rows)
-        reasons = self.group["error"].get_coordinate_selection(rows)
+        names = self.array("image_index").get_coordinate_selection(rows)
+        reasons = self.array("error").get_coordinate_selection(rows)
         return pd.DataFrame({"row": rows, "image_index": names, "reason": reasons})
 
     def split_counts(self) -> dict[str, int]:
-        codes = self.group["split"][:]
+        codes = self.read("split")
         return {name: int((codes == code).sum()) for code, name in enumerate(SPLIT_NAMES)}
 
     # ------------------------------------------------------------------ writing (tasks)
@@ -359,10 +435,10 @@ class FeatureStore:
                 )
         out = features.astype(dtype)
         out[~ok] = np.nan  # failed rows never look like data
-        self.group["features"][start:stop] = out
-        self.group["status"][start:stop] = status.astype(np.uint8)
-        self.group["error"][start:stop] = np.asarray(errors, dtype=str)
-        self.group["done"][chunk] = True
+        self.array("features")[start:stop] = out
+        self.array("status")[start:stop] = status.astype(np.uint8)
+        self.array("error")[start:stop] = np.asarray(errors, dtype=str)
+        self.array("done")[chunk] = True
 
     def update_provenance(self, **values: Any) -> None:
         """Merge values into the provenance attributes (the client alone calls this)."""

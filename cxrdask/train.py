@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,12 +31,33 @@ from .store import FeatureStore
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training choice; saved in the checkpoint. ``TrainConfig.preset_config("seed2018")`` is 2018's.
+    """Every training choice; saved in the checkpoint. ``TrainConfig.preset_config("seed2018")``
+    is the 2018 recipe.
 
     Our defaults differ from 2018 where it helps: batch 256 (25x fewer steps, the same
-    optimum, 50 epochs in under a minute on 2 cores) with lr 1e-3 scaled for it, inputs
-    standardised with training-split statistics, plateau patience 2 and early stopping
-    after 6 epochs without improvement.
+    optimum) with lr 1e-3 scaled for it, inputs standardised with training-split statistics,
+    plateau patience 2 and early stopping after 6 epochs without improvement.
+
+    Attributes
+    ----------
+    lr, weight_decay, betas, eps : float
+        Adam's.
+    batch_size, epochs : int
+        Rows per step, and the most epochs.
+    plateau_patience, plateau_factor
+        ReduceLROnPlateau on validation loss.
+    early_stopping : int or None
+        Stop after this many epochs without improvement.
+    seed : int
+        Seed of the head's initial weights and of the shuffles.
+    demographics : tuple of str
+        Inputs after the features.
+    buffer_chunks : int
+        Chunks the lazy reader shuffles together.
+    pos_weight, standardize : bool
+        Weight positives by negatives / positives; standardise inputs.
+    preset : str
+        The preset these values came from.
     """
 
     lr: float = 1e-3
@@ -124,8 +146,8 @@ def _run_epoch(head, batches, criterion, optimizer=None) -> float:
 
 
 def _adam(params, config: TrainConfig) -> torch.optim.Adam:
-    kwargs = dict(lr=config.lr, weight_decay=config.weight_decay, betas=tuple(config.betas),
-                  eps=config.eps)
+    kwargs: dict[str, Any] = dict(lr=config.lr, weight_decay=config.weight_decay,
+                                  betas=tuple(config.betas), eps=config.eps)
     try:
         return torch.optim.Adam(params, fused=True, **kwargs)  # fastest on CPU since torch 2.4
     except (RuntimeError, TypeError):
@@ -141,9 +163,37 @@ def train_head(
     progress: bool = True,
     plot: bool = True,
 ) -> TrainResult:
-    """Train a head on the store's training split, validating each epoch; write into ``out_dir``.
+    """Train a head on the store's training split, validating each epoch, reading chunks lazily.
 
-    Files: ``head.pt`` (the best checkpoint), ``history.csv`` and ``curves.png``.
+    The loss is BCE with each disease's positives weighted by negatives / positives on the
+    training split; the checkpoint is written whenever validation loss improves.
+
+    Parameters
+    ----------
+    store
+        A :class:`FeatureStore` or its URL.
+    config
+        Every training choice (:class:`TrainConfig` defaults if None).
+    out_dir
+        Where ``head.pt`` (the best checkpoint), ``history.csv`` and ``curves.png`` go.
+    storage_options
+        fsspec options.
+    progress
+        Show a progress bar.
+    plot
+        Draw ``curves.png``.
+
+    Returns
+    -------
+    TrainResult
+        The checkpoint's path, the best epoch and loss, the history, the seconds taken.
+
+    Raises
+    ------
+    CxrDaskError
+        The store has no readable validation rows.
+    CheckpointMismatchError
+        ``config.demographics`` asks for inputs the store does not have.
     """
     from .progress import progress_bar as tqdm
 
@@ -151,7 +201,8 @@ def train_head(
     store = open_store(store, storage_options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(demographics=config.demographics, buffer_chunks=config.buffer_chunks)
+    common: dict[str, Any] = dict(demographics=config.demographics,
+                                  buffer_chunks=config.buffer_chunks)
     train = FeatureBatches(store, "train", config.batch_size, shuffle=True, seed=config.seed,
                            **common)
     val = FeatureBatches(store, "validation", max(config.batch_size, 1024), shuffle=False,
@@ -237,11 +288,33 @@ def grid_search(
     storage_options: StorageOptions | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Train one head per (lr, weight decay) as Dask tasks; keep the best as ``out_dir/head.pt``.
+    """Train one head per (learning rate, weight decay) as Dask tasks; keep the best.
 
-    Returns a frame of best validation loss per configuration (sorted, best first) and
-    writes ``grid.csv`` and ``grid.png`` (a heatmap). ``client=None`` starts a local cluster.
+    Each configuration is a ``train-trial`` task in the span ``cxrdask-grid-search <store>``.
     The store must be reachable from the workers (a shared disk or object storage).
+
+    Parameters
+    ----------
+    store_url
+        The feature store.
+    lrs, weight_decays
+        The grid.
+    base
+        The other training choices (:class:`TrainConfig` defaults if None).
+    out_dir
+        One folder per configuration, ``grid.csv``, ``grid.png`` (a heatmap) and the best
+        checkpoint as ``head.pt``.
+    client
+        A Dask client; None starts a local cluster.
+    storage_options
+        fsspec options.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Best validation loss per configuration, best first.
     """
     from distributed import as_completed, span
 

@@ -81,7 +81,7 @@ def make_metadata(n: int, seed: int = 0, prevalence: Prevalence = "nih") -> pd.D
     and a few follow-up numbers that do not match the file name, as in the real file.
     """
     rng = np.random.default_rng([seed, 1])
-    per_patient = []
+    per_patient: list[int] = []
     while sum(per_patient) < n:
         per_patient.append(int(min(rng.geometric(NIH_PATIENTS / NIH_IMAGES), 40)))
     per_patient[-1] -= sum(per_patient) - n

@@ -31,7 +31,7 @@ def _ellipse(x, y, cx, cy, rx, ry) -> np.ndarray:
 def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency noise in [0, 1]: a small random grid upsampled bicubically."""
     small = rng.random((cells, cells)).astype(np.float32)
-    image = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+    image = Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image)
 
 
@@ -122,7 +122,7 @@ def render_image(labels: np.ndarray, size: int = 1024, seed: int = 0,
     # Quantum noise, spatially correlated like a real detector's (white noise compresses
     # far worse than real radiographs; this gives NIH-like 350-500 KB PNGs at 1024).
     grain = rng.standard_normal((size // 2, size // 2), dtype=np.float32) * 3.0
-    image += np.asarray(Image.fromarray(grain).resize((size, size), Image.BILINEAR))
+    image += np.asarray(Image.fromarray(grain).resize((size, size), Image.Resampling.BILINEAR))
     image += rng.standard_normal((size, size), dtype=np.float32) * 0.5
     return np.clip(image, 0, 255).astype(np.uint8)
 

@@ -77,12 +77,43 @@ def make_archive(
 ) -> SyntheticArchive:
     """Write a synthetic NIH-layout archive of ``n`` images under ``root`` (any fsspec URL).
 
-    Images are rendered in parallel: on ``client`` (a Dask client) when given, else in
-    ``workers`` threads of this process (default: one per core; NumPy, the resize and the
-    PNG encoder release the GIL), so a plain script needs no ``if __name__ == "__main__"``
-    guard for it. The same seed gives the same bytes. The metadata CSV, the split lists and
-    the ``cxrdask-synthetic.json`` marker are written after the images: an archive with a
-    marker is complete.
+    Images are rendered in ``workers`` threads of this process (NumPy, the resize and the PNG
+    encoder release the GIL), or on ``client`` when given, so a plain script needs no
+    ``if __name__ == "__main__"`` guard for it. The same seed gives the same bytes. The CSV,
+    the split lists and the ``cxrdask-synthetic.json`` marker are written after the images:
+    an archive with a marker is complete.
+
+    Parameters
+    ----------
+    root
+        Folder or URL to write to.
+    n
+        Number of images.
+    size
+        Image side in pixels (the real archive's is 1024).
+    seed
+        Seed of labels, patients and pixels.
+    strength
+        Disease sign strength (1: clearly visible).
+    prevalence
+        ``"nih"`` (NIH's label frequencies) or ``"balanced"`` (every disease alike).
+    csv_variant
+        Which real metadata file to imitate.
+    official
+        Write ``train_val_list.txt`` and ``test_list.txt``.
+    workers
+        Writer threads (default: one per core).
+    client
+        A Dask client to render on instead.
+    storage_options
+        fsspec options.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    SyntheticArchive
+        Where it is (``root``, ``metadata_url``), its size and how fast it was written.
     """
     start = time.perf_counter()
     frame = make_metadata(n, seed=seed, prevalence=prevalence)

@@ -39,7 +39,28 @@ class ApiError(Exception):
 def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, device: str = "auto",
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrent: int = 1,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
-    """The app for a head checkpoint; the backbone and head are loaded here, once."""
+    """The web page and JSON API for one head checkpoint; the backbone and head are loaded once.
+
+    Parameters
+    ----------
+    checkpoint
+        A head checkpoint (``head.pt``).
+    weights
+        The backbone's weights file, when the head was trained on one.
+    device
+        ``cpu``, ``cuda`` or ``auto``.
+    max_upload_bytes
+        Larger uploads are answered 413.
+    max_concurrent
+        Images computed at once (each uses every core).
+    max_pixels
+        Larger images are refused before decoding (decompression bombs).
+
+    Returns
+    -------
+    fastapi.FastAPI
+        ``/`` (the page), ``POST /api/predict``, ``/api/health``, ``/docs``.
+    """
     diagnoser = Diagnoser(checkpoint, weights, device, max_concurrent, max_pixels)
     started = time.time()
     app = FastAPI(title="cxrdask diagnosis", version=__version__,

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,11 +49,12 @@ class Diagnosis:
 
 def last_conv_maps(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     """The output of the backbone's last convolutional block, ``(B, C, h, w)``."""
+    net: Any = model  # torchvision's ResNet / DenseNet, whose parts are typed as Module | Tensor
     if name.startswith("resnet"):
-        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-        return model.layer4(model.layer3(model.layer2(model.layer1(x))))
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
     if name.startswith("densenet"):
-        return F.relu(model.features(x))
+        return F.relu(net.features(x))
     raise ValueError(f"no Grad-CAM layer known for backbone {name!r}")
 
 
