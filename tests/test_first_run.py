@@ -186,7 +186,7 @@ def test_default_chunk_rows_balance_both_workers_and_resume(archive, tmp_path):
     assert run.returncode == 0, run.stderr
     opened = FeatureStore.open(str(store))
     assert opened.chunk_rows == 8 and opened.n_chunks >= 5  # 40 rows, 2 workers
-    table = run.stdout.split("seconds per stage")[1]
+    table = run.stdout.split("seconds per stage and worker:")[1]
     per_worker = re.findall(r"^[ \t]+(\d+)[ \t]+(\d+)[ \t]+[\d.]+[ \t]", table, re.M)
     images = [int(n) for _, n in per_worker]
     assert len(images) == 2 and min(images) >= 0.25 * sum(images), run.stdout
