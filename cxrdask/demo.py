@@ -154,8 +154,10 @@ def run_demo(
     echo(evaluation.to_markdown())
     echo(f"mean test AUC {evaluation.mean_auc:.3f} (untrained head "
          f"{evaluation.mean_auc_untrained:.3f}); report in {out / 'report'}")
-    first_image = plan.urls[plan.rows["image_index"].iloc[-1]]
-    echo(next_steps(out, result.checkpoint, first_image, store))
+    image = plan.urls[plan.rows["image_index"].iloc[-1]]  # a test image
+    if os.path.isabs(image) and Path(image).is_relative_to(Path.cwd()):
+        image = os.path.relpath(image)  # as the user's other paths are written
+    echo(next_steps(out, result.checkpoint, image, store))
     return DemoResult(out=out, archive_root=archive_root, store_url=store,
                       checkpoint=result.checkpoint, report_dir=out / "report",
                       mean_auc=evaluation.mean_auc,
