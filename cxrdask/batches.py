@@ -33,7 +33,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
     Chunk order is shuffled per epoch and rows are shuffled inside a buffer of
     ``buffer_chunks`` chunks, read by a background thread: feature memory stays at a few
     buffers whatever the store's size. Usable directly (``for x, y in batches``) or as a
-    DataLoader dataset with ``batch_size=None``.
+    DataLoader dataset with ``batch_size=None``: with ``num_workers > 0`` (and across
+    ``torch.distributed`` ranks) the chunks are shared out, so every row comes once per epoch.
 
     Parameters
     ----------
@@ -150,8 +151,25 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         on the store while the reader keeps no more than a couple of buffers ahead."""
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(self.chunk_ids) if self.shuffle else self.chunk_ids
+        order = self._my_share(order)
         ahead = max(2, 2 * self.buffer_chunks * self.store.chunk_rows // self.batch_size)
         return _in_background(self._batches(order, rng), ahead)
+
+    @staticmethod
+    def _my_share(order: np.ndarray) -> np.ndarray:
+        """This reader's chunks: split across torch.distributed ranks and DataLoader workers.
+
+        Every copy of the dataset draws the same (seeded) chunk order, so taking every
+        ``parts``-th chunk from ``index`` gives each reader a disjoint share and every row is
+        read exactly once per epoch, however many readers there are.
+        """
+        parts, index = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts, index = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            parts, index = parts * worker.num_workers, index * worker.num_workers + worker.id
+        return order[index::parts]
 
     def _batches(self, order: np.ndarray, rng: np.random.Generator):
         held_x: list[torch.Tensor] = []

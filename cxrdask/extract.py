@@ -499,8 +499,11 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
     with span(f"cxrdask-extract {_store_name(store.url)}") as span_id:
         if warmup and todo:
             workers = list(client.scheduler_info(n_workers=-1)["workers"])
-            warm = [client.submit(warm_worker, config, workers=[w], pure=False,
-                                  key=f"backbone-warmup-{i}-{run_token}")
+            # One per worker, preferably on it; a worker lost meanwhile hands its warm-up to
+            # another (a strict pin would wait for the dead worker forever). Workers that
+            # join later build their model in their first chunk task.
+            warm = [client.submit(warm_worker, config, workers=[w], allow_other_workers=True,
+                                  pure=False, key=f"backbone-warmup-{i}-{run_token}")
                     for i, w in enumerate(workers)]
             client.gather(warm)
             warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build

@@ -190,3 +190,34 @@ def test_bad_and_odd_images_end_to_end(small_archive, cluster_client, tmp_path):
     features = store.features.compute()
     assert np.isnan(features[table["status"] == STATUS_FAILED]).all()
     assert np.isfinite(features[table["status"] == STATUS_OK]).all()
+
+
+@pytest.mark.timeout(300)
+def test_worker_killed_during_warm_up_does_not_hang(small_archive, reference, tmp_path):
+    """Warm-up tasks were pinned to their worker: one lost then waited forever."""
+    url = str(tmp_path / "f.zarr")
+    with local_client(n_workers=2, dashboard_address="127.0.0.1:0", announce=False) as client:
+        pids = client.run(os.getpid)
+        killed = []
+
+        def kill_during_warm_up() -> None:
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                busy = {worker: [k for k in keys if str(k).startswith("backbone-warmup")]
+                        for worker, keys in client.processing().items()}
+                victim = next((w for w, keys in busy.items() if keys and w in pids), None)
+                if victim is not None and done_count(url) == 0:
+                    os.kill(pids[victim], signal.SIGKILL)  # while it builds its model
+                    killed.append(victim)
+                    return
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_during_warm_up)
+        killer.start()
+        summary = extract_features(small_archive.metadata_url, small_archive.root, url,
+                                   client=client, weights="random", chunk_rows=8,
+                                   progress=False)
+        killer.join()
+    assert killed, "the kill did not land during warm-up"
+    assert summary.chunks_run == 10
+    assert_same_store(url, reference)
