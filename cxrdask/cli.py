@@ -20,10 +20,12 @@ from .errors import CxrDaskError, ExtractionFailedError
 
 EXIT_REFUSED = 2
 EXIT_TOO_MANY_FAILED = 3
+EXIT_DAMAGED = 4
 EXIT_CODES_HELP = """exit status:
   0  done
   2  refused before any work (bad input; nothing written)
-  3  an extraction ran, but more rows failed than --max-failed-fraction allows"""
+  3  an extraction ran, but more rows failed than --max-failed-fraction allows
+  4  verify found corrupt or missing chunks"""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -103,6 +105,28 @@ def cmd_info(args) -> int:
     else:
         print(environment_report())
     return 0
+
+
+def cmd_verify(args) -> int:
+    """Read every written chunk; list corrupt or missing ones; with --repair, clear their markers."""
+    from .store import FeatureStore
+
+    store = FeatureStore.open(args.store, parse_storage_options(args.storage_option),
+                              mode="r+" if args.repair else "r")
+    problems = store.verify()
+    if problems.empty:
+        print(f"{args.store}: every written chunk of {store.n_chunks} reads back intact")
+        return 0
+    print(problems.to_string(index=False))
+    chunks = sorted(set(problems["chunk"]))
+    if args.repair:
+        store.forget_chunks(chunks)
+        print(f"cleared the done markers of chunks {chunks}: `cxrdask extract` with the same "
+              "options recomputes them")
+        return 0
+    print(f"{len(chunks)} chunk(s) damaged: {chunks}; `cxrdask verify {args.store} --repair` "
+          "clears their markers so a resumed extraction recomputes them", file=sys.stderr)
+    return EXIT_DAMAGED
 
 
 def cmd_synth(args) -> int:
@@ -246,6 +270,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {  # name: one-line help, in the order --help lists them
     "info": "what a feature store or head checkpoint holds (fast); versions and devices without one",
+    "verify": "check every chunk of a feature store; list (or clear for recompute) bad ones",
     "synth": "write a synthetic archive in the NIH layout",
     "demo": "run everything end to end on a synthetic archive",
     "extract": "images -> features in a Zarr store, on a Dask cluster",
@@ -281,6 +306,15 @@ def _info_options(info: argparse.ArgumentParser) -> None:
                            "without one: versions, torch threads, CUDA devices")
     _add_storage(info)
     info.set_defaults(run=cmd_info)
+
+
+def _verify_options(verify: argparse.ArgumentParser) -> None:
+    verify.add_argument("store", help="feature store (.zarr folder or URL)")
+    verify.add_argument("--repair", action="store_true",
+                        help="clear the done markers of damaged chunks, so that a resumed "
+                             "`cxrdask extract` recomputes them")
+    _add_storage(verify)
+    verify.set_defaults(run=cmd_verify)
 
 
 def _synth_options(synth: argparse.ArgumentParser) -> None:
@@ -412,7 +446,7 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
 
 
-_OPTIONS = {"info": _info_options, "synth": _synth_options, "demo": _demo_options,
+_OPTIONS = {"info": _info_options, "verify": _verify_options, "synth": _synth_options, "demo": _demo_options,
             "extract": _extract_options, "train": _train_options, "evaluate": _evaluate_options,
             "predict": _predict_options, "serve": _serve_options}
 

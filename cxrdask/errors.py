@@ -128,6 +128,16 @@ class StoreLockedError(StoreError):
     """Another run holds the store's writer lease."""
 
 
+class CorruptChunkError(StoreError):
+    """A chunk of a store fails its checksum or cannot be decoded; ``chunk`` names it."""
+
+    def __init__(self, url: str, array: str, chunk: int | None, reason: str):
+        self.url, self.array, self.chunk, self.reason = url, array, chunk, reason
+        where = f"chunk {chunk} of {array!r}" if chunk is not None else f"a chunk of {array!r}"
+        super().__init__(f"{url}: {where} is corrupt ({reason}); `cxrdask verify {url} --repair` "
+                         "clears its marker, and a resumed extraction recomputes it")
+
+
 class StoreMismatchError(StoreError):
     """A store exists but was made with other settings; ``differences`` names each."""
 

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 import zarr
 import zarr.storage
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from . import __version__
 from ._fs import StorageOptions, filesystem, is_local
 from .errors import (
+    CorruptChunkError,
     FeatureOverflowError,
     OptionError,
     StoreError,
@@ -76,9 +77,16 @@ def rows_fingerprint(image_indices) -> str:
     return digest.hexdigest()
 
 
-def _features_codec(dtype: str) -> BloscCodec:
-    # Blosc zstd-5 with byte shuffle: the smallest of the codecs measured on these features.
-    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+def _features_codecs(dtype: str) -> tuple:
+    # Blosc zstd-5 with byte shuffle: the smallest of the codecs measured on these features;
+    # then a CRC-32C of the compressed chunk, so a chunk damaged on disk is caught at read.
+    return (BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize),
+            Crc32cCodec())
+
+
+# The arrays extraction tasks write, one chunk per task, each with its checksum.
+TASK_ARRAYS = ("features", "status", "error", "done")
+_CHECKED = (ZstdCodec(), Crc32cCodec())
 
 
 class FeatureStore:
@@ -203,14 +211,15 @@ class FeatureStore:
         # Every array names its dimensions (Zarr v3 dimension_names), and ``image`` and
         # ``finding`` hold the coordinates, so xarray.open_zarr gives a labelled Dataset.
         group.create_array("features", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype=dtype,
-                           compressors=_features_codec(dtype), fill_value=np.nan,
+                           compressors=_features_codecs(dtype), fill_value=np.nan,
                            dimension_names=("image", "feature"))
         group.create_array("status", shape=(n_rows,), chunks=(chunk_rows,), dtype="uint8",
-                           fill_value=STATUS_PENDING, dimension_names=("image",))
+                           fill_value=STATUS_PENDING, dimension_names=("image",),
+                           compressors=_CHECKED)
         group.create_array("error", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, fill_value="",
-                           dimension_names=("image",))
+                           dimension_names=("image",), compressors=_CHECKED)
         group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False,
-                           dimension_names=("chunk",))
+                           dimension_names=("chunk",), compressors=_CHECKED)
         table_chunks = chunk_rows  # aligned with features: a training read touches one chunk each
         image_index = table["image_index"].to_numpy().astype(str)
         coordinate = group.create_array("image", shape=(n_rows,), chunks=(table_chunks,), dtype=str,
@@ -345,8 +354,95 @@ class FeatureStore:
         return node
 
     def read(self, name: str, selection: Any = slice(None)) -> np.ndarray:
-        """``selection`` of the array ``name`` as a NumPy array (the whole array by default)."""
-        return np.asarray(self.array(name)[selection])
+        """``selection`` of the array ``name`` as a NumPy array (the whole array by default).
+
+        Raises
+        ------
+        CorruptChunkError
+            A chunk read fails its checksum or cannot be decoded; the error names it.
+        """
+        array = self.array(name)
+        try:
+            return np.asarray(array[selection])
+        except Exception as exc:  # zarr raises ValueError/RuntimeError from its codecs
+            raise self._corrupt(name, selection, exc) from exc
+
+    def _corrupt(self, name: str, selection: Any, exc: Exception) -> CorruptChunkError:
+        """The error for a failed read, naming the chunk (found by reading chunk by chunk)."""
+        array = self.array(name)
+        step = array.chunks[0]
+        start = selection.start or 0 if isinstance(selection, slice) else 0
+        stop = selection.stop or array.shape[0] if isinstance(selection, slice) else array.shape[0]
+        for first in range(start - start % step, stop, step):
+            try:
+                array[first:first + step]
+            except Exception as inner:  # the bad one
+                return CorruptChunkError(self.url, name, first // step, str(inner))
+        return CorruptChunkError(self.url, name, None, str(exc))
+
+    def verify(self, arrays: tuple[str, ...] = TASK_ARRAYS) -> pd.DataFrame:
+        """Read every written chunk of ``arrays`` and list the corrupt or missing ones.
+
+        A chunk is *corrupt* when it fails its checksum or cannot be decoded, and *missing*
+        when its done marker is set but its data is absent. Nothing is changed; clear the
+        markers of the chunks found with :meth:`forget_chunks` and a resumed extraction
+        recomputes them.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per problem: ``chunk`` (store chunk number), ``array``, ``problem``
+            (``corrupt`` or ``missing``) and ``detail``.
+        """
+        problems: list[dict[str, Any]] = []
+        try:
+            done = self.done_chunks()
+        except CorruptChunkError:  # read marker by marker below
+            done = np.ones(self.n_chunks, dtype=bool)
+        present = self._chunk_keys()
+        for name in arrays:
+            array = self.array(name)
+            step = array.chunks[0]
+            for chunk in range(self.n_chunks):
+                start, stop = (chunk, chunk + 1) if name == "done" else self.chunk_bounds(chunk)
+                index = start // step
+                key = f"{name}/c/{index}" + ("/0" if array.ndim == 2 else "")
+                if key not in present:
+                    if done[chunk] and self._must_exist(name, chunk):
+                        problems.append({"chunk": chunk, "array": name, "problem": "missing",
+                                         "detail": f"{key} is absent but the chunk is marked done"})
+                    continue
+                try:
+                    array[start:stop]
+                except Exception as exc:
+                    problems.append({"chunk": chunk, "array": name, "problem": "corrupt",
+                                     "detail": str(exc)})
+        return pd.DataFrame(problems, columns=["chunk", "array", "problem", "detail"])
+
+    def _must_exist(self, name: str, chunk: int) -> bool:
+        """Whether a done chunk of ``name`` must have been written. Zarr skips chunks that
+        equal the fill value: ``error`` when no row failed, ``features`` when all did; a
+        ``status`` chunk (never all pending once done) always exists."""
+        if name == "status":
+            return True
+        if name == "features":
+            start, stop = self.chunk_bounds(chunk)
+            try:
+                return bool((self.array("status")[start:stop] == STATUS_OK).any())
+            except Exception:  # status itself damaged: reported on its own row
+                return False
+        return False
+
+    def _chunk_keys(self) -> set[str]:
+        """The store's chunk keys that exist (one listing)."""
+        fs, path = filesystem(self.url, self.storage_options)
+        base = path.rstrip("/") + "/"
+        return {p[len(base):] for p in fs.find(base) if "/c/" in p[len(base):]}
+
+    def forget_chunks(self, chunks) -> None:
+        """Clear the done markers of ``chunks``, so the next (resumed) extraction recomputes them."""
+        for chunk in sorted({int(c) for c in chunks}):
+            self.array("done")[chunk] = False
 
     def to_xarray(self):
         """The store as a labelled :class:`xarray.Dataset` of lazy dask arrays.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -221,3 +222,42 @@ def test_worker_killed_during_warm_up_does_not_hang(small_archive, reference, tm
     assert killed, "the kill did not land during warm-up"
     assert summary.chunks_run == 10
     assert_same_store(url, reference)
+
+
+def test_corrupt_chunk_is_named_listed_and_recomputed(small_archive, cluster_client, reference,
+                                                     tmp_path):
+    from cxrdask.batches import FeatureBatches
+    from cxrdask.errors import CorruptChunkError
+
+    url = tmp_path / "f.zarr"
+    extract_features(small_archive.metadata_url, small_archive.root, str(url), client=cluster_client,
+                     weights="random", chunk_rows=8, progress=False)
+    damaged = url / "features" / "c" / "2" / "0"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte on disk
+    damaged.write_bytes(bytes(data))
+    (url / "features" / "c" / "3" / "0").unlink()  # and one chunk lost, its marker still set
+
+    store = FeatureStore.open(str(url))
+    with pytest.raises(CorruptChunkError, match="chunk 2 of 'features' is corrupt") as info:
+        store.read("features")
+    assert info.value.chunk == 2
+    with pytest.raises(CorruptChunkError, match="chunk 2 of 'features'"):
+        for _ in FeatureBatches(store, "train", 8, shuffle=False):
+            pass
+
+    command = [sys.executable, "-m", "cxrdask.cli", "verify", str(url)]
+    listed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 4, listed.stdout + listed.stderr
+    assert re.search(r"^\s*2\s+features\s+corrupt", listed.stdout, re.M), listed.stdout
+    assert re.search(r"^\s*3\s+features\s+missing", listed.stdout, re.M), listed.stdout
+    assert "chunk(s) damaged: [2, 3]" in listed.stderr
+    repaired = subprocess.run([*command, "--repair"], capture_output=True, text=True, timeout=120)
+    assert repaired.returncode == 0 and "cleared the done markers of chunks [2, 3]" in repaired.stdout
+    assert list(np.flatnonzero(~FeatureStore.open(str(url)).done_chunks())) == [2, 3]
+
+    again = extract_features(small_archive.metadata_url, small_archive.root, str(url),
+                             client=cluster_client, weights="random", chunk_rows=8, progress=False)
+    assert again.chunks_run == 2
+    assert FeatureStore.open(str(url)).verify().empty
+    assert_same_store(str(url), reference)
