@@ -428,7 +428,7 @@ class FeatureStore:
         if name == "features":
             start, stop = self.chunk_bounds(chunk)
             try:
-                return bool((self.array("status")[start:stop] == STATUS_OK).any())
+                return bool(np.any(np.asarray(self.array("status")[start:stop]) == STATUS_OK))
             except Exception:  # status itself damaged: reported on its own row
                 return False
         return False
