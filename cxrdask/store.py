@@ -15,14 +15,16 @@ import json
 import math
 import warnings
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import dask.array as da
 import numpy as np
 import pandas as pd
 import zarr
 import zarr.storage
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 from . import __version__
 from ._fs import StorageOptions, filesystem, is_local
@@ -344,6 +346,8 @@ class FeatureStore:
     @property
     def features(self) -> da.Array:
         """The features as a dask array chunked like the store; nothing is read until computed."""
+        import dask.array as da  # here, not at import: `cxrdask info` stays fast
+
         return da.from_zarr(self.array("features"))
 
     def array(self, name: str) -> zarr.Array:
@@ -452,6 +456,7 @@ class FeatureStore:
         attributes. Stores written before dimension names were recorded are labelled here
         the same way. Nothing is read until computed.
         """
+        import dask.array as da
         import xarray as xr
 
         dims = {"features": ("image", "feature"), "labels": ("image", "finding"),
