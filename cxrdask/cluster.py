@@ -55,7 +55,7 @@ def dashboard_address_for(address: str | None) -> str | None:
     if port:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
-                probe.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
+                probe.bind((host, port))
             except OSError:
                 port = 0
     return f"{host}:{port}"

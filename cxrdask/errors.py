@@ -105,7 +105,7 @@ class ExtractionFailedError(CxrDaskError, RuntimeError):
         self.max_failed_fraction = max_failed_fraction
         failed, done = summary.store_rows_failed, summary.store_rows_done
         what = (f"every row failed ({failed} of {done})" if failed and failed == done else
-                f"{failed} of {done} rows failed ({failed / max(done, 1):.1%}), above the "
+                f"{failed} of {done} rows failed ({summary.failed_fraction:.1%}), above the "
                 f"allowed {max_failed_fraction:.1%}")
         first = summary.failures[0] if summary.failures else None
         example = f"; first: {first[0]}: {first[1]}" if first else ""

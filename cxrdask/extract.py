@@ -568,7 +568,7 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
     previous = store.provenance.get("conversions", [])
     conversions = (previous + [list(c) for c in summary.conversions])[:1000]
     store.update_provenance(
-        failed_rows=len(store.failures()),
+        failed_rows=summary.store_rows_failed,  # counted from the status read in _run
         conversions=conversions,
         complete=store.is_complete(),
         last_run={"chunks_run": summary.chunks_run, "chunks_skipped": summary.chunks_skipped,
