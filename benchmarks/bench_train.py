@@ -87,15 +87,16 @@ def run_child(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def full_run(store_url: str, epochs: int) -> dict:
+def full_run(store_url: str, epochs: int, device: str = "cpu") -> dict:
     """train_head for ``epochs`` epochs at batch 256, without early stopping (the real API)."""
     from cxrdask.train import TrainConfig, train_head
 
     config = TrainConfig(epochs=epochs, batch_size=256, early_stopping=None)
     result = train_head(store_url, config, tempfile.mkdtemp(prefix="bench-train-"),
-                        progress=False, plot=False)
+                        progress=False, plot=False, device=device)
     return {"seconds": result.seconds, "epochs": len(result.history),
-            "s_per_epoch": result.seconds / len(result.history), "peak_rss_mb": peak_rss_mb()}
+            "s_per_epoch": result.seconds / len(result.history), "peak_rss_mb": peak_rss_mb(),
+            "device": device, "best_val_loss": result.best_val_loss}
 
 
 def main(argv=None) -> None:
@@ -108,10 +109,12 @@ def main(argv=None) -> None:
     parser.add_argument("--full-run", action="store_true",
                         help="also time 50 epochs of train_head on a 112,120-row store")
     parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where --full-run trains the head")
     parser.add_argument("--out", default="benchmarks/results/bench_train")
     parser.add_argument("--measure", nargs=4, metavar=("STORE", "BATCH", "MODE", "MAX_ROWS"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--measure-full", nargs=2, metavar=("STORE", "EPOCHS"),
+    parser.add_argument("--measure-full", nargs=3, metavar=("STORE", "EPOCHS", "DEVICE"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -119,13 +122,14 @@ def main(argv=None) -> None:
         print(json.dumps(measure(store, int(batch), mode, int(max_rows))))
         return
     if args.measure_full:
-        print(json.dumps(full_run(args.measure_full[0], int(args.measure_full[1]))))
+        print(json.dumps(full_run(args.measure_full[0], int(args.measure_full[1]),
+                                  args.measure_full[2])))
         return
 
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     rows = []
-    for n in (int(v) for v in args.sizes.split(",")):
+    for n in (int(v) for v in args.sizes.split(",") if v):
         url = ensure_store(directory, n)
         for batch in args.batches.split(","):
             for mode in ("lazy", "memory"):
@@ -137,9 +141,9 @@ def main(argv=None) -> None:
                 print(rows[-1], flush=True)
     if args.full_run:
         url = ensure_store(directory, 112_120)
-        result = run_child("--measure-full", url, str(args.epochs))
-        rows.append({"what": f"train_head {result['epochs']} epochs, batch 256, 112,120-row store",
-                     **result})
+        result = run_child("--measure-full", url, str(args.epochs), args.device)
+        rows.append({"what": f"train_head {result['epochs']} epochs, batch 256, 112,120-row store, "
+                             f"{args.device}", **result})
     header = f"bench_train on {machine()}"
     save_results(args.out, rows, header, vars(args), plot_column="peak_rss_mb")
     print(table(rows, header))

@@ -263,20 +263,28 @@ class BackboneRunner:
             self.session = onnx_session(build_backbone(spec), torch.get_num_threads())
             return
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # weights copied on the default stream, used on others
         self.model = torch.compile(model) if compile else model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch."""
         if self.engine == "onnxruntime":
             return self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})[0]
-        n = len(batch)
-        if self.compiled and n < self.batch_size:
-            pad = np.zeros((self.batch_size - n, *batch.shape[1:]), dtype=batch.dtype)
-            batch = np.concatenate([batch, pad])
         tensor = torch.from_numpy(np.ascontiguousarray(batch))
         if self.device.type == "cuda":
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return self.features(tensor.contiguous(memory_format=torch.channels_last))
+
+    def features(self, tensor: torch.Tensor) -> np.ndarray:
+        """Features (float32 NumPy, ``(B, feature_dim)``) of a float32 batch already on the
+        device (what :class:`~cxrdask.model_input.DeviceInput` makes)."""
+        if self.engine == "onnxruntime":
+            return self(tensor.cpu().numpy())
+        n = len(tensor)
+        if self.compiled and n < self.batch_size:
+            pad = tensor.new_zeros((self.batch_size - n, *tensor.shape[1:]))
+            tensor = torch.cat([tensor, pad]).contiguous(memory_format=torch.channels_last)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.inference_mode(), torch.autocast(
             self.device.type, dtype=dtype, enabled=dtype is not None

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .errors import CxrDaskError, ExtractionFailedError
+from .errors import CxrDaskError, ExtractionFailedError, OptionError
 
 EXIT_REFUSED = 2
 EXIT_TOO_MANY_FAILED = 3
@@ -111,8 +111,8 @@ def cmd_verify(args) -> int:
     """Read every written chunk; list corrupt or missing ones; with --repair, clear their markers."""
     from .store import FeatureStore
 
-    store = FeatureStore.open(args.store, parse_storage_options(args.storage_option),
-                              mode="r+" if args.repair else "r")
+    store = FeatureStore.open_any(args.store, parse_storage_options(args.storage_option),
+                                  mode="r+" if args.repair else "r")
     problems = store.verify()
     if problems.empty:
         print(f"{args.store}: every written chunk of {store.n_chunks} reads back intact")
@@ -153,18 +153,52 @@ def _metadata_url(args) -> str:
 
 
 def cmd_extract(args) -> int:
-    from .cluster import local_client
     from .config import config_from_args
-    from .extract import plan_extraction, run_extraction
-    from .metadata import read_metadata
+    from .extract import plan_extraction, plan_from_pixels
 
     storage_options = parse_storage_options(args.storage_option)
+    config = config_from_args(args)
+    # Everything that can be checked is checked before a cluster starts.
+    if args.source:
+        if args.images or args.pixels:
+            raise OptionError("--source reads a pixel store instead of the images: leave out "
+                              "--images and --pixels")
+        plan = plan_from_pixels(args.source, args.store, config, storage_options=storage_options)
+    else:
+        if not args.images:
+            raise OptionError("say where the images are: --images ARCHIVE_ROOT, or --source "
+                              "PIXELS.zarr for a pixel store (cxrdask cache)")
+        metadata = _read_metadata(args, storage_options)
+        plan = plan_extraction(metadata, args.images, args.store, config,
+                               storage_options=storage_options, pixels=args.pixels)
+    return _run_plan(plan, args)
+
+
+def cmd_cache(args) -> int:
+    from .config import config_from_args
+    from .extract import plan_cache
+
+    storage_options = parse_storage_options(args.storage_option)
+    metadata = _read_metadata(args, storage_options)
+    plan = plan_cache(metadata, args.images, args.store, config_from_args(args, only=CACHE_FIELDS),
+                      storage_options=storage_options)
+    return _run_plan(plan, args)
+
+
+def _read_metadata(args, storage_options):
+    from .metadata import read_metadata
+
     metadata, report = read_metadata(_metadata_url(args), storage_options, max_age=args.max_age,
                                      return_report=True)
     print(report.summary())
-    # Everything that can be checked is checked before a cluster starts.
-    plan = plan_extraction(metadata, args.images, args.store, config_from_args(args),
-                           storage_options=storage_options)
+    return metadata
+
+
+def _run_plan(plan, args) -> int:
+    """Run a checked plan on the cluster the options describe; report; the exit status."""
+    from .cluster import local_client
+    from .extract import run_extraction
+
     print(plan.describe(), flush=True)
     try:
         with local_client(args.scheduler, n_workers=args.workers,
@@ -174,14 +208,14 @@ def cmd_extract(args) -> int:
             summary = run_extraction(plan, client, progress=not args.quiet)
     except ExtractionFailedError as exc:
         print(exc.summary)
-        print(f"cxrdask extract: FAILED: {exc}. What was written is kept in {args.store}; list "
-              f"the failed rows with: cxrdask info {args.store}", file=sys.stderr)
+        print(f"cxrdask {args.command}: FAILED: {exc}. What was written is kept in {args.store}; "
+              f"list the failed rows with: cxrdask info {args.store}", file=sys.stderr)
         return EXIT_TOO_MANY_FAILED
     print(summary)
     if summary.rows_failed:
         print(f"{summary.rows_failed} image(s) could not be read ({summary.failed_fraction:.1%} of "
               f"the store, within the allowed {args.max_failed_fraction:.1%}); list them with "
-              f"FeatureStore.open({args.store!r}).failures()")
+              f"cxrdask info {args.store}")
     return 0
 
 
@@ -205,7 +239,7 @@ def cmd_train(args) -> int:
               f"checkpoint {Path(args.out) / 'head.pt'}")
         return 0
     result = train_head(args.store, config, args.out, storage_options=storage_options,
-                        progress=not args.quiet)
+                        progress=not args.quiet, device=args.device)
     print(f"best validation loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
           f"({len(result.history)} epochs, {result.seconds:.1f} s)")
     print("wrote " + ", ".join(result.files))
@@ -273,7 +307,8 @@ COMMANDS = {  # name: one-line help, in the order --help lists them
     "verify": "check every chunk of a feature store; list (or clear for recompute) bad ones",
     "synth": "write a synthetic archive in the NIH layout",
     "demo": "run everything end to end on a synthetic archive",
-    "extract": "images -> features in a Zarr store, on a Dask cluster",
+    "extract": "images (or a pixel store) -> features in a Zarr store, on a Dask cluster",
+    "cache": "decode and resize the images once into a pixel store, for repeated extractions",
     "train": "train the head from a feature store",
     "evaluate": "per-disease AUC report for a checkpoint",
     "predict": "14 probabilities for image files",
@@ -359,23 +394,47 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
 
 def _extract_options(extract: argparse.ArgumentParser) -> None:
     from .config import add_config_options
-    from .metadata import read_metadata
 
-    extract.add_argument("--images", required=True, help="archive root (images/ or images_###/)")
-    extract.add_argument("--metadata", help="metadata CSV (default: found under --images)")
-    extract.add_argument("--store", required=True, help="feature store URL (.zarr)")
-    _add_cluster(extract)
-    extract.add_argument("--gpu", action="store_true", help="local GPU cluster (dask-cuda)")
-    extract.add_argument("--max-age", type=int, default=api_default(read_metadata, "max_age"),
-                         help="rows with a greater age are dropped (the real CSV has a few)")
+    extract.add_argument("--images", help="archive root (images/ or images_###/)")
+    extract.add_argument("--source", metavar="PIXELS.zarr",
+                         help="read a pixel store (cxrdask cache) instead of --images: no PNG "
+                              "decoding; its rows, split and chunks")
+    extract.add_argument("--pixels", metavar="PIXELS.zarr",
+                         help="also keep the decoded, resized images in this pixel store")
+    _image_source_options(extract, "feature store URL (.zarr)")
     add_config_options(extract)  # every ExtractConfig field, its default and its help
-    extract.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_storage(extract)
     extract.set_defaults(run=cmd_extract)
 
 
+def _cache_options(cache: argparse.ArgumentParser) -> None:
+    from .config import add_config_options
+
+    cache.add_argument("--images", required=True, help="archive root (images/ or images_###/)")
+    _image_source_options(cache, "pixel store URL (.zarr) to make or resume")
+    add_config_options(cache, only=CACHE_FIELDS)
+    cache.set_defaults(run=cmd_cache)
+
+
+# The ExtractConfig fields that matter to a pass that only decodes and resizes.
+CACHE_FIELDS = ("split", "split_seed", "chunk_rows", "batch_size", "device", "preset", "resume",
+                "strict", "max_failed_fraction", "io_threads", "resize", "pixel_compression")
+
+
+def _image_source_options(parser: argparse.ArgumentParser, store_help: str) -> None:
+    from .metadata import read_metadata
+
+    parser.add_argument("--metadata", help="metadata CSV (default: found under --images)")
+    parser.add_argument("--store", required=True, help=store_help)
+    _add_cluster(parser)
+    parser.add_argument("--gpu", action="store_true", help="local GPU cluster (dask-cuda)")
+    parser.add_argument("--max-age", type=int, default=api_default(read_metadata, "max_age"),
+                        help="rows with a greater age are dropped (the real CSV has a few)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_storage(parser)
+
+
 def _train_options(train: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig, grid_search
+    from .train import TrainConfig, grid_search, train_head
 
     preset = TrainConfig()
     train.add_argument("--store", required=True, help="feature store URL")
@@ -388,6 +447,9 @@ def _train_options(train: argparse.ArgumentParser) -> None:
         train.add_argument(flag, type=kind, default=None,
                            help=f"{field.replace('_', ' ')} (default: the preset's; "
                                 f"default preset: {getattr(preset, field)})")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=api_default(train_head, "device"),
+                       help="where the head trains (auto: the GPU where there is one); chunks are "
+                            "read lazily on the host either way")
     lrs, wds = api_default(grid_search, "lrs"), api_default(grid_search, "weight_decays")
     train.add_argument("--grid", action="store_true", help="grid search lr x weight decay on Dask")
     train.add_argument("--grid-lrs", default=",".join(f"{v:g}" for v in lrs),
@@ -446,9 +508,10 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu | cuda | auto")
 
 
-_OPTIONS = {"info": _info_options, "verify": _verify_options, "synth": _synth_options, "demo": _demo_options,
-            "extract": _extract_options, "train": _train_options, "evaluate": _evaluate_options,
-            "predict": _predict_options, "serve": _serve_options}
+_OPTIONS = {"info": _info_options, "verify": _verify_options, "synth": _synth_options,
+            "demo": _demo_options, "extract": _extract_options, "cache": _cache_options,
+            "train": _train_options, "evaluate": _evaluate_options, "predict": _predict_options,
+            "serve": _serve_options}
 
 
 def _command_of(argv: list[str]) -> str | None:

@@ -23,6 +23,8 @@ Dtype = Literal["float16", "float32"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Engine = Literal["torch", "onnxruntime"]
 Flip = Literal["none", "train"]
+ResizeOn = Literal["cpu", "device"]
+PixelCompression = Literal["zstd", "lz4", "none"]
 PresetName = Literal["default", "seed2018"]
 
 DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
@@ -85,6 +87,12 @@ class ExtractConfig:
         "share of rows allowed to fail (missing or unreadable images) before the run is refused "
         "up front or ends with exit status 3")
     io_threads: int = _option(8, "reader threads per worker (overlap object-storage latency)")
+    resize: ResizeOn = _option(
+        "cpu", "where images are resized to 224: cpu = Pillow in the decode threads; device = "
+               "torch's antialiased resize on the worker's device (GPU nodes: the CPUs only "
+               "decode). Recorded; the two differ by about one gray level")
+    pixel_compression: PixelCompression = _option(
+        "zstd", "codec of a pixel store this run writes (--pixels, cxrdask cache)")
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -159,10 +167,14 @@ def _chunk_rows(text: str) -> int | str:
 _PARSERS = {"chunk_rows": _chunk_rows}
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfig) -> None:
-    """Add one option per field of ``cls``: its flag, type or choices, default and help."""
+def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfig,
+                       only: tuple[str, ...] | None = None) -> None:
+    """Add one option per field of ``cls`` (or of its fields named in ``only``): its flag,
+    type or choices, default and help."""
     hints = typing.get_type_hints(cls)
     for item in fields(cls):
+        if only is not None and item.name not in only:
+            continue
         cli = dict(item.metadata.get("cli", {}))
         flag = cli.pop("flag", "--" + item.name.replace("_", "-"))
         options: dict[str, Any] = {"dest": item.name, "default": item.default,
@@ -179,11 +191,14 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfi
         parser.add_argument(flag, **options)
 
 
-def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig) -> Any:
-    """The config the parsed options of :func:`add_config_options` describe."""
-    return cls(**{item.name: getattr(args, item.name) for item in fields(cls)})
+def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig,
+                     only: tuple[str, ...] | None = None) -> Any:
+    """The config the parsed options of :func:`add_config_options` describe (the defaults
+    for fields left out by ``only``)."""
+    return cls(**{item.name: getattr(args, item.name) for item in fields(cls)
+                  if only is None or item.name in only})
 
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_FAILED_FRACTION", "EXTRACT_PRESETS", "TRAIN_PRESETS",
-           "BackboneName", "Dtype", "Engine", "ExtractConfig", "Flip", "Precision", "PresetName",
-           "SplitMethod", "add_config_options", "config_from_args"]
+           "BackboneName", "Dtype", "Engine", "ExtractConfig", "Flip", "PixelCompression",
+           "Precision", "PresetName", "ResizeOn", "SplitMethod", "add_config_options", "config_from_args"]

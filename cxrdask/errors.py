@@ -138,6 +138,14 @@ class CorruptChunkError(StoreError):
                          "clears its marker, and a resumed extraction recomputes it")
 
 
+class StoreKindError(StoreError):
+    """A cxrdask store of another kind than asked for (a pixel store opened for features)."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
 class StoreMismatchError(StoreError):
     """A store exists but was made with other settings; ``differences`` names each."""
 
@@ -149,7 +157,7 @@ class StoreMismatchError(StoreError):
             for key, (old, new) in differences.items()
         )
         super().__init__(
-            f"feature store {url} was made with other settings; refusing to mix them:\n  {lines}\n"
+            f"store {url} was made with other settings; refusing to mix them:\n  {lines}\n"
             "Write to a new store URL, or run with the store's settings."
         )
 

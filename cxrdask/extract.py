@@ -9,11 +9,12 @@ store and submits the chunk tasks of :mod:`cxrdask.extract_worker`;
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -21,12 +22,13 @@ import pandas as pd
 from ._fs import StorageOptions, filesystem
 from .backbone import BackboneSpec, check_weights_available
 from .config import DEFAULT_BATCH_SIZE, ExtractConfig, SplitMethod
-from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError
+from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError, OptionError
 from .extract_worker import STAGE_NAMES, STAGES, TaskConfig, extract_chunk, warm_worker
-from .imaging import Preprocessing, flip_for
+from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
 from .metrics import CHUNK_PREFIX, install_counters, span_metrics
+from .pixels import PixelStore
 from .splits import TRAIN, assign_splits
 from .store import STATUS_FAILED, STATUS_PENDING, FeatureStore, rows_fingerprint
 
@@ -183,6 +185,9 @@ class ExtractionPlan:
         Image indices of the metadata not found under the images root.
     store_exists : bool
         Whether a store is already at ``store_url`` (resumed unless ``config.resume`` is False).
+    pixels_url : str or None
+        A pixel store: read instead of the images (``pixels_role="source"``), or written
+        beside the features (``"write"``; with ``store_url`` None, that is the whole run).
     """
 
     config: ExtractConfig
@@ -190,7 +195,7 @@ class ExtractionPlan:
     urls: dict[str, str]
     missing: list[str]
     images_root: str
-    store_url: str
+    store_url: str | None
     storage_options: StorageOptions | None
     spec: BackboneSpec
     identity: dict
@@ -198,6 +203,16 @@ class ExtractionPlan:
     split_info: dict
     archive: dict
     store_exists: bool
+    pixels_url: str | None = None
+    pixels_role: Literal["none", "source", "write"] = "none"
+    chunk_rows: int | None = None  # fixed by an existing pixel store; else from the config
+
+    @property
+    def primary_url(self) -> str:
+        """The store the run is about: the feature store, or the pixel store it only caches."""
+        url = self.store_url or self.pixels_url
+        assert url is not None
+        return url
 
     def settings(self) -> dict:
         """The settings recorded in the store, which a resumed run must match."""
@@ -211,15 +226,23 @@ class ExtractionPlan:
         c = self.config
         n = len(self.rows)
         found = n - len(self.missing)
-        lines = [f"images: {found} of {n} found under {self.images_root}"
-                 + (f" ({len(self.missing)} missing, e.g. {self.missing[0]}: they will be "
-                    "recorded as failed rows)" if self.missing else "")]
+        if self.pixels_role == "source":
+            lines = [f"images: {n} rows of the pixel store {self.pixels_url}"]
+        else:
+            lines = [f"images: {found} of {n} found under {self.images_root}"
+                     + (f" ({len(self.missing)} missing, e.g. {self.missing[0]}: they will be "
+                        "recorded as failed rows)" if self.missing else "")]
         lines.append(f"split: {self.split_info.get('description', '')}")
-        lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
-                     f"{c.engine} {c.precision}, features as {c.dtype}")
-        state = "resumed (finished chunks are skipped)" if c.resume and self.store_exists \
-            else "new" if not self.store_exists else "overwritten"
-        lines.append(f"store: {self.store_url} ({state})")
+        if self.store_url is not None:
+            lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
+                         f"{c.engine} {c.precision}, features as {c.dtype}")
+            state = "resumed (finished chunks are skipped)" if c.resume and self.store_exists \
+                else "new" if not self.store_exists else "overwritten"
+            lines.append(f"store: {self.store_url} ({state})")
+        if self.pixels_url is not None:
+            role = "images read from" if self.pixels_role == "source" else "decoded images kept in"
+            lines.append(f"pixels: {role} {self.pixels_url} "
+                         f"({self.preprocessing.interpolation} to {self.preprocessing.size}²)")
         return "\n".join(lines)
 
 
@@ -231,6 +254,7 @@ def plan_extraction(
     *,
     storage_options: StorageOptions | None = None,
     split_codes: np.ndarray | None = None,
+    pixels: str | None = None,
     **options: Any,
 ) -> ExtractionPlan:
     """Check a run and plan it, before any cluster starts or anything is written.
@@ -250,6 +274,9 @@ def plan_extraction(
     split_codes
         Split codes per metadata row (0 train, 1 validation, 2 test) instead of
         ``config.split``.
+    pixels
+        Also keep the decoded, resized images in a pixel store at this URL (made, or
+        resumed), for later extractions with :func:`plan_from_pixels`.
     **options
         Fields of :class:`~cxrdask.config.ExtractConfig` that replace those of ``config``
         (``weights="random"``, ``chunk_rows=32``, ...).
@@ -274,7 +301,18 @@ def plan_extraction(
         An option has a value cxrdask does not accept.
     """
     config = ExtractConfig.with_options(config, **options)
-    preprocessing = Preprocessing(flip=config.flip)
+    plan = _plan_images(metadata, images_root, store_url, config, storage_options, split_codes)
+    if pixels is not None:
+        plan.pixels_url, plan.pixels_role = pixels, "write"
+        plan.chunk_rows = _check_pixels_to_write(plan)
+    return plan
+
+
+def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str | None,
+                 config: ExtractConfig, storage_options: StorageOptions | None,
+                 split_codes: np.ndarray | None) -> ExtractionPlan:
+    """The checks and plan of a run that reads the images (``store_url`` None: pixels only)."""
+    preprocessing = _preprocessing(config)
     source = metadata if isinstance(metadata, str) else metadata.attrs.get("source", "the metadata")
     if isinstance(metadata, str):
         metadata = read_metadata(metadata, storage_options)
@@ -298,10 +336,123 @@ def plan_extraction(
         config=config, rows=rows, urls=located.urls, missing=located.missing,
         images_root=images_root, store_url=store_url, storage_options=storage_options, spec=spec,
         identity=spec.identity(), preprocessing=preprocessing, split_info=split_info,
+        archive=archive,
+        store_exists=store_url is not None and FeatureStore.exists(store_url, storage_options),
+    )
+    if store_url is not None and config.resume and plan.store_exists:
+        FeatureStore.open(store_url, storage_options).check_settings(_resume_settings(plan))
+    return plan
+
+
+def _preprocessing(config: ExtractConfig) -> Preprocessing:
+    interpolation = DEVICE_INTERPOLATION if config.resize == "device" else CPU_INTERPOLATION
+    return Preprocessing(flip=config.flip, interpolation=interpolation)
+
+
+def _check_pixels_to_write(plan: ExtractionPlan) -> int | None:
+    """An existing pixel store to be resumed must hold these rows, made with these settings;
+    its chunk size is then the run's. Returns that chunk size (None: a new pixel store)."""
+    assert plan.pixels_url is not None
+    if not (plan.config.resume and PixelStore.exists(plan.pixels_url, plan.storage_options)):
+        return None
+    existing = PixelStore.open(plan.pixels_url, plan.storage_options)
+    existing.check_pixel_settings(plan.preprocessing.to_dict())
+    wanted = {"n_rows": len(plan.rows), "rows_fingerprint": rows_fingerprint(plan.rows["image_index"]),
+              "split": plan.split_info}
+    if plan.config.chunk_rows != "auto":
+        wanted["chunk_rows"] = plan.config.chunk_rows
+    existing.check_settings(wanted)
+    if plan.store_exists and plan.config.resume and plan.store_url is not None:
+        store = FeatureStore.open(plan.store_url, plan.storage_options)
+        if store.chunk_rows != existing.chunk_rows:
+            raise OptionError(f"the feature store {plan.store_url} has chunks of {store.chunk_rows} "
+                              f"rows and the pixel store {plan.pixels_url} of "
+                              f"{existing.chunk_rows}: write the pixels to a new store")
+    return existing.chunk_rows
+
+
+def plan_from_pixels(
+    pixels: str,
+    store_url: str,
+    config: ExtractConfig | None = None,
+    *,
+    storage_options: StorageOptions | None = None,
+    **options: Any,
+) -> ExtractionPlan:
+    """Plan an extraction that reads a pixel store instead of the images.
+
+    The feature store gets the pixel store's rows, order, split and chunking; its
+    provenance records the pixel store and the decode and resize settings the pixels were
+    made with. Checked before any cluster starts, as :func:`plan_extraction`.
+
+    Parameters
+    ----------
+    pixels
+        The pixel store (``cxrdask cache``, or ``extract --pixels``).
+    store_url
+        The feature store to make or resume.
+    config, storage_options, **options
+        As for :func:`plan_extraction`. ``resize`` must be the pixel store's; ``split`` and
+        ``chunk_rows`` are the pixel store's.
+
+    Raises
+    ------
+    StoreNotFoundError
+        No pixel store at ``pixels``.
+    StoreMismatchError
+        The pixel store was resized otherwise than ``config.resize`` asks, or the feature
+        store exists, is to be resumed, and was made with other settings.
+    WeightsUnavailableError, OptionError
+        As for :func:`plan_extraction`.
+    """
+    config = ExtractConfig.with_options(config, **options)
+    source = PixelStore.open(pixels, storage_options)
+    preprocessing = _preprocessing(config)
+    source.check_pixel_settings(preprocessing.to_dict())
+    if config.chunk_rows not in ("auto", source.chunk_rows):
+        raise OptionError(f"chunk_rows {config.chunk_rows} asked for, but the pixel store {pixels} "
+                          f"has chunks of {source.chunk_rows} rows (the feature store takes its "
+                          "chunking); leave chunk_rows at auto")
+    spec = BackboneSpec(name=config.backbone, weights=config.weights or "random",
+                        seed=config.weights_seed)
+    check_weights_available(spec)
+    archive = dict(source.provenance.get("source", {}))
+    archive["pixels"] = {"url": pixels, "rows_fingerprint": source.provenance["rows_fingerprint"],
+                         "created": source.provenance.get("created")}
+    plan = ExtractionPlan(
+        config=config, rows=source.metadata_table(), urls={}, missing=[],
+        images_root=str(archive.get("root", "")), store_url=store_url,
+        storage_options=storage_options, spec=spec, identity=spec.identity(),
+        preprocessing=preprocessing, split_info=source.provenance.get("split", {}),
         archive=archive, store_exists=FeatureStore.exists(store_url, storage_options),
+        pixels_url=pixels, pixels_role="source", chunk_rows=source.chunk_rows,
     )
     if config.resume and plan.store_exists:
-        FeatureStore.open(store_url, storage_options).check_settings(_resume_settings(plan))
+        FeatureStore.open(store_url, storage_options).check_settings(
+            {**_resume_settings(plan), "chunk_rows": source.chunk_rows})
+    return plan
+
+
+def plan_cache(
+    metadata: pd.DataFrame | str,
+    images_root: str,
+    pixels: str,
+    config: ExtractConfig | None = None,
+    *,
+    storage_options: StorageOptions | None = None,
+    split_codes: np.ndarray | None = None,
+    **options: Any,
+) -> ExtractionPlan:
+    """Plan a pass that only decodes and resizes the images into a pixel store (no backbone).
+
+    Checked like :func:`plan_extraction` (images found, an existing pixel store's settings)
+    before any cluster starts. Run it with :func:`run_extraction`.
+    """
+    options.setdefault("weights", "random")  # no backbone runs: nothing to download
+    config = ExtractConfig.with_options(config, **options)
+    plan = _plan_images(metadata, images_root, None, config, storage_options, split_codes)
+    plan.pixels_url, plan.pixels_role = pixels, "write"
+    plan.chunk_rows = _check_pixels_to_write(plan)
     return plan
 
 
@@ -346,6 +497,7 @@ def extract_features(
     client=None,
     storage_options: StorageOptions | None = None,
     split_codes: np.ndarray | None = None,
+    pixels: str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     progress: bool = True,
@@ -360,9 +512,10 @@ def extract_features(
 
     Parameters
     ----------
-    metadata, images_root, store_url, config, storage_options, split_codes, **options
+    metadata, images_root, store_url, config, storage_options, split_codes, pixels, **options
         As for :func:`plan_extraction`: ``extract_features(meta, root, "f.zarr",
-        weights="random")`` or ``extract_features(meta, root, "f.zarr", ExtractConfig(...))``.
+        weights="random")`` or ``extract_features(meta, root, "f.zarr", ExtractConfig(...))``;
+        ``pixels="p.zarr"`` also keeps the decoded images for :func:`extract_from_pixels`.
     client
         A Dask client; None starts a local cluster of ``n_workers`` processes (one per core
         by default) with ``threads_per_worker`` threads each, closed after the run.
@@ -387,9 +540,58 @@ def extract_features(
         Another run holds the store's writer lease.
     """
     plan = plan_extraction(metadata, images_root, store_url, config,
-                           storage_options=storage_options, split_codes=split_codes, **options)
+                           storage_options=storage_options, split_codes=split_codes,
+                           pixels=pixels, **options)
     return run_extraction(plan, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
+
+
+def extract_from_pixels(
+    pixels: str,
+    store_url: str,
+    config: ExtractConfig | None = None,
+    *,
+    client=None,
+    storage_options: StorageOptions | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    progress: bool = True,
+    warmup: bool = True,
+    **options: Any,
+) -> ExtractSummary:
+    """Run a backbone over the images of a pixel store (no PNG decoding) into ``store_url``.
+
+    The feature store gets the pixel store's rows, split and chunks; any backbone, weights
+    or precision. Arguments as for :func:`extract_features` and :func:`plan_from_pixels`.
+    """
+    plan = plan_from_pixels(pixels, store_url, config, storage_options=storage_options, **options)
+    return run_extraction(plan, client, n_workers=n_workers,
+                          threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
+
+
+def cache_pixels(
+    metadata: pd.DataFrame | str,
+    images_root: str,
+    pixels: str,
+    config: ExtractConfig | None = None,
+    *,
+    client=None,
+    storage_options: StorageOptions | None = None,
+    split_codes: np.ndarray | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    progress: bool = True,
+    **options: Any,
+) -> ExtractSummary:
+    """Decode and resize every image of ``metadata`` once, into a pixel store at ``pixels``.
+
+    No backbone runs; later extractions read the store with :func:`extract_from_pixels`.
+    Resumable, leased and checked like :func:`extract_features` (whose arguments these are).
+    """
+    plan = plan_cache(metadata, images_root, pixels, config, storage_options=storage_options,
+                      split_codes=split_codes, **options)
+    return run_extraction(plan, client, n_workers=n_workers,
+                          threads_per_worker=threads_per_worker, progress=progress, warmup=True)
 
 
 def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None = None,
@@ -424,13 +626,24 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
     StoreLockedError
         Another run holds the store's writer lease.
     """
-    with StoreLease(plan.store_url, plan.storage_options) as lease:
-        if client is not None:
-            return _execute(plan, client, lease, progress, warmup)
-        from .cluster import local_client
+    with contextlib.ExitStack() as stack:
+        # One writer per store: the feature store's lease, and the pixel store's where it is
+        # written too, both taken before the cluster starts.
+        leases = [stack.enter_context(StoreLease(url, plan.storage_options))
+                  for url in _written_urls(plan)]
+        if client is None:
+            from .cluster import local_client
 
-        with local_client(n_workers=n_workers, threads_per_worker=threads_per_worker) as owned:
-            return _execute(plan, owned, lease, progress, warmup)
+            client = stack.enter_context(local_client(n_workers=n_workers,
+                                                      threads_per_worker=threads_per_worker))
+        return _execute(plan, client, leases, progress, warmup)
+
+
+def _written_urls(plan: ExtractionPlan) -> list[str]:
+    urls = [plan.store_url] if plan.store_url is not None else []
+    if plan.pixels_role == "write" and plan.pixels_url is not None:
+        urls.append(plan.pixels_url)
+    return urls
 
 
 def _store_name(url: str) -> str:
@@ -443,50 +656,77 @@ def _worker_threads(client) -> int:
     return sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
 
 
-def _execute(plan: ExtractionPlan, client, lease: StoreLease, progress: bool,
+def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: bool,
              warmup: bool) -> ExtractSummary:
     c = plan.config
-    store = _create_or_resume(plan, client, lease)
+    stores = _create_or_resume(plan, client, leases)
     task = TaskConfig(store_url=plan.store_url, storage_options=plan.storage_options,
                       backbone=plan.spec, preprocessing=plan.preprocessing, device=c.device,
                       precision=c.precision, compile=c.compile, engine=c.engine,
                       batch_size=c.batch_size, io_threads=c.io_threads, torch_threads=1,
-                      flip_seed=c.split_seed)
-    summary = _run(client, store, plan.rows, plan.urls, task, c.strict, progress, warmup)
+                      flip_seed=c.split_seed, pixels_url=plan.pixels_url,
+                      pixels_role=plan.pixels_role)
+    summary = _run(client, stores, plan.rows, plan.urls, task, c.strict, progress, warmup)
     if summary.store_rows_failed and (summary.failed_fraction > c.max_failed_fraction
                                       or summary.store_rows_failed == summary.store_rows_done):
         raise ExtractionFailedError(summary, c.max_failed_fraction)
     return summary
 
 
-def _create_or_resume(plan: ExtractionPlan, client, lease: StoreLease) -> FeatureStore:
-    """Open the store to resume it (settings checked again, under the lease), or make it."""
+def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) -> list[FeatureStore]:
+    """The stores the run writes (the feature store first), opened to resume them (settings
+    checked again, under the lease) or made; a pixel store it only reads is last."""
     c = plan.config
-    url, options = plan.store_url, plan.storage_options
-    exists = FeatureStore.exists(url, options)
-    if c.resume and exists:
-        store = FeatureStore.open(url, options, mode="r+")
-        store.check_settings(_resume_settings(plan))
-        return store
-    chunk_rows = c.chunk_rows if c.chunk_rows != "auto" else auto_chunk_rows(
-        len(plan.rows), _worker_threads(client), c.batch_size)
-    store = FeatureStore.create(url, plan.rows, chunk_rows=chunk_rows, storage_options=options,
-                                overwrite=exists,
-                                extra={"archive": plan.archive, "extract_config": c.to_dict()},
-                                **plan.settings())
-    if exists:
-        lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
-    return store
+    options = plan.storage_options
+    chunk_rows = plan.chunk_rows
+    if chunk_rows is None:
+        chunk_rows = c.chunk_rows if c.chunk_rows != "auto" else auto_chunk_rows(
+            len(plan.rows), _worker_threads(client), c.batch_size)
+    stores: list[FeatureStore] = []
+    for url, lease in zip(_written_urls(plan), leases, strict=True):
+        pixels = url == plan.pixels_url and plan.pixels_role == "write"
+        kind = PixelStore if pixels else FeatureStore
+        exists = kind.exists(url, options)
+        if c.resume and exists:
+            store = kind.open(url, options, mode="r+")
+            if pixels:
+                assert isinstance(store, PixelStore)
+                store.check_pixel_settings(plan.preprocessing.to_dict())
+            else:
+                store.check_settings(_resume_settings(plan))
+            chunk_rows = store.chunk_rows  # a resumed store keeps its chunking; the other follows
+        elif pixels:
+            store = PixelStore.create(url, plan.rows, chunk_rows=chunk_rows,
+                                      preprocessing=plan.preprocessing.to_dict(),
+                                      split=plan.split_info, source=plan.archive,
+                                      compression=c.pixel_compression, storage_options=options,
+                                      overwrite=exists)
+        else:
+            store = FeatureStore.create(url, plan.rows, chunk_rows=chunk_rows, storage_options=options,
+                                        overwrite=exists,
+                                        extra={"archive": plan.archive, "extract_config": c.to_dict()},
+                                        **plan.settings())
+        if exists and not (c.resume and exists):
+            lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
+        stores.append(store)
+    if len({store.chunk_rows for store in stores}) > 1:
+        raise OptionError(f"{stores[0].url} has chunks of {stores[0].chunk_rows} rows and "
+                          f"{stores[1].url} of {stores[1].chunk_rows}: write to a new store")
+    if plan.pixels_role == "source" and plan.pixels_url is not None:
+        stores.append(PixelStore.open(plan.pixels_url, options))
+    return stores
 
 
-def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
+def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str, str],
          config: TaskConfig, strict: bool, progress: bool, warmup: bool) -> ExtractSummary:
     from distributed import as_completed, span
 
     from .progress import progress_bar
 
+    store = stores[0]  # the feature store, or the pixel store a cache pass writes
+    written = stores if config.pixels_role == "write" else stores[:1]
     names = rows["image_index"].tolist()
-    done = store.done_chunks()
+    done = np.logical_and.reduce([s.done_chunks() for s in written])
     todo = [c for c in range(store.n_chunks) if not done[c]]
     flip_train = config.preprocessing.flip == "train"
     codes = rows["split"].to_numpy()
@@ -559,7 +799,8 @@ def _run(client, store: FeatureStore, rows: pd.DataFrame, urls: dict[str, str],
         stage_seconds={stage: measured.get(stage, 0.0) for stage in STAGE_NAMES},
         span_id=span_id,
     )
-    _record_run(store, summary)
+    for each in written:
+        _record_run(each, summary)
     return summary
 
 
@@ -577,5 +818,6 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
     )
 
 
-__all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "extract_features", "plan_extraction",
+__all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "cache_pixels", "extract_features",
+           "extract_from_pixels", "plan_cache", "plan_extraction", "plan_from_pixels",
            "prepare_rows", "run_extraction"]

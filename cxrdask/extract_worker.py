@@ -5,6 +5,12 @@ it reads the bytes through fsspec (many at once, so object-store latency overlap
 and resizes them in a thread pool while the previous batch runs through the backbone (built
 once per worker process and cached), writes its chunk of the store, then its done marker,
 and reports its stage seconds to the dashboard (:mod:`cxrdask.metrics`).
+
+With a pixel store (:mod:`cxrdask.pixels`) a task either reads its chunk of decoded
+images instead of PNGs (``pixels_role="source"``), or also writes the images it decoded
+(``"write"``; with no feature store, that is all it does: ``cxrdask cache``). uint8
+pixels go to the device, which resizes (``torch-bilinear-antialias``) and normalises them
+(:class:`~cxrdask.model_input.DeviceInput`).
 """
 
 from __future__ import annotations
@@ -14,17 +20,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from ._fs import StorageOptions, filesystem
-from .backbone import BackboneSpec, cached_runner
+from .backbone import BackboneSpec, cached_runner, resolve_device
 from .config import DEFAULT_BATCH_SIZE
 from .errors import ImageDecodeError
-from .imaging import Preprocessing, decode_gray, to_model_input
+from .imaging import Preprocessing, decode_gray, resize_gray
 from .metrics import report_chunk
+from .model_input import DeviceInput
+from .pixels import PixelStore
 from .store import STATUS_FAILED, STATUS_OK, FeatureStore
 
 STAGES = ("read_s", "decode_s", "resize_s", "forward_s", "write_s")
@@ -35,7 +43,7 @@ STAGE_NAMES = tuple(stage.removesuffix("_s") for stage in STAGES)
 class TaskConfig:
     """Everything a chunk task needs besides its rows; small, so the graph stays light."""
 
-    store_url: str
+    store_url: str | None  # None: only the pixel store is written (cxrdask cache)
     storage_options: StorageOptions | None
     backbone: BackboneSpec
     preprocessing: Preprocessing
@@ -47,7 +55,8 @@ class TaskConfig:
     io_threads: int = 8
     torch_threads: int = 1
     flip_seed: int = 0
-
+    pixels_url: str | None = None
+    pixels_role: Literal["none", "source", "write"] = "none"
 
 
 _WORKER_STATE: dict[Any, Any] = {}
@@ -55,23 +64,33 @@ _WORKER_LOCK = threading.Lock()
 
 
 def _worker_resources(config: TaskConfig):
-    """This process's store handle and I/O pool, made once and reused by every task."""
+    """This process's stores and I/O pool, made once and reused by every task:
+    ``(feature store | None, pixel store | None, pool)``."""
     with _WORKER_LOCK:
         if _WORKER_STATE.get("torch_threads") != config.torch_threads:
             torch.set_num_threads(config.torch_threads)
             _WORKER_STATE["torch_threads"] = config.torch_threads
-        key = ("store", config.store_url, repr(config.storage_options))
-        if key not in _WORKER_STATE:
-            _WORKER_STATE[key] = FeatureStore.open(config.store_url, config.storage_options, "r+")
+        options = repr(config.storage_options)
+        opened: list[Any] = []
+        modes: tuple[tuple[type[FeatureStore], str | None, Literal["r", "r+"]], ...] = (
+            (FeatureStore, config.store_url, "r+"),
+                                (PixelStore, config.pixels_url,
+                                 "r" if config.pixels_role == "source" else "r+"))
+        for kind, url, mode in modes:
+            key = (kind.KIND, url, options, mode)
+            if url is not None and key not in _WORKER_STATE:
+                _WORKER_STATE[key] = kind.open(url, config.storage_options, mode)
+            opened.append(_WORKER_STATE.get(key) if url is not None else None)
         pool_key = ("pool", config.io_threads)
         if pool_key not in _WORKER_STATE:
             _WORKER_STATE[pool_key] = ThreadPoolExecutor(config.io_threads,
                                                          thread_name_prefix="cxrdask-io")
-        return _WORKER_STATE[key], _WORKER_STATE[pool_key]
+        return opened[0], opened[1], _WORKER_STATE[pool_key]
 
 
-def _load_one(url: str, name: str, flip: bool, config: TaskConfig):
-    """Read and preprocess one image: (array | None, note | error, read_s, decode_s, resize_s)."""
+def _load_one(url: str, name: str, config: TaskConfig):
+    """Read, decode and (unless the device resizes) resize one image:
+    (uint8 array | None, note | error, read_s, decode_s, resize_s)."""
     t0 = time.perf_counter()
     try:
         fs, path = filesystem(url, config.storage_options)
@@ -86,8 +105,20 @@ def _load_one(url: str, name: str, flip: bool, config: TaskConfig):
     except ImageDecodeError as exc:
         return None, exc.reason, t1 - t0, time.perf_counter() - t1, 0.0
     t2 = time.perf_counter()
-    array = to_model_input(gray, config.preprocessing, flip)
+    if config.preprocessing.resize_on_device:
+        array = np.asarray(gray, dtype=np.uint8)  # full size: the device resizes the batch
+    else:
+        array = resize_gray(gray, config.preprocessing)
     return array, note, t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
+def _device_input(config: TaskConfig) -> DeviceInput:
+    """This process's uint8 -> model input converter for the task's device and preprocessing."""
+    key = ("input", config.device, config.preprocessing)
+    with _WORKER_LOCK:
+        if key not in _WORKER_STATE:
+            _WORKER_STATE[key] = DeviceInput(resolve_device(config.device), config.preprocessing)
+        return _WORKER_STATE[key]
 
 
 def _runner(config: TaskConfig):
@@ -100,44 +131,129 @@ def warm_worker(config: TaskConfig) -> float:
     """Build (and compile) the worker's backbone ahead of the chunks; returns seconds taken."""
     start = time.perf_counter()
     _worker_resources(config)
-    runner = _runner(config)
-    size = config.preprocessing.size
-    runner(np.zeros((config.batch_size, 3, size, size), dtype=np.float32))
+    converter = _device_input(config)
+    if config.store_url is not None:
+        runner = _runner(config)
+        size = config.preprocessing.size
+        with converter.stream():
+            pixels = converter.to_device(np.zeros((config.batch_size, size, size), np.uint8))
+            runner.features(converter.normalise(pixels))
     return time.perf_counter() - start
 
 
 def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[bool],
                   config: TaskConfig) -> dict:
-    """Compute and write one chunk of the store (idempotent: a re-run writes the same values)."""
+    """Compute and write one chunk of the store(s) (idempotent: a re-run writes the same values)."""
     started = time.perf_counter()
-    store, pool = _worker_resources(config)
-    runner = _runner(config)
+    store, pixel_store, pool = _worker_resources(config)
+    runner = _runner(config) if store is not None else None
+    converter = _device_input(config)
+    size = config.preprocessing.size
     n = len(names)
-    features = np.full((n, runner.spec.feature_dim), np.nan, dtype=np.float32)
+    features = (np.full((n, runner.spec.feature_dim), np.nan, dtype=np.float32)
+                if runner is not None else None)
+    keep = config.pixels_role == "write"
+    pixels_out = np.zeros((n, size, size), dtype=np.uint8) if keep else None
     status = np.full(n, STATUS_FAILED, dtype=np.uint8)
     errors = [""] * n
     notes: list[tuple[str, str]] = []
     timing = dict.fromkeys(STAGES, 0.0)
-
-    def submit(i: int):
-        if urls[i] is None:
-            return None
-        return pool.submit(_load_one, urls[i], names[i], flips[i], config)
-
-    # Keep two batches of reads in flight ahead of the network: latency overlaps, memory is bounded.
-    window = 2 * config.batch_size
-    pending = {i: submit(i) for i in range(min(window, n))}
     batch_rows: list[int] = []
     batch_arrays: list[np.ndarray] = []
 
-    def run_batch() -> None:
+    def run_batch(stacked: np.ndarray | None = None) -> None:
+        """The batch's uint8 images to the device: resize there if asked, keep the pixels,
+        normalise, run the backbone. ``stacked``: the batch already in one array (rows of
+        a pixel store, at the model's size)."""
         t = time.perf_counter()
-        features[batch_rows] = runner(np.stack(batch_arrays))
+        if stacked is not None:
+            with converter.stream():
+                flipped = [flips[i] for i in batch_rows]
+                assert runner is not None and features is not None
+                pixels = converter.to_device(stacked)
+                features[batch_rows] = runner.features(converter.normalise(pixels, flipped))
+            timing["forward_s"] += time.perf_counter() - t
+            status[batch_rows] = STATUS_OK
+            batch_rows.clear()
+            return
+        if not config.preprocessing.resize_on_device and pixels_out is not None:
+            pixels_out[batch_rows] = np.stack(batch_arrays)  # resized already, on the host
+            if runner is None:  # a cache pass with the CPU resize: nothing for the device
+                status[batch_rows] = STATUS_OK
+                batch_rows.clear()
+                batch_arrays.clear()
+                return
+        with converter.stream():
+            if config.preprocessing.resize_on_device:
+                pixels = converter.resize(batch_arrays)
+                if pixels_out is not None:
+                    pixels_out[batch_rows] = pixels.cpu().numpy()
+                timing["resize_s"] += time.perf_counter() - t
+                t = time.perf_counter()
+            else:
+                pixels = converter.to_device(np.stack(batch_arrays))
+            if runner is not None and features is not None:
+                flipped = [flips[i] for i in batch_rows]
+                features[batch_rows] = runner.features(converter.normalise(pixels, flipped))
         timing["forward_s"] += time.perf_counter() - t
         status[batch_rows] = STATUS_OK
         batch_rows.clear()
         batch_arrays.clear()
 
+    if config.pixels_role == "source":
+        assert pixel_store is not None
+        t = time.perf_counter()
+        stored, stored_status, stored_errors = pixel_store.read_chunk(chunk)
+        timing["read_s"] = time.perf_counter() - t
+        for i in np.flatnonzero(stored_status != STATUS_OK):
+            errors[i] = str(stored_errors[i]) or "not in the pixel store"
+        ok = np.flatnonzero(stored_status == STATUS_OK)
+        for first in range(0, len(ok), config.batch_size):
+            rows = ok[first:first + config.batch_size]
+            batch_rows.extend(int(r) for r in rows)
+            # Contiguous rows (nearly always) are a view: no copy before the pinned buffer.
+            contiguous = rows[-1] - rows[0] + 1 == len(rows)
+            run_batch(stored[rows[0]:rows[-1] + 1] if contiguous else stored[rows])
+    else:
+        _decode_rows(urls, names, config, pool, timing, errors, notes, batch_rows, batch_arrays,
+                     run_batch)
+    if batch_rows:
+        run_batch()
+
+    t = time.perf_counter()
+    if pixel_store is not None and pixels_out is not None:
+        pixel_store.write_chunk(chunk, pixels_out, status, errors)
+    if store is not None and features is not None:
+        store.write_chunk(chunk, features, status, errors)
+    timing["write_s"] = time.perf_counter() - t
+    failed = int((status != STATUS_OK).sum())
+    report_chunk({stage.removesuffix("_s"): seconds for stage, seconds in timing.items()}, n, failed)
+    return {
+        "chunk": chunk,
+        "worker": _worker_name(),
+        "images": n,
+        "ok": int((status == STATUS_OK).sum()),
+        "failures": [(names[i], errors[i]) for i in range(n) if status[i] != STATUS_OK],
+        "conversions": notes,
+        **timing,
+        "task_s": time.perf_counter() - started,
+    }
+
+
+def _decode_rows(urls, names, config: TaskConfig, pool, timing, errors, notes, batch_rows,
+                 batch_arrays, run_batch) -> None:
+    """Read and decode the chunk's images in the I/O pool, two batches ahead of the device,
+    handing each full batch to ``run_batch``."""
+    n = len(names)
+
+    def submit(i: int):
+        if urls[i] is None:
+            return None
+        return pool.submit(_load_one, urls[i], names[i], config)
+
+    # Keep two batches of reads in flight ahead of the network: latency overlaps, memory is bounded.
+    window = 2 * config.batch_size
+    pending = {i: submit(i) for i in range(min(window, n))}
     for i in range(n):
         future = pending.pop(i)
         if i + window < n:
@@ -158,24 +274,6 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
         batch_arrays.append(array)
         if len(batch_rows) == config.batch_size:
             run_batch()
-    if batch_rows:
-        run_batch()
-
-    t = time.perf_counter()
-    store.write_chunk(chunk, features, status, errors)
-    timing["write_s"] = time.perf_counter() - t
-    failed = int((status != STATUS_OK).sum())
-    report_chunk({stage.removesuffix("_s"): seconds for stage, seconds in timing.items()}, n, failed)
-    return {
-        "chunk": chunk,
-        "worker": _worker_name(),
-        "images": n,
-        "ok": int((status == STATUS_OK).sum()),
-        "failures": [(names[i], errors[i]) for i in range(n) if status[i] != STATUS_OK],
-        "conversions": notes,
-        **timing,
-        "task_s": time.perf_counter() - started,
-    }
 
 
 def _worker_name() -> str:

@@ -105,7 +105,7 @@ def save_checkpoint(path: str, head: DiagnosisHead, *, config: dict, input_spec:
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "library_version": __version__,
-        "state_dict": head.state_dict(),
+        "state_dict": {key: value.detach().cpu() for key, value in head.state_dict().items()},
         "config": config,
         "label_names": list(LABELS),
         "input": input_spec,

@@ -20,6 +20,8 @@ from .errors import ImageDecodeError, ImageTooLargeError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
+CPU_INTERPOLATION = "bilinear-antialias"  # Pillow, in the decode threads
+DEVICE_INTERPOLATION = "torch-bilinear-antialias"  # torch.nn.functional.interpolate, on the device
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
 
 
@@ -32,7 +34,10 @@ class Preprocessing:
     size : int
         Side of the square input, in pixels.
     interpolation : str
-        The resize (Pillow's antialiased bilinear).
+        The resize: ``bilinear-antialias`` is Pillow's antialiased bilinear in the decode
+        threads; ``torch-bilinear-antialias`` is torch's antialiased bilinear
+        ``interpolate`` on the worker's device (a GPU node's CPUs then only decode). Both
+        round to 8 bits; they differ by about one gray level, so a store records which.
     reducing_gap : float
         Pillow's ``reducing_gap`` for large downscales.
     mean, std : tuple of float
@@ -44,12 +49,17 @@ class Preprocessing:
     """
 
     size: int = 224
-    interpolation: str = "bilinear-antialias"
+    interpolation: str = CPU_INTERPOLATION
     reducing_gap: float = 2.0
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     flip: str = "none"  # "none", or "train" = random horizontal flip of training rows (2018)
     channels: str = "gray-repeated-3"
+
+    @property
+    def resize_on_device(self) -> bool:
+        """Whether images are resized by torch on the worker's device, not by Pillow."""
+        return self.interpolation == DEVICE_INTERPOLATION
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -72,6 +82,9 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
     """
     if not data:
         raise ImageDecodeError(image_index, "empty file (0 bytes)")
+    fast = _gray8_png_fast(data, image_index, max_pixels)
+    if fast is not None:
+        return Image.fromarray(fast), None
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
@@ -96,6 +109,49 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
     return _to_gray8(image, image_index)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_FAST_DECODERS: list | None = None
+
+
+def _fast_decoders() -> list:
+    """PNG decoders faster than Pillow's, where installed: imagecodecs (about 20% faster on
+    NIH-size PNGs; ``pip install 'cxrdask[gpu]'``). OpenCV decodes about as fast but writes
+    libpng warnings for every damaged file. benchmarks/bench_pixels.py measures them."""
+    global _FAST_DECODERS
+    if _FAST_DECODERS is None:
+        found = []
+        try:
+            import imagecodecs
+
+            found.append(imagecodecs.png_decode)
+        except ImportError:
+            pass
+        _FAST_DECODERS = found
+    return _FAST_DECODERS
+
+
+def _gray8_png_fast(data: bytes, image_index: str, max_pixels: int) -> np.ndarray | None:
+    """An 8-bit gray PNG (nearly every NIH file) decoded by a faster library, or None to
+    let Pillow decode it (other formats and modes, no fast decoder, or a decode error: Pillow
+    then names the cause). Lossless: the pixels are Pillow's, bit for bit."""
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[24] != 8 or data[25] != 0 or not _fast_decoders():  # bit depth 8, gray
+        return None
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            image_index, f"{width}x{height} is {width * height:,} pixels, above the limit of "
+                         f"{max_pixels:,} (possible decompression bomb)")
+    try:
+        pixels = np.asarray(_fast_decoders()[0](data))
+    except Exception:  # truncated or corrupt: Pillow decodes again and reports why
+        return None
+    if pixels.shape != (height, width) or pixels.dtype != np.uint8:
+        return None
+    return pixels
+
+
 def _to_gray8(image: Image.Image, image_index: str) -> tuple[Image.Image, str | None]:
     mode, fmt = image.mode, image.format or "unknown"
     note = None if fmt == "PNG" else f"{fmt} file"
@@ -116,13 +172,30 @@ def _join(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
+def resize_gray(gray: Image.Image, preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
+    """Resize an ``L`` image to ``size`` x ``size`` with Pillow (antialiased): uint8 array.
+
+    This is what a pixel store keeps, and what the device normalises; with
+    ``torch-bilinear-antialias`` the decode threads skip it and hand over the full image.
+    """
+    size = preprocessing.size
+    if gray.size == (size, size):
+        return np.asarray(gray, dtype=np.uint8)
+    if preprocessing.resize_on_device:  # one image (inference): torch's resize, on the CPU
+        import torch
+
+        from .model_input import DeviceInput
+
+        image = np.asarray(gray, dtype=np.uint8)
+        return DeviceInput(torch.device("cpu"), preprocessing).resize([image])[0].numpy()
+    gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=preprocessing.reducing_gap)
+    return np.asarray(gray, dtype=np.uint8)
+
+
 def to_model_input(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(),
                    flip: bool = False) -> np.ndarray:
     """Resize an ``L`` image to ``size`` (antialiased) and normalise: float32 ``(3, size, size)``."""
-    size = preprocessing.size
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=preprocessing.reducing_gap)
-    pixels = np.asarray(gray, dtype=np.float32) * (1.0 / 255.0)
+    pixels = resize_gray(gray, preprocessing).astype(np.float32) * np.float32(1.0 / 255.0)
     if flip:
         pixels = pixels[:, ::-1]
     mean = np.asarray(preprocessing.mean, dtype=np.float32)[:, None, None]

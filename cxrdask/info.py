@@ -126,19 +126,22 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
     from .splits import SPLIT_NAMES
     from .store import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
 
-    store = FeatureStore.open(url, storage_options)
+    store = FeatureStore.open_any(url, storage_options)
     p = store.provenance
     status = store.read("status")
     split = store.read("split")
     done = store.done_chunks()
-    backbone = p["backbone"]
+    pixels = p.get("kind") == "pixels"
     fs, path = filesystem(url, storage_options)
     size = fs.du(path, total=True)
+    pre = p.get("preprocessing") or {}
+    shape = (f"pixels: {store.n_rows} x {pre.get('size')}² uint8, {pre.get('interpolation')}, "
+             f"{p.get('compression')}" if pixels
+             else f"features: {store.n_rows} x {store.feature_dim} {p['dtype']}")
     lines = [
-        f"feature store {url} (format {p['format_version']}, cxrdask {p.get('library_version')}, "
-        f"created {p.get('created')})",
-        f"  features: {store.n_rows} x {store.feature_dim} {p['dtype']}, chunks of "
-        f"{store.chunk_rows} rows: {int(done.sum())} of {store.n_chunks} done"
+        f"{'pixel' if pixels else 'feature'} store {url} (format {p['format_version']}, "
+        f"cxrdask {p.get('library_version')}, created {p.get('created')})",
+        f"  {shape}, chunks of {store.chunk_rows} rows: {int(done.sum())} of {store.n_chunks} done"
         + (" (complete)" if done.all() else ""),
         f"  rows: {int((status == STATUS_OK).sum())} ok, {int((status == STATUS_FAILED).sum())} "
         f"failed, {int((status == STATUS_PENDING).sum())} pending",
@@ -148,18 +151,22 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
         lines.append(f"    {name:<10} {int(mine.sum()):>7} rows, "
                      f"{int((status[mine] == STATUS_OK).sum())} ok, "
                      f"{int((status[mine] == STATUS_FAILED).sum())} failed")
-    lines += [
-        f"  split: {p.get('split', {}).get('description', '?')}",
-        f"  backbone: {backbone.get('name')} ({backbone.get('weights')})"
-        + (f", sha256 {backbone['sha256'][:12]}…" if backbone.get("sha256") else ""),
-        f"  engine: {p.get('engine', 'torch')}, precision {p.get('precision')}, "
-        f"compile {p.get('compile')}",
-        f"  preprocessing: {_preprocessing(p.get('preprocessing') or {})}",
-    ]
-    archive = p.get("archive") or {}
+    lines.append(f"  split: {p.get('split', {}).get('description', '?')}")
+    if not pixels:
+        backbone = p["backbone"]
+        lines += [
+            f"  backbone: {backbone.get('name')} ({backbone.get('weights')})"
+            + (f", sha256 {backbone['sha256'][:12]}…" if backbone.get("sha256") else ""),
+            f"  engine: {p.get('engine', 'torch')}, precision {p.get('precision')}, "
+            f"compile {p.get('compile')}",
+            f"  preprocessing: {_preprocessing(pre)}",
+        ]
+    archive = p.get("source" if pixels else "archive") or {}
     if archive:
         kind = "synthetic archive" if archive.get("synthetic") else "archive"
         lines.append(f"  images: {kind} at {archive.get('root')}")
+        if archive.get("pixels"):
+            lines.append(f"  decoded images read from the pixel store {archive['pixels']['url']}")
     lines.append(f"  size on disk: {size / 1e6:,.1f} MB")
     if int((status == STATUS_FAILED).sum()):
         lines.append("  failed rows: FeatureStore.open(url).failures() lists them with reasons")

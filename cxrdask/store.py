@@ -25,6 +25,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 if TYPE_CHECKING:
     import dask.array as da
+    from typing_extensions import Self
 
 from . import __version__
 from ._fs import StorageOptions, filesystem, is_local
@@ -33,6 +34,7 @@ from .errors import (
     FeatureOverflowError,
     OptionError,
     StoreError,
+    StoreKindError,
     StoreMismatchError,
     StoreNotFoundError,
 )
@@ -91,6 +93,21 @@ TASK_ARRAYS = ("features", "status", "error", "done")
 _CHECKED = (ZstdCodec(), Crc32cCodec())
 
 
+def common_provenance(table: pd.DataFrame, chunk_rows: int) -> dict[str, Any]:
+    """What every cxrdask store records about its rows: format, version, shape, fingerprint."""
+    n_rows = len(table)
+    return {
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "chunk_rows": int(chunk_rows),
+        "n_rows": int(n_rows),
+        "n_chunks": math.ceil(n_rows / chunk_rows),
+        "label_names": list(LABELS),
+        "rows_fingerprint": rows_fingerprint(table["image_index"]),
+    }
+
+
 class FeatureStore:
     """A cxrdask feature store: one Zarr v3 group, opened with :meth:`open`, made with :meth:`create`.
 
@@ -107,6 +124,9 @@ class FeatureStore:
         Backbone and weights identity, preprocessing, dtype, precision, engine, split, the
         extraction config, failed-row count, the last run.
     """
+
+    KIND = "features"  # provenance["kind"]; stores written before kinds existed are features
+    DATA_ARRAY = "features"  # the array tasks fill, besides status, error and done
 
     def __init__(self, group: zarr.Group, url: str, storage_options: StorageOptions | None):
         self.group = group
@@ -184,37 +204,40 @@ class FeatureStore:
         n_rows = len(table)
         if n_rows == 0:
             raise StoreError("no rows to store: the metadata (after filtering) is empty")
-        n_chunks = math.ceil(n_rows / chunk_rows)
         provenance = {
-            "format_version": FORMAT_VERSION,
-            "library_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **common_provenance(table, chunk_rows),
             "backbone": backbone,
             "preprocessing": preprocessing,
             "dtype": dtype,
             "precision": precision,
             "compile": bool(compile),
             "engine": engine,
-            "chunk_rows": int(chunk_rows),
-            "n_rows": int(n_rows),
-            "n_chunks": int(n_chunks),
-            "label_names": list(LABELS),
-            "rows_fingerprint": rows_fingerprint(table["image_index"]),
             "split": split or {},
             **(extra or {}),
         }
+        dim = int(backbone["feature_dim"])
+        data = dict(shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype=dtype,
+                    compressors=_features_codecs(dtype), fill_value=np.nan,
+                    dimension_names=("image", "feature"))
+        return cls._create_group(url, table, chunk_rows, provenance, data, storage_options,
+                                 overwrite)
+
+    @classmethod
+    def _create_group(cls, url: str, table: pd.DataFrame, chunk_rows: int, provenance: dict,
+                      data: dict, storage_options: StorageOptions | None, overwrite: bool) -> Self:
+        """Make the group: the data array (``cls.DATA_ARRAY``, from ``data``'s arguments), the
+        task arrays, the per-row table and coordinates, then the attributes, consolidated."""
+        n_rows = len(table)
+        n_chunks = math.ceil(n_rows / chunk_rows)
         store = zarr_store(url, storage_options)
         if not overwrite and cls.exists(url, storage_options):
             raise StoreError(f"a Zarr group or array already exists at {url}; open it, or "
                              "create with overwrite=True")
         # "a" keeps other files in the folder (the writer's lease); "w" clears it all.
         group = zarr.open_group(store=store, mode="w" if overwrite else "a", zarr_format=3)
-        dim = int(backbone["feature_dim"])
         # Every array names its dimensions (Zarr v3 dimension_names), and ``image`` and
         # ``finding`` hold the coordinates, so xarray.open_zarr gives a labelled Dataset.
-        group.create_array("features", shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype=dtype,
-                           compressors=_features_codecs(dtype), fill_value=np.nan,
-                           dimension_names=("image", "feature"))
+        group.create_array(cls.DATA_ARRAY, **data)
         group.create_array("status", shape=(n_rows,), chunks=(chunk_rows,), dtype="uint8",
                            fill_value=STATUS_PENDING, dimension_names=("image",),
                            compressors=_CHECKED)
@@ -257,7 +280,7 @@ class FeatureStore:
 
     @classmethod
     def open(cls, url: str, storage_options: StorageOptions | None = None,
-             mode: Literal["r", "r+"] = "r") -> FeatureStore:
+             mode: Literal["r", "r+"] = "r") -> Self:
         """Open an existing store.
 
         Parameters
@@ -288,6 +311,11 @@ class FeatureStore:
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             raise StoreError(f"{url} is not a readable Zarr v3 group: {exc}") from exc
         opened = cls(group, url, storage_options)
+        kind = opened.provenance.get("kind", "features")
+        if kind != cls.KIND:
+            hint = (" (a pixel store: extract features from it with source=, --source)"
+                    if kind == "pixels" else "")
+            raise StoreKindError(f"{url} is a cxrdask {kind} store, not a {cls.KIND} store{hint}", kind)
         version = opened.provenance.get("format_version")
         if version != FORMAT_VERSION:
             raise StoreError(
@@ -295,6 +323,19 @@ class FeatureStore:
                 f"({__version__}) reads format {FORMAT_VERSION}"
             )
         return opened
+
+    @classmethod
+    def open_any(cls, url: str, storage_options: StorageOptions | None = None,
+                 mode: Literal["r", "r+"] = "r") -> FeatureStore:
+        """Open the feature store or pixel store at ``url``, whichever it is."""
+        try:
+            return FeatureStore.open(url, storage_options, mode)
+        except StoreKindError as exc:
+            from .pixels import PixelStore
+
+            if exc.kind != PixelStore.KIND:
+                raise
+            return PixelStore.open(url, storage_options, mode)
 
     @classmethod
     def exists(cls, url: str, storage_options: StorageOptions | None = None) -> bool:
@@ -384,7 +425,7 @@ class FeatureStore:
                 return CorruptChunkError(self.url, name, first // step, str(inner))
         return CorruptChunkError(self.url, name, None, str(exc))
 
-    def verify(self, arrays: tuple[str, ...] = TASK_ARRAYS) -> pd.DataFrame:
+    def verify(self, arrays: tuple[str, ...] | None = None) -> pd.DataFrame:
         """Read every written chunk of ``arrays`` and list the corrupt or missing ones.
 
         A chunk is *corrupt* when it fails its checksum or cannot be decoded, and *missing*
@@ -398,6 +439,7 @@ class FeatureStore:
             One row per problem: ``chunk`` (store chunk number), ``array``, ``problem``
             (``corrupt`` or ``missing``) and ``detail``.
         """
+        arrays = arrays or (self.DATA_ARRAY, "status", "error", "done")
         problems: list[dict[str, Any]] = []
         try:
             done = self.done_chunks()
@@ -410,7 +452,7 @@ class FeatureStore:
             for chunk in range(self.n_chunks):
                 start, stop = (chunk, chunk + 1) if name == "done" else self.chunk_bounds(chunk)
                 index = start // step
-                key = f"{name}/c/{index}" + ("/0" if array.ndim == 2 else "")
+                key = f"{name}/c/{index}" + "/0" * (array.ndim - 1)
                 if key not in present:
                     if done[chunk] and self._must_exist(name, chunk):
                         problems.append({"chunk": chunk, "array": name, "problem": "missing",
@@ -429,7 +471,7 @@ class FeatureStore:
         ``status`` chunk (never all pending once done) always exists."""
         if name == "status":
             return True
-        if name == "features":
+        if name == self.DATA_ARRAY:
             start, stop = self.chunk_bounds(chunk)
             try:
                 return bool(np.any(np.asarray(self.array("status")[start:stop]) == STATUS_OK))

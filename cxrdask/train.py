@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ._fs import StorageOptions
+from .backbone import resolve_device
 from .batches import DEFAULT_DEMOGRAPHICS, FeatureBatches, label_counts, open_store
 from .config import TRAIN_PRESETS
 from .errors import CxrDaskError, OptionError
@@ -54,6 +56,10 @@ class TrainConfig:
         Inputs after the features.
     buffer_chunks : int
         Chunks the lazy reader shuffles together.
+    resident_mb : int
+        A split whose float32 inputs fit this many MiB is kept in memory after its first
+        lazy pass (on a GPU: in a quarter of its free memory), so later epochs wait for no
+        decompression; 0 reads every epoch lazily (host memory then flat in N).
     pos_weight, standardize : bool
         Weight positives by negatives / positives; standardise inputs.
     preset : str
@@ -72,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     demographics: tuple[str, ...] = DEFAULT_DEMOGRAPHICS
     buffer_chunks: int = 4
+    resident_mb: int = 1024
     pos_weight: bool = True
     standardize: bool = True
     preset: str = "default"
@@ -129,20 +136,91 @@ def input_statistics(batches: FeatureBatches) -> tuple[torch.Tensor, torch.Tenso
     return mean.float(), std.float()
 
 
-def _run_epoch(head, batches, criterion, optimizer=None) -> float:
-    """One pass; trains when an optimizer is given. Returns the mean loss per row."""
+def _run_epoch(head, batches, criterion, optimizer=None, device: torch.device | None = None) -> float:
+    """One pass; trains when an optimizer is given. Returns the mean loss per row.
+
+    The loss is summed on the device and read once per epoch: a per-batch ``.item()``
+    would make a GPU wait for every step. On a GPU, each batch is copied from pinned
+    memory without blocking while the reader thread prepares the next buffer.
+    """
     head.train(optimizer is not None)
-    total, rows = 0.0, 0
+    device = device or torch.device("cpu")
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    rows = 0
+    cuda = device.type == "cuda"
     with torch.set_grad_enabled(optimizer is not None):
         for inputs, targets in batches:
+            if cuda and not inputs.is_cuda:
+                inputs = inputs.pin_memory().to(device, non_blocking=True)
+                targets = targets.pin_memory().to(device, non_blocking=True)
             loss = criterion(head(inputs), targets)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            total += loss.item() * len(inputs)
+            total += loss.detach() * len(inputs)
             rows += len(inputs)
-    return total / max(rows, 1)
+    return float(total) / max(rows, 1)
+
+
+class ResidentBatches:
+    """A split's batches kept in memory after one lazy pass over its chunks (in GPU memory
+    when training on a GPU).
+
+    The first epoch reads the store chunk by chunk as always (the reader thread prepares the
+    next buffer while the head trains) and keeps each batch; later epochs reshuffle the rows
+    in memory, so the head never waits for decompression. Used only for a split that fits
+    (:meth:`fits`): a larger one stays lazy every epoch, and memory stays flat in N.
+    """
+
+    def __init__(self, batches: FeatureBatches, device: torch.device, shuffle: bool, seed: int):
+        self.batches = batches
+        self.device = device
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.inputs: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+
+    @staticmethod
+    def fits(batches: FeatureBatches, device: torch.device, budget_mb: float) -> bool:
+        """Whether the split's float32 inputs and targets fit: ``budget_mb`` of host memory,
+        or on a GPU a quarter of its free memory (0 keeps every epoch lazy)."""
+        need = batches.n_rows * (batches.n_inputs + 14) * 4
+        if budget_mb <= 0:
+            return False
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return need <= 0.25 * free
+        return need <= budget_mb * 2**20
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.inputs is None or self.targets is None:
+            kept_x, kept_y = [], []
+            cuda = self.device.type == "cuda"
+            for inputs, targets in self.batches:
+                x, y = inputs, targets
+                if cuda:
+                    x = inputs.pin_memory().to(self.device, non_blocking=True)
+                    y = targets.pin_memory().to(self.device, non_blocking=True)
+                kept_x.append(x)
+                kept_y.append(y)
+                yield x, y
+            self.inputs, self.targets = torch.cat(kept_x), torch.cat(kept_y)
+            return
+        n, size = len(self.inputs), self.batches.batch_size
+        if self.shuffle:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, device=self.device, generator=generator)
+        else:
+            order = torch.arange(n, device=self.device)
+        for start in range(0, n, size):
+            rows = order[start:start + size]
+            yield self.inputs[rows], self.targets[rows]
 
 
 def _adam(params, config: TrainConfig) -> torch.optim.Adam:
@@ -162,6 +240,7 @@ def train_head(
     storage_options: StorageOptions | None = None,
     progress: bool = True,
     plot: bool = True,
+    device: str = "auto",
 ) -> TrainResult:
     """Train a head on the store's training split, validating each epoch, reading chunks lazily.
 
@@ -182,6 +261,10 @@ def train_head(
         Show a progress bar.
     plot
         Draw ``curves.png``.
+    device
+        ``cpu``, ``cuda`` or ``auto`` (the GPU where there is one). Chunks are still read
+        lazily on the host; batches go to the device as they are trained on. The
+        checkpoint's tensors are saved on the CPU either way.
 
     Returns
     -------
@@ -214,7 +297,13 @@ def train_head(
         head.set_standardisation(*input_statistics(train))
         for batches in (train, val):  # done by the reader thread; the head keeps it for inference
             batches.standardise(head.input_mean.numpy(), head.input_scale.numpy())
-    pos_weight = _pos_weight(store) if config.pos_weight else None
+    where = resolve_device(device)
+    head.to(where)
+    feeds: dict[str, Any] = {"train": train, "validation": val}
+    for name, batches in feeds.items():
+        if ResidentBatches.fits(batches, where, config.resident_mb):
+            feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
+    pos_weight = _pos_weight(store).to(where) if config.pos_weight else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     optimizer = _adam(head.parameters(), config)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -224,6 +313,7 @@ def train_head(
     provenance = {k: store.provenance.get(k) for k in
                   ("backbone", "preprocessing", "dtype", "precision", "split", "archive")}
     provenance["store_url"] = store.url
+    provenance["device"] = where.type
     checkpoint = str(out / "head.pt")
 
     history = []
@@ -234,9 +324,9 @@ def train_head(
         torch.manual_seed(config.seed)
         for epoch in bar:
             t = time.perf_counter()
-            train.set_epoch(epoch)
-            train_loss = _run_epoch(head.layers, train, criterion, optimizer)
-            val_loss = _run_epoch(head.layers, val, criterion)
+            feeds["train"].set_epoch(epoch)
+            train_loss = _run_epoch(head.layers, feeds["train"], criterion, optimizer, where)
+            val_loss = _run_epoch(head.layers, feeds["validation"], criterion, device=where)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step(val_loss)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,

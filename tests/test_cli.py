@@ -23,8 +23,8 @@ def cxrdask(*args, check=True, timeout=600, cwd=None):
 def test_every_command_has_help():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"info", "verify", "synth", "demo", "extract", "train", "evaluate",
-                             "predict", "serve"}
+    assert set(commands) == {"info", "verify", "synth", "demo", "extract", "cache", "train",
+                             "evaluate", "predict", "serve"}
     for name in commands:
         assert cxrdask(name, "--help").stdout.startswith(f"usage: cxrdask {name}")
 
