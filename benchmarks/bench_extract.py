@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 from benchmarks.common import ProcessTreeMonitor, disk_bytes, machine, peak_rss_mb, save_results, table
 from benchmarks.spark_2018 import spark_available
 from cxrdask.backbone import BackboneRunner, BackboneSpec
+from cxrdask.hardware import cpu_has_native_bf16
 from cxrdask.imaging import preprocess_bytes
 from cxrdask.metadata import locate_images, read_metadata
 from cxrdask.synthetic import make_archive
@@ -92,15 +93,6 @@ def replicate_archive(path: Path, copies: int) -> None:
                 os.link(images / old, images / new)
         parts.append(part)
     pd.concat(parts).to_csv(csv, index=False)
-
-
-def native_bf16() -> bool:
-    """Whether this CPU has bf16 instructions (AVX-512-BF16 or AMX); without them bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def forward_rate(device: str, config: Config, batch: int, seconds: float) -> float:
@@ -341,8 +333,8 @@ def main(argv=None) -> None:
     elif gpu:
         precisions = ["fp32", "fp16", "bf16"]
     else:
-        precisions = ["fp32", "bf16"] if native_bf16() else ["fp32"]
-        if not native_bf16():
+        precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+        if not cpu_has_native_bf16():
             notes.append("bf16 left out: this CPU has no AVX-512-BF16/AMX, so bf16 is emulated "
                          "and slower than fp32 (--precisions fp32,bf16 to measure it anyway)")
     configs = [Config(p) for p in precisions]

@@ -87,16 +87,29 @@ def run_child(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def full_run(store_url: str, epochs: int, device: str = "cpu") -> dict:
-    """train_head for ``epochs`` epochs at batch 256, without early stopping (the real API)."""
+FULL_RUN_VARIANTS = {  # name: TrainConfig fields
+    "default": {},
+    "lazy-fp32": {"resident_mb": 0, "precision": "fp32"},  # every epoch from the store, fp32
+    "resident-fp32": {"precision": "fp32"},
+    "lazy-auto": {"resident_mb": 0},
+}
+
+
+def full_run(store_url: str, epochs: int, device: str = "cpu", variant: str = "default",
+             batch: int = 256) -> dict:
+    """train_head for ``epochs`` epochs, without early stopping (the real API)."""
+    from cxrdask.head import load_checkpoint
     from cxrdask.train import TrainConfig, train_head
 
-    config = TrainConfig(epochs=epochs, batch_size=256, early_stopping=None)
+    config = TrainConfig(epochs=epochs, batch_size=batch, early_stopping=None,
+                         **FULL_RUN_VARIANTS[variant])
     result = train_head(store_url, config, tempfile.mkdtemp(prefix="bench-train-"),
                         progress=False, plot=False, device=device)
+    used = load_checkpoint(result.checkpoint).config["precision"]
     return {"seconds": result.seconds, "epochs": len(result.history),
             "s_per_epoch": result.seconds / len(result.history), "peak_rss_mb": peak_rss_mb(),
-            "device": device, "best_val_loss": result.best_val_loss}
+            "device": device, "precision": used, "best_val_loss": result.best_val_loss,
+            "torch_threads": torch.get_num_threads()}
 
 
 def main(argv=None) -> None:
@@ -114,7 +127,11 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results/bench_train")
     parser.add_argument("--measure", nargs=4, metavar=("STORE", "BATCH", "MODE", "MAX_ROWS"),
                         help=argparse.SUPPRESS)
-    parser.add_argument("--measure-full", nargs=3, metavar=("STORE", "EPOCHS", "DEVICE"),
+    parser.add_argument("--variants", default="default",
+                        help=f"--full-run configurations, comma list of {', '.join(FULL_RUN_VARIANTS)}")
+    parser.add_argument("--full-store-rows", type=int, default=112_120)
+    parser.add_argument("--measure-full", nargs=5,
+                        metavar=("STORE", "EPOCHS", "DEVICE", "VARIANT", "BATCH"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -122,8 +139,8 @@ def main(argv=None) -> None:
         print(json.dumps(measure(store, int(batch), mode, int(max_rows))))
         return
     if args.measure_full:
-        print(json.dumps(full_run(args.measure_full[0], int(args.measure_full[1]),
-                                  args.measure_full[2])))
+        store, epochs, device, variant, batch = args.measure_full
+        print(json.dumps(full_run(store, int(epochs), device, variant, int(batch))))
         return
 
     directory = Path(args.dir)
@@ -140,10 +157,15 @@ def main(argv=None) -> None:
                 rows.append({"what": f"{n} rows, batch {batch}, {mode}", **result})
                 print(rows[-1], flush=True)
     if args.full_run:
-        url = ensure_store(directory, 112_120)
-        result = run_child("--measure-full", url, str(args.epochs), args.device)
-        rows.append({"what": f"train_head {result['epochs']} epochs, batch 256, 112,120-row store, "
-                             f"{args.device}", **result})
+        url = ensure_store(directory, args.full_store_rows)
+        for variant in args.variants.split(","):
+            for batch in (256,):
+                result = run_child("--measure-full", url, str(args.epochs), args.device, variant,
+                                   str(batch))
+                rows.append({"what": f"train_head {result['epochs']} epochs, batch {batch}, "
+                                     f"{args.full_store_rows:,}-row store, {args.device}, {variant}",
+                             **result})
+                print(rows[-1], flush=True)
     header = f"bench_train on {machine()}"
     save_results(args.out, rows, header, vars(args), plot_column="peak_rss_mb")
     print(table(rows, header))

@@ -16,16 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .errors import CxrDaskError, ExtractionFailedError, OptionError
+from .errors import CxrDaskError, ExtractionFailedError, ExtractionIncompleteError, OptionError
 
 EXIT_REFUSED = 2
 EXIT_TOO_MANY_FAILED = 3
 EXIT_DAMAGED = 4
+EXIT_RETRIABLE = 5
 EXIT_CODES_HELP = """exit status:
   0  done
   2  refused before any work (bad input; nothing written)
   3  an extraction ran, but more rows failed than --max-failed-fraction allows
-  4  verify found corrupt or missing chunks"""
+  4  verify found corrupt or missing chunks
+  5  an extraction ran, but storage failures left images to read again: run it again"""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -206,6 +208,10 @@ def _run_plan(plan, args) -> int:
                           dashboard_address=args.dashboard_address) as client, \
                 _maybe_report(args.performance_report):
             summary = run_extraction(plan, client, progress=not args.quiet)
+    except ExtractionIncompleteError as exc:
+        print(exc.summary)
+        print(f"cxrdask {args.command}: INCOMPLETE: {exc}", file=sys.stderr)
+        return EXIT_RETRIABLE
     except ExtractionFailedError as exc:
         print(exc.summary)
         print(f"cxrdask {args.command}: FAILED: {exc}. What was written is kept in {args.store}; "
@@ -224,7 +230,8 @@ def cmd_train(args) -> int:
 
     storage_options = parse_storage_options(args.storage_option)
     config = TrainConfig.preset_config(args.preset, epochs=args.epochs, batch_size=args.batch_size,
-                                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+                                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+                                       precision=args.precision)
     if args.grid:
         from .cluster import local_client
 
@@ -447,6 +454,9 @@ def _train_options(train: argparse.ArgumentParser) -> None:
         train.add_argument(flag, type=kind, default=None,
                            help=f"{field.replace('_', ' ')} (default: the preset's; "
                                 f"default preset: {getattr(preset, field)})")
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=preset.precision,
+                       help="the head's arithmetic: auto = bf16 where the CPU or GPU computes it "
+                            "natively, else fp32 (recorded in the checkpoint)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=api_default(train_head, "device"),
                        help="where the head trains (auto: the GPU where there is one); chunks are "
                             "read lazily on the host either way")

@@ -87,6 +87,12 @@ class ExtractConfig:
         "share of rows allowed to fail (missing or unreadable images) before the run is refused "
         "up front or ends with exit status 3")
     io_threads: int = _option(8, "reader threads per worker (overlap object-storage latency)")
+    read_retries: int = _option(
+        4, "times a read is tried again after a transient failure (connection reset, timeout, "
+           "HTTP 5xx), with exponential backoff; an image still unreadable is retriable: its "
+           "chunk is not marked done and the next run reads it again (exit status 5)")
+    retry_failed: bool = _option(
+        False, "also recompute the chunks that hold failed rows (after restoring those images)")
     resize: ResizeOn = _option(
         "cpu", "where images are resized to 224: cpu = Pillow in the decode threads; device = "
                "torch's antialiased resize on the worker's device (GPU nodes: the CPUs only "
@@ -107,6 +113,8 @@ class ExtractConfig:
                               f"{self.chunk_rows!r}")
         if self.batch_size < 1 or self.io_threads < 1:
             raise OptionError("batch_size and io_threads must be at least 1")
+        if self.read_retries < 0:
+            raise OptionError(f"read_retries must be 0 or more, not {self.read_retries!r}")
         if not 0.0 <= self.max_failed_fraction <= 1.0:
             raise OptionError(f"max_failed_fraction must be within 0 and 1, not "
                               f"{self.max_failed_fraction!r}")

@@ -112,6 +112,26 @@ class ExtractionFailedError(CxrDaskError, RuntimeError):
         super().__init__(f"extraction into {summary.store_url}: {what}{example}")
 
 
+class ExtractionIncompleteError(CxrDaskError, RuntimeError):
+    """An extraction ran, but some images could not be read because of transient storage
+    failures (resets, timeouts, 5xx) that outlasted the retries; their chunks are not done.
+
+    Nothing is lost: run the same extraction again and it reads just those chunks.
+    ``summary.retriable`` lists the rows and the last error of each.
+    """
+
+    def __init__(self, summary):
+        self.summary = summary
+        rows = summary.retriable
+        name, reason = rows[0]
+        everything = summary.rows_written == 0 and summary.rows_failed == 0
+        what = ("no image could be read: is the storage reachable?" if everything else
+                f"{len(rows)} image(s) could not be read for now")
+        super().__init__(
+            f"extraction into {summary.store_url}: {what} (e.g. {name}: {reason}). What was "
+            "written is kept; run the same extraction again to read the rest")
+
+
 class ImageTooLargeError(ImageDecodeError):
     """An image whose pixel count is above the limit (a possible decompression bomb)."""
 

@@ -22,7 +22,13 @@ import pandas as pd
 from ._fs import StorageOptions, filesystem
 from .backbone import BackboneSpec, check_weights_available
 from .config import DEFAULT_BATCH_SIZE, ExtractConfig, SplitMethod
-from .errors import ExtractionFailedError, ImageDecodeError, ImagesNotFoundError, OptionError
+from .errors import (
+    ExtractionFailedError,
+    ExtractionIncompleteError,
+    ImageDecodeError,
+    ImagesNotFoundError,
+    OptionError,
+)
 from .extract_worker import STAGE_NAMES, STAGES, TaskConfig, extract_chunk, warm_worker
 from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
@@ -33,6 +39,7 @@ from .splits import TRAIN, assign_splits
 from .store import STATUS_FAILED, STATUS_PENDING, FeatureStore, rows_fingerprint
 
 MAX_AUTO_CHUNK_ROWS = 512
+TASK_RETRIES = 2  # Dask re-runs a chunk task that raised (a failed write) this many times
 TASKS_PER_THREAD = 4  # tasks per worker thread that chunk_rows="auto" aims for
 
 
@@ -52,6 +59,9 @@ class ExtractSummary:
         The run's time after the workers' model warm-up, and the warm-up.
     failures : list of (str, str)
         Image index and reason of each failed row of this run.
+    retriable : list of (str, str)
+        Rows left unread by transient storage failures (their chunks are not done: the next
+        run reads them), with the last error.
     stage_seconds : dict of str to float
         Seconds per stage over every worker, read back from the dashboard's fine performance
         metrics of the run's span (``span_id``).
@@ -74,6 +84,7 @@ class ExtractSummary:
     dashboard_link: str | None = None
     split: str = ""
     chunk_rows: int = 0
+    retriable: list[tuple[str, str]] = field(default_factory=list)  # read again by the next run
     store_rows_failed: int = 0  # failed rows in the whole store, earlier runs included
     store_rows_done: int = 0  # rows of the store that are written (ok or failed)
     # Seconds per stage over every worker, read back from the scheduler's fine performance
@@ -109,6 +120,9 @@ class ExtractSummary:
             f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s), "
             f"model warm-up {self.warmup_seconds:.1f} s",
         ]
+        if self.retriable:
+            lines.append(f"rows to read again (transient storage failures, chunks not done): "
+                         f"{len(self.retriable)}, e.g. {self.retriable[0][0]}: {self.retriable[0][1]}")
         if self.failures:
             lines.append("failed images (also in the store: FeatureStore.failures()):")
             lines += [f"  {name}: {reason}" for name, reason in self.failures[:10]]
@@ -665,8 +679,10 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
                       precision=c.precision, compile=c.compile, engine=c.engine,
                       batch_size=c.batch_size, io_threads=c.io_threads, torch_threads=1,
                       flip_seed=c.split_seed, pixels_url=plan.pixels_url,
-                      pixels_role=plan.pixels_role)
-    summary = _run(client, stores, plan.rows, plan.urls, task, c.strict, progress, warmup)
+                      pixels_role=plan.pixels_role, read_retries=c.read_retries)
+    summary = _run(client, stores, plan.rows, plan.urls, task, c, progress, warmup)
+    if summary.retriable:
+        raise ExtractionIncompleteError(summary)
     if summary.store_rows_failed and (summary.failed_fraction > c.max_failed_fraction
                                       or summary.store_rows_failed == summary.store_rows_done):
         raise ExtractionFailedError(summary, c.max_failed_fraction)
@@ -718,7 +734,7 @@ def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) ->
 
 
 def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str, str],
-         config: TaskConfig, strict: bool, progress: bool, warmup: bool) -> ExtractSummary:
+         config: TaskConfig, choices: ExtractConfig, progress: bool, warmup: bool) -> ExtractSummary:
     from distributed import as_completed, span
 
     from .progress import progress_bar
@@ -727,7 +743,11 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     written = stores if config.pixels_role == "write" else stores[:1]
     names = rows["image_index"].tolist()
     done = np.logical_and.reduce([s.done_chunks() for s in written])
+    if choices.retry_failed:  # chunks holding failed rows are recomputed too
+        failed_rows = np.flatnonzero(store.read("status") == STATUS_FAILED)
+        done[np.unique(failed_rows // store.chunk_rows)] = False
     todo = [c for c in range(store.n_chunks) if not done[c]]
+    strict = choices.strict
     flip_train = config.preprocessing.flip == "train"
     codes = rows["split"].to_numpy()
     link = getattr(client, "dashboard_link", None)
@@ -754,7 +774,8 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
             args.append((chunk, [urls.get(n) for n in chunk_names], chunk_names,
                          [flip_train and codes[r] == TRAIN and flip_for(n, config.flip_seed)
                           for r, n in zip(range(start, stop), chunk_names, strict=True)]))
-        futures = [client.submit(extract_chunk, *a, config, pure=False,
+        # retries: a task that raised (a worker's write to the store failed) runs again.
+        futures = [client.submit(extract_chunk, *a, config, pure=False, retries=TASK_RETRIES,
                                  key=f"{CHUNK_PREFIX}-{a[0]}-{run_token}")
                    for a in args]
         total = sum(len(a[2]) for a in args)
@@ -772,8 +793,10 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
             bar.close()
     seconds = time.perf_counter() - started - warm_seconds
     failures = [f for r in results for f in r["failures"]]
+    retriable = [f for r in results for f in r.get("retriable", [])]
     conversions = [c for r in results for c in r["conversions"]]
-    timings = pd.DataFrame([{k: v for k, v in r.items() if k not in ("failures", "conversions")}
+    timings = pd.DataFrame([{k: v for k, v in r.items()
+                             if k not in ("failures", "conversions", "retriable")}
                             for r in results])
     status = store.read("status")
     images_run = sum(r["images"] for r in results)
@@ -789,6 +812,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
         seconds=seconds,
         warmup_seconds=warm_seconds,
         failures=failures,
+        retriable=retriable,
         conversions=conversions,
         timings=timings,
         dashboard_link=link,

@@ -33,7 +33,8 @@ from .imaging import Preprocessing, decode_gray, resize_gray
 from .metrics import report_chunk
 from .model_input import DeviceInput
 from .pixels import PixelStore
-from .store import STATUS_FAILED, STATUS_OK, FeatureStore
+from .retries import call_with_retries, is_transient
+from .store import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
 
 STAGES = ("read_s", "decode_s", "resize_s", "forward_s", "write_s")
 STAGE_NAMES = tuple(stage.removesuffix("_s") for stage in STAGES)
@@ -57,6 +58,7 @@ class TaskConfig:
     flip_seed: int = 0
     pixels_url: str | None = None
     pixels_role: Literal["none", "source", "write"] = "none"
+    read_retries: int = 4
 
 
 _WORKER_STATE: dict[Any, Any] = {}
@@ -90,26 +92,33 @@ def _worker_resources(config: TaskConfig):
 
 def _load_one(url: str, name: str, config: TaskConfig):
     """Read, decode and (unless the device resizes) resize one image:
-    (uint8 array | None, note | error, read_s, decode_s, resize_s)."""
+    (uint8 array | None, note | error, retriable, read_s, decode_s, resize_s).
+
+    A transient read failure (reset, timeout, 5xx) is tried again up to
+    ``config.read_retries`` times; one that outlasts them makes the row *retriable*."""
     t0 = time.perf_counter()
+    fs, path = filesystem(url, config.storage_options)
     try:
-        fs, path = filesystem(url, config.storage_options)
-        data = fs.cat_file(path)
+        data = call_with_retries(lambda: fs.cat_file(path), config.read_retries)
     except FileNotFoundError:
-        return None, "file not found", time.perf_counter() - t0, 0.0, 0.0
-    except OSError as exc:
-        return None, f"cannot read: {exc}", time.perf_counter() - t0, 0.0, 0.0
+        return None, "file not found", False, time.perf_counter() - t0, 0.0, 0.0
+    except Exception as exc:  # botocore and aiohttp errors are not all OSErrors
+        transient = is_transient(exc)
+        reason = f"cannot read: {type(exc).__name__}: {exc}"
+        if transient:
+            reason += f" (after {config.read_retries + 1} attempts)"
+        return None, reason, transient, time.perf_counter() - t0, 0.0, 0.0
     t1 = time.perf_counter()
     try:
         gray, note = decode_gray(data, name)
     except ImageDecodeError as exc:
-        return None, exc.reason, t1 - t0, time.perf_counter() - t1, 0.0
+        return None, exc.reason, False, t1 - t0, time.perf_counter() - t1, 0.0
     t2 = time.perf_counter()
     if config.preprocessing.resize_on_device:
         array = np.asarray(gray, dtype=np.uint8)  # full size: the device resizes the batch
     else:
         array = resize_gray(gray, config.preprocessing)
-    return array, note, t1 - t0, t2 - t1, time.perf_counter() - t2
+    return array, note, False, t1 - t0, t2 - t1, time.perf_counter() - t2
 
 
 def _device_input(config: TaskConfig) -> DeviceInput:
@@ -156,6 +165,7 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
     pixels_out = np.zeros((n, size, size), dtype=np.uint8) if keep else None
     status = np.full(n, STATUS_FAILED, dtype=np.uint8)
     errors = [""] * n
+    retriable = np.zeros(n, dtype=bool)  # unreadable for now: the chunk stays not done
     notes: list[tuple[str, str]] = []
     timing = dict.fromkeys(STAGES, 0.0)
     batch_rows: list[int] = []
@@ -215,33 +225,36 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
             contiguous = rows[-1] - rows[0] + 1 == len(rows)
             run_batch(stored[rows[0]:rows[-1] + 1] if contiguous else stored[rows])
     else:
-        _decode_rows(urls, names, config, pool, timing, errors, notes, batch_rows, batch_arrays,
-                     run_batch)
+        _decode_rows(urls, names, config, pool, timing, errors, retriable, notes, batch_rows,
+                     batch_arrays, run_batch)
     if batch_rows:
         run_batch()
 
     t = time.perf_counter()
+    status[retriable] = STATUS_PENDING  # read again by the next run, never recorded as failed
+    done = not retriable.any()
     if pixel_store is not None and pixels_out is not None:
-        pixel_store.write_chunk(chunk, pixels_out, status, errors)
+        pixel_store.write_chunk(chunk, pixels_out, status, errors, done=done)
     if store is not None and features is not None:
-        store.write_chunk(chunk, features, status, errors)
+        store.write_chunk(chunk, features, status, errors, done=done)
     timing["write_s"] = time.perf_counter() - t
-    failed = int((status != STATUS_OK).sum())
+    failed = int((status == STATUS_FAILED).sum())
     report_chunk({stage.removesuffix("_s"): seconds for stage, seconds in timing.items()}, n, failed)
     return {
         "chunk": chunk,
         "worker": _worker_name(),
         "images": n,
         "ok": int((status == STATUS_OK).sum()),
-        "failures": [(names[i], errors[i]) for i in range(n) if status[i] != STATUS_OK],
+        "failures": [(names[i], errors[i]) for i in range(n) if status[i] == STATUS_FAILED],
+        "retriable": [(names[i], errors[i]) for i in np.flatnonzero(retriable)],
         "conversions": notes,
         **timing,
         "task_s": time.perf_counter() - started,
     }
 
 
-def _decode_rows(urls, names, config: TaskConfig, pool, timing, errors, notes, batch_rows,
-                 batch_arrays, run_batch) -> None:
+def _decode_rows(urls, names, config: TaskConfig, pool, timing, errors, retriable, notes,
+                 batch_rows, batch_arrays, run_batch) -> None:
     """Read and decode the chunk's images in the I/O pool, two batches ahead of the device,
     handing each full batch to ``run_batch``."""
     n = len(names)
@@ -261,12 +274,13 @@ def _decode_rows(urls, names, config: TaskConfig, pool, timing, errors, notes, b
         if future is None:
             errors[i] = "file not found"
             continue
-        array, message, read_s, decode_s, resize_s = future.result()
+        array, message, transient, read_s, decode_s, resize_s = future.result()
         timing["read_s"] += read_s
         timing["decode_s"] += decode_s
         timing["resize_s"] += resize_s
         if array is None:
             errors[i] = message
+            retriable[i] = transient
             continue
         if message:
             notes.append((names[i], message))

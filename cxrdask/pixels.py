@@ -138,7 +138,7 @@ class PixelStore(FeatureStore):
             raise StoreMismatchError(self.url, differences)
 
     def write_chunk(self, chunk: int, pixels: np.ndarray, status: np.ndarray,
-                    errors: list[str]) -> None:
+                    errors: list[str], done: bool = True) -> None:
         """Write one chunk's images, status and error text; then, last, its done marker."""
         start, stop = self.chunk_bounds(chunk)
         if pixels.shape != (stop - start, self.size, self.size) or pixels.dtype != np.uint8:
@@ -149,7 +149,8 @@ class PixelStore(FeatureStore):
         self.array("pixels")[start:stop] = out
         self.array("status")[start:stop] = status.astype(np.uint8)
         self.array("error")[start:stop] = np.asarray(errors, dtype=str)
-        self.array("done")[chunk] = True
+        if done:
+            self.array("done")[chunk] = True
 
     def read_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One chunk's ``(pixels, status, error)``; raises CorruptChunkError naming a bad chunk."""

@@ -559,8 +559,9 @@ class FeatureStore:
     # ------------------------------------------------------------------ writing (tasks)
 
     def write_chunk(self, chunk: int, features: np.ndarray, status: np.ndarray,
-                    errors: list[str]) -> None:
-        """Write one chunk's rows (features, status, error text); then, last, its done marker."""
+                    errors: list[str], done: bool = True) -> None:
+        """Write one chunk's rows (features, status, error text); then, last, its done marker
+        (left unset with ``done=False``: rows to read again, the next run recomputes it)."""
         start, stop = self.chunk_bounds(chunk)
         if features.shape != (stop - start, self.feature_dim):
             raise ValueError(f"chunk {chunk}: features of shape {features.shape}, expected "
@@ -581,7 +582,8 @@ class FeatureStore:
         self.array("features")[start:stop] = out
         self.array("status")[start:stop] = status.astype(np.uint8)
         self.array("error")[start:stop] = np.asarray(errors, dtype=str)
-        self.array("done")[chunk] = True
+        if done:
+            self.array("done")[chunk] = True
 
     def update_provenance(self, **values: Any) -> None:
         """Merge values into the provenance attributes (the client alone calls this)."""

@@ -1,6 +1,8 @@
 """Helpers for tests, benchmarks and offline examples; not needed to use cxrdask.
 
 - :func:`local_s3_server`: a real S3 API (moto's server) on 127.0.0.1 with a bucket.
+- :class:`FaultyProxy`: an HTTP proxy on 127.0.0.1 in front of it that injects storage
+  faults (503s, connection resets, an outage) into object reads.
 - :func:`make_feature_store`: a complete feature store with learnable synthetic features and
   no images behind it.
 - :func:`direct_features`: features of local files computed in this process, without Dask
@@ -55,6 +57,130 @@ def local_s3_server(bucket: str, key: str = "testing") -> Iterator[dict]:
                "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
     finally:
         server.stop()
+
+
+class FaultyProxy:
+    """An HTTP proxy on 127.0.0.1 that forwards to ``target`` (moto's endpoint) and makes
+    object reads (GETs of a key) fail: what flaky object storage does to a long job.
+
+    Parameters
+    ----------
+    target
+        ``http://127.0.0.1:PORT`` of the real server.
+    fail_first
+        The first this-many GETs of each object fail (alternately a 503 and a reset).
+    fault_rate
+        Besides, this share of object GETs fails at random (seeded).
+    outage_after
+        After this many object GETs answered, every object GET fails (a reset) until
+        :meth:`end_outage`.
+    only_suffix
+        Only keys ending so can fail (``.png``: images, not the metadata).
+
+    Attributes
+    ----------
+    endpoint : str
+        Where clients connect instead of ``target``.
+    faults, answered : int
+        Object GETs failed, and object GETs forwarded, so far.
+    """
+
+    def __init__(self, target: str, *, fail_first: int = 0, fault_rate: float = 0.0,
+                 outage_after: int | None = None, only_suffix: str = "", seed: int = 0):
+        import http.client
+        import random
+        import threading
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        parsed = urllib.parse.urlparse(target)
+        self.fail_first, self.fault_rate, self.outage_after = fail_first, fault_rate, outage_after
+        self.only_suffix = only_suffix
+        self.faults = self.answered = 0
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._random = random.Random(seed)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                fault = proxy._fault_for(self.command, self.path)
+                if fault == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.connection.close()
+                    self.close_connection = True
+                    return
+                if fault == "503":
+                    payload = (b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>"
+                               b"Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                upstream = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
+                                                      timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                size = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", size or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _fault_for(self, method: str, path: str) -> str | None:
+        """``reset``, ``503`` or None for a request; only GETs of an object key can fail."""
+        bucket_and_key = path.split("?", 1)[0].strip("/")
+        if method != "GET" or "/" not in bucket_and_key or "list-type" in path \
+                or not bucket_and_key.endswith(self.only_suffix):
+            return None
+        with self._lock:
+            if self.outage_after is not None and self.answered >= self.outage_after:
+                self.faults += 1
+                return "reset"
+            seen = self._seen.get(bucket_and_key, 0)
+            self._seen[bucket_and_key] = seen + 1
+            if seen < self.fail_first or self._random.random() < self.fault_rate:
+                self.faults += 1
+                return "503" if self.faults % 2 else "reset"
+            self.answered += 1
+            return None
+
+    def end_outage(self) -> None:
+        """Storage is back: object GETs are answered again."""
+        with self._lock:
+            self.outage_after = None
+
+    def __enter__(self) -> FaultyProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def make_feature_store(

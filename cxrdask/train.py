@@ -27,6 +27,7 @@ from .backbone import resolve_device
 from .batches import DEFAULT_DEMOGRAPHICS, FeatureBatches, label_counts, open_store
 from .config import TRAIN_PRESETS
 from .errors import CxrDaskError, OptionError
+from .hardware import resolve_precision
 from .head import new_head, save_checkpoint
 from .store import FeatureStore
 
@@ -60,6 +61,10 @@ class TrainConfig:
         A split whose float32 inputs fit this many MiB is kept in memory after its first
         lazy pass (on a GPU: in a quarter of its free memory), so later epochs wait for no
         decompression; 0 reads every epoch lazily (host memory then flat in N).
+    precision : str
+        The head's arithmetic: ``fp32``, ``bf16`` (autocast; about 2x faster on CPUs with
+        native bf16), or ``auto``: bf16 where the CPU or GPU computes it natively, else
+        fp32. The checkpoint records what was used.
     pos_weight, standardize : bool
         Weight positives by negatives / positives; standardise inputs.
     preset : str
@@ -79,6 +84,7 @@ class TrainConfig:
     demographics: tuple[str, ...] = DEFAULT_DEMOGRAPHICS
     buffer_chunks: int = 4
     resident_mb: int = 1024
+    precision: str = "auto"
     pos_weight: bool = True
     standardize: bool = True
     preset: str = "default"
@@ -136,7 +142,8 @@ def input_statistics(batches: FeatureBatches) -> tuple[torch.Tensor, torch.Tenso
     return mean.float(), std.float()
 
 
-def _run_epoch(head, batches, criterion, optimizer=None, device: torch.device | None = None) -> float:
+def _run_epoch(head, batches, criterion, optimizer=None, device: torch.device | None = None,
+               precision: str = "fp32") -> float:
     """One pass; trains when an optimizer is given. Returns the mean loss per row.
 
     The loss is summed on the device and read once per epoch: a per-batch ``.item()``
@@ -153,7 +160,9 @@ def _run_epoch(head, batches, criterion, optimizer=None, device: torch.device | 
             if cuda and not inputs.is_cuda:
                 inputs = inputs.pin_memory().to(device, non_blocking=True)
                 targets = targets.pin_memory().to(device, non_blocking=True)
-            loss = criterion(head(inputs), targets)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = head(inputs)
+            loss = criterion(logits.float(), targets)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -298,6 +307,9 @@ def train_head(
         for batches in (train, val):  # done by the reader thread; the head keeps it for inference
             batches.standardise(head.input_mean.numpy(), head.input_scale.numpy())
     where = resolve_device(device)
+    precision = resolve_precision(config.precision, where)
+    if precision not in ("fp32", "bf16"):
+        raise OptionError(f"the head trains in fp32 or bf16 (or auto), not {config.precision!r}")
     head.to(where)
     feeds: dict[str, Any] = {"train": train, "validation": val}
     for name, batches in feeds.items():
@@ -325,8 +337,8 @@ def train_head(
         for epoch in bar:
             t = time.perf_counter()
             feeds["train"].set_epoch(epoch)
-            train_loss = _run_epoch(head.layers, feeds["train"], criterion, optimizer, where)
-            val_loss = _run_epoch(head.layers, feeds["validation"], criterion, device=where)
+            train_loss = _run_epoch(head.layers, feeds["train"], criterion, optimizer, where, precision)
+            val_loss = _run_epoch(head.layers, feeds["validation"], criterion, None, where, precision)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step(val_loss)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
@@ -334,7 +346,8 @@ def train_head(
             bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
             if val_loss < best_loss:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
-                save_checkpoint(checkpoint, head, config=config.to_dict(), input_spec=input_spec,
+                save_checkpoint(checkpoint, head, config={**config.to_dict(), "precision": precision},
+                                input_spec=input_spec,
                                 provenance=provenance, epoch=epoch, val_loss=val_loss)
             else:
                 stale += 1

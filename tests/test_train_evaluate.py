@@ -144,3 +144,24 @@ def test_evaluating_another_backbones_store_is_refused(feature_store, tmp_path):
     make_feature_store(wider, 600, feature_dim=65, chunk_rows=100, seed=2)
     with pytest.raises(CheckpointMismatchError, match="takes 66 inputs"):
         evaluate(wider, result.checkpoint)
+
+
+@pytest.mark.slow
+def test_bf16_head_training_stays_within_noise_of_fp32(tmp_path):
+    """bf16 autocast (auto on CPUs with native bf16) learns what fp32 learns, and the
+    checkpoint says which arithmetic was used."""
+    from cxrdask.head import load_checkpoint
+    from cxrdask.testing import make_feature_store
+    from cxrdask.train import TrainConfig, train_head
+
+    url = str(tmp_path / "f.zarr")
+    make_feature_store(url, 3000, feature_dim=64, chunk_rows=256, signal=0.6)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(epochs=8, early_stopping=None, precision=precision)
+        results[precision] = train_head(url, config, tmp_path / precision, progress=False,
+                                        plot=False, device="cpu")
+        assert load_checkpoint(results[precision].checkpoint).config["precision"] == precision
+    fp32, bf16 = results["fp32"].history, results["bf16"].history
+    assert fp32["val_loss"].iloc[-1] < fp32["val_loss"].iloc[0]  # it learns
+    assert abs(bf16["val_loss"] - fp32["val_loss"]).max() < 0.03 * fp32["val_loss"].max()
