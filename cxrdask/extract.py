@@ -679,7 +679,8 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
                       precision=c.precision, compile=c.compile, engine=c.engine,
                       batch_size=c.batch_size, io_threads=c.io_threads, torch_threads=1,
                       flip_seed=c.split_seed, pixels_url=plan.pixels_url,
-                      pixels_role=plan.pixels_role, read_retries=c.read_retries)
+                      pixels_role=plan.pixels_role, read_retries=c.read_retries,
+                      leases=tuple((lease.url, lease.token) for lease in leases))
     summary = _run(client, stores, plan.rows, plan.urls, task, c, progress, warmup)
     if summary.retriable:
         raise ExtractionIncompleteError(summary)

@@ -30,6 +30,7 @@ from .backbone import BackboneSpec, cached_runner, resolve_device
 from .config import DEFAULT_BATCH_SIZE
 from .errors import ImageDecodeError
 from .imaging import Preprocessing, decode_gray, resize_gray
+from .lease import check_lease
 from .metrics import report_chunk
 from .model_input import DeviceInput
 from .pixels import PixelStore
@@ -59,6 +60,7 @@ class TaskConfig:
     pixels_url: str | None = None
     pixels_role: Literal["none", "source", "write"] = "none"
     read_retries: int = 4
+    leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
 
 
 _WORKER_STATE: dict[Any, Any] = {}
@@ -233,6 +235,8 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
     t = time.perf_counter()
     status[retriable] = STATUS_PENDING  # read again by the next run, never recorded as failed
     done = not retriable.any()
+    for url, token in config.leases:  # fencing: a run that lost its lease writes nothing
+        check_lease(url, token, config.storage_options)
     if pixel_store is not None and pixels_out is not None:
         pixel_store.write_chunk(chunk, pixels_out, status, errors, done=done)
     if store is not None and features is not None:

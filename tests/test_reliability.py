@@ -261,3 +261,74 @@ def test_corrupt_chunk_is_named_listed_and_recomputed(small_archive, cluster_cli
     assert again.chunks_run == 2
     assert FeatureStore.open(str(url)).verify().empty
     assert_same_store(str(url), reference)
+
+
+def _race_for_the_lease(url: str, storage_options=None, contenders: int = 4) -> list[str]:
+    """``contenders`` threads take the lease at one barrier; each says won or refused."""
+    barrier = threading.Barrier(contenders)
+    outcomes: list[str] = []
+    leases = [StoreLease(url, storage_options) for _ in range(contenders)]
+
+    def contend(lease: StoreLease) -> None:
+        barrier.wait()
+        try:
+            lease.acquire()
+            outcomes.append("won")
+        except StoreLockedError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=contend, args=(lease,)) for lease in leases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for lease in leases:
+        lease.release()
+    return outcomes
+
+
+def test_runs_starting_together_get_exactly_one_lease_locally_and_on_s3(tmp_path):
+    """The lease is made with an exclusive create (O_EXCL; If-None-Match on S3): of runs
+    that start at the same instant exactly one proceeds, every time."""
+    from cxrdask.testing import local_s3_server
+
+    for round_ in range(10):
+        outcomes = _race_for_the_lease(str(tmp_path / f"s{round_}.zarr"))
+        assert sorted(outcomes) == ["refused"] * 3 + ["won"], outcomes
+    with local_s3_server("leases") as options:
+        for round_ in range(5):
+            outcomes = _race_for_the_lease(f"s3://leases/s{round_}.zarr", options)
+            assert sorted(outcomes) == ["refused"] * 3 + ["won"], outcomes
+
+
+def test_a_run_that_lost_its_lease_writes_no_chunk(reference, tmp_path):
+    """Fencing: a chunk task whose run no longer holds the store's lease (another run took
+    it over) refuses to write, and the chunk stays not done."""
+    from dataclasses import replace
+
+    from cxrdask.backbone import BackboneSpec
+    from cxrdask.extract_worker import TaskConfig, extract_chunk
+    from cxrdask.imaging import Preprocessing
+
+    url = str(tmp_path / "copy.zarr")
+    shutil.copytree(reference.url, url)
+    store = FeatureStore.open(url, mode="r+")
+    store.forget_chunks([0])
+    start, stop = store.chunk_bounds(0)
+    names = list(store.read("image_index")[start:stop])
+    ours = StoreLease(url).acquire()
+    config = TaskConfig(store_url=url, storage_options=None, backbone=BackboneSpec(weights="random"),
+                        preprocessing=Preprocessing(), device="cpu", leases=((url, ours.token),))
+    urls = [None] * len(names)  # unreadable here: the fencing check comes before any write
+    ours.release()
+    theirs = StoreLease(url).acquire()  # another run took the store over
+    try:
+        with pytest.raises(StoreLockedError, match="lost it"):
+            extract_chunk(0, urls, names, [False] * len(names), config)
+        assert not FeatureStore.open(url).done_chunks()[0]
+        # The holder of the lease writes as usual.
+        mine = replace(config, leases=((url, theirs.token),))
+        extract_chunk(0, urls, names, [False] * len(names), mine)
+        assert FeatureStore.open(url).done_chunks()[0]
+    finally:
+        theirs.release()
