@@ -19,7 +19,7 @@ from cxrdask.synthetic import make_archive
 from cxrdask.testing import FaultyProxy, local_s3_server
 
 pytestmark = pytest.mark.slow
-N = 48
+N = 32
 
 
 @pytest.fixture(scope="module")

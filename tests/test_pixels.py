@@ -95,7 +95,7 @@ def test_a_pixel_store_is_refused_for_another_resize_and_as_a_feature_store(
     assert _tree_digest(tmp_path) == before
 
 
-def test_cache_resumes_and_the_cli_extracts_from_it(small_archive, tmp_path):
+def test_cache_resumes_and_the_cli_extracts_from_it(small_archive, cluster_client, tmp_path):
     store, pixels = str(tmp_path / "f.zarr"), str(tmp_path / "p.zarr")
     cli = [sys.executable, "-m", "cxrdask.cli"]
     cache = subprocess.run([*cli, "cache", "--images", small_archive.root, "--store", pixels,
@@ -104,13 +104,11 @@ def test_cache_resumes_and_the_cli_extracts_from_it(small_archive, tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert cache.returncode == 0, cache.stderr
     assert "80 written, 0 failed" in cache.stdout
-    again = subprocess.run([*cli, "cache", "--images", small_archive.root, "--store", pixels,
-                            "--workers", "1", "--quiet", "--dashboard-address", "127.0.0.1:0"],
-                           capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert "0 run, 2 skipped" in again.stdout
+    again = cache_pixels(small_archive.metadata_url, small_archive.root, pixels,
+                         client=cluster_client, progress=False)
+    assert (again.chunks_run, again.chunks_skipped) == (0, 2)
     extract = subprocess.run([*cli, "extract", "--source", pixels, "--store", store, "--weights",
-                              "random", "--workers", "1", "--quiet",
+                              "random", "--backbone", "resnet18", "--workers", "1", "--quiet",
                               "--dashboard-address", "127.0.0.1:0"],
                              capture_output=True, text=True, timeout=300)
     assert extract.returncode == 0, extract.stderr
