@@ -221,13 +221,6 @@ class ExtractionPlan:
     pixels_role: Literal["none", "source", "write"] = "none"
     chunk_rows: int | None = None  # fixed by an existing pixel store; else from the config
 
-    @property
-    def primary_url(self) -> str:
-        """The store the run is about: the feature store, or the pixel store it only caches."""
-        url = self.store_url or self.pixels_url
-        assert url is not None
-        return url
-
     def settings(self) -> dict:
         """The settings recorded in the store, which a resumed run must match."""
         c = self.config
@@ -692,7 +685,7 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
 
 def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) -> list[FeatureStore]:
     """The stores the run writes (the feature store first), opened to resume them (settings
-    checked again, under the lease) or made; a pixel store it only reads is last."""
+    checked again, under the lease) or made."""
     c = plan.config
     options = plan.storage_options
     chunk_rows = plan.chunk_rows
@@ -723,14 +716,12 @@ def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) ->
                                         overwrite=exists,
                                         extra={"archive": plan.archive, "extract_config": c.to_dict()},
                                         **plan.settings())
-        if exists and not (c.resume and exists):
+        if exists and not c.resume:
             lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
         stores.append(store)
     if len({store.chunk_rows for store in stores}) > 1:
         raise OptionError(f"{stores[0].url} has chunks of {stores[0].chunk_rows} rows and "
                           f"{stores[1].url} of {stores[1].chunk_rows}: write to a new store")
-    if plan.pixels_role == "source" and plan.pixels_url is not None:
-        stores.append(PixelStore.open(plan.pixels_url, options))
     return stores
 
 
@@ -741,9 +732,8 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     from .progress import progress_bar
 
     store = stores[0]  # the feature store, or the pixel store a cache pass writes
-    written = stores if config.pixels_role == "write" else stores[:1]
     names = rows["image_index"].tolist()
-    done = np.logical_and.reduce([s.done_chunks() for s in written])
+    done = np.logical_and.reduce([s.done_chunks() for s in stores])
     if choices.retry_failed:  # chunks holding failed rows are recomputed too
         failed_rows = np.flatnonzero(store.read("status") == STATUS_FAILED)
         done[np.unique(failed_rows // store.chunk_rows)] = False
@@ -794,7 +784,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
             bar.close()
     seconds = time.perf_counter() - started - warm_seconds
     failures = [f for r in results for f in r["failures"]]
-    retriable = [f for r in results for f in r.get("retriable", [])]
+    retriable = [f for r in results for f in r["retriable"]]
     conversions = [c for r in results for c in r["conversions"]]
     timings = pd.DataFrame([{k: v for k, v in r.items()
                              if k not in ("failures", "conversions", "retriable")}
@@ -824,7 +814,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
         stage_seconds={stage: measured.get(stage, 0.0) for stage in STAGE_NAMES},
         span_id=span_id,
     )
-    for each in written:
+    for each in stores:
         _record_run(each, summary)
     return summary
 

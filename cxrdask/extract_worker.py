@@ -78,8 +78,8 @@ def _worker_resources(config: TaskConfig):
         opened: list[Any] = []
         modes: tuple[tuple[type[FeatureStore], str | None, Literal["r", "r+"]], ...] = (
             (FeatureStore, config.store_url, "r+"),
-                                (PixelStore, config.pixels_url,
-                                 "r" if config.pixels_role == "source" else "r+"))
+            (PixelStore, config.pixels_url, "r" if config.pixels_role == "source" else "r+"),
+        )
         for kind, url, mode in modes:
             key = (kind.KIND, url, options, mode)
             if url is not None and key not in _WORKER_STATE:
@@ -99,8 +99,8 @@ def _load_one(url: str, name: str, config: TaskConfig):
     A transient read failure (reset, timeout, 5xx) is tried again up to
     ``config.read_retries`` times; one that outlasts them makes the row *retriable*."""
     t0 = time.perf_counter()
-    fs, path = filesystem(url, config.storage_options)
     try:
+        fs, path = filesystem(url, config.storage_options)
         data = call_with_retries(lambda: fs.cat_file(path), config.read_retries)
     except FileNotFoundError:
         return None, "file not found", False, time.perf_counter() - t0, 0.0, 0.0
@@ -178,36 +178,24 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
         normalise, run the backbone. ``stacked``: the batch already in one array (rows of
         a pixel store, at the model's size)."""
         t = time.perf_counter()
-        if stacked is not None:
+        on_device_resize = stacked is None and config.preprocessing.resize_on_device
+        host = stacked if stacked is not None or on_device_resize else np.stack(batch_arrays)
+        if host is not None and pixels_out is not None:
+            pixels_out[batch_rows] = host  # resized already, on the host
+        if runner is not None or on_device_resize:  # else a cache pass: nothing for the device
             with converter.stream():
-                flipped = [flips[i] for i in batch_rows]
-                assert runner is not None and features is not None
-                pixels = converter.to_device(stacked)
-                features[batch_rows] = runner.features(converter.normalise(pixels, flipped))
+                if host is None:
+                    pixels = converter.resize(batch_arrays)
+                    if pixels_out is not None:
+                        pixels_out[batch_rows] = pixels.cpu().numpy()
+                    timing["resize_s"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                else:
+                    pixels = converter.to_device(host)
+                if runner is not None and features is not None:
+                    flipped = [flips[i] for i in batch_rows]
+                    features[batch_rows] = runner.features(converter.normalise(pixels, flipped))
             timing["forward_s"] += time.perf_counter() - t
-            status[batch_rows] = STATUS_OK
-            batch_rows.clear()
-            return
-        if not config.preprocessing.resize_on_device and pixels_out is not None:
-            pixels_out[batch_rows] = np.stack(batch_arrays)  # resized already, on the host
-            if runner is None:  # a cache pass with the CPU resize: nothing for the device
-                status[batch_rows] = STATUS_OK
-                batch_rows.clear()
-                batch_arrays.clear()
-                return
-        with converter.stream():
-            if config.preprocessing.resize_on_device:
-                pixels = converter.resize(batch_arrays)
-                if pixels_out is not None:
-                    pixels_out[batch_rows] = pixels.cpu().numpy()
-                timing["resize_s"] += time.perf_counter() - t
-                t = time.perf_counter()
-            else:
-                pixels = converter.to_device(np.stack(batch_arrays))
-            if runner is not None and features is not None:
-                flipped = [flips[i] for i in batch_rows]
-                features[batch_rows] = runner.features(converter.normalise(pixels, flipped))
-        timing["forward_s"] += time.perf_counter() - t
         status[batch_rows] = STATUS_OK
         batch_rows.clear()
         batch_arrays.clear()

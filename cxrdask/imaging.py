@@ -7,10 +7,13 @@ cannot be decoded raises :class:`ImageDecodeError` with the image index and the 
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -110,24 +113,18 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_FAST_DECODERS: list | None = None
 
 
-def _fast_decoders() -> list:
-    """PNG decoders faster than Pillow's, where installed: imagecodecs (about 20% faster on
+@functools.cache
+def _fast_decoder() -> Callable[[bytes], Any] | None:
+    """A PNG decoder faster than Pillow's, where installed: imagecodecs (about 20% faster on
     NIH-size PNGs; ``pip install 'cxrdask[gpu]'``). OpenCV decodes about as fast but writes
     libpng warnings for every damaged file. benchmarks/bench_pixels.py measures them."""
-    global _FAST_DECODERS
-    if _FAST_DECODERS is None:
-        found = []
-        try:
-            import imagecodecs
-
-            found.append(imagecodecs.png_decode)
-        except ImportError:
-            pass
-        _FAST_DECODERS = found
-    return _FAST_DECODERS
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    return imagecodecs.png_decode
 
 
 def _gray8_png_fast(data: bytes, image_index: str, max_pixels: int) -> np.ndarray | None:
@@ -137,14 +134,15 @@ def _gray8_png_fast(data: bytes, image_index: str, max_pixels: int) -> np.ndarra
     if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[24] != 8 or data[25] != 0 or not _fast_decoders():  # bit depth 8, gray
+    decoder = _fast_decoder()
+    if data[24] != 8 or data[25] != 0 or decoder is None:  # bit depth 8, gray
         return None
     if width * height > max_pixels:
         raise ImageTooLargeError(
             image_index, f"{width}x{height} is {width * height:,} pixels, above the limit of "
                          f"{max_pixels:,} (possible decompression bomb)")
     try:
-        pixels = np.asarray(_fast_decoders()[0](data))
+        pixels = np.asarray(decoder(data))
     except Exception:  # truncated or corrupt: Pillow decodes again and reports why
         return None
     if pixels.shape != (height, width) or pixels.dtype != np.uint8:

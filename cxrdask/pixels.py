@@ -90,11 +90,6 @@ class PixelStore(FeatureStore):
         storage_options, extra, overwrite
             As for :meth:`FeatureStore.create`.
         """
-        if chunk_rows < 1:
-            raise OptionError("chunk_rows must be at least 1")
-        if len(table) == 0:
-            raise StoreError("no rows to store: the metadata (after filtering) is empty")
-        size = int(preprocessing["size"])
         provenance = {
             **common_provenance(table, chunk_rows),
             "kind": cls.KIND,
@@ -104,6 +99,7 @@ class PixelStore(FeatureStore):
             "source": source or {},
             **(extra or {}),
         }
+        size = int(preprocessing["size"])
         data = dict(shape=(len(table), size, size), chunks=(chunk_rows, size, size), dtype="uint8",
                     compressors=pixel_codecs(compression), fill_value=0,
                     dimension_names=("image", "y", "x"))

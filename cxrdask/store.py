@@ -88,14 +88,20 @@ def _features_codecs(dtype: str) -> tuple:
             Crc32cCodec())
 
 
-# The arrays extraction tasks write, one chunk per task, each with its checksum.
-TASK_ARRAYS = ("features", "status", "error", "done")
-_CHECKED = (ZstdCodec(), Crc32cCodec())
+_CHECKED = (ZstdCodec(), Crc32cCodec())  # the task arrays' codecs: each chunk with its checksum
 
 
 def common_provenance(table: pd.DataFrame, chunk_rows: int) -> dict[str, Any]:
-    """What every cxrdask store records about its rows: format, version, shape, fingerprint."""
+    """What every cxrdask store records about its rows: format, version, shape, fingerprint.
+
+    Raises OptionError for ``chunk_rows`` below 1 and StoreError for an empty ``table``:
+    every store is checked here, before anything is written.
+    """
+    if chunk_rows < 1:
+        raise OptionError("chunk_rows must be at least 1")
     n_rows = len(table)
+    if n_rows == 0:
+        raise StoreError("no rows to store: the metadata (after filtering) is empty")
     return {
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
@@ -199,11 +205,6 @@ class FeatureStore:
         """
         if dtype not in ("float16", "float32"):
             raise OptionError(f"dtype must be float16 or float32, not {dtype!r}")
-        if chunk_rows < 1:
-            raise OptionError("chunk_rows must be at least 1")
-        n_rows = len(table)
-        if n_rows == 0:
-            raise StoreError("no rows to store: the metadata (after filtering) is empty")
         provenance = {
             **common_provenance(table, chunk_rows),
             "backbone": backbone,
@@ -216,7 +217,7 @@ class FeatureStore:
             **(extra or {}),
         }
         dim = int(backbone["feature_dim"])
-        data = dict(shape=(n_rows, dim), chunks=(chunk_rows, dim), dtype=dtype,
+        data = dict(shape=(len(table), dim), chunks=(chunk_rows, dim), dtype=dtype,
                     compressors=_features_codecs(dtype), fill_value=np.nan,
                     dimension_names=("image", "feature"))
         return cls._create_group(url, table, chunk_rows, provenance, data, storage_options,
@@ -227,8 +228,7 @@ class FeatureStore:
                       data: dict, storage_options: StorageOptions | None, overwrite: bool) -> Self:
         """Make the group: the data array (``cls.DATA_ARRAY``, from ``data``'s arguments), the
         task arrays, the per-row table and coordinates, then the attributes, consolidated."""
-        n_rows = len(table)
-        n_chunks = math.ceil(n_rows / chunk_rows)
+        n_rows, n_chunks = len(table), provenance["n_chunks"]
         store = zarr_store(url, storage_options)
         if not overwrite and cls.exists(url, storage_options):
             raise StoreError(f"a Zarr group or array already exists at {url}; open it, or "

@@ -142,6 +142,11 @@ def input_statistics(batches: FeatureBatches) -> tuple[torch.Tensor, torch.Tenso
     return mean.float(), std.float()
 
 
+def _to_gpu(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on the GPU: from pinned memory, without blocking the host."""
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _run_epoch(head, batches, criterion, optimizer=None, device: torch.device | None = None,
                precision: str = "fp32") -> float:
     """One pass; trains when an optimizer is given. Returns the mean loss per row.
@@ -158,8 +163,7 @@ def _run_epoch(head, batches, criterion, optimizer=None, device: torch.device | 
     with torch.set_grad_enabled(optimizer is not None):
         for inputs, targets in batches:
             if cuda and not inputs.is_cuda:
-                inputs = inputs.pin_memory().to(device, non_blocking=True)
-                targets = targets.pin_memory().to(device, non_blocking=True)
+                inputs, targets = _to_gpu(inputs, device), _to_gpu(targets, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = head(inputs)
             loss = criterion(logits.float(), targets)
@@ -211,11 +215,9 @@ class ResidentBatches:
         if self.inputs is None or self.targets is None:
             kept_x, kept_y = [], []
             cuda = self.device.type == "cuda"
-            for inputs, targets in self.batches:
-                x, y = inputs, targets
+            for x, y in self.batches:
                 if cuda:
-                    x = inputs.pin_memory().to(self.device, non_blocking=True)
-                    y = targets.pin_memory().to(self.device, non_blocking=True)
+                    x, y = _to_gpu(x, self.device), _to_gpu(y, self.device)
                 kept_x.append(x)
                 kept_y.append(y)
                 yield x, y
@@ -290,6 +292,10 @@ def train_head(
     from .progress import progress_bar as tqdm
 
     config = config or TrainConfig()
+    where = resolve_device(device)  # checked before any chunk is read
+    precision = resolve_precision(config.precision, where)
+    if precision not in ("fp32", "bf16"):
+        raise OptionError(f"the head trains in fp32 or bf16 (or auto), not {config.precision!r}")
     store = open_store(store, storage_options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,10 +312,6 @@ def train_head(
         head.set_standardisation(*input_statistics(train))
         for batches in (train, val):  # done by the reader thread; the head keeps it for inference
             batches.standardise(head.input_mean.numpy(), head.input_scale.numpy())
-    where = resolve_device(device)
-    precision = resolve_precision(config.precision, where)
-    if precision not in ("fp32", "bf16"):
-        raise OptionError(f"the head trains in fp32 or bf16 (or auto), not {config.precision!r}")
     head.to(where)
     feeds: dict[str, Any] = {"train": train, "validation": val}
     for name, batches in feeds.items():

@@ -75,6 +75,17 @@ def done_count(url: str) -> int:
         return 0
 
 
+def extract_while(fault, archive, url: str, client):
+    """Extract ``archive`` into ``url`` on ``client`` while ``fault`` runs in a thread."""
+    injector = threading.Thread(target=fault)
+    injector.start()
+    try:
+        return extract_features(archive.metadata_url, archive.root, url, client=client,
+                                weights="random", chunk_rows=8, progress=False)
+    finally:
+        injector.join()
+
+
 def test_worker_killed_mid_run(small_archive, reference, tmp_path):
     url = str(tmp_path / "f.zarr")
     with local_client(n_workers=2, dashboard_address="127.0.0.1:0", announce=False) as client:
@@ -88,12 +99,7 @@ def test_worker_killed_mid_run(small_archive, reference, tmp_path):
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-        killer = threading.Thread(target=kill_when_started)
-        killer.start()
-        summary = extract_features(small_archive.metadata_url, small_archive.root, url,
-                                   client=client, weights="random", chunk_rows=8,
-                                   progress=False)
-        killer.join()
+        summary = extract_while(kill_when_started, small_archive, url, client)
     assert killed and summary.chunks_run == 10
     assert_same_store(url, reference)
 
@@ -213,12 +219,7 @@ def test_worker_killed_during_warm_up_does_not_hang(small_archive, reference, tm
                     return
                 time.sleep(0.01)
 
-        killer = threading.Thread(target=kill_during_warm_up)
-        killer.start()
-        summary = extract_features(small_archive.metadata_url, small_archive.root, url,
-                                   client=client, weights="random", chunk_rows=8,
-                                   progress=False)
-        killer.join()
+        summary = extract_while(kill_during_warm_up, small_archive, url, client)
     assert killed, "the kill did not land during warm-up"
     assert summary.chunks_run == 10
     assert_same_store(url, reference)
