@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import CxrDaskError, ExtractionFailedError, ExtractionIncompleteError, OptionError
+from .interrupt import EXIT_INTERRUPTED, second_interrupt_exits
 
 EXIT_REFUSED = 2
 EXIT_TOO_MANY_FAILED = 3
@@ -27,7 +28,8 @@ EXIT_CODES_HELP = """exit status:
   2  refused before any work (bad input; nothing written)
   3  an extraction ran, but more rows failed than --max-failed-fraction allows
   4  verify found corrupt or missing chunks
-  5  an extraction ran, but storage failures left images to read again: run it again"""
+  5  an extraction ran, but storage failures left images to read again: run it again
+130  interrupted (Ctrl-C): finished chunks are kept; run the same command to resume"""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -533,10 +535,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(only=_command_of(argv)).parse_args(argv)
     try:
-        return args.run(args)
+        with second_interrupt_exits(args.command):
+            return args.run(args)
     except (CxrDaskError, argparse.ArgumentTypeError, FileNotFoundError) as exc:
         print(f"cxrdask {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except KeyboardInterrupt:
+        print(f"cxrdask {args.command}: interrupted; everything finished so far is kept "
+              "(run the same command again to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

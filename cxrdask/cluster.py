@@ -3,8 +3,9 @@
 The local CPU cluster is tuned for this workload: one single-threaded worker process per
 core; the glibc trim and mmap thresholds raised (Dask's default
 ``MALLOC_TRIM_THRESHOLD_=65536`` cost ~15% of extraction speed); the statistical profiler
-off. Its dashboard listens on 127.0.0.1 only unless asked otherwise, and takes a free port
-when the default one is busy (the printed link is the real one).
+off; the workers ignore Ctrl-C (the client stops them). Its dashboard listens on 127.0.0.1
+only unless asked otherwise, and takes a free port when the default one is busy (the
+printed link is the real one).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def cluster_config() -> dict:
     return {
         "distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT,
         "distributed.worker.profile.enabled": False,
+        # Workers ignore Ctrl-C; the client that started them stops them (cxrdask.interrupt).
+        "distributed.worker.preload": ["cxrdask.worker_setup"],
     }
 
 

@@ -756,7 +756,11 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
             warm = [client.submit(warm_worker, config, workers=[w], allow_other_workers=True,
                                   pure=False, key=f"backbone-warmup-{i}-{run_token}")
                     for i, w in enumerate(workers)]
-            client.gather(warm)
+            try:
+                client.gather(warm)
+            except BaseException:
+                client.cancel(warm)
+                raise
             warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build
         args = []
         for chunk in todo:
@@ -778,8 +782,12 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
                 bar.update(result["images"])
                 if strict and result["failures"]:
                     name, reason = result["failures"][0]
-                    client.cancel(futures)
                     raise ImageDecodeError(name, reason)
+        except BaseException:
+            # An error or Ctrl-C: nothing more starts before the lease is released (a chunk
+            # still running is fenced by its lease check, or lands whole with its marker).
+            client.cancel(futures)
+            raise
         finally:
             bar.close()
     seconds = time.perf_counter() - started - warm_seconds

@@ -2,7 +2,9 @@
 
 - :func:`local_s3_server`: a real S3 API (moto's server) on 127.0.0.1 with a bucket.
 - :class:`FaultyProxy`: an HTTP proxy on 127.0.0.1 in front of it that injects storage
-  faults (503s, connection resets, an outage) into object reads.
+  faults (503s, 500s, connection resets, stalls, an outage) into object reads and writes,
+  and can hold a write in flight.
+- :func:`command_line_cluster`: ``dask scheduler`` and ``dask worker`` processes.
 - :func:`make_feature_store`: a complete feature store with learnable synthetic features and
   no images behind it.
 - :func:`direct_features`: features of local files computed in this process, without Dask
@@ -14,6 +16,7 @@ s3fs). Nothing in the library imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterable, Iterator
@@ -59,44 +62,111 @@ def local_s3_server(bucket: str, key: str = "testing") -> Iterator[dict]:
         server.stop()
 
 
+@contextmanager
+def command_line_cluster(n_workers: int = 2, nthreads: int = 1) -> Iterator[tuple[str, str]]:
+    """``dask scheduler`` and ``n_workers`` ``dask worker`` processes (each a nanny and its
+    worker), started as a user starts them, on 127.0.0.1; always stopped afterwards.
+
+    Yields the scheduler's address and its dashboard's URL.
+    """
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from distributed import Client
+
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    port, dashboard = free_port(), free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen([dask_cli, *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+
+    processes = [start("scheduler", "--host", "127.0.0.1", "--port", str(port),
+                       "--dashboard-address", f"127.0.0.1:{dashboard}")]
+    processes += [start("worker", address, "--nthreads", str(nthreads), "--host", "127.0.0.1",
+                        "--dashboard-address", "127.0.0.1:0") for _ in range(n_workers)]
+    try:
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(n_workers, timeout=120)
+        yield address, f"http://127.0.0.1:{dashboard}"
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
 class FaultyProxy:
     """An HTTP proxy on 127.0.0.1 that forwards to ``target`` (moto's endpoint) and makes
-    object reads (GETs of a key) fail: what flaky object storage does to a long job.
+    object requests fail: what flaky object storage does to a long job.
+
+    A faulted request gets, in turn, a ``503 SlowDown``, a connection reset, a ``500``, and
+    (with ``stall_seconds``) a stall before it is answered; a reset or an error comes
+    before the request reaches the server, as when a load balancer drops it.
 
     Parameters
     ----------
     target
         ``http://127.0.0.1:PORT`` of the real server.
     fail_first
-        The first this-many GETs of each object fail (alternately a 503 and a reset).
+        The first this-many requests of each object fail.
     fault_rate
-        Besides, this share of object GETs fails at random (seeded).
+        Besides, this share of object requests fails at random (seeded).
     outage_after
-        After this many object GETs answered, every object GET fails (a reset) until
-        :meth:`end_outage`.
+        After this many object requests answered, every object request fails (a reset)
+        until :meth:`end_outage`.
     only_suffix
         Only keys ending so can fail (``.png``: images, not the metadata).
+    methods
+        The HTTP methods that can fail (object GETs by default; ``("GET", "PUT")`` for
+        writes too). Listings never fail.
+    stall_seconds
+        When above 0, every fourth fault is a stall of this long, then the real answer.
+    hold
+        The first request whose key contains this text is held (not forwarded) until
+        :meth:`release` or ``hold_seconds``; :attr:`holding` is set meanwhile, so a test can
+        act while a write is in flight.
 
     Attributes
     ----------
     endpoint : str
         Where clients connect instead of ``target``.
     faults, answered : int
-        Object GETs failed, and object GETs forwarded, so far.
+        Object requests failed, and object requests forwarded, so far.
+    faults_by_method : dict[str, int]
+        Faults per HTTP method.
+    holding : threading.Event
+        Set while the ``hold`` request is held.
     """
 
     def __init__(self, target: str, *, fail_first: int = 0, fault_rate: float = 0.0,
-                 outage_after: int | None = None, only_suffix: str = "", seed: int = 0):
+                 outage_after: int | None = None, only_suffix: str = "",
+                 methods: tuple[str, ...] = ("GET",), stall_seconds: float = 0.0,
+                 hold: str | None = None, hold_seconds: float = 60.0, seed: int = 0):
+        import collections
         import http.client
         import random
         import threading
+        import time
         import urllib.parse
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         parsed = urllib.parse.urlparse(target)
         self.fail_first, self.fault_rate, self.outage_after = fail_first, fault_rate, outage_after
-        self.only_suffix = only_suffix
+        self.only_suffix, self.methods, self.stall_seconds = only_suffix, methods, stall_seconds
         self.faults = self.answered = 0
+        self.faults_by_method: collections.Counter[str] = collections.Counter()
+        self.holding = threading.Event()
+        self._hold, self._hold_seconds = hold, hold_seconds
+        self._released = threading.Event()
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
         self._random = random.Random(seed)
@@ -108,9 +178,22 @@ class FaultyProxy:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
+            def _reply(self, status: int, code: bytes) -> None:
+                payload = (b"<?xml version='1.0'?><Error><Code>" + code + b"</Code><Message>"
+                           b"Please reduce your request rate.</Message></Error>")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if proxy._holds(self.path):
+                    proxy.holding.set()
+                    proxy._released.wait(proxy._hold_seconds)
+                    proxy.holding.clear()
                 fault = proxy._fault_for(self.command, self.path)
                 if fault == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
@@ -119,30 +202,30 @@ class FaultyProxy:
                     self.close_connection = True
                     return
                 if fault == "503":
-                    payload = (b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>"
-                               b"Please reduce your request rate.</Message></Error>")
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
+                    return self._reply(503, b"SlowDown")
+                if fault == "500":
+                    return self._reply(500, b"InternalError")
+                if fault == "stall":
+                    time.sleep(proxy.stall_seconds)
                 upstream = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
                                                       timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
-                self.send_response(response.status, response.reason)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                size = response.getheader("Content-Length") if self.command == "HEAD" else None
-                self.send_header("Content-Length", size or str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
                 upstream.close()
+                try:
+                    self.send_response(response.status, response.reason)
+                    for key, value in response.getheaders():
+                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(key, value)
+                    size = response.getheader("Content-Length") if self.command == "HEAD" else None
+                    self.send_header("Content-Length", size or str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed)
+                    self.close_connection = True
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
@@ -151,34 +234,51 @@ class FaultyProxy:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
+    def _holds(self, path: str) -> bool:
+        """Whether this request is the one to hold (the first that matches, once)."""
+        with self._lock:
+            if self._hold is None or self._hold not in path.split("?", 1)[0]:
+                return False
+            self._hold = None
+            return True
+
     def _fault_for(self, method: str, path: str) -> str | None:
-        """``reset``, ``503`` or None for a request; only GETs of an object key can fail."""
+        """``reset``, ``503``, ``500``, ``stall`` or None for a request; only requests of an
+        object key with one of :attr:`methods` can fail."""
         bucket_and_key = path.split("?", 1)[0].strip("/")
-        if method != "GET" or "/" not in bucket_and_key or "list-type" in path \
+        if method not in self.methods or "/" not in bucket_and_key or "list-type" in path \
                 or not bucket_and_key.endswith(self.only_suffix):
             return None
         with self._lock:
             if self.outage_after is not None and self.answered >= self.outage_after:
                 self.faults += 1
+                self.faults_by_method[method] += 1
                 return "reset"
-            seen = self._seen.get(bucket_and_key, 0)
-            self._seen[bucket_and_key] = seen + 1
+            seen = self._seen.get(f"{method} {bucket_and_key}", 0)
+            self._seen[f"{method} {bucket_and_key}"] = seen + 1
             if seen < self.fail_first or self._random.random() < self.fault_rate:
                 self.faults += 1
-                return "503" if self.faults % 2 else "reset"
+                self.faults_by_method[method] += 1
+                kinds = ["503", "reset", "500"] + (["stall"] if self.stall_seconds > 0 else [])
+                return kinds[self.faults % len(kinds)]
             self.answered += 1
             return None
 
     def end_outage(self) -> None:
-        """Storage is back: object GETs are answered again."""
+        """Storage is back: object requests are answered again."""
         with self._lock:
             self.outage_after = None
+
+    def release(self) -> None:
+        """Forward the held request (see ``hold``)."""
+        self._released.set()
 
     def __enter__(self) -> FaultyProxy:
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
 

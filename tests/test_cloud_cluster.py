@@ -3,14 +3,10 @@ command line (``dask scheduler`` + ``dask worker``), with the dashboard watched 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import threading
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +16,7 @@ from cxrdask.evaluation import evaluate
 from cxrdask.extract import extract_features
 from cxrdask.store import FeatureStore
 from cxrdask.synthetic import make_archive
-from cxrdask.testing import free_port, local_s3_server
+from cxrdask.testing import command_line_cluster, local_s3_server
 from cxrdask.train import TrainConfig, train_head
 
 pytestmark = pytest.mark.slow
@@ -85,34 +81,8 @@ def test_cli_reads_storage_options(s3, small_archive, tmp_path):
 @pytest.fixture(scope="module")
 def cli_cluster():
     """`dask scheduler` and two `dask worker` processes, started as a user would; always stopped."""
-    dask_cli = str(Path(sys.executable).parent / "dask")
-    port, dashboard = free_port(), free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    processes = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port",
-                                   str(port), "--dashboard-address", f"127.0.0.1:{dashboard}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True, env=env)]
-    for _ in range(2):
-        processes.append(subprocess.Popen(
-            [dask_cli, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-             "--dashboard-address", "127.0.0.1:0"], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True, env=env))
-    try:
-        from distributed import Client
-
-        with Client(address, timeout="60s") as client:
-            client.wait_for_workers(2, timeout=120)
-        yield address, f"http://127.0.0.1:{dashboard}"
-    finally:
-        for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+    with command_line_cluster(n_workers=2) as cluster:
+        yield cluster
 
 
 def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archive, tmp_path):

@@ -7,6 +7,11 @@ the network.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -16,7 +21,7 @@ from cxrdask.metadata import read_metadata
 from cxrdask.retries import is_transient
 from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
 from cxrdask.synthetic import make_archive
-from cxrdask.testing import FaultyProxy, local_s3_server
+from cxrdask.testing import FaultyProxy, command_line_cluster, local_s3_server
 
 pytestmark = pytest.mark.slow
 N = 32
@@ -51,8 +56,8 @@ def clean_store(s3_archive, cluster_client, tmp_path_factory):
     return FeatureStore.open(store)
 
 
-def _assert_equal_stores(url: str, clean: FeatureStore) -> None:
-    store = FeatureStore.open(url)
+def _assert_equal_stores(url: str, clean: FeatureStore, options: dict | None = None) -> None:
+    store = FeatureStore.open(url, options)
     assert store.is_complete()
     assert np.array_equal(store.read("status"), clean.read("status"))
     assert (store.read("status") == STATUS_OK).all()
@@ -105,6 +110,57 @@ def test_an_outage_leaves_retriable_rows_and_the_next_run_completes(s3_archive, 
         resumed = _extract(archive, flaky, store, cluster_client, read_retries=0)
     assert resumed.chunks_skipped == int(done.sum())  # only the unfinished chunks ran again
     _assert_equal_stores(store, clean_store)
+
+
+def test_faults_on_reads_and_writes_from_s3_into_s3(s3_archive, clean_store, cluster_client):
+    """15% of object GETs, HEADs and PUTs fail (503, reset, 500) or stall, the store's
+    writes and lease included: every row ok, features identical to a clean run."""
+    archive, options = s3_archive
+    store = "s3://flaky/read-write-faults.zarr"
+    with FaultyProxy(options["client_kwargs"]["endpoint_url"], fault_rate=0.15, seed=2,
+                     methods=("GET", "HEAD", "PUT"), stall_seconds=0.5) as proxy:
+        summary = _extract(archive, _via(proxy, options), store, cluster_client)
+    assert proxy.faults_by_method["PUT"] >= 5 and proxy.faults_by_method["GET"] >= 5
+    assert summary.rows_failed == 0 and not summary.retriable
+    _assert_equal_stores(store, clean_store, options)
+
+
+@pytest.mark.timeout(400)
+def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store):
+    """A cluster started from the command line (a scheduler, one worker under its nanny):
+    the worker is killed while its first chunk's features are in flight to storage (the
+    proxy holds that PUT). Its nanny starts a new worker, which warms up in its first task
+    and finishes the run; the store equals a clean run's."""
+    from distributed import Client
+
+    archive, options = s3_archive
+    store = "s3://flaky/killed-while-writing.zarr"
+    killed: list[int] = []
+    with command_line_cluster(n_workers=1) as (address, _), \
+            Client(address, timeout="60s") as client, \
+            FaultyProxy(options["client_kwargs"]["endpoint_url"],
+                        hold="killed-while-writing.zarr/features/c/", hold_seconds=120) as proxy:
+        (first_worker,) = client.run(os.getpid).values()
+
+        def kill_while_writing() -> None:
+            if proxy.holding.wait(240):  # the worker waits for its write to be answered
+                killed.append(int(FeatureStore.open(store, options).done_chunks().sum()))
+                os.kill(first_worker, signal.SIGKILL)
+                time.sleep(0.5)
+            proxy.release()  # the write lands after its writer died: never marked done
+
+        injector = threading.Thread(target=kill_while_writing)
+        injector.start()
+        try:
+            summary = _extract(archive, _via(proxy, options), store, client)
+        finally:
+            proxy.release()
+            injector.join()
+        (new_worker,) = client.run(os.getpid).values()
+    assert killed == [0], "the kill did not land during a chunk write while work remained"
+    assert new_worker != first_worker
+    assert summary.chunks_run == N // 8 and summary.rows_failed == 0
+    _assert_equal_stores(store, clean_store, options)
 
 
 def test_transient_and_permanent_errors_are_told_apart():

@@ -134,6 +134,50 @@ def test_client_killed_then_rerun_resumes(small_archive, reference, tmp_path):
     assert_same_store(url, reference)
 
 
+def _interrupt_when(run: subprocess.Popen, url: str, chunks: int, presses: int) -> float:
+    """Press Ctrl-C ``presses`` times (SIGINT to the whole process group, as a terminal does)
+    once ``chunks`` chunks are done; the seconds from the first press to the exit."""
+    deadline = time.time() + 180
+    while done_count(url) < chunks and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    assert run.poll() is None, "the run ended before it could be interrupted"
+    pressed = time.time()
+    for press in range(presses):
+        if press:
+            time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGINT)
+    run.wait(timeout=60)
+    return time.time() - pressed
+
+
+@pytest.mark.timeout(400)
+def test_ctrl_c_cancels_releases_the_lease_and_the_run_resumes(small_archive, reference, tmp_path):
+    url = str(tmp_path / "f.zarr")
+    # One Ctrl-C: outstanding tasks cancelled, the lease released, exit 130, no traceback.
+    run = subprocess.Popen(extract_command(small_archive, url, workers=2), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _interrupt_when(run, url, chunks=2, presses=1)
+    stderr = run.stderr.read()
+    assert run.returncode == 130, stderr
+    assert "press Ctrl-C again" in stderr and "Traceback" not in stderr
+    finished = done_count(url)
+    assert 2 <= finished < 10  # interrupted while work remained
+    assert not (tmp_path / "f.zarr" / LEASE_NAME).exists()  # released, not left to expire
+    # Two presses: out at once, whatever the cleanup was doing.
+    run = subprocess.Popen(extract_command(small_archive, url, workers=2), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = _interrupt_when(run, url, chunks=finished + 1, presses=2)
+    stderr = run.stderr.read()
+    assert run.returncode == 130 and "interrupted again: exiting now" in stderr, stderr
+    assert seconds < 5
+    assert done_count(url) < 10
+    # The same command again finishes the store, equal to a clean run.
+    again = subprocess.run(extract_command(small_archive, url, workers=2), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert_same_store(url, reference)
+
+
 def test_second_extraction_on_same_store_is_refused(small_archive, reference, tmp_path):
     url = str(tmp_path / "f.zarr")
     first = subprocess.Popen(extract_command(small_archive, url), stdout=subprocess.DEVNULL,
