@@ -259,7 +259,10 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate
 
     report = evaluate(args.store, args.checkpoint, split=args.split, out_dir=args.out,
-                      storage_options=parse_storage_options(args.storage_option))
+                      storage_options=parse_storage_options(args.storage_option),
+                      compare_to=args.compare, bootstrap=args.bootstrap, seed=args.seed,
+                      threshold_rule=args.threshold_rule, specificity=args.specificity,
+                      expert_labels=args.expert_labels)
     print(report.to_markdown())
     if report.files:
         print("wrote " + ", ".join(report.files))
@@ -485,6 +488,24 @@ def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--out", help="directory for report.md, report.json and plots")
     evaluate.add_argument("--split", default=api_default(evaluate_function, "split"),
                           choices=["train", "validation", "test"], help="rows to evaluate on")
+    evaluate.add_argument("--compare", metavar="CHECKPOINT",
+                          help="a second head on the same store: paired AUC differences with "
+                               "bootstrap intervals and DeLong's test")
+    evaluate.add_argument("--bootstrap", type=int,
+                          default=api_default(evaluate_function, "bootstrap"),
+                          help="patient resamples for the 95%% intervals (0: none)")
+    evaluate.add_argument("--seed", type=int, default=api_default(evaluate_function, "seed"),
+                          help="seed of the resampling")
+    evaluate.add_argument("--threshold-rule", default=api_default(evaluate_function, "threshold_rule"),
+                          choices=["youden", "specificity"],
+                          help="how each disease's threshold is chosen on the validation split")
+    evaluate.add_argument("--specificity", type=float,
+                          default=api_default(evaluate_function, "specificity"),
+                          help="the specificity kept by --threshold-rule specificity")
+    evaluate.add_argument("--expert-labels", metavar="CSV",
+                          help="Google's 2019 expert labels (google2019_nih-chest-xray-labels.csv"
+                               "[.gz]): score Pneumothorax, Nodule or mass and Airspace opacity "
+                               "against them")
     _add_storage(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 

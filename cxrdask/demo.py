@@ -120,6 +120,7 @@ def run_demo(
     from .extract import plan_extraction, run_extraction
     from .metadata import read_metadata
     from .synthetic import make_archive, synthetic_settings
+    from .synthetic.expert import EXPERT_FILE
     from .train import TrainConfig, train_head
 
     out = Path(out)
@@ -150,7 +151,9 @@ def run_demo(
     result = train_head(store, TrainConfig(epochs=epochs), out / "head", progress=progress)
     echo(f"    best validation loss {result.best_val_loss:.4f} at epoch {result.best_epoch}")
     echo("5/5 evaluation on the test split")
-    evaluation = evaluate(store, result.checkpoint, out_dir=out / "report")
+    expert = Path(archive_root) / EXPERT_FILE  # the archive's stand-in for Google's labels
+    evaluation = evaluate(store, result.checkpoint, out_dir=out / "report",
+                          expert_labels=str(expert) if expert.exists() else None)
     echo(evaluation.to_markdown())
     echo(f"mean test AUC {evaluation.mean_auc:.3f} (untrained head "
          f"{evaluation.mean_auc_untrained:.3f}); report in {out / 'report'}")

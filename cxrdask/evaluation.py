@@ -1,4 +1,5 @@
-"""Evaluation (per-disease ROC AUC beside published results) and single-image prediction."""
+"""Evaluation: per-disease ROC AUC beside published results, with the intervals, subgroups,
+calibration and operating points a clinical reader asks for (see :mod:`cxrdask.audit`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ._fs import StorageOptions
+from .audit import Audit, Scored, audit
 from .batches import FeatureBatches, open_store
+from .calibration import ThresholdRule
+from .expert_labels import read_expert_labels
 from .head import Checkpoint, DiagnosisHead, load_checkpoint, new_head
 from .labels import LABELS
 
@@ -95,6 +99,8 @@ class EvaluationReport:
     files: list[str] = field(default_factory=list)
     caveats: list[str] = field(default_factory=list)
     backbone: str = ""
+    audit: Audit | None = None
+    compared_with: str = ""
 
     @property
     def mean_over(self) -> list[str]:
@@ -140,6 +146,23 @@ class EvaluationReport:
                    "see in these features, not that the head learned it."))
         return notes
 
+    def summary_lines(self) -> list[str]:
+        """The report's lead: mean AUC with its interval, the worst subgroup gap, the mean
+        ECE and localisation."""
+        a = self.audit
+        if a is None:
+            return [f"| mean AUC | {self.mean_auc:.3f} |"]
+        worst = a.worst_gap
+        gap = ("n/a" if worst is None else
+               f"{worst['subgroup']}: {worst['gap']:+.3f}" + (
+                   f" [{worst['gap_low']:+.3f}, {worst['gap_high']:+.3f}]"
+                   if np.isfinite(worst["gap_low"]) else ""))
+        return ["| measure | value |", "|---|---|",
+                f"| mean AUC (95% CI, {a.resamples} patient resamples) | {a.mean_auc} |",
+                f"| worst subgroup gap in mean AUC | {gap} |",
+                f"| mean expected calibration error (10 bins) | {a.mean_ece:.3f} |",
+                "| localisation accuracy at IoBB 0.5 | not computed by `evaluate` |"]
+
     def to_markdown(self) -> str:
         shown = self.table.copy()
         kept = shown["label"].isin(self.mean_over)
@@ -150,22 +173,40 @@ class EvaluationReport:
         head = []
         if self.caveat_line:
             head.append(f"> **{self.caveat_line}.**\n")
+        head.extend([*self.summary_lines(), ""])
         head.append(f"Split: **{self.split}** ({self.n_rows} images); {self.split_description}.  ")
         if self.backbone:
             head.append(f"Backbone: {self.backbone}.  ")
         head.append(f"Means are over the same {int(kept.sum())} of {len(self.table)} diseases in "
                     "every column (those with positive and negative images in the split).\n")
-        lines = ["| disease | positives | AUC | untrained head | Wang 2017 | CheXNet |",
-                 "|---|---:|---:|---:|---:|---:|"]
+        intervals = self._intervals()
+        lines = ["| disease | positives | AUC | 95% CI | untrained head | Wang 2017 | CheXNet |",
+                 "|---|---:|---:|---|---:|---:|---:|"]
         for row in shown.itertuples():
             cells = [f"{v:.3f}" if np.isfinite(v) else "n/a"
                      for v in (row.auc, row.auc_untrained, row.wang2017, row.chexnet)]
+            cells.insert(1, intervals.get(row.label, ""))
             lines.append(f"| {row.label} | {row.positives} | " + " | ".join(cells) + " |")
         notes = [*self.notes(),
                  "Published results use other splits: " + "; ".join(CITATIONS.values()) + ".",
                  "n/a: the split has no positive (or no negative) image of that disease."]
-        return ("\n".join(head) + "\n" + "\n".join(lines) + "\n\n"
+        text = ("\n".join(head) + "\n" + "\n".join(lines) + "\n\n"
                 + "\n".join(f"- {n}" for n in notes) + "\n")
+        if self.audit is not None:
+            from .audit_report import audit_markdown
+
+            text += "\n" + audit_markdown(self.audit, self.compared_with)
+        return text
+
+    def _intervals(self) -> dict[str, str]:
+        """Each disease's (and the mean's) interval as text, where one was computed."""
+        a = self.audit
+        if a is None or not a.resamples:
+            return {}
+        out = {row.label: (f"{row.auc_low:.3f}-{row.auc_high:.3f}" if np.isfinite(row.auc_low)
+                           else "n/a") for row in a.auc.itertuples()}
+        out[f"**mean of {len(self.mean_over)}**"] = f"{a.mean_auc.low:.3f}-{a.mean_auc.high:.3f}"
+        return out
 
     def to_json(self) -> dict:
         """The report as plain values (what ``report.json`` holds)."""
@@ -177,7 +218,21 @@ class EvaluationReport:
             "mean_wang2017": self._mean("wang2017"), "mean_chexnet": self._mean("chexnet"),
             "notes": self.notes(), "citations": CITATIONS,
             "per_label": json.loads(self.table.to_json(orient="records")),
+            **({} if self.audit is None else _audit_json(self.audit, self.compared_with)),
         }
+
+
+def _audit_json(a: Audit, compared_with: str) -> dict:
+    def records(frame: pd.DataFrame | None):
+        return None if frame is None else json.loads(frame.to_json(orient="records"))
+
+    return {"bootstrap": {"resamples": a.resamples, "unit": "patient", "level": 0.95},
+            "mean_auc_interval": [a.mean_auc.low, a.mean_auc.high],
+            "auc_intervals": records(a.auc), "subgroups": records(a.subgroups),
+            "underdiagnosis": records(a.underdiagnosis), "calibration": records(a.calibration),
+            "mean_ece": a.mean_ece, "compared_with": compared_with or None,
+            "comparison": records(a.comparison), "expert_labels": records(a.expert),
+            "expert_labels_listed": a.expert_listed}
 
 
 def evaluate(
@@ -187,12 +242,23 @@ def evaluate(
     split: str = "test",
     out_dir: str | os.PathLike | None = None,
     storage_options: StorageOptions | None = None,
+    compare_to: str | Checkpoint | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    threshold_rule: ThresholdRule = "youden",
+    specificity: float = 0.9,
+    expert_labels: str | None = None,
 ) -> EvaluationReport:
-    """Per-disease ROC AUC on ``split`` for a checkpoint and for its untrained head.
+    """Per-disease ROC AUC on ``split`` with 95% intervals, subgroups, calibration and
+    operating points; beside the untrained head and published results.
 
-    Read out of core from the store. The report states the split, the backbone, and whether
-    the archive is synthetic or the weights random (then its numbers are not comparable with
-    published ones); means are over the same diseases in every column.
+    Read out of core from the store (one pass over ``split``, one over the validation split
+    for the thresholds). Intervals come from a bootstrap over patients (images of one
+    patient resampled together); subgroups are sex, age band and view position, each with
+    its gap to the whole split and its under-diagnosis rate; thresholds are chosen on the
+    validation split and applied to ``split``. The report states the split, the backbone,
+    and whether the archive is synthetic or the weights random (then its numbers are not
+    comparable with published ones).
 
     Parameters
     ----------
@@ -203,25 +269,55 @@ def evaluate(
     split
         ``"test"``, ``"validation"`` or ``"train"``.
     out_dir
-        Where ``report.md``, ``report.json``, ``roc.png`` and ``auc_bars.png`` go; None: no files.
+        Where ``report.md``, ``report.json`` and the charts go; None: no files.
     storage_options
         fsspec options.
+    compare_to
+        A second checkpoint on the same store: per disease, the paired difference in AUC
+        with its bootstrap interval and DeLong's test.
+    bootstrap
+        Patient resamples for the intervals (0: no intervals).
+    seed
+        Seed of the resampling.
+    threshold_rule, specificity
+        How each disease's threshold is chosen on the validation split: Youden's J, or the
+        most sensitive threshold whose specificity is at least ``specificity``.
+    expert_labels
+        Google's 2019 expert labels (``google2019_nih-chest-xray-labels.csv[.gz]``, any
+        fsspec URL): Pneumothorax, Nodule or mass and Airspace opacity scored on the
+        split's relabelled images against those labels and NIH's (see
+        :mod:`cxrdask.expert_labels` for the mapping).
 
     Returns
     -------
     EvaluationReport
-        The table (AUC, untrained AUC, Wang 2017, CheXNet per disease), means and notes.
+        The table (AUC, untrained AUC, Wang 2017, CheXNet per disease), means, notes, and
+        the audit (intervals, subgroups, calibration, comparison).
 
     Raises
     ------
     CheckpointMismatchError
-        The head was trained on another backbone or other inputs.
+        The head (or the one compared with) was trained on another backbone or other inputs.
+    MetadataError
+        The expert-label file is malformed (each bad row named).
     """
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
+    if not 0.0 < specificity < 1.0:
+        raise ValueError(f"specificity must be between 0 and 1, not {specificity}")
+    expert = (None if expert_labels is None
+              else read_expert_labels(expert_labels, storage_options))  # checked before any pass
     store = open_store(store, storage_options)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
+             else load_checkpoint(compare_to))
     demographics = tuple(ckpt.input["demographics"])
     batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
     ckpt.check_inputs(batches.n_inputs, store.provenance["backbone"])
+    if other is not None:
+        other_batches = FeatureBatches(store, split, 4096, shuffle=False,
+                                       demographics=tuple(other.input["demographics"]))
+        other.check_inputs(other_batches.n_inputs, store.provenance["backbone"])
     # The untrained head: the same seed's initial weights and the same input standardisation.
     untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
     untrained.input_mean.copy_(ckpt.head.input_mean)
@@ -236,22 +332,54 @@ def evaluate(
         "wang2017": [WANG_2017[name] for name in LABELS],
         "chexnet": [CHEXNET_2017[name] for name in LABELS],
     })
+    other_probabilities = (None if other is None
+                           else head_outputs([other.head], other_batches)[0][0])
+    validation = _scored(store, "validation", ckpt, demographics)
+    found = audit(Scored(targets.astype(bool), probabilities, _rows(store, split)), validation,
+                  other=other_probabilities, resamples=bootstrap, seed=seed, rule=threshold_rule,
+                  specificity=specificity, expert=expert)
     identity = store.provenance["backbone"]
     report = EvaluationReport(table=table, split=split,
                               split_description=store.provenance["split"].get("description", ""),
                               n_rows=len(targets), caveats=report_caveats(store.provenance),
-                              backbone=f"{identity['name']} ({identity['weights']})")
+                              backbone=f"{identity['name']} ({identity['weights']})",
+                              audit=found, compared_with="" if other is None else str(other.path))
     if out_dir is not None:
-        from .plots import auc_bars_figure, roc_figure, save_figure
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(report.to_markdown())
-        (out / "report.json").write_text(json.dumps(
-            {**report.to_json(), "checkpoint": ckpt.path, "backbone_identity": ckpt.backbone},
-            indent=2))
-        caveat = report.caveat_line
-        report.files = [str(out / "report.md"), str(out / "report.json"),
-                        save_figure(roc_figure(targets, probabilities, caveat), out / "roc.png"),
-                        save_figure(auc_bars_figure(table, caveat), out / "auc_bars.png")]
+        report.files = _write_report(report, ckpt, targets, probabilities, Path(out_dir))
     return report
+
+
+def _rows(store, split: str) -> pd.DataFrame:
+    """Patient and demographics of the split's readable rows, in the order batches yield them."""
+    table = store.table(["image_index", "patient_id", "sex", "age", "view"])
+    return table.iloc[store.rows(split)].reset_index(drop=True)
+
+
+def _scored(store, split: str, ckpt: Checkpoint, demographics: tuple[str, ...]) -> Scored | None:
+    """The head's probabilities on ``split`` (None where the split is empty)."""
+    batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
+    if batches.n_rows == 0:
+        return None
+    (probabilities,), targets = head_outputs([ckpt.head], batches)
+    return Scored(targets.astype(bool), probabilities, _rows(store, split))
+
+
+def _write_report(report: EvaluationReport, ckpt: Checkpoint, targets: np.ndarray,
+                  probabilities: np.ndarray, out: Path) -> list[str]:
+    from .plots import auc_bars_figure, reliability_figure, roc_figure, save_figure, subgroup_gap_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(report.to_markdown())
+    (out / "report.json").write_text(json.dumps(
+        {**report.to_json(), "checkpoint": ckpt.path, "backbone_identity": ckpt.backbone},
+        indent=2))
+    caveat = report.caveat_line
+    files = [str(out / "report.md"), str(out / "report.json"),
+             save_figure(roc_figure(targets, probabilities, caveat), out / "roc.png"),
+             save_figure(auc_bars_figure(report.table, caveat), out / "auc_bars.png"),
+             save_figure(reliability_figure(targets, probabilities, caveat),
+                         out / "reliability.png")]
+    if report.audit is not None:
+        files.append(save_figure(subgroup_gap_figure(report.audit.subgroups, caveat),
+                                 out / "subgroup_gaps.png"))
+    return files

@@ -133,3 +133,51 @@ def grid_figure(frame: pd.DataFrame) -> Figure:
 
 __all__ = ["FINDING_COLOURS", "auc_bars_figure", "curves_figure", "grid_figure", "new_figure",
            "roc_figure", "save_figure"]
+
+
+def reliability_figure(targets: np.ndarray, probabilities: np.ndarray,
+                       caveat: str | None = None) -> Figure:
+    """A reliability diagram per disease: observed rate against mean predicted probability
+    in 10 equal-width bins, with the ECE in each panel's title."""
+    from .calibration import expected_calibration_error, reliability
+
+    figure = new_figure(12, 9)
+    for i, name in enumerate(LABELS):
+        ax = figure.add_subplot(4, 4, i + 1)
+        table = reliability(targets[:, i], probabilities[:, i])
+        used = table["images"] > 0
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.plot(table.loc[used, "predicted"], table.loc[used, "observed"], marker="o",
+                markersize=3, color=FINDING_COLOURS[name])
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ece = expected_calibration_error(targets[:, i], probabilities[:, i])
+        ax.set_title(f"{name} (ECE {ece:.3f})", fontsize=8)
+        ax.tick_params(labelsize=6)
+    figure.supxlabel("mean predicted probability", fontsize=9)
+    figure.supylabel("observed rate", fontsize=9)
+    figure.subplots_adjust(hspace=0.5, wspace=0.3, top=0.93)
+    _caveat(figure, caveat)
+    return figure
+
+
+def subgroup_gap_figure(subgroups: pd.DataFrame, caveat: str | None = None) -> Figure:
+    """A heatmap of each subgroup's AUC minus the whole split's, per disease and for the
+    mean (blank where the subgroup cannot score a disease)."""
+    shown = subgroups[subgroups["subgroup"] != "all"]
+    grid = shown.pivot(index="subgroup", columns="label", values="gap")
+    grid = grid.reindex(index=list(dict.fromkeys(shown["subgroup"])), columns=[*LABELS, "mean"])
+    values = grid.to_numpy(dtype=float)
+    limit = max(0.05, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.05)
+    figure = new_figure(12, 0.45 * len(grid) + 2.2)
+    ax = figure.add_axes((0.12, 0.3, 0.8, 0.6))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu", vmin=-limit, vmax=limit,
+                      aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), grid.index, fontsize=8)
+    for (r, c), value in np.ndenumerate(values):
+        if np.isfinite(value):
+            ax.text(c, r, f"{value:+.2f}", ha="center", va="center", fontsize=6)
+    figure.colorbar(image, ax=ax, label="AUC gap to the whole split", fraction=0.03)
+    _caveat(figure, caveat)
+    return figure

@@ -86,8 +86,60 @@ def test_train_checkpoint_and_evaluate(feature_store, tmp_path):
     assert "CheXNet" in markdown and "**mean of 14**" in markdown and "patient split" in markdown
     assert markdown.startswith("> **Synthetic archive, random-weight backbone: not comparable")
     assert f"{CHEXNET_2017['Hernia']:.3f}" in markdown
-    for name in ("roc.png", "auc_bars.png"):
+    for name in ("roc.png", "auc_bars.png", "reliability.png", "subgroup_gaps.png"):
         assert (tmp_path / "report" / name).stat().st_size > 5000
+    # The audit: intervals from a patient bootstrap, subgroups, calibration.
+    audit = report.audit
+    assert audit.resamples == 1000
+    assert audit.mean_auc.low < report.mean_auc < audit.mean_auc.high
+    assert audit.mean_auc.high - audit.mean_auc.low < 0.1
+    assert (audit.auc["auc_low"] <= audit.auc["auc"]).all()
+    assert set(audit.subgroups["subgroup"]) >= {"all", "sex M", "sex F", "view PA", "view AP"}
+    whole = audit.subgroups[(audit.subgroups["subgroup"] == "all")]
+    assert (whole["gap"].abs() < 1e-12).all()
+    assert audit.calibration["threshold"].notna().all()
+    assert audit.underdiagnosis["rate"].between(0, 1).all()
+    lead = markdown.split("| disease |")[0]
+    assert "| mean AUC (95% CI, 1000 patient resamples) |" in lead
+    assert "worst subgroup gap" in lead and "expected calibration error" in lead
+    assert "## Subgroups" in markdown and "## Calibration and operating points" in markdown
+    assert data["bootstrap"] == {"resamples": 1000, "unit": "patient", "level": 0.95}
+    assert len(data["calibration"]) == 14 and data["comparison"] is None
+
+    # Two heads compared on the same images: a head trained for one epoch is worse.
+    early = train_head(feature_store, TrainConfig(epochs=1, batch_size=64, lr=1e-4),
+                       tmp_path / "early", progress=False)
+    compared = evaluate(feature_store, result.checkpoint, compare_to=early.checkpoint,
+                        bootstrap=300).audit.comparison
+    assert (compared["difference"] > 0).mean() > 0.8
+    better = compared[(compared["low"] > 0) & (compared["delong_p"] < 0.05)]
+    assert len(better) >= 5
+    itself = evaluate(feature_store, result.checkpoint, compare_to=result.checkpoint,
+                      bootstrap=100).audit.comparison
+    # Expert labels (a stand-in in Google's format for some of the test images): with no
+    # disagreement they score exactly as NIH's labels; with disagreement, not.
+    from cxrdask.synthetic.expert import format_expert_labels
+    from cxrdask.synthetic.layout import make_metadata
+
+    store = FeatureStore.open(feature_store)
+    frame = make_metadata(3000, seed=2)  # the rows make_feature_store wrote
+    test_images = set(store.read("image_index")[store.rows("test")])
+    (tmp_path / "same.csv").write_text(format_expert_labels(frame, test_images, missed=0, added=0))
+    same = evaluate(feature_store, result.checkpoint, bootstrap=100,
+                    expert_labels=str(tmp_path / "same.csv")).audit.expert
+    listed = frame[frame["image_index"].isin(test_images)]
+    assert 0 < same["images"].iloc[0] < len(listed)
+    assert (same["auc_expert"] == same["auc_nih"]).all() and (same["difference"] == 0).all()
+    (tmp_path / "flipped.csv").write_text(format_expert_labels(frame, test_images, seed=1,
+                                                               missed=0.5, added=0.2))
+    flipped = evaluate(feature_store, result.checkpoint, bootstrap=100,
+                       expert_labels=str(tmp_path / "flipped.csv")).audit.expert
+    assert (flipped["positives_expert"] != flipped["positives_nih"]).any()
+    assert (flipped["auc_expert"] < flipped["auc_nih"]).all()  # noisier reference, lower AUC
+
+    scored = itself["delong_p"].notna()  # DeLong needs two positives (Hernia may have fewer)
+    assert scored.sum() >= 12 and (itself.loc[scored, "delong_p"] == 1).all()
+    assert (itself.loc[scored, "difference"] == 0).all()
 
 
 def test_shuffled_labels_learn_nothing(tmp_path):

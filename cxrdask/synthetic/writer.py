@@ -16,6 +16,7 @@ import fsspec
 
 from .._fs import StorageOptions, filesystem, join_url
 from ..metadata import CSV_NAMES, label_matrix
+from .expert import EXPERT_FILE, format_expert_labels
 from .layout import CsvVariant, Prevalence, format_csv, make_metadata, official_lists
 from .render import encode_png, render_image
 
@@ -100,7 +101,8 @@ def make_archive(
     csv_variant
         Which real metadata file to imitate.
     official
-        Write ``train_val_list.txt`` and ``test_list.txt``.
+        Write ``train_val_list.txt``, ``test_list.txt`` and a stand-in for Google's expert
+        labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``).
     workers
         Writer threads (default: one per core).
     client
@@ -137,6 +139,9 @@ def make_archive(
         for name, rows in (("train_val_list.txt", train_val), ("test_list.txt", test)):
             with fsspec.open(join_url(root, name), "wt", **(storage_options or {})) as handle:
                 handle.write("\n".join(rows) + "\n")
+        with fsspec.open(join_url(root, EXPERT_FILE), "wt", compression="gzip",
+                         **(storage_options or {})) as handle:
+            handle.write(format_expert_labels(frame, set(test), seed=seed))
     settings = {"n": n, "size": size, "seed": seed, "strength": strength,
                 "prevalence": prevalence, "csv_variant": csv_variant, "official": official}
     with fsspec.open(join_url(root, SYNTHETIC_MARKER), "wt", **(storage_options or {})) as handle:
