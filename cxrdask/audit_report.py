@@ -1,5 +1,5 @@
-"""The audit's sections of ``report.md``: subgroups, calibration and operating points, and
-the comparison of two heads."""
+"""The audit's sections of ``report.md``: subgroups, calibration and operating points, the
+comparison of two heads, expert labels and localisation."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 
 from .audit import Audit
+from .boxes import BOX_FINDINGS
+from .localisation import IOBB_THRESHOLDS, IOU_THRESHOLDS, WANG_CITATION, LocalisationReport
 
 
 def _number(value: float, digits: int = 3, sign: bool = False) -> str:
@@ -99,4 +101,39 @@ def _comparison(table: pd.DataFrame, compared_with: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["audit_markdown"]
+
+
+def localisation_markdown(found: LocalisationReport) -> str:
+    """The localisation section: accuracy per finding at IoBB (beside Wang et al. 2017's
+    Table 4) and IoU thresholds, with the control of maps taken from other images."""
+    lines = ["## Localisation (NIH's boxes)", "",
+             f"{len(found.boxes)} of the {found.listed} boxes lie on {found.images} images of this "
+             "split. For each, the Grad-CAM map of its finding was cut at half its peak and the "
+             "region around the peak boxed; a box is correct when its overlap with the true box "
+             "exceeds the threshold: IoBB (intersection over the drawn box, as Wang et al. 2017 "
+             "scored) or IoU. *Control*: each true box scored against the map of another image "
+             "with the same finding, what a map that ignores the image gets. "
+             f"{WANG_CITATION}."]
+    if found.missing_images:
+        lines.append(f"\n{found.missing_images} box(es) had no map (the image could not be "
+                     "read) and count as missed.")
+    for measure, thresholds, title in (("iobb", IOBB_THRESHOLDS[:3], "IoBB"),
+                                       ("iou", IOU_THRESHOLDS[::2], "IoU")):
+        header = " | ".join(f"{title} > {t:g}" for t in thresholds)
+        lines += ["", f"| finding | boxes | {header} |", "|---|---:|" + "---|" * len(thresholds)]
+        for finding in BOX_FINDINGS:
+            cells = []
+            for t in thresholds:
+                row = found.at(measure, t)
+                row = row[row["finding"] == finding].iloc[0]
+                cell = f"{_number(row['accuracy'], 2)} (control {_number(row['control'], 2)}"
+                cell += f"; Wang {row['wang2017']:.2f})" if measure == "iobb" else ")"
+                cells.append(cell)
+            boxes = int(found.at(measure, thresholds[0]).set_index("finding").at[finding, "boxes"])
+            lines.append(f"| {finding} | {boxes} | " + " | ".join(cells) + " |")
+    lines += ["", "Wang et al. published accuracies at IoU thresholds only in their supplementary "
+                  "material, not reproduced here."]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["audit_markdown", "localisation_markdown"]

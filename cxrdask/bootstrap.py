@@ -142,6 +142,8 @@ def percentile_interval(estimate: float, samples: np.ndarray, level: float = 0.9
 def mean_over(samples: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """Per resample, the mean over the chosen diseases (NaN where any of them is undefined,
     so every resample's mean is over the same diseases)."""
+    if len(columns) == 0:  # a subgroup that can score no disease
+        return np.full(len(samples), np.nan)
     return samples[:, columns].mean(axis=1)
 
 

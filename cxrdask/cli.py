@@ -9,6 +9,7 @@ what was written is kept). Defaults shown by ``--help`` come from the Python API
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import sys
@@ -258,11 +259,18 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate
 
-    report = evaluate(args.store, args.checkpoint, split=args.split, out_dir=args.out,
-                      storage_options=parse_storage_options(args.storage_option),
-                      compare_to=args.compare, bootstrap=args.bootstrap, seed=args.seed,
-                      threshold_rule=args.threshold_rule, specificity=args.specificity,
-                      expert_labels=args.expert_labels)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if args.boxes and args.scheduler:  # else localisation starts its own local cluster
+            from .cluster import local_client
+
+            client = stack.enter_context(local_client(args.scheduler))
+        report = evaluate(args.store, args.checkpoint, split=args.split, out_dir=args.out,
+                          storage_options=parse_storage_options(args.storage_option),
+                          compare_to=args.compare, bootstrap=args.bootstrap, seed=args.seed,
+                          threshold_rule=args.threshold_rule, specificity=args.specificity,
+                          expert_labels=args.expert_labels, boxes=args.boxes, images=args.images,
+                          client=client, n_workers=args.workers, weights=args.weights)
     print(report.to_markdown())
     if report.files:
         print("wrote " + ", ".join(report.files))
@@ -506,6 +514,13 @@ def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
                           help="Google's 2019 expert labels (google2019_nih-chest-xray-labels.csv"
                                "[.gz]): score Pneumothorax, Nodule or mass and Airspace opacity "
                                "against them")
+    evaluate.add_argument("--boxes", metavar="CSV",
+                          help="NIH's BBox_List_2017.csv: score Grad-CAM localisation of the "
+                               "boxed findings (needs --images; runs on a Dask cluster)")
+    evaluate.add_argument("--images", help="the archive's images, for --boxes")
+    evaluate.add_argument("--weights", help="backbone weights file, when the head was trained on one")
+    evaluate.add_argument("--scheduler", help="Dask scheduler for --boxes (default: a local cluster)")
+    evaluate.add_argument("--workers", type=int, help="local worker processes for --boxes")
     _add_storage(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 

@@ -116,6 +116,7 @@ def run_demo(
     DemoFolderError
         ``out`` holds a demo of other settings, or files that are not a demo's.
     """
+    from .boxes import BOX_FILE
     from .evaluation import evaluate
     from .extract import plan_extraction, run_extraction
     from .metadata import read_metadata
@@ -151,9 +152,14 @@ def run_demo(
     result = train_head(store, TrainConfig(epochs=epochs), out / "head", progress=progress)
     echo(f"    best validation loss {result.best_val_loss:.4f} at epoch {result.best_epoch}")
     echo("5/5 evaluation on the test split")
-    expert = Path(archive_root) / EXPERT_FILE  # the archive's stand-in for Google's labels
+    # The archive's stand-ins for Google's expert labels and NIH's boxes (Grad-CAM
+    # localisation runs on a local cluster, like extraction).
+    expert, boxes = Path(archive_root) / EXPERT_FILE, Path(archive_root) / BOX_FILE
     evaluation = evaluate(store, result.checkpoint, out_dir=out / "report",
-                          expert_labels=str(expert) if expert.exists() else None)
+                          expert_labels=str(expert) if expert.exists() else None,
+                          boxes=str(boxes) if boxes.exists() else None,
+                          images=archive_root if boxes.exists() else None, n_workers=workers,
+                          weights=weights if weights.endswith(".pth") else None)
     echo(evaluation.to_markdown())
     echo(f"mean test AUC {evaluation.mean_auc:.3f} (untrained head "
          f"{evaluation.mean_auc_untrained:.3f}); report in {out / 'report'}")

@@ -17,9 +17,11 @@ from ._fs import StorageOptions
 from .audit import Audit, Scored, audit
 from .batches import FeatureBatches, open_store
 from .calibration import ThresholdRule
+from .errors import OptionError
 from .expert_labels import read_expert_labels
 from .head import Checkpoint, DiagnosisHead, load_checkpoint, new_head
 from .labels import LABELS
+from .localisation import WANG_CITATION, LocalisationReport
 
 # Published test-set AUCs, kept for comparison (their splits differ from ours: see the report).
 WANG_2017 = {  # Wang et al., "ChestX-ray8", CVPR 2017, Table 4, ResNet-50.
@@ -101,6 +103,7 @@ class EvaluationReport:
     backbone: str = ""
     audit: Audit | None = None
     compared_with: str = ""
+    localisation: LocalisationReport | None = None
 
     @property
     def mean_over(self) -> list[str]:
@@ -161,7 +164,14 @@ class EvaluationReport:
                 f"| mean AUC (95% CI, {a.resamples} patient resamples) | {a.mean_auc} |",
                 f"| worst subgroup gap in mean AUC | {gap} |",
                 f"| mean expected calibration error (10 bins) | {a.mean_ece:.3f} |",
-                "| localisation accuracy at IoBB 0.5 | not computed by `evaluate` |"]
+                f"| localisation accuracy at IoBB 0.5 | {self._localisation_line()} |"]
+
+    def _localisation_line(self) -> str:
+        found = self.localisation
+        if found is None:
+            return "not computed (give the boxes and the images)"
+        return (f"{found.mean_accuracy('iobb', 0.5):.3f} of {len(found.boxes)} boxes "
+                f"(maps of other images: {found.mean_accuracy('iobb', 0.5, 'control'):.3f})")
 
     def to_markdown(self) -> str:
         shown = self.table.copy()
@@ -196,6 +206,10 @@ class EvaluationReport:
             from .audit_report import audit_markdown
 
             text += "\n" + audit_markdown(self.audit, self.compared_with)
+        if self.localisation is not None:
+            from .audit_report import localisation_markdown
+
+            text += "\n" + localisation_markdown(self.localisation)
         return text
 
     def _intervals(self) -> dict[str, str]:
@@ -219,6 +233,12 @@ class EvaluationReport:
             "notes": self.notes(), "citations": CITATIONS,
             "per_label": json.loads(self.table.to_json(orient="records")),
             **({} if self.audit is None else _audit_json(self.audit, self.compared_with)),
+            **({} if self.localisation is None else {"localisation": {
+                "boxes_listed": self.localisation.listed, "boxes_scored": len(self.localisation.boxes),
+                "images": self.localisation.images,
+                "boxes_without_a_map": self.localisation.missing_images,
+                "accuracy": json.loads(self.localisation.accuracy.to_json(orient="records")),
+                "published": WANG_CITATION}}),
         }
 
 
@@ -248,6 +268,11 @@ def evaluate(
     threshold_rule: ThresholdRule = "youden",
     specificity: float = 0.9,
     expert_labels: str | None = None,
+    boxes: str | None = None,
+    images: str | None = None,
+    client=None,
+    n_workers: int | None = None,
+    weights: str | None = None,
 ) -> EvaluationReport:
     """Per-disease ROC AUC on ``split`` with 95% intervals, subgroups, calibration and
     operating points; beside the untrained head and published results.
@@ -287,6 +312,15 @@ def evaluate(
         fsspec URL): Pneumothorax, Nodule or mass and Airspace opacity scored on the
         split's relabelled images against those labels and NIH's (see
         :mod:`cxrdask.expert_labels` for the mapping).
+    boxes, images
+        NIH's ``BBox_List_2017.csv`` and the archive's images: the Grad-CAM map of every
+        boxed finding on the split's images is boxed and scored as Wang et al. 2017 did
+        (:func:`cxrdask.localisation.localise`), on ``client`` or a local cluster of
+        ``n_workers``. ``checkpoint`` must then be a file.
+    client, n_workers
+        Where localisation runs (a Dask client, or a local cluster started for it).
+    weights
+        The backbone weights file, when the head was trained on one (for localisation).
 
     Returns
     -------
@@ -305,6 +339,12 @@ def evaluate(
         raise ValueError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
     if not 0.0 < specificity < 1.0:
         raise ValueError(f"specificity must be between 0 and 1, not {specificity}")
+    if (boxes is None) != (images is None):
+        raise OptionError("localisation needs both the boxes (BBox_List_2017.csv) and the "
+                          "images they were drawn on")
+    if boxes is not None and isinstance(checkpoint, Checkpoint) and not checkpoint.path:
+        raise OptionError("localisation runs on Dask workers, which load the checkpoint from "
+                          "its file: pass the checkpoint's path")
     expert = (None if expert_labels is None
               else read_expert_labels(expert_labels, storage_options))  # checked before any pass
     store = open_store(store, storage_options)
@@ -344,6 +384,12 @@ def evaluate(
                               n_rows=len(targets), caveats=report_caveats(store.provenance),
                               backbone=f"{identity['name']} ({identity['weights']})",
                               audit=found, compared_with="" if other is None else str(other.path))
+    if boxes is not None and images is not None:
+        from .localisation import localise
+
+        report.localisation = localise(store, str(ckpt.path), boxes, images, split=split,
+                                       client=client, n_workers=n_workers, weights=weights,
+                                       storage_options=storage_options, seed=seed)
     if out_dir is not None:
         report.files = _write_report(report, ckpt, targets, probabilities, Path(out_dir))
     return report

@@ -26,7 +26,7 @@ from cxrdask.inference import predict
 from cxrdask.labels import LABELS
 from cxrdask.testing import free_port
 from cxrdask.web import create_app, grad_cam
-from cxrdask.web.diagnosis import last_conv_maps
+from cxrdask.diagnosis import last_conv_maps
 
 pytestmark = pytest.mark.slow
 

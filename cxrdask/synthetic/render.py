@@ -36,18 +36,32 @@ def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 
 def render_image(labels: np.ndarray, size: int = 1024, seed: int = 0,
-                 strength: float = 1.0) -> np.ndarray:
+                 strength: float = 1.0, boxes: dict[str, tuple[int, int, int, int]] | None = None
+                 ) -> np.ndarray:
     """One synthetic chest radiograph (uint8, ``size`` x ``size``) showing the given diseases.
 
     Signs, each scaled by ``strength``: Cardiomegaly widens the heart, Effusion fills a
     lung base, Nodule adds small round opacities, Mass a large one, Pneumothorax darkens
     an apex and erases its markings, Emphysema darkens and enlarges the lungs, and so on.
+    With ``boxes`` (a dict), where each sign was drawn is put in it: the finding's name to
+    ``(x, y, w, h)`` in pixels, the box around the sign's strongest part (at least a quarter
+    of its peak); Cardiomegaly's box is the heart's.
     """
     rng = np.random.default_rng(seed)
     x, y = _grid(size)
     on = dict(zip(LABELS, np.asarray(labels).astype(bool), strict=True))
     s = float(strength) * SIGN_GAIN
     jitter = lambda scale: float(rng.normal(0, scale))  # noqa: E731
+
+    def sign(name: str, layer: np.ndarray) -> np.ndarray:
+        """Record where ``layer`` (one sign's change to the image) is drawn; return it."""
+        if boxes is not None:
+            strong = np.abs(layer) >= 0.25 * float(np.abs(layer).max(initial=0.0))
+            if strong.any():
+                rows, cols = np.flatnonzero(strong.any(axis=1)), np.flatnonzero(strong.any(axis=0))
+                boxes[name] = (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1),
+                               int(rows[-1] - rows[0] + 1))
+        return layer
 
     image = np.full((size, size), 18.0, dtype=np.float32)
     body = _ellipse(x, y, 0.5 + jitter(0.01), 0.6, 0.47 + jitter(0.01), 0.62) < 1
@@ -71,6 +85,8 @@ def render_image(labels: np.ndarray, size: int = 1024, seed: int = 0,
     heart_width = 0.13 * (1.0 + (0.38 * s if on["Cardiomegaly"] else 0.0)) * (1 + jitter(0.04))
     heart = _ellipse(x, y, 0.53 + jitter(0.01), 0.63, heart_width, 0.13) < 1
     image += heart * 78.0
+    if on["Cardiomegaly"]:
+        sign("Cardiomegaly", heart.astype(np.float32))
     spine = np.abs(x - 0.5 + jitter(0.004)) < 0.035
     image += spine * body * (40.0 + 14.0 * (np.sin(2 * np.pi * 22 * y) > 0))
     image += (y > 0.8 + jitter(0.01)) * body * 38.0  # abdomen below the diaphragm
@@ -79,24 +95,26 @@ def render_image(labels: np.ndarray, size: int = 1024, seed: int = 0,
     lung_x = 0.5 + (2 * side - 1) * 0.19
     if on["Effusion"]:
         level = 0.7 - 0.1 * s + 0.05 * (x - lung_x) ** 2 * 20
-        image += lungs[side] * (y > level) * 75.0 * s
+        image += sign("Effusion", lungs[side] * (y > level) * 75.0 * s)
     if on["Nodule"]:
+        nodules = np.zeros_like(image)
         for _ in range(int(rng.integers(3, 7))):
             cx, cy = lung_x + rng.uniform(-0.08, 0.08), rng.uniform(0.3, 0.6)
-            image += (_ellipse(x, y, cx, cy, 0.025, 0.025) < 1) * 75.0 * s
+            nodules += (_ellipse(x, y, cx, cy, 0.025, 0.025) < 1) * 75.0 * s
+        image += sign("Nodule", nodules)
     if on["Mass"]:
         cx, cy = 0.5 + (1 - 2 * side) * 0.19 + rng.uniform(-0.04, 0.04), rng.uniform(0.35, 0.55)
-        image += (_ellipse(x, y, cx, cy, 0.085, 0.085) < 1) * 80.0 * s
+        image += sign("Mass", (_ellipse(x, y, cx, cy, 0.085, 0.085) < 1) * 80.0 * s)
     if on["Infiltration"]:
         patches = _smooth_field(rng, size, 12) > 0.62
-        image += lung * patches * 40.0 * s
+        image += sign("Infiltration", lung * patches * 40.0 * s)
     if on["Atelectasis"]:
         band = np.abs(y - (0.6 + 0.03 * (x - lung_x) * 10) - jitter(0.02)) < 0.035
-        image += lungs[1 - side] * band * 70.0 * s
+        image += sign("Atelectasis", lungs[1 - side] * band * 70.0 * s)
     if on["Pneumonia"]:
         cy = rng.uniform(0.5, 0.62)
         blob = np.exp(-_ellipse(x, y, lung_x, cy, 0.08, 0.08))
-        image += lungs[side] * blob * 75.0 * s
+        image += sign("Pneumonia", lungs[side] * blob * 75.0 * s)
     if on["Consolidation"]:
         cy = rng.uniform(0.52, 0.65)
         image += lungs[1 - side] * (_ellipse(x, y, 1 - lung_x, cy, 0.09, 0.07) < 1) * 90.0 * s
@@ -114,7 +132,7 @@ def render_image(labels: np.ndarray, size: int = 1024, seed: int = 0,
         image -= (_ellipse(x, y, 0.5, 0.76, 0.03, 0.02) < 1) * 70.0 * s
     if on["Pneumothorax"]:
         apex = lungs[side] & (_ellipse(x, y, lung_x + (2 * side - 1) * 0.05, 0.25, 0.1, 0.14) < 1)
-        image -= apex * 30.0 * s
+        image += sign("Pneumothorax", apex * (-30.0 * s))
         rib_mask *= ~apex
 
     image += rib_mask * 26.0

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import fsspec
 
 from .._fs import StorageOptions, filesystem, join_url
+from ..boxes import BOX_FILE, BOX_FINDINGS, BOX_IMAGE_SIZE, format_boxes
 from ..metadata import CSV_NAMES, label_matrix
 from .expert import EXPERT_FILE, format_expert_labels
 from .layout import CsvVariant, Prevalence, format_csv, make_metadata, official_lists
@@ -48,17 +49,25 @@ def image_folder(position: int) -> str:
     return f"images_{position // IMAGES_PER_FOLDER + 1:03d}/images"
 
 
-def _write_images(root: str, storage_options: StorageOptions | None, jobs: list[tuple]) -> int:
-    """Render and write a batch of images; returns the bytes written."""
+def _write_images(root: str, storage_options: StorageOptions | None, jobs: list[tuple]
+                  ) -> tuple[int, list[tuple]]:
+    """Render and write a batch of images; returns the bytes written and where the boxed
+    findings' signs were drawn (image, finding, x, y, w, h in pixels of a 1024 image)."""
     fs, base = filesystem(root, storage_options)
     written = 0
+    drawn: list[tuple] = []
     for position, name, labels, size, seed, strength in jobs:
-        data = encode_png(render_image(labels, size=size, seed=seed, strength=strength))
+        boxes: dict[str, tuple[int, int, int, int]] = {}
+        data = encode_png(render_image(labels, size=size, seed=seed, strength=strength,
+                                       boxes=boxes))
         path = join_url(base, image_folder(position), name)
         with fs.open(path, "wb") as handle:
             handle.write(data)
         written += len(data)
-    return written
+        scale = BOX_IMAGE_SIZE / size
+        drawn += [(name, finding, *(v * scale for v in box))
+                  for finding, box in boxes.items() if finding in BOX_FINDINGS]
+    return written, drawn
 
 
 def make_archive(
@@ -101,8 +110,10 @@ def make_archive(
     csv_variant
         Which real metadata file to imitate.
     official
-        Write ``train_val_list.txt``, ``test_list.txt`` and a stand-in for Google's expert
-        labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``).
+        Write ``train_val_list.txt``, ``test_list.txt``, a stand-in for Google's expert
+        labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``) and
+        ``BBox_List_2017.csv``: where the signs of the eight boxed findings were drawn on
+        the test list's images, in NIH's format.
     workers
         Writer threads (default: one per core).
     client
@@ -129,7 +140,7 @@ def make_archive(
             for i, name in enumerate(frame["image_index"])]
     per_batch = max(1, min(64, math.ceil(n / ((workers or os.cpu_count() or 1) * 4))))
     batches = [jobs[i:i + per_batch] for i in range(0, n, per_batch)]
-    bytes_written = _run_batches(root, storage_options, batches, workers, client, progress)
+    bytes_written, drawn = _run_batches(root, storage_options, batches, workers, client, progress)
 
     metadata_url = join_url(root, CSV_NAMES[csv_variant])
     with fsspec.open(metadata_url, "wt", **(storage_options or {})) as handle:
@@ -142,6 +153,9 @@ def make_archive(
         with fsspec.open(join_url(root, EXPERT_FILE), "wt", compression="gzip",
                          **(storage_options or {})) as handle:
             handle.write(format_expert_labels(frame, set(test), seed=seed))
+        tested = set(test)
+        with fsspec.open(join_url(root, BOX_FILE), "wt", **(storage_options or {})) as handle:
+            handle.write(format_boxes([box for box in drawn if box[0] in tested]))
     settings = {"n": n, "size": size, "seed": seed, "strength": strength,
                 "prevalence": prevalence, "csv_variant": csv_variant, "official": official}
     with fsspec.open(join_url(root, SYNTHETIC_MARKER), "wt", **(storage_options or {})) as handle:
@@ -167,11 +181,13 @@ def synthetic_settings(root: str, storage_options: StorageOptions | None = None)
         return None
 
 
-def _run_batches(root, storage_options, batches, workers, client, progress) -> int:
+def _run_batches(root, storage_options, batches, workers, client, progress
+                 ) -> tuple[int, list[tuple]]:
     from ..progress import progress_bar as tqdm
 
     bar = tqdm(total=sum(len(b) for b in batches), unit="img", desc="synth", disable=not progress)
     total = 0
+    drawn: list[tuple] = []
     if client is not None:
         from distributed import as_completed
 
@@ -179,21 +195,26 @@ def _run_batches(root, storage_options, batches, workers, client, progress) -> i
                              [storage_options] * len(batches), batches, pure=False)
         sizes = {f.key: len(b) for f, b in zip(futures, batches, strict=True)}
         for future in as_completed(futures):
-            total += future.result()
+            written, boxes = future.result()
+            total += written
+            drawn += boxes
             bar.update(sizes[future.key])
     elif (workers or os.cpu_count() or 1) > 1 and len(batches) > 1:
         with ThreadPoolExecutor(workers or os.cpu_count(), thread_name_prefix="cxrdask-synth") as pool:
-            for batch, written in zip(batches, pool.map(
+            for batch, (written, boxes) in zip(batches, pool.map(
                     _write_images, [root] * len(batches), [storage_options] * len(batches),
                     batches), strict=True):
                 total += written
+                drawn += boxes
                 bar.update(len(batch))
     else:
         for batch in batches:
-            total += _write_images(root, storage_options, batch)
+            written, boxes = _write_images(root, storage_options, batch)
+            total += written
+            drawn += boxes
             bar.update(len(batch))
     bar.close()
-    return total
+    return total, drawn
 
 
 __all__ = ["IMAGES_PER_FOLDER", "SYNTHETIC_MARKER", "SyntheticArchive", "image_folder",

@@ -7,7 +7,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("the web page needs FastAPI and uvicorn: pip install 'cxrdask[web]'") from exc
 
+from ..diagnosis import DISCLAIMER, Diagnoser, Diagnosis, grad_cam
 from .app import DEFAULT_MAX_UPLOAD_BYTES, create_app
-from .diagnosis import DISCLAIMER, Diagnoser, Diagnosis, grad_cam
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "DISCLAIMER", "Diagnoser", "Diagnosis", "create_app", "grad_cam"]

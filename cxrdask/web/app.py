@@ -17,11 +17,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
+from ..diagnosis import DISCLAIMER, Diagnoser
 from ..errors import ImageDecodeError, ImageTooLargeError
 from ..head import Checkpoint
 from ..imaging import DEFAULT_MAX_PIXELS
 from ..labels import LABELS
-from .diagnosis import DISCLAIMER, Diagnoser
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 ACCEPTED_TYPES = {"image/png", "image/jpeg", "application/octet-stream"}

@@ -1,4 +1,5 @@
-"""One image in, 14 probabilities and a Grad-CAM heatmap per disease out, for the web page.
+"""One image in, 14 probabilities and a Grad-CAM heatmap per disease out (the web page, and
+localisation against NIH's boxes).
 
 The backbone and head are loaded once and shared by all requests; a semaphore bounds how
 many images are computed at once (each already uses every core through PyTorch).
@@ -20,11 +21,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..backbone import build_backbone, file_sha256, resolve_device
-from ..head import Checkpoint, load_checkpoint
-from ..imaging import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
-from ..inference import backbone_for_checkpoint, head_inputs, inference_preprocessing
-from ..labels import LABELS
+from .backbone import build_backbone, file_sha256, resolve_device
+from .head import Checkpoint, load_checkpoint
+from .imaging import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
+from .inference import backbone_for_checkpoint, head_inputs, inference_preprocessing
+from .labels import LABELS
 
 DISCLAIMER = ("Research tool, not a medical device: its output must not be used for "
               "diagnosis or treatment.")

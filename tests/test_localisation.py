@@ -1,0 +1,73 @@
+"""Localisation on a Dask cluster: NIH-format boxes of the synthetic archive, Grad-CAM maps
+computed on the workers from the archive's images, scored beside Wang et al. 2017."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrdask.boxes import BOX_IMAGE_SIZE, box_from_heatmap, read_boxes
+from cxrdask.diagnosis import Diagnoser
+from cxrdask.evaluation import evaluate
+from cxrdask.extract import extract_features
+from cxrdask.store import FeatureStore
+from cxrdask.train import TrainConfig, train_head
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(small_archive, cluster_client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("localise")
+    store = str(out / "features.zarr")
+    extract_features(small_archive.metadata_url, small_archive.root, store, client=cluster_client,
+                     weights="random", backbone="resnet18", chunk_rows=16, progress=False)
+    result = train_head(store, TrainConfig(epochs=3, batch_size=16), out / "head", progress=False)
+    return store, str(result.checkpoint), out
+
+
+def test_every_box_of_the_split_is_scored_from_its_own_image(small_archive, cluster_client,
+                                                             trained):
+    store, checkpoint, out = trained
+    boxes_url = f"{small_archive.root}/BBox_List_2017.csv"
+    report = evaluate(store, checkpoint, boxes=boxes_url, images=small_archive.root,
+                      client=cluster_client, out_dir=out / "report", bootstrap=50)
+    found = report.localisation
+    listed = read_boxes(boxes_url)
+    table = FeatureStore.open(store).table()
+    in_test = set(table.loc[table["split"] == 2, "image_index"])
+    expected = listed[listed["image_index"].isin(in_test)]
+    assert len(expected) >= 5 and len(found.boxes) == len(expected) == found.listed
+    assert found.missing_images == 0
+    drawn = found.boxes[["drawn_x", "drawn_y", "drawn_w", "drawn_h"]].to_numpy()
+    assert (drawn[:, 2] > 0).all() and (drawn[:, :2] + drawn[:, 2:] <= BOX_IMAGE_SIZE + 1e-6).all()
+    # The map behind a box is that image's, as the web page computes it in this process.
+    first = found.boxes.iloc[0]
+    path = next(Path(small_archive.root).glob(f"images_*/images/{first['image_index']}"))
+    row = table.set_index("image_index").loc[first["image_index"]]
+    diagnosis = Diagnoser(checkpoint, device="cpu").diagnose(
+        path.read_bytes(), first["image_index"], age=float(row["age"]), sex=row["sex"],
+        view=row["view"])
+    x, y, w, h = box_from_heatmap(np.asarray(diagnosis.heatmaps[first["finding"]]),
+                                  diagnosis.width, diagnosis.height)
+    scale = BOX_IMAGE_SIZE / diagnosis.width
+    np.testing.assert_allclose(drawn[0], np.array([x, y, w, h]) * scale, rtol=1e-5)
+    # The report: the lead line, the section beside Wang et al., the JSON.
+    markdown = (out / "report" / "report.md").read_text()
+    assert f"of {len(found.boxes)} boxes (maps of other images:" in markdown
+    assert "## Localisation (NIH's boxes)" in markdown and "Wang 0.88)" in markdown
+    data = json.loads((out / "report" / "report.json").read_text())
+    assert data["localisation"]["boxes_scored"] == len(found.boxes)
+    iobb = [r for r in data["localisation"]["accuracy"] if r["measure"] == "iobb"]
+    assert {r["threshold"] for r in iobb} == {0.1, 0.25, 0.5, 0.75, 0.9}
+
+
+def test_localisation_needs_both_files(trained, small_archive):
+    from cxrdask.errors import OptionError
+
+    store, checkpoint, _ = trained
+    with pytest.raises(OptionError, match="both the boxes"):
+        evaluate(store, checkpoint, boxes=f"{small_archive.root}/BBox_List_2017.csv")
