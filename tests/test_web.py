@@ -22,11 +22,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxrdask.backbone import BackboneSpec, build_backbone
+from cxrdask.diagnosis import last_conv_maps
 from cxrdask.inference import predict
 from cxrdask.labels import LABELS
 from cxrdask.testing import free_port
 from cxrdask.web import create_app, grad_cam
-from cxrdask.diagnosis import last_conv_maps
 
 pytestmark = pytest.mark.slow
 
