@@ -117,6 +117,7 @@ def run_demo(
         ``out`` holds a demo of other settings, or files that are not a demo's.
     """
     from .boxes import BOX_FILE
+    from .cluster import local_client
     from .evaluation import evaluate
     from .extract import plan_extraction, run_extraction
     from .metadata import read_metadata
@@ -146,20 +147,21 @@ def run_demo(
     echo("2/5 metadata: " + report.summary().replace("\n", "\n    "))
     plan = plan_extraction(metadata, archive_root, store, weights=weights)
     echo(f"3/5 features (ResNet50, {weights} weights) into {store}")
-    summary = run_extraction(plan, n_workers=workers, progress=progress)
-    echo("    " + str(summary).replace("\n", "\n    "))
-    echo("4/5 training the head")
-    result = train_head(store, TrainConfig(epochs=epochs), out / "head", progress=progress)
-    echo(f"    best validation loss {result.best_val_loss:.4f} at epoch {result.best_epoch}")
-    echo("5/5 evaluation on the test split")
-    # The archive's stand-ins for Google's expert labels and NIH's boxes (Grad-CAM
-    # localisation runs on a local cluster, like extraction).
-    expert, boxes = Path(archive_root) / EXPERT_FILE, Path(archive_root) / BOX_FILE
-    evaluation = evaluate(store, result.checkpoint, out_dir=out / "report",
-                          expert_labels=str(expert) if expert.exists() else None,
-                          boxes=str(boxes) if boxes.exists() else None,
-                          images=archive_root if boxes.exists() else None, n_workers=workers,
-                          weights=weights if weights.endswith(".pth") else None)
+    # One local cluster for the run: extraction, then Grad-CAM localisation in evaluation.
+    with local_client(n_workers=workers) as client:
+        summary = run_extraction(plan, client, progress=progress)
+        echo("    " + str(summary).replace("\n", "\n    "))
+        echo("4/5 training the head")
+        result = train_head(store, TrainConfig(epochs=epochs), out / "head", progress=progress)
+        echo(f"    best validation loss {result.best_val_loss:.4f} at epoch {result.best_epoch}")
+        echo("5/5 evaluation on the test split")
+        # The archive's stand-ins for Google's expert labels and NIH's boxes.
+        expert, boxes = Path(archive_root) / EXPERT_FILE, Path(archive_root) / BOX_FILE
+        evaluation = evaluate(store, result.checkpoint, out_dir=out / "report",
+                              expert_labels=str(expert) if expert.exists() else None,
+                              boxes=str(boxes) if boxes.exists() else None,
+                              images=archive_root if boxes.exists() else None, client=client,
+                              weights=weights if weights.endswith(".pth") else None)
     echo(evaluation.to_markdown())
     echo(f"mean test AUC {evaluation.mean_auc:.3f} (untrained head "
          f"{evaluation.mean_auc_untrained:.3f}); report in {out / 'report'}")
