@@ -138,6 +138,9 @@ class EvaluationReport:
             notes.append(f"Fewer than {FEW_POSITIVES} positive images for "
                          f"{', '.join(f'{r.label} ({r.positives})' for r in few.itertuples())}: "
                          "their AUCs move by several hundredths with a single image.")
+        if self.audit is not None and self.split == "validation":
+            notes.append("The operating points' thresholds were chosen on this same validation "
+                         "split: their sensitivities and specificities are optimistic.")
         extreme = self.table[np.abs(self.table["auc_untrained"] - 0.5) >= FAR_FROM_CHANCE]
         for row in extreme.itertuples():
             why = SYNTHETIC_GLOBAL_SIGNS.get(row.label) if "synthetic archive" in self.caveats else None
@@ -242,15 +245,20 @@ class EvaluationReport:
         }
 
 
+def _plain(value: float) -> float | None:
+    """A number for JSON: NaN (not computed) becomes null, as in the tables."""
+    return float(value) if np.isfinite(value) else None
+
+
 def _audit_json(a: Audit, compared_with: str) -> dict:
     def records(frame: pd.DataFrame | None):
         return None if frame is None else json.loads(frame.to_json(orient="records"))
 
     return {"bootstrap": {"resamples": a.resamples, "unit": "patient", "level": 0.95},
-            "mean_auc_interval": [a.mean_auc.low, a.mean_auc.high],
+            "mean_auc_interval": [_plain(a.mean_auc.low), _plain(a.mean_auc.high)],
             "auc_intervals": records(a.auc), "subgroups": records(a.subgroups),
             "underdiagnosis": records(a.underdiagnosis), "calibration": records(a.calibration),
-            "mean_ece": a.mean_ece, "compared_with": compared_with or None,
+            "mean_ece": _plain(a.mean_ece), "compared_with": compared_with or None,
             "comparison": records(a.comparison), "expert_labels": records(a.expert),
             "expert_labels_listed": a.expert_listed}
 
@@ -336,9 +344,9 @@ def evaluate(
         The expert-label file is malformed (each bad row named).
     """
     if bootstrap < 0:
-        raise ValueError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
+        raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
     if not 0.0 < specificity < 1.0:
-        raise ValueError(f"specificity must be between 0 and 1, not {specificity}")
+        raise OptionError(f"specificity must be between 0 and 1, not {specificity}")
     if (boxes is None) != (images is None):
         raise OptionError("localisation needs both the boxes (BBox_List_2017.csv) and the "
                           "images they were drawn on")
