@@ -306,7 +306,8 @@ def onnx_session(model: nn.Module, threads: int):
     example = torch.zeros(1, 3, 224, 224)
     torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
                       input_names=["images"], output_names=["features"],
-                      dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                    "features": {0: "batch"}}, dynamo=False)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

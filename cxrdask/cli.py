@@ -437,7 +437,8 @@ def _cache_options(cache: argparse.ArgumentParser) -> None:
 
 # The ExtractConfig fields that matter to a pass that only decodes and resizes.
 CACHE_FIELDS = ("split", "split_seed", "chunk_rows", "batch_size", "device", "preset", "resume",
-                "strict", "max_failed_fraction", "io_threads", "resize", "pixel_compression")
+                "strict", "max_failed_fraction", "io_threads", "image_size", "resize",
+                "pixel_compression")
 
 
 def _image_source_options(parser: argparse.ArgumentParser, store_help: str) -> None:

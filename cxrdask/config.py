@@ -29,6 +29,7 @@ PresetName = Literal["default", "seed2018"]
 
 DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
 DEFAULT_MAX_FAILED_FRACTION = 0.05
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
 
 # The 2018 system: random image-level split and random flips of training images, batch 10,
 # lr 3e-4, plateau patience 1, no early stopping, raw (unstandardised) features.
@@ -93,8 +94,11 @@ class ExtractConfig:
            "chunk is not marked done and the next run reads it again (exit status 5)")
     retry_failed: bool = _option(
         False, "also recompute the chunks that hold failed rows (after restoring those images)")
+    image_size: int = _option(
+        224, "side of the square image the backbone sees (recorded in the store; 256, 320 or "
+             "512 for detail, 64 or 128 to rehearse a large archive at a small compute cost)")
     resize: ResizeOn = _option(
-        "cpu", "where images are resized to 224: cpu = Pillow in the decode threads; device = "
+        "cpu", "where images are resized to --image-size: cpu = Pillow in the decode threads; device = "
                "torch's antialiased resize on the worker's device (GPU nodes: the CPUs only "
                "decode). Recorded; the two differ by about one gray level")
     pixel_compression: PixelCompression = _option(
@@ -111,6 +115,9 @@ class ExtractConfig:
         if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):
             raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not "
                               f"{self.chunk_rows!r}")
+        if isinstance(self.image_size, bool) or not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise OptionError(f"image_size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} "
+                              f"pixels (the backbones halve it five times), not {self.image_size!r}")
         if self.batch_size < 1 or self.io_threads < 1:
             raise OptionError("batch_size and io_threads must be at least 1")
         if self.read_retries < 0:

@@ -353,7 +353,7 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
 
 def _preprocessing(config: ExtractConfig) -> Preprocessing:
     interpolation = DEVICE_INTERPOLATION if config.resize == "device" else CPU_INTERPOLATION
-    return Preprocessing(flip=config.flip, interpolation=interpolation)
+    return Preprocessing(size=config.image_size, flip=config.flip, interpolation=interpolation)
 
 
 def _check_pixels_to_write(plan: ExtractionPlan) -> int | None:

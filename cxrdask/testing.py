@@ -345,4 +345,5 @@ def direct_features(paths: Iterable[str], spec: BackboneSpec,
     return np.concatenate(out)
 
 
-__all__ = ["direct_features", "free_port", "local_s3_server", "make_feature_store"]
+__all__ = ["FaultyProxy", "command_line_cluster", "direct_features", "free_port", "local_s3_server",
+           "make_feature_store"]

@@ -145,3 +145,40 @@ def test_onnxruntime_engine_matches_torch_and_is_recorded(small_archive, clean_s
     with pytest.raises(StoreMismatchError, match="engine"):
         extract_features(small_archive.metadata_url, small_archive.root, url, client=cluster_client,
                          weights="random", chunk_rows=16, progress=False)
+
+
+def test_image_size_is_a_setting_recorded_and_checked(small_archive, cluster_client, clean_store,
+                                                     tmp_path):
+    """``image_size`` (``--image-size``) sets the backbone's input side: features equal a
+    direct computation at that size, both engines accept it, and a store made at one size
+    is never resumed at another."""
+    from cxrdask.errors import OptionError
+    from cxrdask.imaging import Preprocessing
+
+    url = str(tmp_path / "small.zarr")
+    extract_features(small_archive.metadata_url, small_archive.root, url, client=cluster_client,
+                     weights="random", chunk_rows=16, image_size=64, backbone="resnet18",
+                     progress=False)
+    store = FeatureStore.open(url)
+    assert store.provenance["preprocessing"]["size"] == 64
+    assert store.provenance["extract_config"]["image_size"] == 64
+    names = store.table(["image_index"])["image_index"].tolist()
+    urls = locate_images(small_archive.root).urls_for(names)
+    expected = direct_features(urls, BackboneSpec("resnet18", "random", 0), Preprocessing(size=64))
+    got = store.features.compute().astype(np.float32)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-2)
+    # The 224 store's features differ: the size reached the backbone.
+    assert not np.allclose(got, FeatureStore.open(clean_store[0]).features.compute()[:, :512])
+    with pytest.raises(StoreMismatchError, match="preprocessing"):
+        extract_features(small_archive.metadata_url, small_archive.root, url,
+                         client=cluster_client, weights="random", chunk_rows=16, image_size=96,
+                         backbone="resnet18", progress=False)
+    ort = str(tmp_path / "ort.zarr")
+    extract_features(small_archive.metadata_url, small_archive.root, ort, client=cluster_client,
+                     weights="random", chunk_rows=16, image_size=64, backbone="resnet18",
+                     engine="onnxruntime", progress=False)
+    np.testing.assert_allclose(FeatureStore.open(ort).features.compute().astype(np.float32),
+                               got, rtol=2e-3, atol=2e-2)
+    with pytest.raises(OptionError, match="image_size must be between 32"):
+        extract_features(small_archive.metadata_url, small_archive.root, str(tmp_path / "x.zarr"),
+                         client=cluster_client, weights="random", image_size=16, progress=False)
