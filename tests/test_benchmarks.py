@@ -42,3 +42,15 @@ def test_bench_store_compares_with_text(tmp_path):
     text = rows["2018 text (name + 2048 floats per line)"]["bytes_per_row"]
     half = rows["Zarr float16, blosc zstd-5 + shuffle"]["bytes_per_row"]
     assert 30_000 < text < 45_000 and half < 4096 < text  # float16 raw is 4096 bytes a row
+
+
+def test_bench_scale_times_every_stage_and_fits_slopes(tmp_path):
+    out = tmp_path / "scale"
+    result = run_script("bench_scale", "--sizes", "1000,2000", "--out", out)
+    rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    for stage in ("read + validate metadata", "locate images (one listing)",
+                  "resume check of a finished store", "cxrdask info", "one training epoch (lazy)",
+                  "one evaluation pass"):
+        assert rows[stage]["N=1,000 (s)"] > 0 and rows[stage]["N=2,000 (s)"] > 0
+        assert isinstance(rows[stage]["log-log slope"], float)
+    assert "log-log slope" in result.stdout and out.with_suffix(".png").exists()
