@@ -32,6 +32,7 @@ class Scored:
 
 
 def _auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of one disease; NaN where the rows hold only one class."""
     from sklearn.metrics import roc_auc_score
 
     positives = int(targets.sum())
@@ -40,8 +41,16 @@ def _auc(targets: np.ndarray, scores: np.ndarray) -> float:
     return float("nan")
 
 
-def point_aucs(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+def auc_per_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """ROC AUC per disease (column); NaN where the rows hold only one class for it."""
     return np.array([_auc(targets[:, k], probabilities[:, k]) for k in range(targets.shape[1])])
+
+
+def _interval(estimate: float, samples: np.ndarray | None) -> Interval:
+    """The estimate with its percentile interval, or without one where nothing was resampled."""
+    if samples is None:
+        return Interval(estimate, float("nan"), float("nan"))
+    return percentile_interval(estimate, samples)
 
 
 @dataclass
@@ -85,21 +94,16 @@ def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None =
         models["other"] = other
     samples = (bootstrap_aucs(test.targets, models, test.rows["patient_id"].to_numpy(), groups,
                               n_resamples=resamples, seed=seed) if resamples else {})
-    point = point_aucs(test.targets, test.probabilities)
+    point = auc_per_label(test.targets, test.probabilities)
     defined = np.flatnonzero(np.isfinite(point))
 
-    def interval(estimate: float, values: np.ndarray | None) -> Interval:
-        if values is None:
-            return Interval(estimate, float("nan"), float("nan"))
-        return percentile_interval(estimate, values)
-
     whole = samples.get(("head", "all"))
-    per_label = [interval(point[k], None if whole is None else whole[:, k])
+    per_label = [_interval(point[k], None if whole is None else whole[:, k])
                  for k in range(len(LABELS))]
     auc_table = pd.DataFrame({"label": list(LABELS), "auc": point,
                               "auc_low": [i.low for i in per_label],
                               "auc_high": [i.high for i in per_label]})
-    mean_auc = interval(float(point[defined].mean()) if len(defined) else float("nan"),
+    mean_auc = _interval(float(point[defined].mean()) if len(defined) else float("nan"),
                         None if whole is None else mean_over(whole, defined))
     thresholds = _thresholds(validation, rule, specificity)
     return Audit(
@@ -111,7 +115,7 @@ def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None =
              "rate": underdiagnosis_rate(test.targets[mask], test.probabilities[mask], thresholds)}
             for name, mask in groups.items()]),
         calibration=_calibration_table(test, thresholds),
-        comparison=None if other is None else _comparison_table(test, other, samples),
+        comparison=None if other is None else _comparison_table(test, other, samples, point),
         resamples=resamples,
         expert=None if expert is None else _expert_table(test, expert, resamples, seed),
         expert_listed=0 if expert is None else len(expert),
@@ -130,7 +134,7 @@ def _expert_table(test: Scored, expert: pd.DataFrame, resamples: int, seed: int)
         nih_y = nih_composite(test.targets[listed], finding).astype(bool)
         score = nih_composite(test.probabilities[listed], finding)
         targets = np.c_[expert_y, nih_y]
-        point = point_aucs(targets, np.c_[score, score])
+        point = auc_per_label(targets, np.c_[score, score])
         if resamples and listed.any():
             both = bootstrap_aucs(targets, {"head": np.c_[score, score]}, patients,
                                   {"all": np.ones(int(listed.sum()), bool)},
@@ -165,7 +169,7 @@ def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
     records = []
     for name, mask in groups.items():
         targets = test.targets[mask]
-        point = point_aucs(targets, test.probabilities[mask])
+        point = auc_per_label(targets, test.probabilities[mask])
         resampled = samples.get(("head", name))
         defined = np.flatnonzero(np.isfinite(point))
         for k, label in [*enumerate(LABELS), (None, "mean")]:
@@ -180,11 +184,9 @@ def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
                 values = None if resampled is None else resampled[:, k]
                 base_values = None if whole is None else whole[:, k]
                 positives = int(targets[:, k].sum())
-            auc = (percentile_interval(estimate, values) if values is not None
-                   else Interval(estimate, np.nan, np.nan))
-            gap = (percentile_interval(estimate - base, values - base_values)
-                   if values is not None and base_values is not None
-                   else Interval(estimate - base, np.nan, np.nan))
+            auc = _interval(estimate, values)
+            gap = _interval(estimate - base, None if values is None or base_values is None
+                            else values - base_values)
             records.append({"subgroup": name, "label": label, "images": int(mask.sum()),
                             "positives": positives, "auc": auc.estimate, "low": auc.low,
                             "high": auc.high, "gap": gap.estimate, "gap_low": gap.low,
@@ -205,14 +207,15 @@ def _calibration_table(test: Scored, thresholds: np.ndarray) -> pd.DataFrame:
 
 
 def _comparison_table(test: Scored, other: np.ndarray,
-                      samples: dict[tuple[str, str], np.ndarray]) -> pd.DataFrame:
+                      samples: dict[tuple[str, str], np.ndarray], point: np.ndarray) -> pd.DataFrame:
+    """``point``: this head's per-disease AUCs, already computed."""
     records = []
     ours, theirs = samples.get(("head", "all")), samples.get(("other", "all"))
-    for k, label in enumerate(LABELS):
+    for (k, label), b in zip(enumerate(LABELS), auc_per_label(test.targets, other), strict=True):
         targets = test.targets[:, k]
-        a, b = _auc(targets, test.probabilities[:, k]), _auc(targets, other[:, k])
-        diff = (percentile_interval(a - b, ours[:, k] - theirs[:, k])
-                if ours is not None and theirs is not None else Interval(a - b, np.nan, np.nan))
+        a = float(point[k])
+        diff = _interval(a - b, None if ours is None or theirs is None
+                         else ours[:, k] - theirs[:, k])
         try:
             test_result = delong_test(targets, test.probabilities[:, k], other[:, k])
             z, p = test_result.z, test_result.p_value
@@ -223,4 +226,4 @@ def _comparison_table(test: Scored, other: np.ndarray,
     return pd.DataFrame(records)
 
 
-__all__ = ["Audit", "Scored", "audit", "point_aucs"]
+__all__ = ["Audit", "Scored", "auc_per_label", "audit"]

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
 from ._fs import StorageOptions
-from .audit import Audit, Scored, audit
+from .audit import Audit, Scored, auc_per_label, audit
 from .batches import FeatureBatches, open_store
 from .calibration import ThresholdRule
 from .errors import OptionError
@@ -58,15 +57,6 @@ def head_outputs(heads: list[DiagnosisHead], batches: FeatureBatches
         empty = np.zeros((0, len(LABELS)))
         return [empty for _ in heads], empty
     return [np.concatenate(p) for p in probabilities], np.concatenate(targets)
-
-
-def auc_per_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """ROC AUC per disease; NaN where the split has only one class for that disease."""
-    out = np.full(targets.shape[1], np.nan)
-    for i in range(targets.shape[1]):
-        if 0 < targets[:, i].sum() < len(targets):
-            out[i] = roc_auc_score(targets[:, i], probabilities[:, i])
-    return out
 
 
 FEW_POSITIVES = 10  # below this, a disease's AUC moves a lot with one image
@@ -372,20 +362,21 @@ def evaluate(
     untrained.input_scale.copy_(ckpt.head.input_scale)
     (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
                                                                      batches)
+    other_probabilities = (None if other is None
+                           else head_outputs([other.head], other_batches)[0][0])
+    table_rows = store.table(["image_index", "patient_id", "sex", "age", "view"])
+    validation = _scored(store, "validation", ckpt, demographics, table_rows)
+    found = audit(Scored(targets.astype(bool), probabilities, _rows(store, split, table_rows)),
+                  validation, other=other_probabilities, resamples=bootstrap, seed=seed,
+                  rule=threshold_rule, specificity=specificity, expert=expert)
     table = pd.DataFrame({
         "label": list(LABELS),
         "positives": targets.sum(axis=0).astype(int),
-        "auc": auc_per_label(targets, probabilities),
+        "auc": found.auc["auc"].to_numpy(),  # the audit's point estimates
         "auc_untrained": auc_per_label(targets, untrained_probabilities),
         "wang2017": [WANG_2017[name] for name in LABELS],
         "chexnet": [CHEXNET_2017[name] for name in LABELS],
     })
-    other_probabilities = (None if other is None
-                           else head_outputs([other.head], other_batches)[0][0])
-    validation = _scored(store, "validation", ckpt, demographics)
-    found = audit(Scored(targets.astype(bool), probabilities, _rows(store, split)), validation,
-                  other=other_probabilities, resamples=bootstrap, seed=seed, rule=threshold_rule,
-                  specificity=specificity, expert=expert)
     identity = store.provenance["backbone"]
     report = EvaluationReport(table=table, split=split,
                               split_description=store.provenance["split"].get("description", ""),
@@ -403,19 +394,20 @@ def evaluate(
     return report
 
 
-def _rows(store, split: str) -> pd.DataFrame:
-    """Patient and demographics of the split's readable rows, in the order batches yield them."""
-    table = store.table(["image_index", "patient_id", "sex", "age", "view"])
+def _rows(store, split: str, table: pd.DataFrame) -> pd.DataFrame:
+    """The split's readable rows of ``table`` (the store's per-row columns), in the order
+    batches yield them."""
     return table.iloc[store.rows(split)].reset_index(drop=True)
 
 
-def _scored(store, split: str, ckpt: Checkpoint, demographics: tuple[str, ...]) -> Scored | None:
+def _scored(store, split: str, ckpt: Checkpoint, demographics: tuple[str, ...],
+            table: pd.DataFrame) -> Scored | None:
     """The head's probabilities on ``split`` (None where the split is empty)."""
     batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
     if batches.n_rows == 0:
         return None
     (probabilities,), targets = head_outputs([ckpt.head], batches)
-    return Scored(targets.astype(bool), probabilities, _rows(store, split))
+    return Scored(targets.astype(bool), probabilities, _rows(store, split, table))
 
 
 def _write_report(report: EvaluationReport, ckpt: Checkpoint, targets: np.ndarray,
