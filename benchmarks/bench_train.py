@@ -92,6 +92,7 @@ FULL_RUN_VARIANTS = {  # name: TrainConfig fields
     "lazy-fp32": {"resident_mb": 0, "precision": "fp32"},  # every epoch from the store, fp32
     "resident-fp32": {"precision": "fp32"},
     "lazy-auto": {"resident_mb": 0},
+    "eager": {"cuda_graph": False},  # on a GPU: every step launched from Python
 }
 
 

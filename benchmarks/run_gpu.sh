@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark of cxrdask in one go, for a GPU node (H100/H200, 16 cores):
 #   bash benchmarks/run_gpu.sh [RESULTS_FOLDER]
-# The GPU tests, then bench_extract (bare backbone, the cores' decode bound, first pass from
-# PNGs with the resize on the CPU and on the GPU, the pixel store), bench_pixels (codecs and
-# PNG decoders) and bench_train (50 epochs on the GPU). Where cxrdask is not installed
-# (pip install -e '.[gpu,bench,test]'), wheels in .whl/ are installed beside the node's torch.
+# The GPU tests, then bench_train (50 epochs on the GPU, the step replayed from a CUDA graph
+# and launched eagerly), bench_extract (bare backbone, the cores' decode bound, first pass
+# from PNGs with the resize on the CPU and on the GPU, the pixel store) and bench_pixels
+# (codecs and PNG decoders). EXTRACT_ARGS replaces bench_extract's arguments; SKIP_PIXELS=1
+# leaves bench_pixels out. Where cxrdask is not installed (pip install -e
+# '.[gpu,bench,test]'), wheels in .whl/ are installed beside the node's torch.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-benchmarks/results/gpu}}
 mkdir -p "$OUT_DIR"
@@ -19,20 +21,23 @@ fi
 } > "$OUT_DIR/machine.txt" 2>&1
 cat "$OUT_DIR/machine.txt"
 SECONDS=0
-timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_pixels.py \
-  tests/test_cloud_cluster.py 2>&1 | tail -15 | tee "$OUT_DIR/gpu_tests.log"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_train_step.py \
+  tests/test_pixels.py tests/test_cloud_cluster.py 2>&1 | tail -15 | tee "$OUT_DIR/gpu_tests.log"
 echo "gpu tests: ${SECONDS}s"
+timeout 170 python3 -m benchmarks.bench_train --sizes "" --full-run --device cuda \
+  --variants default,eager --out "$OUT_DIR/bench_train" 2>&1 | tail -8 | tee "$OUT_DIR/bench_train.log"
+echo "bench_train: ${SECONDS}s"
 nvidia-smi dmon -s u -d 1 > "$OUT_DIR/dmon.log" 2>&1 &
 DMON=$!
-timeout 240 python3 -m benchmarks.bench_extract --device cuda --n 1500 --replicate 8 \
-  --parts k,c,r,p --precisions bf16 --batch 256 --batch-sizes 256 --chunk-rows 512 \
-  --layouts 2x1,4x1 --pixel-layouts 1x4,2x2 --seconds 4 --out "$OUT_DIR/bench_extract" \
+# shellcheck disable=SC2086  # EXTRACT_ARGS is a list of arguments
+timeout 260 python3 -m benchmarks.bench_extract --device cuda --out "$OUT_DIR/bench_extract" \
+  ${EXTRACT_ARGS:---n 1500 --replicate 8 --parts k,c,r,p --precisions bf16 --batch 256 \
+  --batch-sizes 256 --chunk-rows 512 --layouts 2x1,4x1 --pixel-layouts 1x4,2x2 --seconds 4} \
   2>&1 | grep -v "^synth" | tee "$OUT_DIR/bench_extract.log" | tail -40
 kill $DMON 2>/dev/null
 echo "bench_extract: ${SECONDS}s"
-timeout 50 python3 -m benchmarks.bench_pixels --images /tmp/cxrdask-bench-archive --n 600 \
-  --out "$OUT_DIR/bench_pixels" 2>&1 | tail -12 | tee "$OUT_DIR/bench_pixels.log"
-echo "bench_pixels: ${SECONDS}s"
-timeout 110 python3 -m benchmarks.bench_train --sizes "" --full-run --device cuda \
-  --out "$OUT_DIR/bench_train" 2>&1 | tail -8 | tee "$OUT_DIR/bench_train.log"
-echo "bench_train: ${SECONDS}s"
+if [ -z "${SKIP_PIXELS:-}" ]; then
+  timeout 50 python3 -m benchmarks.bench_pixels --images /tmp/cxrdask-bench-archive --n 600 \
+    --out "$OUT_DIR/bench_pixels" 2>&1 | tail -12 | tee "$OUT_DIR/bench_pixels.log"
+  echo "bench_pixels: ${SECONDS}s"
+fi

@@ -234,7 +234,8 @@ def cmd_train(args) -> int:
     storage_options = parse_storage_options(args.storage_option)
     config = TrainConfig.preset_config(args.preset, epochs=args.epochs, batch_size=args.batch_size,
                                        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-                                       precision=args.precision)
+                                       precision=args.precision,
+                                       cuda_graph=False if args.no_cuda_graph else None)
     if args.grid:
         from .cluster import local_client
 
@@ -474,6 +475,9 @@ def _train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=api_default(train_head, "device"),
                        help="where the head trains (auto: the GPU where there is one); chunks are "
                             "read lazily on the host either way")
+    train.add_argument("--no-cuda-graph", action="store_true",
+                       help="on a GPU, run every training step eagerly instead of replaying it "
+                            "from one CUDA graph (for debugging; several times slower)")
     lrs, wds = api_default(grid_search, "lrs"), api_default(grid_search, "weight_decays")
     train.add_argument("--grid", action="store_true", help="grid search lr x weight decay on Dask")
     train.add_argument("--grid-lrs", default=",".join(f"{v:g}" for v in lrs),

@@ -30,6 +30,7 @@ from .errors import CxrDaskError, OptionError
 from .hardware import resolve_precision
 from .head import new_head, save_checkpoint
 from .store import FeatureStore
+from .train_step import EagerStep, adam, train_step
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class TrainConfig:
         The head's arithmetic: ``fp32``, ``bf16`` (autocast; about 2x faster on CPUs with
         native bf16), or ``auto``: bf16 where the CPU or GPU computes it natively, else
         fp32. The checkpoint records what was used.
+    cuda_graph : bool
+        On a GPU, replay each full-size training step from one CUDA graph (the head is so
+        small that kernel launches, not arithmetic, set a GPU step's time); False runs
+        every step eagerly. No effect on a CPU.
     pos_weight, standardize : bool
         Weight positives by negatives / positives; standardise inputs.
     preset : str
@@ -85,6 +90,7 @@ class TrainConfig:
     buffer_chunks: int = 4
     resident_mb: int = 1024
     precision: str = "auto"
+    cuda_graph: bool = True
     pos_weight: bool = True
     standardize: bool = True
     preset: str = "default"
@@ -147,30 +153,30 @@ def _to_gpu(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def _run_epoch(head, batches, criterion, optimizer=None, device: torch.device | None = None,
-               precision: str = "fp32") -> float:
-    """One pass; trains when an optimizer is given. Returns the mean loss per row.
+def _run_epoch(head, batches, criterion, step: EagerStep | None = None,
+               device: torch.device | None = None, precision: str = "fp32") -> float:
+    """One pass; trains when a step (:mod:`cxrdask.train_step`) is given. Returns the mean
+    loss per row.
 
     The loss is summed on the device and read once per epoch: a per-batch ``.item()``
     would make a GPU wait for every step. On a GPU, each batch is copied from pinned
     memory without blocking while the reader thread prepares the next buffer.
     """
-    head.train(optimizer is not None)
+    head.train(step is not None)
     device = device or torch.device("cpu")
     total = torch.zeros((), dtype=torch.float64, device=device)
     rows = 0
     cuda = device.type == "cuda"
-    with torch.set_grad_enabled(optimizer is not None):
+    with torch.set_grad_enabled(step is not None):
         for inputs, targets in batches:
             if cuda and not inputs.is_cuda:
                 inputs, targets = _to_gpu(inputs, device), _to_gpu(targets, device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = head(inputs)
-            loss = criterion(logits.float(), targets)
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+            if step is not None:
+                loss = step(inputs, targets)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    logits = head(inputs)
+                loss = criterion(logits.float(), targets)
             total += loss.detach() * len(inputs)
             rows += len(inputs)
     return float(total) / max(rows, 1)
@@ -234,13 +240,15 @@ class ResidentBatches:
             yield self.inputs[rows], self.targets[rows]
 
 
-def _adam(params, config: TrainConfig) -> torch.optim.Adam:
-    kwargs: dict[str, Any] = dict(lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=tuple(config.betas), eps=config.eps)
-    try:
-        return torch.optim.Adam(params, fused=True, **kwargs)  # fastest on CPU since torch 2.4
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, **kwargs)
+def _step_scheduler(scheduler, optimizer: torch.optim.Optimizer, val_loss: float) -> None:
+    """ReduceLROnPlateau's step, keeping a device-tensor learning rate (which a CUDA graph
+    reads) the same tensor, whichever way this torch's scheduler writes the new value."""
+    group = optimizer.param_groups[0]
+    held = group["lr"] if isinstance(group["lr"], torch.Tensor) else None
+    scheduler.step(val_loss)
+    if held is not None and group["lr"] is not held:
+        held.fill_(float(group["lr"]))
+        group["lr"] = held
 
 
 def train_head(
@@ -319,7 +327,9 @@ def train_head(
             feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
     pos_weight = _pos_weight(store).to(where) if config.pos_weight else None
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    optimizer = _adam(head.parameters(), config)
+    optimizer = adam(head.parameters(), config.lr, config.weight_decay, config.betas,
+                     config.eps, where)
+    step = train_step(head.layers, criterion, optimizer, where, precision, config.cuda_graph)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor)
     input_spec = {"feature_dim": store.feature_dim, "demographics": list(config.demographics),
@@ -339,10 +349,10 @@ def train_head(
         for epoch in bar:
             t = time.perf_counter()
             feeds["train"].set_epoch(epoch)
-            train_loss = _run_epoch(head.layers, feeds["train"], criterion, optimizer, where, precision)
+            train_loss = _run_epoch(head.layers, feeds["train"], criterion, step, where, precision)
             val_loss = _run_epoch(head.layers, feeds["validation"], criterion, None, where, precision)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step(val_loss)
+            lr = float(optimizer.param_groups[0]["lr"])
+            _step_scheduler(scheduler, optimizer, val_loss)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "lr": lr, "seconds": time.perf_counter() - t})
             bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
