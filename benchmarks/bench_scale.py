@@ -13,20 +13,37 @@ synthetic feature store of N rows, then times each stage that does not touch pix
   intervals);
 
 with the process's peak RSS after each N. The log-log slope of each stage's seconds over N
-is fitted (1.0 = linear). Extraction itself (graph submission, per-task overhead at
-112,120 rows) is not timed here.
+is fitted (1.0 = linear).
 
-    python -m benchmarks.bench_scale                          # 1,000, 10,000 and 112,120
+``--s3`` also times the metadata read, the listing (and counts its LIST requests: one pass
+is ceil(N / 1000) pages), the split, the store's creation, the resume check, ``info`` and
+``table()`` with the archive and the stores in a bucket of moto's S3 server on 127.0.0.1
+(the objects are put into the server in-process, untimed: only reading them is measured).
+
+``--extract`` runs a real extraction of the N placeholder images at a small input size
+(``--image-size``, 32 by default: ResNet50's per-image compute is then small, so every
+fixed and per-task cost shows) on a local cluster, in a child process as a user's job
+would run: its wall time, the share of the workers' time not spent reading, decoding,
+resizing, running the network or writing (the orchestration overhead: scheduling,
+task hand-off, waiting at the start and the end), the client process's peak RSS (client
+and scheduler), and the slowest answer of the Dask dashboard while the job ran.
+
+    python -m benchmarks.bench_scale --s3 --extract           # 1,000, 10,000 and 112,120
     python -m benchmarks.bench_scale --sizes 1000,2000 --out /tmp/scale   # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +83,9 @@ def timed(stages: dict, name: str, work):
     return result
 
 
-def measure(n: int, directory: Path) -> dict:
+def measure(n: int, directory: Path, s3: dict | None = None, extract: dict | None = None) -> dict:
+    """Every stage at N rows; ``s3``: ``{"options", "proxy"}`` to time the S3 stages too;
+    ``extract``: ``{"workers", "image_size"}`` to run a real extraction too."""
     from cxrdask.evaluation import evaluate
     from cxrdask.extract import prepare_rows
     from cxrdask.imaging import Preprocessing
@@ -105,8 +124,145 @@ def measure(n: int, directory: Path) -> dict:
     result = timed(stages, "one training epoch (lazy)", lambda: train_head(
         finished, TrainConfig(epochs=1, resident_mb=0), out, progress=False, plot=False))
     timed(stages, "one evaluation pass", lambda: evaluate(finished, result.checkpoint, bootstrap=0))
+    counts: dict[str, float] = {}
+    if s3 is not None:
+        counts.update(measure_s3(n, root, Path(finished), stages, **s3))
+    if extract is not None:
+        counts.update(measure_extraction(csv, root, directory / f"extracted_{n}.zarr", **extract))
+        stages["extraction (all of it, warm-up excluded)"] = counts.pop("extraction seconds")
     shutil.rmtree(root)  # the placeholder archive: N small files
-    return {"n": n, **{k: round(v, 4) for k, v in stages.items()}, "peak_rss_mb": peak_rss_mb()}
+    return {"n": n, **{k: round(v, 4) for k, v in stages.items()}, "peak_rss_mb": peak_rss_mb(),
+            **counts}
+
+
+BUCKET = "scale"
+
+
+def upload(local: Path, prefix: str) -> None:
+    """Put every file under ``local`` into moto's bucket directly (in-process, untimed)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for path in local.rglob("*"):
+        if path.is_file():
+            backend.put_object(BUCKET, f"{prefix}/{path.relative_to(local).as_posix()}",
+                               path.read_bytes())
+
+
+def measure_s3(n: int, root: Path, finished: Path, stages: dict, options: dict, proxy) -> dict:
+    """The stages that read or write object storage, against the bucket (through ``proxy``,
+    which counts requests). Returns the LIST requests of the listing."""
+    from cxrdask.extract import prepare_rows
+    from cxrdask.imaging import Preprocessing
+    from cxrdask.info import describe_store
+    from cxrdask.metadata import locate_images, read_metadata
+    from cxrdask.store import FeatureStore
+
+    upload(root, f"archive_{n}")
+    upload(finished, f"finished_{n}.zarr")
+    archive, store = f"s3://{BUCKET}/archive_{n}", f"s3://{BUCKET}/finished_{n}.zarr"
+    metadata = timed(stages, "S3: read + validate metadata", lambda: read_metadata(
+        f"{archive}/Data_Entry_2017.csv", options))
+    lists = proxy.requests["LIST"]
+    located = timed(stages, "S3: locate images (one listing)", lambda: locate_images(
+        archive, options, expected=metadata["image_index"]))
+    pages = proxy.requests["LIST"] - lists
+    assert not located.missing and len(located.urls) == n
+    rows, split = timed(stages, "S3: assign the official split", lambda: prepare_rows(
+        metadata, "official", archive_root=archive, storage_options=options))
+    timed(stages, "S3: create a store of N rows", lambda: FeatureStore.create(
+        f"s3://{BUCKET}/created_{n}.zarr", rows, chunk_rows=512, split=split,
+        storage_options=options, backbone={"name": "resnet50", "feature_dim": 2048},
+        preprocessing=Preprocessing().to_dict()))
+
+    def resume_check() -> int:
+        opened = FeatureStore.open(store, options)
+        opened.check_settings({"dtype": opened.provenance["dtype"], "chunk_rows": 512})
+        return int((~opened.done_chunks()).sum())
+
+    requests = proxy.requests.total()
+    assert timed(stages, "S3: resume check of a finished store", resume_check) == 0
+    resume_requests = proxy.requests.total() - requests
+    timed(stages, "S3: cxrdask info", lambda: describe_store(store, options))
+    requests = proxy.requests.total()
+    timed(stages, "S3: FeatureStore.open + table()",
+          lambda: FeatureStore.open(store, options).table())
+    return {"S3 LIST requests of the listing": pages,
+            "S3 requests of the resume check": resume_requests,
+            "S3 requests of open + table()": proxy.requests.total() - requests}
+
+
+def measure_extraction(csv: str, root: Path, store: Path, workers: int, image_size: int) -> dict:
+    """A real extraction of the archive in a child process (the user's client). The
+    orchestration share is the workers' time outside any chunk task (scheduling, hand-off,
+    the start and the last wave); time inside a task is the image work and its write."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_scale", "--extract-child", csv, str(root),
+         str(store), str(workers), str(image_size)], capture_output=True, text=True, check=True)
+    shutil.rmtree(store, ignore_errors=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def high_water_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ``ru_maxrss``, not carried over
+    from the parent across ``exec``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def extract_child(csv: str, root: str, store: str, workers: int, image_size: int) -> dict:
+    """``extract_features`` as a notebook user calls it, on a local cluster of ``workers``
+    one-thread processes, with the dashboard polled every half second meanwhile."""
+    from cxrdask.cluster import local_client
+    from cxrdask.extract import STAGES, extract_features
+
+    slowest = [0.0]
+    answered = [0]
+    done = threading.Event()
+
+    def poll(url: str) -> None:
+        while not done.wait(0.5):
+            started = time.perf_counter()
+            with urllib.request.urlopen(url, timeout=30) as response:
+                response.read()
+            slowest[0] = max(slowest[0], time.perf_counter() - started)
+            answered[0] += 1
+
+    with local_client(n_workers=workers, threads_per_worker=1, announce=False,
+                      dashboard_address="127.0.0.1:0") as client:
+        status = client.dashboard_link.replace("/status", "/individual-progress")
+        poller = threading.Thread(target=poll, args=(status,), daemon=True)
+        poller.start()
+        try:
+            summary = extract_features(csv, root, store, client=client, weights="random",
+                                       image_size=image_size, split="official", progress=False)
+        finally:
+            done.set()
+            poller.join()
+    timings = summary.timings
+    in_tasks = float(timings["task_s"].sum())
+    stages = timings[list(STAGES)].sum()
+    return {"extraction seconds": summary.seconds,
+            "extraction images/s": summary.images_per_second,
+            "extraction chunks": summary.chunks_run,
+            "orchestration share of the workers' time": max(0.0, 1 - in_tasks / (summary.seconds * workers)),
+            "extraction stages": " ".join(f"{k.removesuffix('_s')} {v / stages.sum():.0%}"
+                                          for k, v in stages.items()),
+            "client peak RSS (MB)": high_water_mb(),
+            "dashboard: slowest answer during the job (s)": slowest[0],
+            "dashboard: answers during the job": answered[0]}
+
+
+COUNTS = ("S3 LIST requests of the listing", "S3 requests of the resume check",
+          "S3 requests of open + table()", "extraction images/s", "extraction chunks",
+          "extraction stages",
+          "orchestration share of the workers' time", "client peak RSS (MB)",
+          "dashboard: slowest answer during the job (s)", "dashboard: answers during the job")
+"""Figures reported beside the stages' seconds, not fitted."""
 
 
 def slopes(rows: list[dict]) -> dict[str, float]:
@@ -114,7 +270,7 @@ def slopes(rows: list[dict]) -> dict[str, float]:
     ns = np.log([row["n"] for row in rows])
     out = {}
     for stage in rows[0]:
-        if stage in ("n", "peak_rss_mb"):
+        if stage in ("n", "peak_rss_mb") or stage in COUNTS:
             continue
         seconds = np.log([max(row[stage], 1e-4) for row in rows])
         out[stage] = float(np.polyfit(ns, seconds, 1)[0])
@@ -126,26 +282,57 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="1000,10000,112120")
     parser.add_argument("--dir", help="work folder (default: a temporary one, removed)")
     parser.add_argument("--out", default="benchmarks/results/bench_scale")
+    parser.add_argument("--s3", action="store_true",
+                        help="also time the stages that read object storage, on moto's S3 server")
+    parser.add_argument("--extract", action="store_true",
+                        help="also run a real extraction of the N placeholder images")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for --extract")
+    parser.add_argument("--image-size", type=int, default=32, help="network input for --extract")
+    parser.add_argument("--extract-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.extract_child:
+        csv, root, store, workers, size = args.extract_child
+        print(json.dumps(extract_child(csv, root, store, int(workers), int(size))))
+        return
     directory = Path(args.dir or tempfile.mkdtemp(prefix="bench-scale-"))
+    extract = {"workers": args.workers, "image_size": args.image_size} if args.extract else None
     rows = []
-    try:
-        for n in (int(v) for v in args.sizes.split(",")):
-            rows.append(measure(n, directory))
-            print(rows[-1], flush=True)
-    finally:
-        if not args.dir:
-            shutil.rmtree(directory, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        s3 = None
+        if args.s3:
+            import logging
+
+            from cxrdask.testing import FaultyProxy, local_s3_server
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request
+            options = stack.enter_context(local_s3_server(BUCKET))
+            proxy = stack.enter_context(FaultyProxy(options["client_kwargs"]["endpoint_url"]))
+            options = {**options, "client_kwargs": {**options["client_kwargs"],
+                                                    "endpoint_url": proxy.endpoint}}
+            s3 = {"options": options, "proxy": proxy}
+        try:
+            for n in (int(v) for v in args.sizes.split(",")):
+                rows.append(measure(n, directory, s3, extract))
+                print(rows[-1], flush=True)
+        finally:
+            if not args.dir:
+                shutil.rmtree(directory, ignore_errors=True)
     fitted = slopes(rows) if len(rows) > 1 else {}
     shown = [{"what": stage, **{f"N={row['n']:,} (s)": row[stage] for row in rows},
               "log-log slope": round(fitted.get(stage, float("nan")), 2)}
-             for stage in rows[0] if stage not in ("n", "peak_rss_mb")]
+             for stage in rows[0] if stage not in ("n", "peak_rss_mb") and stage not in COUNTS]
     shown.append({"what": "peak RSS of this process (MB)",
                   **{f"N={row['n']:,} (s)": row["peak_rss_mb"] for row in rows}})
+    shown += [{"what": name, **{f"N={row['n']:,} (s)": _rounded(row[name]) for row in rows}}
+              for name in COUNTS if name in rows[0]]
     header = f"bench_scale on {machine()}"
     save_results(args.out, shown, header, vars(args))
     _plot(rows, Path(args.out).with_suffix(".png"), header)
     print(table(shown, header))
+
+
+def _rounded(value):
+    return round(value, 3) if isinstance(value, float) else value
 
 
 def _plot(rows: list[dict], path: Path, header: str) -> None:
@@ -157,7 +344,7 @@ def _plot(rows: list[dict], path: Path, header: str) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     ns = [row["n"] for row in rows]
     for stage in rows[0]:
-        if stage not in ("n", "peak_rss_mb"):
+        if stage not in ("n", "peak_rss_mb") and stage not in COUNTS:
             ax.plot(ns, [max(row[stage], 1e-4) for row in rows], marker="o", label=stage)
     ax.set_xscale("log")
     ax.set_yscale("log")

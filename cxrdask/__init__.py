@@ -36,6 +36,8 @@ _EXPORTS = {
     "ExtractionPlan": "extract",
     "ExtractSummary": "extract",
     "local_client": "cluster",
+    "session_client": "cluster",
+    "close_session_cluster": "cluster",
     "start_local_cluster": "cluster",
     "FeatureBatches": "batches",
     "TrainConfig": "train",

@@ -6,13 +6,20 @@ core; the glibc trim and mmap thresholds raised (Dask's default
 off; the workers ignore Ctrl-C (the client stops them). Its dashboard listens on 127.0.0.1
 only unless asked otherwise, and takes a free port when the default one is busy (the
 printed link is the real one).
+
+Library calls given no client (``extract_features(...)`` in a notebook) run on
+:func:`session_client`: the notebook's own Dask client where there is one, else a local
+cluster started on first use and kept for the Python session, so a second call starts no
+processes and its workers' models are already built.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -189,3 +196,67 @@ def local_client(
     finally:
         if cluster is not None:
             close_cluster(cluster)
+
+
+_SESSION: dict[str, tuple[tuple[int, int], LocalCluster, Client]] = {}
+_SESSION_LOCK = threading.Lock()
+
+
+def session_client(n_workers: int | None = None, threads_per_worker: int = 1,
+                   announce: bool = True) -> Client:
+    """The client a library call given no client runs on.
+
+    With no layout asked for, the current Dask client (``distributed.Client()`` made in a
+    notebook, or a ``with Client(...)`` block), as Dask's own functions do. Otherwise, or
+    when there is none, a local cluster (:func:`start_local_cluster`) of that layout,
+    started on first use and kept for the Python session (the session's default Dask
+    client while it lives): later calls start no processes and find their models built. A
+    call asking for another layout replaces it.
+    :func:`close_session_cluster` closes it; so does the interpreter's exit.
+
+    Parameters
+    ----------
+    n_workers, threads_per_worker
+        The local cluster's layout (default: one single-threaded process per core).
+    announce
+        Print the dashboard link when a cluster is started.
+    """
+    from distributed import default_client
+
+    if n_workers is None and threads_per_worker == 1:
+        try:
+            return default_client()
+        except ValueError:  # no current client
+            pass
+    layout = (n_workers or os.cpu_count() or 1, threads_per_worker)
+    with _SESSION_LOCK:
+        held = _SESSION.get("local")
+        if held is not None and (held[0] != layout or held[2].status != "running"):
+            _close_session()
+            held = None
+        if held is None:
+            cluster = start_local_cluster(*layout)
+            client = Client(cluster)  # the default client, as a notebook's own Client() is
+            if announce:
+                print(f"Dask dashboard: {client.dashboard_link} (kept for this Python session; "
+                      "cxrdask.close_session_cluster() closes it)", flush=True)
+            held = _SESSION["local"] = (layout, cluster, client)
+        return held[2]
+
+
+def close_session_cluster() -> None:
+    """Close the local cluster :func:`session_client` keeps, if any (its worker processes
+    and their models); the next call without a client starts a new one."""
+    with _SESSION_LOCK:
+        _close_session()
+
+
+def _close_session() -> None:
+    held = _SESSION.pop("local", None)
+    if held is not None:
+        _, cluster, client = held
+        client.close()
+        close_cluster(cluster)
+
+
+atexit.register(close_session_cluster)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
 from .errors import OptionError
+from .retries import DEFAULT_READ_RETRIES
 
 SplitMethod = Literal["auto", "official", "patient", "random"]
 BackboneName = Literal["resnet50", "densenet121", "resnet18"]
@@ -89,7 +90,8 @@ class ExtractConfig:
         "up front or ends with exit status 3")
     io_threads: int = _option(8, "reader threads per worker (overlap object-storage latency)")
     read_retries: int = _option(
-        4, "times a read is tried again after a transient failure (connection reset, timeout, "
+        DEFAULT_READ_RETRIES,
+        "times a read is tried again after a transient failure (connection reset, timeout, "
            "HTTP 5xx), with exponential backoff; an image still unreadable is retriable: its "
            "chunk is not marked done and the next run reads it again (exit status 5)")
     retry_failed: bool = _option(

@@ -316,7 +316,8 @@ def evaluate(
         (:func:`cxrdask.localisation.localise`), on ``client`` or a local cluster of
         ``n_workers``. ``checkpoint`` must then be a file.
     client, n_workers
-        Where localisation runs (a Dask client, or a local cluster started for it).
+        Where localisation runs (a Dask client; None: the current client, else a local
+        cluster kept for the Python session).
     weights
         The backbone weights file, when the head was trained on one (for localisation).
 

@@ -524,8 +524,10 @@ def extract_features(
         weights="random")`` or ``extract_features(meta, root, "f.zarr", ExtractConfig(...))``;
         ``pixels="p.zarr"`` also keeps the decoded images for :func:`extract_from_pixels`.
     client
-        A Dask client; None starts a local cluster of ``n_workers`` processes (one per core
-        by default) with ``threads_per_worker`` threads each, closed after the run.
+        A Dask client; None runs on :func:`~cxrdask.cluster.session_client`: the current
+        Dask client if there is one (and no layout is asked for), else a local cluster of
+        ``n_workers`` processes (one per core by default) with ``threads_per_worker``
+        threads each, kept for the Python session so the next call starts warm.
     progress
         Show a progress bar.
     warmup
@@ -614,7 +616,8 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
     plan
         From :func:`plan_extraction`.
     client
-        A Dask client; None starts a local cluster, closed after the run.
+        A Dask client; None runs on :func:`~cxrdask.cluster.session_client` (the current
+        client, else a local cluster kept for the Python session).
     n_workers, threads_per_worker
         The local cluster's layout (default: one single-threaded process per core).
     progress
@@ -639,10 +642,9 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
         leases = [stack.enter_context(StoreLease(url, plan.storage_options))
                   for url in _written_urls(plan)]
         if client is None:
-            from .cluster import local_client
+            from .cluster import session_client
 
-            client = stack.enter_context(local_client(n_workers=n_workers,
-                                                      threads_per_worker=threads_per_worker))
+            client = session_client(n_workers, threads_per_worker)
         return _execute(plan, client, leases, progress, warmup)
 
 

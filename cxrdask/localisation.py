@@ -15,7 +15,6 @@ each worker loading the backbone and head once.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pandas as pd
 from ._fs import StorageOptions, filesystem
 from .boxes import BOX_FINDINGS, BOX_IMAGE_SIZE, box_from_heatmap, iobb, iou, read_boxes
 from .errors import OptionError
+from .retries import DEFAULT_READ_RETRIES, call_with_retries
 
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -60,13 +60,14 @@ def draw_boxes(items: list[tuple], checkpoint: str, weights: str | None,
                storage_options: StorageOptions | None, threshold: float) -> list[tuple]:
     """The Dask task: for each ``(url, image, age, sex, view, findings)``, the box drawn
     from each finding's Grad-CAM, in pixels of a 1024 image: ``(image, finding, x, y, w, h)``.
-    An image that cannot be read gives no boxes (its true boxes then count as missed)."""
+    A transient read failure (a reset, a 503) is tried again as extraction does; an image
+    that still cannot be read gives no boxes (its true boxes then count as missed)."""
     model = _diagnoser(checkpoint, weights)
     drawn = []
     for url, image, age, sex, view, findings in items:
         fs, path = filesystem(url, storage_options)
         try:
-            data = fs.cat_file(path)
+            data = call_with_retries(functools.partial(fs.cat_file, path), DEFAULT_READ_RETRIES)
             diagnosis = model.diagnose(data, image, age=age, sex=sex, view=view)
         except Exception:  # a missing or undecodable image misses its boxes
             continue
@@ -118,7 +119,8 @@ def localise(store, checkpoint: str, boxes_url: str, images_root: str, *, split:
     images_root
         The archive's images (as for extraction).
     client, n_workers
-        A Dask client, or a local cluster of ``n_workers`` started for the call.
+        A Dask client; None: :func:`~cxrdask.cluster.session_client` (the current client,
+        else a local cluster of ``n_workers`` kept for the Python session).
     weights
         The backbone weights file, when the head was trained on one.
     threshold
@@ -155,18 +157,17 @@ def _run(items, checkpoint, weights, storage_options, threshold, client, n_worke
     if not items:
         return []
     groups = [items[i:i + IMAGES_PER_TASK] for i in range(0, len(items), IMAGES_PER_TASK)]
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            from .cluster import local_client
+    if client is None:
+        from .cluster import session_client
 
-            client = stack.enter_context(local_client(n_workers=n_workers, announce=False))
-        futures = client.map(draw_boxes, groups, checkpoint=checkpoint, weights=weights,
-                             storage_options=storage_options, threshold=threshold, pure=False)
-        try:
-            return [box for result in client.gather(futures) for box in result]
-        except BaseException:
-            client.cancel(futures)
-            raise
+        client = session_client(n_workers, announce=False)
+    futures = client.map(draw_boxes, groups, checkpoint=checkpoint, weights=weights,
+                         storage_options=storage_options, threshold=threshold, pure=False)
+    try:
+        return [box for result in client.gather(futures) for box in result]
+    except BaseException:
+        client.cancel(futures)
+        raise
 
 
 def _score(boxes: pd.DataFrame, drawn: list[tuple], listed: int, images: int,

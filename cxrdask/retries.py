@@ -35,6 +35,7 @@ TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.
                               errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE,
                               errno.ENETUNREACH, errno.EHOSTUNREACH})
 FIRST_WAIT_S = 0.2
+DEFAULT_READ_RETRIES = 4  # extraction's --read-retries, and localisation's image reads
 MAX_WAIT_S = 5.0
 
 
@@ -71,4 +72,4 @@ def call_with_retries(function: Callable[[], T], retries: int,
     return retrying(function)
 
 
-__all__ = ["call_with_retries", "is_transient"]
+__all__ = ["DEFAULT_READ_RETRIES", "call_with_retries", "is_transient"]

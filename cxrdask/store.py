@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 from . import __version__
-from ._fs import StorageOptions, filesystem, is_local
+from ._fs import StorageOptions, filesystem, is_local, with_defaults
 from .errors import (
     CorruptChunkError,
     FeatureOverflowError,
@@ -68,7 +68,7 @@ def zarr_store(url: str, storage_options: StorageOptions | None = None, read_onl
     if is_local(fs):
         return zarr.storage.LocalStore(path, read_only=read_only)
     return zarr.storage.FsspecStore.from_url(
-        url, storage_options=storage_options or {}, read_only=read_only
+        url, storage_options=with_defaults(url, storage_options), read_only=read_only
     )
 
 

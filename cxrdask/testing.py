@@ -143,6 +143,9 @@ class FaultyProxy:
         Object requests failed, and object requests forwarded, so far.
     faults_by_method : dict[str, int]
         Faults per HTTP method.
+    requests : dict[str, int]
+        Every request received, by kind: ``LIST`` for bucket listings (each page counts),
+        else the HTTP method. A job that lists an archive once makes ceil(N / 1000) LISTs.
     holding : threading.Event
         Set while the ``hold`` request is held.
     """
@@ -164,6 +167,7 @@ class FaultyProxy:
         self.only_suffix, self.methods, self.stall_seconds = only_suffix, methods, stall_seconds
         self.faults = self.answered = 0
         self.faults_by_method: collections.Counter[str] = collections.Counter()
+        self.requests: collections.Counter[str] = collections.Counter()
         self.holding = threading.Event()
         self._hold, self._hold_seconds = hold, hold_seconds
         self._released = threading.Event()
@@ -188,6 +192,8 @@ class FaultyProxy:
                 self.wfile.write(payload)
 
             def _forward(self) -> None:
+                with proxy._lock:
+                    proxy.requests["LIST" if "list-type" in self.path else self.command] += 1
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if proxy._holds(self.path):

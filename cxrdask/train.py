@@ -420,7 +420,8 @@ def grid_search(
         One folder per configuration, ``grid.csv``, ``grid.png`` (a heatmap) and the best
         checkpoint as ``head.pt``.
     client
-        A Dask client; None starts a local cluster.
+        A Dask client; None runs on :func:`~cxrdask.cluster.session_client` (the current
+        client, else a local cluster kept for the Python session).
     storage_options
         fsspec options.
     progress
@@ -433,7 +434,7 @@ def grid_search(
     """
     from distributed import as_completed, span
 
-    from .cluster import local_client
+    from .cluster import session_client
     from .progress import progress_bar as tqdm
 
     base = base or TrainConfig()
@@ -458,11 +459,7 @@ def grid_search(
                 bar.update()
         return rows
 
-    if client is None:
-        with local_client() as owned:
-            rows = run(owned)
-    else:
-        rows = run(client)
+    rows = run(client if client is not None else session_client())
     frame = pd.DataFrame(rows).sort_values("best_val_loss").reset_index(drop=True)
     frame.to_csv(out / "grid.csv", index=False)
     shutil.copyfile(frame.loc[0, "checkpoint"], out / "head.pt")

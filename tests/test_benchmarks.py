@@ -46,11 +46,20 @@ def test_bench_store_compares_with_text(tmp_path):
 
 def test_bench_scale_times_every_stage_and_fits_slopes(tmp_path):
     out = tmp_path / "scale"
-    result = run_script("bench_scale", "--sizes", "1000,2000", "--out", out)
+    result = run_script("bench_scale", "--sizes", "500,1000", "--s3", "--extract", "--out", out)
     rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
     for stage in ("read + validate metadata", "locate images (one listing)",
                   "resume check of a finished store", "cxrdask info", "one training epoch (lazy)",
-                  "one evaluation pass"):
-        assert rows[stage]["N=1,000 (s)"] > 0 and rows[stage]["N=2,000 (s)"] > 0
+                  "one evaluation pass", "S3: locate images (one listing)",
+                  "S3: resume check of a finished store", "S3: cxrdask info",
+                  "extraction (all of it, warm-up excluded)"):
+        assert rows[stage]["N=500 (s)"] > 0 and rows[stage]["N=1,000 (s)"] > 0
         assert isinstance(rows[stage]["log-log slope"], float)
+    # One listing: 500 images + the CSV and two lists = 1 page of 1,000; 1,003 objects = 2.
+    pages = rows["S3 LIST requests of the listing"]
+    assert (pages["N=500 (s)"], pages["N=1,000 (s)"]) == (1, 2)
+    for n in ("N=500 (s)", "N=1,000 (s)"):
+        assert 0 <= rows["orchestration share of the workers' time"][n] < 0.5
+        assert 100 < rows["client peak RSS (MB)"][n] < 4000
+        assert "forward" in rows["extraction stages"][n]
     assert "log-log slope" in result.stdout and out.with_suffix(".png").exists()

@@ -113,22 +113,6 @@ def test_public_api_resolves():
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path):
-    """The first run of docs/index.md, exactly as written there (the docs test leaves it to us)."""
-    from pathlib import Path
-
-    index = (Path(__file__).resolve().parent.parent / "docs" / "index.md").read_text()
-    command = next(line for line in index.splitlines() if line.startswith("cxrdask demo "))
-    assert "<!-- not-run: run-by-test -->\n```bash\n" + command in index
-    out = cxrdask(*command.split()[1:], "--quiet", cwd=tmp_path).stdout
-    demo = tmp_path / "demo-run"
-    assert "5/5 evaluation on the test split" in out and "mean test AUC" in out
-    for name in ("report.md", "report.json", "roc.png", "auc_bars.png"):
-        assert (demo / "report" / name).exists()
-    assert FeatureStore.open(str(demo / "features.zarr")).is_complete()
-
-
-@pytest.mark.slow
 def test_predict_command_matches_the_library(trained_checkpoint, small_archive, tmp_path):
     from pathlib import Path
 

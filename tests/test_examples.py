@@ -61,7 +61,7 @@ NOT_RUN_REASONS = {
     "server": "starts a server that runs until stopped (tests/test_web.py starts it)",
     "benchmark": "a benchmark run of minutes; its table is recorded beside it",
     "illustration": "a folder layout, not a command",
-    "run-by-test": "run exactly as written by a test with stronger checks (tests/test_cli.py)",
+    "run-by-test": "run exactly as written by a test with stronger checks (tests/test_first_run.py)",
 }
 FENCE = re.compile(r"(?:<!-- not-run: (?P<reason>[\w-]+) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```",
                    re.S)

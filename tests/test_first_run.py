@@ -199,20 +199,28 @@ def test_default_chunk_rows_balance_both_workers_and_resume(archive, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_rerun_resumes_or_refuses_untouched_and_prints_next_steps(tmp_path):
-    """Defects 2 and 4: a demo re-run with other --n/--size rewrote the archive before
+def test_demo_runs_as_documented_then_reruns_resume_or_refuse_untouched(tmp_path):
+    """The first run of docs/index.md, exactly as written there (the docs test leaves it to
+    us); then defects 2 and 4: a demo re-run with other --n/--size rewrote the archive before
     stopping; the README's next commands assumed other paths."""
-    out = tmp_path / "demo"
-    first = cxrdask("demo", "--out", out, "--n", 60, "--size", 96, "--epochs", 2, "--workers", 2,
-                    "--quiet", cwd=tmp_path)
+    index = (ROOT / "docs" / "index.md").read_text()
+    command = next(line for line in index.splitlines() if line.startswith("cxrdask demo "))
+    assert "<!-- not-run: run-by-test -->\n```bash\n" + command in index
+    assert command.split()[1:4] == ["demo", "--out", "demo-run"] and "--n 80 " in command
+    out = tmp_path / "demo-run"
+    first = cxrdask(*command.split()[1:], "--quiet", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "5/5 evaluation on the test split" in first.stdout and "mean test AUC" in first.stdout
+    for name in ("report.md", "report.json", "roc.png", "auc_bars.png"):
+        assert (out / "report" / name).exists()
+    assert FeatureStore.open(str(out / "features.zarr")).is_complete()
     before = tree_digest(out)
 
-    other = cxrdask("demo", "--out", out, "--n", 80, "--size", 128, "--epochs", 2, "--quiet",
+    other = cxrdask("demo", "--out", out, "--n", 60, "--size", 96, "--epochs", 2, "--quiet",
                     cwd=tmp_path)
     assert other.returncode == 2
     assert f"--out {out} holds a demo made with other settings" in other.stderr
-    assert "n 60 there, 80 now" in other.stderr
+    assert "n 80 there, 60 now" in other.stderr
     assert tree_digest(out) == before  # nothing written, nothing lost
 
     (tmp_path / "notes").mkdir()
@@ -221,8 +229,7 @@ def test_demo_rerun_resumes_or_refuses_untouched_and_prints_next_steps(tmp_path)
     assert refused.returncode == 2 and "not an empty folder or a cxrdask demo" in refused.stderr
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
 
-    same = cxrdask("demo", "--out", out, "--n", 60, "--size", 96, "--epochs", 2, "--workers", 2,
-                   "--quiet", cwd=tmp_path)
+    same = cxrdask(*command.split()[1:], "--quiet", cwd=tmp_path)
     assert same.returncode == 0, same.stderr
     assert "kept from the earlier run" in same.stdout and "0 run," in same.stdout
     assert {k: v for k, v in tree_digest(out).items() if k.startswith("archive/")} == \
@@ -238,7 +245,7 @@ def test_demo_rerun_resumes_or_refuses_untouched_and_prints_next_steps(tmp_path)
         assert run.returncode == 0, f"{command}\n{run.stdout}\n{run.stderr}"
     assert "Cardiomegaly" in subprocess.run(shlex.split(predict), cwd=tmp_path, capture_output=True,
                                             text=True, timeout=300, env=ENV).stdout
-    assert f"serve --checkpoint {out / 'head' / 'head.pt'}" in steps
+    assert "serve --checkpoint demo-run/head/head.pt" in steps  # as given: --out demo-run
 
 
 # --------------------------------------------------------------------------- cxrdask info

@@ -71,3 +71,31 @@ def test_localisation_needs_both_files(trained, small_archive):
     store, checkpoint, _ = trained
     with pytest.raises(OptionError, match="both the boxes"):
         evaluate(store, checkpoint, boxes=f"{small_archive.root}/BBox_List_2017.csv")
+
+
+def test_localisation_reads_images_through_flaky_object_storage(small_archive, cluster_client,
+                                                                trained):
+    """Each image's first 8 GETs fail: more than botocore and s3fs try in one call, so every
+    boxed image needs cxrdask's own retry; every box is still scored, as from local disk."""
+    import fsspec
+
+    from cxrdask.localisation import localise
+    from cxrdask.testing import FaultyProxy, local_s3_server
+
+    store, checkpoint, _ = trained
+    boxes_url = f"{small_archive.root}/BBox_List_2017.csv"
+    local = localise(store, checkpoint, boxes_url, small_archive.root, client=cluster_client)
+    with local_s3_server("boxes") as options:
+        fsspec.filesystem("s3", **options).put(f"{small_archive.root}/", "boxes/archive/",
+                                               recursive=True)
+        with FaultyProxy(options["client_kwargs"]["endpoint_url"], fail_first=8,
+                         only_suffix=".png") as proxy:
+            flaky = {**options, "config_kwargs": {"retries": {"max_attempts": 1}},
+                     "client_kwargs": {**options["client_kwargs"], "endpoint_url": proxy.endpoint}}
+            remote = localise(store, checkpoint, boxes_url, "s3://boxes/archive",
+                              client=cluster_client, storage_options=flaky)
+    images = local.boxes["image_index"].nunique()
+    assert images >= 3 and proxy.faults >= 8 * images  # the faults landed on every image read
+    assert remote.missing_images == 0 and len(remote.boxes) == len(local.boxes)
+    columns = ["image_index", "finding", "drawn_x", "drawn_y", "drawn_w", "drawn_h"]
+    assert remote.boxes[columns].equals(local.boxes[columns])

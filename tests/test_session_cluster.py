@@ -1,0 +1,67 @@
+"""Calls given no client: the notebook's client where there is one, else one local cluster
+kept for the Python session (a second call starts no processes, its models are built)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cxrdask.cluster import session_client
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    from cxrdask import close_session_cluster, extract_features
+    from cxrdask.cluster import session_client
+
+    metadata, root, out = sys.argv[1:4]
+    seconds, warm = [], []
+    for name in ("first", "second"):
+        started = time.perf_counter()
+        summary = extract_features(metadata, root, f"{out}/{name}.zarr", weights="random",
+                                   backbone="resnet18", chunk_rows=16, n_workers=2,
+                                   progress=False)
+        seconds.append(time.perf_counter() - started)
+        warm.append(summary.warmup_seconds)
+        if name == "first":
+            kept = session_client(2)
+            pids = sorted(kept.run(os.getpid).values())
+    same = session_client(2) is kept
+    close_session_cluster()
+    time.sleep(1)
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    print(json.dumps({"seconds": seconds, "warm": warm, "same": same, "alive": alive}))
+""")
+
+
+def test_calls_without_a_client_share_one_cluster_kept_warm(small_archive, tmp_path):
+    run = subprocess.run([sys.executable, "-c", SCRIPT, small_archive.metadata_url,
+                          small_archive.root, str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["same"]  # the second call ran on the cluster the first one started
+    assert run.stdout.count("Dask dashboard:") == 1 and "kept for this Python session" in run.stdout
+    first, second = result["seconds"]
+    assert second < first - 1.0  # no processes started, no model built the second time
+    assert result["warm"][1] < result["warm"][0]
+    assert result["alive"] == []  # close_session_cluster() ended the worker processes
+
+
+def test_a_current_client_is_the_one_used(cluster_client):
+    from distributed import Client
+
+    with Client(cluster_client.scheduler.address, set_as_default=True) as mine:
+        assert session_client() is mine  # a notebook's Client() is what calls run on
