@@ -1,0 +1,116 @@
+"""The fixed cost of a job: from a cold start to the first feature written, and what a second
+call in the same Python session still pays.
+
+Each run is a fresh Python process that imports cxrdask and calls ``extract_features`` on a
+small archive of NIH-size PNGs with no client (a local cluster of 2 worker processes, eager,
+``--precision`` fp32 by default), then calls it again on a new store in the same process (the
+cluster and the workers' models are kept for the session). The parent watches each store's
+done markers and records when the first chunk landed, counted from the moment it started
+the process: interpreter start, imports, the checks, the cluster, the model, the first chunk.
+
+    python -m benchmarks.bench_fixed_cost              # 3 cold starts, 64 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_extract import archive_for
+from benchmarks.common import machine, save_results, table
+
+CHILD = """
+import sys, time
+from cxrdask import extract_features
+metadata, root, first, second, precision = sys.argv[1:6]
+for store in (first, second):
+    started = time.time()
+    extract_features(metadata, root, store, weights="random", n_workers=2, precision=precision,
+                     progress=False)
+    print(f"done {store} {started} {time.time()}", flush=True)
+"""
+
+
+def first_chunk_time(store: str, stop: threading.Event, found: dict) -> None:
+    """Poll ``store`` until one of its chunks is done; record the wall-clock time."""
+    from cxrdask.store import FeatureStore
+
+    while not stop.is_set():
+        try:
+            if FeatureStore.exists(store) and FeatureStore.open(store).done_chunks().any():
+                found[store] = time.time()
+                return
+        except Exception:  # the store is being created: look again
+            pass
+        time.sleep(0.02)
+
+
+def one_run(metadata: str, root: str, directory: Path, precision: str) -> dict:
+    first, second = str(directory / "first.zarr"), str(directory / "second.zarr")
+    found: dict[str, float] = {}
+    stop = threading.Event()
+    watchers = [threading.Thread(target=first_chunk_time, args=(s, stop, found), daemon=True)
+                for s in (first, second)]
+    for watcher in watchers:
+        watcher.start()
+    launched = time.time()
+    result = subprocess.run([sys.executable, "-c", CHILD, metadata, root, first, second, precision],
+                            capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    stop.set()
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    calls = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("done "):
+            _, store, started, ended = line.split()
+            calls[store] = (float(started), float(ended))
+    return {
+        "cold: start to first feature written (s)": found[first] - launched,
+        "cold: whole job (s)": calls[first][1] - launched,
+        "second call: to first feature written (s)": found[second] - calls[second][0],
+        "second call: whole job (s)": calls[second][1] - calls[second][0],
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=64, help="images in the archive")
+    parser.add_argument("--size", type=int, default=1024, help="image side (NIH's: 1024)")
+    parser.add_argument("--runs", type=int, default=3, help="cold starts (the median is reported)")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--archive", default=os.path.join(tempfile.gettempdir(),
+                                                          "cxrdask-bench-fixed-cost"))
+    parser.add_argument("--out", default="benchmarks/results/bench_fixed_cost")
+    args = parser.parse_args(argv)
+    root, metadata = archive_for(Path(args.archive), args.n, args.size)
+    runs = []
+    for _ in range(args.runs):
+        directory = Path(tempfile.mkdtemp(prefix="bench-fixed-"))
+        try:
+            runs.append(one_run(metadata, root, directory, args.precision))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        print(runs[-1], flush=True)
+    rows = [{"what": name, "median (s)": statistics.median(r[name] for r in runs),
+             "runs (s)": ", ".join(f"{r[name]:.2f}" for r in runs)} for name in runs[0]]
+    header = (f"bench_fixed_cost on {machine()}: {args.n} PNGs of {args.size}x{args.size}, "
+              f"2 worker processes, {args.precision}")
+    save_results(args.out, rows, header, vars(args))
+    print(table(rows, header))
+    print(json.dumps({r["what"]: round(r["median (s)"], 2) for r in rows}))
+
+
+if __name__ == "__main__":
+    main()
