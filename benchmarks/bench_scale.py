@@ -35,6 +35,7 @@ and scheduler), and the slowest answer of the Dask dashboard while the job ran.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import shutil
@@ -87,52 +88,86 @@ def measure(n: int, directory: Path, s3: dict | None = None, extract: dict | Non
     """Every stage at N rows; ``s3``: ``{"options", "proxy"}`` to time the S3 stages too;
     ``extract``: ``{"workers", "image_size"}`` to run a real extraction too."""
     from cxrdask.evaluation import evaluate
-    from cxrdask.extract import prepare_rows
-    from cxrdask.imaging import Preprocessing
-    from cxrdask.info import describe_store
-    from cxrdask.metadata import locate_images, read_metadata
-    from cxrdask.store import FeatureStore
     from cxrdask.testing import make_feature_store
     from cxrdask.train import TrainConfig, train_head
 
     root = directory / f"archive_{n}"
     csv = write_layout(root, n)
+    finished = directory / f"finished_{n}.zarr"
+    make_feature_store(str(finished), n, chunk_rows=512, seed=0, signal=0.3)
     stages: dict[str, float] = {}
-    metadata = timed(stages, "read + validate metadata", lambda: read_metadata(csv))
-    located = timed(stages, "locate images (one listing)",
-                    lambda: locate_images(str(root), expected=metadata["image_index"]))
-    assert not located.missing
-    rows, split = timed(stages, "assign the official split",
-                        lambda: prepare_rows(metadata, "official", archive_root=str(root)))
-    created = str(directory / f"created_{n}.zarr")
-    timed(stages, "create a store of N rows",
-          lambda: FeatureStore.create(created, rows, chunk_rows=512, split=split,
-                                      backbone={"name": "resnet50", "feature_dim": 2048},
-                                      preprocessing=Preprocessing().to_dict()))
-    finished = str(directory / f"finished_{n}.zarr")
-    make_feature_store(finished, n, chunk_rows=512, seed=0, signal=0.3)
-
-    def resume_check() -> int:
-        store = FeatureStore.open(finished)
-        store.check_settings({"dtype": store.provenance["dtype"], "chunk_rows": 512})
-        return int((~store.done_chunks()).sum())
-
-    assert timed(stages, "resume check of a finished store", resume_check) == 0
-    timed(stages, "cxrdask info", lambda: describe_store(finished))
-    timed(stages, "FeatureStore.open + table()", lambda: FeatureStore.open(finished).table())
+    time_store_stages(stages, "", n, str(root), str(directory / f"created_{n}.zarr"),
+                      str(finished))
     out = directory / f"head_{n}"
     result = timed(stages, "one training epoch (lazy)", lambda: train_head(
-        finished, TrainConfig(epochs=1, resident_mb=0), out, progress=False, plot=False))
-    timed(stages, "one evaluation pass", lambda: evaluate(finished, result.checkpoint, bootstrap=0))
+        str(finished), TrainConfig(epochs=1, resident_mb=0), out, progress=False, plot=False))
+    timed(stages, "one evaluation pass",
+          lambda: evaluate(str(finished), result.checkpoint, bootstrap=0))
     counts: dict[str, float] = {}
     if s3 is not None:
-        counts.update(measure_s3(n, root, Path(finished), stages, **s3))
+        upload(root, f"archive_{n}")  # untimed: only reading the bucket is measured
+        upload(finished, f"finished_{n}.zarr")
+        counts.update(time_store_stages(
+            stages, "S3: ", n, f"s3://{BUCKET}/archive_{n}", f"s3://{BUCKET}/created_{n}.zarr",
+            f"s3://{BUCKET}/finished_{n}.zarr", **s3))
     if extract is not None:
         counts.update(measure_extraction(csv, root, directory / f"extracted_{n}.zarr", **extract))
         stages["extraction (all of it, warm-up excluded)"] = counts.pop("extraction seconds")
     shutil.rmtree(root)  # the placeholder archive: N small files
     return {"n": n, **{k: round(v, 4) for k, v in stages.items()}, "peak_rss_mb": peak_rss_mb(),
             **counts}
+
+
+def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: str,
+                      finished: str, options: dict | None = None, proxy=None) -> dict:
+    """The stages that read the archive and the stores, on local disk or (with
+    ``options`` and the request-counting ``proxy``) in the bucket: read and validate the
+    CSV, list the images, assign the official split, create a store of N rows (at
+    ``created``), the resume check, ``info`` and ``table()`` of the finished store (the
+    archive holds ``n`` images). Each
+    stage's seconds go into ``stages`` under ``prefix`` + its name; returns the proxy's
+    request counts of the listing, the resume check and ``table()`` (none without one)."""
+    from cxrdask.extract import prepare_rows
+    from cxrdask.imaging import Preprocessing
+    from cxrdask.info import describe_store
+    from cxrdask.metadata import locate_images, read_metadata
+    from cxrdask.store import FeatureStore
+
+    def requests() -> collections.Counter:
+        return proxy.requests.copy() if proxy is not None else collections.Counter()
+
+    metadata = timed(stages, f"{prefix}read + validate metadata", lambda: read_metadata(
+        f"{archive}/Data_Entry_2017.csv", options))
+    before = requests()
+    located = timed(stages, f"{prefix}locate images (one listing)", lambda: locate_images(
+        archive, options, expected=metadata["image_index"]))
+    listing = requests() - before
+    assert not located.missing and len(located.urls) == n
+    rows, split = timed(stages, f"{prefix}assign the official split", lambda: prepare_rows(
+        metadata, "official", archive_root=archive, storage_options=options))
+    timed(stages, f"{prefix}create a store of N rows", lambda: FeatureStore.create(
+        created, rows, chunk_rows=512, split=split, storage_options=options,
+        backbone={"name": "resnet50", "feature_dim": 2048},
+        preprocessing=Preprocessing().to_dict()))
+
+    def resume_check() -> int:
+        opened = FeatureStore.open(finished, options)
+        opened.check_settings({"dtype": opened.provenance["dtype"], "chunk_rows": 512})
+        return int((~opened.done_chunks()).sum())
+
+    before = requests()
+    assert timed(stages, f"{prefix}resume check of a finished store", resume_check) == 0
+    resume = requests() - before
+    timed(stages, f"{prefix}cxrdask info", lambda: describe_store(finished, options))
+    before = requests()
+    timed(stages, f"{prefix}FeatureStore.open + table()",
+          lambda: FeatureStore.open(finished, options).table())
+    opened = requests() - before
+    if proxy is None:
+        return {}
+    return {"S3 LIST requests of the listing": listing["LIST"],
+            "S3 requests of the resume check": resume.total(),
+            "S3 requests of open + table()": opened.total()}
 
 
 BUCKET = "scale"
@@ -150,49 +185,6 @@ def upload(local: Path, prefix: str) -> None:
                                path.read_bytes())
 
 
-def measure_s3(n: int, root: Path, finished: Path, stages: dict, options: dict, proxy) -> dict:
-    """The stages that read or write object storage, against the bucket (through ``proxy``,
-    which counts requests). Returns the LIST requests of the listing."""
-    from cxrdask.extract import prepare_rows
-    from cxrdask.imaging import Preprocessing
-    from cxrdask.info import describe_store
-    from cxrdask.metadata import locate_images, read_metadata
-    from cxrdask.store import FeatureStore
-
-    upload(root, f"archive_{n}")
-    upload(finished, f"finished_{n}.zarr")
-    archive, store = f"s3://{BUCKET}/archive_{n}", f"s3://{BUCKET}/finished_{n}.zarr"
-    metadata = timed(stages, "S3: read + validate metadata", lambda: read_metadata(
-        f"{archive}/Data_Entry_2017.csv", options))
-    lists = proxy.requests["LIST"]
-    located = timed(stages, "S3: locate images (one listing)", lambda: locate_images(
-        archive, options, expected=metadata["image_index"]))
-    pages = proxy.requests["LIST"] - lists
-    assert not located.missing and len(located.urls) == n
-    rows, split = timed(stages, "S3: assign the official split", lambda: prepare_rows(
-        metadata, "official", archive_root=archive, storage_options=options))
-    timed(stages, "S3: create a store of N rows", lambda: FeatureStore.create(
-        f"s3://{BUCKET}/created_{n}.zarr", rows, chunk_rows=512, split=split,
-        storage_options=options, backbone={"name": "resnet50", "feature_dim": 2048},
-        preprocessing=Preprocessing().to_dict()))
-
-    def resume_check() -> int:
-        opened = FeatureStore.open(store, options)
-        opened.check_settings({"dtype": opened.provenance["dtype"], "chunk_rows": 512})
-        return int((~opened.done_chunks()).sum())
-
-    requests = proxy.requests.total()
-    assert timed(stages, "S3: resume check of a finished store", resume_check) == 0
-    resume_requests = proxy.requests.total() - requests
-    timed(stages, "S3: cxrdask info", lambda: describe_store(store, options))
-    requests = proxy.requests.total()
-    timed(stages, "S3: FeatureStore.open + table()",
-          lambda: FeatureStore.open(store, options).table())
-    return {"S3 LIST requests of the listing": pages,
-            "S3 requests of the resume check": resume_requests,
-            "S3 requests of open + table()": proxy.requests.total() - requests}
-
-
 def measure_extraction(csv: str, root: Path, store: Path, workers: int, image_size: int) -> dict:
     """A real extraction of the archive in a child process (the user's client). The
     orchestration share is the workers' time outside any chunk task (scheduling, hand-off,
@@ -202,16 +194,6 @@ def measure_extraction(csv: str, root: Path, store: Path, workers: int, image_si
          str(store), str(workers), str(image_size)], capture_output=True, text=True, check=True)
     shutil.rmtree(store, ignore_errors=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def high_water_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ``ru_maxrss``, not carried over
-    from the parent across ``exec``)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def extract_child(csv: str, root: str, store: str, workers: int, image_size: int) -> dict:
@@ -252,7 +234,7 @@ def extract_child(csv: str, root: str, store: str, workers: int, image_size: int
             "orchestration share of the workers' time": max(0.0, 1 - in_tasks / (summary.seconds * workers)),
             "extraction stages": " ".join(f"{k.removesuffix('_s')} {v / stages.sum():.0%}"
                                           for k, v in stages.items()),
-            "client peak RSS (MB)": high_water_mb(),
+            "client peak RSS (MB)": peak_rss_mb(),
             "dashboard: slowest answer during the job (s)": slowest[0],
             "dashboard: answers during the job": answered[0]}
 

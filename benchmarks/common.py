@@ -34,7 +34,18 @@ def machine() -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB."""
+    """Peak resident memory of this process so far, in MB.
+
+    On Linux from ``/proc/self/status`` (VmHWM): ``ru_maxrss`` is carried over ``exec``,
+    so a benchmark's child process would report its parent's peak when that is higher.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
