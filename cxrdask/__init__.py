@@ -22,7 +22,7 @@ _EXPORTS = {
     "encode_demographics": "encoding",
     "assign_splits": "splits",
     "make_archive": "synthetic",
-    "BackboneSpec": "backbone",
+    "BackboneSpec": "backbone_spec",
     "load_backbone": "backbone",
     "Preprocessing": "imaging",
     "FeatureStore": "store",

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbone import build_backbone, file_sha256, resolve_device
+from .backbone import build_backbone, resolve_device
+from .backbone_spec import file_sha256
 from .head import Checkpoint, load_checkpoint
 from .imaging import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
 from .inference import backbone_for_checkpoint, head_inputs, inference_preprocessing

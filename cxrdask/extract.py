@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ._fs import StorageOptions, filesystem
-from .backbone import BackboneSpec, check_weights_available
+from .backbone_spec import BackboneSpec, check_weights_available
 from .config import DEFAULT_BATCH_SIZE, ExtractConfig, SplitMethod
 from .errors import (
     ExtractionFailedError,
@@ -29,7 +29,7 @@ from .errors import (
     ImagesNotFoundError,
     OptionError,
 )
-from .extract_worker import STAGE_NAMES, STAGES, TaskConfig, extract_chunk, warm_worker
+from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup
 from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
@@ -755,7 +755,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
             # One per worker, preferably on it; a worker lost meanwhile hands its warm-up to
             # another (a strict pin would wait for the dead worker forever). Workers that
             # join later build their model in their first chunk task.
-            warm = [client.submit(warm_worker, config, workers=[w], allow_other_workers=True,
+            warm = [client.submit(run_warmup, config, workers=[w], allow_other_workers=True,
                                   pure=False, key=f"backbone-warmup-{i}-{run_token}")
                     for i, w in enumerate(workers)]
             try:
@@ -772,7 +772,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
                          [flip_train and codes[r] == TRAIN and flip_for(n, config.flip_seed)
                           for r, n in zip(range(start, stop), chunk_names, strict=True)]))
         # retries: a task that raised (a worker's write to the store failed) runs again.
-        futures = [client.submit(extract_chunk, *a, config, pure=False, retries=TASK_RETRIES,
+        futures = [client.submit(run_chunk, *a, config, pure=False, retries=TASK_RETRIES,
                                  key=f"{CHUNK_PREFIX}-{a[0]}-{run_token}")
                    for a in args]
         total = sum(len(a[2]) for a in args)

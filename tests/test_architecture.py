@@ -44,6 +44,17 @@ def test_reading_a_store_imports_no_torch(store_url):
     assert out.strip().endswith("False"), out
 
 
+def test_planning_an_extraction_imports_no_torch(small_archive, tmp_path):
+    """The client plans and submits; torch (seconds of a cold start) is the workers' only."""
+    store = str(tmp_path / "planned.zarr")
+    out = run_python(
+        "import sys\nfrom cxrdask.extract import plan_extraction\n"
+        f"plan = plan_extraction({small_archive.metadata_url!r}, {small_archive.root!r}, "
+        f"{store!r}, weights='random')\n"
+        "print(len(plan.rows), plan.spec.feature_dim, 'torch' in sys.modules)\n")
+    assert out.split() == ["80", "2048", "False"], out
+
+
 def test_the_web_page_imports_no_scikit_learn():
     pytest.importorskip("fastapi")
     out = run_python("import sys\nfrom cxrdask.web import create_app\n"

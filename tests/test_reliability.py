@@ -352,7 +352,8 @@ def test_a_run_that_lost_its_lease_writes_no_chunk(reference, tmp_path):
     from dataclasses import replace
 
     from cxrdask.backbone import BackboneSpec
-    from cxrdask.extract_worker import TaskConfig, extract_chunk
+    from cxrdask.extract_tasks import TaskConfig
+    from cxrdask.extract_worker import extract_chunk
     from cxrdask.imaging import Preprocessing
 
     url = str(tmp_path / "copy.zarr")

@@ -1,5 +1,6 @@
 """Calls given no client: the notebook's client where there is one, else one local cluster
-kept for the Python session (a second call starts no processes, its models are built)."""
+kept for the Python session (a second call starts no processes, its models are built); the
+client never imports torch (seconds of a cold start), only the workers do."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ SCRIPT = textwrap.dedent("""
             kept = session_client(2)
             pids = sorted(kept.run(os.getpid).values())
     same = session_client(2) is kept
+    # The client planned, submitted and gathered without torch; the workers ran the models.
+    torch_in = {"client": "torch" in sys.modules,
+                "workers": sorted(kept.run(lambda: "torch" in sys.modules).values())}
     close_session_cluster()
     time.sleep(1)
     alive = []
@@ -42,7 +46,8 @@ SCRIPT = textwrap.dedent("""
             alive.append(pid)
         except ProcessLookupError:
             pass
-    print(json.dumps({"seconds": seconds, "warm": warm, "same": same, "alive": alive}))
+    print(json.dumps({"seconds": seconds, "warm": warm, "same": same, "alive": alive,
+                      "torch": torch_in}))
 """)
 
 
@@ -57,6 +62,7 @@ def test_calls_without_a_client_share_one_cluster_kept_warm(small_archive, tmp_p
     first, second = result["seconds"]
     assert second < first - 1.0  # no processes started, no model built the second time
     assert result["warm"][1] < result["warm"][0]
+    assert result["torch"] == {"client": False, "workers": [True, True]}
     assert result["alive"] == []  # close_session_cluster() ended the worker processes
 
 

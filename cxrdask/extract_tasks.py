@@ -1,0 +1,61 @@
+"""An extraction's tasks as the client sees them: their settings, stage names and entry points.
+
+Torch-free, so the client that plans a run and submits its chunks never imports torch (3-5 s
+of a cold start on a small machine): the entry points below import the worker side
+(:mod:`cxrdask.extract_worker`, where torch and the backbone live) on the worker, at their
+first call there. Dask pickles them by reference, so a task carries only their names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ._fs import StorageOptions
+from .backbone_spec import BackboneSpec
+from .config import DEFAULT_BATCH_SIZE
+from .imaging import Preprocessing
+
+STAGES = ("read_s", "decode_s", "resize_s", "forward_s", "write_s")
+STAGE_NAMES = tuple(stage.removesuffix("_s") for stage in STAGES)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Everything a chunk task needs besides its rows; small, so the graph stays light."""
+
+    store_url: str | None  # None: only the pixel store is written (cxrdask cache)
+    storage_options: StorageOptions | None
+    backbone: BackboneSpec
+    preprocessing: Preprocessing
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    engine: str = "torch"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    io_threads: int = 8
+    torch_threads: int = 1
+    flip_seed: int = 0
+    pixels_url: str | None = None
+    pixels_role: Literal["none", "source", "write"] = "none"
+    read_retries: int = 4
+    leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
+
+
+def run_warmup(config: TaskConfig) -> float:
+    """On a worker: build its backbone ahead of the chunks (seconds taken); see
+    :func:`cxrdask.extract_worker.warm_worker`."""
+    from .extract_worker import warm_worker
+
+    return warm_worker(config)
+
+
+def run_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[bool],
+              config: TaskConfig) -> dict:
+    """On a worker: compute and write one chunk; see :func:`cxrdask.extract_worker.extract_chunk`."""
+    from .extract_worker import extract_chunk
+
+    return extract_chunk(chunk, urls, names, flips, config)
+
+
+__all__ = ["STAGES", "STAGE_NAMES", "TaskConfig", "run_chunk", "run_warmup"]
