@@ -21,7 +21,7 @@ from .retries import DEFAULT_READ_RETRIES
 SplitMethod = Literal["auto", "official", "patient", "random"]
 BackboneName = Literal["resnet50", "densenet121", "resnet18"]
 Dtype = Literal["float16", "float32"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Engine = Literal["torch", "onnxruntime"]
 Flip = Literal["none", "train"]
 ResizeOn = Literal["cpu", "device"]
@@ -74,7 +74,8 @@ class ExtractConfig:
     device: str = _option("auto", "cpu | cuda | auto (the worker's GPU when it has one)")
     dtype: Dtype = _option("float16", "feature dtype in the store")
     precision: Precision = _option(
-        "fp32", "backbone arithmetic (bf16: CPUs with native bf16, GPUs; fp16: GPUs)")
+        "auto", "backbone arithmetic: auto = bf16 where the workers compute it natively (CPUs "
+                "with AVX-512-BF16 or AMX, GPUs), else fp32; fp16: GPUs")
     compile: bool = _option(False, "torch.compile the backbone")
     engine: Engine = _option(
         "torch", "run the backbone with PyTorch, or with ONNX Runtime (CPU, fp32; "

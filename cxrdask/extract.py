@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +21,7 @@ import pandas as pd
 
 from ._fs import StorageOptions, filesystem
 from .backbone_spec import BackboneSpec, check_weights_available
-from .config import DEFAULT_BATCH_SIZE, ExtractConfig, SplitMethod
+from .config import DEFAULT_BATCH_SIZE, ExtractConfig, Precision, SplitMethod
 from .errors import (
     ExtractionFailedError,
     ExtractionIncompleteError,
@@ -29,7 +29,7 @@ from .errors import (
     ImagesNotFoundError,
     OptionError,
 )
-from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup
+from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup, worker_precision
 from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
@@ -67,6 +67,8 @@ class ExtractSummary:
         metrics of the run's span (``span_id``).
     timings : pandas.DataFrame
         One row per chunk task: worker, images and seconds per stage.
+    precision : str
+        The backbone's arithmetic this run used (``precision="auto"`` made concrete).
     """
 
     store_url: str
@@ -91,6 +93,7 @@ class ExtractSummary:
     # metrics of this run's span (what the dashboard shows); empty when nothing ran.
     stage_seconds: dict[str, float] = field(default_factory=dict)
     span_id: str | None = None
+    precision: str = ""  # the backbone's arithmetic ("auto" made concrete); "" for a cache pass
 
     @property
     def failed_fraction(self) -> float:
@@ -117,8 +120,9 @@ class ExtractSummary:
             f"{self.chunks_total} in all ({self.chunk_rows} rows each)",
             f"rows: {self.rows_written} written, {self.rows_failed} failed "
             f"(of {self.rows_total} in the store)",
-            f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s), "
-            f"model warm-up {self.warmup_seconds:.1f} s",
+            f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s"
+            + (f", {self.precision}" if self.precision else "")
+            + f"), model warm-up {self.warmup_seconds:.1f} s",
         ]
         if self.retriable:
             lines.append(f"rows to read again (transient storage failures, chunks not done): "
@@ -241,8 +245,10 @@ class ExtractionPlan:
                         "recorded as failed rows)" if self.missing else "")]
         lines.append(f"split: {self.split_info.get('description', '')}")
         if self.store_url is not None:
+            precision = ("precision auto (bf16 where the workers compute it natively, else "
+                         "fp32)") if c.precision == "auto" else c.precision
             lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
-                         f"{c.engine} {c.precision}, features as {c.dtype}")
+                         f"{c.engine} {precision}, features as {c.dtype}")
             state = "resumed (finished chunks are skipped)" if c.resume and self.store_exists \
                 else "new" if not self.store_exists else "overwritten"
             lines.append(f"store: {self.store_url} ({state})")
@@ -490,6 +496,8 @@ def _check_images_found(located, expected: int, source: str, strict: bool,
 def _resume_settings(plan: ExtractionPlan) -> dict:
     settings = {**plan.settings(), "n_rows": len(plan.rows),
                 "rows_fingerprint": rows_fingerprint(plan.rows["image_index"])}
+    if settings["precision"] == "auto":  # a resumed store keeps its own (_resolve_precision)
+        del settings["precision"]
     if plan.config.chunk_rows != "auto":
         settings["chunk_rows"] = plan.config.chunk_rows
     return settings
@@ -667,6 +675,7 @@ def _worker_threads(client) -> int:
 
 def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: bool,
              warmup: bool) -> ExtractSummary:
+    plan = _resolve_precision(plan, client)
     c = plan.config
     stores = _create_or_resume(plan, client, leases)
     task = TaskConfig(store_url=plan.store_url, storage_options=plan.storage_options,
@@ -683,6 +692,27 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
                                       or summary.store_rows_failed == summary.store_rows_done):
         raise ExtractionFailedError(summary, c.max_failed_fraction)
     return summary
+
+
+def _resolve_precision(plan: ExtractionPlan, client) -> ExtractionPlan:
+    """``precision="auto"`` made concrete before the store records it: a resumed store keeps
+    the arithmetic its features were made with; a new one gets bf16 where every worker
+    computes it natively (asked of the workers, which may be other machines than the
+    client's), else fp32 (also when no worker has joined yet, or they disagree)."""
+    c = plan.config
+    if c.precision != "auto" or plan.store_url is None:
+        return plan
+    if c.resume and FeatureStore.exists(plan.store_url, plan.storage_options):
+        recorded = FeatureStore.open(plan.store_url, plan.storage_options).provenance
+        answers = {str(recorded.get("precision", "fp32"))}
+    else:
+        # A worker lost meanwhile answers with its error, not at all: the others decide.
+        answers = {answer for answer in client.run(worker_precision, c.device, c.engine,
+                                                   on_error="return").values()
+                   if isinstance(answer, str)}
+    precision: Precision = "bf16" if answers == {"bf16"} else \
+        "fp16" if answers == {"fp16"} else "fp32"
+    return replace(plan, config=replace(c, precision=precision))
 
 
 def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) -> list[FeatureStore]:
@@ -823,6 +853,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
         store_rows_done=int((status != STATUS_PENDING).sum()),
         stage_seconds={stage: measured.get(stage, 0.0) for stage in STAGE_NAMES},
         span_id=span_id,
+        precision=config.precision if config.store_url is not None else "",
     )
     for each in stores:
         _record_run(each, summary)

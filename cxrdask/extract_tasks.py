@@ -42,6 +42,14 @@ class TaskConfig:
     leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
 
 
+def worker_precision(device: str, engine: str) -> str:
+    """On a worker: what ``precision="auto"`` means there; see
+    :func:`cxrdask.extract_worker.auto_precision`."""
+    from .extract_worker import auto_precision
+
+    return auto_precision(device, engine)
+
+
 def run_warmup(config: TaskConfig) -> float:
     """On a worker: build its backbone ahead of the chunks (seconds taken); see
     :func:`cxrdask.extract_worker.warm_worker`."""
@@ -58,4 +66,4 @@ def run_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[
     return extract_chunk(chunk, urls, names, flips, config)
 
 
-__all__ = ["STAGES", "STAGE_NAMES", "TaskConfig", "run_chunk", "run_warmup"]
+__all__ = ["STAGES", "STAGE_NAMES", "TaskConfig", "run_chunk", "run_warmup", "worker_precision"]

@@ -21,9 +21,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def clean_store(small_archive, cluster_client, tmp_path_factory):
     url = str(tmp_path_factory.mktemp("clean") / "features.zarr")
+    # fp32: compared with a direct computation in this process (bf16 results move with the
+    # number of threads); the runs that resume it ask for "auto", which keeps its fp32.
     summary = extract_features(small_archive.metadata_url, small_archive.root, url,
                                client=cluster_client, weights="random", chunk_rows=16,
-                               progress=False)
+                               precision="fp32", progress=False)
     return url, summary
 
 
@@ -158,7 +160,7 @@ def test_image_size_is_a_setting_recorded_and_checked(small_archive, cluster_cli
     url = str(tmp_path / "small.zarr")
     extract_features(small_archive.metadata_url, small_archive.root, url, client=cluster_client,
                      weights="random", chunk_rows=16, image_size=64, backbone="resnet18",
-                     progress=False)
+                     precision="fp32", progress=False)
     store = FeatureStore.open(url)
     assert store.provenance["preprocessing"]["size"] == 64
     assert store.provenance["extract_config"]["image_size"] == 64
@@ -182,3 +184,30 @@ def test_image_size_is_a_setting_recorded_and_checked(small_archive, cluster_cli
     with pytest.raises(OptionError, match="image_size must be between 32"):
         extract_features(small_archive.metadata_url, small_archive.root, str(tmp_path / "x.zarr"),
                          client=cluster_client, weights="random", image_size=16, progress=False)
+
+
+def test_precision_auto_is_what_the_workers_compute_natively(small_archive, cluster_client,
+                                                           tmp_path):
+    """The default, ``auto``: bf16 where the workers' CPU computes it natively, else fp32,
+    recorded in the store as what was used (never "auto"); a resumed store keeps its own."""
+    from cxrdask.hardware import cpu_has_native_bf16
+
+    url = str(tmp_path / "auto.zarr")
+    first = extract_features(small_archive.metadata_url, small_archive.root, url,
+                             client=cluster_client, weights="random", chunk_rows=40,
+                             image_size=64, backbone="resnet18", progress=False)
+    used = FeatureStore.open(url).provenance["precision"]
+    assert used == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert first.precision == used and f"images/s, {used})" in str(first)
+    # Resuming a store made with the other arithmetic: "auto" keeps the store's.
+    other = str(tmp_path / "other.zarr")
+    made = "fp32" if used == "bf16" else "bf16"
+    extract_features(small_archive.metadata_url, small_archive.root, other, client=cluster_client,
+                     weights="random", chunk_rows=40, image_size=64, backbone="resnet18",
+                     precision=made, progress=False)
+    store = FeatureStore.open(other, mode="r+")
+    store.group["done"][1] = False
+    summary = extract_features(small_archive.metadata_url, small_archive.root, other,
+                               client=cluster_client, weights="random", chunk_rows=40,
+                               image_size=64, backbone="resnet18", progress=False)
+    assert summary.chunks_run == 1 and FeatureStore.open(other).provenance["precision"] == made
