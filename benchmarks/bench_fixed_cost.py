@@ -89,7 +89,8 @@ def main(argv=None) -> None:
     parser.add_argument("--n", type=int, default=64, help="images in the archive")
     parser.add_argument("--size", type=int, default=1024, help="image side (NIH's: 1024)")
     parser.add_argument("--runs", type=int, default=3, help="cold starts (the median is reported)")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="fp32",
+                        help="fp32 (the figures in docs/benchmarks.md) or auto (extract_features's default)")
     parser.add_argument("--archive", default=os.path.join(tempfile.gettempdir(),
                                                           "cxrdask-bench-fixed-cost"))
     parser.add_argument("--out", default="benchmarks/results/bench_fixed_cost")
