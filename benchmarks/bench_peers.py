@@ -104,7 +104,7 @@ class Model:
 # One pass per contender: (images root, metadata, file list, output dir, settings).
 # ---------------------------------------------------------------------------------------
 
-def pass_cxrdask(job: dict, out: str) -> None:
+def pass_cxrdask(job: dict, out: str, state: dict) -> None:
     from cxrdask import extract_features
 
     extract_features(job["metadata"], job["root"], out + "/features.zarr", weights="random",
@@ -229,8 +229,8 @@ def pass_spark2018(job: dict, out: str, state: dict) -> None:
     run_spark(names, job["paths"], out + "/features_txt", job["cores"], job["precision"], job["batch"])
 
 
-PASSES = {"daft": pass_daft, "spark": pass_spark, "ray": pass_ray, "dataloader": pass_dataloader,
-          "spark2018": pass_spark2018}
+PASSES = {"cxrdask": pass_cxrdask, "daft": pass_daft, "spark": pass_spark, "ray": pass_ray,
+          "dataloader": pass_dataloader, "spark2018": pass_spark2018}
 
 
 def child(name: str, job_file: str) -> None:
@@ -240,10 +240,7 @@ def child(name: str, job_file: str) -> None:
     for index in (1, 2):
         out = f"{job['out']}/{name}-{index}"
         started = time.time()
-        if name == "cxrdask":
-            pass_cxrdask(job, out)
-        else:
-            PASSES[name](job, out, state)
+        PASSES[name](job, out, state)
         print(json.dumps({"pass": index, "started": started, "ended": time.time()}), flush=True)
 
 
@@ -297,24 +294,12 @@ def compare(reference: dict, other: dict) -> float:
 # ---------------------------------------------------------------------------------------
 
 def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seconds: float) -> dict:
-    import numpy as np
+    """bench_extract's bound: the bare backbone (cxrdask's runner, eager) and read + decode +
+    preprocess, each on one thread; N cores bound = N / (1/a + 1/b)."""
+    from benchmarks.bench_extract import Config, decode_rate, forward_rate
 
-    from cxrdask.imaging import preprocess_bytes
-
-    model = Model(precision)
-    x = np.zeros((batch, 3, 224, 224), np.float32)
-    model(x)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        model(x)
-        done += batch
-    backbone = done / (time.perf_counter() - start)
-    start = time.perf_counter()
-    sample = paths[:32]
-    for p in sample:
-        with open(p, "rb") as handle:
-            preprocess_bytes(handle.read(), p)
-    decode = len(sample) / (time.perf_counter() - start)
+    backbone = forward_rate("cpu", Config(precision), batch, seconds)
+    decode = decode_rate(paths[:32])
     return {"backbone_1_thread": backbone, "decode_1_thread": decode,
             "bound": cores / (1 / backbone + 1 / decode)}
 

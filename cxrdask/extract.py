@@ -353,7 +353,7 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
         store_exists=store_url is not None and FeatureStore.exists(store_url, storage_options),
     )
     if store_url is not None and config.resume and plan.store_exists:
-        FeatureStore.open(store_url, storage_options).check_settings(_resume_settings(plan))
+        plan = _check_resumable(plan, FeatureStore.open(store_url, storage_options))
     return plan
 
 
@@ -441,8 +441,8 @@ def plan_from_pixels(
         pixels_url=pixels, pixels_role="source", chunk_rows=source.chunk_rows,
     )
     if config.resume and plan.store_exists:
-        FeatureStore.open(store_url, storage_options).check_settings(
-            {**_resume_settings(plan), "chunk_rows": source.chunk_rows})
+        plan = _check_resumable(plan, FeatureStore.open(store_url, storage_options),
+                                chunk_rows=source.chunk_rows)
     return plan
 
 
@@ -493,11 +493,19 @@ def _check_images_found(located, expected: int, source: str, strict: bool,
             "failed rows (max_failed_fraction=, --max-failed-fraction)", **details)
 
 
+def _check_resumable(plan: ExtractionPlan, existing: FeatureStore, **wanted: Any) -> ExtractionPlan:
+    """The plan for resuming ``existing``, checked against its settings before any work
+    starts. ``precision="auto"`` becomes the store's own: its features were made with it."""
+    if plan.config.precision == "auto":
+        recorded = existing.provenance.get("precision", "fp32")
+        plan = replace(plan, config=replace(plan.config, precision=recorded))
+    existing.check_settings({**_resume_settings(plan), **wanted})
+    return plan
+
+
 def _resume_settings(plan: ExtractionPlan) -> dict:
     settings = {**plan.settings(), "n_rows": len(plan.rows),
                 "rows_fingerprint": rows_fingerprint(plan.rows["image_index"])}
-    if settings["precision"] == "auto":  # a resumed store keeps its own (_resolve_precision)
-        del settings["precision"]
     if plan.config.chunk_rows != "auto":
         settings["chunk_rows"] = plan.config.chunk_rows
     return settings
@@ -695,23 +703,18 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
 
 
 def _resolve_precision(plan: ExtractionPlan, client) -> ExtractionPlan:
-    """``precision="auto"`` made concrete before the store records it: a resumed store keeps
-    the arithmetic its features were made with; a new one gets bf16 where every worker
+    """``precision="auto"`` made concrete before a new store records it (a resumed store's
+    was taken from it at planning, :func:`_check_resumable`): bf16 where every worker
     computes it natively (asked of the workers, which may be other machines than the
     client's), else fp32 (also when no worker has joined yet, or they disagree)."""
     c = plan.config
     if c.precision != "auto" or plan.store_url is None:
         return plan
-    if c.resume and FeatureStore.exists(plan.store_url, plan.storage_options):
-        recorded = FeatureStore.open(plan.store_url, plan.storage_options).provenance
-        answers = {str(recorded.get("precision", "fp32"))}
-    else:
-        # A worker lost meanwhile answers with its error, not at all: the others decide.
-        answers = {answer for answer in client.run(worker_precision, c.device, c.engine,
-                                                   on_error="return").values()
-                   if isinstance(answer, str)}
-    precision: Precision = "bf16" if answers == {"bf16"} else \
-        "fp16" if answers == {"fp16"} else "fp32"
+    # A worker lost meanwhile answers with its error, not at all: the others decide.
+    answers = {answer for answer in client.run(worker_precision, c.device, c.engine,
+                                               on_error="return").values()
+               if isinstance(answer, str)}
+    precision: Precision = "bf16" if answers == {"bf16"} else "fp32"
     return replace(plan, config=replace(c, precision=precision))
 
 
