@@ -796,6 +796,9 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
             except BaseException:
                 client.cancel(warm)
                 raise
+            # Nothing needs their results: released, a worker lost later is not sent its
+            # warm-up again (the scheduler recomputes lost results that a client still holds).
+            del warm
             warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build
         args = []
         for chunk in todo:

@@ -42,12 +42,22 @@ class TaskConfig:
     leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
 
 
-def worker_precision(device: str, engine: str) -> str:
-    """On a worker: what ``precision="auto"`` means there; see
-    :func:`cxrdask.extract_worker.auto_precision`."""
-    from .extract_worker import auto_precision
+async def worker_precision(device: str, engine: str) -> str:
+    """On a worker (through ``Client.run``): what ``precision="auto"`` means there; see
+    :func:`cxrdask.extract_worker.auto_precision`.
 
-    return auto_precision(device, engine)
+    ``Client.run`` calls a plain function on the worker's event loop, and the answer needs
+    torch, whose first import takes seconds (more on a cold disk): the loop would stop
+    answering the scheduler and its nanny meanwhile. A coroutine that imports in a thread
+    keeps it responsive."""
+    import asyncio
+
+    def answer() -> str:
+        from .extract_worker import auto_precision
+
+        return auto_precision(device, engine)
+
+    return await asyncio.to_thread(answer)
 
 
 def run_warmup(config: TaskConfig) -> float:

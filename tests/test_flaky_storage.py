@@ -7,6 +7,7 @@ the network.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -125,8 +126,21 @@ def test_faults_on_reads_and_writes_from_s3_into_s3(s3_archive, clean_store, clu
     _assert_equal_stores(store, clean_store, options)
 
 
+def _report_if_stalled(finished: threading.Event, client, log_dir, after: float) -> None:
+    """Print what the cluster is doing and its processes' logs if ``finished`` is not set
+    within ``after`` seconds (pytest shows the printout when the test then times out)."""
+    if finished.wait(after):
+        return
+    print(f"--- not finished after {after:.0f} s ---")
+    with contextlib.suppress(Exception):
+        print("processing:", client.processing())
+        print("call stacks:", client.call_stack())
+    for log in sorted(log_dir.glob("*.log")):
+        print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}")
+
+
 @pytest.mark.timeout(400)
-def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store):
+def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store, tmp_path):
     """A cluster started from the command line (a scheduler, one worker under its nanny):
     the worker is killed while its first chunk's features are in flight to storage (the
     proxy holds that PUT). Its nanny starts a new worker, which warms up in its first task
@@ -136,7 +150,8 @@ def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store):
     archive, options = s3_archive
     store = "s3://flaky/killed-while-writing.zarr"
     killed: list[int] = []
-    with command_line_cluster(n_workers=1) as (address, _), \
+    finished = threading.Event()
+    with command_line_cluster(n_workers=1, log_dir=tmp_path) as (address, _), \
             Client(address, timeout="60s") as client, \
             FaultyProxy(options["client_kwargs"]["endpoint_url"],
                         hold="killed-while-writing.zarr/features/c/", hold_seconds=120) as proxy:
@@ -151,9 +166,13 @@ def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store):
 
         injector = threading.Thread(target=kill_while_writing)
         injector.start()
+        watchdog = threading.Thread(target=_report_if_stalled,
+                                    args=(finished, client, tmp_path, 300), daemon=True)
+        watchdog.start()
         try:
             summary = _extract(archive, _via(proxy, options), store, client)
         finally:
+            finished.set()
             proxy.release()
             injector.join()
         (new_worker,) = client.run(os.getpid).values()
