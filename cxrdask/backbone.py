@@ -142,7 +142,12 @@ class BackboneRunner:
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # weights copied on the default stream, used on others
-        self.model = torch.compile(model) if compile else model
+        # On CPUs, Inductor's freezing folds the frozen weights into the graph (constant
+        # folding, prepacked oneDNN weights): inference only, which is all a backbone does here.
+        if compile:
+            model = (torch.compile(model, options={"freezing": True})
+                     if self.device.type == "cpu" else torch.compile(model))
+        self.model = model
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch."""

@@ -29,6 +29,12 @@ PixelCompression = Literal["zstd", "lz4", "none"]
 PresetName = Literal["default", "seed2018"]
 
 DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
+# compile="auto" compiles fp32 backbones on CPU workers when each worker thread has this many
+# images or more (benchmarks/bench_compile.py, 2-core AMD EPYC, ResNet50, batch 8, a new
+# process as a new worker is): the compile with Inductor freezing takes 32-34 s per worker;
+# fp32 runs 8.7 -> 10.0 images/s per thread, repaid after ~2,200 images; bf16 ran no faster
+# compiled (19.4 -> 19.2), so auto leaves it eager. 10,000 images is 4.5x that break-even.
+COMPILE_AUTO_MIN_IMAGES = 10_000
 DEFAULT_MAX_FAILED_FRACTION = 0.05
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
 
@@ -76,7 +82,12 @@ class ExtractConfig:
     precision: Precision = _option(
         "auto", "backbone arithmetic: auto = bf16 where the workers compute it natively (CPUs "
                 "with AVX-512-BF16 or AMX, GPUs), else fp32; fp16: GPUs")
-    compile: bool = _option(False, "torch.compile the backbone")
+    compile: bool | Literal["auto"] = _option(
+        "auto", "torch.compile the backbone (with Inductor freezing on CPUs): auto = fp32 on "
+                f"CPU workers when the job gives each worker thread at least "
+                f"{COMPILE_AUTO_MIN_IMAGES:,} images, enough to repay the compile (~30 s per "
+                "worker; bf16 measured no faster compiled); yes; no", type="compile", nargs="?",
+        const=True, metavar="{auto,yes,no}")
     engine: Engine = _option(
         "torch", "run the backbone with PyTorch, or with ONNX Runtime (CPU, fp32; "
                  "pip install 'cxrdask[onnx]')")
@@ -112,7 +123,8 @@ class ExtractConfig:
             kind = _HINTS[item.name]
             value = getattr(self, item.name)
             allowed = _literal_values(kind)
-            if allowed and value not in allowed and not (isinstance(value, int) and int in _members(kind)):
+            plain = tuple(member for member in _members(kind) if isinstance(member, type))
+            if allowed and value not in allowed and type(value) not in plain:
                 raise OptionError(f"{item.name} must be one of {', '.join(map(repr, allowed))}, "
                                   f"not {value!r}")
         if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):
@@ -182,7 +194,19 @@ def _chunk_rows(text: str) -> int | str:
     return value
 
 
-_PARSERS = {"chunk_rows": _chunk_rows}
+_SWITCH = {"yes": True, "true": True, "on": True, "1": True,
+           "no": False, "false": False, "off": False, "0": False}
+
+
+def _compile(text: str) -> bool | str:
+    if text == "auto":
+        return text
+    if text.lower() not in _SWITCH:
+        raise argparse.ArgumentTypeError(f"auto, yes or no, not {text!r}")
+    return _SWITCH[text.lower()]
+
+
+_PARSERS = {"chunk_rows": _chunk_rows, "compile": _compile}
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfig,
@@ -206,7 +230,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfi
             options["choices"] = list(_literal_values(kind))
         else:
             options["type"] = kind
-        parser.add_argument(flag, **options)
+        parser.add_argument(flag, **options, **cli)  # what is left: nargs, const, metavar
 
 
 def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig,
@@ -217,6 +241,7 @@ def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig,
                   if only is None or item.name in only})
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_MAX_FAILED_FRACTION", "EXTRACT_PRESETS", "TRAIN_PRESETS",
-           "BackboneName", "Dtype", "Engine", "ExtractConfig", "Flip", "PixelCompression",
-           "Precision", "PresetName", "ResizeOn", "SplitMethod", "add_config_options", "config_from_args"]
+__all__ = ["COMPILE_AUTO_MIN_IMAGES", "DEFAULT_BATCH_SIZE", "DEFAULT_MAX_FAILED_FRACTION",
+           "EXTRACT_PRESETS", "TRAIN_PRESETS", "BackboneName", "Dtype", "Engine", "ExtractConfig",
+           "Flip", "PixelCompression", "Precision", "PresetName", "ResizeOn", "SplitMethod",
+           "add_config_options", "config_from_args"]

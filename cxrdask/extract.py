@@ -21,7 +21,7 @@ import pandas as pd
 
 from ._fs import StorageOptions, filesystem
 from .backbone_spec import BackboneSpec, check_weights_available
-from .config import DEFAULT_BATCH_SIZE, ExtractConfig, Precision, SplitMethod
+from .config import COMPILE_AUTO_MIN_IMAGES, DEFAULT_BATCH_SIZE, ExtractConfig, Precision, SplitMethod
 from .errors import (
     ExtractionFailedError,
     ExtractionIncompleteError,
@@ -29,7 +29,7 @@ from .errors import (
     ImagesNotFoundError,
     OptionError,
 )
-from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup, worker_precision
+from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup, worker_hardware
 from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
@@ -69,6 +69,8 @@ class ExtractSummary:
         One row per chunk task: worker, images and seconds per stage.
     precision : str
         The backbone's arithmetic this run used (``precision="auto"`` made concrete).
+    compiled : bool
+        Whether the backbone was compiled (``compile="auto"`` made concrete).
     """
 
     store_url: str
@@ -94,6 +96,7 @@ class ExtractSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     span_id: str | None = None
     precision: str = ""  # the backbone's arithmetic ("auto" made concrete); "" for a cache pass
+    compiled: bool = False  # whether the backbone was torch.compile'd ("auto" made concrete)
 
     @property
     def failed_fraction(self) -> float:
@@ -122,6 +125,7 @@ class ExtractSummary:
             f"(of {self.rows_total} in the store)",
             f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s"
             + (f", {self.precision}" if self.precision else "")
+            + (", compiled" if self.compiled else "")
             + f"), model warm-up {self.warmup_seconds:.1f} s",
         ]
         if self.retriable:
@@ -247,8 +251,12 @@ class ExtractionPlan:
         if self.store_url is not None:
             precision = ("precision auto (bf16 where the workers compute it natively, else "
                          "fp32)") if c.precision == "auto" else c.precision
+            compiled = (f", compiled if fp32 and each worker thread gets "
+                        f"{COMPILE_AUTO_MIN_IMAGES:,} images or more (CPU workers)") \
+                if c.compile == "auto" \
+                else ", compiled" if c.compile else ""
             lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
-                         f"{c.engine} {precision}, features as {c.dtype}")
+                         f"{c.engine} {precision}{compiled}, features as {c.dtype}")
             state = "resumed (finished chunks are skipped)" if c.resume and self.store_exists \
                 else "new" if not self.store_exists else "overwritten"
             lines.append(f"store: {self.store_url} ({state})")
@@ -495,10 +503,14 @@ def _check_images_found(located, expected: int, source: str, strict: bool,
 
 def _check_resumable(plan: ExtractionPlan, existing: FeatureStore, **wanted: Any) -> ExtractionPlan:
     """The plan for resuming ``existing``, checked against its settings before any work
-    starts. ``precision="auto"`` becomes the store's own: its features were made with it."""
-    if plan.config.precision == "auto":
-        recorded = existing.provenance.get("precision", "fp32")
-        plan = replace(plan, config=replace(plan.config, precision=recorded))
+    starts. ``precision="auto"`` and ``compile="auto"`` become the store's own: its features
+    were made with them."""
+    c = plan.config
+    if c.precision == "auto":
+        c = replace(c, precision=existing.provenance.get("precision", "fp32"))
+    if c.compile == "auto":
+        c = replace(c, compile=bool(existing.provenance.get("compile", False)))
+    plan = replace(plan, config=c)
     existing.check_settings({**_resume_settings(plan), **wanted})
     return plan
 
@@ -683,12 +695,12 @@ def _worker_threads(client) -> int:
 
 def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: bool,
              warmup: bool) -> ExtractSummary:
-    plan = _resolve_precision(plan, client)
+    plan = _resolve_auto(plan, client)
     c = plan.config
     stores = _create_or_resume(plan, client, leases)
     task = TaskConfig(store_url=plan.store_url, storage_options=plan.storage_options,
                       backbone=plan.spec, preprocessing=plan.preprocessing, device=c.device,
-                      precision=c.precision, compile=c.compile, engine=c.engine,
+                      precision=c.precision, compile=c.compile is True, engine=c.engine,
                       batch_size=c.batch_size, io_threads=c.io_threads, torch_threads=1,
                       flip_seed=c.split_seed, pixels_url=plan.pixels_url,
                       pixels_role=plan.pixels_role, read_retries=c.read_retries,
@@ -702,20 +714,43 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
     return summary
 
 
-def _resolve_precision(plan: ExtractionPlan, client) -> ExtractionPlan:
-    """``precision="auto"`` made concrete before a new store records it (a resumed store's
-    was taken from it at planning, :func:`_check_resumable`): bf16 where every worker
-    computes it natively (asked of the workers, which may be other machines than the
-    client's), else fp32 (also when no worker has joined yet, or they disagree)."""
+def compile_pays_off(images: int, worker_threads: int, devices: set[str], engine: str,
+                     precision: str) -> bool:
+    """What ``compile="auto"`` decides: compile only where it was measured to be repaid
+    (``benchmarks/bench_compile.py``): an fp32 torch backbone on CPU workers, when each worker
+    thread has at least :data:`~cxrdask.config.COMPILE_AUTO_MIN_IMAGES` images. A small job
+    never waits for a compile; bf16 on the CPU ran no faster compiled; GPUs are compiled only
+    when asked (``compile=True``): not measured there."""
+    return (engine == "torch" and devices == {"cpu"} and precision == "fp32"
+            and images >= COMPILE_AUTO_MIN_IMAGES * max(worker_threads, 1))
+
+
+def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
+    """``precision="auto"`` and ``compile="auto"`` made concrete before a new store records
+    them (a resumed store's were taken from it at planning, :func:`_check_resumable`).
+
+    Precision: bf16 where every worker computes it natively, else fp32 (also when no worker
+    has joined yet, or they disagree). Compile: :func:`compile_pays_off` for this job on these
+    workers, if every one has a C++ compiler. Both are asked of the workers, which may be
+    other machines than the client's."""
     c = plan.config
-    if c.precision != "auto" or plan.store_url is None:
+    if plan.store_url is None:  # a cache pass runs no backbone
+        return replace(plan, config=replace(c, compile=False)) if c.compile == "auto" else plan
+    if c.precision != "auto" and c.compile != "auto":
         return plan
     # A worker lost meanwhile answers with its error, not at all: the others decide.
-    answers = {answer for answer in client.run(worker_precision, c.device, c.engine,
+    answers = [answer for answer in client.run(worker_hardware, c.device, c.engine,
                                                on_error="return").values()
-               if isinstance(answer, str)}
-    precision: Precision = "bf16" if answers == {"bf16"} else "fp32"
-    return replace(plan, config=replace(c, precision=precision))
+               if isinstance(answer, dict)]
+    if c.precision == "auto":
+        precision: Precision = ("bf16" if answers and all(a["precision"] == "bf16" for a in answers)
+                                else "fp32")
+        c = replace(c, precision=precision)
+    if c.compile == "auto":  # and never where a worker lacks the compiler Inductor needs
+        c = replace(c, compile=bool(answers) and all(a["compiler"] for a in answers)
+                    and compile_pays_off(len(plan.rows), _worker_threads(client),
+                                         {a["device"] for a in answers}, c.engine, c.precision))
+    return replace(plan, config=c)
 
 
 def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) -> list[FeatureStore]:
@@ -860,6 +895,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
         stage_seconds={stage: measured.get(stage, 0.0) for stage in STAGE_NAMES},
         span_id=span_id,
         precision=config.precision if config.store_url is not None else "",
+        compiled=config.compile is True,
     )
     for each in stores:
         _record_run(each, summary)
@@ -880,6 +916,7 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
     )
 
 
-__all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "cache_pixels", "extract_features",
+__all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "cache_pixels", "compile_pays_off",
+           "extract_features",
            "extract_from_pixels", "plan_cache", "plan_extraction", "plan_from_pixels",
            "prepare_rows", "run_extraction"]

@@ -42,20 +42,24 @@ class TaskConfig:
     leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
 
 
-async def worker_precision(device: str, engine: str) -> str:
-    """On a worker (through ``Client.run``): what ``precision="auto"`` means there; see
-    :func:`cxrdask.extract_worker.auto_precision`.
+async def worker_hardware(device: str, engine: str) -> dict[str, str]:
+    """On a worker (through ``Client.run``): what ``precision="auto"`` means there (see
+    :func:`cxrdask.extract_worker.auto_precision`), and for ``compile="auto"`` the device its
+    backbone runs on (``cpu`` or ``cuda``) and whether it has the C++ compiler Inductor needs.
 
     ``Client.run`` calls a plain function on the worker's event loop, and the answer needs
     torch, whose first import takes seconds (more on a cold disk): the loop would stop
     answering the scheduler and its nanny meanwhile. A coroutine that imports in a thread
     keeps it responsive."""
     import asyncio
+    import shutil
 
-    def answer() -> str:
-        from .extract_worker import auto_precision
+    def answer() -> dict[str, str]:
+        from .extract_worker import auto_precision, backbone_device_type
 
-        return auto_precision(device, engine)
+        return {"precision": auto_precision(device, engine),
+                "device": backbone_device_type(device, engine),
+                "compiler": shutil.which("g++") or shutil.which("c++") or ""}
 
     return await asyncio.to_thread(answer)
 
@@ -76,4 +80,4 @@ def run_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[
     return extract_chunk(chunk, urls, names, flips, config)
 
 
-__all__ = ["STAGES", "STAGE_NAMES", "TaskConfig", "run_chunk", "run_warmup", "worker_precision"]
+__all__ = ["STAGES", "STAGE_NAMES", "TaskConfig", "run_chunk", "run_warmup", "worker_hardware"]

@@ -120,6 +120,11 @@ def auto_precision(device: str, engine: str) -> str:
     return resolve_precision("auto", resolve_device(device))
 
 
+def backbone_device_type(device: str, engine: str) -> str:
+    """Where this worker would run the backbone: ``cpu`` or ``cuda`` (ONNX Runtime: the CPU)."""
+    return "cpu" if engine != "torch" else resolve_device(device).type
+
+
 def warm_worker(config: TaskConfig) -> float:
     """Build (and compile) the worker's backbone ahead of the chunks; returns seconds taken.
 
@@ -280,4 +285,4 @@ def _worker_name() -> str:
         return f"pid-{os.getpid()}"
 
 
-__all__ = ["auto_precision", "extract_chunk", "warm_worker"]
+__all__ = ["auto_precision", "backbone_device_type", "extract_chunk", "warm_worker"]

@@ -41,6 +41,19 @@ def test_storage_options_parse_json_values():
                        "anon": False, "key": "abc"}
 
 
+def test_compile_is_auto_unless_asked(capsys):
+    """``--compile`` alone still compiles; ``--compile auto|yes|no`` says which."""
+    parser = build_parser()
+    base = ["extract", "--images", "a", "--store", "s.zarr"]
+    assert parser.parse_args(base).compile == "auto"
+    assert parser.parse_args([*base, "--compile"]).compile is True
+    assert parser.parse_args([*base, "--compile", "no"]).compile is False
+    assert parser.parse_args([*base, "--compile", "yes"]).compile is True
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--compile", "maybe"])
+    assert "auto, yes or no, not 'maybe'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_synth_extract_train_evaluate(tmp_path):
     archive = tmp_path / "archive"

@@ -186,28 +186,51 @@ def test_image_size_is_a_setting_recorded_and_checked(small_archive, cluster_cli
                          client=cluster_client, weights="random", image_size=16, progress=False)
 
 
-def test_precision_auto_is_what_the_workers_compute_natively(small_archive, cluster_client,
-                                                           tmp_path):
-    """The default, ``auto``: bf16 where the workers' CPU computes it natively, else fp32,
-    recorded in the store as what was used (never "auto"); a resumed store keeps its own."""
+def test_precision_and_compile_auto_are_made_concrete_for_the_job_and_the_workers(
+        small_archive, cluster_client, tmp_path):
+    """The defaults, ``auto``: bf16 where the workers' CPU computes it natively, else fp32;
+    no compile for a job this small. Both recorded in the store as what was used (never
+    "auto"); a resumed store keeps its own. A compiled backbone (Inductor freezing on the
+    CPU) gives the eager backbone's features."""
     from cxrdask.hardware import cpu_has_native_bf16
 
+    def extract(url: str, **options):
+        return extract_features(small_archive.metadata_url, small_archive.root, url,
+                                client=cluster_client, weights="random", chunk_rows=40,
+                                image_size=64, backbone="resnet18", progress=False, **options)
+
     url = str(tmp_path / "auto.zarr")
-    first = extract_features(small_archive.metadata_url, small_archive.root, url,
-                             client=cluster_client, weights="random", chunk_rows=40,
-                             image_size=64, backbone="resnet18", progress=False)
+    first = extract(url)
     used = FeatureStore.open(url).provenance["precision"]
     assert used == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert FeatureStore.open(url).provenance["compile"] is False and not first.compiled
     assert first.precision == used and f"images/s, {used})" in str(first)
-    # Resuming a store made with the other arithmetic: "auto" keeps the store's.
-    other = str(tmp_path / "other.zarr")
+    # A store made with the other arithmetic, compiled; then resumed with the defaults.
+    other, eager = str(tmp_path / "other.zarr"), str(tmp_path / "eager.zarr")
     made = "fp32" if used == "bf16" else "bf16"
-    extract_features(small_archive.metadata_url, small_archive.root, other, client=cluster_client,
-                     weights="random", chunk_rows=40, image_size=64, backbone="resnet18",
-                     precision=made, progress=False)
+    compiled = extract(other, precision=made, compile=True)
+    extract(eager, precision=made, compile=False)
+    assert compiled.compiled and f"images/s, {made}, compiled)" in str(compiled)
+    reference = FeatureStore.open(eager).features.compute().astype(np.float32)
+    got = FeatureStore.open(other).features.compute().astype(np.float32)
+    assert np.abs(got - reference).max() <= 0.03 * np.abs(reference).max()
     store = FeatureStore.open(other, mode="r+")
     store.group["done"][1] = False
-    summary = extract_features(small_archive.metadata_url, small_archive.root, other,
-                               client=cluster_client, weights="random", chunk_rows=40,
-                               image_size=64, backbone="resnet18", progress=False)
-    assert summary.chunks_run == 1 and FeatureStore.open(other).provenance["precision"] == made
+    summary = extract(other)
+    assert summary.chunks_run == 1 and summary.compiled
+    assert FeatureStore.open(other).provenance["precision"] == made
+
+
+def test_compile_auto_compiles_where_it_was_measured_to_be_repaid():
+    from cxrdask.config import COMPILE_AUTO_MIN_IMAGES
+    from cxrdask.extract import compile_pays_off
+
+    threads, enough = 2, COMPILE_AUTO_MIN_IMAGES * 2
+    assert compile_pays_off(112_120, threads, {"cpu"}, "torch", "fp32")  # the whole archive
+    assert compile_pays_off(enough, threads, {"cpu"}, "torch", "fp32")
+    assert not compile_pays_off(enough - 1, threads, {"cpu"}, "torch", "fp32")
+    assert not compile_pays_off(564, threads, {"cpu"}, "torch", "fp32")
+    assert not compile_pays_off(112_120, threads, {"cpu"}, "torch", "bf16")  # no faster compiled
+    assert not compile_pays_off(112_120, threads, {"cuda"}, "torch", "fp32")  # not measured
+    assert not compile_pays_off(112_120, threads, {"cpu", "cuda"}, "torch", "fp32")
+    assert not compile_pays_off(112_120, threads, {"cpu"}, "onnxruntime", "fp32")
