@@ -25,22 +25,15 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 
 from benchmarks.common import machine, save_results, table
 
+ROOT = Path(__file__).resolve().parent.parent
+# bench_extract's bare-backbone timing (the runner extraction uses), in a process of its own.
 CHILD = """
-import json, sys, time
-import numpy as np, torch
-torch.set_num_threads(1)
-from cxrdask.backbone import BackboneRunner, BackboneSpec
+import json, sys
+from benchmarks.bench_extract import Config, first_call, steady_rate
 precision, compile, seconds, size = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3]), int(sys.argv[4])
-runner = BackboneRunner(BackboneSpec(name="resnet50", weights="random"), "cpu", precision, compile, 8)
-batch = np.random.default_rng(0).standard_normal((8, 3, size, size), dtype=np.float32)
-started = time.perf_counter()
-runner(batch)
-first = time.perf_counter() - started
-images, started = 0, time.perf_counter()
-while time.perf_counter() - started < seconds:
-    runner(batch)
-    images += 8
-print(json.dumps({"first_call_s": first, "images_per_s": images / (time.perf_counter() - started)}))
+runner, x, first = first_call("cpu", Config(precision, compile), 8, size)
+runner(x)
+print(json.dumps({"first_call_s": first, "images_per_s": steady_rate(runner, x, seconds)}))
 """
 
 
@@ -50,7 +43,7 @@ def measure(precision: str, compile: bool, seconds: float, size: int) -> dict:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": "1"}
         result = subprocess.run([sys.executable, "-c", CHILD, precision, "1" if compile else "0",
                                  str(seconds), str(size)], capture_output=True, text=True,
-                                env=env, check=True)
+                                env=env, cwd=ROOT, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -95,18 +95,32 @@ def replicate_archive(path: Path, copies: int) -> None:
     pd.concat(parts).to_csv(csv, index=False)
 
 
-def forward_rate(device: str, config: Config, batch: int, seconds: float) -> float:
-    """Images/s of the bare backbone (one CPU thread, or the GPU) on random decoded tensors."""
+def first_call(device: str, config: Config, batch: int,
+               size: int = 224) -> tuple[BackboneRunner, np.ndarray, float]:
+    """The bare backbone (one CPU thread, or the GPU), a random decoded batch, and the
+    seconds of its first call on it (the compilation, if any)."""
     torch.set_num_threads(1)
     runner = BackboneRunner(SPEC, device, config.precision, config.compile, batch, config.engine)
-    x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    runner(x)  # warm-up (and compilation)
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    start = time.perf_counter()
     runner(x)
+    return runner, x, time.perf_counter() - start
+
+
+def steady_rate(runner: BackboneRunner, x: np.ndarray, seconds: float) -> float:
+    """Images/s of ``runner`` called on ``x`` again and again for ``seconds``."""
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         runner(x)
-        done += batch
+        done += len(x)
     return done / (time.perf_counter() - start)
+
+
+def forward_rate(device: str, config: Config, batch: int, seconds: float) -> float:
+    """Images/s of the bare backbone (one CPU thread, or the GPU) on random decoded tensors."""
+    runner, x, _ = first_call(device, config, batch)  # warm-up (and compilation)
+    runner(x)
+    return steady_rate(runner, x, seconds)
 
 
 def forward_rate_on_device(config: Config, batch: int, seconds: float) -> float:

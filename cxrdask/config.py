@@ -124,7 +124,7 @@ class ExtractConfig:
             value = getattr(self, item.name)
             allowed = _literal_values(kind)
             plain = tuple(member for member in _members(kind) if isinstance(member, type))
-            if allowed and value not in allowed and type(value) not in plain:
+            if allowed and value not in allowed and not isinstance(value, plain):
                 raise OptionError(f"{item.name} must be one of {', '.join(map(repr, allowed))}, "
                                   f"not {value!r}")
         if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):

@@ -362,8 +362,9 @@ def finetune_backbone(metadata_url: str, archive_root: str, weights_out: str | o
 
     What Grad-CAM needs to be tested on a synthetic archive: the last block of a
     random-weight backbone carries a sign only as pooled statistics, so its maps localise no
-    better than another image's. This trains ResNet18 on the 14 labels of the archive's
-    ``train_val_list.txt`` images (never its test list: localisation is scored there). The
+    better than another image's. This trains ResNet18 on the 14 labels (from
+    ``metadata_url``) of the images on ``archive_root``'s ``train_val_list.txt`` (never its
+    test list: localisation is scored there). The
     stem and the first ``frozen_stages`` blocks keep their random initial weights, and their
     outputs are computed once, so an epoch costs only the blocks that learn (about 13 s for
     444 images at 224 px on 2 cores, with ``frozen_stages=2``).
