@@ -72,8 +72,10 @@ def save_results(stem: str, rows: list[dict], header: str, arguments: dict,
     path = Path(stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip()
+        # --dirty: a figure measured on uncommitted changes says so ("abc1234-dirty").
+        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7",
+                                 "--exclude", "*"], capture_output=True, text=True,
+                                check=False).stdout.strip()
     except OSError:
         commit = ""
     path.with_suffix(".json").write_text(json.dumps(

@@ -1,6 +1,8 @@
-"""Frozen torchvision backbones without their classifier, cached once per worker process.
+"""Frozen backbones without their classifier, cached once per worker process.
 
-Weights are ``"imagenet"`` (torchvision's enum, downloaded into the torch cache when online),
+The networks are torchvision's, built by :mod:`cxrdask.networks` from torch alone (a worker
+does not import torchvision). Weights are ``"imagenet"`` (torchvision's published weights,
+downloaded into the torch cache when online),
 an enum name such as ``"IMAGENET1K_V2"``, a local or fsspec ``.pth`` file (identified by
 its sha256), or ``"random"`` with a seed (what tests use). The identity of the weights
 goes into the feature store, so features of different backbones are never mixed.
@@ -16,10 +18,9 @@ from collections import Counter
 import fsspec
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
-from .backbone_spec import ENGINES, PRECISIONS, BackboneSpec, _enum_name
+from .backbone_spec import ENGINES, PRECISIONS, BackboneSpec, _enum_name, torchvision_weights_file
 from .backbone_spec import file_sha256 as file_sha256  # re-exported: where it was defined before
 from .errors import (
     DeviceUnavailableError,
@@ -28,6 +29,7 @@ from .errors import (
     WeightsNotFoundError,
     WeightsUnavailableError,
 )
+from .networks import build_network, current_state_keys
 
 # Per-process bookkeeping: how many times each spec was built here (tests count loads).
 LOAD_COUNTS: Counter = Counter()
@@ -37,26 +39,16 @@ _CACHE_LOCK = threading.Lock()
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
     """Build the frozen, eval-mode network of ``spec`` on the CPU; output is ``(B, feature_dim)``."""
-    constructor = getattr(torchvision.models, spec.name)
     kind = spec.kind
     if kind == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            model = constructor(weights=None)
+            model = build_network(spec.name)
     elif kind == "torchvision":
-        enum_path = _enum_name(spec)
-        weights = torchvision.models.get_weight(enum_path)
-        try:
-            model = constructor(weights=weights)
-        except (urllib.error.URLError, OSError, RuntimeError) as exc:
-            cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-            raise WeightsUnavailableError(
-                f"could not load {enum_path} for {spec.name}: {exc}. torchvision downloads it "
-                f"from {weights.url} into {cache}; offline, copy that file there, or pass a "
-                f"local file with --weights /path/to/{spec.name}.pth"
-            ) from exc
+        model = build_network(spec.name)
+        model.load_state_dict(current_state_keys(_torchvision_state(spec)))
     else:
-        model = constructor(weights=None)
+        model = build_network(spec.name)
         _load_state_file(model, spec)
     _drop_classifier(model, spec.name)
     model.eval()
@@ -64,6 +56,21 @@ def build_backbone(spec: BackboneSpec) -> nn.Module:
         parameter.requires_grad_(False)
     LOAD_COUNTS[spec] += 1
     return model
+
+
+def _torchvision_state(spec: BackboneSpec) -> dict:
+    """torchvision's published weights of ``spec``, from the torch hub cache, downloaded there
+    (and their hash checked) when not yet cached, as torchvision itself does."""
+    url, cache = torchvision_weights_file(spec)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True,
+                                                  weights_only=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise WeightsUnavailableError(
+            f"could not load {_enum_name(spec)} for {spec.name}: {exc}. It is downloaded "
+            f"from {url} into {os.path.dirname(cache)}; offline, copy that file there, or pass "
+            f"a local file with --weights /path/to/{spec.name}.pth"
+        ) from exc
 
 
 def _drop_classifier(model: nn.Module, name: str) -> None:
@@ -85,7 +92,7 @@ def _load_state_file(model: nn.Module, spec: BackboneSpec) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"{spec.weights} holds a {type(state).__name__}, not a state dict")
-    state = {key.removeprefix("module."): value for key, value in state.items()}
+    state = current_state_keys({key.removeprefix("module."): value for key, value in state.items()})
     classifier = ("fc.", "classifier.")
     state = {k: v for k, v in state.items() if not k.startswith(classifier)}
     try:

@@ -1,8 +1,9 @@
 """Which backbone and weights a run uses, and whether those weights can be had: torch-free.
 
 The client plans a run, checks its weights and records their identity without importing
-torch (seconds of a cold start); only torchvision's own weights need torchvision to be named,
-and only then is it imported. Building and running the network is :mod:`cxrdask.backbone`.
+torch (seconds of a cold start). torchvision's published weights are named and found here
+from :data:`TORCHVISION_WEIGHTS`, so neither the client nor a worker imports torchvision
+(1.5 s a process) to use them. Building and running the network is :mod:`cxrdask.backbone`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import os
 import re
 import socket
+import sys
 import urllib.parse
 from dataclasses import dataclass
 
@@ -24,6 +26,20 @@ IMAGENET_DEFAULT = {"resnet50": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1",
 PRECISIONS = ("fp32", "bf16", "fp16")
 ENGINES = ("torch", "onnxruntime")
 
+# torchvision's weights for each network: its enum class, and each member's download URL
+# (torchvision 0.15 to today; tests/test_backbone_store.py checks them against torchvision).
+TORCHVISION_WEIGHTS: dict[str, tuple[str, dict[str, str]]] = {
+    "resnet50": ("ResNet50_Weights", {
+        "IMAGENET1K_V1": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+        "IMAGENET1K_V2": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+        "DEFAULT": "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"}),
+    "resnet18": ("ResNet18_Weights", {
+        "IMAGENET1K_V1": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        "DEFAULT": "https://download.pytorch.org/models/resnet18-f37072fd.pth"}),
+    "densenet121": ("DenseNet121_Weights", {
+        "IMAGENET1K_V1": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+        "DEFAULT": "https://download.pytorch.org/models/densenet121-a639ec97.pth"}),
+}
 # torchvision weight enum names (IMAGENET1K_V2); a path such as /DATA/W.PTH is a file.
 _ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 # How long the check before a run waits for the weights' download server.
@@ -93,26 +109,33 @@ def file_sha256(url: str) -> str:
 
 
 def _enum_name(spec: BackboneSpec) -> str:
-    import torchvision  # only for torchvision's weights: the client stays torch-free otherwise
-
+    """``ResNet50_Weights.IMAGENET1K_V1``: the torchvision weights ``spec`` names (its identity)."""
     name = IMAGENET_DEFAULT[spec.name] if spec.weights == "imagenet" else spec.weights
-    enum = torchvision.models.get_model_weights(spec.name)
-    if name not in enum.__members__:
+    enum, members = TORCHVISION_WEIGHTS[spec.name]
+    if name not in members:
         raise WeightsUnavailableError(
-            f"{spec.name} has no torchvision weights {name!r}; known: {', '.join(enum.__members__)}"
+            f"{spec.name} has no torchvision weights {name!r}; known: {', '.join(members)}"
         )
-    return f"{enum.__name__}.{name}"
+    return f"{enum}.{name}"
 
 
 def torchvision_weights_file(spec: BackboneSpec) -> tuple[str, str]:
     """``(url, cached path)`` of a torchvision weights enum: where torchvision fetches it from
-    and where it keeps it (``$TORCH_HOME/hub/checkpoints``)."""
-    import torch
-    import torchvision
+    and where it keeps it (``$TORCH_HOME/hub/checkpoints``, what ``torch.hub`` reads)."""
+    url = TORCHVISION_WEIGHTS[spec.name][1][_enum_name(spec).split(".", 1)[1]]
+    return url, os.path.join(_torch_hub_dir(), "checkpoints", os.path.basename(url))
 
-    weights = torchvision.models.get_weight(_enum_name(spec))
-    cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
-    return weights.url, cache
+
+def _torch_hub_dir() -> str:
+    """``torch.hub.get_dir()``, without importing torch where it is not yet imported: then
+    ``$TORCH_HOME/hub``, where ``$TORCH_HOME`` defaults to ``$XDG_CACHE_HOME/torch``
+    (``~/.cache/torch``)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:  # it knows a directory set with torch.hub.set_dir
+        return torch.hub.get_dir()
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.path.join(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch"))),
+                        "hub")
 
 
 def check_weights_available(spec: BackboneSpec) -> None:

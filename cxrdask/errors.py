@@ -80,7 +80,7 @@ class ImageDecodeError(CxrDaskError, ValueError):
 class ImagesNotFoundError(CxrDaskError, FileNotFoundError):
     """The images root does not exist, or holds none (or too few) of the metadata's images.
 
-    Raised before any cluster starts or anything is written; ``missing`` lists the image
+    Raised by planning, before anything is written; ``missing`` lists the image
     indices that were not found (``found`` of ``expected`` were).
     """
 

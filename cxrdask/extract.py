@@ -541,9 +541,11 @@ def extract_features(
 ) -> ExtractSummary:
     """Run the frozen backbone over every image of ``metadata`` into the store at ``store_url``.
 
-    Everything that can be checked is checked first (:func:`plan_extraction`), before a
-    cluster starts. Re-running resumes: chunks whose done marker is set are skipped. Images
-    that cannot be read are recorded (status failed, reason in the store) unless ``strict``.
+    Everything that can be checked is checked first (:func:`plan_extraction`), before
+    anything is written; with no ``client``, the session's cluster starts meanwhile, so a
+    good run does not wait for it. Re-running resumes: chunks whose done marker is set are
+    skipped. Images that cannot be read are recorded (status failed, reason in the store)
+    unless ``strict``.
 
     Parameters
     ----------
@@ -576,10 +578,11 @@ def extract_features(
     StoreLockedError
         Another run holds the store's writer lease.
     """
-    plan = plan_extraction(metadata, images_root, store_url, config,
-                           storage_options=storage_options, split_codes=split_codes,
-                           pixels=pixels, **options)
-    return run_extraction(plan, client, n_workers=n_workers,
+    with _cluster_while_planning(client, n_workers, threads_per_worker) as starting:
+        plan = plan_extraction(metadata, images_root, store_url, config,
+                               storage_options=storage_options, split_codes=split_codes,
+                               pixels=pixels, **options)
+    return run_extraction(plan, starting.client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
 
 
@@ -601,8 +604,10 @@ def extract_from_pixels(
     The feature store gets the pixel store's rows, split and chunks; any backbone, weights
     or precision. Arguments as for :func:`extract_features` and :func:`plan_from_pixels`.
     """
-    plan = plan_from_pixels(pixels, store_url, config, storage_options=storage_options, **options)
-    return run_extraction(plan, client, n_workers=n_workers,
+    with _cluster_while_planning(client, n_workers, threads_per_worker) as starting:
+        plan = plan_from_pixels(pixels, store_url, config, storage_options=storage_options,
+                                **options)
+    return run_extraction(plan, starting.client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
 
 
@@ -625,10 +630,46 @@ def cache_pixels(
     No backbone runs; later extractions read the store with :func:`extract_from_pixels`.
     Resumable, leased and checked like :func:`extract_features` (whose arguments these are).
     """
-    plan = plan_cache(metadata, images_root, pixels, config, storage_options=storage_options,
-                      split_codes=split_codes, **options)
-    return run_extraction(plan, client, n_workers=n_workers,
+    with _cluster_while_planning(client, n_workers, threads_per_worker) as starting:
+        plan = plan_cache(metadata, images_root, pixels, config, storage_options=storage_options,
+                          split_codes=split_codes, **options)
+    return run_extraction(plan, starting.client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=True)
+
+
+class _StartingCluster:
+    """The client ``_cluster_while_planning`` hands on: the caller's, or the session's
+    once its cluster is up (None where no cluster was started)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+
+@contextlib.contextmanager
+def _cluster_while_planning(client, n_workers: int | None, threads_per_worker: int):
+    """Start the session's local cluster in a thread while the caller plans the run.
+
+    Planning reads and checks the metadata, lists the images and checks the weights (1.5 s
+    for the whole archive on a local disk, more on S3); starting a cluster takes as long,
+    and its workers then import torch (2 s). Neither needs the other, so they overlap. When
+    planning fails, its error is raised once the cluster is up (never a half-started
+    one); the cluster is the session's, kept for the next call like any other. With a
+    ``client`` given, nothing is started.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .cluster import session_client
+
+    starting = _StartingCluster(client)
+    if client is not None:
+        yield starting
+        return
+    # Leaving the pool waits for the start, also when planning raised: no half-started
+    # cluster is left behind the plan's error.
+    with ThreadPoolExecutor(1, thread_name_prefix="cxrdask-cluster-start") as pool:
+        future = pool.submit(session_client, n_workers, threads_per_worker)
+        yield starting
+    starting.client = future.result()
 
 
 def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None = None,
@@ -636,8 +677,8 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
                    warmup: bool = True) -> ExtractSummary:
     """Run a checked :class:`ExtractionPlan` on ``client``, or on a local cluster it starts.
 
-    The store's writer lease is taken before the cluster starts, so a second run on the same
-    store is refused at once.
+    The store's writer lease is taken before the cluster starts (and before any work on a
+    given client), so a second run on the same store is refused at once.
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Diagnosis of single images: the backbone a head was trained on, the same preprocessing, the head.
 
-What ``predict``, ``cxrdask predict`` and the web page share. Only torch, torchvision and
+What ``predict``, ``cxrdask predict`` and the web page share. Only torch and
 Pillow are needed here (no scikit-learn, no Dask), so a server that diagnoses one image at
 a time stays light.
 """

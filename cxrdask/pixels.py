@@ -11,8 +11,9 @@ settings; a store made with one resize is never used for another.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from ._fs import StorageOptions
@@ -20,6 +21,9 @@ from .config import PixelCompression
 from .errors import OptionError, StoreError
 from .labels import LABELS
 from .store import STATUS_OK, FeatureStore, common_provenance
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_PIXEL_COMPRESSION: PixelCompression = "zstd"
 # The decode and resize settings a pixel store is made with; an extraction from it uses
@@ -157,6 +161,8 @@ class PixelStore(FeatureStore):
     def metadata_table(self) -> pd.DataFrame:
         """The rows as a metadata frame (with ``split``): what a feature store made from this
         pixel store records, so its rows are these rows in this order."""
+        import pandas as pd  # not at the top: a worker writing pixels never needs it
+
         frame = pd.DataFrame({
             "image_index": self.read("image_index"),
             "patient_id": self.read("patient_id"),

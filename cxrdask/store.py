@@ -18,13 +18,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 import zarr
 import zarr.storage
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 if TYPE_CHECKING:
     import dask.array as da
+    import pandas as pd
     from typing_extensions import Self
 
 from . import __version__
@@ -39,8 +39,6 @@ from .errors import (
     StoreNotFoundError,
 )
 from .labels import LABELS
-from .metadata import label_matrix
-from .splits import SPLIT_NAMES, split_code
 
 FORMAT_VERSION = 1
 ATTRS_KEY = "cxrdask"
@@ -262,6 +260,8 @@ class FeatureStore:
         labels = group.create_array("labels", shape=(n_rows, len(LABELS)),
                                     chunks=(table_chunks, len(LABELS)), dtype="uint8",
                                     dimension_names=("image", "finding"))
+        from .metadata import label_matrix
+
         labels[:] = label_matrix(table)
         splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
                                     dimension_names=("image",))
@@ -463,6 +463,8 @@ class FeatureStore:
                 except Exception as exc:
                     problems.append({"chunk": chunk, "array": name, "problem": "corrupt",
                                      "detail": str(exc)})
+        import pandas as pd
+
         return pd.DataFrame(problems, columns=["chunk", "array", "problem", "detail"])
 
     def _must_exist(self, name: str, chunk: int) -> bool:
@@ -524,12 +526,16 @@ class FeatureStore:
                     frame[label] = labels[:, position]
             else:
                 frame[name] = self.read(name)
+        import pandas as pd  # not at the top: a worker writing chunks never needs it (0.3 s)
+
         return pd.DataFrame(frame)
 
     def rows(self, split: str | int | None = None, ok_only: bool = True) -> np.ndarray:
         """Row numbers of one split (all rows if None), by default only rows whose image was read."""
         keep = np.ones(self.n_rows, dtype=bool)
         if split is not None:
+            from .splits import split_code
+
             keep &= self.read("split") == split_code(split)
         if ok_only:
             keep &= self.read("status") == STATUS_OK
@@ -544,6 +550,8 @@ class FeatureStore:
 
     def failures(self) -> pd.DataFrame:
         """Rows whose image could not be read: image index, row number and reason."""
+        import pandas as pd
+
         status = self.read("status")
         rows = np.flatnonzero(status == STATUS_FAILED)
         if len(rows) == 0:
@@ -553,6 +561,8 @@ class FeatureStore:
         return pd.DataFrame({"row": rows, "image_index": names, "reason": reasons})
 
     def split_counts(self) -> dict[str, int]:
+        from .splits import SPLIT_NAMES
+
         codes = self.read("split")
         return {name: int((codes == code).sum()) for code, name in enumerate(SPLIT_NAMES)}
 

@@ -374,10 +374,10 @@ def finetune_backbone(metadata_url: str, archive_root: str, weights_out: str | o
     ``localise(..., weights=...)``.
     """
     import torch
-    import torchvision
 
     from ._fs import filesystem
     from .metadata import locate_images, read_metadata
+    from .networks import ResNet, build_network
     from .splits import read_official_lists
 
     lists = read_official_lists(archive_root, storage_options)
@@ -394,8 +394,9 @@ def finetune_backbone(metadata_url: str, archive_root: str, weights_out: str | o
     labels = torch.from_numpy(label_matrix(frame).astype(np.float32))
 
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None)
-    model.fc = torch.nn.Linear(model.fc.in_features, len(LABELS))
+    model = build_network("resnet18")  # torchvision's ResNet18, its random draws
+    assert isinstance(model, ResNet)
+    model.fc = torch.nn.Linear(512, len(LABELS))  # ResNet18's 512 features
     stem = torch.nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
     stages = [stem, model.layer1, model.layer2, model.layer3, model.layer4]
     fixed = torch.nn.Sequential(*stages[:1 + frozen_stages]).eval()

@@ -5,8 +5,8 @@ included; each then printed a ``KeyboardInterrupt`` traceback while the client w
 cancelling the run. The workers ignore SIGINT instead: the client stops them when it
 closes its cluster (see :mod:`cxrdask.interrupt`).
 
-Every cxrdask task on these workers needs torch, and importing it (with torchvision and the
-extraction's worker code) is most of a cold start: 3 s of a 2-core machine. A background
+Every cxrdask task on these workers needs torch, and importing it (with the extraction's
+worker code) is most of a cold start: 2 s on one core. A background
 thread starts that import as the worker process starts, so it runs while the worker
 registers, the client creates the store and submits the first tasks; the first task then
 finds the modules imported, or waits only for the rest of the import.
@@ -18,7 +18,7 @@ import importlib
 import signal
 import threading
 
-#: What the background import loads: the extraction's worker side, torch and torchvision.
+#: What the background import loads: the extraction's worker side and torch.
 WORKER_MODULES = ("cxrdask.extract_worker",)
 
 

@@ -55,6 +55,26 @@ def test_planning_an_extraction_imports_no_torch(small_archive, tmp_path):
     assert out.split() == ["80", "2048", "False"], out
 
 
+def test_a_worker_imports_neither_torchvision_nor_pandas(tmp_path):
+    """A cold worker imports what its tasks need before its first image: torch and the
+    extraction's worker side (about 2 s on one core). torchvision's import (1.5 s more) and
+    pandas' (0.3 s) were paid by every worker of every cold-started job, and are not needed
+    to build a backbone, run it and write a chunk."""
+    url = str(tmp_path / "written.zarr")
+    make_feature_store(url, 64, feature_dim=32, chunk_rows=32, seed=1)
+    out = run_python(
+        "import sys\nimport numpy as np\nimport cxrdask.extract_worker\n"
+        "from cxrdask.backbone import BackboneSpec, cached_runner\n"
+        "from cxrdask.store import FeatureStore\n"
+        "runner = cached_runner(BackboneSpec('resnet50', 'random', 0), 'cpu')\n"
+        "assert runner(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 2048)\n"
+        f"store = FeatureStore.open({url!r}, mode='r+')\n"
+        "store.write_chunk(1, np.ones((32, 32), np.float32), np.ones(32, np.uint8), [''] * 32)\n"
+        "print(float(store.read('features')[32:].mean()), *(m in sys.modules for m in "
+        "('torchvision', 'pandas', 'torch._dynamo')))\n")
+    assert out.split() == ["1.0", "False", "False", "False"], out
+
+
 def test_the_web_page_imports_no_scikit_learn():
     pytest.importorskip("fastapi")
     out = run_python("import sys\nfrom cxrdask.web import create_app\n"

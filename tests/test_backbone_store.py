@@ -35,6 +35,56 @@ def test_random_weights_are_seeded_and_frozen():
     assert BackboneSpec("resnet50", "random", 3).identity()["weights"] == "random, seed 3"
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "densenet121"])
+def test_networks_are_torchvisions_to_the_last_random_draw(name):
+    """cxrdask builds torchvision's networks without importing torchvision (1.5 s a worker);
+    the same seed must draw the same tensors, so stores and heads made with torchvision's
+    own classes keep matching, and torchvision's files load into them unchanged."""
+    from cxrdask.networks import build_network
+
+    torch.manual_seed(11)
+    ours = build_network(name)
+    torch.manual_seed(11)
+    theirs = getattr(torchvision.models, name)(weights=None)
+    ours_state, theirs_state = ours.state_dict(), theirs.state_dict()
+    assert list(ours_state) == list(theirs_state)
+    for key, value in theirs_state.items():
+        assert torch.equal(ours_state[key], value), key
+    ours.eval(), theirs.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(BATCH[:1]), theirs(BATCH[:1]))
+
+
+def test_torchvision_weights_are_named_and_found_as_torchvision_does():
+    """The weights table that spares importing torchvision is torchvision's own."""
+    from cxrdask.backbone_spec import TORCHVISION_WEIGHTS, torchvision_weights_file
+
+    for name, (enum_name, members) in TORCHVISION_WEIGHTS.items():
+        enum = torchvision.models.get_model_weights(name)
+        assert enum.__name__ == enum_name
+        assert members == {member: weights.url for member, weights in enum.__members__.items()}
+        for member in members:
+            url, cache = torchvision_weights_file(BackboneSpec(name, member))
+            assert url == enum[member].url
+            assert cache == f"{torch.hub.get_dir()}/checkpoints/{url.rsplit('/', 1)[-1]}"
+
+
+def test_old_densenet_files_load_under_their_renamed_keys(tmp_path):
+    source = torchvision.models.densenet121(weights=None)
+    # As torchvision's own densenet121 file: old key names, BatchNorm without a batch count.
+    old_names = {key.replace("norm1.", "norm.1.").replace("conv2.", "conv.2."): value
+                 for key, value in source.state_dict().items()
+                 if not key.endswith("num_batches_tracked")}
+    assert any(".norm.1." in key for key in old_names)
+    path = tmp_path / "densenet121-old.pth"
+    torch.save(old_names, path)
+    model = build_backbone(BackboneSpec("densenet121", str(path)))
+    source.classifier = torch.nn.Identity()
+    source.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(model(BATCH[:1]), source(BATCH[:1]))
+
+
 def test_densenet121_gives_1024_features():
     model = load_backbone("densenet121", weights="random", device="cpu")
     with torch.inference_mode():

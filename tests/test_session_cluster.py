@@ -71,3 +71,55 @@ def test_a_current_client_is_the_one_used(cluster_client):
 
     with Client(cluster_client.scheduler.address, set_as_default=True) as mine:
         assert session_client() is mine  # a notebook's Client() is what calls run on
+
+
+OVERLAP_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    import cxrdask.extract as extract
+    from cxrdask import extract_features
+    from cxrdask.cluster import _SESSION
+    from cxrdask.errors import ImagesNotFoundError
+
+    metadata, root, out = sys.argv[1:4]
+    real_plan, seen = extract.plan_extraction, {}
+
+    def plan_once_the_cluster_is_up(*args, **kwargs):
+        # Planning that takes as long as the cluster's start: it only finishes when the
+        # cluster started without waiting for it.
+        deadline = time.monotonic() + 60
+        while "local" not in _SESSION and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen.setdefault("cluster_up_while_planning", []).append("local" in _SESSION)
+        return real_plan(*args, **kwargs)
+
+    extract.plan_extraction = plan_once_the_cluster_is_up
+    try:
+        extract_features(metadata, root + "/nowhere", out + "/bad.zarr", weights="random",
+                         n_workers=2, progress=False)
+    except ImagesNotFoundError as exc:
+        seen["error"] = type(exc).__name__
+    layout, cluster, client = _SESSION["local"]
+    seen["workers_after_the_error"] = len(client.scheduler_info()["workers"])
+    seen["bad_store_written"] = os.path.exists(out + "/bad.zarr")
+    summary = extract_features(metadata, root, out + "/good.zarr", weights="random",
+                               backbone="resnet18", chunk_rows=16, n_workers=2, progress=False)
+    seen["rows_written"] = summary.rows_written
+    seen["same_cluster"] = _SESSION["local"][1] is cluster
+    print(json.dumps(seen))
+""")
+
+
+def test_the_cluster_starts_while_the_run_is_planned(small_archive, tmp_path):
+    """extract_features plans (metadata, images, weights: 1.5 s for the whole archive) while
+    its local cluster starts: planning here waits for the cluster, and would wait forever if
+    the cluster only started after it. A plan's error is still raised, nothing is written,
+    and the cluster it started is whole and kept for the next call."""
+    run = subprocess.run([sys.executable, "-c", OVERLAP_SCRIPT, small_archive.metadata_url,
+                          small_archive.root, str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen == {"cluster_up_while_planning": [True, True], "error": "ImagesNotFoundError",
+                    "workers_after_the_error": 2, "bad_store_written": False,
+                    "rows_written": seen["rows_written"], "same_cluster": True}
+    assert seen["rows_written"] == 80
