@@ -72,10 +72,14 @@ def save_results(stem: str, rows: list[dict], header: str, arguments: dict,
     path = Path(stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        # --dirty: a figure measured on uncommitted changes says so ("abc1234-dirty").
-        commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7",
-                                 "--exclude", "*"], capture_output=True, text=True,
-                                check=False).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=False).stdout.strip()
+        # A figure measured on uncommitted changes to the code says so ("abc1234-dirty");
+        # edited docs and results do not count.
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "cxrdask", "benchmarks",
+                                  ":(exclude)benchmarks/results"], check=False).returncode
+        if commit and changed:
+            commit += "-dirty"
     except OSError:
         commit = ""
     path.with_suffix(".json").write_text(json.dumps(

@@ -51,7 +51,7 @@ class Diagnosis:
 
 def last_conv_maps(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     """The output of the backbone's last convolutional block, ``(B, C, h, w)``."""
-    net: Any = model  # cxrdask.networks' ResNet / DenseNet (torchvision's), whose parts are typed as Module | Tensor
+    net: Any = model  # cxrdask.networks' ResNet / DenseNet: parts typed as Module | Tensor
     if name.startswith("resnet"):
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
