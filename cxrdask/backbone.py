@@ -39,16 +39,12 @@ _CACHE_LOCK = threading.Lock()
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
     """Build the frozen, eval-mode network of ``spec`` on the CPU; output is ``(B, feature_dim)``."""
-    kind = spec.kind
-    if kind == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.seed)
-            model = build_network(spec.name)
-    elif kind == "torchvision":
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(spec.seed)  # the "random" weights; loaded weights replace them
         model = build_network(spec.name)
+    if spec.kind == "torchvision":
         model.load_state_dict(current_state_keys(_torchvision_state(spec)))
-    else:
-        model = build_network(spec.name)
+    elif spec.kind == "file":
         _load_state_file(model, spec)
     _drop_classifier(model, spec.name)
     model.eval()

@@ -13,6 +13,7 @@ import contextlib
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -578,11 +579,12 @@ def extract_features(
     StoreLockedError
         Another run holds the store's writer lease.
     """
-    with _cluster_while_planning(client, n_workers, threads_per_worker) as starting:
-        plan = plan_extraction(metadata, images_root, store_url, config,
-                               storage_options=storage_options, split_codes=split_codes,
-                               pixels=pixels, **options)
-    return run_extraction(plan, starting.client, n_workers=n_workers,
+    plan, client = _plan_while_cluster_starts(
+        lambda: plan_extraction(metadata, images_root, store_url, config,
+                                storage_options=storage_options, split_codes=split_codes,
+                                pixels=pixels, **options),
+        client, n_workers, threads_per_worker)
+    return run_extraction(plan, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
 
 
@@ -604,10 +606,11 @@ def extract_from_pixels(
     The feature store gets the pixel store's rows, split and chunks; any backbone, weights
     or precision. Arguments as for :func:`extract_features` and :func:`plan_from_pixels`.
     """
-    with _cluster_while_planning(client, n_workers, threads_per_worker) as starting:
-        plan = plan_from_pixels(pixels, store_url, config, storage_options=storage_options,
-                                **options)
-    return run_extraction(plan, starting.client, n_workers=n_workers,
+    plan, client = _plan_while_cluster_starts(
+        lambda: plan_from_pixels(pixels, store_url, config, storage_options=storage_options,
+                                 **options),
+        client, n_workers, threads_per_worker)
+    return run_extraction(plan, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
 
 
@@ -630,46 +633,38 @@ def cache_pixels(
     No backbone runs; later extractions read the store with :func:`extract_from_pixels`.
     Resumable, leased and checked like :func:`extract_features` (whose arguments these are).
     """
-    with _cluster_while_planning(client, n_workers, threads_per_worker) as starting:
-        plan = plan_cache(metadata, images_root, pixels, config, storage_options=storage_options,
-                          split_codes=split_codes, **options)
-    return run_extraction(plan, starting.client, n_workers=n_workers,
+    plan, client = _plan_while_cluster_starts(
+        lambda: plan_cache(metadata, images_root, pixels, config, storage_options=storage_options,
+                           split_codes=split_codes, **options),
+        client, n_workers, threads_per_worker)
+    return run_extraction(plan, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=True)
 
 
-class _StartingCluster:
-    """The client ``_cluster_while_planning`` hands on: the caller's, or the session's
-    once its cluster is up (None where no cluster was started)."""
-
-    def __init__(self, client) -> None:
-        self.client = client
-
-
-@contextlib.contextmanager
-def _cluster_while_planning(client, n_workers: int | None, threads_per_worker: int):
-    """Start the session's local cluster in a thread while the caller plans the run.
+def _plan_while_cluster_starts(plan: Callable[[], ExtractionPlan], client,
+                               n_workers: int | None,
+                               threads_per_worker: int) -> tuple[ExtractionPlan, Any]:
+    """``plan()``, and the client to run it on: ``client`` if given, else the session's, whose
+    local cluster starts in a thread while ``plan()`` runs.
 
     Planning reads and checks the metadata, lists the images and checks the weights (1.5 s
     for the whole archive on a local disk, more on S3); starting a cluster takes as long,
     and its workers then import torch (2 s). Neither needs the other, so they overlap. When
     planning fails, its error is raised once the cluster is up (never a half-started
-    one); the cluster is the session's, kept for the next call like any other. With a
-    ``client`` given, nothing is started.
+    one); the cluster is the session's, kept for the next call like any other.
     """
+    if client is not None:
+        return plan(), client
     from concurrent.futures import ThreadPoolExecutor
 
     from .cluster import session_client
 
-    starting = _StartingCluster(client)
-    if client is not None:
-        yield starting
-        return
     # Leaving the pool waits for the start, also when planning raised: no half-started
     # cluster is left behind the plan's error.
     with ThreadPoolExecutor(1, thread_name_prefix="cxrdask-cluster-start") as pool:
-        future = pool.submit(session_client, n_workers, threads_per_worker)
-        yield starting
-    starting.client = future.result()
+        started = pool.submit(session_client, n_workers, threads_per_worker)
+        planned = plan()
+    return planned, started.result()
 
 
 def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None = None,

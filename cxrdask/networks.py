@@ -24,8 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# torchvision's network for each name: its block, its layers per stage.
-RESNETS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 DENSENETS = {"densenet121": (32, (6, 12, 24, 16), 64)}  # growth rate, blocks, first features
 # DenseNet files saved before torchvision 0.3 name ``norm.1`` what is now ``norm1``.
 _OLD_DENSENET_KEY = re.compile(
@@ -128,6 +126,11 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+# torchvision's ResNets: the block, and the blocks per stage.
+RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, ...]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
+
+
 class _DenseLayer(nn.Module):
     def __init__(self, inputs: int, growth_rate: int, bn_size: int) -> None:
         super().__init__()
@@ -207,8 +210,7 @@ def build_network(name: str) -> nn.Module:
     """A new ``name`` network (``resnet18``, ``resnet50``, ``densenet121``) with torchvision's
     random initialisation, drawn from torch's current random state."""
     if name in RESNETS:
-        kind, layers = RESNETS[name]
-        return ResNet(BasicBlock if kind == "basic" else Bottleneck, layers)
+        return ResNet(*RESNETS[name])
     if name in DENSENETS:
         return DenseNet(*DENSENETS[name])
     raise ValueError(f"unknown network {name!r}; use one of {', '.join([*RESNETS, *DENSENETS])}")

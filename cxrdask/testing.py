@@ -29,6 +29,7 @@ import numpy as np
 
 from ._fs import StorageOptions
 from .backbone import BackboneSpec, cached_runner
+from .backbone_spec import FEATURE_DIMS
 from .imaging import Preprocessing, preprocess_bytes
 from .labels import LABELS
 from .metadata import label_matrix
@@ -396,7 +397,7 @@ def finetune_backbone(metadata_url: str, archive_root: str, weights_out: str | o
     torch.manual_seed(seed)
     model = build_network("resnet18")  # torchvision's ResNet18, its random draws
     assert isinstance(model, ResNet)
-    model.fc = torch.nn.Linear(512, len(LABELS))  # ResNet18's 512 features
+    model.fc = torch.nn.Linear(FEATURE_DIMS["resnet18"], len(LABELS))
     stem = torch.nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
     stages = [stem, model.layer1, model.layer2, model.layer3, model.layer4]
     fixed = torch.nn.Sequential(*stages[:1 + frozen_stages]).eval()
