@@ -725,8 +725,13 @@ def _store_name(url: str) -> str:
 
 
 def _worker_threads(client) -> int:
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    return sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+    """Threads of the cluster's workers, asked of the scheduler (``Client.nthreads``).
+
+    Not ``Client.scheduler_info()["workers"]``: that reads a cache which the client's
+    periodic refresh overwrites every 2 s with an identity that lists no workers, and a
+    refresh landing between the fetch and the read gave an empty list (seen in CI: the
+    first call sent no warm-up)."""
+    return sum(client.nthreads().values()) or 1
 
 
 def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: bool,
@@ -855,7 +860,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     run_token = uuid.uuid4().hex
     with span(f"cxrdask-extract {_store_name(store.url)}") as span_id:
         if warmup and todo:
-            workers = list(client.scheduler_info(n_workers=-1)["workers"])
+            workers = list(client.nthreads())  # asked of the scheduler: see _worker_threads
             # One per worker, preferably on it; a worker lost meanwhile hands its warm-up to
             # another (a strict pin would wait for the dead worker forever). Workers that
             # join later build their model in their first chunk task.

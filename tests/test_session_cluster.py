@@ -99,7 +99,7 @@ OVERLAP_SCRIPT = textwrap.dedent("""
     except ImagesNotFoundError as exc:
         seen["error"] = type(exc).__name__
     layout, cluster, client = _SESSION["local"]
-    seen["workers_after_the_error"] = len(client.scheduler_info()["workers"])
+    seen["workers_after_the_error"] = len(client.nthreads())
     seen["bad_store_written"] = os.path.exists(out + "/bad.zarr")
     summary = extract_features(metadata, root, out + "/good.zarr", weights="random",
                                backbone="resnet18", chunk_rows=16, n_workers=2, progress=False)
