@@ -47,19 +47,27 @@ async def worker_hardware(device: str, engine: str) -> dict[str, str]:
     :func:`cxrdask.extract_worker.auto_precision`), and for ``compile="auto"`` the device its
     backbone runs on (``cpu`` or ``cuda``) and whether it has the C++ compiler Inductor needs.
 
-    ``Client.run`` calls a plain function on the worker's event loop, and the answer needs
-    torch, whose first import takes seconds (more on a cold disk): the loop would stop
-    answering the scheduler and its nanny meanwhile. A coroutine that imports in a thread
-    keeps it responsive."""
+    On a machine with no GPU device file the backbone runs on the CPU whatever torch says,
+    so the answer comes from the CPU's flags at once, and the client creates the store while
+    the worker is still importing torch (2 s of a cold start on one core). Elsewhere torch
+    is asked, and ``Client.run`` calls a plain function on the worker's event loop, which
+    would stop answering the scheduler and its nanny during that import: a coroutine that
+    imports in a thread keeps it responsive."""
     import asyncio
     import shutil
+
+    from .hardware import cpu_has_native_bf16, has_no_gpu
+
+    compiler = shutil.which("g++") or shutil.which("c++") or ""
+    if engine != "torch" or device == "cpu" or (device == "auto" and has_no_gpu()):
+        precision = "bf16" if engine == "torch" and cpu_has_native_bf16() else "fp32"
+        return {"precision": precision, "device": "cpu", "compiler": compiler}
 
     def answer() -> dict[str, str]:
         from .extract_worker import auto_precision, backbone_device_type
 
         return {"precision": auto_precision(device, engine),
-                "device": backbone_device_type(device, engine),
-                "compiler": shutil.which("g++") or shutil.which("c++") or ""}
+                "device": backbone_device_type(device, engine), "compiler": compiler}
 
     return await asyncio.to_thread(answer)
 

@@ -75,6 +75,32 @@ def test_a_worker_imports_neither_torchvision_nor_pandas(tmp_path):
     assert out.split() == ["1.0", "False", "False", "False"], out
 
 
+@pytest.mark.parametrize("gpu_file", [False, True], ids=["no-gpu-file", "a-gpu-file"])
+def test_a_worker_says_what_auto_means_without_torch_where_there_is_no_gpu(gpu_file, tmp_path):
+    """``precision="auto"`` is asked of the workers before the store is made; on a machine
+    with no GPU device file the answer comes from the CPU's flags (the store is made while
+    the worker imports torch), and where one exists torch itself is asked. Either way the
+    answer is the worker side's own (``auto_precision``, ``backbone_device_type``)."""
+    from cxrdask.hardware import has_no_gpu
+
+    if not has_no_gpu():
+        pytest.skip("this machine has a GPU device file: the torch-free answer cannot be checked")
+    files = (str(tmp_path),) if gpu_file else None  # an existing path standing for /dev/nvidia0
+    out = run_python(
+        "import asyncio, sys\nimport cxrdask.hardware\n"
+        f"if {files!r}: cxrdask.hardware.GPU_DEVICE_FILES = {files!r}\n"
+        "from cxrdask.extract_tasks import worker_hardware\n"
+        "answer = asyncio.run(worker_hardware('auto', 'torch'))\n"
+        "imported = 'torch' in sys.modules\n"
+        "from cxrdask.extract_worker import auto_precision, backbone_device_type\n"
+        "assert answer['precision'] == auto_precision('auto', 'torch'), answer\n"
+        "assert answer['device'] == backbone_device_type('auto', 'torch') == 'cpu', answer\n"
+        "print(answer['precision'], imported)\n")
+    precision, imported = out.split()
+    assert precision in ("bf16", "fp32")
+    assert imported == str(gpu_file), out
+
+
 def test_the_web_page_imports_no_scikit_learn():
     pytest.importorskip("fastapi")
     out = run_python("import sys\nfrom cxrdask.web import create_app\n"
