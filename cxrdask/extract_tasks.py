@@ -56,11 +56,11 @@ async def worker_hardware(device: str, engine: str) -> dict[str, str]:
     import asyncio
     import shutil
 
-    from .hardware import cpu_has_native_bf16, has_no_gpu
+    from .hardware import cpu_auto_precision, has_no_gpu
 
     compiler = shutil.which("g++") or shutil.which("c++") or ""
     if engine != "torch" or device == "cpu" or (device == "auto" and has_no_gpu()):
-        precision = "bf16" if engine == "torch" and cpu_has_native_bf16() else "fp32"
+        precision = cpu_auto_precision() if engine == "torch" else "fp32"  # ONNX Runtime: fp32
         return {"precision": precision, "device": "cpu", "compiler": compiler}
 
     def answer() -> dict[str, str]:

@@ -31,6 +31,11 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
+def cpu_auto_precision() -> str:
+    """What ``precision="auto"`` means on this machine's CPU: bf16 where native, else fp32."""
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def has_no_gpu() -> bool:
     """Whether this machine certainly has no GPU torch could use: none of
     :data:`GPU_DEVICE_FILES` exists (found in microseconds, where asking torch first
@@ -46,7 +51,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return cpu_auto_precision()
 
 
-__all__ = ["GPU_DEVICE_FILES", "cpu_has_native_bf16", "has_no_gpu", "resolve_precision"]
+__all__ = ["GPU_DEVICE_FILES", "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu", "resolve_precision"]
