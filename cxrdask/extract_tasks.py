@@ -44,30 +44,23 @@ class TaskConfig:
 
 async def worker_hardware(device: str, engine: str) -> dict[str, str]:
     """On a worker (through ``Client.run``): what ``precision="auto"`` means there (see
-    :func:`cxrdask.extract_worker.auto_precision`), and for ``compile="auto"`` the device its
+    :func:`cxrdask.hardware.auto_precision`), and for ``compile="auto"`` the device its
     backbone runs on (``cpu`` or ``cuda``) and whether it has the C++ compiler Inductor needs.
 
-    On a machine with no GPU device file the backbone runs on the CPU whatever torch says,
-    so the answer comes from the CPU's flags at once, and the client creates the store while
-    the worker is still importing torch (2 s of a cold start on one core). Elsewhere torch
-    is asked, and ``Client.run`` calls a plain function on the worker's event loop, which
-    would stop answering the scheduler and its nanny during that import: a coroutine that
-    imports in a thread keeps it responsive."""
+    On a machine with no GPU device file the answer comes from the CPU's flags at once, so
+    the client creates the store while the worker is still importing torch (2 s of a cold
+    start on one core). Elsewhere torch is asked, and ``Client.run`` calls a plain function
+    on the worker's event loop, which would stop answering the scheduler and its nanny
+    during that import: a coroutine that asks in a thread keeps it responsive."""
     import asyncio
     import shutil
 
-    from .hardware import cpu_auto_precision, has_no_gpu
-
-    compiler = shutil.which("g++") or shutil.which("c++") or ""
-    if engine != "torch" or device == "cpu" or (device == "auto" and has_no_gpu()):
-        precision = cpu_auto_precision() if engine == "torch" else "fp32"  # ONNX Runtime: fp32
-        return {"precision": precision, "device": "cpu", "compiler": compiler}
+    from .hardware import auto_precision, backbone_device_type
 
     def answer() -> dict[str, str]:
-        from .extract_worker import auto_precision, backbone_device_type
-
         return {"precision": auto_precision(device, engine),
-                "device": backbone_device_type(device, engine), "compiler": compiler}
+                "device": backbone_device_type(device, engine),
+                "compiler": shutil.which("g++") or shutil.which("c++") or ""}
 
     return await asyncio.to_thread(answer)
 

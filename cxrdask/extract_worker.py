@@ -28,7 +28,6 @@ from ._fs import filesystem
 from .backbone import cached_runner, resolve_device
 from .errors import ImageDecodeError
 from .extract_tasks import STAGES, TaskConfig
-from .hardware import resolve_precision
 from .imaging import decode_gray, resize_gray
 from .lease import check_lease
 from .metrics import report_chunk
@@ -110,19 +109,6 @@ def _runner(config: TaskConfig):
     """This process's backbone runner for the task's settings (built once, then cached)."""
     return cached_runner(config.backbone, config.device, config.precision, config.compile,
                          config.batch_size, config.engine)
-
-
-def auto_precision(device: str, engine: str) -> str:
-    """What ``precision="auto"`` means on this worker: bf16 where its CPU (or GPU) computes
-    bf16 natively, else fp32; ONNX Runtime runs fp32."""
-    if engine != "torch":
-        return "fp32"
-    return resolve_precision("auto", resolve_device(device))
-
-
-def backbone_device_type(device: str, engine: str) -> str:
-    """Where this worker would run the backbone: ``cpu`` or ``cuda`` (ONNX Runtime: the CPU)."""
-    return "cpu" if engine != "torch" else resolve_device(device).type
 
 
 def warm_worker(config: TaskConfig) -> float:
@@ -285,4 +271,4 @@ def _worker_name() -> str:
         return f"pid-{os.getpid()}"
 
 
-__all__ = ["auto_precision", "backbone_device_type", "extract_chunk", "warm_worker"]
+__all__ = ["extract_chunk", "warm_worker"]

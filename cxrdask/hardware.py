@@ -43,6 +43,30 @@ def has_no_gpu() -> bool:
     return not any(glob.glob(pattern) for pattern in GPU_DEVICE_FILES)
 
 
+def backbone_device_type(device: str, engine: str) -> str:
+    """Where this machine would run the backbone: ``cpu`` or ``cuda`` (ONNX Runtime: the CPU).
+
+    Told without importing torch where the answer cannot be a GPU (``device="cpu"``, ONNX
+    Runtime, or ``auto`` on a machine :func:`has_no_gpu`); torch is asked otherwise."""
+    if engine != "torch" or device == "cpu" or (device == "auto" and has_no_gpu()):
+        return "cpu"
+    from .backbone import resolve_device
+
+    return resolve_device(device).type
+
+
+def auto_precision(device: str, engine: str) -> str:
+    """What ``precision="auto"`` means for a backbone run here: bf16 where the CPU (or GPU)
+    computes bf16 natively, else fp32; ONNX Runtime runs fp32. Torch-free on the CPU."""
+    if engine != "torch":
+        return "fp32"
+    if backbone_device_type(device, engine) == "cpu":
+        return cpu_auto_precision()
+    from .backbone import resolve_device
+
+    return resolve_precision("auto", resolve_device(device))
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` is bf16 on GPUs that support it and on CPUs with native bf16, else fp32."""
     if precision != "auto":
@@ -54,4 +78,5 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return cpu_auto_precision()
 
 
-__all__ = ["GPU_DEVICE_FILES", "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu", "resolve_precision"]
+__all__ = ["GPU_DEVICE_FILES", "auto_precision", "backbone_device_type", "cpu_auto_precision",
+           "cpu_has_native_bf16", "has_no_gpu", "resolve_precision"]

@@ -80,7 +80,7 @@ def test_a_worker_says_what_auto_means_without_torch_where_there_is_no_gpu(gpu_f
     """``precision="auto"`` is asked of the workers before the store is made; on a machine
     with no GPU device file the answer comes from the CPU's flags (the store is made while
     the worker imports torch), and where one exists torch itself is asked. Either way the
-    answer is the worker side's own (``auto_precision``, ``backbone_device_type``)."""
+    answer is torch's own (``resolve_device``, ``resolve_precision``)."""
     from cxrdask.hardware import has_no_gpu
 
     if not has_no_gpu():
@@ -92,9 +92,10 @@ def test_a_worker_says_what_auto_means_without_torch_where_there_is_no_gpu(gpu_f
         "from cxrdask.extract_tasks import worker_hardware\n"
         "answer = asyncio.run(worker_hardware('auto', 'torch'))\n"
         "imported = 'torch' in sys.modules\n"
-        "from cxrdask.extract_worker import auto_precision, backbone_device_type\n"
-        "assert answer['precision'] == auto_precision('auto', 'torch'), answer\n"
-        "assert answer['device'] == backbone_device_type('auto', 'torch') == 'cpu', answer\n"
+        "from cxrdask.backbone import resolve_device\n"
+        "from cxrdask.hardware import resolve_precision\n"
+        "assert answer['precision'] == resolve_precision('auto', resolve_device('auto')), answer\n"
+        "assert answer['device'] == resolve_device('auto').type == 'cpu', answer\n"
         "print(answer['precision'], imported)\n")
     precision, imported = out.split()
     assert precision in ("bf16", "fp32")
