@@ -12,6 +12,9 @@ the job is the rows ``read_metadata`` keeps):
 
 * ``cxrdask``: ``extract_features`` with its defaults (a local cluster, one worker process
   per core, the chunk size chosen from the job), into a Zarr store.
+* ``cxrdask-onnxruntime`` (fp32 only): cxrdask's opt-in setting for CPUs without native
+  bf16, not its default: ``engine="onnxruntime"`` on one worker process with a thread per
+  core.
 * ``daft``: the documented batch-inference pattern: a ``@daft.cls`` class that loads the
   model in ``__init__`` and a ``@daft.method.batch`` method, ``max_concurrency`` = cores in
   processes, bytes from ``url.download()``, written with ``write_parquet``.
@@ -56,7 +59,7 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 
 from benchmarks.common import machine, save_results, table
 
-CONTENDERS = ("cxrdask", "daft", "spark", "ray", "dataloader", "spark2018")
+CONTENDERS = ("cxrdask", "cxrdask-onnxruntime", "daft", "spark", "ray", "dataloader", "spark2018")
 FEATURE_DIM = 2048
 
 
@@ -109,6 +112,16 @@ def pass_cxrdask(job: dict, out: str, state: dict) -> None:
 
     extract_features(job["metadata"], job["root"], out + "/features.zarr", weights="random",
                      precision=job["precision"], batch_size=job["batch"], progress=False)
+
+
+def pass_cxrdask_onnxruntime(job: dict, out: str, state: dict) -> None:
+    """cxrdask's opt-in CPU setting for CPUs without native bf16 (fp32 only): the ONNX
+    Runtime engine, one worker process whose two threads share the cores."""
+    from cxrdask import extract_features
+
+    extract_features(job["metadata"], job["root"], out + "/features.zarr", weights="random",
+                     precision="fp32", engine="onnxruntime", n_workers=1,
+                     threads_per_worker=job["cores"], batch_size=job["batch"], progress=False)
 
 
 def pass_daft(job: dict, out: str, state: dict) -> None:
@@ -229,7 +242,8 @@ def pass_spark2018(job: dict, out: str, state: dict) -> None:
     run_spark(names, job["paths"], out + "/features_txt", job["cores"], job["precision"], job["batch"])
 
 
-PASSES = {"cxrdask": pass_cxrdask, "daft": pass_daft, "spark": pass_spark, "ray": pass_ray,
+PASSES = {"cxrdask": pass_cxrdask, "cxrdask-onnxruntime": pass_cxrdask_onnxruntime,
+          "daft": pass_daft, "spark": pass_spark, "ray": pass_ray,
           "dataloader": pass_dataloader, "spark2018": pass_spark2018}
 
 
@@ -252,7 +266,7 @@ def read_output(name: str, out: str, paths: list[str]):
     """``{image file name: float16 features}`` of one pass (the 2018 text: float32)."""
     import numpy as np
 
-    if name == "cxrdask":
+    if name.startswith("cxrdask"):
         from cxrdask.store import STATUS_OK, FeatureStore
 
         store = FeatureStore.open(out + "/features.zarr")
@@ -312,7 +326,8 @@ def available(name: str) -> str | None:
     """None when the contender can run here, else why not."""
     import importlib.util
 
-    module = {"daft": "daft", "spark": "pyspark", "ray": "ray", "spark2018": "pyspark"}.get(name)
+    module = {"cxrdask-onnxruntime": "onnxruntime", "daft": "daft", "spark": "pyspark",
+              "ray": "ray", "spark2018": "pyspark"}.get(name)
     if module and importlib.util.find_spec(module) is None:
         return f"{module} is not installed (pip install 'cxrdask[bench]')"
     if name.startswith("spark") and shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
@@ -380,6 +395,8 @@ def main(argv=None) -> None:
         reference = None
         for name in args.contenders.split(","):
             why = available(name)
+            if name == "cxrdask-onnxruntime" and precision != "fp32":
+                why = "ONNX Runtime runs fp32 only"
             if why:
                 print(f"skipping {name}: {why}", flush=True)
                 continue
@@ -406,7 +423,7 @@ def main(argv=None) -> None:
     for precision in bounds:
         same = [r for r in rows if r["precision"] == precision]
         ours = next((r for r in same if r["contender"] == "cxrdask"), None)
-        peers = [r for r in same if r["contender"] not in ("cxrdask", "spark2018")]
+        peers = [r for r in same if not r["contender"].startswith(("cxrdask", "spark2018"))]
         if ours and peers:
             for kind in ("end_to_end_img_s", "steady_img_s"):
                 best = max(peers, key=lambda r: r[kind])

@@ -68,13 +68,15 @@ def test_bench_scale_times_every_stage_and_fits_slopes(tmp_path):
 def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(tmp_path):
     out = tmp_path / "peers"
     run_script("bench_peers", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
-               "--contenders", "cxrdask,dataloader", "--precisions", "fp32",
+               "--contenders", "cxrdask,cxrdask-onnxruntime,dataloader", "--precisions", "fp32",
                "--bound-seconds", 0.3, "--out", out)
     saved = json.loads(out.with_suffix(".json").read_text())
     rows = {row["contender"]: row for row in saved["rows"]}
-    assert set(rows) == {"cxrdask", "dataloader"}
+    assert set(rows) == {"cxrdask", "cxrdask-onnxruntime", "dataloader"}
     for row in rows.values():
         assert row["rows_lost"] == 0 and row["end_to_end_s"] > row["steady_s"] > 0
     # Same files, same model and preprocessing: the features agree to float16's precision.
     assert rows["dataloader"]["max_rel_diff_vs_cxrdask"] < 0.01
+    assert rows["cxrdask-onnxruntime"]["max_rel_diff_vs_cxrdask"] < 0.01
+    # cxrdask's own settings are not its peers.
     assert rows["cxrdask"]["steady_best_peer"] == "dataloader"
