@@ -116,7 +116,7 @@ def pass_cxrdask(job: dict, out: str, state: dict) -> None:
 
 def pass_cxrdask_onnxruntime(job: dict, out: str, state: dict) -> None:
     """cxrdask's opt-in CPU setting for CPUs without native bf16 (fp32 only): the ONNX
-    Runtime engine, one worker process whose two threads share the cores."""
+    Runtime engine, one worker process with a thread per core."""
     from cxrdask import extract_features
 
     extract_features(job["metadata"], job["root"], out + "/features.zarr", weights="random",
