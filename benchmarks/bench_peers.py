@@ -10,11 +10,12 @@ channels-last memory layout, same precision (bf16 by autocast), same batch, one 
 thread per model copy, one model copy per core, and 2,048 float16 values written per image;
 the job is the rows ``read_metadata`` keeps):
 
-* ``cxrdask``: ``extract_features`` with its defaults (a local cluster, one worker process
-  per core, the chunk size chosen from the job), into a Zarr store.
-* ``cxrdask-onnxruntime`` (fp32 only): cxrdask's opt-in setting for CPUs without native
-  bf16, not its default: ``engine="onnxruntime"`` on one worker process with a thread per
-  core.
+* ``cxrdask``: ``extract_features`` with its defaults (a local cluster, the chunk size
+  chosen from the job, ``engine="auto"``), into a Zarr store. Where the backbone runs fp32
+  on the CPU the default engine is ONNX Runtime, on one worker process with a thread per
+  core (its ``engine`` column says so); elsewhere PyTorch, one worker process per core.
+* ``cxrdask-torch`` (where the defaults run ONNX Runtime): ``engine="torch"``, PyTorch on
+  one worker process per core, what the defaults were before ``engine="auto"``; not a peer.
 * ``daft``: the documented batch-inference pattern: a ``@daft.cls`` class that loads the
   model in ``__init__`` and a ``@daft.method.batch`` method, ``max_concurrency`` = cores in
   processes, bytes from ``url.download()``, written with ``write_parquet``.
@@ -59,7 +60,7 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 
 from benchmarks.common import machine, save_results, table
 
-CONTENDERS = ("cxrdask", "cxrdask-onnxruntime", "daft", "spark", "ray", "dataloader", "spark2018")
+CONTENDERS = ("cxrdask", "cxrdask-torch", "daft", "spark", "ray", "dataloader", "spark2018")
 FEATURE_DIM = 2048
 
 
@@ -114,14 +115,14 @@ def pass_cxrdask(job: dict, out: str, state: dict) -> None:
                      precision=job["precision"], batch_size=job["batch"], progress=False)
 
 
-def pass_cxrdask_onnxruntime(job: dict, out: str, state: dict) -> None:
-    """cxrdask's opt-in CPU setting for CPUs without native bf16 (fp32 only): the ONNX
-    Runtime engine, one worker process with a thread per core."""
+def pass_cxrdask_torch(job: dict, out: str, state: dict) -> None:
+    """cxrdask with the PyTorch engine asked for (one worker process per core): the defaults
+    before ``engine="auto"``, beside them where they run ONNX Runtime."""
     from cxrdask import extract_features
 
     extract_features(job["metadata"], job["root"], out + "/features.zarr", weights="random",
-                     precision="fp32", engine="onnxruntime", n_workers=1,
-                     threads_per_worker=job["cores"], batch_size=job["batch"], progress=False)
+                     precision=job["precision"], engine="torch", batch_size=job["batch"],
+                     progress=False)
 
 
 def pass_daft(job: dict, out: str, state: dict) -> None:
@@ -242,7 +243,7 @@ def pass_spark2018(job: dict, out: str, state: dict) -> None:
     run_spark(names, job["paths"], out + "/features_txt", job["cores"], job["precision"], job["batch"])
 
 
-PASSES = {"cxrdask": pass_cxrdask, "cxrdask-onnxruntime": pass_cxrdask_onnxruntime,
+PASSES = {"cxrdask": pass_cxrdask, "cxrdask-torch": pass_cxrdask_torch,
           "daft": pass_daft, "spark": pass_spark, "ray": pass_ray,
           "dataloader": pass_dataloader, "spark2018": pass_spark2018}
 
@@ -309,13 +310,35 @@ def compare(reference: dict, other: dict) -> float:
 
 def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seconds: float) -> dict:
     """bench_extract's bound: the bare backbone (cxrdask's runner, eager) and read + decode +
-    preprocess, each on one thread; N cores bound = N / (1/a + 1/b)."""
+    preprocess, each on one thread; N cores bound = N / (1/a + 1/b), with the faster
+    engine's backbone (PyTorch, and in fp32 ONNX Runtime too)."""
     from benchmarks.bench_extract import Config, decode_rate, forward_rate
 
-    backbone = forward_rate("cpu", Config(precision), batch, seconds)
     decode = decode_rate(paths[:32])
-    return {"backbone_1_thread": backbone, "decode_1_thread": decode,
-            "bound": cores / (1 / backbone + 1 / decode)}
+    bound: dict = {"decode_1_thread": decode}
+    for engine in ("torch", "onnxruntime") if precision == "fp32" else ("torch",):
+        backbone = forward_rate("cpu", Config(precision, engine=engine), batch, seconds)
+        bound[f"backbone_1_thread_{engine}"] = backbone
+        bound[f"bound_{engine}"] = cores / (1 / backbone + 1 / decode)
+    bound["bound_engine"] = max(("torch", "onnxruntime"), key=lambda e: bound.get(f"bound_{e}", 0))
+    bound["bound"] = bound[f"bound_{bound['bound_engine']}"]
+    return bound
+
+
+def default_engine(precision: str) -> str:
+    """The engine cxrdask's defaults run here at ``precision`` (``engine="auto"``)."""
+    from cxrdask.hardware import local_engine
+
+    return local_engine("auto", "auto", precision, "auto")
+
+
+def engine_used(name: str, out: str) -> str:
+    """The engine that ran a pass: what a cxrdask store records, PyTorch for the others."""
+    if not name.startswith("cxrdask"):
+        return "torch"
+    from cxrdask.store import FeatureStore
+
+    return FeatureStore.open(out + "/features.zarr").provenance.get("engine", "torch")
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,7 +349,7 @@ def available(name: str) -> str | None:
     """None when the contender can run here, else why not."""
     import importlib.util
 
-    module = {"cxrdask-onnxruntime": "onnxruntime", "daft": "daft", "spark": "pyspark",
+    module = {"daft": "daft", "spark": "pyspark",
               "ray": "ray", "spark2018": "pyspark"}.get(name)
     if module and importlib.util.find_spec(module) is None:
         return f"{module} is not installed (pip install 'cxrdask[bench]')"
@@ -395,8 +418,8 @@ def main(argv=None) -> None:
         reference = None
         for name in args.contenders.split(","):
             why = available(name)
-            if name == "cxrdask-onnxruntime" and precision != "fp32":
-                why = "ONNX Runtime runs fp32 only"
+            if name == "cxrdask-torch" and default_engine(precision) == "torch":
+                why = f"the defaults run PyTorch in {precision} here: the cxrdask row"
             if why:
                 print(f"skipping {name}: {why}", flush=True)
                 continue
@@ -406,12 +429,13 @@ def main(argv=None) -> None:
             try:
                 timing = run_contender(name, job, workdir)
                 outputs = [read_output(name, f"{workdir}/{name}-{i}", paths) for i in (1, 2)]
+                engine = engine_used(name, f"{workdir}/{name}-1")
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             lost = [len(paths) - len(o) for o in outputs]
             if name == "cxrdask":
                 reference = outputs[0]
-            row = {"contender": name, "precision": precision,
+            row = {"contender": name, "precision": precision, "engine": engine,
                    "end_to_end_img_s": len(paths) / timing["end_to_end_s"],
                    "steady_img_s": len(paths) / timing["steady_s"],
                    "end_to_end_s": timing["end_to_end_s"], "steady_s": timing["steady_s"],

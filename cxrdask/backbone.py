@@ -24,12 +24,12 @@ from .backbone_spec import ENGINES, PRECISIONS, BackboneSpec, _enum_name, torchv
 from .backbone_spec import file_sha256 as file_sha256  # re-exported: where it was defined before
 from .errors import (
     DeviceUnavailableError,
-    MissingExtraError,
     OptionError,
     WeightsNotFoundError,
     WeightsUnavailableError,
 )
 from .networks import build_network, current_state_keys
+from .onnx_engine import onnx_session
 
 # Per-process bookkeeping: how many times each spec was built here (tests count loads).
 LOAD_COUNTS: Counter = Counter()
@@ -119,8 +119,9 @@ class BackboneRunner:
 
     With ``compile=True`` the batch is padded to a fixed size so torch.compile builds one
     graph, instead of recompiling for the short last batch of each chunk. With
-    ``engine="onnxruntime"`` (CPU, fp32) the network is exported to ONNX once and run by
-    ONNX Runtime on as many threads as torch would use (the ``onnx`` extra).
+    ``engine="onnxruntime"`` (CPU, fp32) the network is exported to ONNX (once per machine:
+    :mod:`cxrdask.onnx_engine` caches the export) and run by ONNX Runtime on as many
+    threads as torch would use.
     """
 
     def __init__(self, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
@@ -140,7 +141,7 @@ class BackboneRunner:
         if engine == "onnxruntime":
             if self.device.type != "cpu" or precision != "fp32" or compile:
                 raise OptionError("the onnxruntime engine runs fp32 on the CPU, without compile")
-            self.session = onnx_session(build_backbone(spec), torch.get_num_threads())
+            self.session = onnx_session(spec, build_backbone, torch.get_num_threads())
             return
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.device.type == "cuda":
@@ -176,27 +177,6 @@ class BackboneRunner:
         ):
             out = self.model(tensor)
         return out.float().cpu().numpy()[:n]
-
-
-def onnx_session(model: nn.Module, threads: int):
-    """An ONNX Runtime CPU session of ``model`` (exported in memory, batch size free)."""
-    import io
-
-    try:
-        import onnx  # noqa: F401  (torch's exporter needs it)
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingExtraError("the onnxruntime engine needs: pip install 'cxrdask[onnx]'") from exc
-    buffer = io.BytesIO()
-    example = torch.zeros(1, 3, 224, 224)
-    torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
-                      input_names=["images"], output_names=["features"],
-                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                    "features": {0: "batch"}}, dynamo=False)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
 def cached_runner(spec: BackboneSpec, device: str = "auto", precision: str = "fp32",

@@ -75,7 +75,9 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
     from .cluster import DEFAULT_DASHBOARD
 
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
-    parser.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    parser.add_argument("--workers", type=int,
+                        help="local worker processes (default: one per core; one in all where "
+                             "the backbone runs on ONNX Runtime, with a thread per core)")
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="threads per local worker process")
     parser.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD,
@@ -205,9 +207,12 @@ def _run_plan(plan, args) -> int:
     from .extract import run_extraction
 
     print(plan.describe(), flush=True)
+    layout = (args.workers, args.threads_per_worker)
+    if layout == (None, 1):  # none asked for: what suits the plan's engine
+        layout = plan.local_layout() or layout
     try:
-        with local_client(args.scheduler, n_workers=args.workers,
-                          threads_per_worker=args.threads_per_worker, gpu=args.gpu,
+        with local_client(args.scheduler, n_workers=layout[0],
+                          threads_per_worker=layout[1], gpu=args.gpu,
                           dashboard_address=args.dashboard_address) as client, \
                 _maybe_report(args.performance_report):
             summary = run_extraction(plan, client, progress=not args.quiet)

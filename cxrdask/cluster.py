@@ -224,7 +224,8 @@ _SESSION_LOCK = threading.Lock()
 
 
 def session_client(n_workers: int | None = None, threads_per_worker: int = 1,
-                   announce: bool = True) -> Client:
+                   announce: bool = True,
+                   default_layout: tuple[int, int] | None = None) -> Client:
     """The client a library call given no client runs on.
 
     With no layout asked for, the current Dask client (``distributed.Client()`` made in a
@@ -241,6 +242,10 @@ def session_client(n_workers: int | None = None, threads_per_worker: int = 1,
         The local cluster's layout (default: one single-threaded process per core).
     announce
         Print the dashboard link when a cluster is started.
+    default_layout
+        ``(workers, threads each)`` of a cluster started when no layout is asked for and
+        there is no current client (what suits the caller's work, such as one process with
+        a thread per core for ONNX Runtime); None: one single-threaded process per core.
     """
     from distributed import default_client
 
@@ -249,6 +254,8 @@ def session_client(n_workers: int | None = None, threads_per_worker: int = 1,
             return default_client()
         except ValueError:  # no current client
             pass
+        if default_layout is not None:
+            n_workers, threads_per_worker = default_layout
     layout = (n_workers or os.cpu_count() or 1, threads_per_worker)
     with _SESSION_LOCK:
         held = _SESSION.get("local")

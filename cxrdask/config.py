@@ -22,7 +22,7 @@ SplitMethod = Literal["auto", "official", "patient", "random"]
 BackboneName = Literal["resnet50", "densenet121", "resnet18"]
 Dtype = Literal["float16", "float32"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["torch", "onnxruntime"]
+Engine = Literal["auto", "torch", "onnxruntime"]
 Flip = Literal["none", "train"]
 ResizeOn = Literal["cpu", "device"]
 PixelCompression = Literal["zstd", "lz4", "none"]
@@ -89,8 +89,9 @@ class ExtractConfig:
                 "worker; bf16 measured no faster compiled); yes; no", type="compile", nargs="?",
         const=True, metavar="{auto,yes,no}")
     engine: Engine = _option(
-        "torch", "run the backbone with PyTorch, or with ONNX Runtime (CPU, fp32; "
-                 "pip install 'cxrdask[onnx]')")
+        "auto", "what runs the backbone: auto = ONNX Runtime where it runs fp32 on CPU workers "
+                "(1.3x PyTorch on CPUs without native bf16), else PyTorch; torch; onnxruntime "
+                "(CPU, fp32 only)")
     preset: PresetName = _option("default", "seed2018: the 2018 recipe (random image split, flips)")
     resume: bool = _option(True, "start the store afresh instead of resuming",
                            flag="--overwrite", action="store_false")
@@ -135,6 +136,10 @@ class ExtractConfig:
                               f"pixels (the backbones halve it five times), not {self.image_size!r}")
         if self.batch_size < 1 or self.io_threads < 1:
             raise OptionError("batch_size and io_threads must be at least 1")
+        if self.engine == "onnxruntime" and (self.precision not in ("auto", "fp32")
+                                             or self.compile is True or self.device == "cuda"):
+            raise OptionError("engine 'onnxruntime' runs fp32 on the CPU, uncompiled: use "
+                              "engine 'torch' (or 'auto') for bf16, fp16, compile or a GPU")
         if self.read_retries < 0:
             raise OptionError(f"read_retries must be 0 or more, not {self.read_retries!r}")
         if not 0.0 <= self.max_failed_fraction <= 1.0:

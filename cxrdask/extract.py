@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from .errors import (
     OptionError,
 )
 from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup, worker_hardware
+from .hardware import auto_engine, local_engine
 from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
 from .metadata import locate_images, read_metadata
@@ -72,6 +74,8 @@ class ExtractSummary:
         The backbone's arithmetic this run used (``precision="auto"`` made concrete).
     compiled : bool
         Whether the backbone was compiled (``compile="auto"`` made concrete).
+    engine : str
+        What ran the backbone, ``torch`` or ``onnxruntime`` (``engine="auto"`` made concrete).
     """
 
     store_url: str
@@ -98,6 +102,7 @@ class ExtractSummary:
     span_id: str | None = None
     precision: str = ""  # the backbone's arithmetic ("auto" made concrete); "" for a cache pass
     compiled: bool = False  # whether the backbone was torch.compile'd ("auto" made concrete)
+    engine: str = ""  # torch or onnxruntime ("auto" made concrete); "" for a cache pass
 
     @property
     def failed_fraction(self) -> float:
@@ -127,6 +132,7 @@ class ExtractSummary:
             f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s"
             + (f", {self.precision}" if self.precision else "")
             + (", compiled" if self.compiled else "")
+            + (f", {self.engine}" if self.engine else "")
             + f"), model warm-up {self.warmup_seconds:.1f} s",
         ]
         if self.retriable:
@@ -237,6 +243,11 @@ class ExtractionPlan:
                     dtype=c.dtype, precision=c.precision, compile=c.compile, engine=c.engine,
                     split=self.split_info)
 
+    def local_layout(self) -> tuple[int, int] | None:
+        """The layout of a local cluster started for this plan when none is asked for
+        (:func:`local_layout`; None for a cache pass, which runs no backbone)."""
+        return local_layout(self.config) if self.store_url is not None else None
+
     def describe(self) -> str:
         """Lines for the user before the run: images found, split, backbone, the store."""
         c = self.config
@@ -252,12 +263,14 @@ class ExtractionPlan:
         if self.store_url is not None:
             precision = ("precision auto (bf16 where the workers compute it natively, else "
                          "fp32)") if c.precision == "auto" else c.precision
-            compiled = (f", compiled if fp32 and each worker thread gets "
+            engine = ("engine auto (ONNX Runtime where the backbone runs fp32 on CPU workers, "
+                      "else PyTorch)") if c.engine == "auto" else c.engine
+            compiled = (f", compiled if PyTorch fp32 and each worker thread gets "
                         f"{COMPILE_AUTO_MIN_IMAGES:,} images or more (CPU workers)") \
-                if c.compile == "auto" \
-                else ", compiled" if c.compile else ""
+                if c.compile == "auto" and c.engine != "onnxruntime" \
+                else ", compiled" if c.compile is True else ""
             lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
-                         f"{c.engine} {precision}{compiled}, features as {c.dtype}")
+                         f"{engine}, {precision}{compiled}, features as {c.dtype}")
             state = "resumed (finished chunks are skipped)" if c.resume and self.store_exists \
                 else "new" if not self.store_exists else "overwritten"
             lines.append(f"store: {self.store_url} ({state})")
@@ -504,13 +517,15 @@ def _check_images_found(located, expected: int, source: str, strict: bool,
 
 def _check_resumable(plan: ExtractionPlan, existing: FeatureStore, **wanted: Any) -> ExtractionPlan:
     """The plan for resuming ``existing``, checked against its settings before any work
-    starts. ``precision="auto"`` and ``compile="auto"`` become the store's own: its features
-    were made with them."""
+    starts. ``precision``, ``compile`` and ``engine`` ``"auto"`` become the store's own: its
+    features were made with them."""
     c = plan.config
     if c.precision == "auto":
         c = replace(c, precision=existing.provenance.get("precision", "fp32"))
     if c.compile == "auto":
         c = replace(c, compile=bool(existing.provenance.get("compile", False)))
+    if c.engine == "auto":  # stores written before the setting existed ran PyTorch
+        c = replace(c, engine=existing.provenance.get("engine", "torch"))
     plan = replace(plan, config=c)
     existing.check_settings({**_resume_settings(plan), **wanted})
     return plan
@@ -557,8 +572,10 @@ def extract_features(
     client
         A Dask client; None runs on :func:`~cxrdask.cluster.session_client`: the current
         Dask client if there is one (and no layout is asked for), else a local cluster of
-        ``n_workers`` processes (one per core by default) with ``threads_per_worker``
-        threads each, kept for the Python session so the next call starts warm.
+        ``n_workers`` processes with ``threads_per_worker`` threads each, kept for the
+        Python session so the next call starts warm. With no layout asked for: one
+        single-threaded process per core, or one process with a thread per core where the
+        backbone will run on ONNX Runtime (:func:`local_layout`).
     progress
         Show a progress bar.
     warmup
@@ -583,7 +600,8 @@ def extract_features(
         lambda: plan_extraction(metadata, images_root, store_url, config,
                                 storage_options=storage_options, split_codes=split_codes,
                                 pixels=pixels, **options),
-        client, n_workers, threads_per_worker)
+        client, n_workers, threads_per_worker,
+        local_layout(ExtractConfig.with_options(config, **options)))
     return run_extraction(plan, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
 
@@ -609,7 +627,8 @@ def extract_from_pixels(
     plan, client = _plan_while_cluster_starts(
         lambda: plan_from_pixels(pixels, store_url, config, storage_options=storage_options,
                                  **options),
-        client, n_workers, threads_per_worker)
+        client, n_workers, threads_per_worker,
+        local_layout(ExtractConfig.with_options(config, **options)))
     return run_extraction(plan, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
 
@@ -641,11 +660,27 @@ def cache_pixels(
                           threads_per_worker=threads_per_worker, progress=progress, warmup=True)
 
 
+def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
+    """The layout of a local cluster started for this extraction when none is asked for:
+    one process with a thread per core where its backbone will run on ONNX Runtime
+    (:func:`~cxrdask.hardware.local_engine`), else None (one single-threaded process per
+    core, what PyTorch runs best on).
+
+    Measured with ResNet50 fp32, batch 8, 2 cores (``benchmarks/bench_extract.py``, machine
+    A): ONNX Runtime ran 19.2 images/s as one process with two threads, 17.6 as two
+    single-threaded processes; one process also starts faster and holds one model."""
+    if local_engine(config.engine, config.device, config.precision, config.compile) == "onnxruntime":
+        return 1, os.cpu_count() or 1
+    return None
+
+
 def _plan_while_cluster_starts(plan: Callable[[], ExtractionPlan], client,
-                               n_workers: int | None,
-                               threads_per_worker: int) -> tuple[ExtractionPlan, Any]:
+                               n_workers: int | None, threads_per_worker: int,
+                               default_layout: tuple[int, int] | None = None
+                               ) -> tuple[ExtractionPlan, Any]:
     """``plan()``, and the client to run it on: ``client`` if given, else the session's, whose
-    local cluster starts in a thread while ``plan()`` runs.
+    local cluster (of ``default_layout`` where no layout is asked for) starts in a thread
+    while ``plan()`` runs.
 
     Planning reads and checks the metadata, lists the images and checks the weights (1.5 s
     for the whole archive on a local disk, more on S3); starting a cluster takes as long,
@@ -662,7 +697,8 @@ def _plan_while_cluster_starts(plan: Callable[[], ExtractionPlan], client,
     # Leaving the pool waits for the start, also when planning raised: no half-started
     # cluster is left behind the plan's error.
     with ThreadPoolExecutor(1, thread_name_prefix="cxrdask-cluster-start") as pool:
-        started = pool.submit(session_client, n_workers, threads_per_worker)
+        started = pool.submit(session_client, n_workers, threads_per_worker,
+                              default_layout=default_layout)
         planned = plan()
     return planned, started.result()
 
@@ -708,7 +744,8 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
         if client is None:
             from .cluster import session_client
 
-            client = session_client(n_workers, threads_per_worker)
+            client = session_client(n_workers, threads_per_worker,
+                                    default_layout=plan.local_layout())
         return _execute(plan, client, leases, progress, warmup)
 
 
@@ -767,17 +804,20 @@ def compile_pays_off(images: int, worker_threads: int, devices: set[str], engine
 
 
 def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
-    """``precision="auto"`` and ``compile="auto"`` made concrete before a new store records
-    them (a resumed store's were taken from it at planning, :func:`_check_resumable`).
+    """``precision``, ``engine`` and ``compile`` ``"auto"`` made concrete before a new store
+    records them (a resumed store's were taken from it at planning, :func:`_check_resumable`).
 
     Precision: bf16 where every worker computes it natively, else fp32 (also when no worker
-    has joined yet, or they disagree). Compile: :func:`compile_pays_off` for this job on these
-    workers, if every one has a C++ compiler. Both are asked of the workers, which may be
-    other machines than the client's."""
+    has joined yet, or they disagree). Engine: :func:`~cxrdask.hardware.auto_engine`, ONNX
+    Runtime where every worker runs the backbone fp32 on its CPU and has it installed, else
+    PyTorch. Compile: :func:`compile_pays_off` for this job on these workers, if every one
+    has a C++ compiler. All are asked of the workers, which may be other machines than the
+    client's."""
     c = plan.config
     if plan.store_url is None:  # a cache pass runs no backbone
-        return replace(plan, config=replace(c, compile=False)) if c.compile == "auto" else plan
-    if c.precision != "auto" and c.compile != "auto":
+        return replace(plan, config=replace(c, compile=False if c.compile == "auto" else c.compile,
+                                            engine="torch" if c.engine == "auto" else c.engine))
+    if "auto" not in (c.precision, c.compile, c.engine):
         return plan
     # A worker lost meanwhile answers with its error, not at all: the others decide.
     answers = [answer for answer in client.run(worker_hardware, c.device, c.engine,
@@ -787,6 +827,10 @@ def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
         precision: Precision = ("bf16" if answers and all(a["precision"] == "bf16" for a in answers)
                                 else "fp32")
         c = replace(c, precision=precision)
+    if c.engine == "auto":
+        engines = {auto_engine(a["device"], c.precision, c.compile, a["onnxruntime"])
+                   for a in answers}
+        c = replace(c, engine="onnxruntime" if engines == {"onnxruntime"} else "torch")
     if c.compile == "auto":  # and never where a worker lacks the compiler Inductor needs
         c = replace(c, compile=bool(answers) and all(a["compiler"] for a in answers)
                     and compile_pays_off(len(plan.rows), _worker_threads(client),
@@ -937,6 +981,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
         span_id=span_id,
         precision=config.precision if config.store_url is not None else "",
         compiled=config.compile is True,
+        engine=config.engine if config.store_url is not None else "",
     )
     for each in stores:
         _record_run(each, summary)
@@ -959,5 +1004,5 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
 
 __all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "cache_pixels", "compile_pays_off",
            "extract_features",
-           "extract_from_pixels", "plan_cache", "plan_extraction", "plan_from_pixels",
+           "extract_from_pixels", "local_layout", "plan_cache", "plan_extraction", "plan_from_pixels",
            "prepare_rows", "run_extraction"]

@@ -9,7 +9,7 @@ first call there. Dask pickles them by reference, so a task carries only their n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ._fs import StorageOptions
 from .backbone_spec import BackboneSpec
@@ -42,10 +42,11 @@ class TaskConfig:
     leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
 
 
-async def worker_hardware(device: str, engine: str) -> dict[str, str]:
+async def worker_hardware(device: str, engine: str) -> dict[str, Any]:
     """On a worker (through ``Client.run``): what ``precision="auto"`` means there (see
-    :func:`cxrdask.hardware.auto_precision`), and for ``compile="auto"`` the device its
-    backbone runs on (``cpu`` or ``cuda``) and whether it has the C++ compiler Inductor needs.
+    :func:`cxrdask.hardware.auto_precision`), and for ``engine`` and ``compile`` ``"auto"``
+    the device its backbone runs on (``cpu`` or ``cuda``), whether ONNX Runtime is installed
+    and whether it has the C++ compiler Inductor needs.
 
     On a machine with no GPU device file the answer comes from the CPU's flags at once, so
     the client creates the store while the worker is still importing torch (2 s of a cold
@@ -55,11 +56,12 @@ async def worker_hardware(device: str, engine: str) -> dict[str, str]:
     import asyncio
     import shutil
 
-    from .hardware import auto_precision, backbone_device_type
+    from .hardware import auto_precision, backbone_device_type, onnxruntime_installed
 
-    def answer() -> dict[str, str]:
+    def answer() -> dict[str, Any]:
         return {"precision": auto_precision(device, engine),
                 "device": backbone_device_type(device, engine),
+                "onnxruntime": onnxruntime_installed(),
                 "compiler": shutil.which("g++") or shutil.which("c++") or ""}
 
     return await asyncio.to_thread(answer)

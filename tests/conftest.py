@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 from cxrdask.synthetic import make_archive
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# ONNX exports are cached for the test session (and its worker processes), not in ~/.cache.
+os.environ.setdefault("CXRDASK_CACHE_DIR", tempfile.mkdtemp(prefix="cxrdask-test-cache-"))
 
 
 @pytest.fixture(scope="session")

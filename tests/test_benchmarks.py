@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cxrdask.hardware import local_engine
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
@@ -68,15 +70,22 @@ def test_bench_scale_times_every_stage_and_fits_slopes(tmp_path):
 def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(tmp_path):
     out = tmp_path / "peers"
     run_script("bench_peers", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
-               "--contenders", "cxrdask,cxrdask-onnxruntime,dataloader", "--precisions", "fp32",
+               "--contenders", "cxrdask,cxrdask-torch,dataloader", "--precisions", "fp32",
                "--bound-seconds", 0.3, "--out", out)
     saved = json.loads(out.with_suffix(".json").read_text())
     rows = {row["contender"]: row for row in saved["rows"]}
-    assert set(rows) == {"cxrdask", "cxrdask-onnxruntime", "dataloader"}
+    engine = local_engine("auto", "auto", "fp32", "auto")
+    # The PyTorch row runs only where the defaults do not run PyTorch already.
+    assert set(rows) == {"cxrdask", "dataloader"} | ({"cxrdask-torch"} if engine != "torch" else set())
+    assert rows["cxrdask"]["engine"] == engine and rows["dataloader"]["engine"] == "torch"
     for row in rows.values():
         assert row["rows_lost"] == 0 and row["end_to_end_s"] > row["steady_s"] > 0
     # Same files, same model and preprocessing: the features agree to float16's precision.
     assert rows["dataloader"]["max_rel_diff_vs_cxrdask"] < 0.01
-    assert rows["cxrdask-onnxruntime"]["max_rel_diff_vs_cxrdask"] < 0.01
+    if "cxrdask-torch" in rows:
+        assert rows["cxrdask-torch"]["engine"] == "torch"
+        assert rows["cxrdask-torch"]["max_rel_diff_vs_cxrdask"] < 0.01
+    bound = saved["arguments"]["bounds"]["fp32"]
+    assert bound["bound"] == max(bound["bound_torch"], bound["bound_onnxruntime"])
     # cxrdask's own settings are not its peers.
     assert rows["cxrdask"]["steady_best_peer"] == "dataloader"

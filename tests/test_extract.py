@@ -21,11 +21,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def clean_store(small_archive, cluster_client, tmp_path_factory):
     url = str(tmp_path_factory.mktemp("clean") / "features.zarr")
-    # fp32: compared with a direct computation in this process (bf16 results move with the
-    # number of threads); the runs that resume it ask for "auto", which keeps its fp32.
+    # fp32 PyTorch: compared with a direct computation in this process (bf16 results move
+    # with the number of threads); the runs that resume it ask for "auto", which keeps both.
     summary = extract_features(small_archive.metadata_url, small_archive.root, url,
                                client=cluster_client, weights="random", chunk_rows=16,
-                               precision="fp32", progress=False)
+                               precision="fp32", engine="torch", progress=False)
     return url, summary
 
 
@@ -146,7 +146,12 @@ def test_onnxruntime_engine_matches_torch_and_is_recorded(small_archive, clean_s
     np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-2)  # both float16 on disk
     with pytest.raises(StoreMismatchError, match="engine"):
         extract_features(small_archive.metadata_url, small_archive.root, url, client=cluster_client,
-                         weights="random", chunk_rows=16, progress=False)
+                         weights="random", chunk_rows=16, engine="torch", progress=False)
+    # engine="auto" (the default) resumes a store with the engine it was made with.
+    resumed = extract_features(small_archive.metadata_url, small_archive.root, url,
+                               client=cluster_client, weights="random", chunk_rows=16,
+                               progress=False)
+    assert resumed.chunks_run == 0 and resumed.engine == "onnxruntime"
 
 
 def test_image_size_is_a_setting_recorded_and_checked(small_archive, cluster_client, clean_store,
@@ -186,12 +191,13 @@ def test_image_size_is_a_setting_recorded_and_checked(small_archive, cluster_cli
                          client=cluster_client, weights="random", image_size=16, progress=False)
 
 
-def test_precision_and_compile_auto_are_made_concrete_for_the_job_and_the_workers(
+def test_precision_engine_and_compile_auto_are_made_concrete_for_the_job_and_the_workers(
         small_archive, cluster_client, tmp_path):
     """The defaults, ``auto``: bf16 where the workers' CPU computes it natively, else fp32;
-    no compile for a job this small. Both recorded in the store as what was used (never
-    "auto"); a resumed store keeps its own. A compiled backbone (Inductor freezing on the
-    CPU) gives the eager backbone's features."""
+    ONNX Runtime for fp32 on these CPU workers (it is installed with cxrdask), PyTorch for
+    bf16 and for a compiled backbone; no compile for a job this small. All recorded in the
+    store as what was used (never "auto"); a resumed store keeps its own. A compiled
+    backbone (Inductor freezing on the CPU) gives the eager backbone's features."""
     from cxrdask.hardware import cpu_has_native_bf16
 
     def extract(url: str, **options):
@@ -204,13 +210,15 @@ def test_precision_and_compile_auto_are_made_concrete_for_the_job_and_the_worker
     used = FeatureStore.open(url).provenance["precision"]
     assert used == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert FeatureStore.open(url).provenance["compile"] is False and not first.compiled
-    assert first.precision == used and f"images/s, {used})" in str(first)
+    engine = "torch" if used == "bf16" else "onnxruntime"
+    assert FeatureStore.open(url).provenance["engine"] == engine == first.engine
+    assert first.precision == used and f"images/s, {used}, {engine})" in str(first)
     # A store made with the other arithmetic, compiled; then resumed with the defaults.
     other, eager = str(tmp_path / "other.zarr"), str(tmp_path / "eager.zarr")
     made = "fp32" if used == "bf16" else "bf16"
     compiled = extract(other, precision=made, compile=True)
-    extract(eager, precision=made, compile=False)
-    assert compiled.compiled and f"images/s, {made}, compiled)" in str(compiled)
+    extract(eager, precision=made, compile=False, engine="torch")
+    assert compiled.compiled and f"images/s, {made}, compiled, torch)" in str(compiled)
     reference = FeatureStore.open(eager).features.compute().astype(np.float32)
     got = FeatureStore.open(other).features.compute().astype(np.float32)
     assert np.abs(got - reference).max() <= 0.03 * np.abs(reference).max()
