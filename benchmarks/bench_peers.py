@@ -33,7 +33,8 @@ the job is the rows ``read_metadata`` keeps):
   history: it writes comma-joined text, not float16.
 
 Each is timed two ways: **end to end**, from launching its Python process to the last
-feature written (imports, engine and model start-up included), and **steady state**, a
+feature written (imports, engine and model start-up included; for cxrdask the ONNX export
+too, with an empty export cache), and **steady state**, a
 second pass over the same images in the same process (cxrdask's second call reuses its
 session cluster; the engines keep their session). Every contender's output is counted (no
 row may be lost) and its features compared with cxrdask's on the same images.
@@ -368,7 +369,9 @@ def run_contender(name: str, job: dict, workdir: Path) -> dict:
                           "--job", str(job_file)], capture_output=True, text=True,
                          cwd=repo,
                          env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
-                              "PYTHONPATH": path})
+                              "PYTHONPATH": path,
+                              # A cold start: no ONNX export cached from an earlier run.
+                              "CXRDASK_CACHE_DIR": str(workdir / "cache")})
     if run.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{run.stderr[-3000:]}")
     passes = [json.loads(line) for line in run.stdout.splitlines() if line.startswith('{"pass"')]
