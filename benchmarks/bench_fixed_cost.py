@@ -2,13 +2,17 @@
 call in the same Python session still pays.
 
 Each run is a fresh Python process that imports cxrdask and calls ``extract_features`` on a
-small archive of NIH-size PNGs with no client (a local cluster of 2 worker processes, eager,
-``--precision`` fp32 by default), then calls it again on a new store in the same process (the
-cluster and the workers' models are kept for the session). The parent watches each store's
-done markers and records when the first chunk landed, counted from the moment it started
-the process: interpreter start, imports, the checks, the cluster, the model, the first chunk.
+small archive of NIH-size PNGs with no client (a local cluster of ``--workers`` processes,
+default 2; ``--workers auto``: the layout the defaults choose; eager, ``--precision`` fp32
+and ``--engine`` torch by default), then calls it again on a new store in the same process
+(the cluster and the workers' models are kept for the session). The parent watches each
+store's done markers and records when the first chunk landed, counted from the moment it
+started the process: interpreter start, imports, the checks, the cluster, the model, the
+first chunk. With ONNX Runtime, ``--export-cache empty`` (each run exports the network, a
+machine's first run) or ``warm`` (the export cached by an untimed run first, every later run).
 
     python -m benchmarks.bench_fixed_cost              # 3 cold starts, 64 images
+    python -m benchmarks.bench_fixed_cost --workers auto --precision auto --engine auto
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from benchmarks.common import machine, save_results, table
 CHILD = """
 import sys, time
 from cxrdask import extract_features
-metadata, root, first, second, precision = sys.argv[1:6]
+metadata, root, first, second, precision, engine, workers = sys.argv[1:8]
 for store in (first, second):
     started = time.time()
-    extract_features(metadata, root, store, weights="random", n_workers=2, precision=precision,
-                     progress=False)
+    extract_features(metadata, root, store, weights="random", precision=precision, engine=engine,
+                     n_workers=None if workers == "auto" else int(workers), progress=False)
     print(f"done {store} {started} {time.time()}", flush=True)
 """
 
@@ -57,7 +61,7 @@ def first_chunk_time(store: str, stop: threading.Event, found: dict) -> None:
         time.sleep(0.02)
 
 
-def one_run(metadata: str, root: str, directory: Path, precision: str) -> dict:
+def one_run(metadata: str, root: str, directory: Path, args, cache: Path) -> dict:
     first, second = str(directory / "first.zarr"), str(directory / "second.zarr")
     found: dict[str, float] = {}
     stop = threading.Event()
@@ -66,8 +70,10 @@ def one_run(metadata: str, root: str, directory: Path, precision: str) -> dict:
     for watcher in watchers:
         watcher.start()
     launched = time.time()
-    result = subprocess.run([sys.executable, "-c", CHILD, metadata, root, first, second, precision],
-                            capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    result = subprocess.run([sys.executable, "-c", CHILD, metadata, root, first, second,
+                             args.precision, args.engine, args.workers],
+                            capture_output=True, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1", "CXRDASK_CACHE_DIR": str(cache)})
     stop.set()
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
@@ -91,23 +97,34 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="cold starts (the median is reported)")
     parser.add_argument("--precision", default="fp32",
                         help="fp32 (the figures in docs/benchmarks.md) or auto (extract_features's default)")
+    parser.add_argument("--engine", default="torch", choices=("auto", "torch", "onnxruntime"))
+    parser.add_argument("--workers", default="2", help="local worker processes, or auto")
+    parser.add_argument("--export-cache", default="empty", choices=("empty", "warm"),
+                        help="ONNX export cache at each cold start")
     parser.add_argument("--archive", default=os.path.join(tempfile.gettempdir(),
                                                           "cxrdask-bench-fixed-cost"))
     parser.add_argument("--out", default="benchmarks/results/bench_fixed_cost")
     args = parser.parse_args(argv)
     root, metadata = archive_for(Path(args.archive), args.n, args.size)
     runs = []
-    for _ in range(args.runs):
+    shared_cache = Path(tempfile.mkdtemp(prefix="bench-fixed-cache-"))
+    for index in range(args.runs + (args.export_cache == "warm")):
         directory = Path(tempfile.mkdtemp(prefix="bench-fixed-"))
+        cache = shared_cache if args.export_cache == "warm" else directory / "cache"
         try:
-            runs.append(one_run(metadata, root, directory, args.precision))
+            run = one_run(metadata, root, directory, args, cache)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+        if args.export_cache == "warm" and index == 0:
+            continue  # untimed: it fills the export cache
+        runs.append(run)
         print(runs[-1], flush=True)
+    shutil.rmtree(shared_cache, ignore_errors=True)
     rows = [{"what": name, "median (s)": statistics.median(r[name] for r in runs),
              "runs (s)": ", ".join(f"{r[name]:.2f}" for r in runs)} for name in runs[0]]
     header = (f"bench_fixed_cost on {machine()}: {args.n} PNGs of {args.size}x{args.size}, "
-              f"2 worker processes, {args.precision}")
+              f"workers {args.workers}, precision {args.precision}, engine {args.engine}, "
+              f"export cache {args.export_cache}")
     save_results(args.out, rows, header, vars(args))
     print(table(rows, header))
     print(json.dumps({r["what"]: round(r["median (s)"], 2) for r in rows}))

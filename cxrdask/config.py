@@ -83,8 +83,8 @@ class ExtractConfig:
         "auto", "backbone arithmetic: auto = bf16 where the workers compute it natively (CPUs "
                 "with AVX-512-BF16 or AMX, GPUs), else fp32; fp16: GPUs")
     compile: bool | Literal["auto"] = _option(
-        "auto", "torch.compile the backbone (with Inductor freezing on CPUs): auto = fp32 on "
-                f"CPU workers when the job gives each worker thread at least "
+        "auto", "torch.compile the backbone (with Inductor freezing on CPUs): auto = PyTorch "
+                f"fp32 on CPU workers (--engine torch) when the job gives each worker thread at least "
                 f"{COMPILE_AUTO_MIN_IMAGES:,} images, enough to repay the compile (~30 s per "
                 "worker; bf16 measured no faster compiled); yes; no", type="compile", nargs="?",
         const=True, metavar="{auto,yes,no}")
