@@ -207,13 +207,11 @@ def _run_plan(plan, args) -> int:
     from .extract import run_extraction
 
     print(plan.describe(), flush=True)
-    layout = (args.workers, args.threads_per_worker)
-    if layout == (None, 1):  # none asked for: what suits the plan's engine
-        layout = plan.local_layout() or layout
     try:
-        with local_client(args.scheduler, n_workers=layout[0],
-                          threads_per_worker=layout[1], gpu=args.gpu,
-                          dashboard_address=args.dashboard_address) as client, \
+        with local_client(args.scheduler, n_workers=args.workers,
+                          threads_per_worker=args.threads_per_worker, gpu=args.gpu,
+                          dashboard_address=args.dashboard_address,
+                          default_layout=plan.local_layout()) as client, \
                 _maybe_report(args.performance_report):
             summary = run_extraction(plan, client, progress=not args.quiet)
     except ExtractionIncompleteError as exc:

@@ -160,6 +160,15 @@ def close_cluster(cluster: LocalCluster) -> None:
         nanny_logger.setLevel(level)
 
 
+def _layout_or_default(n_workers: int | None, threads_per_worker: int,
+                       default_layout: tuple[int, int] | None) -> tuple[int | None, int]:
+    """The layout asked for, or ``default_layout`` where none is (no ``n_workers`` and one
+    thread each, the defaults)."""
+    if n_workers is None and threads_per_worker == 1 and default_layout is not None:
+        return default_layout
+    return n_workers, threads_per_worker
+
+
 @contextmanager
 def local_client(
     scheduler: str | None = None,
@@ -169,6 +178,7 @@ def local_client(
     gpu: bool = False,
     dashboard_address: str | None = DEFAULT_DASHBOARD,
     announce: bool = True,
+    default_layout: tuple[int, int] | None = None,
 ) -> Iterator[Client]:
     """A client to ``scheduler`` if given, else to a new local (GPU) cluster closed afterwards.
 
@@ -185,6 +195,10 @@ def local_client(
         free one. None: no dashboard.
     announce
         Print the dashboard link.
+    default_layout
+        ``(workers, threads each)`` of the local cluster when no layout is asked for (what
+        suits the work, such as one process with a thread per core for ONNX Runtime); None:
+        one single-threaded process per core.
 
     Yields
     ------
@@ -206,7 +220,9 @@ def local_client(
             if gpu:
                 cluster = start_gpu_cluster(dashboard_address=dashboard_address)
             else:
-                cluster = start_local_cluster(n_workers, threads_per_worker, dashboard_address)
+                cluster = start_local_cluster(
+                    *_layout_or_default(n_workers, threads_per_worker, default_layout),
+                    dashboard_address)
             client = Client(cluster)
         if announce:
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
@@ -254,8 +270,8 @@ def session_client(n_workers: int | None = None, threads_per_worker: int = 1,
             return default_client()
         except ValueError:  # no current client
             pass
-        if default_layout is not None:
-            n_workers, threads_per_worker = default_layout
+    n_workers, threads_per_worker = _layout_or_default(n_workers, threads_per_worker,
+                                                       default_layout)
     layout = (n_workers or os.cpu_count() or 1, threads_per_worker)
     with _SESSION_LOCK:
         held = _SESSION.get("local")
