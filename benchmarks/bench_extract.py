@@ -177,6 +177,45 @@ def decode_rate(urls: list[str]) -> float:
     return len(urls) / (time.perf_counter() - start)
 
 
+def _rate_at_once(kind: str, config: Config | None, batch: int, paths: list[str], seconds: float,
+                  barrier) -> float:
+    """One of :func:`rates_all_cores`' processes: get ready, wait for the others, measure."""
+    if kind == "backbone":
+        assert config is not None
+        runner, x, _ = first_call("cpu", config, batch)
+        runner(x)
+        barrier.wait()
+        return steady_rate(runner, x, seconds)
+    decode_rate(paths[:2])  # the decoder's first call
+    barrier.wait()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        decode_rate(paths)  # each pass reads, decodes and preprocesses every path
+        done += len(paths)
+    return done / (time.perf_counter() - start)
+
+
+def rates_all_cores(kind: str, cores: int, seconds: float, config: Config | None = None,
+                    batch: int = 8, paths: list[str] | None = None) -> float:
+    """Summed images/s of ``cores`` single-threaded processes running at the same time: the
+    backbone (``kind="backbone"``, eager, ``config``'s engine and precision) or read +
+    decode + preprocess of ``paths`` (``"decode"``).
+
+    A bound computed from one thread's rate times the cores assumes the cores scale
+    linearly; on a VM two vCPUs can be one core's hyperthreads, or share caches and memory
+    bandwidth (measured here: two ONNX Runtime processes at once each ran 0.80-0.90 of one
+    alone). Measured with every core busy, the bound is what the machine can do at once."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Manager().Barrier(cores)
+    with ProcessPoolExecutor(cores, mp_context=context) as pool:
+        rates = [pool.submit(_rate_at_once, kind, config, batch, paths or [], seconds, barrier)
+                 for _ in range(cores)]
+        return sum(rate.result() for rate in rates)
+
+
 def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, device: str,
                  config: Config, chunk_rows: int, batch: int, io_threads: int,
                  resize: str = "cpu", source: str | None = None) -> dict:

@@ -16,6 +16,7 @@ processes and its workers' models are already built.
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ WORKER_ENVIRONMENT = {
     "OPENBLAS_NUM_THREADS": "1",
 }
 DEFAULT_DASHBOARD = "127.0.0.1:8787"
+DASHBOARD_MODULE = "distributed.dashboard.scheduler"  # Bokeh's pages of the scheduler
 # Seconds a closing worker process gets before its nanny kills it: model teardown (torch,
 # ONNX Runtime thread pools) can outlast Dask's default of a few seconds.
 WORKER_CLOSE_TIMEOUT = 20
@@ -94,6 +96,12 @@ def start_local_cluster(n_workers: int | None = None, threads_per_worker: int = 
     """
     n_workers = n_workers or os.cpu_count() or 1
     address = dashboard_address_for(dashboard_address)
+    # The dashboard's modules (Bokeh: 0.8 s on one core) are imported while the worker
+    # processes start, which keeps this process waiting anyway; see _add_dashboard_pages.
+    dashboard_import = threading.Thread(target=importlib.import_module, args=(DASHBOARD_MODULE,),
+                                        name="cxrdask-dashboard-import", daemon=True)
+    if address:
+        dashboard_import.start()
     with dask.config.set(cluster_config()):
         cluster = LocalCluster(
             n_workers=n_workers,
@@ -107,6 +115,7 @@ def start_local_cluster(n_workers: int | None = None, threads_per_worker: int = 
             scheduler_kwargs={"dashboard": False} if address else None,
         )
     if address:
+        dashboard_import.join()
         cluster.sync(_add_dashboard_pages, cluster.scheduler)
     return cluster
 
@@ -115,10 +124,11 @@ async def _add_dashboard_pages(scheduler) -> None:
     """Add the Bokeh dashboard to the scheduler's HTTP server, as the scheduler does itself
     when it is built with ``dashboard=True``.
 
-    Built there, the dashboard (importing Bokeh and laying out its pages: 0.4-0.7 s on one
-    core) delays the start of the worker processes, while the machine's other cores are
-    idle; added after, it runs while the workers start and import torch, and the job's
-    first feature lands about 0.2 s sooner on 2 cores. Runs on the scheduler's event loop.
+    Built there, the dashboard (importing Bokeh and its pages' modules: 0.8 s on one core)
+    delays the start of the worker processes, while the machine's other cores are idle.
+    Instead its modules are imported in a thread while the workers start, and the pages
+    (0.06 s) are added once they have: the cluster is ready about 0.8 s sooner on 2 cores
+    (1.0 against 1.8 s to start one worker). Runs on the scheduler's event loop.
     """
     from distributed.dashboard.scheduler import connect
 

@@ -5,11 +5,18 @@ included; each then printed a ``KeyboardInterrupt`` traceback while the client w
 cancelling the run. The workers ignore SIGINT instead: the client stops them when it
 closes its cluster (see :mod:`cxrdask.interrupt`).
 
-Every cxrdask task on these workers needs torch, and importing it (with the extraction's
-worker code) is most of a cold start: 2 s on one core. A background
-thread starts that import as the worker process starts, so it runs while the worker
+A worker's first task needs the extraction's worker side, and where its backbone runs on
+PyTorch, torch: importing it is most of a cold start (2-3 s on one core). A background
+thread starts those imports as the worker process starts, so they run while the worker
 registers, the client creates the store and submits the first tasks; the first task then
 finds the modules imported, or waits only for the rest of the import.
+
+torch is left out where ``engine="auto"`` will run ONNX Runtime on this machine (an fp32
+CPU, :func:`~cxrdask.hardware.local_engine`) and an ONNX export is cached here already:
+such a worker never needs torch (its input is normalised with NumPy), and importing it
+anyway would take a core from the first chunk. On a machine's first ONNX Runtime job
+(nothing cached) the export needs torch, so it is imported as for PyTorch. A task that
+needs torch where it was left out (``engine="torch"``, training) imports it itself.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import importlib
 import signal
 import threading
 
-#: What the background import loads: the extraction's worker side and torch.
+#: What the background import loads: the extraction's worker side (torch-free)...
 WORKER_MODULES = ("cxrdask.extract_worker",)
+#: ... and where the default engine is PyTorch, torch with the backbone and its input.
+TORCH_MODULES = ("cxrdask.backbone", "cxrdask.model_input")
 
 
 def dask_setup(worker) -> None:
@@ -29,8 +38,18 @@ def dask_setup(worker) -> None:
     threading.Thread(target=_import_worker_modules, name="cxrdask-preimport", daemon=True).start()
 
 
+def preimported_modules() -> tuple[str, ...]:
+    """The modules a starting worker imports in the background (see the module's docstring)."""
+    from .hardware import local_engine
+    from .onnx_engine import onnx_cache_dir
+
+    needs_torch = (local_engine("auto", "auto", "auto", "auto") == "torch"
+                   or not any(onnx_cache_dir().glob("*.onnx")))  # it will export
+    return WORKER_MODULES + (TORCH_MODULES if needs_torch else ())
+
+
 def _import_worker_modules() -> None:
-    for module in WORKER_MODULES:
+    for module in preimported_modules():
         try:
             importlib.import_module(module)
         except Exception:  # the task that needs it imports it again and reports why

@@ -17,7 +17,7 @@ from cxrdask.config import ExtractConfig
 from cxrdask.errors import OptionError
 from cxrdask.extract import local_layout
 from cxrdask.hardware import auto_engine, local_engine, onnxruntime_installed
-from cxrdask.onnx_engine import onnx_cache_path
+from cxrdask.onnx_engine import onnx_cache_path, optimized_cache_path
 
 
 def test_auto_engine_is_onnxruntime_only_for_an_uncompiled_fp32_cpu_backbone():
@@ -52,11 +52,16 @@ def test_onnxruntime_settings_it_cannot_run_are_refused_up_front(bad):
 
 
 def test_the_onnx_export_is_cached_on_disk_and_a_broken_file_is_replaced(tmp_path, monkeypatch):
+    """The export, and ONNX Runtime's graph optimized for this CPU, are cached; a later
+    session loads the optimized graph (no network built, same features); a damaged
+    optimized file is made again from the export, a damaged export by exporting again."""
     monkeypatch.setenv("CXRDASK_CACHE_DIR", str(tmp_path / "cache"))
     spec = BackboneSpec("resnet18", "random", 7)
     path = onnx_cache_path(spec)
     assert path is not None and str(path).startswith(str(tmp_path / "cache" / "onnx"))
     assert onnx_cache_path(BackboneSpec("resnet18", "random", 8)) != path  # the seed is keyed
+    optimized = optimized_cache_path(path)
+    assert optimized.parent == path.parent and optimized != path
     batch = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
 
     def built_and_run() -> tuple[int, np.ndarray]:
@@ -65,17 +70,48 @@ def test_the_onnx_export_is_cached_on_disk_and_a_broken_file_is_replaced(tmp_pat
         return LOAD_COUNTS[spec] - before, features
 
     builds, exported = built_and_run()
-    assert builds == 1 and path.is_file()  # exported, and kept
+    assert builds == 1 and path.is_file() and optimized.is_file()  # exported and optimized, kept
     builds, cached = built_and_run()
-    assert builds == 0  # read back: no network built, no export
-    np.testing.assert_array_equal(cached, exported)
+    assert builds == 0  # the optimized graph read back: no network built, no export
+    np.testing.assert_allclose(cached, exported, rtol=1e-5, atol=1e-5)
     reference = BackboneRunner(spec, "cpu", "fp32", engine="torch")(batch)
     np.testing.assert_allclose(cached, reference, rtol=1e-3, atol=1e-3)
-    path.write_bytes(b"not an onnx model")  # a foreign or damaged file
+    optimized.write_bytes(b"not an onnx model")  # a damaged optimized graph: made again
     builds, again = built_and_run()
-    assert builds == 1 and path.stat().st_size > 1000
-    np.testing.assert_array_equal(again, exported)
+    assert builds == 0 and optimized.stat().st_size > 1000
+    np.testing.assert_allclose(again, exported, rtol=1e-5, atol=1e-5)
+    path.write_bytes(b"not an onnx model")  # a foreign or damaged export, no optimized graph
+    optimized.unlink()
+    builds, again = built_and_run()
+    assert builds == 1 and path.stat().st_size > 1000 and optimized.is_file()
+    np.testing.assert_allclose(again, exported, rtol=1e-5, atol=1e-5)
     assert not list(path.parent.glob("*.tmp"))  # no temporary file left behind
+
+
+def test_numpy_input_for_onnxruntime_is_the_torch_input(tmp_path):
+    """A worker running ONNX Runtime normalises with NumPy (no torch): the same numbers as
+    the torch input, flips included."""
+    import torch
+
+    from cxrdask.host_input import HostInput, needs_torch_input
+    from cxrdask.imaging import DEVICE_INTERPOLATION, Preprocessing
+    from cxrdask.model_input import DeviceInput
+
+    pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    flips = [False, True, True, False]
+    host = HostInput(Preprocessing(size=32))
+    numpy_input = host.normalise(host.to_device(pixels), flips)
+    torch_input = DeviceInput(torch.device("cpu"), Preprocessing(size=32)).normalise(
+        torch.from_numpy(pixels), flips)
+    assert numpy_input.shape == (4, 3, 32, 32) and numpy_input.flags.c_contiguous
+    np.testing.assert_allclose(numpy_input, torch_input.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(numpy_input[1], host.normalise(pixels[1:2])[0][:, :, ::-1])
+    assert not needs_torch_input(Preprocessing(), "onnxruntime", True)
+    assert not needs_torch_input(Preprocessing(), "torch", False)  # a cache pass
+    assert needs_torch_input(Preprocessing(), "torch", True)
+    assert needs_torch_input(Preprocessing(interpolation=DEVICE_INTERPOLATION), "onnxruntime", True)
+    with pytest.raises(ValueError, match="resizes with torch"):
+        HostInput(Preprocessing(interpolation=DEVICE_INTERPOLATION))
 
 
 def test_weights_from_a_file_are_never_served_from_the_cache(tmp_path):
@@ -92,9 +128,15 @@ DEFAULT_LAYOUT_SCRIPT = textwrap.dedent("""
     summary = extract_features(metadata, root, out, weights="random", backbone="resnet18",
                                chunk_rows=16, image_size=64, progress=False)
     layout = list(_SESSION["local"][0])
+    close_session_cluster()
+    # A new cluster, the export cached by the first: do its workers import torch?
+    again = extract_features(metadata, root, out + "-again", weights="random", backbone="resnet18",
+                             chunk_rows=16, image_size=64, progress=False)
+    torch_imported = _SESSION["local"][2].run(lambda: "torch" in sys.modules)
     print(json.dumps({"layout": layout, "engine": summary.engine,
                       "recorded": FeatureStore.open(out).provenance["engine"],
-                      "rows": summary.rows_written}))
+                      "rows": summary.rows_written, "rows again": again.rows_written,
+                      "torch on the workers": sorted(set(torch_imported.values()))}))
     close_session_cluster()
 """)
 
@@ -103,7 +145,8 @@ DEFAULT_LAYOUT_SCRIPT = textwrap.dedent("""
 def test_a_call_with_no_layout_starts_the_cluster_its_engine_runs_best_on(small_archive, tmp_path):
     """With no client and no layout asked for, the session's local cluster is one process
     with a thread per core where the workers will run ONNX Runtime, else one
-    single-threaded process per core; the store records the engine that ran."""
+    single-threaded process per core; the store records the engine that ran. Workers that
+    run ONNX Runtime from a cached export never import torch (2-3 s of a cold start)."""
     run = subprocess.run([sys.executable, "-c", DEFAULT_LAYOUT_SCRIPT, small_archive.metadata_url,
                           small_archive.root, str(tmp_path / "f.zarr")], capture_output=True,
                          text=True, timeout=600,
@@ -114,4 +157,18 @@ def test_a_call_with_no_layout_starts_the_cluster_its_engine_runs_best_on(small_
     cores = os.cpu_count() or 1
     engine = local_engine("auto", "auto", "auto", "auto")
     assert seen == {"layout": [1, cores] if engine == "onnxruntime" else [cores, 1],
-                    "engine": engine, "recorded": engine, "rows": 80}
+                    "engine": engine, "recorded": engine, "rows": 80, "rows again": 80,
+                    "torch on the workers": [engine == "torch"]}
+
+
+def test_a_starting_worker_imports_torch_only_where_it_will_need_it(tmp_path, monkeypatch):
+    """The worker's background import: torch where the default engine is PyTorch, or where
+    no ONNX export is cached yet (the first job exports); not for ONNX Runtime from a cache."""
+    from cxrdask.worker_setup import TORCH_MODULES, WORKER_MODULES, preimported_modules
+
+    monkeypatch.setenv("CXRDASK_CACHE_DIR", str(tmp_path))
+    assert preimported_modules() == WORKER_MODULES + TORCH_MODULES  # nothing cached: it exports
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "resnet50-0123456789abcdef.onnx").write_bytes(b"an export")
+    default_is_torch = local_engine("auto", "auto", "auto", "auto") == "torch"
+    assert preimported_modules() == WORKER_MODULES + (TORCH_MODULES if default_is_torch else ())

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent("""
             pids = sorted(kept.run(os.getpid).values())
     same = session_client(2) is kept
     # The client planned, submitted and gathered without torch; the workers ran the models.
-    torch_in = {"client": "torch" in sys.modules,
+    torch_in = {"client": "torch" in sys.modules, "engine": summary.engine,
                 "workers": sorted(kept.run(lambda: "torch" in sys.modules).values())}
     close_session_cluster()
     time.sleep(1)
@@ -62,7 +62,9 @@ def test_calls_without_a_client_share_one_cluster_kept_warm(small_archive, tmp_p
     first, second = result["seconds"]
     assert second < first - 1.0  # no processes started, no model built the second time
     assert result["warm"][1] < result["warm"][0]
-    assert result["torch"] == {"client": False, "workers": [True, True]}
+    assert result["torch"]["client"] is False
+    if result["torch"]["engine"] == "torch":  # ONNX Runtime's workers: see test_engine_auto
+        assert result["torch"]["workers"] == [True, True]
     assert result["alive"] == []  # close_session_cluster() ended the worker processes
 
 
