@@ -16,10 +16,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 
 from ._fs import StorageOptions, filesystem
 from .backbone_spec import BackboneSpec, check_weights_available
@@ -35,11 +34,12 @@ from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmu
 from .hardware import auto_engine, local_engine
 from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
-from .metadata import locate_images, read_metadata
 from .metrics import CHUNK_PREFIX, install_counters, span_metrics
-from .pixels import PixelStore
-from .splits import TRAIN, assign_splits
-from .store import STATUS_FAILED, STATUS_PENDING, FeatureStore, rows_fingerprint
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .store import FeatureStore
 
 MAX_AUTO_CHUNK_ROWS = 512
 TASK_RETRIES = 2  # Dask re-runs a chunk task that raised (a failed write) this many times
@@ -89,7 +89,7 @@ class ExtractSummary:
     warmup_seconds: float
     failures: list[tuple[str, str]] = field(default_factory=list)
     conversions: list[tuple[str, str]] = field(default_factory=list)
-    timings: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    timings: pd.DataFrame = field(default_factory=lambda: _frame([]), repr=False)
     dashboard_link: str | None = None
     split: str = ""
     chunk_rows: int = 0
@@ -160,6 +160,15 @@ class ExtractSummary:
 # --------------------------------------------------------------------------- client side
 
 
+def _frame(records: list[dict]) -> pd.DataFrame:
+    """A DataFrame of ``records``. pandas is imported here, at a call, not with this module:
+    ``extract_features`` starts its cluster first and imports pandas (0.5 s on one core)
+    to read the metadata while the worker processes start."""
+    import pandas as pd
+
+    return pd.DataFrame(records)
+
+
 def prepare_rows(metadata: pd.DataFrame, split: SplitMethod | np.ndarray = "auto", *, seed: int = 0,
                  archive_root: str | None = None,
                  storage_options: StorageOptions | None = None) -> tuple[pd.DataFrame, dict]:
@@ -167,6 +176,8 @@ def prepare_rows(metadata: pd.DataFrame, split: SplitMethod | np.ndarray = "auto
 
     Contiguous splits mean that training reads only training chunks.
     """
+    from .splits import assign_splits
+
     frame = metadata.reset_index(drop=True).copy()
     if isinstance(split, str):
         codes, spec = assign_splits(frame, split, seed=seed, archive_root=archive_root,
@@ -347,6 +358,9 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
                  config: ExtractConfig, storage_options: StorageOptions | None,
                  split_codes: np.ndarray | None) -> ExtractionPlan:
     """The checks and plan of a run that reads the images (``store_url`` None: pixels only)."""
+    from .metadata import locate_images, read_metadata
+    from .store import FeatureStore
+
     preprocessing = _preprocessing(config)
     source = metadata if isinstance(metadata, str) else metadata.attrs.get("source", "the metadata")
     if isinstance(metadata, str):
@@ -387,6 +401,9 @@ def _preprocessing(config: ExtractConfig) -> Preprocessing:
 def _check_pixels_to_write(plan: ExtractionPlan) -> int | None:
     """An existing pixel store to be resumed must hold these rows, made with these settings;
     its chunk size is then the run's. Returns that chunk size (None: a new pixel store)."""
+    from .pixels import PixelStore
+    from .store import FeatureStore, rows_fingerprint
+
     assert plan.pixels_url is not None
     if not (plan.config.resume and PixelStore.exists(plan.pixels_url, plan.storage_options)):
         return None
@@ -440,6 +457,9 @@ def plan_from_pixels(
     WeightsUnavailableError, OptionError
         As for :func:`plan_extraction`.
     """
+    from .pixels import PixelStore
+    from .store import FeatureStore
+
     config = ExtractConfig.with_options(config, **options)
     source = PixelStore.open(pixels, storage_options)
     preprocessing = _preprocessing(config)
@@ -532,6 +552,8 @@ def _check_resumable(plan: ExtractionPlan, existing: FeatureStore, **wanted: Any
 
 
 def _resume_settings(plan: ExtractionPlan) -> dict:
+    from .store import rows_fingerprint
+
     settings = {**plan.settings(), "n_rows": len(plan.rows),
                 "rows_fingerprint": rows_fingerprint(plan.rows["image_index"])}
     if plan.config.chunk_rows != "auto":
@@ -841,6 +863,9 @@ def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
 def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) -> list[FeatureStore]:
     """The stores the run writes (the feature store first), opened to resume them (settings
     checked again, under the lease) or made."""
+    from .pixels import PixelStore
+    from .store import FeatureStore
+
     c = plan.config
     options = plan.storage_options
     chunk_rows = plan.chunk_rows
@@ -885,6 +910,8 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     from distributed import as_completed, span
 
     from .progress import progress_bar
+    from .splits import TRAIN
+    from .store import STATUS_FAILED, STATUS_PENDING
 
     store = stores[0]  # the feature store, or the pixel store a cache pass writes
     names = rows["image_index"].tolist()
@@ -952,7 +979,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     failures = [f for r in results for f in r["failures"]]
     retriable = [f for r in results for f in r["retriable"]]
     conversions = [c for r in results for c in r["conversions"]]
-    timings = pd.DataFrame([{k: v for k, v in r.items()
+    timings = _frame([{k: v for k, v in r.items()
                              if k not in ("failures", "conversions", "retriable")}
                             for r in results])
     status = store.read("status")

@@ -55,6 +55,14 @@ def test_planning_an_extraction_imports_no_torch(small_archive, tmp_path):
     assert out.split() == ["80", "2048", "False"], out
 
 
+def test_importing_extract_features_leaves_pandas_and_zarr_to_the_call():
+    """``extract_features`` starts its cluster first and imports pandas and zarr (0.8 s on
+    one core) while the worker processes start; importing it must not import them before."""
+    out = run_python("import sys\nfrom cxrdask import extract_features\n"
+                     "print(*(m in sys.modules for m in ('pandas', 'zarr', 'torch')))\n")
+    assert out.split() == ["False", "False", "False"], out
+
+
 def test_a_worker_imports_neither_torchvision_nor_pandas(tmp_path):
     """A cold worker imports what its tasks need before its first image: torch and the
     extraction's worker side (about 2 s on one core). torchvision's import (1.5 s more) and
