@@ -87,6 +87,27 @@ def span_metrics(client, span_id: str, prefix: str = CHUNK_PREFIX, *, expect_ima
 
 _COLLECTOR_LOCK = threading.Lock()
 _REGISTERED: dict[str, Any] = {}  # the collector this process registered with Prometheus
+# Plugins of this process's running schedulers, oldest first. Prometheus' registry is one
+# per process and refuses two collectors of the same names, so the newest scheduler's
+# counters are served; when it closes, the one started before it is served again (a test
+# session's long-lived cluster, after a short-lived one beside it).
+_RUNNING: list[CountersPlugin] = []
+
+
+def _serve(plugin: CountersPlugin | None) -> None:
+    """Register ``plugin``'s collector with Prometheus in place of the one there (None:
+    none). Called with ``_COLLECTOR_LOCK`` held."""
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError:  # Dask serves no /metrics without it either
+        return
+    previous = _REGISTERED.pop("collector", None)
+    if previous is not None:
+        REGISTRY.unregister(previous)
+    if plugin is not None:
+        collector = _Collector(plugin)
+        REGISTRY.register(collector)
+        _REGISTERED["collector"] = collector
 
 
 class CountersPlugin(SchedulerPlugin):
@@ -109,24 +130,17 @@ class CountersPlugin(SchedulerPlugin):
     async def start(self, scheduler) -> None:
         self.scheduler = scheduler
         with _COLLECTOR_LOCK:
-            try:
-                from prometheus_client import REGISTRY
-            except ImportError:  # Dask serves no /metrics without it either
-                return
-            previous = _REGISTERED.pop("collector", None)
-            if previous is not None:
-                REGISTRY.unregister(previous)
-            collector = _Collector(self)
-            REGISTRY.register(collector)
-            _REGISTERED["collector"] = collector
+            _RUNNING.append(self)
+            _serve(self)
 
     async def close(self) -> None:
         with _COLLECTOR_LOCK:
-            collector = _REGISTERED.get("collector")
-            if collector is not None and collector.plugin is self:
-                from prometheus_client import REGISTRY
-
-                REGISTRY.unregister(_REGISTERED.pop("collector"))
+            if self not in _RUNNING:
+                return
+            served = _RUNNING[-1] is self
+            _RUNNING.remove(self)
+            if served:
+                _serve(_RUNNING[-1] if _RUNNING else None)
 
     def log_event(self, topic: str, msg: Any) -> None:
         if topic != TOPIC or not isinstance(msg, dict):

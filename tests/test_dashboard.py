@@ -109,3 +109,28 @@ def test_the_dashboard_is_built_once_the_workers_have_started(monkeypatch):
                 assert reply.status == 200 and b"<html" in reply.read().lower(), page
     finally:
         close_cluster(cluster)
+
+
+def test_a_running_clusters_counters_are_served_again_when_a_newer_one_closes():
+    """Prometheus' registry is one per process: the newest scheduler's counters are served,
+    and when it closes, those of the one still running before it (not none at all)."""
+    import asyncio
+
+    prometheus = pytest.importorskip("prometheus_client")
+    from cxrdask.metrics import CountersPlugin
+
+    def served() -> float:
+        text = prometheus.generate_latest(prometheus.REGISTRY).decode()
+        found = re.findall(r'^cxrdask_images_done_total\{worker="probe"\} ([\d.e+]+)$', text, re.M)
+        return float(found[0]) if found else -1.0
+
+    older, newer = CountersPlugin(), CountersPlugin()
+    older.done, newer.done = {"probe": 3}, {"probe": 5}
+    asyncio.run(older.start(None))
+    assert served() == 3
+    asyncio.run(newer.start(None))
+    assert served() == 5
+    asyncio.run(newer.close())
+    assert served() == 3  # the older cluster is still running: its counters are back
+    asyncio.run(older.close())
+    assert served() == -1.0
