@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import inspect
 import json
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +32,10 @@ EXIT_CODES_HELP = """exit status:
   3  an extraction ran, but more rows failed than --max-failed-fraction allows
   4  verify found corrupt or missing chunks
   5  an extraction ran, but storage failures left images to read again: run it again
-130  interrupted (Ctrl-C): finished chunks are kept; run the same command to resume"""
+130  interrupted (Ctrl-C): finished chunks are kept; run the same command to resume
+
+A run that seems stuck: `kill -USR1 PID` prints where each of its threads is to stderr,
+and it goes on; the Dask dashboard's /info page shows the workers' tasks."""
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -577,6 +582,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _stacks_on_sigusr1()
     args = build_parser(only=_command_of(argv)).parse_args(argv)
     try:
         with second_interrupt_exits(args.command):
@@ -588,6 +594,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cxrdask {args.command}: interrupted; everything finished so far is kept "
               "(run the same command again to resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _stacks_on_sigusr1() -> None:
+    """SIGUSR1 prints every thread's stack to stderr, and the command goes on: what a user
+    (or a test that timed out) sends a run that seems stuck, to see where it waits."""
+    if hasattr(signal, "SIGUSR1") and sys.stderr is not None:
+        with contextlib.suppress(ValueError, RuntimeError, OSError, AttributeError):
+            faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
   faults (503s, 500s, connection resets, stalls, an outage) into object reads and writes,
   and can hold a write in flight.
 - :func:`command_line_cluster`: ``dask scheduler`` and ``dask worker`` processes.
+- :func:`run_command`: a ``cxrdask`` command as a subprocess; one that outlasts its time
+  fails with where it and the cluster were stuck (:func:`cluster_report`).
 - :func:`make_feature_store`: a complete feature store with learnable synthetic features and
   no images behind it.
 - :func:`direct_features`: features of local files computed in this process, without Dask
@@ -21,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -77,7 +81,6 @@ def command_line_cluster(n_workers: int = 2, nthreads: int = 1,
     written to ``scheduler.log`` and ``worker-N.log`` there, for a test to show when it fails.
     """
     import signal
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -118,6 +121,67 @@ def command_line_cluster(n_workers: int = 2, nthreads: int = 1,
                 os.killpg(process.pid, signal.SIGKILL)
         for log in logs:
             log.close()
+
+
+def cluster_report(client, log_dir: str | os.PathLike | None = None) -> str:
+    """What a cluster is doing, for a test that waited too long: the tasks each worker is
+    processing with their call stacks, then the end of each ``*.log`` in ``log_dir`` (see
+    :func:`command_line_cluster`). Never raises: a report must not hide the failure."""
+    from pathlib import Path
+
+    parts = []
+    for name, ask in (("processing", client.processing), ("call stacks", client.call_stack)):
+        try:
+            parts.append(f"{name}: {ask()}")
+        except Exception as exc:
+            parts.append(f"{name}: could not be read ({exc!r})")
+    if log_dir is not None:
+        for log in sorted(Path(log_dir).glob("*.log")):
+            parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}")
+    return "\n".join(parts)
+
+
+class CommandStalled(AssertionError):
+    """A command :func:`run_command` ran outlasted its time; the message says where it was."""
+
+
+def run_command(args: list[str], *, timeout: float, scheduler: str | None = None,
+                log_dir: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """``python -m cxrdask.cli *args`` run to its end, output captured, as a user runs it.
+
+    One still running after ``timeout`` seconds is asked for its threads' stacks (SIGUSR1,
+    see ``cxrdask --help``) and stopped, and :class:`CommandStalled` is raised with its
+    output so far and, given the ``scheduler`` it ran on, :func:`cluster_report`: a hang
+    then says where it hung instead of only that it did.
+    """
+    import signal
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "cxrdask.cli", *args], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        report = ""
+        if scheduler is not None:
+            from distributed import Client
+
+            try:
+                with Client(scheduler, timeout="10s") as client:
+                    report = cluster_report(client, log_dir)
+            except Exception as exc:
+                report = f"the scheduler did not answer: {exc!r}"
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGUSR1)
+        time.sleep(2)  # the stacks are written
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise CommandStalled(
+            f"cxrdask {' '.join(args)} still ran after {timeout:.0f} s\n"
+            f"--- its stdout ---\n{stdout[-4000:]}\n"
+            f"--- its stderr (with the stacks SIGUSR1 printed) ---\n{stderr[-12000:]}\n"
+            f"--- the cluster ---\n{report}") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 class FaultyProxy:
@@ -174,7 +238,6 @@ class FaultyProxy:
         import http.client
         import random
         import threading
-        import time
         import urllib.parse
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

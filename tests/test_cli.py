@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -32,6 +33,21 @@ def test_every_command_has_help():
 def test_info():
     out = cxrdask("info").stdout
     assert "torch" in out and "zarr" in out and "torch threads" in out and "CUDA" in out
+
+
+def test_a_command_that_outlasts_its_time_says_where_it_was(tmp_path):
+    """run_command's stall report: the command, asked with SIGUSR1, prints its threads'
+    stacks and is stopped; the failure carries them (a hung CI run then says where)."""
+    from cxrdask.testing import CommandStalled, run_command
+
+    started = time.perf_counter()
+    with pytest.raises(CommandStalled) as stalled:  # 20,000 full-size images: minutes of work
+        run_command(["synth", str(tmp_path / "big"), "--n", "20000", "--size", "1024",
+                     "--workers", "1"], timeout=6)
+    message = str(stalled.value)
+    assert "still ran after 6 s" in message
+    assert "most recent call first" in message and "cxrdask/synthetic" in message
+    assert time.perf_counter() - started < 60  # stopped, not waited for
 
 
 def test_storage_options_parse_json_values():

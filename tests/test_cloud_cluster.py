@@ -16,7 +16,7 @@ from cxrdask.evaluation import evaluate
 from cxrdask.extract import extract_features
 from cxrdask.store import FeatureStore
 from cxrdask.synthetic import make_archive
-from cxrdask.testing import command_line_cluster, local_s3_server
+from cxrdask.testing import command_line_cluster, local_s3_server, run_command
 from cxrdask.train import TrainConfig, train_head
 
 pytestmark = pytest.mark.slow
@@ -79,14 +79,16 @@ def test_cli_reads_storage_options(s3, small_archive, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cli_cluster():
-    """`dask scheduler` and two `dask worker` processes, started as a user would; always stopped."""
-    with command_line_cluster(n_workers=2) as cluster:
-        yield cluster
+def cli_cluster(tmp_path_factory):
+    """`dask scheduler` and two `dask worker` processes, started as a user would; always
+    stopped. Yields the scheduler's address, its dashboard and the folder of their logs."""
+    logs = tmp_path_factory.mktemp("cli-cluster-logs")
+    with command_line_cluster(n_workers=2, log_dir=logs) as (address, dashboard):
+        yield address, dashboard, logs
 
 
 def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archive, tmp_path):
-    address, dashboard = cli_cluster
+    address, dashboard, logs = cli_cluster
     store = str(tmp_path / "f.zarr")
     statuses: list[int] = []
     stop = threading.Event()
@@ -103,11 +105,11 @@ def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archi
     watcher = threading.Thread(target=watch_dashboard)
     watcher.start()
     try:
-        run = subprocess.run(
-            [sys.executable, "-m", "cxrdask.cli", "extract", "--images", small_archive.root,
-             "--store", store, "--weights", "random", "--chunk-rows", "8", "--scheduler",
-             address, "--performance-report", str(tmp_path / "report.html"), "--quiet"],
-            capture_output=True, text=True, timeout=600)
+        run = run_command(
+            ["extract", "--images", small_archive.root, "--store", store, "--weights", "random",
+             "--chunk-rows", "8", "--scheduler", address, "--performance-report",
+             str(tmp_path / "report.html"), "--quiet"],
+            timeout=240, scheduler=address, log_dir=logs)
     finally:
         stop.set()
         watcher.join()
@@ -116,11 +118,11 @@ def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archi
     assert 200 in statuses
     assert "chunks: 10 run" in run.stdout and "seconds per stage and worker" in run.stdout
     assert (tmp_path / "report.html").stat().st_size > 10_000
-    grid = subprocess.run(
-        [sys.executable, "-m", "cxrdask.cli", "train", "--store", store, "--out",
-         str(tmp_path / "grid"), "--grid", "--grid-lrs", "1e-3,3e-3", "--grid-weight-decays",
-         "0", "--epochs", "2", "--batch-size", "8", "--scheduler", address, "--quiet"],
-        capture_output=True, text=True, timeout=600)
+    grid = run_command(
+        ["train", "--store", store, "--out", str(tmp_path / "grid"), "--grid", "--grid-lrs",
+         "1e-3,3e-3", "--grid-weight-decays", "0", "--epochs", "2", "--batch-size", "8",
+         "--scheduler", address, "--quiet"],
+        timeout=240, scheduler=address, log_dir=logs)
     assert grid.returncode == 0, grid.stderr
     assert "best: lr" in grid.stdout and (tmp_path / "grid" / "head.pt").exists()
 

@@ -7,7 +7,6 @@ the network.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import threading
@@ -22,7 +21,7 @@ from cxrdask.metadata import read_metadata
 from cxrdask.retries import is_transient
 from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
 from cxrdask.synthetic import make_archive
-from cxrdask.testing import FaultyProxy, command_line_cluster, local_s3_server
+from cxrdask.testing import FaultyProxy, cluster_report, command_line_cluster, local_s3_server
 
 pytestmark = pytest.mark.slow
 N = 32
@@ -129,14 +128,8 @@ def test_faults_on_reads_and_writes_from_s3_into_s3(s3_archive, clean_store, clu
 def _report_if_stalled(finished: threading.Event, client, log_dir, after: float) -> None:
     """Print what the cluster is doing and its processes' logs if ``finished`` is not set
     within ``after`` seconds (pytest shows the printout when the test then times out)."""
-    if finished.wait(after):
-        return
-    print(f"--- not finished after {after:.0f} s ---")
-    with contextlib.suppress(Exception):
-        print("processing:", client.processing())
-        print("call stacks:", client.call_stack())
-    for log in sorted(log_dir.glob("*.log")):
-        print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}")
+    if not finished.wait(after):
+        print(f"--- not finished after {after:.0f} s ---\n{cluster_report(client, log_dir)}")
 
 
 @pytest.mark.timeout(400)
