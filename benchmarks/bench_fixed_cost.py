@@ -48,15 +48,22 @@ for store in (first, second):
 
 
 def first_chunk_time(store: str, stop: threading.Event, found: dict) -> None:
-    """Poll ``store`` until one of its chunks is done; record the wall-clock time."""
+    """Poll ``store`` until one of its chunks is done; record the wall-clock time.
+
+    A done marker is a file of the store's ``done`` array (written only where set), so the
+    poll lists that folder, and opens the store only to confirm a marker it sees. Opening
+    the store every 20 ms instead took 0.28 of a core, taken from the job it times on 2 cores."""
     from cxrdask.store import FeatureStore
 
+    markers = Path(store) / "done" / "c"
     while not stop.is_set():
         try:
-            if FeatureStore.exists(store) and FeatureStore.open(store).done_chunks().any():
-                found[store] = time.time()
-                return
-        except Exception:  # the store is being created: look again
+            if any(markers.iterdir()):
+                seen = time.time()
+                if FeatureStore.open(store).done_chunks().any():
+                    found[store] = seen
+                    return
+        except Exception:  # not made yet, or being written: look again
             pass
         time.sleep(0.02)
 

@@ -12,8 +12,8 @@ the job is the rows ``read_metadata`` keeps):
 
 * ``cxrdask``: ``extract_features`` with its defaults (a local cluster, the chunk size
   chosen from the job, ``engine="auto"``), into a Zarr store. Where the backbone runs fp32
-  on the CPU the default engine is ONNX Runtime, on one worker process with a thread per
-  core (its ``engine`` column says so); elsewhere PyTorch, one worker process per core.
+  on the CPU the default engine is ONNX Runtime (its ``engine`` column says so); in bf16,
+  PyTorch; either way on one worker process with a thread per core.
 * ``cxrdask-torch`` (where the defaults run ONNX Runtime): ``engine="torch"``, PyTorch on
   one worker process per core, what the defaults were before ``engine="auto"``; not a peer.
 * ``daft``: the documented batch-inference pattern: a ``@daft.cls`` class that loads the
@@ -50,6 +50,7 @@ import glob
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -390,6 +391,40 @@ def run_contender(name: str, job: dict, workdir: Path) -> dict:
             "steady_s": second["ended"] - second["started"]}
 
 
+def measure(name: str, job: dict, paths: list[str], reference) -> dict:
+    """One cold start and steady pass of ``name``: its seconds, rows lost, engine, and (for
+    comparing the next ones) its first pass's features under ``output``."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-peers-{name}-"))
+    try:
+        timing = run_contender(name, {**job, "out": str(workdir)}, workdir)
+        outputs = [read_output(name, f"{workdir}/{name}-{i}", paths) for i in (1, 2)]
+        engine = engine_used(name, f"{workdir}/{name}-1")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"end_to_end_s": timing["end_to_end_s"], "steady_s": timing["steady_s"],
+            "engine": engine, "rows_lost": max(len(paths) - len(o) for o in outputs),
+            "max_rel_diff_vs_cxrdask": compare(reference, outputs[0]) if reference else None,
+            "output": outputs[0]}
+
+
+def contender_row(name: str, precision: str, runs: list[dict], images: int, bound: dict) -> dict:
+    """The table's row of a contender: medians of its rounds' seconds (each round's listed)."""
+    end_to_end = statistics.median(r["end_to_end_s"] for r in runs)
+    steady = statistics.median(r["steady_s"] for r in runs)
+    differences = [r["max_rel_diff_vs_cxrdask"] for r in runs if r["max_rel_diff_vs_cxrdask"] is not None]
+    row = {"contender": name, "precision": precision, "engine": runs[0]["engine"],
+           "end_to_end_img_s": images / end_to_end, "steady_img_s": images / steady,
+           "end_to_end_s": end_to_end, "steady_s": steady,
+           "rows_lost": max(r["rows_lost"] for r in runs),
+           "max_rel_diff_vs_cxrdask": max(differences) if differences else None,
+           "steady_of_bound": images / steady / bound["bound"],
+           "steady_of_bound_all_cores": images / steady / bound["bound_all_cores"]}
+    if len(runs) > 1:
+        row["end_to_end_s_rounds"] = ", ".join(f"{r['end_to_end_s']:.2f}" for r in runs)
+        row["steady_s_rounds"] = ", ".join(f"{r['steady_s']:.2f}" for r in runs)
+    return row
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="synthetic PNGs (default 2,000)")
@@ -400,6 +435,8 @@ def main(argv=None) -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bound-seconds", type=float, default=6.0)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of every contender, alternated (medians are reported)")
     parser.add_argument("--archive", default=os.path.join(tempfile.gettempdir(), "cxrdask-bench-peers"))
     parser.add_argument("--out", default="benchmarks/results/bench_peers")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
@@ -428,37 +465,33 @@ def main(argv=None) -> None:
     for precision in args.precisions.split(","):
         bounds[precision] = compute_bound(paths, precision, args.batch, cores, args.bound_seconds)
         print(f"{precision} bound: {bounds[precision]}", flush=True)
-        reference = None
+        names = []
         for name in args.contenders.split(","):
             why = available(name)
             if name == "cxrdask-torch" and default_engine(precision) == "torch":
                 why = f"the defaults run PyTorch in {precision} here: the cxrdask row"
             if why:
                 print(f"skipping {name}: {why}", flush=True)
-                continue
-            workdir = Path(tempfile.mkdtemp(prefix=f"bench-peers-{name}-"))
-            job = {"root": root, "metadata": metadata, "paths": paths, "precision": precision,
-                   "batch": args.batch, "cores": cores, "out": str(workdir)}
-            try:
-                timing = run_contender(name, job, workdir)
-                outputs = [read_output(name, f"{workdir}/{name}-{i}", paths) for i in (1, 2)]
-                engine = engine_used(name, f"{workdir}/{name}-1")
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-            lost = [len(paths) - len(o) for o in outputs]
-            if name == "cxrdask":
-                reference = outputs[0]
-            row = {"contender": name, "precision": precision, "engine": engine,
-                   "end_to_end_img_s": len(paths) / timing["end_to_end_s"],
-                   "steady_img_s": len(paths) / timing["steady_s"],
-                   "end_to_end_s": timing["end_to_end_s"], "steady_s": timing["steady_s"],
-                   "rows_lost": max(lost),
-                   "max_rel_diff_vs_cxrdask": compare(reference, outputs[0]) if reference else None,
-                   "steady_of_bound": len(paths) / timing["steady_s"] / bounds[precision]["bound"],
-                   "steady_of_bound_all_cores":
-                       len(paths) / timing["steady_s"] / bounds[precision]["bound_all_cores"]}
-            rows.append(row)
-            print(row, flush=True)
+            else:
+                names.append(name)
+        # Rounds: every contender once per round, in the same order, so a slow spell of a
+        # shared machine falls on all of them; medians over the rounds.
+        runs: dict[str, list[dict]] = {name: [] for name in names}
+        for round_ in range(args.repeats):
+            reference = None
+            for name in names:
+                run = measure(name, {"root": root, "metadata": metadata, "paths": paths,
+                                     "precision": precision, "batch": args.batch, "cores": cores},
+                              paths, reference)
+                if name == "cxrdask":
+                    reference = run.pop("output")
+                run.pop("output", None)
+                runs[name].append(run)
+                print({"round": round_ + 1, "contender": name, "precision": precision,
+                       **{k: v for k, v in run.items()}}, flush=True)
+        for name in names:
+            rows.append(contender_row(name, precision, runs[name], len(paths), bounds[precision]))
+            print(rows[-1], flush=True)
     for precision in bounds:
         same = [r for r in rows if r["precision"] == precision]
         ours = next((r for r in same if r["contender"] == "cxrdask"), None)

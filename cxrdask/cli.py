@@ -81,8 +81,9 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     parser.add_argument("--workers", type=int,
-                        help="local worker processes (default: one per core; one in all where "
-                             "the backbone runs on ONNX Runtime, with a thread per core)")
+                        help="local worker processes (default: one per core; one in all, "
+                             "with a thread per core, where the backbone runs on the CPU on "
+                             "ONNX Runtime or in bf16 on eager PyTorch)")
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="threads per local worker process")
     parser.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD,

@@ -71,7 +71,7 @@ def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(
     out = tmp_path / "peers"
     run_script("bench_peers", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
                "--contenders", "cxrdask,cxrdask-torch,dataloader", "--precisions", "fp32",
-               "--bound-seconds", 0.3, "--out", out)
+               "--bound-seconds", 0.3, "--repeats", 2, "--out", out)
     saved = json.loads(out.with_suffix(".json").read_text())
     rows = {row["contender"]: row for row in saved["rows"]}
     engine = local_engine("auto", "auto", "fp32", "auto")
@@ -80,6 +80,10 @@ def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(
     assert rows["cxrdask"]["engine"] == engine and rows["dataloader"]["engine"] == "torch"
     for row in rows.values():
         assert row["rows_lost"] == 0 and row["end_to_end_s"] > row["steady_s"] > 0
+        # Two alternated rounds each, the median of their seconds reported.
+        for kind in ("end_to_end_s", "steady_s"):
+            rounds = [float(x) for x in row[f"{kind}_rounds"].split(", ")]
+            assert len(rounds) == 2 and row[kind] == pytest.approx(sum(rounds) / 2, abs=0.01)
     # Same files, same model and preprocessing: the features agree to float16's precision.
     assert rows["dataloader"]["max_rel_diff_vs_cxrdask"] < 0.01
     if "cxrdask-torch" in rows:

@@ -69,6 +69,25 @@ def test_each_run_is_a_span_whose_stage_metrics_match_the_summary(small_archive,
     assert len(per_worker) == 2 and sum(per_worker.values()) >= done
 
 
+def test_a_spans_stage_metrics_are_read_back_at_once_not_at_the_next_heartbeat(cluster_client):
+    """Workers send their metrics with their heartbeats; reading a span's back asks each for
+    one first, so the end of a run waits for no periodic heartbeat (0.2-0.4 s a call)."""
+    import uuid
+
+    from distributed import span
+
+    from cxrdask.metrics import CHUNK_PREFIX, report_chunk, span_metrics
+
+    token = uuid.uuid4().hex
+    with span("cxrdask-test read back") as span_id:
+        cluster_client.gather([cluster_client.submit(report_chunk, {"forward": 0.25}, 8, 1,
+                                                     key=f"{CHUNK_PREFIX}-{i}-{token}")
+                               for i in range(4)])
+    totals = span_metrics(cluster_client, span_id, expect_images=32, timeout=0)  # one read
+    assert {label: totals.get(label) for label in ("forward", "images", "failed")} == {
+        "forward": 1.0, "images": 32, "failed": 4}
+
+
 def test_grid_search_is_a_span_of_train_trials(cluster_client, tmp_path):
     from cxrdask.testing import make_feature_store
     from cxrdask.train import TrainConfig, grid_search

@@ -16,7 +16,13 @@ from cxrdask.backbone import LOAD_COUNTS, BackboneRunner, BackboneSpec
 from cxrdask.config import ExtractConfig
 from cxrdask.errors import OptionError
 from cxrdask.extract import local_layout
-from cxrdask.hardware import auto_engine, local_engine, onnxruntime_installed
+from cxrdask.hardware import (
+    auto_engine,
+    cpu_auto_precision,
+    has_no_gpu,
+    local_engine,
+    onnxruntime_installed,
+)
 from cxrdask.onnx_engine import onnx_cache_path, optimized_cache_path
 
 
@@ -40,8 +46,17 @@ def test_the_local_layout_follows_the_engine_the_workers_will_run():
     assert local_engine("auto", "cpu", "fp32", "auto") == ort
     assert local_layout(ExtractConfig(device="cpu", precision="fp32")) == (
         (1, cores) if ort == "onnxruntime" else None)
-    assert local_layout(ExtractConfig(engine="torch")) is None
-    assert local_layout(ExtractConfig(device="cpu", precision="bf16")) is None
+    # Eager bf16 PyTorch: one process too (compile="auto" never compiles bf16)...
+    assert local_layout(ExtractConfig(device="cpu", precision="bf16")) == (1, cores)
+    assert local_layout(ExtractConfig(device="cpu", precision="bf16", compile=False)) == (1, cores)
+    # ... but not compiled (a graph per thread), not eager fp32, not where a GPU may run it.
+    assert local_layout(ExtractConfig(device="cpu", precision="bf16", compile=True)) is None
+    assert local_layout(ExtractConfig(engine="torch", device="cpu", precision="fp32")) is None
+    assert local_layout(ExtractConfig(engine="torch", device="cpu", precision="fp32",
+                                      compile=False)) is None
+    assert local_layout(ExtractConfig(device="cuda", precision="bf16")) is None
+    assert local_layout(ExtractConfig(engine="torch", precision="bf16")) == (
+        (1, cores) if has_no_gpu() else None)
 
 
 @pytest.mark.parametrize("bad", [{"precision": "bf16"}, {"precision": "fp16"}, {"compile": True},
@@ -144,7 +159,7 @@ DEFAULT_LAYOUT_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_call_with_no_layout_starts_the_cluster_its_engine_runs_best_on(small_archive, tmp_path):
     """With no client and no layout asked for, the session's local cluster is one process
-    with a thread per core where the workers will run ONNX Runtime, else one
+    with a thread per core where the workers will run ONNX Runtime or eager bf16, else one
     single-threaded process per core; the store records the engine that ran. Workers that
     run ONNX Runtime from a cached export never import torch (2-3 s of a cold start)."""
     run = subprocess.run([sys.executable, "-c", DEFAULT_LAYOUT_SCRIPT, small_archive.metadata_url,
@@ -156,7 +171,8 @@ def test_a_call_with_no_layout_starts_the_cluster_its_engine_runs_best_on(small_
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     cores = os.cpu_count() or 1
     engine = local_engine("auto", "auto", "auto", "auto")
-    assert seen == {"layout": [1, cores] if engine == "onnxruntime" else [cores, 1],
+    one_process = engine == "onnxruntime" or (has_no_gpu() and cpu_auto_precision() == "bf16")
+    assert seen == {"layout": [1, cores] if one_process else [cores, 1],
                     "engine": engine, "recorded": engine, "rows": 80, "rows again": 80,
                     "torch on the workers": [engine == "torch"]}
 

@@ -242,3 +242,86 @@ def test_compile_auto_compiles_where_it_was_measured_to_be_repaid():
     assert not compile_pays_off(112_120, threads, {"cuda"}, "torch", "fp32")  # not measured
     assert not compile_pays_off(112_120, threads, {"cpu", "cuda"}, "torch", "fp32")
     assert not compile_pays_off(112_120, threads, {"cpu"}, "onnxruntime", "fp32")
+
+
+@pytest.mark.timeout(300)
+def test_chunks_read_while_the_warm_up_builds_the_model(small_archive, tmp_path):
+    """A worker thread with no warm-up to run starts its first chunk (its reads and decodes)
+    while another thread of the same worker builds the model, instead of waiting for every
+    warm-up before any chunk is submitted; the features are those of a direct computation."""
+    from distributed import get_task_stream
+
+    from cxrdask.cluster import local_client
+    from cxrdask.metrics import CHUNK_PREFIX, WARMUP_PREFIX
+
+    url = str(tmp_path / "f.zarr")
+    with local_client(n_workers=1, threads_per_worker=2, dashboard_address=None,
+                      announce=False) as client, get_task_stream(client) as stream:
+        summary = extract_features(small_archive.metadata_url, small_archive.root, url,
+                                   client=client, weights="random", chunk_rows=8,
+                                   precision="fp32", engine="torch", progress=False)
+
+    def computed(prefix: str) -> list[tuple[float, float]]:
+        return sorted((s["start"], s["stop"]) for task in stream.data
+                      if str(task["key"]).startswith(prefix)
+                      for s in task["startstops"] if s["action"] == "compute")
+
+    (warm_up,) = computed(WARMUP_PREFIX)
+    first_chunk = computed(CHUNK_PREFIX)[0]
+    assert first_chunk[0] < warm_up[1], (first_chunk, warm_up)  # it started during the build
+    assert summary.warmup_seconds > 0 and summary.rows_written == 80 and summary.chunks_run == 10
+    store = FeatureStore.open(url)
+    names = store.table(["image_index"])["image_index"].tolist()
+    expected = direct_features(locate_images(small_archive.root).urls_for(names),
+                               BackboneSpec("resnet50", "random", 0))
+    np.testing.assert_allclose(store.features.compute().astype(np.float32), expected,
+                               rtol=2e-3, atol=2e-2)  # float16 storage
+
+
+def test_a_chunk_decodes_further_ahead_while_its_worker_makes_the_model(small_archive, clean_store,
+                                                                         tmp_path, monkeypatch):
+    """While its worker's model is still being made, a chunk task reads and decodes its whole
+    chunk (the core the model's making leaves idle works ahead); once the model is made, two
+    batches ahead. The chunk's features are the same either way."""
+    import time
+
+    from cxrdask import extract_worker
+    from cxrdask.extract_tasks import TaskConfig
+    from cxrdask.imaging import Preprocessing
+
+    url = str(tmp_path / "copy.zarr")
+    shutil.copytree(clean_store[0], url)
+    start, stop = FeatureStore.open(url).chunk_bounds(0)
+    names = list(FeatureStore.open(url).read("image_index")[start:stop])
+    urls = locate_images(small_archive.root).urls_for(names)
+    config = TaskConfig(store_url=url, storage_options=None,
+                        backbone=BackboneSpec("resnet50", "random", 0),
+                        preprocessing=Preprocessing(), device="cpu", batch_size=4)
+    loads: list[str] = []
+    decoded_by_first_batch: list[int] = []
+    load_one, make_model = extract_worker._load_one, extract_worker._model
+
+    def counted_load(url, name, config):
+        loads.append(name)
+        return load_one(url, name, config)
+
+    def slow_model(config, with_backbone):
+        time.sleep(1.0)  # being made: the I/O pool decodes meanwhile
+        decoded_by_first_batch.append(len(loads))
+        return make_model(config, with_backbone)
+
+    monkeypatch.setattr(extract_worker, "_load_one", counted_load)
+    monkeypatch.setattr(extract_worker, "_model", slow_model)
+    monkeypatch.setattr(extract_worker, "_WORKER_STATE", {})  # a new worker: no model made yet
+    assert len(names) == 16 > 2 * config.batch_size
+    for _ in range(2):  # the worker's first task, then one finding the model made
+        FeatureStore.open(url, mode="r+").forget_chunks([0])
+        loads.clear()
+        extract_worker.extract_chunk(0, urls, names, [False] * len(names), config)
+        store = FeatureStore.open(url)
+        assert store.done_chunks()[0]
+        np.testing.assert_allclose(store.features[start:stop].compute(),
+                                   FeatureStore.open(clean_store[0]).features[start:stop].compute(),
+                                   rtol=2e-3, atol=2e-2)
+    # Model made: the first batch and two more batches read (the window ahead of it).
+    assert decoded_by_first_batch == [16, 3 * config.batch_size]
