@@ -60,8 +60,7 @@ class ExtractSummary:
         Chunks of the store, run now, skipped as done.
     seconds, warmup_seconds : float
         The run's time after the workers' model warm-up, and the warm-up (the workers'
-        start-up, imports and model build). The chunks start reading and decoding during the
-        warm-up, so ``seconds`` can leave out up to a batch of decoding per worker thread.
+        start-up, imports and model build).
     failures : list of (str, str)
         Image index and reason of each failed row of this run.
     retriable : list of (str, str)
@@ -603,8 +602,7 @@ def extract_features(
     progress
         Show a progress bar.
     warmup
-        Build the backbone on every worker as the run starts (a task of its own, run first;
-        the chunks start reading and decoding meanwhile), not in its first chunk.
+        Build the backbone on every worker before the chunks are submitted.
 
     Returns
     -------
@@ -697,7 +695,7 @@ def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
     against 17.6 (machine A); eager bf16 28.3 and 26.7 against 25.8 and 26.6, in 0.09
     against 0.12 CPU s per image and half the memory (AMD EPYC with native bf16); eager fp32
     12.6 against 14.6 (machine A). One process also starts one interpreter, imports torch
-    once and builds one model: its first chunk is written ~0.5 s sooner on 2 cores."""
+    once and builds one model: its first chunk was written 0.3-0.5 s sooner on 2 cores."""
     cores = os.cpu_count() or 1
     engine = local_engine(config.engine, config.device, config.precision, config.compile)
     if engine == "onnxruntime":
@@ -759,8 +757,7 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
     progress
         Show a progress bar.
     warmup
-        Build the backbone on every worker as the run starts (a task of its own, run first;
-        the chunks start reading and decoding meanwhile), not in its first chunk.
+        Build the backbone on every worker before the chunks are submitted.
 
     Returns
     -------
@@ -945,6 +942,22 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     install_counters(client)
     run_token = uuid.uuid4().hex
     with span(f"cxrdask-extract {_store_name(store.url)}") as span_id:
+        if warmup and todo:
+            # One per worker, preferably on it; a worker lost meanwhile hands its warm-up to
+            # another (a strict pin would wait for the dead worker forever). Workers that
+            # join later build their model in their first chunk task.
+            warm = [client.submit(run_warmup, config, workers=[w], allow_other_workers=True,
+                                  pure=False, key=f"{WARMUP_PREFIX}-{i}-{run_token}")
+                    for i, w in enumerate(client.nthreads())]  # asked of the scheduler: _worker_threads
+            try:
+                client.gather(warm)
+            except BaseException:
+                client.cancel(warm)
+                raise
+            # Nothing needs their results: released, a worker lost later is not sent its
+            # warm-up again (the scheduler recomputes lost results that a client still holds).
+            del warm
+            warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build
         args = []
         for chunk in todo:
             start, stop = store.chunk_bounds(chunk)
@@ -952,36 +965,15 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
             args.append((chunk, [urls.get(n) for n in chunk_names], chunk_names,
                          [flip_train and codes[r] == TRAIN and flip_for(n, config.flip_seed)
                           for r, n in zip(range(start, stop), chunk_names, strict=True)]))
-        # Warm-ups first (priority), the chunks at once behind them: a worker thread that has
-        # no warm-up to run starts reading and decoding its first chunk while the model is
-        # built, and waits for it only at its first batch (a cold start's first chunk was
-        # written ~0.4 s sooner on 2 cores, bench_fixed_cost). One warm-up per worker,
-        # preferably on it; a worker lost meanwhile hands its warm-up to another (a strict
-        # pin would wait for the dead worker forever). Workers that join later build their
-        # model in their first chunk task.
-        warm = ([client.submit(run_warmup, config, workers=[w], allow_other_workers=True,
-                               pure=False, priority=1, key=f"{WARMUP_PREFIX}-{i}-{run_token}")
-                 for i, w in enumerate(client.nthreads())]  # asked of the scheduler: _worker_threads
-                if warmup and todo else [])
         # retries: a task that raised (a worker's write to the store failed) runs again.
         futures = [client.submit(run_chunk, *a, config, pure=False, retries=TASK_RETRIES,
                                  key=f"{CHUNK_PREFIX}-{a[0]}-{run_token}")
                    for a in args]
-        warming = {future.key: future for future in warm}
-        finished = as_completed(warm + futures)
-        # Nothing needs the warm-ups' results: released once done, a worker lost later is not
-        # sent its warm-up again (the scheduler recomputes lost results a client still holds).
-        del warm
         total = sum(len(a[2]) for a in args)
         bar = progress_bar(total=total, unit="img", desc="extract", disable=not progress)
         try:
-            for future in finished:
+            for future in as_completed(futures):
                 result = future.result()
-                if future.key in warming:
-                    del warming[future.key]
-                    if not warming:  # worker start-up, imports, model build
-                        warm_seconds = time.perf_counter() - started
-                    continue
                 results.append(result)
                 bar.update(result["images"])
                 if strict and result["failures"]:
@@ -990,7 +982,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
         except BaseException:
             # An error or Ctrl-C: nothing more starts before the lease is released (a chunk
             # still running is fenced by its lease check, or lands whole with its marker).
-            client.cancel([*futures, *warming.values()])
+            client.cancel(futures)
             raise
         finally:
             bar.close()

@@ -4,10 +4,7 @@ A task carries only its rows' URLs and a small picklable :class:`TaskConfig`. On
 it reads the bytes through fsspec (many at once, so object-store latency overlaps), decodes
 and resizes them in a thread pool while the previous batch runs through the backbone (built
 once per worker process and cached), writes its chunk of the store, then its done marker,
-and reports its stage seconds to the dashboard (:mod:`cxrdask.metrics`). A task gets its
-model at its first batch, not before: while the worker's warm-up is still making it (torch's
-import, the build), the task reads and decodes ahead, the whole chunk up to
-:data:`COLD_READ_AHEAD` images, on the core the making leaves idle; two batches ahead after.
+and reports its stage seconds to the dashboard (:mod:`cxrdask.metrics`).
 
 With a pixel store (:mod:`cxrdask.pixels`) a task either reads its chunk of decoded
 images instead of PNGs (``pixels_role="source"``), or also writes the images it decoded
@@ -43,9 +40,6 @@ from .retries import call_with_retries, is_transient
 from .store import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
 
 _WORKER_STATE: dict[Any, Any] = {}
-#: Images a chunk task decodes ahead while its worker's model is still being made (model-size
-#: uint8 images: 128 of 224 x 224 are 6 MB); two batches once it is.
-COLD_READ_AHEAD = 128
 _WORKER_LOCK = threading.Lock()
 
 
@@ -53,6 +47,11 @@ def _worker_resources(config: TaskConfig):
     """This process's stores and I/O pool, made once and reused by every task:
     ``(feature store | None, pixel store | None, pool)``."""
     with _WORKER_LOCK:
+        if _WORKER_STATE.get("torch_threads") != config.torch_threads and _uses_torch(config):
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+            _WORKER_STATE["torch_threads"] = config.torch_threads
         options = repr(config.storage_options)
         opened: list[Any] = []
         modes: tuple[tuple[type[FeatureStore], str | None, Literal["r", "r+"]], ...] = (
@@ -107,37 +106,6 @@ def _uses_torch(config: TaskConfig) -> bool:
     return needs_torch_input(config.preprocessing, config.engine, config.store_url is not None)
 
 
-def _set_torch_threads(config: TaskConfig) -> None:
-    """Torch's threads per model call in this process, where the task uses torch (importing
-    it: waits for the worker's background import, :mod:`cxrdask.worker_setup`)."""
-    with _WORKER_LOCK:
-        if _WORKER_STATE.get("torch_threads") != config.torch_threads and _uses_torch(config):
-            import torch
-
-            torch.set_num_threads(config.torch_threads)
-            _WORKER_STATE["torch_threads"] = config.torch_threads
-
-
-def _model_key(config: TaskConfig, with_backbone: bool) -> tuple:
-    return ("model", config.backbone if with_backbone else None, config.device, config.precision,
-            config.compile, config.engine, config.preprocessing)
-
-
-def _model(config: TaskConfig, with_backbone: bool) -> tuple[Any, Any]:
-    """``(input converter, backbone runner | None)`` of this process for the task, made on
-    first use and cached (:func:`_device_input`, :func:`_runner`)."""
-    _set_torch_threads(config)
-    made = _device_input(config), _runner(config) if with_backbone else None
-    _WORKER_STATE[_model_key(config, with_backbone)] = True
-    return made
-
-
-def _model_ready(config: TaskConfig, with_backbone: bool) -> bool:
-    """Whether :func:`_model` has made this task's model in this process (asked without
-    waiting for it)."""
-    return _model_key(config, with_backbone) in _WORKER_STATE
-
-
 def _device_input(config: TaskConfig):
     """This process's uint8 -> model input converter for the task's device and preprocessing:
     a :class:`~cxrdask.model_input.DeviceInput`, or a NumPy :class:`HostInput` where torch is
@@ -176,8 +144,9 @@ def warm_worker(config: TaskConfig) -> float:
     chunk is not kept waiting for a batch nobody uses."""
     start = time.perf_counter()
     _worker_resources(config)
-    converter, runner = _model(config, config.store_url is not None)
-    if runner is not None:
+    converter = _device_input(config)
+    if config.store_url is not None:
+        runner = _runner(config)
         if not (config.compile or converter.device.type != "cpu"):
             return time.perf_counter() - start
         size = config.preprocessing.size
@@ -192,13 +161,12 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
     """Compute and write one chunk of the store(s) (idempotent: a re-run writes the same values)."""
     started = time.perf_counter()
     store, pixel_store, pool = _worker_resources(config)
-    # The model is had at the first batch, not here: the chunk's first reads and decodes
-    # run while the worker's warm-up builds it (or its background import brings torch).
-    model: list = []
+    runner = _runner(config) if store is not None else None
+    converter = _device_input(config)
     size = config.preprocessing.size
     n = len(names)
-    features = (np.full((n, config.backbone.feature_dim), np.nan, dtype=np.float32)
-                if store is not None else None)
+    features = (np.full((n, runner.spec.feature_dim), np.nan, dtype=np.float32)
+                if runner is not None else None)
     keep = config.pixels_role == "write"
     pixels_out = np.zeros((n, size, size), dtype=np.uint8) if keep else None
     status = np.full(n, STATUS_FAILED, dtype=np.uint8)
@@ -213,9 +181,6 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
         """The batch's uint8 images to the device: resize there if asked, keep the pixels,
         normalise, run the backbone. ``stacked``: the batch already in one array (rows of
         a pixel store, at the model's size)."""
-        if not model:  # the wait for it is no stage's time
-            model.extend(_model(config, store is not None))
-        converter, runner = model
         t = time.perf_counter()
         on_device_resize = stacked is None and config.preprocessing.resize_on_device
         host = stacked if stacked is not None or on_device_resize else np.stack(batch_arrays)
@@ -254,12 +219,8 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
             contiguous = rows[-1] - rows[0] + 1 == len(rows)
             run_batch(stored[rows[0]:rows[-1] + 1] if contiguous else stored[rows])
     else:
-        # While the model is being made (the worker's first tasks), the core it leaves idle
-        # decodes further ahead: the whole chunk, up to COLD_READ_AHEAD images.
-        ahead = (COLD_READ_AHEAD if not _model_ready(config, store is not None)
-                 and not config.preprocessing.resize_on_device else 2 * config.batch_size)
         _decode_rows(urls, names, config, pool, timing, errors, retriable, notes, batch_rows,
-                     batch_arrays, run_batch, ahead)
+                     batch_arrays, run_batch)
     if batch_rows:
         run_batch()
 
@@ -289,9 +250,9 @@ def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: l
 
 
 def _decode_rows(urls, names, config: TaskConfig, pool, timing, errors, retriable, notes,
-                 batch_rows, batch_arrays, run_batch, window: int) -> None:
-    """Read and decode the chunk's images in the I/O pool, ``window`` images ahead of the
-    device, handing each full batch to ``run_batch``."""
+                 batch_rows, batch_arrays, run_batch) -> None:
+    """Read and decode the chunk's images in the I/O pool, two batches ahead of the device,
+    handing each full batch to ``run_batch``."""
     n = len(names)
 
     def submit(i: int):
@@ -299,7 +260,8 @@ def _decode_rows(urls, names, config: TaskConfig, pool, timing, errors, retriabl
             return None
         return pool.submit(_load_one, urls[i], names[i], config)
 
-    # Reads in flight ahead of the network: latency overlaps, memory is bounded.
+    # Keep two batches of reads in flight ahead of the network: latency overlaps, memory is bounded.
+    window = 2 * config.batch_size
     pending = {i: submit(i) for i in range(min(window, n))}
     for i in range(n):
         future = pending.pop(i)
