@@ -24,6 +24,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -139,6 +140,16 @@ def cluster_report(client, log_dir: str | os.PathLike | None = None) -> str:
         for log in sorted(Path(log_dir).glob("*.log")):
             parts.append(f"--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}")
     return "\n".join(parts)
+
+
+def report_if_stalled(finished: threading.Event, client, after: float,
+                      log_dir: str | os.PathLike | None = None) -> None:
+    """Print :func:`cluster_report` if ``finished`` is not set within ``after`` seconds (run
+    it in a daemon thread beside a test's work: pytest shows the printout when the test then
+    times out, so a hang says where the cluster was)."""
+    if not finished.wait(after):
+        print(f"--- not finished after {after:.0f} s ---\n{cluster_report(client, log_dir)}",
+              flush=True)
 
 
 class CommandStalled(AssertionError):

@@ -21,7 +21,7 @@ from cxrdask.metadata import read_metadata
 from cxrdask.retries import is_transient
 from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
 from cxrdask.synthetic import make_archive
-from cxrdask.testing import FaultyProxy, cluster_report, command_line_cluster, local_s3_server
+from cxrdask.testing import FaultyProxy, command_line_cluster, local_s3_server, report_if_stalled
 
 pytestmark = pytest.mark.slow
 N = 32
@@ -125,13 +125,6 @@ def test_faults_on_reads_and_writes_from_s3_into_s3(s3_archive, clean_store, clu
     _assert_equal_stores(store, clean_store, options)
 
 
-def _report_if_stalled(finished: threading.Event, client, log_dir, after: float) -> None:
-    """Print what the cluster is doing and its processes' logs if ``finished`` is not set
-    within ``after`` seconds (pytest shows the printout when the test then times out)."""
-    if not finished.wait(after):
-        print(f"--- not finished after {after:.0f} s ---\n{cluster_report(client, log_dir)}")
-
-
 @pytest.mark.timeout(400)
 def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store, tmp_path):
     """A cluster started from the command line (a scheduler, one worker under its nanny):
@@ -159,8 +152,8 @@ def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store, tmp_path):
 
         injector = threading.Thread(target=kill_while_writing)
         injector.start()
-        watchdog = threading.Thread(target=_report_if_stalled,
-                                    args=(finished, client, tmp_path, 300), daemon=True)
+        watchdog = threading.Thread(target=report_if_stalled,
+                                    args=(finished, client, 300, tmp_path), daemon=True)
         watchdog.start()
         try:
             summary = _extract(archive, _via(proxy, options), store, client)

@@ -24,6 +24,7 @@ from cxrdask.cluster import local_client
 from cxrdask.extract import extract_features
 from cxrdask.lease import LEASE_NAME, StoreLease, StoreLockedError
 from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.testing import report_if_stalled
 
 pytestmark = pytest.mark.slow
 
@@ -76,13 +77,17 @@ def done_count(url: str) -> int:
 
 
 def extract_while(fault, archive, url: str, client):
-    """Extract ``archive`` into ``url`` on ``client`` while ``fault`` runs in a thread."""
+    """Extract ``archive`` into ``url`` on ``client`` while ``fault`` runs in a thread; a run
+    still going after 240 s prints what the cluster is doing (the tests time out at 300)."""
     injector = threading.Thread(target=fault)
     injector.start()
+    finished = threading.Event()
+    threading.Thread(target=report_if_stalled, args=(finished, client, 240), daemon=True).start()
     try:
         return extract_features(archive.metadata_url, archive.root, url, client=client,
                                 weights="random", chunk_rows=8, progress=False)
     finally:
+        finished.set()
         injector.join()
 
 
@@ -378,3 +383,21 @@ def test_a_run_that_lost_its_lease_writes_no_chunk(reference, tmp_path):
         assert FeatureStore.open(url).done_chunks()[0]
     finally:
         theirs.release()
+
+
+def test_a_run_that_outlasts_its_time_prints_what_the_cluster_is_doing(cluster_client, capsys):
+    """The watchdog of the fault tests: a run not finished in time prints each worker's
+    tasks and their call stacks (what a hang in CI then shows); a finished one, nothing."""
+    from cxrdask.testing import report_if_stalled
+
+    finished = threading.Event()
+    future = cluster_client.submit(time.sleep, 3, pure=False, key="still-sleeping")
+    time.sleep(0.5)
+    report_if_stalled(finished, cluster_client, 0.2)
+    report = capsys.readouterr().out
+    assert "not finished after 0 s" in report and "still-sleeping" in report
+    assert "sleep" in report.split("call stacks:", 1)[1]
+    future.result()
+    finished.set()
+    report_if_stalled(finished, cluster_client, 0.2)
+    assert capsys.readouterr().out == ""
