@@ -391,9 +391,11 @@ def run_contender(name: str, job: dict, workdir: Path) -> dict:
             "steady_s": second["ended"] - second["started"]}
 
 
-def measure(name: str, job: dict, paths: list[str], reference) -> dict:
-    """One cold start and steady pass of ``name``: its seconds, rows lost, engine, and (for
-    comparing the next ones) its first pass's features under ``output``."""
+def measure(name: str, job: dict, reference) -> dict:
+    """One cold start and steady pass of ``name`` on ``job["paths"]``: its seconds, rows
+    lost, engine, and (for comparing the next ones) its first pass's features under
+    ``output``."""
+    paths = job["paths"]
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-peers-{name}-"))
     try:
         timing = run_contender(name, {**job, "out": str(workdir)}, workdir)
@@ -482,13 +484,13 @@ def main(argv=None) -> None:
             for name in names:
                 run = measure(name, {"root": root, "metadata": metadata, "paths": paths,
                                      "precision": precision, "batch": args.batch, "cores": cores},
-                              paths, reference)
+                              reference)
                 if name == "cxrdask":
                     reference = run.pop("output")
                 run.pop("output", None)
                 runs[name].append(run)
-                print({"round": round_ + 1, "contender": name, "precision": precision,
-                       **{k: v for k, v in run.items()}}, flush=True)
+                print({"round": round_ + 1, "contender": name, "precision": precision, **run},
+                      flush=True)
         for name in names:
             rows.append(contender_row(name, precision, runs[name], len(paths), bounds[precision]))
             print(rows[-1], flush=True)

@@ -388,8 +388,6 @@ def test_a_run_that_lost_its_lease_writes_no_chunk(reference, tmp_path):
 def test_a_run_that_outlasts_its_time_prints_what_the_cluster_is_doing(cluster_client, capsys):
     """The watchdog of the fault tests: a run not finished in time prints each worker's
     tasks and their call stacks (what a hang in CI then shows); a finished one, nothing."""
-    from cxrdask.testing import report_if_stalled
-
     finished = threading.Event()
     future = cluster_client.submit(time.sleep, 3, pure=False, key="still-sleeping")
     time.sleep(0.5)
