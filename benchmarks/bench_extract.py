@@ -50,7 +50,7 @@ class Config(NamedTuple):
 
     @property
     def name(self) -> str:
-        prefix = "compile+" if self.compile else "onnxruntime " if self.engine == "onnxruntime" else ""
+        prefix = "compile+" if self.compile else "" if self.engine == "torch" else self.engine + " "
         return prefix + self.precision
 
     @property
@@ -355,6 +355,8 @@ def main(argv=None) -> None:
                              "to compile per worker)")
     parser.add_argument("--no-onnxruntime", action="store_true",
                         help="skip the ONNX Runtime engine (CPU only)")
+    parser.add_argument("--no-torchscript", action="store_true",
+                        help="skip the TorchScript engine (CPU only)")
     parser.add_argument("--batch-sizes", default=None, help="for the bare backbone (default 8,32; "
                         "64,256 on a GPU)")
     parser.add_argument("--batch", type=int, default=None, help="batch size of the extraction "
@@ -393,6 +395,8 @@ def main(argv=None) -> None:
     configs = [Config(p) for p in precisions]
     if not gpu and not args.no_compile:
         configs += [Config(p, compile=True) for p in precisions]
+    if not gpu and not args.no_torchscript:
+        configs += [Config(p, engine="torchscript") for p in precisions]
     if not gpu and not args.no_onnxruntime:
         if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
             configs.append(Config("fp32", engine="onnxruntime"))

@@ -104,7 +104,8 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="cold starts (the median is reported)")
     parser.add_argument("--precision", default="fp32",
                         help="fp32 (the figures in docs/benchmarks.md) or auto (extract_features's default)")
-    parser.add_argument("--engine", default="torch", choices=("auto", "torch", "onnxruntime"))
+    parser.add_argument("--engine", default="torch",
+                        choices=("auto", "torch", "torchscript", "onnxruntime"))
     parser.add_argument("--workers", default="2", help="local worker processes, or auto")
     parser.add_argument("--export-cache", default="empty", choices=("empty", "warm"),
                         help="ONNX export cache at each cold start")

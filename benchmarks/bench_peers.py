@@ -12,10 +12,11 @@ the job is the rows ``read_metadata`` keeps):
 
 * ``cxrdask``: ``extract_features`` with its defaults (a local cluster, the chunk size
   chosen from the job, ``engine="auto"``), into a Zarr store. Where the backbone runs fp32
-  on the CPU the default engine is ONNX Runtime (its ``engine`` column says so); in bf16,
-  PyTorch; either way on one worker process with a thread per core.
-* ``cxrdask-torch`` (where the defaults run ONNX Runtime): ``engine="torch"``, PyTorch on
-  one worker process per core, what the defaults were before ``engine="auto"``; not a peer.
+  on the CPU the default engine is ONNX Runtime; in bf16, a fused TorchScript trace on a job
+  big enough to repay building it, else eager PyTorch (the ``engine`` column says which);
+  either way on one worker process with a thread per core.
+* ``cxrdask-torch`` (where the defaults run another engine): ``engine="torch"``, eager
+  PyTorch (in fp32 on one worker process per core), the model the peers run; not a peer.
 * ``daft``: the documented batch-inference pattern: a ``@daft.cls`` class that loads the
   model in ``__init__`` and a ``@daft.method.batch`` method, ``max_concurrency`` = cores in
   processes, bytes from ``url.download()``, written with ``write_parquet``.
@@ -312,8 +313,8 @@ def compare(reference: dict, other: dict) -> float:
 
 def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seconds: float) -> dict:
     """bench_extract's bound: the bare backbone (cxrdask's runner, eager) and read + decode +
-    preprocess, each on one thread; N cores bound = N / (1/a + 1/b), with the faster
-    engine's backbone (PyTorch, and in fp32 ONNX Runtime too).
+    preprocess, each on one thread; N cores bound = N / (1/a + 1/b), with the fastest
+    engine's backbone (eager PyTorch, TorchScript, and in fp32 ONNX Runtime too).
 
     Also the same measured with every core busy at once (``rates_all_cores``): A and B
     summed over the cores, bound = 1 / (1/A + 1/B). Where the cores do not scale linearly
@@ -323,7 +324,8 @@ def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seco
     decode = decode_rate(paths[:32])
     decode_all = rates_all_cores("decode", cores, seconds, paths=paths[:32])
     bound: dict = {"decode_1_thread": decode, "decode_all_cores": decode_all}
-    for engine in ("torch", "onnxruntime") if precision == "fp32" else ("torch",):
+    engines = ("torch", "torchscript", "onnxruntime") if precision == "fp32" else ("torch", "torchscript")
+    for engine in engines:
         backbone = forward_rate("cpu", Config(precision, engine=engine), batch, seconds)
         backbone_all = rates_all_cores("backbone", cores, seconds, Config(precision, engine=engine),
                                        batch)
@@ -331,17 +333,23 @@ def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seco
         bound[f"backbone_all_cores_{engine}"] = backbone_all
         bound[f"bound_{engine}"] = cores / (1 / backbone + 1 / decode)
         bound[f"bound_all_cores_{engine}"] = 1 / (1 / backbone_all + 1 / decode_all)
-    bound["bound_engine"] = max(("torch", "onnxruntime"), key=lambda e: bound.get(f"bound_{e}", 0))
+    bound["bound_engine"] = max(engines, key=lambda e: bound[f"bound_{e}"])
     bound["bound"] = bound[f"bound_{bound['bound_engine']}"]
     bound["bound_all_cores"] = bound[f"bound_all_cores_{bound['bound_engine']}"]
     return bound
 
 
-def default_engine(precision: str) -> str:
-    """The engine cxrdask's defaults run here at ``precision`` (``engine="auto"``)."""
-    from cxrdask.hardware import local_engine
+def default_engine(precision: str, images: int, cores: int) -> str:
+    """The engine cxrdask's defaults run here at ``precision`` (``engine="auto"``) on a job of
+    ``images`` on a local cluster of ``cores`` worker threads."""
+    from cxrdask.extract import torchscript_pays_off
+    from cxrdask.hardware import local_engine, torchscript_available
 
-    return local_engine("auto", "auto", precision, "auto")
+    engine = local_engine("auto", "auto", precision, "auto")
+    if engine == "torch" and torchscript_available() and torchscript_pays_off(
+            images, cores, {"cpu"}, precision, compile=False):
+        return "torchscript"
+    return engine
 
 
 def engine_used(name: str, out: str) -> str:
@@ -470,8 +478,8 @@ def main(argv=None) -> None:
         names = []
         for name in args.contenders.split(","):
             why = available(name)
-            if name == "cxrdask-torch" and default_engine(precision) == "torch":
-                why = f"the defaults run PyTorch in {precision} here: the cxrdask row"
+            if name == "cxrdask-torch" and default_engine(precision, len(paths), cores) == "torch":
+                why = f"the defaults run eager PyTorch in {precision} here: the cxrdask row"
             if why:
                 print(f"skipping {name}: {why}", flush=True)
             else:

@@ -28,8 +28,10 @@ from .errors import (
     WeightsNotFoundError,
     WeightsUnavailableError,
 )
+from .hardware import CPU_ENGINES
 from .networks import build_network, current_state_keys
 from .onnx_engine import onnx_session
+from .torchscript_engine import TorchScriptBackbone
 
 # Per-process bookkeeping: how many times each spec was built here (tests count loads).
 LOAD_COUNTS: Counter = Counter()
@@ -121,7 +123,9 @@ class BackboneRunner:
     graph, instead of recompiling for the short last batch of each chunk. With
     ``engine="onnxruntime"`` (CPU, fp32) the network is exported to ONNX (once per machine:
     :mod:`cxrdask.onnx_engine` caches the export) and run by ONNX Runtime on as many
-    threads as torch would use.
+    threads as torch would use. With ``engine="torchscript"`` (CPU, fp32 or bf16) it is
+    traced, frozen and fused by :mod:`cxrdask.torchscript_engine`, batches padded to
+    ``batch_size`` like a compiled model's.
     """
 
     def __init__(self, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
@@ -131,12 +135,13 @@ class BackboneRunner:
         if engine not in ENGINES:
             raise OptionError(f"engine must be one of {ENGINES}, not {engine!r}")
         self.spec = spec
-        self.device = resolve_device("cpu" if engine == "onnxruntime" and device == "auto" else device)
+        self.device = resolve_device("cpu" if engine in CPU_ENGINES and device == "auto" else device)
         if precision == "fp16" and self.device.type != "cuda":
             raise OptionError("fp16 autocast needs a GPU; on CPUs use bf16 (native on recent CPUs)")
         self.precision = precision
         self.batch_size = batch_size
         self.compiled = compile
+        self.padded = compile  # a compiled model (or a trace) is built for one batch shape
         self.engine = engine
         if engine == "onnxruntime":
             if self.device.type != "cpu" or precision != "fp32" or compile:
@@ -144,6 +149,12 @@ class BackboneRunner:
             self.session = onnx_session(spec, build_backbone, torch.get_num_threads())
             return
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if engine == "torchscript":
+            if self.device.type != "cpu" or compile:
+                raise OptionError("the torchscript engine runs on the CPU, without compile")
+            self.model = TorchScriptBackbone(model, precision, batch_size)
+            self.padded = True
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # weights copied on the default stream, used on others
         # On CPUs, Inductor's freezing folds the frozen weights into the graph (constant
@@ -168,9 +179,11 @@ class BackboneRunner:
         if self.engine == "onnxruntime":
             return self(tensor.cpu().numpy())
         n = len(tensor)
-        if self.compiled and n < self.batch_size:
+        if self.padded and n < self.batch_size:
             pad = tensor.new_zeros((self.batch_size - n, *tensor.shape[1:]))
             tensor = torch.cat([tensor, pad]).contiguous(memory_format=torch.channels_last)
+        if self.engine == "torchscript":
+            return self.model(tensor).float().numpy()[:n]
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         with torch.inference_mode(), torch.autocast(
             self.device.type, dtype=dtype, enabled=dtype is not None

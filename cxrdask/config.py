@@ -22,7 +22,7 @@ SplitMethod = Literal["auto", "official", "patient", "random"]
 BackboneName = Literal["resnet50", "densenet121", "resnet18"]
 Dtype = Literal["float16", "float32"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["auto", "torch", "onnxruntime"]
+Engine = Literal["auto", "torch", "torchscript", "onnxruntime"]
 Flip = Literal["none", "train"]
 ResizeOn = Literal["cpu", "device"]
 PixelCompression = Literal["zstd", "lz4", "none"]
@@ -35,6 +35,12 @@ DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or mor
 # fp32 runs 8.7 -> 10.0 images/s per thread, repaid after ~2,200 images; bf16 ran no faster
 # compiled (19.4 -> 19.2), so auto leaves it eager. 10,000 images is 4.5x that break-even.
 COMPILE_AUTO_MIN_IMAGES = 10_000
+# engine="auto" runs a bf16 backbone on CPU workers as a fused TorchScript trace
+# (cxrdask.torchscript_engine) when each worker thread has this many images or more: building
+# it costs ~0.7 s more than an eager model's first batch (a trace and a profiling batch),
+# repaid by its 25 against 19 images/s per thread after ~60 images (2-core AMD EPYC,
+# ResNet50, batch 8). A job smaller than this starts as soon as it can, eager.
+TORCHSCRIPT_AUTO_MIN_IMAGES = 128
 DEFAULT_MAX_FAILED_FRACTION = 0.05
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
 
@@ -90,7 +96,10 @@ class ExtractConfig:
         const=True, metavar="{auto,yes,no}")
     engine: Engine = _option(
         "auto", "what runs the backbone: auto = ONNX Runtime where it runs fp32 on CPU workers "
-                "(1.3x PyTorch on CPUs without native bf16), else PyTorch; torch; onnxruntime "
+                "(1.3x PyTorch on CPUs without native bf16); TorchScript where it runs bf16 on "
+                "CPU workers and each worker thread gets "
+                f"{TORCHSCRIPT_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch); else "
+                "PyTorch; torch; torchscript (CPU, fp32 or bf16, a fused trace); onnxruntime "
                 "(CPU, fp32 only)")
     preset: PresetName = _option("default", "seed2018: the 2018 recipe (random image split, flips)")
     resume: bool = _option(True, "start the store afresh instead of resuming",
@@ -140,6 +149,10 @@ class ExtractConfig:
                                              or self.compile is True or self.device == "cuda"):
             raise OptionError("engine 'onnxruntime' runs fp32 on the CPU, uncompiled: use "
                               "engine 'torch' (or 'auto') for bf16, fp16, compile or a GPU")
+        if self.engine == "torchscript" and (self.precision == "fp16" or self.compile is True
+                                             or self.device == "cuda"):
+            raise OptionError("engine 'torchscript' runs fp32 or bf16 on the CPU, uncompiled: "
+                              "use engine 'torch' (or 'auto') for fp16, compile or a GPU")
         if self.read_retries < 0:
             raise OptionError(f"read_retries must be 0 or more, not {self.read_retries!r}")
         if not 0.0 <= self.max_failed_fraction <= 1.0:
@@ -247,6 +260,7 @@ def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig,
 
 
 __all__ = ["COMPILE_AUTO_MIN_IMAGES", "DEFAULT_BATCH_SIZE", "DEFAULT_MAX_FAILED_FRACTION",
-           "EXTRACT_PRESETS", "TRAIN_PRESETS", "BackboneName", "Dtype", "Engine", "ExtractConfig",
+           "EXTRACT_PRESETS", "TORCHSCRIPT_AUTO_MIN_IMAGES", "TRAIN_PRESETS", "BackboneName",
+           "Dtype", "Engine", "ExtractConfig",
            "Flip", "PixelCompression", "Precision", "PresetName", "ResizeOn", "SplitMethod",
            "add_config_options", "config_from_args"]

@@ -22,7 +22,14 @@ import numpy as np
 
 from ._fs import StorageOptions, filesystem
 from .backbone_spec import BackboneSpec, check_weights_available
-from .config import COMPILE_AUTO_MIN_IMAGES, DEFAULT_BATCH_SIZE, ExtractConfig, Precision, SplitMethod
+from .config import (
+    COMPILE_AUTO_MIN_IMAGES,
+    DEFAULT_BATCH_SIZE,
+    TORCHSCRIPT_AUTO_MIN_IMAGES,
+    ExtractConfig,
+    Precision,
+    SplitMethod,
+)
 from .errors import (
     ExtractionFailedError,
     ExtractionIncompleteError,
@@ -31,7 +38,7 @@ from .errors import (
     OptionError,
 )
 from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup, worker_hardware
-from .hardware import auto_engine, cpu_auto_precision, has_no_gpu, local_engine
+from .hardware import CPU_ENGINES, auto_engine, cpu_auto_precision, has_no_gpu, local_engine
 from .imaging import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from .lease import StoreLease
 from .metrics import CHUNK_PREFIX, WARMUP_PREFIX, install_counters, span_metrics
@@ -275,11 +282,13 @@ class ExtractionPlan:
         if self.store_url is not None:
             precision = ("precision auto (bf16 where the workers compute it natively, else "
                          "fp32)") if c.precision == "auto" else c.precision
-            engine = ("engine auto (ONNX Runtime where the backbone runs fp32 on CPU workers, "
-                      "else PyTorch)") if c.engine == "auto" else c.engine
+            engine = ("engine auto (ONNX Runtime where the backbone runs fp32 on CPU workers; "
+                      "TorchScript where it runs bf16 there and each worker thread gets "
+                      f"{TORCHSCRIPT_AUTO_MIN_IMAGES:,} images or more; else PyTorch)") \
+                if c.engine == "auto" else c.engine
             compiled = (f", compiled if PyTorch fp32 and each worker thread gets "
                         f"{COMPILE_AUTO_MIN_IMAGES:,} images or more (CPU workers)") \
-                if c.compile == "auto" and c.engine != "onnxruntime" \
+                if c.compile == "auto" and c.engine in ("auto", "torch") \
                 else ", compiled" if c.compile is True else ""
             lines.append(f"backbone: {self.identity['name']} ({self.identity['weights']}), "
                          f"{engine}, {precision}{compiled}, features as {c.dtype}")
@@ -686,9 +695,11 @@ def cache_pixels(
 def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
     """The layout of a local cluster started for this extraction when none is asked for:
     one process with a thread per core where its backbone will run on this machine's CPU on
-    ONNX Runtime, or on eager PyTorch in bf16 (:func:`~cxrdask.hardware.local_engine`);
-    else None, one single-threaded process per core: where a GPU may run it, where it may be
-    compiled (each thread would compile a graph of its own), and for eager fp32 PyTorch.
+    ONNX Runtime or TorchScript, or on eager PyTorch in bf16
+    (:func:`~cxrdask.hardware.local_engine`; engine ``auto`` makes bf16 TorchScript only once
+    the job is known, on the same layout); else None, one single-threaded process per core:
+    where a GPU may run it, where it may be compiled (each thread would compile a graph of its
+    own), and for eager fp32 PyTorch.
 
     Measured with ``benchmarks/bench_extract.py`` (ResNet50, batch 8, 2 cores, images/s;
     one process x 2 threads against two single-threaded processes): ONNX Runtime fp32 19.2
@@ -698,7 +709,7 @@ def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
     once and builds one model: its first chunk was written 0.3-0.5 s sooner on 2 cores."""
     cores = os.cpu_count() or 1
     engine = local_engine(config.engine, config.device, config.precision, config.compile)
-    if engine == "onnxruntime":
+    if engine in CPU_ENGINES:
         return 1, cores
     precision = cpu_auto_precision() if config.precision == "auto" else config.precision
     on_cpu = config.device == "cpu" or (config.device == "auto" and has_no_gpu())
@@ -837,6 +848,18 @@ def compile_pays_off(images: int, worker_threads: int, devices: set[str], engine
             and images >= COMPILE_AUTO_MIN_IMAGES * max(worker_threads, 1))
 
 
+def torchscript_pays_off(images: int, worker_threads: int, devices: set[str], precision: str,
+                         compile: bool) -> bool:
+    """Whether ``engine="auto"`` runs the backbone as a fused TorchScript trace
+    (:mod:`~cxrdask.torchscript_engine`) rather than eager PyTorch: bf16 on CPU workers,
+    uncompiled, when each worker thread has at least
+    :data:`~cxrdask.config.TORCHSCRIPT_AUTO_MIN_IMAGES` images, about twice what repays
+    building the trace. fp32 on the CPU is ONNX Runtime's (where installed), and GPUs run
+    eager PyTorch: TorchScript's fuser is the CPU's."""
+    return (devices == {"cpu"} and precision == "bf16" and not compile
+            and images >= TORCHSCRIPT_AUTO_MIN_IMAGES * max(worker_threads, 1))
+
+
 def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
     """``precision``, ``engine`` and ``compile`` ``"auto"`` made concrete before a new store
     records them (a resumed store's were taken from it at planning, :func:`_check_resumable`).
@@ -845,8 +868,9 @@ def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
     has joined yet, or they disagree). Engine: :func:`~cxrdask.hardware.auto_engine`, ONNX
     Runtime where every worker runs the backbone fp32 on its CPU and has it installed, else
     PyTorch. Compile: :func:`compile_pays_off` for this job on these workers, if every one
-    has a C++ compiler. All are asked of the workers, which may be other machines than the
-    client's."""
+    has a C++ compiler; then an engine ``auto`` that came out PyTorch becomes TorchScript where
+    :func:`torchscript_pays_off` and every worker's torch has it. All are asked of the
+    workers, which may be other machines than the client's."""
     c = plan.config
     if plan.store_url is None:  # a cache pass runs no backbone
         return replace(plan, config=replace(c, compile=False if c.compile == "auto" else c.compile,
@@ -869,6 +893,11 @@ def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
         c = replace(c, compile=bool(answers) and all(a["compiler"] for a in answers)
                     and compile_pays_off(len(plan.rows), _worker_threads(client),
                                          {a["device"] for a in answers}, c.engine, c.precision))
+    if (plan.config.engine == "auto" and c.engine == "torch" and answers
+            and all(a["torchscript"] for a in answers)
+            and torchscript_pays_off(len(plan.rows), _worker_threads(client),
+                                     {a["device"] for a in answers}, c.precision, c.compile is True)):
+        c = replace(c, engine="torchscript")
     return replace(plan, config=c)
 
 
@@ -1041,6 +1070,6 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
 
 
 __all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "cache_pixels", "compile_pays_off",
-           "extract_features",
-           "extract_from_pixels", "local_layout", "plan_cache", "plan_extraction", "plan_from_pixels",
-           "prepare_rows", "run_extraction"]
+           "extract_features", "extract_from_pixels", "local_layout", "plan_cache",
+           "plan_extraction", "plan_from_pixels", "prepare_rows", "run_extraction",
+           "torchscript_pays_off"]

@@ -45,8 +45,8 @@ class TaskConfig:
 async def worker_hardware(device: str, engine: str) -> dict[str, Any]:
     """On a worker (through ``Client.run``): what ``precision="auto"`` means there (see
     :func:`cxrdask.hardware.auto_precision`), and for ``engine`` and ``compile`` ``"auto"``
-    the device its backbone runs on (``cpu`` or ``cuda``), whether ONNX Runtime is installed
-    and whether it has the C++ compiler Inductor needs.
+    the device its backbone runs on (``cpu`` or ``cuda``), whether ONNX Runtime is installed,
+    whether torch has TorchScript, and whether it has the C++ compiler Inductor needs.
 
     On a machine with no GPU device file the answer comes from the CPU's flags at once, so
     the client creates the store while the worker is still importing torch (2 s of a cold
@@ -56,12 +56,18 @@ async def worker_hardware(device: str, engine: str) -> dict[str, Any]:
     import asyncio
     import shutil
 
-    from .hardware import auto_precision, backbone_device_type, onnxruntime_installed
+    from .hardware import (
+        auto_precision,
+        backbone_device_type,
+        onnxruntime_installed,
+        torchscript_available,
+    )
 
     def answer() -> dict[str, Any]:
         return {"precision": auto_precision(device, engine),
                 "device": backbone_device_type(device, engine),
                 "onnxruntime": onnxruntime_installed(),
+                "torchscript": torchscript_available(),
                 "compiler": shutil.which("g++") or shutil.which("c++") or ""}
 
     return await asyncio.to_thread(answer)

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import torch
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: Engines that run the backbone on the CPU only (``device="auto"`` means the CPU for them).
+CPU_ENGINES = ("onnxruntime", "torchscript")
+#: The TorchScript pieces the ``torchscript`` engine uses, each a file of the torch package.
+TORCHSCRIPT_FILES = ("jit/_trace.py", "jit/_freeze.py")
 #: Device files a GPU runtime needs: NVIDIA's, ROCm's, and WSL2's (where CUDA goes through
 #: /dev/dxg). Where none exists, torch can see no GPU, and saying so needs no torch import.
 GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
@@ -47,12 +51,14 @@ def has_no_gpu() -> bool:
 
 
 def backbone_device_type(device: str, engine: str) -> str:
-    """Where this machine would run the backbone: ``cpu`` or ``cuda`` (ONNX Runtime: the CPU).
+    """Where this machine would run the backbone: ``cpu`` or ``cuda`` (ONNX Runtime and
+    TorchScript: the CPU).
 
     Told without importing torch where the answer cannot be a GPU (``device="cpu"``, ONNX
-    Runtime, or ``auto`` on a machine :func:`has_no_gpu`); torch is asked otherwise. Engine
-    ``auto`` goes where PyTorch would: ONNX Runtime is chosen only for a CPU backbone."""
-    if engine == "onnxruntime" or device == "cpu" or (device == "auto" and has_no_gpu()):
+    Runtime, TorchScript, or ``auto`` on a machine :func:`has_no_gpu`); torch is asked
+    otherwise. Engine ``auto`` goes where PyTorch would: the others are chosen only for a CPU
+    backbone."""
+    if engine in CPU_ENGINES or device == "cpu" or (device == "auto" and has_no_gpu()):
         return "cpu"
     from .backbone import resolve_device
 
@@ -78,6 +84,18 @@ def onnxruntime_installed() -> bool:
     return all(importlib.util.find_spec(module) is not None for module in ("onnxruntime", "onnx"))
 
 
+def torchscript_available() -> bool:
+    """Whether the installed torch ships TorchScript's trace and freeze (which PyTorch has
+    deprecated): their files in the torch package, found without importing torch. A worker
+    answers this while its background import of torch is still under way, when asking the
+    half-imported module would fail."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return all((root / name).is_file() for name in TORCHSCRIPT_FILES)
+
+
 def auto_engine(device_type: str, precision: str, compile: bool | str,
                 onnxruntime: bool) -> str:
     """What ``engine="auto"`` means for a backbone on ``device_type`` (``cpu`` or ``cuda``)
@@ -87,7 +105,9 @@ def auto_engine(device_type: str, precision: str, compile: bool | str,
     Measured with ResNet50, batch 8 (``benchmarks/bench_extract.py``, ``bench_peers``): on
     two Intel Xeons without native bf16, ONNX Runtime ran 1.3x eager PyTorch fp32 (machine A:
     19.2 against 14.6 images/s end to end) and ahead of ``torch.compile``; where the CPU has
-    native bf16, PyTorch bf16 is faster still (2x fp32); on GPUs PyTorch runs."""
+    native bf16, PyTorch bf16 is faster still (2x fp32); on GPUs PyTorch runs. Whether a bf16
+    CPU backbone then runs as a TorchScript trace depends on the job's size, so the client
+    decides that once the job is known (:func:`cxrdask.extract.torchscript_pays_off`)."""
     if (device_type == "cpu" and precision == "fp32" and compile is not True and onnxruntime):
         return "onnxruntime"
     return "torch"
@@ -117,6 +137,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return cpu_auto_precision()
 
 
-__all__ = ["GPU_DEVICE_FILES", "auto_engine", "auto_precision", "backbone_device_type",
+__all__ = ["CPU_ENGINES", "GPU_DEVICE_FILES", "TORCHSCRIPT_FILES", "auto_engine", "auto_precision",
+           "backbone_device_type",
            "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu", "local_engine",
-           "onnxruntime_installed", "resolve_precision"]
+           "onnxruntime_installed", "resolve_precision", "torchscript_available"]

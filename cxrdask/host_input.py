@@ -71,8 +71,9 @@ class HostInput:
 
 def needs_torch_input(preprocessing: Preprocessing, engine: str, runs_backbone: bool) -> bool:
     """Whether a worker's input must be made with torch: to resize on the device, or to feed
-    a torch backbone. ONNX Runtime, and a cache pass that runs no backbone, take NumPy."""
-    return preprocessing.resize_on_device or (runs_backbone and engine == "torch")
+    a torch backbone (eager or TorchScript). ONNX Runtime, and a cache pass that runs no
+    backbone, take NumPy."""
+    return preprocessing.resize_on_device or (runs_backbone and engine != "onnxruntime")
 
 
 __all__ = ["HostDevice", "HostInput", "needs_torch_input"]
