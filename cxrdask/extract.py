@@ -83,7 +83,8 @@ class ExtractSummary:
     compiled : bool
         Whether the backbone was compiled (``compile="auto"`` made concrete).
     engine : str
-        What ran the backbone, ``torch`` or ``onnxruntime`` (``engine="auto"`` made concrete).
+        What ran the backbone: ``torch``, ``torchscript`` or ``onnxruntime``
+        (``engine="auto"`` made concrete).
     """
 
     store_url: str
@@ -110,7 +111,7 @@ class ExtractSummary:
     span_id: str | None = None
     precision: str = ""  # the backbone's arithmetic ("auto" made concrete); "" for a cache pass
     compiled: bool = False  # whether the backbone was torch.compile'd ("auto" made concrete)
-    engine: str = ""  # torch or onnxruntime ("auto" made concrete); "" for a cache pass
+    engine: str = ""  # torch, torchscript or onnxruntime ("auto" made concrete); "" for a cache pass
 
     @property
     def failed_fraction(self) -> float:
@@ -607,7 +608,8 @@ def extract_features(
         ``n_workers`` processes with ``threads_per_worker`` threads each, kept for the
         Python session so the next call starts warm. With no layout asked for: one
         single-threaded process per core, or one process with a thread per core where the
-        backbone will run on ONNX Runtime or in bf16 on eager PyTorch (:func:`local_layout`).
+        backbone will run on ONNX Runtime, on TorchScript or in bf16 on eager PyTorch
+        (:func:`local_layout`).
     progress
         Show a progress bar.
     warmup
