@@ -148,10 +148,10 @@ class BackboneRunner:
                 raise OptionError("the onnxruntime engine runs fp32 on the CPU, without compile")
             self.session = onnx_session(spec, build_backbone, torch.get_num_threads())
             return
+        if engine == "torchscript" and (self.device.type != "cpu" or compile):
+            raise OptionError("the torchscript engine runs on the CPU, without compile")
         model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         if engine == "torchscript":
-            if self.device.type != "cpu" or compile:
-                raise OptionError("the torchscript engine runs on the CPU, without compile")
             self.model = TorchScriptBackbone(model, precision, batch_size)
             self.padded = True
             return

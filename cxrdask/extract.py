@@ -891,14 +891,15 @@ def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
         engines = {auto_engine(a["device"], c.precision, c.compile, a["onnxruntime"])
                    for a in answers}
         c = replace(c, engine="onnxruntime" if engines == {"onnxruntime"} else "torch")
+    threads = _worker_threads(client)  # one ask of the scheduler for both job-size rules
+    devices = {a["device"] for a in answers}
     if c.compile == "auto":  # and never where a worker lacks the compiler Inductor needs
         c = replace(c, compile=bool(answers) and all(a["compiler"] for a in answers)
-                    and compile_pays_off(len(plan.rows), _worker_threads(client),
-                                         {a["device"] for a in answers}, c.engine, c.precision))
+                    and compile_pays_off(len(plan.rows), threads, devices, c.engine, c.precision))
     if (plan.config.engine == "auto" and c.engine == "torch" and answers
             and all(a["torchscript"] for a in answers)
-            and torchscript_pays_off(len(plan.rows), _worker_threads(client),
-                                     {a["device"] for a in answers}, c.precision, c.compile is True)):
+            and torchscript_pays_off(len(plan.rows), threads, devices, c.precision,
+                                     c.compile is True)):
         c = replace(c, engine="torchscript")
     return replace(plan, config=c)
 
