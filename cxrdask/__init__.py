@@ -40,7 +40,7 @@ _EXPORTS = {
     "close_session_cluster": "cluster",
     "start_local_cluster": "cluster",
     "FeatureBatches": "batches",
-    "TrainConfig": "train",
+    "TrainConfig": "config",
     "train_head": "train",
     "grid_search": "train",
     "evaluate": "evaluation",

@@ -13,26 +13,37 @@ import contextlib
 import faulthandler
 import inspect
 import json
+import os
 import signal
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
-from .errors import CxrDaskError, ExtractionFailedError, ExtractionIncompleteError, OptionError
+from .errors import (
+    CxrDaskError,
+    ExtractionFailedError,
+    ExtractionIncompleteError,
+    OptionError,
+    StrictFailureError,
+)
 from .interrupt import EXIT_INTERRUPTED, second_interrupt_exits
 
 EXIT_REFUSED = 2
 EXIT_TOO_MANY_FAILED = 3
 EXIT_DAMAGED = 4
 EXIT_RETRIABLE = 5
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command whose reader went away (128 + SIGPIPE)
 EXIT_CODES_HELP = """exit status:
   0  done
   2  refused before any work (bad input; nothing written)
   3  an extraction ran, but more rows failed than --max-failed-fraction allows
+     (with --strict: any row; the chunks finished before the stop are kept)
   4  verify found corrupt or missing chunks
   5  an extraction ran, but storage failures left images to read again: run it again
 130  interrupted (Ctrl-C): finished chunks are kept; run the same command to resume
+141  the output's reader closed early (`cxrdask info STORE | head`)
 
 A run that seems stuck: `kill -USR1 PID` prints where each of its threads is to stderr,
 and it goes on; the Dask dashboard's /info page shows the workers' tasks."""
@@ -53,6 +64,14 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def api_default(function, name: str):
     """The default of parameter ``name`` of an API function: the CLI states no default twice."""
     return inspect.signature(function).parameters[name].default
+
+
+def source_default(module: str, function: str, name: str):
+    """:func:`api_default` read from the module's source, for API modules that import torch
+    or scikit-learn: each command's ``--help`` answers in well under a second."""
+    from .source_defaults import source_default as read
+
+    return read(f"cxrdask.{module}", function, name)
 
 
 def parse_storage_options(pairs: list[str] | None) -> dict | None:
@@ -77,8 +96,6 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cluster(parser: argparse.ArgumentParser) -> None:
-    from .cluster import DEFAULT_DASHBOARD
-
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:port)")
     parser.add_argument("--workers", type=int,
                         help="local worker processes (default: one per core; one in all, "
@@ -86,7 +103,8 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
                              "ONNX Runtime or in bf16 on eager PyTorch)")
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="threads per local worker process")
-    parser.add_argument("--dashboard-address", default=DEFAULT_DASHBOARD,
+    parser.add_argument("--dashboard-address",
+                        default=source_default("cluster", "start_local_cluster", "dashboard_address"),
                         help="where the local cluster's dashboard listens (a busy port is replaced "
                              "by a free one); 0.0.0.0:8787 shows it to other machines")
     parser.add_argument("--performance-report", metavar="FILE.html",
@@ -224,6 +242,12 @@ def _run_plan(plan, args) -> int:
         print(exc.summary)
         print(f"cxrdask {args.command}: INCOMPLETE: {exc}", file=sys.stderr)
         return EXIT_RETRIABLE
+    except StrictFailureError as exc:
+        print(f"cxrdask {args.command}: FAILED (--strict): {exc}. The run stopped; the chunks "
+              f"finished before it are kept in {args.store}, and a --strict run of it fails "
+              f"while it holds failed rows (list them: cxrdask info {args.store}); fix the "
+              "images and run again with --retry-failed", file=sys.stderr)
+        return EXIT_TOO_MANY_FAILED
     except ExtractionFailedError as exc:
         print(exc.summary)
         print(f"cxrdask {args.command}: FAILED: {exc}. What was written is kept in {args.store}; "
@@ -308,6 +332,7 @@ def cmd_serve(args) -> int:
         from .web import create_app
     except ImportError as exc:
         raise CxrDaskError(f"{exc}; the web page needs: pip install 'cxrdask[web]'") from exc
+    listener = listening_socket(args.host, args.port)  # a busy port is refused before the model loads
     app = create_app(args.checkpoint, weights=args.weights, device=args.device,
                      max_upload_bytes=int(args.max_upload_mb * 2**20),
                      max_concurrent=args.max_concurrent)
@@ -316,8 +341,25 @@ def cmd_serve(args) -> int:
           f"{identity['head']['file']} on {identity['device']}")
     print(f"serving on http://{args.host}:{args.port}/ (API docs: /docs, health: /api/health)",
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level=args.log_level))
+    server.run(sockets=[listener])
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` for the web server, or a refusal naming the
+    address (uvicorn itself would log the error and exit 1 after the model had loaded)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise CxrDaskError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another "
+                           "server using that port? choose another with --port") from None
+    return listener
 
 
 def cmd_demo(args) -> int:
@@ -347,7 +389,8 @@ COMMANDS = {  # name: one-line help, in the order --help lists them
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The ``cxrdask`` parser; with ``only``, just that command's options are built.
+    """The ``cxrdask`` parser; with ``only``, just that command's options are built
+    (``only=""``: no command's options, for the top-level ``--help``).
 
     Each command's defaults are read from its API function, which means importing its
     module; building only the command being run keeps ``cxrdask info STORE`` free of torch.
@@ -383,9 +426,7 @@ def _verify_options(verify: argparse.ArgumentParser) -> None:
 
 
 def _synth_options(synth: argparse.ArgumentParser) -> None:
-    from .synthetic import make_archive
-
-    default = lambda name: api_default(make_archive, name)  # noqa: E731
+    default = lambda name: source_default("synthetic.writer", "make_archive", name)  # noqa: E731
     synth.add_argument("root", help="directory or URL to write the archive to")
     synth.add_argument("--n", type=int, default=default("n"), help="number of images")
     synth.add_argument("--size", type=int, default=default("size"), help="image side in pixels")
@@ -452,20 +493,18 @@ CACHE_FIELDS = ("split", "split_seed", "chunk_rows", "batch_size", "device", "pr
 
 
 def _image_source_options(parser: argparse.ArgumentParser, store_help: str) -> None:
-    from .metadata import read_metadata
-
     parser.add_argument("--metadata", help="metadata CSV (default: found under --images)")
     parser.add_argument("--store", required=True, help=store_help)
     _add_cluster(parser)
     parser.add_argument("--gpu", action="store_true", help="local GPU cluster (dask-cuda)")
-    parser.add_argument("--max-age", type=int, default=api_default(read_metadata, "max_age"),
+    parser.add_argument("--max-age", type=int, default=source_default("metadata", "read_metadata", "max_age"),
                         help="rows with a greater age are dropped (the real CSV has a few)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage(parser)
 
 
 def _train_options(train: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig, grid_search, train_head
+    from .config import TrainConfig
 
     preset = TrainConfig()
     train.add_argument("--store", required=True, help="feature store URL")
@@ -481,13 +520,15 @@ def _train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=preset.precision,
                        help="the head's arithmetic: auto = bf16 where the CPU or GPU computes it "
                             "natively, else fp32 (recorded in the checkpoint)")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=api_default(train_head, "device"),
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                       default=source_default("train", "train_head", "device"),
                        help="where the head trains (auto: the GPU where there is one); chunks are "
                             "read lazily on the host either way")
     train.add_argument("--no-cuda-graph", action="store_true",
                        help="on a GPU, run every training step eagerly instead of replaying it "
                             "from one CUDA graph (for debugging; several times slower)")
-    lrs, wds = api_default(grid_search, "lrs"), api_default(grid_search, "weight_decays")
+    lrs = source_default("train", "grid_search", "lrs")
+    wds = source_default("train", "grid_search", "weight_decays")
     train.add_argument("--grid", action="store_true", help="grid search lr x weight decay on Dask")
     train.add_argument("--grid-lrs", default=",".join(f"{v:g}" for v in lrs),
                        help="learning rates of the grid")
@@ -503,26 +544,26 @@ def _train_options(train: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
-    from .evaluation import evaluate as evaluate_function
+    default = lambda name: source_default("evaluation", "evaluate", name)  # noqa: E731
 
     evaluate.add_argument("--store", required=True, help="feature store URL")
     evaluate.add_argument("--checkpoint", required=True, help="head checkpoint (head.pt)")
     evaluate.add_argument("--out", help="directory for report.md, report.json and plots")
-    evaluate.add_argument("--split", default=api_default(evaluate_function, "split"),
+    evaluate.add_argument("--split", default=default("split"),
                           choices=["train", "validation", "test"], help="rows to evaluate on")
     evaluate.add_argument("--compare", metavar="CHECKPOINT",
                           help="a second head on the same store: paired AUC differences with "
                                "bootstrap intervals and DeLong's test")
     evaluate.add_argument("--bootstrap", type=int,
-                          default=api_default(evaluate_function, "bootstrap"),
+                          default=default("bootstrap"),
                           help="patient resamples for the 95%% intervals (0: none)")
-    evaluate.add_argument("--seed", type=int, default=api_default(evaluate_function, "seed"),
+    evaluate.add_argument("--seed", type=int, default=default("seed"),
                           help="seed of the resampling")
-    evaluate.add_argument("--threshold-rule", default=api_default(evaluate_function, "threshold_rule"),
+    evaluate.add_argument("--threshold-rule", default=default("threshold_rule"),
                           choices=["youden", "specificity"],
                           help="how each disease's threshold is chosen on the validation split")
     evaluate.add_argument("--specificity", type=float,
-                          default=api_default(evaluate_function, "specificity"),
+                          default=default("specificity"),
                           help="the specificity kept by --threshold-rule specificity")
     evaluate.add_argument("--expert-labels", metavar="CSV",
                           help="Google's 2019 expert labels (google2019_nih-chest-xray-labels.csv"
@@ -584,10 +625,19 @@ def _command_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _stacks_on_sigusr1()
-    args = build_parser(only=_command_of(argv)).parse_args(argv)
+    # Only the named command's options are built (none for `cxrdask --help`): each reads
+    # its defaults from its API module, and importing them all took seconds.
+    args = build_parser(only=_command_of(argv) or "").parse_args(argv)
     try:
         with second_interrupt_exits(args.command):
-            return args.run(args)
+            status = args.run(args)
+        sys.stdout.flush()  # a reader gone away shows here, inside the handler below
+        return status
+    except BrokenPipeError:
+        # The reader went away (`cxrdask info STORE | head -5`): no traceback, and none
+        # again when Python flushes stdout at exit (the Python docs' recipe for SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except (CxrDaskError, argparse.ArgumentTypeError, FileNotFoundError) as exc:
         print(f"cxrdask {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_REFUSED

@@ -77,6 +77,26 @@ class ImageDecodeError(CxrDaskError, ValueError):
         super().__init__(f"image {image_index!r}: {reason}")
 
 
+class StrictFailureError(ImageDecodeError):
+    """With ``strict``, an image failed while the run was under way: the run stopped at once.
+    Chunks finished before it (the failing one included) are kept in the store."""
+
+
+class FailedRowsError(CxrDaskError, ValueError):
+    """With ``strict``, the store to be resumed already holds failed rows (refused before any
+    work); ``failures`` lists them: image index and reason."""
+
+    def __init__(self, url: str, failures: list[tuple[str, str]]):
+        self.url = url
+        self.failures = list(failures)
+        shown = "; ".join(f"{name}: {reason}" for name, reason in self.failures[:5])
+        more = f"; and {len(self.failures) - 5} more" if len(self.failures) > 5 else ""
+        super().__init__(
+            f"strict: the store {url} holds {len(self.failures)} failed row(s) from an earlier "
+            f"run ({shown}{more}); a strict run fails while it does. Fix those images and read "
+            "them again (retry_failed=True, --retry-failed), or run without strict")
+
+
 class ImagesNotFoundError(CxrDaskError, FileNotFoundError):
     """The images root does not exist, or holds none (or too few) of the metadata's images.
 
@@ -138,6 +158,11 @@ class ImageTooLargeError(ImageDecodeError):
 
 class StoreError(CxrDaskError):
     """A feature store is missing, not a cxrdask store, or cannot be used as asked."""
+
+
+class WriteTargetError(StoreError, ValueError):
+    """A place to write that would harm something: the image archive (or a folder inside or
+    around it), a file, or a folder holding files that are not the store's own."""
 
 
 class StoreNotFoundError(StoreError, FileNotFoundError):

@@ -21,6 +21,7 @@ from .expert_labels import read_expert_labels
 from .head import Checkpoint, DiagnosisHead, load_checkpoint, new_head
 from .labels import LABELS
 from .localisation import WANG_CITATION, LocalisationReport
+from .write_targets import check_output_folder
 
 # Published test-set AUCs, kept for comparison (their splits differ from ours: see the report).
 WANG_2017 = {  # Wang et al., "ChestX-ray8", CVPR 2017, Table 4, ResNet-50.
@@ -347,16 +348,23 @@ def evaluate(
     expert = (None if expert_labels is None
               else read_expert_labels(expert_labels, storage_options))  # checked before any pass
     store = open_store(store, storage_options)
+    if out_dir is not None:  # checked before any pass
+        check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
+                                                                "the images folder": images})
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
              else load_checkpoint(compare_to))
+    for head in (ckpt, other):  # before any chunk is read
+        if head is not None:
+            head.check_features(store.provenance["backbone"], store.provenance.get("preprocessing"))
     demographics = tuple(ckpt.input["demographics"])
     batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
-    ckpt.check_inputs(batches.n_inputs, store.provenance["backbone"])
+    ckpt.check_inputs(batches.n_inputs, store.provenance["backbone"], store.provenance.get("preprocessing"))
     if other is not None:
         other_batches = FeatureBatches(store, split, 4096, shuffle=False,
                                        demographics=tuple(other.input["demographics"]))
-        other.check_inputs(other_batches.n_inputs, store.provenance["backbone"])
+        other.check_inputs(other_batches.n_inputs, store.provenance["backbone"],
+                           store.provenance.get("preprocessing"))
     # The untrained head: the same seed's initial weights and the same input standardisation.
     untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
     untrained.input_mean.copy_(ckpt.head.input_mean)

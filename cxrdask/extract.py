@@ -33,9 +33,12 @@ from .config import (
 from .errors import (
     ExtractionFailedError,
     ExtractionIncompleteError,
+    FailedRowsError,
     ImageDecodeError,
     ImagesNotFoundError,
+    MetadataError,
     OptionError,
+    StrictFailureError,
 )
 from .extract_tasks import STAGE_NAMES, STAGES, TaskConfig, run_chunk, run_warmup, worker_hardware
 from .hardware import CPU_ENGINES, auto_engine, cpu_auto_precision, has_no_gpu, local_engine
@@ -64,7 +67,10 @@ class ExtractSummary:
     store_rows_failed, store_rows_done : int
         The whole store's failed and written rows (earlier runs included).
     chunks_total, chunks_run, chunks_skipped : int
-        Chunks of the store, run now, skipped as done.
+        Chunks of the store, run now, skipped as done (after their checksums were checked).
+    chunks_damaged : list of int
+        Chunks an earlier run marked done that failed their checksums (or lost their data)
+        when this run read them; they were recomputed (and are among ``chunks_run``).
     seconds, warmup_seconds : float
         The run's time after the workers' model warm-up, and the warm-up (the workers'
         start-up, imports and model build).
@@ -112,6 +118,9 @@ class ExtractSummary:
     precision: str = ""  # the backbone's arithmetic ("auto" made concrete); "" for a cache pass
     compiled: bool = False  # whether the backbone was torch.compile'd ("auto" made concrete)
     engine: str = ""  # torch, torchscript or onnxruntime ("auto" made concrete); "" for a cache pass
+    # Chunks marked done by an earlier run that failed their checksums (or lost their data)
+    # when this run checked them, and were recomputed.
+    chunks_damaged: list[int] = field(default_factory=list)
 
     @property
     def failed_fraction(self) -> float:
@@ -134,8 +143,11 @@ class ExtractSummary:
         lines = [
             f"store: {self.store_url}",
             f"split: {self.split}",
-            f"chunks: {self.chunks_run} run, {self.chunks_skipped} skipped as already done, "
-            f"{self.chunks_total} in all ({self.chunk_rows} rows each)",
+            f"chunks: {self.chunks_run} run, {self.chunks_skipped} skipped as already done"
+            + (" (their checksums checked)" if self.chunks_skipped else "")
+            + f", {self.chunks_total} in all ({self.chunk_rows} rows each)"
+            + (f"; {len(self.chunks_damaged)} found damaged and recomputed: {self.chunks_damaged}"
+               if self.chunks_damaged else ""),
             f"rows: {self.rows_written} written, {self.rows_failed} failed "
             f"(of {self.rows_total} in the store)",
             f"time: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s"
@@ -358,6 +370,8 @@ def plan_extraction(
         An option has a value cxrdask does not accept.
     """
     config = ExtractConfig.with_options(config, **options)
+    _check_write_targets(storage_options, _inputs(metadata, images_root), store=store_url,
+                         pixels=pixels)
     plan = _plan_images(metadata, images_root, store_url, config, storage_options, split_codes)
     if pixels is not None:
         plan.pixels_url, plan.pixels_role = pixels, "write"
@@ -376,6 +390,9 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
     source = metadata if isinstance(metadata, str) else metadata.attrs.get("source", "the metadata")
     if isinstance(metadata, str):
         metadata = read_metadata(metadata, storage_options)
+    if metadata.empty:  # before a cluster starts, a lease is taken or a folder made
+        raise MetadataError(str(source), message=f"{source}: no rows to extract (the metadata, "
+                            "after its filters, is empty)")
     fs, base = filesystem(images_root, storage_options)
     if not fs.exists(base):
         raise ImagesNotFoundError(f"the images folder {images_root} does not exist", root=images_root,
@@ -404,6 +421,29 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
     return plan
 
 
+def _inputs(metadata: pd.DataFrame | str, images_root: str) -> dict[str, str | None]:
+    """What a run reads, which no store it writes may be, lie inside or contain."""
+    source = metadata if isinstance(metadata, str) else metadata.attrs.get("source")
+    return {"the images folder": images_root,
+            "the metadata CSV": source if isinstance(source, str) else None}
+
+
+def _check_write_targets(storage_options: StorageOptions | None, inputs: dict[str, str | None], *,
+                         store: str | None = None, pixels: str | None = None) -> None:
+    """Every store the run writes is a folder of its own, apart from what it reads and from
+    each other (:func:`~cxrdask.write_targets.check_store_target`): checked before anything
+    is read at length or written, so a mistaken ``--store`` never harms the archive."""
+    from .write_targets import check_store_target
+
+    if store is not None:
+        check_store_target(store, "features", what="the store",
+                           inputs={**inputs, "the pixel store": pixels},
+                           storage_options=storage_options)
+    if pixels is not None:
+        check_store_target(pixels, "pixels", what="the pixel store", inputs=inputs,
+                           storage_options=storage_options)
+
+
 def _preprocessing(config: ExtractConfig) -> Preprocessing:
     interpolation = DEVICE_INTERPOLATION if config.resize == "device" else CPU_INTERPOLATION
     return Preprocessing(size=config.image_size, flip=config.flip, interpolation=interpolation)
@@ -420,6 +460,7 @@ def _check_pixels_to_write(plan: ExtractionPlan) -> int | None:
         return None
     existing = PixelStore.open(plan.pixels_url, plan.storage_options)
     existing.check_pixel_settings(plan.preprocessing.to_dict())
+    _check_strict_resume(existing, plan.config)
     wanted = {"n_rows": len(plan.rows), "rows_fingerprint": rows_fingerprint(plan.rows["image_index"]),
               "split": plan.split_info}
     if plan.config.chunk_rows != "auto":
@@ -472,6 +513,7 @@ def plan_from_pixels(
     from .store import FeatureStore
 
     config = ExtractConfig.with_options(config, **options)
+    _check_write_targets(storage_options, {"the pixel store it reads": pixels}, store=store_url)
     source = PixelStore.open(pixels, storage_options)
     preprocessing = _preprocessing(config)
     source.check_pixel_settings(preprocessing.to_dict())
@@ -516,6 +558,7 @@ def plan_cache(
     """
     options.setdefault("weights", "random")  # no backbone runs: nothing to download
     config = ExtractConfig.with_options(config, **options)
+    _check_write_targets(storage_options, _inputs(metadata, images_root), pixels=pixels)
     plan = _plan_images(metadata, images_root, None, config, storage_options, split_codes)
     plan.pixels_url, plan.pixels_role = pixels, "write"
     plan.chunk_rows = _check_pixels_to_write(plan)
@@ -559,7 +602,19 @@ def _check_resumable(plan: ExtractionPlan, existing: FeatureStore, **wanted: Any
         c = replace(c, engine=existing.provenance.get("engine", "torch"))
     plan = replace(plan, config=c)
     existing.check_settings({**_resume_settings(plan), **wanted})
+    _check_strict_resume(existing, c)
     return plan
+
+
+def _check_strict_resume(existing: FeatureStore, config: ExtractConfig) -> None:
+    """A strict run refuses to resume a store holding failed rows (unless it reads them
+    again, ``retry_failed``): skipping their chunks as done would let it pass."""
+    if not config.strict or config.retry_failed:
+        return
+    failures = existing.failures()
+    if not failures.empty:
+        raise FailedRowsError(existing.url, list(zip(failures["image_index"], failures["reason"],
+                                                     strict=True)))
 
 
 def _resume_settings(plan: ExtractionPlan) -> dict:
@@ -822,7 +877,7 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
              warmup: bool) -> ExtractSummary:
     plan = _resolve_auto(plan, client)
     c = plan.config
-    stores = _create_or_resume(plan, client, leases)
+    stores = _create_or_resume(plan, client)
     task = TaskConfig(store_url=plan.store_url, storage_options=plan.storage_options,
                       backbone=plan.spec, preprocessing=plan.preprocessing, device=c.device,
                       precision=c.precision, compile=c.compile is True, engine=c.engine,
@@ -904,7 +959,7 @@ def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
     return replace(plan, config=c)
 
 
-def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) -> list[FeatureStore]:
+def _create_or_resume(plan: ExtractionPlan, client) -> list[FeatureStore]:
     """The stores the run writes (the feature store first), opened to resume them (settings
     checked again, under the lease) or made."""
     from .pixels import PixelStore
@@ -917,7 +972,7 @@ def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) ->
         chunk_rows = c.chunk_rows if c.chunk_rows != "auto" else auto_chunk_rows(
             len(plan.rows), _worker_threads(client), c.batch_size)
     stores: list[FeatureStore] = []
-    for url, lease in zip(_written_urls(plan), leases, strict=True):
+    for url in _written_urls(plan):
         pixels = url == plan.pixels_url and plan.pixels_role == "write"
         kind = PixelStore if pixels else FeatureStore
         exists = kind.exists(url, options)
@@ -940,8 +995,6 @@ def _create_or_resume(plan: ExtractionPlan, client, leases: list[StoreLease]) ->
                                         overwrite=exists,
                                         extra={"archive": plan.archive, "extract_config": c.to_dict()},
                                         **plan.settings())
-        if exists and not c.resume:
-            lease.acquire()  # overwriting cleared the store's folder, the lease with it: take it again
         stores.append(store)
     if len({store.chunk_rows for store in stores}) > 1:
         raise OptionError(f"{stores[0].url} has chunks of {stores[0].chunk_rows} rows and "
@@ -960,6 +1013,8 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     store = stores[0]  # the feature store, or the pixel store a cache pass writes
     names = rows["image_index"].tolist()
     done = np.logical_and.reduce([s.done_chunks() for s in stores])
+    damaged = _damaged_done_chunks(stores, done)
+    done[damaged] = False  # recomputed: a damaged chunk is never skipped as done
     if choices.retry_failed:  # chunks holding failed rows are recomputed too
         failed_rows = np.flatnonzero(store.read("status") == STATUS_FAILED)
         done[np.unique(failed_rows // store.chunk_rows)] = False
@@ -1010,7 +1065,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
                 bar.update(result["images"])
                 if strict and result["failures"]:
                     name, reason = result["failures"][0]
-                    raise ImageDecodeError(name, reason)
+                    raise StrictFailureError(name, reason)
         except BaseException:
             # An error or Ctrl-C: nothing more starts before the lease is released (a chunk
             # still running is fenced by its lease check, or lands whole with its marker).
@@ -1036,6 +1091,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
         chunks_total=store.n_chunks,
         chunks_skipped=store.n_chunks - len(todo),
         chunks_run=len(todo),
+        chunks_damaged=damaged,
         seconds=seconds,
         warmup_seconds=warm_seconds,
         failures=failures,
@@ -1056,6 +1112,20 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     for each in stores:
         _record_run(each, summary)
     return summary
+
+
+def _damaged_done_chunks(stores: list[FeatureStore], done: np.ndarray) -> list[int]:
+    """The chunks marked done that fail their checksums or lost their data, in any store
+    the run writes: a resumed run reads every chunk it would skip (far cheaper than
+    computing it) and recomputes the damaged ones instead of trusting their markers."""
+    skipped = np.flatnonzero(done)
+    if len(skipped) == 0:
+        return []
+    damaged: set[int] = set()
+    for store in stores:
+        problems = store.verify((store.DATA_ARRAY, "status", "error"), chunks=skipped)
+        damaged.update(int(c) for c in problems["chunk"])
+    return sorted(damaged)
 
 
 def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:

@@ -78,22 +78,64 @@ class Checkpoint:
     def backbone(self) -> dict[str, Any]:
         return self.provenance["backbone"]
 
-    def check_inputs(self, n_inputs: int, backbone: dict[str, Any] | None = None) -> None:
-        """Refuse inputs of another width, or features from another backbone or weights."""
+    def check_inputs(self, n_inputs: int, backbone: dict[str, Any] | None = None,
+                     preprocessing: dict[str, Any] | None = None) -> None:
+        """Refuse features from another backbone or weights, or from images prepared otherwise
+        (:meth:`check_features`), then inputs of another width.
+
+        The backbone and the preprocessing are checked first: a head of another backbone
+        is named as such, not as a width mismatch."""
+        self.check_features(backbone, preprocessing)
         if n_inputs != self.input["n_inputs"]:
             raise CheckpointMismatchError(
-                f"head {self.path or ''} takes {self.input['n_inputs']} inputs "
+                f"{self._name} takes {self.input['n_inputs']} inputs "
                 f"({self.input['feature_dim']} features + {list(self.input['demographics'])}), "
                 f"got {n_inputs}"
             )
+
+    @property
+    def _name(self) -> str:
+        return f"head {self.path}" if self.path else "the head"
+
+    def check_features(self, backbone: dict[str, Any] | None,
+                       preprocessing: dict[str, Any] | None = None) -> None:
+        """Refuse features of another backbone or weights (naming both), or of images
+        prepared otherwise: another size, normalisation or channel fill (naming each)."""
+        head = self._name
         if backbone is not None:
             mine = {k: self.backbone.get(k) for k in ("name", "weights", "sha256")}
             theirs = {k: backbone.get(k) for k in ("name", "weights", "sha256")}
             if mine != theirs:
                 raise CheckpointMismatchError(
-                    f"head {self.path or ''} was trained on features of {mine}, "
-                    f"not of {theirs}; extract features with the head's backbone"
-                )
+                    f"{head} was trained on features of {_backbone_name(mine)}, and these are "
+                    f"features of {_backbone_name(theirs)}; extract features with the head's "
+                    "backbone, or train a head on these")
+        if preprocessing is not None:
+            trained = self.provenance.get("preprocessing") or {}
+            differences = [f"{key} {trained.get(key)!r} there, {preprocessing.get(key)!r} here"
+                           for key in FEATURE_PREPROCESSING
+                           if key in trained and _plain(trained.get(key)) != _plain(preprocessing.get(key))]
+            if differences:
+                raise CheckpointMismatchError(
+                    f"{head} was trained on features of images prepared otherwise ("
+                    + "; ".join(differences) + "): a store made at one image size or "
+                    "normalisation is never read with a head of another; extract features as "
+                    "the head's were, or train a head on these")
+
+
+# The preprocessing settings that change a backbone's features (the training flip does not:
+# it applies to training rows only; the resize method differs by about one gray level).
+FEATURE_PREPROCESSING = ("size", "mean", "std", "channels")
+
+
+def _backbone_name(identity: dict[str, Any]) -> str:
+    sha = identity.get("sha256")
+    return f"{identity.get('name')} ({identity.get('weights')}" + (f", sha256 {sha[:12]}…)" if sha else ")")
+
+
+def _plain(value: Any) -> Any:
+    """Lists and tuples alike (JSON keeps tuples as lists)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def save_checkpoint(path: str, head: DiagnosisHead, *, config: dict, input_spec: dict,
@@ -124,8 +166,10 @@ def load_checkpoint(path: str) -> Checkpoint:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointNotFoundError(f"no head checkpoint at {path}") from exc
-    except Exception as exc:
-        raise CheckpointMismatchError(f"{path} is not a cxrdask head checkpoint: {exc}") from exc
+    except Exception as exc:  # not a torch file; torch's advice (weights_only=False) is unsafe
+        raise CheckpointMismatchError(
+            f"{path} is not a cxrdask head checkpoint (not a PyTorch file of tensors and plain "
+            f"values: {type(exc).__name__}); `cxrdask info {path}` says what it is") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatchError(f"{path} is not a cxrdask head checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ._fs import StorageOptions, filesystem, full_url, join_url
 from .errors import (
+    ImagesNotFoundError,
     LabelParseError,
     MetadataError,
     MetadataNotFoundError,
@@ -76,10 +77,14 @@ def find_metadata(root: str, storage_options: StorageOptions | None = None) -> s
 
     Raises
     ------
+    ImagesNotFoundError
+        ``root`` does not exist.
     MetadataNotFoundError
         No known metadata file is there.
     """
     fs, base = filesystem(root, storage_options)
+    if not fs.exists(base):
+        raise ImagesNotFoundError(f"the images folder {root} does not exist", root=root)
     for name in CSV_NAMES.values():
         if fs.exists(join_url(base, name)):
             return join_url(root, name)
@@ -175,13 +180,16 @@ def read_metadata(
     MissingColumnError
         A required column is absent.
     MetadataError
-        With ``errors="raise"``, a bad row; the error names each one's line, image and column.
+        The file is empty or holds no rows; with ``errors="raise"``, a bad row; the error
+        names each one's line, image and column.
     """
     if errors not in ("raise", "report"):
         raise OptionError(f"errors must be 'raise' or 'report', not {errors!r}")
     raw = _read_raw_csv(url, storage_options)
     variant = _detect_variant(raw.columns)
     columns = _canonical_columns(raw, url)
+    if raw.empty:
+        raise MetadataError(url, message=f"{url} has a header but no rows: no images to read")
     frame, problems = _validate(columns, url)
     if problems and errors == "raise":
         raise MetadataError(url, problems)
@@ -208,9 +216,11 @@ def _read_raw_csv(url: str, storage_options: StorageOptions | None) -> pd.DataFr
             # Rows with a trailing comma under a header without one: pandas warns and
             # drops the empty last field, which is what we want.
             warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            raw = pd.read_csv(
-                handle, dtype=str, keep_default_na=False, index_col=False, skipinitialspace=True
-            )
+            try:
+                raw = pd.read_csv(handle, dtype=str, keep_default_na=False, index_col=False,
+                                  skipinitialspace=True)
+            except pd.errors.EmptyDataError:
+                raise MetadataError(url, message=f"{url} is empty: no header, no rows") from None
     raw.columns = [str(c).strip() for c in raw.columns]
     return raw
 

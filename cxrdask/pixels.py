@@ -21,6 +21,7 @@ from .config import PixelCompression
 from .errors import OptionError, StoreError
 from .labels import LABELS
 from .store import STATUS_OK, FeatureStore, common_provenance
+from .write_targets import StoreKind
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -54,7 +55,7 @@ class PixelStore(FeatureStore):
     store extracted from it has the very same rows and chunks.
     """
 
-    KIND = "pixels"
+    KIND: StoreKind = "pixels"
     DATA_ARRAY = "pixels"
 
     @classmethod

@@ -39,6 +39,7 @@ from .errors import (
     StoreNotFoundError,
 )
 from .labels import LABELS
+from .write_targets import StoreKind, check_store_target, clear_store
 
 FORMAT_VERSION = 1
 ATTRS_KEY = "cxrdask"
@@ -129,7 +130,7 @@ class FeatureStore:
         extraction config, failed-row count, the last run.
     """
 
-    KIND = "features"  # provenance["kind"]; stores written before kinds existed are features
+    KIND: StoreKind = "features"  # provenance["kind"]; stores written before kinds existed are features
     DATA_ARRAY = "features"  # the array tasks fill, besides status, error and done
 
     def __init__(self, group: zarr.Group, url: str, storage_options: StorageOptions | None):
@@ -187,7 +188,8 @@ class FeatureStore:
         extra
             More provenance (the extraction config, the archive).
         overwrite
-            Replace a store already at ``url``.
+            Replace a store already at ``url``: its own arrays and metadata are removed,
+            nothing else.
 
         Returns
         -------
@@ -198,6 +200,9 @@ class FeatureStore:
         ------
         StoreError
             A store exists at ``url`` and ``overwrite`` is False, or ``table`` is empty.
+        WriteTargetError
+            ``url`` is a file, a pixel store, or a folder holding files that are not a
+            store's own (checked before anything is written).
         OptionError
             An unknown dtype, or ``chunk_rows`` below 1.
         """
@@ -227,12 +232,17 @@ class FeatureStore:
         """Make the group: the data array (``cls.DATA_ARRAY``, from ``data``'s arguments), the
         task arrays, the per-row table and coordinates, then the attributes, consolidated."""
         n_rows, n_chunks = len(table), provenance["n_chunks"]
+        # A file, a store of the other kind or a folder holding other files is refused
+        # before anything is written; overwriting removes the store's own entries alone
+        # (zarr's mode "w" would clear the whole folder, whatever else it holds).
+        check_store_target(url, cls.KIND, storage_options=storage_options)
         store = zarr_store(url, storage_options)
-        if not overwrite and cls.exists(url, storage_options):
-            raise StoreError(f"a Zarr group or array already exists at {url}; open it, or "
-                             "create with overwrite=True")
-        # "a" keeps other files in the folder (the writer's lease); "w" clears it all.
-        group = zarr.open_group(store=store, mode="w" if overwrite else "a", zarr_format=3)
+        if cls.exists(url, storage_options):
+            if not overwrite:
+                raise StoreError(f"a Zarr group or array already exists at {url}; open it, or "
+                                 "create with overwrite=True")
+            clear_store(url, cls.KIND, storage_options)
+        group = zarr.open_group(store=store, mode="a", zarr_format=3)
         # Every array names its dimensions (Zarr v3 dimension_names), and ``image`` and
         # ``finding`` hold the coordinates, so xarray.open_zarr gives a labelled Dataset.
         group.create_array(cls.DATA_ARRAY, **data)
@@ -425,8 +435,9 @@ class FeatureStore:
                 return CorruptChunkError(self.url, name, first // step, str(inner))
         return CorruptChunkError(self.url, name, None, str(exc))
 
-    def verify(self, arrays: tuple[str, ...] | None = None) -> pd.DataFrame:
-        """Read every written chunk of ``arrays`` and list the corrupt or missing ones.
+    def verify(self, arrays: tuple[str, ...] | None = None, chunks=None) -> pd.DataFrame:
+        """Read every written chunk of ``arrays`` (of the store chunks ``chunks``; all by
+        default) and list the corrupt or missing ones.
 
         A chunk is *corrupt* when it fails its checksum or cannot be decoded, and *missing*
         when its done marker is set but its data is absent. Nothing is changed; clear the
@@ -449,7 +460,7 @@ class FeatureStore:
         for name in arrays:
             array = self.array(name)
             step = array.chunks[0]
-            for chunk in range(self.n_chunks):
+            for chunk in range(self.n_chunks) if chunks is None else sorted({int(c) for c in chunks}):
                 start, stop = (chunk, chunk + 1) if name == "done" else self.chunk_bounds(chunk)
                 index = start // step
                 key = f"{name}/c/{index}" + "/0" * (array.ndim - 1)

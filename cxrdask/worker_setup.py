@@ -22,6 +22,7 @@ needs torch where it was left out (``engine="torch"``, training) imports it itse
 from __future__ import annotations
 
 import importlib
+import logging
 import signal
 import threading
 
@@ -31,10 +32,20 @@ WORKER_MODULES = ("cxrdask.extract_worker",)
 TORCH_MODULES = ("cxrdask.backbone", "cxrdask.model_input")
 
 
+class CancelledOnPurpose(logging.Filter):
+    """Drops distributed's warning that a task "ended with CancelledError": the client
+    cancels a run's remaining tasks on purpose (a ``strict`` stop, an error, Ctrl-C), and a
+    user read the warning, one per running task, as a second failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ended with CancelledError" not in record.getMessage()
+
+
 def dask_setup(worker) -> None:
     """Dask's preload hook: runs in the worker process when it starts."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker.state_machine").addFilter(CancelledOnPurpose())
     threading.Thread(target=_import_worker_modules, name="cxrdask-preimport", daemon=True).start()
 
 
