@@ -48,7 +48,7 @@ def measure(precision: str, compile: bool, seconds: float, size: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from cxrdask.hardware import cpu_has_native_bf16
+    from cxrdask.backbones.hardware import cpu_has_native_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--precisions", default=None,

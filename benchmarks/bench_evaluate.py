@@ -33,10 +33,10 @@ def main(argv=None) -> None:
 
     import torch
 
-    from cxrdask.evaluation import evaluate
-    from cxrdask.store import FeatureStore
+    from cxrdask.evaluation.report import evaluate
+    from cxrdask.head.train import TrainConfig, train_head
+    from cxrdask.store.features import FeatureStore
     from cxrdask.testing import make_feature_store
-    from cxrdask.train import TrainConfig, train_head
 
     torch.set_num_threads(2)
     work = Path(tempfile.mkdtemp(prefix="bench-evaluate-"))

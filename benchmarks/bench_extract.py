@@ -32,11 +32,11 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 
 from benchmarks.common import ProcessTreeMonitor, disk_bytes, machine, peak_rss_mb, save_results, table
 from benchmarks.spark_2018 import spark_available
-from cxrdask.backbone import BackboneRunner, BackboneSpec
-from cxrdask.hardware import cpu_has_native_bf16
-from cxrdask.imaging import preprocess_bytes
-from cxrdask.metadata import locate_images, read_metadata
-from cxrdask.synthetic import make_archive
+from cxrdask.archive.metadata import locate_images, read_metadata
+from cxrdask.archive.synthetic import make_archive
+from cxrdask.backbones.hardware import cpu_has_native_bf16
+from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
+from cxrdask.imaging.decode import preprocess_bytes
 
 SPEC = BackboneSpec("resnet50", "random", 0)
 
@@ -128,8 +128,8 @@ def forward_rate_on_device(config: Config, batch: int, seconds: float) -> float:
     normalised there), nothing copied: the bound any pipeline feeding it can reach."""
     import torch
 
-    from cxrdask.imaging import Preprocessing
-    from cxrdask.model_input import DeviceInput
+    from cxrdask.imaging.model_input import DeviceInput
+    from cxrdask.imaging.preprocessing import Preprocessing
 
     runner = BackboneRunner(SPEC, "cuda", config.precision, config.compile, batch, config.engine)
     converter = DeviceInput(torch.device("cuda"), Preprocessing())
@@ -146,7 +146,8 @@ def forward_rate_on_device(config: Config, batch: int, seconds: float) -> float:
 
 def _decode_file(args: tuple[str, bool]) -> None:
     url, resize = args
-    from cxrdask.imaging import Preprocessing, decode_gray, resize_gray
+    from cxrdask.imaging.decode import decode_gray, resize_gray
+    from cxrdask.imaging.preprocessing import Preprocessing
 
     with open(url, "rb") as handle:
         gray, _ = decode_gray(handle.read(), os.path.basename(url))
@@ -221,8 +222,8 @@ def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, device: s
                  resize: str = "cpu", source: str | None = None) -> dict:
     """extract_features (or, with ``source``, extract_from_pixels) on a fresh local cluster;
     the model is built before the clock starts."""
-    from cxrdask.cluster import local_client
-    from cxrdask.extract import STAGES, extract_features, extract_from_pixels
+    from cxrdask.extract.cluster import local_client
+    from cxrdask.extract.run import STAGES, extract_features, extract_from_pixels
 
     store = tempfile.mkdtemp(prefix="bench-store-") + "/f.zarr"
     options = dict(weights="random", batch_size=batch, device=device, precision=config.precision,
@@ -250,8 +251,8 @@ def cache_rate(metadata: str, root: str, workers: int, threads: int, device: str
                chunk_rows: int, batch: int, io_threads: int, resize: str, url: str,
                compression: str = "zstd") -> dict:
     """cache_pixels (decode and resize once, no backbone) on a fresh local cluster."""
-    from cxrdask.cluster import local_client
-    from cxrdask.extract import cache_pixels
+    from cxrdask.extract.cluster import local_client
+    from cxrdask.extract.run import cache_pixels
 
     shutil.rmtree(url, ignore_errors=True)
     with ProcessTreeMonitor() as monitor:

@@ -53,7 +53,7 @@ def first_chunk_time(store: str, stop: threading.Event, found: dict) -> None:
     A done marker is a file of the store's ``done`` array (written only where set), so the
     poll lists that folder, and opens the store only to confirm a marker it sees. Opening
     the store every 20 ms instead took 0.28 of a core, taken from the job it times on 2 cores."""
-    from cxrdask.store import FeatureStore
+    from cxrdask.store.features import FeatureStore
 
     markers = Path(store) / "done" / "c"
     while not stop.is_set():

@@ -5,7 +5,7 @@
     python -m benchmarks.bench_peers --images /data/nih/images --metadata /data/nih/Data_Entry_2017.csv
 
 Contenders (each in a fresh Python process, same PNGs, same decode + resize + normalise
-(:func:`cxrdask.imaging.preprocess_bytes`), the same random-weight ResNet50 (seed 0) in
+(:func:`cxrdask.imaging.decode.preprocess_bytes`), the same random-weight ResNet50 (seed 0) in
 channels-last memory layout, same precision (bf16 by autocast), same batch, one torch
 thread per model copy, one model copy per core, and 2,048 float16 values written per image;
 the job is the rows ``read_metadata`` keeps):
@@ -78,7 +78,7 @@ class Model:
     def __init__(self, precision: str, threads: int = 1):
         import torch
 
-        from cxrdask.backbone import BackboneSpec, build_backbone
+        from cxrdask.backbones.runner import BackboneSpec, build_backbone
 
         torch.set_num_threads(threads)
         self.torch = torch
@@ -100,7 +100,7 @@ class Model:
     def from_png_bytes(self, blobs, names=None):
         import numpy as np
 
-        from cxrdask.imaging import preprocess_bytes
+        from cxrdask.imaging.decode import preprocess_bytes
 
         names = names if names is not None else [""] * len(blobs)
         return self(np.stack([preprocess_bytes(bytes(b), n)[0] for b, n in zip(blobs, names,
@@ -219,7 +219,7 @@ class PngFiles:
     def __getitem__(self, i: int):
         import torch
 
-        from cxrdask.imaging import preprocess_bytes
+        from cxrdask.imaging.decode import preprocess_bytes
 
         with open(self.paths[i], "rb") as handle:
             return torch.from_numpy(preprocess_bytes(handle.read(), self.paths[i])[0])
@@ -271,7 +271,7 @@ def read_output(name: str, out: str, paths: list[str]):
     import numpy as np
 
     if name.startswith("cxrdask"):
-        from cxrdask.store import STATUS_OK, FeatureStore
+        from cxrdask.store.features import STATUS_OK, FeatureStore
 
         store = FeatureStore.open(out + "/features.zarr")
         names = store.read("image_index")
@@ -342,8 +342,8 @@ def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seco
 def default_engine(precision: str, images: int, cores: int) -> str:
     """The engine cxrdask's defaults run here at ``precision`` (``engine="auto"``) on a job of
     ``images`` on a local cluster of ``cores`` worker threads."""
-    from cxrdask.extract import torchscript_pays_off
-    from cxrdask.hardware import local_engine, torchscript_available
+    from cxrdask.backbones.hardware import local_engine, torchscript_available
+    from cxrdask.extract.run import torchscript_pays_off
 
     engine = local_engine("auto", "auto", precision, "auto")
     if engine == "torch" and torchscript_available() and torchscript_pays_off(
@@ -356,7 +356,7 @@ def engine_used(name: str, out: str) -> str:
     """The engine that ran a pass: what a cxrdask store records, PyTorch for the others."""
     if not name.startswith("cxrdask"):
         return "torch"
-    from cxrdask.store import FeatureStore
+    from cxrdask.store.features import FeatureStore
 
     return FeatureStore.open(out + "/features.zarr").provenance.get("engine", "torch")
 
@@ -457,8 +457,8 @@ def main(argv=None) -> None:
         return
 
     from benchmarks.bench_extract import archive_for
-    from cxrdask.hardware import cpu_has_native_bf16
-    from cxrdask.metadata import locate_images, read_metadata
+    from cxrdask.archive.metadata import locate_images, read_metadata
+    from cxrdask.backbones.hardware import cpu_has_native_bf16
 
     if args.images:
         if not args.metadata:

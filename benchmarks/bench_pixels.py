@@ -29,9 +29,10 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import disk_bytes, machine, save_results, table
-from cxrdask.imaging import Preprocessing, decode_gray, resize_gray
-from cxrdask.metadata import locate_images, read_metadata
-from cxrdask.synthetic import make_archive
+from cxrdask.archive.metadata import locate_images, read_metadata
+from cxrdask.archive.synthetic import make_archive
+from cxrdask.imaging.decode import decode_gray, resize_gray
+from cxrdask.imaging.preprocessing import Preprocessing
 
 
 def decoders() -> dict:
@@ -76,7 +77,7 @@ def compression_rows(images: np.ndarray, chunk_rows: int, folder: Path) -> list[
     import zarr
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    from cxrdask.pixels import pixel_codecs
+    from cxrdask.store.pixels import pixel_codecs
 
     variants = {"none": pixel_codecs("none"), "lz4": pixel_codecs("lz4"),
                 "zstd-1 (default)": pixel_codecs("zstd"),

@@ -19,9 +19,9 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine, save_results, table
-from cxrdask.cluster import local_client
-from cxrdask.extract import extract_features
-from cxrdask.synthetic import make_archive
+from cxrdask.archive.synthetic import make_archive
+from cxrdask.extract.cluster import local_client
+from cxrdask.extract.run import extract_features
 from cxrdask.testing import local_s3_server
 
 

@@ -61,7 +61,7 @@ PLACEHOLDER_PNG = bytes.fromhex(  # a valid 1x1 gray PNG
 
 def write_layout(root: Path, n: int) -> str:
     """NIH's files for ``n`` images: the CSV, the official lists, placeholder PNGs."""
-    from cxrdask.synthetic import format_csv, image_folder, make_metadata, official_lists
+    from cxrdask.archive.synthetic import format_csv, image_folder, make_metadata, official_lists
 
     frame = make_metadata(n, seed=0)
     root.mkdir(parents=True, exist_ok=True)
@@ -87,9 +87,9 @@ def timed(stages: dict, name: str, work):
 def measure(n: int, directory: Path, s3: dict | None = None, extract: dict | None = None) -> dict:
     """Every stage at N rows; ``s3``: ``{"options", "proxy"}`` to time the S3 stages too;
     ``extract``: ``{"workers", "image_size"}`` to run a real extraction too."""
-    from cxrdask.evaluation import evaluate
+    from cxrdask.evaluation.report import evaluate
+    from cxrdask.head.train import TrainConfig, train_head
     from cxrdask.testing import make_feature_store
-    from cxrdask.train import TrainConfig, train_head
 
     root = directory / f"archive_{n}"
     csv = write_layout(root, n)
@@ -127,11 +127,11 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
     archive holds ``n`` images). Each
     stage's seconds go into ``stages`` under ``prefix`` + its name; returns the proxy's
     request counts of the listing, the resume check and ``table()`` (none without one)."""
-    from cxrdask.extract import prepare_rows
-    from cxrdask.imaging import Preprocessing
+    from cxrdask.archive.metadata import locate_images, read_metadata
+    from cxrdask.extract.run import prepare_rows
+    from cxrdask.imaging.preprocessing import Preprocessing
     from cxrdask.info import describe_store
-    from cxrdask.metadata import locate_images, read_metadata
-    from cxrdask.store import FeatureStore
+    from cxrdask.store.features import FeatureStore
 
     def requests() -> collections.Counter:
         return proxy.requests.copy() if proxy is not None else collections.Counter()
@@ -199,8 +199,8 @@ def measure_extraction(csv: str, root: Path, store: Path, workers: int, image_si
 def extract_child(csv: str, root: str, store: str, workers: int, image_size: int) -> dict:
     """``extract_features`` as a notebook user calls it, on a local cluster of ``workers``
     one-thread processes, with the dashboard polled every half second meanwhile."""
-    from cxrdask.cluster import local_client
-    from cxrdask.extract import STAGES, extract_features
+    from cxrdask.extract.cluster import local_client
+    from cxrdask.extract.run import STAGES, extract_features
 
     slowest = [0.0]
     answered = [0]

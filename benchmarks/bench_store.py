@@ -28,8 +28,8 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 from benchmarks.bench_extract import SPEC, archive_for
 from benchmarks.common import disk_bytes, machine, save_results, table
 from benchmarks.spark_2018 import text_line
-from cxrdask.metadata import locate_images, read_metadata
-from cxrdask.store import STATUS_OK, FeatureStore
+from cxrdask.archive.metadata import locate_images, read_metadata
+from cxrdask.store.features import STATUS_OK, FeatureStore
 from cxrdask.testing import direct_features, make_feature_store
 
 FULL_ARCHIVE = 112_120

@@ -30,9 +30,9 @@ from benchmarks.common import machine, peak_rss_mb, save_results, table
 
 def measure(store_url: str, batch: int, mode: str, max_rows: int) -> dict:
     """One training pass (capped at ``max_rows``) in this process; seconds per full epoch."""
-    from cxrdask.batches import FeatureBatches
-    from cxrdask.head import DiagnosisHead
-    from cxrdask.train import TrainConfig, _adam
+    from cxrdask.head.batches import FeatureBatches
+    from cxrdask.head.model import DiagnosisHead
+    from cxrdask.head.train import TrainConfig, _adam
 
     torch.set_num_threads(1)
     batches = FeatureBatches(store_url, "train", batch, seed=0)
@@ -70,7 +70,7 @@ def measure(store_url: str, batch: int, mode: str, max_rows: int) -> dict:
 
 
 def ensure_store(directory: Path, n: int) -> str:
-    from cxrdask.store import FeatureStore
+    from cxrdask.store.features import FeatureStore
     from cxrdask.testing import make_feature_store
 
     url = str(directory / f"features_{n}.zarr")
@@ -99,8 +99,8 @@ FULL_RUN_VARIANTS = {  # name: TrainConfig fields
 def full_run(store_url: str, epochs: int, device: str = "cpu", variant: str = "default",
              batch: int = 256) -> dict:
     """train_head for ``epochs`` epochs, without early stopping (the real API)."""
-    from cxrdask.head import load_checkpoint
-    from cxrdask.train import TrainConfig, train_head
+    from cxrdask.head.model import load_checkpoint
+    from cxrdask.head.train import TrainConfig, train_head
 
     config = TrainConfig(epochs=epochs, batch_size=batch, early_stopping=None,
                          **FULL_RUN_VARIANTS[variant])

@@ -31,9 +31,9 @@ from cxrdask.testing import free_port
 
 def small_checkpoint(workdir: Path) -> str:
     """A head trained for 3 epochs on random-weight ResNet50 features of 48 small images."""
-    from cxrdask.extract import extract_features
-    from cxrdask.synthetic import make_archive
-    from cxrdask.train import TrainConfig, train_head
+    from cxrdask.archive.synthetic import make_archive
+    from cxrdask.extract.run import extract_features
+    from cxrdask.head.train import TrainConfig, train_head
 
     archive = make_archive(str(workdir / "train-archive"), n=48, size=128, seed=1)
     store = str(workdir / "features.zarr")
@@ -94,7 +94,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="benchmarks/results/bench_web")
     args = parser.parse_args(argv)
 
-    from cxrdask.synthetic import make_archive
+    from cxrdask.archive.synthetic import make_archive
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-web-"))
     checkpoint = args.checkpoint or small_checkpoint(workdir)

@@ -37,8 +37,8 @@ def features_of_partition(rows: Iterator[tuple[str, str]], precision: str = "fp3
     import numpy as np
     import torch
 
-    from cxrdask.backbone import BackboneSpec, build_backbone
-    from cxrdask.imaging import preprocess_bytes
+    from cxrdask.backbones.runner import BackboneSpec, build_backbone
+    from cxrdask.imaging.decode import preprocess_bytes
 
     torch.set_num_threads(1)
     model = build_backbone(BackboneSpec("resnet50", "random", 0))

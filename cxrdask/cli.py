@@ -20,15 +20,15 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
-from .errors import (
+from cxrdask import __version__
+from cxrdask.errors import (
     CxrDaskError,
     ExtractionFailedError,
     ExtractionIncompleteError,
     OptionError,
     StrictFailureError,
 )
-from .interrupt import EXIT_INTERRUPTED, second_interrupt_exits
+from cxrdask.extract.interrupt import EXIT_INTERRUPTED, second_interrupt_exits
 
 EXIT_REFUSED = 2
 EXIT_TOO_MANY_FAILED = 3
@@ -69,7 +69,7 @@ def api_default(function, name: str):
 def source_default(module: str, function: str, name: str):
     """:func:`api_default` read from the module's source, for API modules that import torch
     or scikit-learn: each command's ``--help`` answers in well under a second."""
-    from .source_defaults import source_default as read
+    from cxrdask.source_defaults import source_default as read
 
     return read(f"cxrdask.{module}", function, name)
 
@@ -104,7 +104,7 @@ def _add_cluster(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads-per-worker", type=int, default=1,
                         help="threads per local worker process")
     parser.add_argument("--dashboard-address",
-                        default=source_default("cluster", "start_local_cluster", "dashboard_address"),
+                        default=source_default("extract.cluster", "start_local_cluster", "dashboard_address"),
                         help="where the local cluster's dashboard listens (a busy port is replaced "
                              "by a free one); 0.0.0.0:8787 shows it to other machines")
     parser.add_argument("--performance-report", metavar="FILE.html",
@@ -129,7 +129,7 @@ def _maybe_report(path: str | None):
 
 def cmd_info(args) -> int:
     """A store's or a checkpoint's contents (fast, no torch), or the environment."""
-    from .info import describe_target, environment_report
+    from cxrdask.info import describe_target, environment_report
 
     if args.target:
         print(describe_target(args.target, parse_storage_options(args.storage_option)))
@@ -140,9 +140,9 @@ def cmd_info(args) -> int:
 
 def cmd_verify(args) -> int:
     """Read every written chunk; list corrupt or missing ones; with --repair, clear their markers."""
-    from .store import FeatureStore
+    from cxrdask.store.pixels import open_any_store
 
-    store = FeatureStore.open_any(args.store, parse_storage_options(args.storage_option),
+    store = open_any_store(args.store, parse_storage_options(args.storage_option),
                                   mode="r+" if args.repair else "r")
     problems = store.verify()
     if problems.empty:
@@ -161,7 +161,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .synthetic import make_archive
+    from cxrdask.archive.synthetic import make_archive
 
     archive = make_archive(args.root, n=args.n, size=args.size, seed=args.seed,
                            strength=args.strength, prevalence=args.prevalence,
@@ -178,14 +178,14 @@ def cmd_synth(args) -> int:
 def _metadata_url(args) -> str:
     if args.metadata:
         return args.metadata
-    from .metadata import find_metadata
+    from cxrdask.archive.metadata import find_metadata
 
     return find_metadata(args.images, parse_storage_options(args.storage_option))
 
 
 def cmd_extract(args) -> int:
-    from .config import config_from_args
-    from .extract import plan_extraction, plan_from_pixels
+    from cxrdask.config import config_from_args
+    from cxrdask.extract.run import plan_extraction, plan_from_pixels
 
     storage_options = parse_storage_options(args.storage_option)
     config = config_from_args(args)
@@ -206,8 +206,8 @@ def cmd_extract(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .config import config_from_args
-    from .extract import plan_cache
+    from cxrdask.config import config_from_args
+    from cxrdask.extract.run import plan_cache
 
     storage_options = parse_storage_options(args.storage_option)
     metadata = _read_metadata(args, storage_options)
@@ -217,7 +217,7 @@ def cmd_cache(args) -> int:
 
 
 def _read_metadata(args, storage_options):
-    from .metadata import read_metadata
+    from cxrdask.archive.metadata import read_metadata
 
     metadata, report = read_metadata(_metadata_url(args), storage_options, max_age=args.max_age,
                                      return_report=True)
@@ -227,8 +227,8 @@ def _read_metadata(args, storage_options):
 
 def _run_plan(plan, args) -> int:
     """Run a checked plan on the cluster the options describe; report; the exit status."""
-    from .cluster import local_client
-    from .extract import run_extraction
+    from cxrdask.extract.cluster import local_client
+    from cxrdask.extract.run import run_extraction
 
     print(plan.describe(), flush=True)
     try:
@@ -262,7 +262,7 @@ def _run_plan(plan, args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, grid_search, train_head
+    from cxrdask.head.train import TrainConfig, grid_search, train_head
 
     storage_options = parse_storage_options(args.storage_option)
     config = TrainConfig.preset_config(args.preset, epochs=args.epochs, batch_size=args.batch_size,
@@ -270,7 +270,7 @@ def cmd_train(args) -> int:
                                        precision=args.precision,
                                        cuda_graph=False if args.no_cuda_graph else None)
     if args.grid:
-        from .cluster import local_client
+        from cxrdask.extract.cluster import local_client
 
         lrs = [float(v) for v in args.grid_lrs.split(",")]
         wds = [float(v) for v in args.grid_weight_decays.split(",")]
@@ -291,12 +291,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate
+    from cxrdask.evaluation.report import evaluate
 
     with contextlib.ExitStack() as stack:
         client = None
         if args.boxes and args.scheduler:  # else localisation starts its own local cluster
-            from .cluster import local_client
+            from cxrdask.extract.cluster import local_client
 
             client = stack.enter_context(local_client(args.scheduler))
         report = evaluate(args.store, args.checkpoint, split=args.split, out_dir=args.out,
@@ -312,7 +312,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .inference import predict
+    from cxrdask.serve.inference import predict
 
     frame = predict(args.images, args.checkpoint, weights=args.weights, age=args.age, sex=args.sex,
                     view=args.view, device=args.device)
@@ -329,7 +329,7 @@ def cmd_serve(args) -> int:
     try:
         import uvicorn
 
-        from .web import create_app
+        from cxrdask.serve.web import create_app
     except ImportError as exc:
         raise CxrDaskError(f"{exc}; the web page needs: pip install 'cxrdask[web]'") from exc
     listener = listening_socket(args.host, args.port)  # a busy port is refused before the model loads
@@ -364,7 +364,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def cmd_demo(args) -> int:
     """Synthetic archive -> metadata -> splits -> features -> head -> evaluation, end to end."""
-    from .demo import run_demo
+    from cxrdask.demo import run_demo
 
     run_demo(args.out, n=args.n, size=args.size, seed=args.seed, weights=args.weights,
              epochs=args.epochs, workers=args.workers, progress=not args.quiet)
@@ -426,7 +426,7 @@ def _verify_options(verify: argparse.ArgumentParser) -> None:
 
 
 def _synth_options(synth: argparse.ArgumentParser) -> None:
-    default = lambda name: source_default("synthetic.writer", "make_archive", name)  # noqa: E731
+    default = lambda name: source_default("archive.synthetic.writer", "make_archive", name)  # noqa: E731
     synth.add_argument("root", help="directory or URL to write the archive to")
     synth.add_argument("--n", type=int, default=default("n"), help="number of images")
     synth.add_argument("--size", type=int, default=default("size"), help="image side in pixels")
@@ -445,7 +445,7 @@ def _synth_options(synth: argparse.ArgumentParser) -> None:
 
 
 def _demo_options(demo: argparse.ArgumentParser) -> None:
-    from .demo import run_demo
+    from cxrdask.demo import run_demo
 
     default = lambda name: api_default(run_demo, name)  # noqa: E731
     demo.add_argument("--out", default=default("out"),
@@ -464,7 +464,7 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
 
 
 def _extract_options(extract: argparse.ArgumentParser) -> None:
-    from .config import add_config_options
+    from cxrdask.config import add_config_options
 
     extract.add_argument("--images", help="archive root (images/ or images_###/)")
     extract.add_argument("--source", metavar="PIXELS.zarr",
@@ -478,7 +478,7 @@ def _extract_options(extract: argparse.ArgumentParser) -> None:
 
 
 def _cache_options(cache: argparse.ArgumentParser) -> None:
-    from .config import add_config_options
+    from cxrdask.config import add_config_options
 
     cache.add_argument("--images", required=True, help="archive root (images/ or images_###/)")
     _image_source_options(cache, "pixel store URL (.zarr) to make or resume")
@@ -497,14 +497,15 @@ def _image_source_options(parser: argparse.ArgumentParser, store_help: str) -> N
     parser.add_argument("--store", required=True, help=store_help)
     _add_cluster(parser)
     parser.add_argument("--gpu", action="store_true", help="local GPU cluster (dask-cuda)")
-    parser.add_argument("--max-age", type=int, default=source_default("metadata", "read_metadata", "max_age"),
+    parser.add_argument("--max-age", type=int,
+                        default=source_default("archive.metadata", "read_metadata", "max_age"),
                         help="rows with a greater age are dropped (the real CSV has a few)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage(parser)
 
 
 def _train_options(train: argparse.ArgumentParser) -> None:
-    from .config import TrainConfig
+    from cxrdask.config import TrainConfig
 
     preset = TrainConfig()
     train.add_argument("--store", required=True, help="feature store URL")
@@ -521,14 +522,14 @@ def _train_options(train: argparse.ArgumentParser) -> None:
                        help="the head's arithmetic: auto = bf16 where the CPU or GPU computes it "
                             "natively, else fp32 (recorded in the checkpoint)")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                       default=source_default("train", "train_head", "device"),
+                       default=source_default("head.train", "train_head", "device"),
                        help="where the head trains (auto: the GPU where there is one); chunks are "
                             "read lazily on the host either way")
     train.add_argument("--no-cuda-graph", action="store_true",
                        help="on a GPU, run every training step eagerly instead of replaying it "
                             "from one CUDA graph (for debugging; several times slower)")
-    lrs = source_default("train", "grid_search", "lrs")
-    wds = source_default("train", "grid_search", "weight_decays")
+    lrs = source_default("head.train", "grid_search", "lrs")
+    wds = source_default("head.train", "grid_search", "weight_decays")
     train.add_argument("--grid", action="store_true", help="grid search lr x weight decay on Dask")
     train.add_argument("--grid-lrs", default=",".join(f"{v:g}" for v in lrs),
                        help="learning rates of the grid")
@@ -544,7 +545,7 @@ def _train_options(train: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
-    default = lambda name: source_default("evaluation", "evaluate", name)  # noqa: E731
+    default = lambda name: source_default("evaluation.report", "evaluate", name)  # noqa: E731
 
     evaluate.add_argument("--store", required=True, help="feature store URL")
     evaluate.add_argument("--checkpoint", required=True, help="head checkpoint (head.pt)")

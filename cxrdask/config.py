@@ -1,6 +1,6 @@
 """Every choice of an extraction in one typed, frozen dataclass, and the presets, in one place.
 
-:class:`ExtractConfig` is what :func:`~cxrdask.extract.extract_features` takes, what the
+:class:`ExtractConfig` is what :func:`~cxrdask.extract.run.extract_features` takes, what the
 store records as provenance (``provenance["extract_config"]``) and what the ``cxrdask
 extract`` options are generated from (:func:`add_config_options`): a default or a help
 text is written once, here. Presets (``seed2018``, the 2018 recipe) live here for both
@@ -15,9 +15,10 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
-from .encoding import DEFAULT_DEMOGRAPHICS
-from .errors import OptionError
-from .retries import DEFAULT_READ_RETRIES
+from cxrdask.errors import OptionError
+
+DEFAULT_READ_RETRIES = 4  # extraction's --read-retries, and localisation's image reads
+DEFAULT_DEMOGRAPHICS = ("age", "sex")  # the head's inputs after the features: the 2018 recipe's 2050
 
 SplitMethod = Literal["auto", "official", "patient", "random"]
 BackboneName = Literal["resnet50", "densenet121", "resnet18"]
@@ -37,7 +38,7 @@ DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or mor
 # compiled (19.4 -> 19.2), so auto leaves it eager. 10,000 images is 4.5x that break-even.
 COMPILE_AUTO_MIN_IMAGES = 10_000
 # engine="auto" runs a bf16 backbone on CPU workers as a fused TorchScript trace
-# (cxrdask.torchscript_engine) when each worker thread has this many images or more: building
+# (cxrdask.backbones.torchscript) when each worker thread has this many images or more: building
 # it costs ~0.7 s more than an eager model's first batch (a trace and a profiling batch),
 # repaid by its 25 against 19 images/s per thread after ~60 images (2-core AMD EPYC,
 # ResNet50, batch 8). A job smaller than this starts as soon as it can, eager.
@@ -341,7 +342,9 @@ class TrainConfig:
 __all__ = [
     "COMPILE_AUTO_MIN_IMAGES",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_DEMOGRAPHICS",
     "DEFAULT_MAX_FAILED_FRACTION",
+    "DEFAULT_READ_RETRIES",
     "EXTRACT_PRESETS",
     "TORCHSCRIPT_AUTO_MIN_IMAGES",
     "TRAIN_PRESETS",

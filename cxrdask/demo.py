@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import CxrDaskError
+from cxrdask.errors import CxrDaskError
 
 SETTINGS_FILE = "cxrdask-demo.json"
 
@@ -116,14 +116,14 @@ def run_demo(
     DemoFolderError
         ``out`` holds a demo of other settings, or files that are not a demo's.
     """
-    from .boxes import BOX_FILE
-    from .cluster import local_client
-    from .evaluation import evaluate
-    from .extract import plan_extraction, run_extraction
-    from .metadata import read_metadata
-    from .synthetic import make_archive, synthetic_settings
-    from .synthetic.expert import EXPERT_FILE
-    from .train import TrainConfig, train_head
+    from cxrdask.archive.boxes import BOX_FILE
+    from cxrdask.archive.metadata import read_metadata
+    from cxrdask.archive.synthetic import make_archive, synthetic_settings
+    from cxrdask.archive.synthetic.expert import EXPERT_FILE
+    from cxrdask.evaluation.report import evaluate
+    from cxrdask.extract.cluster import local_client
+    from cxrdask.extract.run import plan_extraction, run_extraction
+    from cxrdask.head.train import TrainConfig, train_head
 
     out = Path(out)
     settings = DemoSettings(n=n, size=size, seed=seed, weights=weights)
@@ -134,7 +134,7 @@ def run_demo(
 
     if resumed and synthetic_settings(archive_root) is not None:
         echo(f"1/5 synthetic archive: kept from the earlier run under {archive_root}")
-        from .metadata import find_metadata
+        from cxrdask.archive.metadata import find_metadata
 
         metadata_url = find_metadata(archive_root)
     else:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ._fs import StorageOptions, filesystem
+from cxrdask._fs import StorageOptions, filesystem
 
 # --------------------------------------------------------------------------- checkpoints
 
@@ -123,10 +123,11 @@ def _preprocessing(pre: dict) -> str:
 def describe_store(url: str, storage_options: StorageOptions | None = None) -> str:
     """Lines for ``cxrdask info STORE``: shape, chunks, rows ok/failed/pending per split,
     provenance and size on disk. Reads only the small per-row arrays."""
-    from .splits import SPLIT_NAMES
-    from .store import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
+    from cxrdask.archive.splits import SPLIT_NAMES
+    from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING
+    from cxrdask.store.pixels import open_any_store
 
-    store = FeatureStore.open_any(url, storage_options)
+    store = open_any_store(url, storage_options)
     p = store.provenance
     status = store.read("status")
     split = store.read("split")
@@ -175,7 +176,7 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
 
 def describe_target(target: str, storage_options: StorageOptions | None = None) -> str:
     """A store (a folder or URL with ``zarr.json``) or a checkpoint file, whichever it is."""
-    from .errors import StoreError, StoreNotFoundError
+    from cxrdask.errors import StoreError, StoreNotFoundError
 
     fs, path = filesystem(target, storage_options)
     if fs.isfile(path):
@@ -202,7 +203,7 @@ def environment_report() -> str:
     import torchvision
     import zarr
 
-    from . import __version__
+    from cxrdask import __version__
 
     lines = [f"cxrdask {__version__} on Python {platform.python_version()} ({platform.machine()}, "
              f"{os.cpu_count()} cores)"]

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .labels import LABELS
+from cxrdask.archive.labels import LABELS
 
 DPI = 110
 # 14 findings, 14 distinct colours: tab20's dark halves then its light ones.
@@ -39,7 +39,7 @@ def save_figure(figure: Figure, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def _caveat(figure: Figure, caveat: str | None) -> None:
+def add_caveat(figure: Figure, caveat: str | None) -> None:
     if caveat:
         figure.text(0.5, 0.995, caveat, ha="center", va="top", fontsize=8, color="#a33",
                     style="italic")
@@ -71,7 +71,7 @@ def roc_figure(targets: np.ndarray, probabilities: np.ndarray, caveat: str | Non
     ax.set_title(f"ROC per finding ({len(targets)} images)", fontsize=10)
     ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.02, 0.5), title="finding: AUC",
               title_fontsize=8, frameon=False)
-    _caveat(figure, caveat)
+    add_caveat(figure, caveat)
     return figure
 
 
@@ -93,7 +93,7 @@ def auc_bars_figure(table: pd.DataFrame, caveat: str | None = None) -> Figure:
     ax.axhline(0.5, color="grey", linestyle=":")
     ax.set_ylabel("test ROC AUC")
     ax.legend(ncols=3, fontsize=8, loc="upper left")
-    _caveat(figure, caveat)
+    add_caveat(figure, caveat)
     return figure
 
 
@@ -131,36 +131,6 @@ def grid_figure(frame: pd.DataFrame) -> Figure:
     return figure
 
 
-__all__ = ["FINDING_COLOURS", "auc_bars_figure", "curves_figure", "grid_figure", "new_figure",
-           "roc_figure", "save_figure"]
-
-
-def reliability_figure(targets: np.ndarray, probabilities: np.ndarray,
-                       caveat: str | None = None) -> Figure:
-    """A reliability diagram per disease: observed rate against mean predicted probability
-    in 10 equal-width bins, with the ECE in each panel's title."""
-    from .calibration import expected_calibration_error, reliability
-
-    figure = new_figure(12, 9)
-    for i, name in enumerate(LABELS):
-        ax = figure.add_subplot(4, 4, i + 1)
-        table = reliability(targets[:, i], probabilities[:, i])
-        used = table["images"] > 0
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-        ax.plot(table.loc[used, "predicted"], table.loc[used, "observed"], marker="o",
-                markersize=3, color=FINDING_COLOURS[name])
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ece = expected_calibration_error(targets[:, i], probabilities[:, i])
-        ax.set_title(f"{name} (ECE {ece:.3f})", fontsize=8)
-        ax.tick_params(labelsize=6)
-    figure.supxlabel("mean predicted probability", fontsize=9)
-    figure.supylabel("observed rate", fontsize=9)
-    figure.subplots_adjust(hspace=0.5, wspace=0.3, top=0.93)
-    _caveat(figure, caveat)
-    return figure
-
-
 def subgroup_gap_figure(subgroups: pd.DataFrame, caveat: str | None = None) -> Figure:
     """A heatmap of each subgroup's AUC minus the whole split's, per disease and for the
     mean (blank where the subgroup cannot score a disease)."""
@@ -179,5 +149,9 @@ def subgroup_gap_figure(subgroups: pd.DataFrame, caveat: str | None = None) -> F
         if np.isfinite(value):
             ax.text(c, r, f"{value:+.2f}", ha="center", va="center", fontsize=6)
     figure.colorbar(image, ax=ax, label="AUC gap to the whole split", fraction=0.03)
-    _caveat(figure, caveat)
+    add_caveat(figure, caveat)
     return figure
+
+
+__all__ = ["FINDING_COLOURS", "add_caveat", "auc_bars_figure", "curves_figure", "grid_figure",
+           "new_figure", "roc_figure", "save_figure", "subgroup_gap_figure"]

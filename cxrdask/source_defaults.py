@@ -1,7 +1,7 @@
 """Read an API function's parameter default from its module's source, without importing it.
 
 The command line shows the Python API's own defaults (they are stated once, in the API's
-signatures), but importing ``cxrdask.evaluation`` or ``cxrdask.train`` to read them brings
+signatures), but importing ``cxrdask.evaluation.report`` or ``cxrdask.head.train`` to read them brings
 in torch and scikit-learn: ``cxrdask evaluate --help`` took 3.6 s. Parsing the module's
 source takes milliseconds. A default must be a literal, or the name of a module-level
 constant (of that module) that is one; anything else raises, so a default the reader cannot
@@ -21,7 +21,7 @@ from typing import Any
 @functools.cache
 def _module_tree(module: str) -> ast.Module:
     """The parsed source of ``module``, found from its top-level package alone: finding
-    ``cxrdask.synthetic.writer`` with importlib would import ``cxrdask.synthetic`` first."""
+    ``cxrdask.archive.synthetic.writer`` with importlib would import ``cxrdask.archive.synthetic`` first."""
     top, *parts = module.split(".")
     spec = importlib.util.find_spec(top)
     if spec is None or spec.origin is None:
@@ -58,7 +58,7 @@ def _defaults(function: ast.FunctionDef) -> dict[str, ast.expr]:
 
 def source_default(module: str, function: str, name: str) -> Any:
     """The default of parameter ``name`` of the top-level function ``function`` of
-    ``module`` (``"cxrdask.evaluation"``), read from the source.
+    ``module`` (``"cxrdask.evaluation.report"``), read from the source.
 
     Raises
     ------

@@ -21,6 +21,7 @@ s3fs). Nothing in the library imports this module.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import socket
 import subprocess
@@ -28,17 +29,19 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO
 
 import numpy as np
 
-from ._fs import StorageOptions
-from .backbone import BackboneSpec, cached_runner
-from .backbone_spec import FEATURE_DIMS
-from .imaging import Preprocessing, preprocess_bytes
-from .labels import LABELS
-from .metadata import label_matrix
-from .synthetic.layout import make_metadata
+from cxrdask._fs import StorageOptions
+from cxrdask.archive.labels import LABELS
+from cxrdask.archive.metadata import label_matrix
+from cxrdask.archive.synthetic.layout import make_metadata
+from cxrdask.backbones.runner import BackboneSpec, cached_runner
+from cxrdask.backbones.spec import FEATURE_DIMS
+from cxrdask.imaging.decode import preprocess_bytes
+from cxrdask.imaging.preprocessing import Preprocessing
 
 
 def free_port() -> int:
@@ -195,6 +198,78 @@ def run_command(args: list[str], *, timeout: float, scheduler: str | None = None
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+class _ProxyServer(ThreadingHTTPServer):
+    """The proxy's HTTP server, knowing its :class:`FaultyProxy` and the target it forwards to."""
+
+    proxy: FaultyProxy
+    upstream: tuple[str, int | None]
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """One request through a :class:`FaultyProxy` (``server.proxy``): counted, maybe held,
+    maybe failed, else forwarded to the target (``server.upstream``)."""
+
+    server: _ProxyServer
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _reply(self, status: int, code: bytes) -> None:
+        payload = (b"<?xml version='1.0'?><Error><Code>" + code + b"</Code><Message>"
+                   b"Please reduce your request rate.</Message></Error>")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _forward(self) -> None:
+        proxy = self.server.proxy
+        with proxy._lock:
+            proxy.requests["LIST" if "list-type" in self.path else self.command] += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if proxy._holds(self.path):
+            proxy.holding.set()
+            proxy._released.wait(proxy._hold_seconds)
+            proxy.holding.clear()
+        fault = proxy._fault_for(self.command, self.path)
+        if fault == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.connection.close()
+            self.close_connection = True
+            return
+        if fault == "503":
+            return self._reply(503, b"SlowDown")
+        if fault == "500":
+            return self._reply(500, b"InternalError")
+        if fault == "stall":
+            time.sleep(proxy.stall_seconds)
+        upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+        upstream.request(self.command, self.path, body=body, headers=headers)
+        response = upstream.getresponse()
+        data = response.read()
+        upstream.close()
+        try:
+            self.send_response(response.status, response.reason)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(key, value)
+            size = response.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", size or str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed)
+            self.close_connection = True
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+
 class FaultyProxy:
     """An HTTP proxy on 127.0.0.1 that forwards to ``target`` (moto's endpoint) and makes
     object requests fail: what flaky object storage does to a long job.
@@ -246,11 +321,8 @@ class FaultyProxy:
                  methods: tuple[str, ...] = ("GET",), stall_seconds: float = 0.0,
                  hold: str | None = None, hold_seconds: float = 60.0, seed: int = 0):
         import collections
-        import http.client
         import random
-        import threading
         import urllib.parse
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         parsed = urllib.parse.urlparse(target)
         self.fail_first, self.fault_rate, self.outage_after = fail_first, fault_rate, outage_after
@@ -264,68 +336,9 @@ class FaultyProxy:
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
         self._random = random.Random(seed)
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _reply(self, status: int, code: bytes) -> None:
-                payload = (b"<?xml version='1.0'?><Error><Code>" + code + b"</Code><Message>"
-                           b"Please reduce your request rate.</Message></Error>")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def _forward(self) -> None:
-                with proxy._lock:
-                    proxy.requests["LIST" if "list-type" in self.path else self.command] += 1
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                if proxy._holds(self.path):
-                    proxy.holding.set()
-                    proxy._released.wait(proxy._hold_seconds)
-                    proxy.holding.clear()
-                fault = proxy._fault_for(self.command, self.path)
-                if fault == "reset":
-                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                    self.connection.close()
-                    self.close_connection = True
-                    return
-                if fault == "503":
-                    return self._reply(503, b"SlowDown")
-                if fault == "500":
-                    return self._reply(500, b"InternalError")
-                if fault == "stall":
-                    time.sleep(proxy.stall_seconds)
-                upstream = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port,
-                                                      timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                upstream.close()
-                try:
-                    self.send_response(response.status, response.reason)
-                    for key, value in response.getheaders():
-                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                            self.send_header(key, value)
-                    size = response.getheader("Content-Length") if self.command == "HEAD" else None
-                    self.send_header("Content-Length", size or str(len(data)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed)
-                    self.close_connection = True
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
+        self._server.proxy = self
+        self._server.upstream = (parsed.hostname or "127.0.0.1", parsed.port)
         self._server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -398,8 +411,8 @@ def make_feature_store(
     ``shuffle_labels`` the labels are permuted after the features are made (no signal).
     Written chunk by chunk: memory stays at one chunk whatever ``n_rows``.
     """
-    from .splits import patient_split
-    from .store import STATUS_OK, FeatureStore
+    from cxrdask.archive.splits import patient_split
+    from cxrdask.store.features import STATUS_OK, FeatureStore
 
     rng = np.random.default_rng([seed, 11])
     frame = make_metadata(n_rows, seed=seed)
@@ -450,10 +463,10 @@ def finetune_backbone(metadata_url: str, archive_root: str, weights_out: str | o
     """
     import torch
 
-    from ._fs import filesystem
-    from .metadata import locate_images, read_metadata
-    from .networks import ResNet, build_network
-    from .splits import read_official_lists
+    from cxrdask._fs import filesystem
+    from cxrdask.archive.metadata import locate_images, read_metadata
+    from cxrdask.archive.splits import read_official_lists
+    from cxrdask.backbones.networks import ResNet, build_network
 
     lists = read_official_lists(archive_root, storage_options)
     if lists is None:

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from cxrdask.synthetic import make_archive
+from cxrdask.archive.synthetic import make_archive
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 # ONNX exports are cached for the test session (and its worker processes), not in ~/.cache.
@@ -24,7 +24,7 @@ def small_archive(tmp_path_factory):
 @pytest.fixture(scope="session")
 def cluster_client():
     """A real LocalCluster of 2 worker processes (1 thread each), as users run it."""
-    from cxrdask.cluster import local_client
+    from cxrdask.extract.cluster import local_client
 
     with local_client(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                       announce=False) as client:
@@ -34,8 +34,8 @@ def cluster_client():
 @pytest.fixture(scope="session")
 def trained_checkpoint(small_archive, cluster_client, tmp_path_factory):
     """A head trained for a few epochs on random-weight ResNet50 features of ``small_archive``."""
-    from cxrdask.extract import extract_features
-    from cxrdask.train import TrainConfig, train_head
+    from cxrdask.extract.run import extract_features
+    from cxrdask.head.train import TrainConfig, train_head
 
     out = tmp_path_factory.mktemp("trained")
     store = str(out / "features.zarr")

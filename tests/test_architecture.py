@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import cxrdask.errors as errors_module
+from cxrdask.archive.labels import LABELS
 from cxrdask.errors import CxrDaskError, OptionError
-from cxrdask.labels import LABELS
-from cxrdask.store import FeatureStore
+from cxrdask.store.features import FeatureStore
 from cxrdask.testing import make_feature_store
 
 
@@ -48,7 +48,7 @@ def test_planning_an_extraction_imports_no_torch(small_archive, tmp_path):
     """The client plans and submits; torch (seconds of a cold start) is the workers' only."""
     store = str(tmp_path / "planned.zarr")
     out = run_python(
-        "import sys\nfrom cxrdask.extract import plan_extraction\n"
+        "import sys\nfrom cxrdask.extract.run import plan_extraction\n"
         f"plan = plan_extraction({small_archive.metadata_url!r}, {small_archive.root!r}, "
         f"{store!r}, weights='random')\n"
         "print(len(plan.rows), plan.spec.feature_dim, 'torch' in sys.modules)\n")
@@ -71,9 +71,9 @@ def test_a_worker_imports_neither_torchvision_nor_pandas(tmp_path):
     url = str(tmp_path / "written.zarr")
     make_feature_store(url, 64, feature_dim=32, chunk_rows=32, seed=1)
     out = run_python(
-        "import sys\nimport numpy as np\nimport cxrdask.extract_worker\n"
-        "from cxrdask.backbone import BackboneSpec, cached_runner\n"
-        "from cxrdask.store import FeatureStore\n"
+        "import sys\nimport numpy as np\nimport cxrdask.extract.worker\n"
+        "from cxrdask.backbones.runner import BackboneSpec, cached_runner\n"
+        "from cxrdask.store.features import FeatureStore\n"
         "runner = cached_runner(BackboneSpec('resnet50', 'random', 0), 'cpu')\n"
         "assert runner(np.zeros((1, 3, 64, 64), np.float32)).shape == (1, 2048)\n"
         f"store = FeatureStore.open({url!r}, mode='r+')\n"
@@ -89,19 +89,19 @@ def test_a_worker_says_what_auto_means_without_torch_where_there_is_no_gpu(gpu_f
     with no GPU device file the answer comes from the CPU's flags (the store is made while
     the worker imports torch), and where one exists torch itself is asked. Either way the
     answer is torch's own (``resolve_device``, ``resolve_precision``)."""
-    from cxrdask.hardware import has_no_gpu
+    from cxrdask.backbones.hardware import has_no_gpu
 
     if not has_no_gpu():
         pytest.skip("this machine has a GPU device file: the torch-free answer cannot be checked")
     files = (str(tmp_path),) if gpu_file else None  # an existing path standing for /dev/nvidia0
     out = run_python(
-        "import asyncio, sys\nimport cxrdask.hardware\n"
-        f"if {files!r}: cxrdask.hardware.GPU_DEVICE_FILES = {files!r}\n"
-        "from cxrdask.extract_tasks import worker_hardware\n"
+        "import asyncio, sys\nimport cxrdask.backbones.hardware\n"
+        f"if {files!r}: cxrdask.backbones.hardware.GPU_DEVICE_FILES = {files!r}\n"
+        "from cxrdask.extract.tasks import worker_hardware\n"
         "answer = asyncio.run(worker_hardware('auto', 'torch'))\n"
         "imported = 'torch' in sys.modules\n"
-        "from cxrdask.backbone import resolve_device\n"
-        "from cxrdask.hardware import resolve_precision\n"
+        "from cxrdask.backbones.runner import resolve_device\n"
+        "from cxrdask.backbones.hardware import resolve_precision\n"
         "assert answer['precision'] == resolve_precision('auto', resolve_device('auto')), answer\n"
         "assert answer['device'] == resolve_device('auto').type == 'cpu', answer\n"
         "print(answer['precision'], imported)\n")
@@ -112,8 +112,8 @@ def test_a_worker_says_what_auto_means_without_torch_where_there_is_no_gpu(gpu_f
 
 def test_the_web_page_imports_no_scikit_learn():
     pytest.importorskip("fastapi")
-    out = run_python("import sys\nfrom cxrdask.web import create_app\n"
-                     "import cxrdask.inference\nprint('sklearn' in sys.modules)\n")
+    out = run_python("import sys\nfrom cxrdask.serve.web import create_app\n"
+                     "import cxrdask.serve.inference\nprint('sklearn' in sys.modules)\n")
     assert out.strip() == "False"
 
 
@@ -125,15 +125,15 @@ def test_every_error_is_a_cxrdask_error_and_not_found_errors_are_file_not_found(
         assert issubclass(cls, CxrDaskError), cls
         if cls.__name__.endswith("NotFoundError"):
             assert issubclass(cls, FileNotFoundError), cls
-    from cxrdask.labels import LabelParseError
-    from cxrdask.lease import StoreLockedError
+    from cxrdask.archive.labels import LabelParseError
+    from cxrdask.store.lease import StoreLockedError
 
     assert issubclass(LabelParseError, CxrDaskError) and issubclass(StoreLockedError, CxrDaskError)
 
 
 def test_not_found_is_caught_as_file_not_found(tmp_path):
-    from cxrdask.backbone import BackboneSpec, file_sha256
-    from cxrdask.head import load_checkpoint
+    from cxrdask.backbones.spec import BackboneSpec, file_sha256
+    from cxrdask.head.model import load_checkpoint
 
     for attempt in (lambda: FeatureStore.open(str(tmp_path / "none.zarr")),
                     lambda: load_checkpoint(str(tmp_path / "none.pt")),
@@ -166,7 +166,7 @@ def test_extract_config_is_typed_validated_and_recorded():
 
 def test_presets_live_in_one_place():
     from cxrdask.config import TRAIN_PRESETS
-    from cxrdask.train import TrainConfig
+    from cxrdask.head.train import TrainConfig
 
     assert TrainConfig.preset_config("seed2018").batch_size == TRAIN_PRESETS["seed2018"]["batch_size"]
     sources = "\n".join(p.read_text() for p in (Path(__file__).parent.parent / "cxrdask").rglob("*.py")
@@ -210,7 +210,7 @@ def test_dataloader_workers_share_the_chunks_each_row_once(tmp_path):
 
     import torch
 
-    from cxrdask.batches import FeatureBatches
+    from cxrdask.head.batches import FeatureBatches
 
     url = str(tmp_path / "loader.zarr")
     make_feature_store(url, 700, feature_dim=16, chunk_rows=50, seed=3)

@@ -9,10 +9,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxrdask.bootstrap import bootstrap_aucs, patient_weights, percentile_interval, weighted_auc
-from cxrdask.calibration import choose_threshold, expected_calibration_error, operating_point, reliability
-from cxrdask.delong import auc_variance, delong_test
-from cxrdask.subgroups import subgroup_masks, underdiagnosis_rate
+from cxrdask.evaluation.bootstrap import bootstrap_aucs, patient_weights, percentile_interval, weighted_auc
+from cxrdask.evaluation.calibration import (
+    choose_threshold,
+    expected_calibration_error,
+    operating_point,
+    reliability,
+)
+from cxrdask.evaluation.delong import auc_variance, delong_test
+from cxrdask.evaluation.subgroups import subgroup_masks, underdiagnosis_rate
 
 
 def test_weighted_auc_equals_scikit_learn_with_weights_and_ties():
@@ -165,8 +170,8 @@ def test_expert_labels_read_in_googles_format(tmp_path):
     line ends, gzip; YES/NO and test/validation."""
     import gzip
 
-    from cxrdask.expert_labels import nih_composite, read_expert_labels
-    from cxrdask.labels import LABEL_POSITION
+    from cxrdask.archive.expert_labels import nih_composite, read_expert_labels
+    from cxrdask.archive.labels import LABEL_POSITION
 
     text = (GOOGLE_HEADER + "\r\n"
             "00000003_000.png,Pneumothorax,0,3,45,F,PA,2500,2048,0.143,0.143,NO,YES,NO,NO,test\r\n"
@@ -186,8 +191,8 @@ def test_expert_labels_read_in_googles_format(tmp_path):
 
 
 def test_bad_expert_label_files_are_refused_naming_the_row(tmp_path):
+    from cxrdask.archive.expert_labels import read_expert_labels
     from cxrdask.errors import MetadataError, MissingColumnError
-    from cxrdask.expert_labels import read_expert_labels
 
     bad = tmp_path / "bad.csv"
     bad.write_text(GOOGLE_HEADER + "\n"
@@ -208,7 +213,7 @@ def test_bad_expert_label_files_are_refused_naming_the_row(tmp_path):
 def test_nih_box_file_read_with_its_quirks(tmp_path):
     """Header ``Bbox [x,y,w,h],,,`` (the bracketed name split in four, empty columns after),
     ``Infiltrate`` for Infiltration, rows with or without trailing empty fields."""
-    from cxrdask.boxes import read_boxes
+    from cxrdask.archive.boxes import read_boxes
 
     path = tmp_path / "BBox_List_2017.csv"
     path.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
@@ -223,7 +228,7 @@ def test_nih_box_file_read_with_its_quirks(tmp_path):
 
 
 def test_bad_box_files_are_refused_naming_the_row(tmp_path):
-    from cxrdask.boxes import read_boxes
+    from cxrdask.archive.boxes import read_boxes
     from cxrdask.errors import MetadataError, MissingColumnError
 
     path = tmp_path / "boxes.csv"
@@ -244,7 +249,7 @@ def test_bad_box_files_are_refused_naming_the_row(tmp_path):
 
 
 def test_overlaps_and_boxes_from_heatmaps():
-    from cxrdask.boxes import box_from_heatmap, iobb, iou
+    from cxrdask.archive.boxes import box_from_heatmap, iobb, iou
 
     truth = np.array([[0.0, 0.0, 10.0, 10.0]] * 3)
     drawn = np.array([[0.0, 0.0, 10.0, 10.0], [5.0, 0.0, 10.0, 10.0], [2.0, 2.0, 4.0, 4.0]])
@@ -262,11 +267,11 @@ def test_boxes_from_maps_that_know_the_sign_localise_and_others_do_not(tmp_path)
     sign itself (the image with it less the image without it, pooled to a 7 x 7 grid like
     Grad-CAM's), boxed and scored like Grad-CAM's maps, localises; the same maps paired with
     other images (the control) do not."""
-    from cxrdask.boxes import BOX_IMAGE_SIZE, box_from_heatmap, read_boxes
-    from cxrdask.labels import LABEL_POSITION
-    from cxrdask.localisation import _score
-    from cxrdask.metadata import label_matrix
-    from cxrdask.synthetic import make_archive, make_metadata, render_image
+    from cxrdask.archive.boxes import BOX_IMAGE_SIZE, box_from_heatmap, read_boxes
+    from cxrdask.archive.labels import LABEL_POSITION
+    from cxrdask.archive.metadata import label_matrix
+    from cxrdask.archive.synthetic import make_archive, make_metadata, render_image
+    from cxrdask.evaluation.localisation import _score
 
     n, size, seed = 600, 128, 4
     archive = make_archive(str(tmp_path / "a"), n=n, size=size, seed=seed, prevalence="balanced",

@@ -10,16 +10,17 @@ import pytest
 import torch
 import torchvision
 
-from cxrdask.backbone import BackboneSpec, build_backbone, load_backbone
+from cxrdask.archive.labels import LABELS
+from cxrdask.backbones.build import build_backbone
+from cxrdask.backbones.runner import BackboneSpec, load_backbone
 from cxrdask.errors import (
     FeatureOverflowError,
     StoreError,
     StoreMismatchError,
     WeightsUnavailableError,
 )
-from cxrdask.imaging import Preprocessing
-from cxrdask.labels import LABELS
-from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.imaging.preprocessing import Preprocessing
+from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
 
 BATCH = torch.randn(2, 3, 224, 224)
 
@@ -40,7 +41,7 @@ def test_networks_are_torchvisions_to_the_last_random_draw(name):
     """cxrdask builds torchvision's networks without importing torchvision (1.5 s a worker);
     the same seed must draw the same tensors, so stores and heads made with torchvision's
     own classes keep matching, and torchvision's files load into them unchanged."""
-    from cxrdask.networks import build_network
+    from cxrdask.backbones.networks import build_network
 
     torch.manual_seed(11)
     ours = build_network(name)
@@ -57,7 +58,7 @@ def test_networks_are_torchvisions_to_the_last_random_draw(name):
 
 def test_torchvision_weights_are_named_and_found_as_torchvision_does():
     """The weights table that spares importing torchvision is torchvision's own."""
-    from cxrdask.backbone_spec import TORCHVISION_WEIGHTS, torchvision_weights_file
+    from cxrdask.backbones.spec import TORCHVISION_WEIGHTS, torchvision_weights_file
 
     for name, (enum_name, members) in TORCHVISION_WEIGHTS.items():
         enum = torchvision.models.get_model_weights(name)

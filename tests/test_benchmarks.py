@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrdask.hardware import local_engine
+from cxrdask.backbones.hardware import local_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 

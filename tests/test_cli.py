@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cxrdask.cli import build_parser, parse_storage_options
-from cxrdask.store import FeatureStore
+from cxrdask.store.features import FeatureStore
 
 
 def cxrdask(*args, check=True, timeout=600, cwd=None):
@@ -46,7 +46,7 @@ def test_a_command_that_outlasts_its_time_says_where_it_was(tmp_path):
                      "--workers", "1"], timeout=6)
     message = str(stalled.value)
     assert "still ran after 6 s" in message
-    assert "most recent call first" in message and "cxrdask/synthetic" in message
+    assert "most recent call first" in message and "cxrdask/archive/synthetic" in message
     assert time.perf_counter() - started < 60  # stopped, not waited for
 
 
@@ -138,7 +138,8 @@ def test_public_api_resolves():
         assert getattr(cxrdask, name) is not None, name
     from cxrdask import evaluate, predict
 
-    assert evaluate.__module__ == "cxrdask.evaluation" and predict.__module__ == "cxrdask.inference"
+    assert evaluate.__module__ == "cxrdask.evaluation.report"
+    assert predict.__module__ == "cxrdask.serve.inference"
 
 
 @pytest.mark.slow
@@ -147,8 +148,8 @@ def test_predict_command_matches_the_library(trained_checkpoint, small_archive, 
 
     import pandas as pd
 
-    from cxrdask.inference import predict
-    from cxrdask.labels import LABELS
+    from cxrdask.archive.labels import LABELS
+    from cxrdask.serve.inference import predict
 
     images = sorted(str(p) for p in Path(small_archive.root).rglob("*.png"))[:3]
     out = cxrdask("predict", *images, "--checkpoint", trained_checkpoint, "--device", "cpu",

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from cxrdask.evaluation import evaluate
-from cxrdask.extract import extract_features
-from cxrdask.store import FeatureStore
-from cxrdask.synthetic import make_archive
+from cxrdask.archive.synthetic import make_archive
+from cxrdask.evaluation.report import evaluate
+from cxrdask.extract.run import extract_features
+from cxrdask.head.train import TrainConfig, train_head
+from cxrdask.store.features import FeatureStore
 from cxrdask.testing import command_line_cluster, local_s3_server, run_command
-from cxrdask.train import TrainConfig, train_head
 
 pytestmark = pytest.mark.slow
 
@@ -130,7 +130,7 @@ def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archi
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_extraction_matches_cpu(small_archive, tmp_path):
-    from cxrdask.cluster import local_client
+    from cxrdask.extract.cluster import local_client
 
     with local_client(n_workers=1, dashboard_address="127.0.0.1:0", announce=False) as client:
         cpu = extract_features(small_archive.metadata_url, small_archive.root,

@@ -11,8 +11,8 @@ import pytest
 from dask.utils import key_split
 from distributed import get_task_stream
 
-from cxrdask.extract import extract_features
-from cxrdask.metrics import counters
+from cxrdask.extract.metrics import counters
+from cxrdask.extract.run import extract_features
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def test_a_spans_stage_metrics_are_read_back_at_once_not_at_the_next_heartbeat(c
 
     from distributed import span
 
-    from cxrdask.metrics import CHUNK_PREFIX, report_chunk, span_metrics
+    from cxrdask.extract.metrics import CHUNK_PREFIX, report_chunk, span_metrics
 
     token = uuid.uuid4().hex
     with span("cxrdask-test read back") as span_id:
@@ -89,8 +89,8 @@ def test_a_spans_stage_metrics_are_read_back_at_once_not_at_the_next_heartbeat(c
 
 
 def test_grid_search_is_a_span_of_train_trials(cluster_client, tmp_path):
+    from cxrdask.head.train import TrainConfig, grid_search
     from cxrdask.testing import make_feature_store
-    from cxrdask.train import TrainConfig, grid_search
 
     url = str(tmp_path / "grid.zarr")
     make_feature_store(url, 400, feature_dim=16, chunk_rows=100, seed=4)
@@ -108,7 +108,7 @@ def test_the_dashboard_is_built_once_the_workers_have_started(monkeypatch):
     workers have started, and they serve as usual."""
     import distributed.dashboard.scheduler as bokeh_dashboard
 
-    from cxrdask.cluster import close_cluster, start_local_cluster
+    from cxrdask.extract.cluster import close_cluster, start_local_cluster
 
     workers_then = []
     connect = bokeh_dashboard.connect
@@ -136,7 +136,7 @@ def test_a_running_clusters_counters_are_served_again_when_a_newer_one_closes():
     import asyncio
 
     prometheus = pytest.importorskip("prometheus_client")
-    from cxrdask.metrics import CountersPlugin
+    from cxrdask.extract.metrics import CountersPlugin
 
     def served() -> float:
         text = prometheus.generate_latest(prometheus.REGISTRY).decode()

@@ -12,18 +12,18 @@ import textwrap
 import numpy as np
 import pytest
 
-from cxrdask.backbone import LOAD_COUNTS, BackboneRunner, BackboneSpec
-from cxrdask.config import ExtractConfig
-from cxrdask.errors import OptionError
-from cxrdask.extract import local_layout
-from cxrdask.hardware import (
+from cxrdask.backbones.hardware import (
     auto_engine,
     cpu_auto_precision,
     has_no_gpu,
     local_engine,
     onnxruntime_installed,
 )
-from cxrdask.onnx_engine import onnx_cache_path, optimized_cache_path
+from cxrdask.backbones.onnx import onnx_cache_path, optimized_cache_path
+from cxrdask.backbones.runner import LOAD_COUNTS, BackboneRunner, BackboneSpec
+from cxrdask.config import ExtractConfig
+from cxrdask.errors import OptionError
+from cxrdask.extract.run import local_layout
 
 
 def test_auto_engine_is_onnxruntime_only_for_an_uncompiled_fp32_cpu_backbone():
@@ -108,9 +108,9 @@ def test_numpy_input_for_onnxruntime_is_the_torch_input(tmp_path):
     the torch input, flips included."""
     import torch
 
-    from cxrdask.host_input import HostInput, needs_torch_input
-    from cxrdask.imaging import DEVICE_INTERPOLATION, Preprocessing
-    from cxrdask.model_input import DeviceInput
+    from cxrdask.imaging.host_input import HostInput, needs_torch_input
+    from cxrdask.imaging.model_input import DeviceInput
+    from cxrdask.imaging.preprocessing import DEVICE_INTERPOLATION, Preprocessing
 
     pixels = np.random.default_rng(1).integers(0, 256, (4, 32, 32), dtype=np.uint8)
     flips = [False, True, True, False]
@@ -136,8 +136,8 @@ def test_weights_from_a_file_are_never_served_from_the_cache(tmp_path):
 DEFAULT_LAYOUT_SCRIPT = textwrap.dedent("""
     import json, sys
     from cxrdask import close_session_cluster, extract_features
-    from cxrdask.cluster import _SESSION
-    from cxrdask.store import FeatureStore
+    from cxrdask.extract.cluster import _SESSION
+    from cxrdask.store.features import FeatureStore
 
     metadata, root, out = sys.argv[1:4]
     summary = extract_features(metadata, root, out, weights="random", backbone="resnet18",
@@ -180,7 +180,7 @@ def test_a_call_with_no_layout_starts_the_cluster_its_engine_runs_best_on(small_
 def test_a_starting_worker_imports_torch_only_where_it_will_need_it(tmp_path, monkeypatch):
     """The worker's background import: torch where the default engine is PyTorch, or where
     no ONNX export is cached yet (the first job exports); not for ONNX Runtime from a cache."""
-    from cxrdask.worker_setup import TORCH_MODULES, WORKER_MODULES, preimported_modules
+    from cxrdask.extract.worker_setup import TORCH_MODULES, WORKER_MODULES, preimported_modules
 
     monkeypatch.setenv("CXRDASK_CACHE_DIR", str(tmp_path))
     assert preimported_modules() == WORKER_MODULES + TORCH_MODULES  # nothing cached: it exports

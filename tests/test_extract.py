@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from cxrdask.backbone import BackboneSpec, load_counts
+from cxrdask.archive.metadata import locate_images, read_metadata
+from cxrdask.backbones.runner import BackboneSpec, load_counts
 from cxrdask.errors import ImageDecodeError, StoreMismatchError
-from cxrdask.extract import extract_features
-from cxrdask.metadata import locate_images, read_metadata
-from cxrdask.store import STATUS_FAILED, FeatureStore
+from cxrdask.extract.run import extract_features
+from cxrdask.store.features import STATUS_FAILED, FeatureStore
 from cxrdask.testing import direct_features
 
 pytestmark = pytest.mark.slow
@@ -160,7 +160,7 @@ def test_image_size_is_a_setting_recorded_and_checked(small_archive, cluster_cli
     direct computation at that size, both engines accept it, and a store made at one size
     is never resumed at another."""
     from cxrdask.errors import OptionError
-    from cxrdask.imaging import Preprocessing
+    from cxrdask.imaging.preprocessing import Preprocessing
 
     url = str(tmp_path / "small.zarr")
     extract_features(small_archive.metadata_url, small_archive.root, url, client=cluster_client,
@@ -198,7 +198,7 @@ def test_precision_engine_and_compile_auto_are_made_concrete_for_the_job_and_the
     bf16 and for a compiled backbone; no compile for a job this small. All recorded in the
     store as what was used (never "auto"); a resumed store keeps its own. A compiled
     backbone (Inductor freezing on the CPU) gives the eager backbone's features."""
-    from cxrdask.hardware import cpu_has_native_bf16
+    from cxrdask.backbones.hardware import cpu_has_native_bf16
 
     def extract(url: str, **options):
         return extract_features(small_archive.metadata_url, small_archive.root, url,
@@ -231,7 +231,7 @@ def test_precision_engine_and_compile_auto_are_made_concrete_for_the_job_and_the
 
 def test_compile_auto_compiles_where_it_was_measured_to_be_repaid():
     from cxrdask.config import COMPILE_AUTO_MIN_IMAGES
-    from cxrdask.extract import compile_pays_off
+    from cxrdask.extract.run import compile_pays_off
 
     threads, enough = 2, COMPILE_AUTO_MIN_IMAGES * 2
     assert compile_pays_off(112_120, threads, {"cpu"}, "torch", "fp32")  # the whole archive

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrdask.store import FeatureStore
+from cxrdask.store.features import FeatureStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
@@ -65,7 +65,7 @@ def test_make_archive_in_a_plain_script_needs_no_main_guard(tmp_path):
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    from cxrdask.synthetic import make_archive
+    from cxrdask.archive.synthetic import make_archive
 
     root = tmp_path_factory.mktemp("first-run") / "archive"
     return make_archive(str(root), n=40, size=64, seed=5, workers=2)
@@ -166,7 +166,7 @@ def test_failed_rows_above_the_threshold_exit_non_zero_and_keep_the_store(archiv
 
 def test_auto_chunk_rows_gives_every_worker_several_tasks():
     """Defect 5: 599 rows became tasks of 512 and 87, so one of two workers did 86%."""
-    from cxrdask.extract import MAX_AUTO_CHUNK_ROWS, auto_chunk_rows
+    from cxrdask.extract.run import MAX_AUTO_CHUNK_ROWS, auto_chunk_rows
 
     for rows, threads in [(599, 2), (80, 2), (2_000, 16), (112_120, 2), (112_120, 64), (7, 4)]:
         chunk = auto_chunk_rows(rows, threads, batch_size=8)
@@ -318,7 +318,7 @@ def test_help_shows_defaults_that_come_from_the_api():
 def test_dashboard_listens_on_loopback_and_moves_off_a_busy_port():
     import psutil
 
-    from cxrdask.cluster import DEFAULT_DASHBOARD, local_client
+    from cxrdask.extract.cluster import DEFAULT_DASHBOARD, local_client
 
     host, port = DEFAULT_DASHBOARD.split(":")
     blocker = socket.socket()
@@ -348,7 +348,7 @@ def test_plots_use_distinct_colours_name_aucs_and_keep_the_backend():
     import numpy as np
     import pandas as pd
 
-    from cxrdask.labels import LABELS
+    from cxrdask.archive.labels import LABELS
     from cxrdask.plots import FINDING_COLOURS, auc_bars_figure, roc_figure
 
     matplotlib.use("svg")  # a user's own backend choice
@@ -375,8 +375,8 @@ def test_report_mean_covers_the_same_diseases_in_every_column():
     import numpy as np
     import pandas as pd
 
-    from cxrdask.evaluation import CHEXNET_2017, WANG_2017, EvaluationReport
-    from cxrdask.labels import LABELS
+    from cxrdask.archive.labels import LABELS
+    from cxrdask.evaluation.report import CHEXNET_2017, WANG_2017, EvaluationReport
 
     auc = np.full(14, 0.8)
     auc[[2, 5]] = np.nan  # no positives for two diseases

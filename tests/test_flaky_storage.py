@@ -15,12 +15,12 @@ import time
 import numpy as np
 import pytest
 
+from cxrdask.archive.metadata import read_metadata
+from cxrdask.archive.synthetic import make_archive
 from cxrdask.errors import ExtractionIncompleteError
-from cxrdask.extract import extract_features
-from cxrdask.metadata import read_metadata
-from cxrdask.retries import is_transient
-from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
-from cxrdask.synthetic import make_archive
+from cxrdask.extract.retries import is_transient
+from cxrdask.extract.run import extract_features
+from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
 from cxrdask.testing import FaultyProxy, command_line_cluster, local_s3_server, report_if_stalled
 
 pytestmark = pytest.mark.slow

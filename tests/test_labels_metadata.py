@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cxrdask.encoding import encode_demographics
+from cxrdask.archive.labels import LABELS, LabelParseError, format_labels, parse_labels
+from cxrdask.archive.metadata import locate_images, parse_age, read_metadata
+from cxrdask.archive.synthetic import format_csv, make_metadata
 from cxrdask.errors import MetadataError, MissingColumnError
-from cxrdask.labels import LABELS, LabelParseError, format_labels, parse_labels
-from cxrdask.metadata import locate_images, parse_age, read_metadata
-from cxrdask.synthetic import format_csv, make_metadata
+from cxrdask.head.encoding import encode_demographics
 
 V2020_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
                 "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrdask.boxes import BOX_IMAGE_SIZE, box_from_heatmap, read_boxes
-from cxrdask.diagnosis import Diagnoser
-from cxrdask.evaluation import evaluate
-from cxrdask.extract import extract_features
-from cxrdask.store import FeatureStore
-from cxrdask.train import TrainConfig, train_head
+from cxrdask.archive.boxes import BOX_IMAGE_SIZE, box_from_heatmap, read_boxes
+from cxrdask.evaluation.report import evaluate
+from cxrdask.extract.run import extract_features
+from cxrdask.head.train import TrainConfig, train_head
+from cxrdask.serve.diagnosis import Diagnoser
+from cxrdask.store.features import FeatureStore
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +79,7 @@ def test_localisation_reads_images_through_flaky_object_storage(small_archive, c
     boxed image needs cxrdask's own retry; every box is still scored, as from local disk."""
     import fsspec
 
-    from cxrdask.localisation import localise
+    from cxrdask.evaluation.localisation import localise
     from cxrdask.testing import FaultyProxy, local_s3_server
 
     store, checkpoint, _ = trained
@@ -105,7 +105,7 @@ def test_localisation_reads_images_through_flaky_object_storage(small_archive, c
 def signs_archive(cluster_client, tmp_path_factory):
     """900 images with every finding alike and signs half again as strong as the default;
     167 boxes on its test list."""
-    from cxrdask.synthetic import make_archive
+    from cxrdask.archive.synthetic import make_archive
 
     root = tmp_path_factory.mktemp("signs") / "archive"
     return make_archive(str(root), n=900, size=256, seed=5, prevalence="balanced", strength=1.5,
@@ -115,7 +115,7 @@ def signs_archive(cluster_client, tmp_path_factory):
 def _localise_with(archive, weights: str, client, out: Path):
     """Extract with ``weights`` (a file, or "random"), train a head, localise on the test list
     (fp32 on every CPU, so the numbers do not depend on whether it has native bf16)."""
-    from cxrdask.localisation import localise
+    from cxrdask.evaluation.localisation import localise
 
     store = str(out / "features.zarr")
     extract_features(archive.metadata_url, archive.root, store, client=client, weights=weights,

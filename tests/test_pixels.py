@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from cxrdask.errors import StoreKindError, StoreMismatchError
-from cxrdask.extract import cache_pixels, extract_features, extract_from_pixels, plan_from_pixels
-from cxrdask.imaging import DEVICE_INTERPOLATION, Preprocessing, decode_gray, resize_gray
-from cxrdask.model_input import DeviceInput
-from cxrdask.pixels import PixelStore
-from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.extract.run import cache_pixels, extract_features, extract_from_pixels, plan_from_pixels
+from cxrdask.imaging.decode import decode_gray, resize_gray
+from cxrdask.imaging.model_input import DeviceInput
+from cxrdask.imaging.preprocessing import DEVICE_INTERPOLATION, Preprocessing
+from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.store.pixels import PixelStore
 
 pytestmark = pytest.mark.slow
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -139,7 +140,7 @@ def test_device_resize_is_within_a_gray_level_of_pillow(small_archive):
 
 
 def test_device_normalisation_matches_the_numpy_path():
-    from cxrdask.imaging import to_model_input
+    from cxrdask.imaging.decode import to_model_input
 
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (224, 224), dtype=np.uint8)
@@ -155,7 +156,7 @@ def test_device_normalisation_matches_the_numpy_path():
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_features_from_the_pixel_store_match_the_pngs(small_archive, tmp_path):
-    from cxrdask.cluster import local_client
+    from cxrdask.extract.cluster import local_client
 
     with local_client(n_workers=1, dashboard_address="127.0.0.1:0", announce=False) as client:
         png = extract_features(small_archive.metadata_url, small_archive.root,
@@ -182,9 +183,9 @@ def test_gpu_features_from_the_pixel_store_match_the_pngs(small_archive, tmp_pat
 @pytest.mark.gpu
 @needs_cuda
 def test_the_head_trains_on_the_gpu_from_lazy_chunks(tmp_path):
-    from cxrdask.head import load_checkpoint
+    from cxrdask.head.model import load_checkpoint
+    from cxrdask.head.train import TrainConfig, train_head
     from cxrdask.testing import make_feature_store
-    from cxrdask.train import TrainConfig, train_head
 
     url = str(tmp_path / "f.zarr")
     make_feature_store(url, 4000, signal=0.5)
@@ -219,9 +220,9 @@ def test_the_fast_png_decoder_gives_pillows_pixels_and_pillows_errors(small_arch
 
 def test_resident_batches_give_every_row_once_per_epoch(tmp_path):
     """A split that fits is kept after one lazy pass; later epochs reshuffle it in memory."""
-    from cxrdask.batches import FeatureBatches
+    from cxrdask.head.batches import FeatureBatches
+    from cxrdask.head.train import ResidentBatches
     from cxrdask.testing import make_feature_store
-    from cxrdask.train import ResidentBatches
 
     url = str(tmp_path / "f.zarr")
     make_feature_store(url, 600, feature_dim=16, chunk_rows=64, signal=0.5)

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrdask.cluster import local_client
-from cxrdask.extract import extract_features
-from cxrdask.lease import LEASE_NAME, StoreLease, StoreLockedError
-from cxrdask.store import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.extract.cluster import local_client
+from cxrdask.extract.run import extract_features
+from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.store.lease import LEASE_NAME, StoreLease, StoreLockedError
 from cxrdask.testing import report_if_stalled
 
 pytestmark = pytest.mark.slow
@@ -276,8 +276,8 @@ def test_worker_killed_during_warm_up_does_not_hang(small_archive, reference, tm
 
 def test_corrupt_chunk_is_named_listed_and_recomputed(small_archive, cluster_client, reference,
                                                      tmp_path):
-    from cxrdask.batches import FeatureBatches
     from cxrdask.errors import CorruptChunkError
+    from cxrdask.head.batches import FeatureBatches
 
     url = tmp_path / "f.zarr"
     extract_features(small_archive.metadata_url, small_archive.root, str(url), client=cluster_client,
@@ -356,10 +356,10 @@ def test_a_run_that_lost_its_lease_writes_no_chunk(reference, tmp_path):
     it over) refuses to write, and the chunk stays not done."""
     from dataclasses import replace
 
-    from cxrdask.backbone import BackboneSpec
-    from cxrdask.extract_tasks import TaskConfig
-    from cxrdask.extract_worker import extract_chunk
-    from cxrdask.imaging import Preprocessing
+    from cxrdask.backbones.runner import BackboneSpec
+    from cxrdask.extract.task_config import TaskConfig
+    from cxrdask.extract.worker import extract_chunk
+    from cxrdask.imaging.preprocessing import Preprocessing
 
     url = str(tmp_path / "copy.zarr")
     shutil.copytree(reference.url, url)

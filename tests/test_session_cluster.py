@@ -12,14 +12,14 @@ import textwrap
 
 import pytest
 
-from cxrdask.cluster import session_client
+from cxrdask.extract.cluster import session_client
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     from cxrdask import close_session_cluster, extract_features
-    from cxrdask.cluster import session_client
+    from cxrdask.extract.cluster import session_client
 
     metadata, root, out = sys.argv[1:4]
     seconds, warm = [], []
@@ -77,9 +77,9 @@ def test_a_current_client_is_the_one_used(cluster_client):
 
 OVERLAP_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
-    import cxrdask.extract as extract
+    import cxrdask.extract.run as extract
     from cxrdask import extract_features
-    from cxrdask.cluster import _SESSION
+    from cxrdask.extract.cluster import _SESSION
     from cxrdask.errors import ImagesNotFoundError
 
     metadata, root, out = sys.argv[1:4]

@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from cxrdask.evaluation import evaluate
-from cxrdask.extract import extract_features
-from cxrdask.store import FeatureStore
-from cxrdask.synthetic import make_archive
-from cxrdask.train import TrainConfig, train_head
+from cxrdask.archive.synthetic import make_archive
+from cxrdask.evaluation.report import evaluate
+from cxrdask.extract.run import extract_features
+from cxrdask.head.train import TrainConfig, train_head
+from cxrdask.store.features import FeatureStore
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cxrdask.archive.splits import assign_splits, official_split, patient_split, random_split
+from cxrdask.archive.synthetic import make_metadata, official_lists
 from cxrdask.errors import SplitError
-from cxrdask.splits import assign_splits, official_split, patient_split, random_split
-from cxrdask.synthetic import make_metadata, official_lists
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_official_split_refuses_images_in_no_list(big_metadata):
 
 
 def test_auto_uses_official_lists_when_present(small_archive):
-    from cxrdask.metadata import read_metadata
+    from cxrdask.archive.metadata import read_metadata
 
     frame = read_metadata(small_archive.metadata_url)
     _, spec = assign_splits(frame, "auto", archive_root=small_archive.root)

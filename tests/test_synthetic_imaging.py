@@ -13,10 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cxrdask.errors import ImageDecodeError
-from cxrdask.imaging import Preprocessing, decode_gray, flip_for, preprocess_bytes
-from cxrdask.labels import LABELS
-from cxrdask.synthetic import (
+from cxrdask.archive.labels import LABELS
+from cxrdask.archive.synthetic import (
     NIH_COUNTS,
     encode_png,
     image_folder,
@@ -25,6 +23,9 @@ from cxrdask.synthetic import (
     render_image,
     sample_labels,
 )
+from cxrdask.errors import ImageDecodeError
+from cxrdask.imaging.decode import decode_gray, preprocess_bytes
+from cxrdask.imaging.preprocessing import Preprocessing, flip_for
 
 
 def test_layout_and_lists(small_archive):

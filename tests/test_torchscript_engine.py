@@ -1,5 +1,5 @@
 """The ``torchscript`` engine: a frozen, fused trace of the backbone on the CPU
-(:mod:`cxrdask.torchscript_engine`), what ``engine="auto"`` runs for bf16 jobs big enough."""
+(:mod:`cxrdask.backbones.torchscript`), what ``engine="auto"`` runs for bf16 jobs big enough."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import threading
 import numpy as np
 import pytest
 
-from cxrdask.backbone import BackboneRunner, BackboneSpec
+from cxrdask.backbones.hardware import torchscript_available
+from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
+from cxrdask.backbones.torchscript import TorchScriptBackbone
 from cxrdask.config import TORCHSCRIPT_AUTO_MIN_IMAGES, ExtractConfig
 from cxrdask.errors import OptionError
-from cxrdask.extract import extract_features, local_layout, torchscript_pays_off
-from cxrdask.hardware import torchscript_available
-from cxrdask.store import FeatureStore
-from cxrdask.torchscript_engine import TorchScriptBackbone
+from cxrdask.extract.run import extract_features, local_layout, torchscript_pays_off
+from cxrdask.store.features import FeatureStore
 
 SPEC = BackboneSpec("resnet18", "random", 0)
 
@@ -89,7 +89,7 @@ def test_engine_auto_runs_torchscript_for_bf16_cpu_jobs_that_repay_the_trace():
 def test_whether_torch_has_torchscript_is_told_without_importing_torch():
     """A worker answers this while it still imports torch (the answer must not wait for it)."""
     assert torchscript_available()
-    code = ("import sys; from cxrdask.hardware import torchscript_available; "
+    code = ("import sys; from cxrdask.backbones.hardware import torchscript_available; "
             "print(torchscript_available(), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -102,7 +102,7 @@ def test_a_job_big_enough_runs_torchscript_by_default_and_the_store_says_so(
     this 80-image archive): the workers run the trace, the store records ``torchscript``,
     and its features are eager bf16's within bf16's rounding. An explicit engine is kept,
     and a resumed store keeps the engine it was made with."""
-    import cxrdask.extract
+    import cxrdask.extract.run
 
     def extract(url: str, **options):
         return extract_features(small_archive.metadata_url, small_archive.root, url,
@@ -112,7 +112,7 @@ def test_a_job_big_enough_runs_torchscript_by_default_and_the_store_says_so(
 
     eager = extract(str(tmp_path / "eager.zarr"))  # 40 images per worker thread: eager
     assert eager.engine == "torch"
-    monkeypatch.setattr(cxrdask.extract, "TORCHSCRIPT_AUTO_MIN_IMAGES", 16)
+    monkeypatch.setattr(cxrdask.extract.run, "TORCHSCRIPT_AUTO_MIN_IMAGES", 16)
     url = str(tmp_path / "traced.zarr")
     traced = extract(url)
     assert traced.engine == "torchscript" and traced.rows_failed == 0
@@ -126,7 +126,7 @@ def test_a_job_big_enough_runs_torchscript_by_default_and_the_store_says_so(
     assert extract(str(tmp_path / "asked.zarr"), engine="torch").engine == "torch"
     store = FeatureStore.open(url, mode="r+")
     store.group["done"][1] = False
-    monkeypatch.setattr(cxrdask.extract, "TORCHSCRIPT_AUTO_MIN_IMAGES", 10**6)
+    monkeypatch.setattr(cxrdask.extract.run, "TORCHSCRIPT_AUTO_MIN_IMAGES", 10**6)
     resumed = extract(url)
     assert resumed.chunks_run == 1 and resumed.engine == "torchscript"
 
@@ -139,9 +139,9 @@ def test_a_worker_warms_its_backbone_once_not_again_on_each_call_of_the_session(
     notebook's second extraction, the models kept) finds it warm."""
     from dataclasses import replace
 
-    import cxrdask.extract_worker as worker
-    from cxrdask.extract_tasks import TaskConfig
-    from cxrdask.imaging import Preprocessing
+    import cxrdask.extract.worker as worker
+    from cxrdask.extract.task_config import TaskConfig
+    from cxrdask.imaging.preprocessing import Preprocessing
     from cxrdask.testing import make_feature_store
 
     url = str(tmp_path / "f.zarr")

@@ -9,14 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrdask.batches import FeatureBatches, label_counts
+from cxrdask.archive.labels import LABELS
 from cxrdask.errors import CheckpointMismatchError
-from cxrdask.evaluation import CHEXNET_2017, WANG_2017, evaluate
-from cxrdask.head import load_checkpoint
-from cxrdask.labels import LABELS
-from cxrdask.store import FeatureStore
+from cxrdask.evaluation.report import CHEXNET_2017, WANG_2017, evaluate
+from cxrdask.head.batches import FeatureBatches, label_counts
+from cxrdask.head.model import load_checkpoint
+from cxrdask.head.train import TrainConfig, grid_search, train_head
+from cxrdask.store.features import FeatureStore
 from cxrdask.testing import make_feature_store
-from cxrdask.train import TrainConfig, grid_search, train_head
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ def test_train_checkpoint_and_evaluate(feature_store, tmp_path):
                       bootstrap=100).audit.comparison
     # Expert labels (a stand-in in Google's format for some of the test images): with no
     # disagreement they score exactly as NIH's labels; with disagreement, not.
-    from cxrdask.synthetic.expert import format_expert_labels
-    from cxrdask.synthetic.layout import make_metadata
+    from cxrdask.archive.synthetic.expert import format_expert_labels
+    from cxrdask.archive.synthetic.layout import make_metadata
 
     store = FeatureStore.open(feature_store)
     frame = make_metadata(3000, seed=2)  # the rows make_feature_store wrote
@@ -202,9 +202,9 @@ def test_evaluating_another_backbones_store_is_refused(feature_store, tmp_path):
 def test_bf16_head_training_stays_within_noise_of_fp32(tmp_path):
     """bf16 autocast (auto on CPUs with native bf16) learns what fp32 learns, and the
     checkpoint says which arithmetic was used."""
-    from cxrdask.head import load_checkpoint
+    from cxrdask.head.model import load_checkpoint
+    from cxrdask.head.train import TrainConfig, train_head
     from cxrdask.testing import make_feature_store
-    from cxrdask.train import TrainConfig, train_head
 
     url = str(tmp_path / "f.zarr")
     make_feature_store(url, 3000, feature_dim=64, chunk_rows=256, signal=0.6)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cxrdask.head import new_head
-from cxrdask.train_step import WARMUP_STEPS, EagerStep, GraphedStep, adam, train_step
+from cxrdask.head.model import new_head
+from cxrdask.head.train_step import WARMUP_STEPS, EagerStep, GraphedStep, adam, train_step
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -21,12 +21,12 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cxrdask.backbone import BackboneSpec, build_backbone
-from cxrdask.diagnosis import last_conv_maps
-from cxrdask.inference import predict
-from cxrdask.labels import LABELS
+from cxrdask.archive.labels import LABELS
+from cxrdask.backbones.runner import BackboneSpec, build_backbone
+from cxrdask.serve.diagnosis import last_conv_maps
+from cxrdask.serve.inference import predict
+from cxrdask.serve.web import create_app, grad_cam
 from cxrdask.testing import free_port
-from cxrdask.web import create_app, grad_cam
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,154 @@
+"""What the machine's arithmetic can do: native bf16 on this CPU, and what the precision and
+engine "auto" mean.
+
+bf16 halves the head's time on CPUs with AVX-512-BF16 or AMX and on GPUs, but is emulated
+(and slower than fp32) on CPUs without them, so "auto" asks the hardware, and what was
+used is recorded beside the results. Where the backbone then runs fp32 on the CPU, ONNX
+Runtime is the faster engine (see :func:`auto_engine`).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cxrdask.errors import DeviceUnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: Engines that run the backbone on the CPU only (``device="auto"`` means the CPU for them).
+CPU_ENGINES = ("onnxruntime", "torchscript")
+#: The TorchScript pieces the ``torchscript`` engine uses, each a file of the torch package.
+TORCHSCRIPT_FILES = ("jit/_trace.py", "jit/_freeze.py")
+#: Device files a GPU runtime needs: NVIDIA's, ROCm's, and WSL2's (where CUDA goes through
+#: /dev/dxg). Where none exists, torch can see no GPU, and saying so needs no torch import.
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX in /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+def cpu_auto_precision() -> str:
+    """What ``precision="auto"`` means on this machine's CPU: bf16 where native, else fp32."""
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def has_no_gpu() -> bool:
+    """Whether this machine certainly has no GPU torch could use: none of
+    :data:`GPU_DEVICE_FILES` exists (found in microseconds, where asking torch first
+    imports it: 2 s on one core). False means "maybe": ask torch."""
+    return not any(glob.glob(pattern) for pattern in GPU_DEVICE_FILES)
+
+
+def backbone_device_type(device: str, engine: str) -> str:
+    """Where this machine would run the backbone: ``cpu`` or ``cuda`` (ONNX Runtime and
+    TorchScript: the CPU).
+
+    Told without importing torch where the answer cannot be a GPU (``device="cpu"``, ONNX
+    Runtime, TorchScript, or ``auto`` on a machine :func:`has_no_gpu`); torch is asked
+    otherwise. Engine ``auto`` goes where PyTorch would: the others are chosen only for a CPU
+    backbone."""
+    if engine in CPU_ENGINES or device == "cpu" or (device == "auto" and has_no_gpu()):
+        return "cpu"
+    return resolve_device(device).type
+
+
+def auto_precision(device: str, engine: str) -> str:
+    """What ``precision="auto"`` means for a backbone run here: bf16 where the CPU (or GPU)
+    computes bf16 natively, else fp32; ONNX Runtime runs fp32 (engine ``auto`` picks it only
+    for fp32, so here it is PyTorch's answer). Torch-free on the CPU."""
+    if engine == "onnxruntime":
+        return "fp32"
+    if backbone_device_type(device, engine) == "cpu":
+        return cpu_auto_precision()
+    return resolve_precision("auto", resolve_device(device))
+
+
+def onnxruntime_installed() -> bool:
+    """Whether ONNX Runtime (and onnx, which torch's exporter needs) can be imported here;
+    found without importing either."""
+    return all(importlib.util.find_spec(module) is not None for module in ("onnxruntime", "onnx"))
+
+
+def torchscript_available() -> bool:
+    """Whether the installed torch ships TorchScript's trace and freeze (which PyTorch has
+    deprecated): their files in the torch package, found without importing torch. A worker
+    answers this while its background import of torch is still under way, when asking the
+    half-imported module would fail."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return all((root / name).is_file() for name in TORCHSCRIPT_FILES)
+
+
+def auto_engine(device_type: str, precision: str, compile: bool | str,
+                onnxruntime: bool) -> str:
+    """What ``engine="auto"`` means for a backbone on ``device_type`` (``cpu`` or ``cuda``)
+    at ``precision`` (made concrete): ONNX Runtime for fp32 on the CPU, uncompiled, where it
+    is installed (``onnxruntime``); PyTorch everywhere else.
+
+    Measured with ResNet50, batch 8 (``benchmarks/bench_extract.py``, ``bench_peers``): on
+    two Intel Xeons without native bf16, ONNX Runtime ran 1.3x eager PyTorch fp32 (machine A:
+    19.2 against 14.6 images/s end to end) and ahead of ``torch.compile``; where the CPU has
+    native bf16, PyTorch bf16 is faster still (2x fp32); on GPUs PyTorch runs. Whether a bf16
+    CPU backbone then runs as a TorchScript trace depends on the job's size, so the client
+    decides that once the job is known (:func:`cxrdask.extract.run.torchscript_pays_off`)."""
+    if (device_type == "cpu" and precision == "fp32" and compile is not True and onnxruntime):
+        return "onnxruntime"
+    return "torch"
+
+
+def local_engine(engine: str, device: str, precision: str, compile: bool | str) -> str:
+    """What ``engine`` will be for workers on this machine, told before any worker exists
+    and without importing torch: the layout of a local cluster depends on it (ONNX Runtime
+    runs best as one process with a thread per core). A machine that may have a GPU is
+    answered ``torch`` unless the backbone is asked for on the CPU."""
+    if engine != "auto":
+        return engine
+    if device == "cuda" or (device == "auto" and not has_no_gpu()):
+        return "torch"
+    concrete = cpu_auto_precision() if precision == "auto" else precision
+    return auto_engine("cpu", concrete, compile, onnxruntime_installed())
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` is bf16 on GPUs that support it and on CPUs with native bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return cpu_auto_precision()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is the worker's GPU when it has one, else the CPU (imports torch: the other
+    facts here are told without it)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError("device 'cuda' asked for, but torch sees no CUDA device here")
+    return resolved
+
+
+__all__ = ["CPU_ENGINES", "GPU_DEVICE_FILES", "TORCHSCRIPT_FILES", "auto_engine", "auto_precision",
+           "backbone_device_type", "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu",
+           "local_engine", "onnxruntime_installed", "resolve_device", "resolve_precision",
+           "torchscript_available"]

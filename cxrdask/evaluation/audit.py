@@ -1,0 +1,234 @@
+"""The tables of a clinical evaluation, from probabilities already computed.
+
+:func:`cxrdask.evaluation.report.evaluate` reads the store once per split and hands the arrays
+here: per-disease AUC intervals (a bootstrap over patients), subgroup AUCs with their gaps
+to the whole split and under-diagnosis rates, calibration and operating points, and the
+paired comparison of two heads (bootstrap interval and DeLong's test). Nothing here reads
+storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cxrdask.archive.expert_labels import EXPERT_TO_NIH, nih_composite
+from cxrdask.archive.labels import LABELS
+from cxrdask.evaluation.bootstrap import Interval, bootstrap_aucs, mean_over, percentile_interval
+from cxrdask.evaluation.calibration import (
+    ThresholdRule,
+    choose_threshold,
+    expected_calibration_error,
+    operating_point,
+)
+from cxrdask.evaluation.delong import delong_test
+from cxrdask.evaluation.subgroups import subgroup_masks, underdiagnosis_rate
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One split's rows as the evaluation sees them (rows in store order)."""
+
+    targets: np.ndarray  # (images, diseases) bool
+    probabilities: np.ndarray  # (images, diseases)
+    rows: pd.DataFrame  # patient_id, sex, age, view per image
+
+
+def _auc(targets: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of one disease; NaN where the rows hold only one class."""
+    from sklearn.metrics import roc_auc_score
+
+    positives = int(targets.sum())
+    if 0 < positives < len(targets):
+        return float(roc_auc_score(targets, scores))
+    return float("nan")
+
+
+def auc_per_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """ROC AUC per disease (column); NaN where the rows hold only one class for it."""
+    return np.array([_auc(targets[:, k], probabilities[:, k]) for k in range(targets.shape[1])])
+
+
+def _interval(estimate: float, samples: np.ndarray | None) -> Interval:
+    """The estimate with its percentile interval, or without one where nothing was resampled."""
+    if samples is None:
+        return Interval(estimate, float("nan"), float("nan"))
+    return percentile_interval(estimate, samples)
+
+
+@dataclass
+class Audit:
+    """Everything :func:`audit` finds (each a table; see the column lists in its fields)."""
+
+    auc: pd.DataFrame  # label, auc, auc_low, auc_high
+    mean_auc: Interval
+    subgroups: pd.DataFrame  # subgroup, label, images, positives, auc, low, high, gap, gap_low, gap_high
+    underdiagnosis: pd.DataFrame  # subgroup, images_with_finding, rate
+    calibration: pd.DataFrame  # label, ece, threshold, sensitivity, specificity, ppv, npv
+    comparison: pd.DataFrame | None  # label, auc, auc_other, difference, low, high, delong_z, delong_p
+    resamples: int
+    # finding, images, positives_expert, positives_nih, auc_expert(_low/_high), auc_nih(...),
+    # difference(_low/_high): the head against Google's expert labels and NIH's on the same images
+    expert: pd.DataFrame | None = None
+    expert_listed: int = 0  # rows of the expert-label file (all sets)
+
+    @property
+    def worst_gap(self) -> pd.Series | None:
+        """The subgroup whose mean AUC falls furthest below the whole split's."""
+        means = self.subgroups[(self.subgroups["label"] == "mean")
+                               & (self.subgroups["subgroup"] != "all")]
+        means = means[np.isfinite(means["gap"])]
+        return None if means.empty else means.loc[means["gap"].idxmin()]
+
+    @property
+    def mean_ece(self) -> float:
+        return float(np.nanmean(self.calibration["ece"])) if len(self.calibration) else float("nan")
+
+
+def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None = None,
+          resamples: int = 1000, seed: int = 0, rule: ThresholdRule = "youden",
+          specificity: float = 0.9, expert: pd.DataFrame | None = None) -> Audit:
+    """Intervals, subgroups, calibration, (with ``other``: a second head's test
+    probabilities on the same rows) the paired comparison, and (with ``expert``: from
+    :func:`~cxrdask.archive.expert_labels.read_expert_labels`) the scores against expert labels."""
+    groups = subgroup_masks(test.rows)
+    models = {"head": test.probabilities}
+    if other is not None:
+        models["other"] = other
+    samples = (bootstrap_aucs(test.targets, models, test.rows["patient_id"].to_numpy(), groups,
+                              n_resamples=resamples, seed=seed) if resamples else {})
+    point = auc_per_label(test.targets, test.probabilities)
+    defined = np.flatnonzero(np.isfinite(point))
+
+    whole = samples.get(("head", "all"))
+    per_label = [_interval(point[k], None if whole is None else whole[:, k])
+                 for k in range(len(LABELS))]
+    auc_table = pd.DataFrame({"label": list(LABELS), "auc": point,
+                              "auc_low": [i.low for i in per_label],
+                              "auc_high": [i.high for i in per_label]})
+    mean_auc = _interval(float(point[defined].mean()) if len(defined) else float("nan"),
+                        None if whole is None else mean_over(whole, defined))
+    thresholds = _thresholds(validation, rule, specificity)
+    return Audit(
+        auc=auc_table, mean_auc=mean_auc,
+        subgroups=_subgroup_table(test, groups, samples, point),
+        underdiagnosis=pd.DataFrame([
+            {"subgroup": name,
+             "images_with_finding": int(test.targets[mask].any(axis=1).sum()),
+             "rate": underdiagnosis_rate(test.targets[mask], test.probabilities[mask], thresholds)}
+            for name, mask in groups.items()]),
+        calibration=_calibration_table(test, thresholds),
+        comparison=None if other is None else _comparison_table(test, other, samples, point),
+        resamples=resamples,
+        expert=None if expert is None else _expert_table(test, expert, resamples, seed),
+        expert_listed=0 if expert is None else len(expert),
+    )
+
+
+def _expert_table(test: Scored, expert: pd.DataFrame, resamples: int, seed: int) -> pd.DataFrame:
+    """Each mapped finding scored against the expert label and NIH's, on the split's images
+    that the expert file lists, with paired patient-bootstrap intervals."""
+    match = expert.set_index("image_index").reindex(test.rows["image_index"].to_numpy())
+    listed = match["set_id"].notna().to_numpy()
+    patients = test.rows["patient_id"].to_numpy()[listed]
+    records = []
+    for finding in EXPERT_TO_NIH:
+        expert_y = match[finding].to_numpy()[listed].astype(bool)
+        nih_y = nih_composite(test.targets[listed], finding).astype(bool)
+        score = nih_composite(test.probabilities[listed], finding)
+        targets = np.c_[expert_y, nih_y]
+        point = auc_per_label(targets, np.c_[score, score])
+        if resamples and listed.any():
+            both = bootstrap_aucs(targets, {"head": np.c_[score, score]}, patients,
+                                  {"all": np.ones(int(listed.sum()), bool)},
+                                  n_resamples=resamples, seed=seed)[("head", "all")]
+        else:
+            both = np.full((1, 2), np.nan)
+        on_expert = percentile_interval(point[0], both[:, 0])
+        on_nih = percentile_interval(point[1], both[:, 1])
+        gap = percentile_interval(point[0] - point[1], both[:, 0] - both[:, 1])
+        records.append({"finding": finding, "maps_to": " or ".join(EXPERT_TO_NIH[finding]),
+                        "images": int(listed.sum()), "positives_expert": int(expert_y.sum()),
+                        "positives_nih": int(nih_y.sum()),
+                        "auc_expert": on_expert.estimate, "auc_expert_low": on_expert.low,
+                        "auc_expert_high": on_expert.high, "auc_nih": on_nih.estimate,
+                        "auc_nih_low": on_nih.low, "auc_nih_high": on_nih.high,
+                        "difference": gap.estimate, "difference_low": gap.low,
+                        "difference_high": gap.high})
+    return pd.DataFrame(records)
+
+
+def _thresholds(validation: Scored | None, rule: ThresholdRule, specificity: float) -> np.ndarray:
+    if validation is None or not len(validation.targets):
+        return np.full(len(LABELS), np.nan)
+    return np.array([choose_threshold(validation.targets[:, k], validation.probabilities[:, k],
+                                      rule, specificity) for k in range(len(LABELS))])
+
+
+def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
+                    samples: dict[tuple[str, str], np.ndarray], whole_point: np.ndarray
+                    ) -> pd.DataFrame:
+    whole = samples.get(("head", "all"))
+    records = []
+    for name, mask in groups.items():
+        targets = test.targets[mask]
+        point = auc_per_label(targets, test.probabilities[mask])
+        resampled = samples.get(("head", name))
+        defined = np.flatnonzero(np.isfinite(point))
+        for k, label in [*enumerate(LABELS), (None, "mean")]:
+            if k is None:  # the mean over the diseases this subgroup can score
+                estimate = float(point[defined].mean()) if len(defined) else float("nan")
+                base = float(whole_point[defined].mean()) if len(defined) else float("nan")
+                values = None if resampled is None else mean_over(resampled, defined)
+                base_values = None if whole is None else mean_over(whole, defined)
+                positives = int(targets.any(axis=1).sum())
+            else:
+                estimate, base = float(point[k]), float(whole_point[k])
+                values = None if resampled is None else resampled[:, k]
+                base_values = None if whole is None else whole[:, k]
+                positives = int(targets[:, k].sum())
+            auc = _interval(estimate, values)
+            gap = _interval(estimate - base, None if values is None or base_values is None
+                            else values - base_values)
+            records.append({"subgroup": name, "label": label, "images": int(mask.sum()),
+                            "positives": positives, "auc": auc.estimate, "low": auc.low,
+                            "high": auc.high, "gap": gap.estimate, "gap_low": gap.low,
+                            "gap_high": gap.high})
+    return pd.DataFrame(records)
+
+
+def _calibration_table(test: Scored, thresholds: np.ndarray) -> pd.DataFrame:
+    records = []
+    for k, label in enumerate(LABELS):
+        targets, probabilities = test.targets[:, k], test.probabilities[:, k]
+        point = (operating_point(targets, probabilities, thresholds[k])
+                 if np.isfinite(thresholds[k]) else
+                 dict.fromkeys(("threshold", "sensitivity", "specificity", "ppv", "npv"), np.nan))
+        records.append({"label": label,
+                        "ece": expected_calibration_error(targets, probabilities), **point})
+    return pd.DataFrame(records)
+
+
+def _comparison_table(test: Scored, other: np.ndarray,
+                      samples: dict[tuple[str, str], np.ndarray], point: np.ndarray) -> pd.DataFrame:
+    """``point``: this head's per-disease AUCs, already computed."""
+    records = []
+    ours, theirs = samples.get(("head", "all")), samples.get(("other", "all"))
+    for (k, label), b in zip(enumerate(LABELS), auc_per_label(test.targets, other), strict=True):
+        targets = test.targets[:, k]
+        a = float(point[k])
+        diff = _interval(a - b, None if ours is None or theirs is None
+                         else ours[:, k] - theirs[:, k])
+        try:
+            test_result = delong_test(targets, test.probabilities[:, k], other[:, k])
+            z, p = test_result.z, test_result.p_value
+        except ValueError:  # fewer than two positives or negatives
+            z = p = float("nan")
+        records.append({"label": label, "auc": a, "auc_other": b, "difference": diff.estimate,
+                        "low": diff.low, "high": diff.high, "delong_z": z, "delong_p": p})
+    return pd.DataFrame(records)
+
+
+__all__ = ["Audit", "Scored", "auc_per_label", "audit"]

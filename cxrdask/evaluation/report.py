@@ -1,0 +1,441 @@
+"""Evaluation: per-disease ROC AUC beside published results, with the intervals, subgroups,
+calibration and operating points a clinical reader asks for (see :mod:`cxrdask.evaluation.audit`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrdask._fs import StorageOptions
+from cxrdask.archive.expert_labels import read_expert_labels
+from cxrdask.archive.labels import LABELS
+from cxrdask.errors import OptionError
+from cxrdask.evaluation.audit import Audit, Scored, auc_per_label, audit
+from cxrdask.evaluation.calibration import ThresholdRule
+from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
+from cxrdask.head.batches import FeatureBatches, open_store
+from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_head
+from cxrdask.store.targets import check_output_folder
+
+# Published test-set AUCs, kept for comparison (their splits differ from ours: see the report).
+WANG_2017 = {  # Wang et al., "ChestX-ray8", CVPR 2017, Table 4, ResNet-50.
+    "Atelectasis": 0.7003, "Cardiomegaly": 0.8100, "Effusion": 0.7585, "Infiltration": 0.6614,
+    "Mass": 0.6933, "Nodule": 0.6687, "Pneumonia": 0.6580, "Pneumothorax": 0.7993,
+    "Consolidation": 0.7032, "Edema": 0.8052, "Emphysema": 0.8330, "Fibrosis": 0.7859,
+    "Pleural_Thickening": 0.6835, "Hernia": 0.8717,
+}
+CHEXNET_2017 = {  # Rajpurkar et al., "CheXNet", arXiv:1711.05225, Table 1 (DenseNet-121).
+    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345,
+    "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
+    "Consolidation": 0.7901, "Edema": 0.8878, "Emphysema": 0.9371, "Fibrosis": 0.8047,
+    "Pleural_Thickening": 0.8062, "Hernia": 0.9164,
+}
+CITATIONS = {
+    "wang2017": "Wang X. et al., ChestX-ray8, CVPR 2017 (ResNet-50, official split)",
+    "chexnet": "Rajpurkar P. et al., CheXNet, arXiv:1711.05225 (DenseNet-121, own patient split)",
+}
+
+
+def head_outputs(heads: list[DiagnosisHead], batches: FeatureBatches
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each head's probabilities and the targets of every row, in one pass over the store."""
+    for head in heads:
+        head.eval()
+    probabilities: list[list[np.ndarray]] = [[] for _ in heads]
+    targets = []
+    with torch.inference_mode():
+        for inputs, labels in batches:
+            for out, head in zip(probabilities, heads, strict=True):
+                out.append(head.probabilities(inputs).numpy())
+            targets.append(labels.numpy())
+    if not targets:
+        empty = np.zeros((0, len(LABELS)))
+        return [empty for _ in heads], empty
+    return [np.concatenate(p) for p in probabilities], np.concatenate(targets)
+
+
+FEW_POSITIVES = 10  # below this, a disease's AUC moves a lot with one image
+FAR_FROM_CHANCE = 0.4  # an untrained head this far from AUC 0.5 is worth a sentence
+# Why a synthetic sign is easy even for untrained heads (see cxrdask.archive.synthetic.render_image).
+SYNTHETIC_GLOBAL_SIGNS = {
+    "Emphysema": "its synthetic sign darkens and enlarges both lungs, a change of overall "
+                 "brightness that any random projection of the features follows (image "
+                 "brightness alone ranks it at an AUC of about 0.96 in the demo)",
+}
+
+
+def report_caveats(provenance: dict) -> list[str]:
+    """What makes results not comparable with published ones: a synthetic archive, or
+    random backbone weights (read from the store's or checkpoint's provenance)."""
+    caveats = []
+    if (provenance.get("archive") or {}).get("synthetic"):
+        caveats.append("synthetic archive")
+    if (provenance.get("backbone") or {}).get("kind") == "random":
+        caveats.append("random-weight backbone")
+    return caveats
+
+
+@dataclass
+class EvaluationReport:
+    """Per-disease AUC of the trained and the untrained head, beside published results."""
+
+    table: pd.DataFrame
+    split: str
+    split_description: str
+    n_rows: int
+    files: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    backbone: str = ""
+    audit: Audit | None = None
+    compared_with: str = ""
+    localisation: LocalisationReport | None = None
+
+    @property
+    def mean_over(self) -> list[str]:
+        """The diseases every mean is taken over: those with both classes in the split."""
+        return self.table.loc[np.isfinite(self.table["auc"]), "label"].tolist()
+
+    def _mean(self, column: str) -> float:
+        values = self.table.loc[self.table["label"].isin(self.mean_over), column]
+        return float(values.mean()) if len(values) else float("nan")
+
+    @property
+    def mean_auc(self) -> float:
+        return self._mean("auc")
+
+    @property
+    def mean_auc_untrained(self) -> float:
+        return self._mean("auc_untrained")
+
+    @property
+    def caveat_line(self) -> str | None:
+        """One line for reports and charts, or None for a real archive and real weights."""
+        if not self.caveats:
+            return None
+        what = ", ".join(self.caveats)
+        return f"{what[:1].upper()}{what[1:]}: not comparable with published results"
+
+    def notes(self) -> list[str]:
+        """Sentences that help read the table: few positives, untrained heads far from chance."""
+        notes = []
+        few = self.table[(self.table["positives"] < FEW_POSITIVES) & np.isfinite(self.table["auc"])]
+        if len(few):
+            notes.append(f"Fewer than {FEW_POSITIVES} positive images for "
+                         f"{', '.join(f'{r.label} ({r.positives})' for r in few.itertuples())}: "
+                         "their AUCs move by several hundredths with a single image.")
+        if self.audit is not None and self.split == "validation":
+            notes.append("The operating points' thresholds were chosen on this same validation "
+                         "split: their sensitivities and specificities are optimistic.")
+        extreme = self.table[np.abs(self.table["auc_untrained"] - 0.5) >= FAR_FROM_CHANCE]
+        for row in extreme.itertuples():
+            why = SYNTHETIC_GLOBAL_SIGNS.get(row.label) if "synthetic archive" in self.caveats else None
+            notes.append(
+                f"The untrained head scores {row.auc_untrained:.3f} on {row.label}: "
+                + (f"real, not a leak: {why}." if why else
+                   "the finding changes something that a random projection of the features "
+                   "follows (or, with few positives, chance); it says the finding is easy to "
+                   "see in these features, not that the head learned it."))
+        return notes
+
+    def summary_lines(self) -> list[str]:
+        """The report's lead: mean AUC with its interval, the worst subgroup gap, the mean
+        ECE and localisation."""
+        a = self.audit
+        if a is None:
+            return [f"| mean AUC | {self.mean_auc:.3f} |"]
+        worst = a.worst_gap
+        gap = ("n/a" if worst is None else
+               f"{worst['subgroup']}: {worst['gap']:+.3f}" + (
+                   f" [{worst['gap_low']:+.3f}, {worst['gap_high']:+.3f}]"
+                   if np.isfinite(worst["gap_low"]) else ""))
+        return ["| measure | value |", "|---|---|",
+                f"| mean AUC (95% CI, {a.resamples} patient resamples) | {a.mean_auc} |",
+                f"| worst subgroup gap in mean AUC | {gap} |",
+                f"| mean expected calibration error (10 bins) | {a.mean_ece:.3f} |",
+                f"| localisation accuracy at IoBB 0.5 | {self._localisation_line()} |"]
+
+    def _localisation_line(self) -> str:
+        found = self.localisation
+        if found is None:
+            return "not computed (give the boxes and the images)"
+        return (f"{found.mean_accuracy('iobb', 0.5):.3f} of {len(found.boxes)} boxes "
+                f"(maps of other images: {found.mean_accuracy('iobb', 0.5, 'control'):.3f})")
+
+    def to_markdown(self) -> str:
+        shown = self.table.copy()
+        kept = shown["label"].isin(self.mean_over)
+        mean = {"label": f"**mean of {int(kept.sum())}**", "positives": int(shown["positives"].sum())}
+        for column in ("auc", "auc_untrained", "wang2017", "chexnet"):
+            mean[column] = self._mean(column)
+        shown = pd.concat([shown, pd.DataFrame([mean])], ignore_index=True)
+        head = []
+        if self.caveat_line:
+            head.append(f"> **{self.caveat_line}.**\n")
+        head.extend([*self.summary_lines(), ""])
+        head.append(f"Split: **{self.split}** ({self.n_rows} images); {self.split_description}.  ")
+        if self.backbone:
+            head.append(f"Backbone: {self.backbone}.  ")
+        head.append(f"Means are over the same {int(kept.sum())} of {len(self.table)} diseases in "
+                    "every column (those with positive and negative images in the split).\n")
+        intervals = self._intervals()
+        lines = ["| disease | positives | AUC | 95% CI | untrained head | Wang 2017 | CheXNet |",
+                 "|---|---:|---:|---|---:|---:|---:|"]
+        for row in shown.itertuples():
+            cells = [f"{v:.3f}" if np.isfinite(v) else "n/a"
+                     for v in (row.auc, row.auc_untrained, row.wang2017, row.chexnet)]
+            cells.insert(1, intervals.get(row.label, ""))
+            lines.append(f"| {row.label} | {row.positives} | " + " | ".join(cells) + " |")
+        notes = [*self.notes(),
+                 "Published results use other splits: " + "; ".join(CITATIONS.values()) + ".",
+                 "n/a: the split has no positive (or no negative) image of that disease."]
+        text = ("\n".join(head) + "\n" + "\n".join(lines) + "\n\n"
+                + "\n".join(f"- {n}" for n in notes) + "\n")
+        if self.audit is not None:
+            from cxrdask.evaluation.audit_report import audit_markdown
+
+            text += "\n" + audit_markdown(self.audit, self.compared_with)
+        if self.localisation is not None:
+            from cxrdask.evaluation.audit_report import localisation_markdown
+
+            text += "\n" + localisation_markdown(self.localisation)
+        return text
+
+    def _intervals(self) -> dict[str, str]:
+        """Each disease's (and the mean's) interval as text, where one was computed."""
+        a = self.audit
+        if a is None or not a.resamples:
+            return {}
+        out = {row.label: (f"{row.auc_low:.3f}-{row.auc_high:.3f}" if np.isfinite(row.auc_low)
+                           else "n/a") for row in a.auc.itertuples()}
+        out[f"**mean of {len(self.mean_over)}**"] = f"{a.mean_auc.low:.3f}-{a.mean_auc.high:.3f}"
+        return out
+
+    def to_json(self) -> dict:
+        """The report as plain values (what ``report.json`` holds)."""
+        return {
+            "caveats": self.caveats, "comparable_with_published": not self.caveats,
+            "split": self.split, "split_description": self.split_description, "rows": self.n_rows,
+            "backbone": self.backbone, "mean_over": self.mean_over, "mean_auc": self.mean_auc,
+            "mean_auc_untrained": self.mean_auc_untrained,
+            "mean_wang2017": self._mean("wang2017"), "mean_chexnet": self._mean("chexnet"),
+            "notes": self.notes(), "citations": CITATIONS,
+            "per_label": json.loads(self.table.to_json(orient="records")),
+            **({} if self.audit is None else _audit_json(self.audit, self.compared_with)),
+            **({} if self.localisation is None else {"localisation": {
+                "boxes_listed": self.localisation.listed, "boxes_scored": len(self.localisation.boxes),
+                "images": self.localisation.images,
+                "boxes_without_a_map": self.localisation.missing_images,
+                "accuracy": json.loads(self.localisation.accuracy.to_json(orient="records")),
+                "published": WANG_CITATION}}),
+        }
+
+
+def _plain(value: float) -> float | None:
+    """A number for JSON: NaN (not computed) becomes null, as in the tables."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _audit_json(a: Audit, compared_with: str) -> dict:
+    def records(frame: pd.DataFrame | None):
+        return None if frame is None else json.loads(frame.to_json(orient="records"))
+
+    return {"bootstrap": {"resamples": a.resamples, "unit": "patient", "level": 0.95},
+            "mean_auc_interval": [_plain(a.mean_auc.low), _plain(a.mean_auc.high)],
+            "auc_intervals": records(a.auc), "subgroups": records(a.subgroups),
+            "underdiagnosis": records(a.underdiagnosis), "calibration": records(a.calibration),
+            "mean_ece": _plain(a.mean_ece), "compared_with": compared_with or None,
+            "comparison": records(a.comparison), "expert_labels": records(a.expert),
+            "expert_labels_listed": a.expert_listed}
+
+
+def evaluate(
+    store,
+    checkpoint: str | Checkpoint,
+    *,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    storage_options: StorageOptions | None = None,
+    compare_to: str | Checkpoint | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    threshold_rule: ThresholdRule = "youden",
+    specificity: float = 0.9,
+    expert_labels: str | None = None,
+    boxes: str | None = None,
+    images: str | None = None,
+    client=None,
+    n_workers: int | None = None,
+    weights: str | None = None,
+) -> EvaluationReport:
+    """Per-disease ROC AUC on ``split`` with 95% intervals, subgroups, calibration and
+    operating points; beside the untrained head and published results.
+
+    Read out of core from the store (one pass over ``split``, one over the validation split
+    for the thresholds). Intervals come from a bootstrap over patients (images of one
+    patient resampled together); subgroups are sex, age band and view position, each with
+    its gap to the whole split and its under-diagnosis rate; thresholds are chosen on the
+    validation split and applied to ``split``. The report states the split, the backbone,
+    and whether the archive is synthetic or the weights random (then its numbers are not
+    comparable with published ones).
+
+    Parameters
+    ----------
+    store
+        A :class:`FeatureStore` or its URL.
+    checkpoint
+        A head checkpoint (``head.pt``) trained on this store's backbone.
+    split
+        ``"test"``, ``"validation"`` or ``"train"``.
+    out_dir
+        Where ``report.md``, ``report.json`` and the charts go; None: no files.
+    storage_options
+        fsspec options.
+    compare_to
+        A second checkpoint on the same store: per disease, the paired difference in AUC
+        with its bootstrap interval and DeLong's test.
+    bootstrap
+        Patient resamples for the intervals (0: no intervals).
+    seed
+        Seed of the resampling.
+    threshold_rule, specificity
+        How each disease's threshold is chosen on the validation split: Youden's J, or the
+        most sensitive threshold whose specificity is at least ``specificity``.
+    expert_labels
+        Google's 2019 expert labels (``google2019_nih-chest-xray-labels.csv[.gz]``, any
+        fsspec URL): Pneumothorax, Nodule or mass and Airspace opacity scored on the
+        split's relabelled images against those labels and NIH's (see
+        :mod:`cxrdask.archive.expert_labels` for the mapping).
+    boxes, images
+        NIH's ``BBox_List_2017.csv`` and the archive's images: the Grad-CAM map of every
+        boxed finding on the split's images is boxed and scored as Wang et al. 2017 did
+        (:func:`cxrdask.evaluation.localisation.localise`), on ``client`` or a local cluster of
+        ``n_workers``. ``checkpoint`` must then be a file.
+    client, n_workers
+        Where localisation runs (a Dask client; None: the current client, else a local
+        cluster kept for the Python session).
+    weights
+        The backbone weights file, when the head was trained on one (for localisation).
+
+    Returns
+    -------
+    EvaluationReport
+        The table (AUC, untrained AUC, Wang 2017, CheXNet per disease), means, notes, and
+        the audit (intervals, subgroups, calibration, comparison).
+
+    Raises
+    ------
+    CheckpointMismatchError
+        The head (or the one compared with) was trained on another backbone or other inputs.
+    MetadataError
+        The expert-label file is malformed (each bad row named).
+    """
+    if bootstrap < 0:
+        raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
+    if not 0.0 < specificity < 1.0:
+        raise OptionError(f"specificity must be between 0 and 1, not {specificity}")
+    if (boxes is None) != (images is None):
+        raise OptionError("localisation needs both the boxes (BBox_List_2017.csv) and the "
+                          "images they were drawn on")
+    if boxes is not None and isinstance(checkpoint, Checkpoint) and not checkpoint.path:
+        raise OptionError("localisation runs on Dask workers, which load the checkpoint from "
+                          "its file: pass the checkpoint's path")
+    expert = (None if expert_labels is None
+              else read_expert_labels(expert_labels, storage_options))  # checked before any pass
+    store = open_store(store, storage_options)
+    if out_dir is not None:  # checked before any pass
+        check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
+                                                                "the images folder": images})
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
+             else load_checkpoint(compare_to))
+    for head in (ckpt, other):  # before any chunk is read
+        if head is not None:
+            head.check_features(store.provenance["backbone"], store.provenance.get("preprocessing"))
+    demographics = tuple(ckpt.input["demographics"])
+    batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
+    ckpt.check_inputs(batches.n_inputs, store.provenance["backbone"], store.provenance.get("preprocessing"))
+    if other is not None:
+        other_batches = FeatureBatches(store, split, 4096, shuffle=False,
+                                       demographics=tuple(other.input["demographics"]))
+        other.check_inputs(other_batches.n_inputs, store.provenance["backbone"],
+                           store.provenance.get("preprocessing"))
+    # The untrained head: the same seed's initial weights and the same input standardisation.
+    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
+    untrained.input_mean.copy_(ckpt.head.input_mean)
+    untrained.input_scale.copy_(ckpt.head.input_scale)
+    (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
+                                                                     batches)
+    other_probabilities = (None if other is None
+                           else head_outputs([other.head], other_batches)[0][0])
+    table_rows = store.table(["image_index", "patient_id", "sex", "age", "view"])
+    validation = _scored(store, "validation", ckpt, demographics, table_rows)
+    found = audit(Scored(targets.astype(bool), probabilities, _rows(store, split, table_rows)),
+                  validation, other=other_probabilities, resamples=bootstrap, seed=seed,
+                  rule=threshold_rule, specificity=specificity, expert=expert)
+    table = pd.DataFrame({
+        "label": list(LABELS),
+        "positives": targets.sum(axis=0).astype(int),
+        "auc": found.auc["auc"].to_numpy(),  # the audit's point estimates
+        "auc_untrained": auc_per_label(targets, untrained_probabilities),
+        "wang2017": [WANG_2017[name] for name in LABELS],
+        "chexnet": [CHEXNET_2017[name] for name in LABELS],
+    })
+    identity = store.provenance["backbone"]
+    report = EvaluationReport(table=table, split=split,
+                              split_description=store.provenance["split"].get("description", ""),
+                              n_rows=len(targets), caveats=report_caveats(store.provenance),
+                              backbone=f"{identity['name']} ({identity['weights']})",
+                              audit=found, compared_with="" if other is None else str(other.path))
+    if boxes is not None and images is not None:
+        from cxrdask.evaluation.localisation import localise
+
+        report.localisation = localise(store, str(ckpt.path), boxes, images, split=split,
+                                       client=client, n_workers=n_workers, weights=weights,
+                                       storage_options=storage_options, seed=seed)
+    if out_dir is not None:
+        report.files = _write_report(report, ckpt, targets, probabilities, Path(out_dir))
+    return report
+
+
+def _rows(store, split: str, table: pd.DataFrame) -> pd.DataFrame:
+    """The split's readable rows of ``table`` (the store's per-row columns), in the order
+    batches yield them."""
+    return table.iloc[store.rows(split)].reset_index(drop=True)
+
+
+def _scored(store, split: str, ckpt: Checkpoint, demographics: tuple[str, ...],
+            table: pd.DataFrame) -> Scored | None:
+    """The head's probabilities on ``split`` (None where the split is empty)."""
+    batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
+    if batches.n_rows == 0:
+        return None
+    (probabilities,), targets = head_outputs([ckpt.head], batches)
+    return Scored(targets.astype(bool), probabilities, _rows(store, split, table))
+
+
+def _write_report(report: EvaluationReport, ckpt: Checkpoint, targets: np.ndarray,
+                  probabilities: np.ndarray, out: Path) -> list[str]:
+    from cxrdask.evaluation.calibration import reliability_figure
+    from cxrdask.plots import auc_bars_figure, roc_figure, save_figure, subgroup_gap_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(report.to_markdown())
+    (out / "report.json").write_text(json.dumps(
+        {**report.to_json(), "checkpoint": ckpt.path, "backbone_identity": ckpt.backbone},
+        indent=2))
+    caveat = report.caveat_line
+    files = [str(out / "report.md"), str(out / "report.json"),
+             save_figure(roc_figure(targets, probabilities, caveat), out / "roc.png"),
+             save_figure(auc_bars_figure(report.table, caveat), out / "auc_bars.png"),
+             save_figure(reliability_figure(targets, probabilities, caveat),
+                         out / "reliability.png")]
+    if report.audit is not None:
+        files.append(save_figure(subgroup_gap_figure(report.audit.subgroups, caveat),
+                                 out / "subgroup_gaps.png"))
+    return files

@@ -1,0 +1,67 @@
+"""Preloaded into the worker processes of the local clusters cxrdask starts.
+
+Ctrl-C in a terminal reaches every process of the foreground job, the Dask workers
+included; each then printed a ``KeyboardInterrupt`` traceback while the client was
+cancelling the run. The workers ignore SIGINT instead: the client stops them when it
+closes its cluster (see :mod:`cxrdask.extract.interrupt`).
+
+A worker's first task needs the extraction's worker side, and where its backbone runs on
+PyTorch, torch: importing it is most of a cold start (2-3 s on one core). A background
+thread starts those imports as the worker process starts, so they run while the worker
+registers, the client creates the store and submits the first tasks; the first task then
+finds the modules imported, or waits only for the rest of the import.
+
+torch is left out where ``engine="auto"`` will run ONNX Runtime on this machine (an fp32
+CPU, :func:`~cxrdask.backbones.hardware.local_engine`) and an ONNX export is cached here already:
+such a worker never needs torch (its input is normalised with NumPy), and importing it
+anyway would take a core from the first chunk. On a machine's first ONNX Runtime job
+(nothing cached) the export needs torch, so it is imported as for PyTorch. A task that
+needs torch where it was left out (``engine="torch"``, training) imports it itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+
+#: What the background import loads: the extraction's worker side (torch-free)...
+WORKER_MODULES = ("cxrdask.extract.worker",)
+#: ... and where the default engine is PyTorch, torch with the backbone and its input.
+TORCH_MODULES = ("cxrdask.backbones.runner", "cxrdask.imaging.model_input")
+
+
+class CancelledOnPurpose(logging.Filter):
+    """Drops distributed's warning that a task "ended with CancelledError": the client
+    cancels a run's remaining tasks on purpose (a ``strict`` stop, an error, Ctrl-C), and a
+    user read the warning, one per running task, as a second failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ended with CancelledError" not in record.getMessage()
+
+
+def dask_setup(worker) -> None:
+    """Dask's preload hook: runs in the worker process when it starts."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("distributed.worker.state_machine").addFilter(CancelledOnPurpose())
+    threading.Thread(target=_import_worker_modules, name="cxrdask-preimport", daemon=True).start()
+
+
+def preimported_modules() -> tuple[str, ...]:
+    """The modules a starting worker imports in the background (see the module's docstring)."""
+    from cxrdask.backbones.hardware import local_engine
+    from cxrdask.backbones.onnx import onnx_cache_dir
+
+    needs_torch = (local_engine("auto", "auto", "auto", "auto") == "torch"
+                   or not any(onnx_cache_dir().glob("*.onnx")))  # it will export
+    return WORKER_MODULES + (TORCH_MODULES if needs_torch else ())
+
+
+def _import_worker_modules() -> None:
+    for module in preimported_modules():
+        try:
+            importlib.import_module(module)
+        except Exception:  # the task that needs it imports it again and reports why
+            return

@@ -1,0 +1,1 @@
+"""The diagnosis head: inputs, the model and its checkpoint, the lazy batch reader, training."""

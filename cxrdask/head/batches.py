@@ -1,0 +1,252 @@
+"""Out-of-core training batches read lazily from a feature store.
+
+Chunk order is shuffled per epoch, rows are shuffled inside a buffer of a few chunks, and a
+background thread reads, decompresses, converts and shuffles the next buffers while the
+model trains. Feature memory is bounded by about three buffers (``buffer_chunks`` chunks
+each), never by N; per-row labels and demographics (22 bytes a row) are read once.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from cxrdask._fs import StorageOptions
+from cxrdask.archive.splits import split_code
+from cxrdask.head.encoding import DEFAULT_DEMOGRAPHICS, encode_inputs
+from cxrdask.store.features import STATUS_OK, FeatureStore
+
+
+def open_store(store: FeatureStore | str, storage_options: StorageOptions | None = None
+               ) -> FeatureStore:
+    """Accept a store or its URL."""
+    return store if isinstance(store, FeatureStore) else FeatureStore.open(store, storage_options)
+
+
+class FeatureBatches(torch.utils.data.IterableDataset):
+    """``(inputs, targets)`` float32 batches of one split, read chunk by chunk from the store.
+
+    Chunk order is shuffled per epoch and rows are shuffled inside a buffer of
+    ``buffer_chunks`` chunks, read by a background thread: feature memory stays at a few
+    buffers whatever the store's size. Usable directly (``for x, y in batches``) or as a
+    DataLoader dataset with ``batch_size=None``: with ``num_workers > 0`` (and across
+    ``torch.distributed`` ranks) the chunks are shared out, so every row comes once per epoch.
+
+    Parameters
+    ----------
+    store
+        A :class:`FeatureStore` or its URL.
+    split
+        ``"train"``, ``"validation"``, ``"test"`` or its code.
+    batch_size
+        Rows per batch.
+    shuffle
+        Shuffle chunks and rows (training); False reads in store order.
+    seed
+        Seed of the shuffles (epoch ``e`` uses ``seed + e``).
+    buffer_chunks
+        Chunks held and shuffled together.
+    demographics
+        Inputs after the features: ``age``, ``sex``, ``view`` (2018: age and sex).
+    drop_last
+        Leave out a last, smaller batch.
+    storage_options
+        fsspec options.
+
+    Attributes
+    ----------
+    n_inputs : int
+        Features plus demographics (2050 for ResNet50 with age and sex).
+    chunks_read, max_rows_held : int
+        How much was read, and the most rows held at once.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore | str,
+        split: str | int = "train",
+        batch_size: int = 256,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        buffer_chunks: int = 4,
+        demographics: Sequence[str] = DEFAULT_DEMOGRAPHICS,
+        drop_last: bool = False,
+        storage_options: StorageOptions | None = None,
+    ):
+        super().__init__()
+        self.store = open_store(store, storage_options)
+        self.split = split_code(split)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.buffer_chunks = max(1, int(buffer_chunks))
+        self.demographics = tuple(demographics)
+        self.drop_last = drop_last
+        self.chunks_read = 0
+        self.max_rows_held = 0
+        # One byte per row each: which chunks hold rows of this split whose image was read.
+        keep = (self.store.read("split") == self.split) & (self.store.read("status") == STATUS_OK)
+        self.n_rows = int(keep.sum())
+        rows_per_chunk = np.add.reduceat(keep, np.arange(0, self.store.n_rows,
+                                                         self.store.chunk_rows))
+        self.chunk_ids = np.flatnonzero(rows_per_chunk > 0)
+        self._keep = keep
+        # Labels and encoded demographics (22 bytes a row, 2.5 MB for all of NIH) are read
+        # once: one zarr call per chunk for them would cost more than the features' read.
+        # Features, 4 KB a row, are only ever held a buffer at a time.
+        view = self.store.read("view") if "view" in self.demographics else None
+        self._extra = encode_inputs(np.zeros((self.store.n_rows, 0), np.float32),
+                                    self.store.read("age"), self.store.read("sex"), view, self.demographics)
+        self._labels = self.store.read("labels")
+        self._standardisation: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def standardise(self, mean, scale) -> None:
+        """Yield ``(inputs - mean) * scale``, computed in the reader thread, off the training path."""
+        self._standardisation = (torch.as_tensor(mean, dtype=torch.float32),
+                                 torch.as_tensor(scale, dtype=torch.float32))
+
+    @property
+    def n_inputs(self) -> int:
+        return self.store.feature_dim + len(self.demographics)
+
+    @property
+    def row_bound(self) -> int:
+        """The most rows held in the shuffle buffer at once."""
+        return self.buffer_chunks * self.store.chunk_rows + self.batch_size
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n_rows, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use a different (seeded) chunk and row order for each epoch."""
+        self.epoch = epoch
+
+    def read_chunk(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of this split's readable rows in one chunk (float32 tensors)."""
+        start, stop = self.store.chunk_bounds(chunk)
+        keep = self._keep[start:stop]
+        features = self.store.read("features", slice(start, stop))
+        if not keep.all():
+            features = features[keep]
+        dim = features.shape[1]
+        inputs = torch.empty((len(features), dim + self._extra.shape[1]), dtype=torch.float32)
+        inputs[:, :dim].copy_(torch.from_numpy(features))  # SIMD float16 -> float32, in place
+        inputs[:, dim:].copy_(torch.from_numpy(self._extra[start:stop][keep]))
+        if self._standardisation is not None:
+            mean, scale = self._standardisation
+            inputs.sub_(mean).mul_(scale)
+        targets = torch.from_numpy(self._labels[start:stop][keep].astype(np.float32))
+        self.chunks_read += 1
+        return inputs, targets
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches made by a background thread (read, convert, shuffle), so training never waits
+        on the store while the reader keeps no more than a couple of buffers ahead."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.chunk_ids) if self.shuffle else self.chunk_ids
+        order = self._my_share(order)
+        ahead = max(2, 2 * self.buffer_chunks * self.store.chunk_rows // self.batch_size)
+        return _in_background(self._batches(order, rng), ahead)
+
+    @staticmethod
+    def _my_share(order: np.ndarray) -> np.ndarray:
+        """This reader's chunks: split across torch.distributed ranks and DataLoader workers.
+
+        Every copy of the dataset draws the same (seeded) chunk order, so taking every
+        ``parts``-th chunk from ``index`` gives each reader a disjoint share and every row is
+        read exactly once per epoch, however many readers there are.
+        """
+        parts, index = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts, index = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None:
+            parts, index = parts * worker.num_workers, index * worker.num_workers + worker.id
+        return order[index::parts]
+
+    def _batches(self, order: np.ndarray, rng: np.random.Generator):
+        held_x: list[torch.Tensor] = []
+        held_y: list[torch.Tensor] = []
+        chunks_held = 0
+        for chunk in order:
+            inputs, targets = self.read_chunk(int(chunk))
+            held_x.append(inputs)
+            held_y.append(targets)
+            chunks_held += 1
+            if chunks_held == self.buffer_chunks:  # a full buffer (plus < one batch carried over)
+                carry = yield from self._emit(held_x, held_y, rng, final=False)
+                held_x, held_y, chunks_held = [carry[0]], [carry[1]], 0
+        if held_x:
+            yield from self._emit(held_x, held_y, rng, final=True)
+
+    def _emit(self, held_x, held_y, rng, final: bool):
+        """Shuffle the buffer, yield its full batches, return the remainder to carry over."""
+        x = torch.cat(held_x) if len(held_x) > 1 else held_x[0]
+        y = torch.cat(held_y) if len(held_y) > 1 else held_y[0]
+        self.max_rows_held = max(self.max_rows_held, len(x))
+        if self.shuffle:
+            permutation = torch.from_numpy(rng.permutation(len(x)))
+            x, y = x[permutation], y[permutation]
+        n_full = len(x) // self.batch_size * self.batch_size
+        for i in range(0, n_full, self.batch_size):
+            yield x[i:i + self.batch_size], y[i:i + self.batch_size]
+        if final:
+            if n_full < len(x) and not self.drop_last:
+                yield x[n_full:], y[n_full:]
+            return None
+        return x[n_full:], y[n_full:]
+
+
+def _in_background(items: Iterator, ahead: int) -> Iterator:
+    """Run a generator in a daemon thread, at most ``ahead`` items in front of the consumer."""
+    pipe: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                pipe.put(item)
+            pipe.put(end)
+        except BaseException as exc:  # surfaced in the consumer
+            pipe.put(exc)
+
+    thread = threading.Thread(target=produce, name="cxrdask-batches", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = pipe.get()
+            if item is end:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                pipe.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def label_counts(store: FeatureStore, split: str | int = "train") -> tuple[int, np.ndarray]:
+    """Rows and per-disease positives of a split, counted in one pass over the labels only."""
+    keep = (store.read("split") == split_code(split)) & (store.read("status") == STATUS_OK)
+    labels = store.array("labels")
+    positives = np.zeros(labels.shape[1], dtype=np.int64)
+    step = labels.chunks[0]
+    for start in range(0, store.n_rows, step):
+        rows = keep[start:start + step]
+        if rows.any():
+            positives += np.asarray(labels[start:start + step])[rows].sum(axis=0, dtype=np.int64)
+    return int(keep.sum()), positives

@@ -1,0 +1,413 @@
+"""Train the diagnosis head out of core from a feature store, and grid-search it on Dask.
+
+The loss is BCE on logits with each disease's positives weighted by its negatives /
+positives ratio on the training split (counted in one lazy pass over the labels), as the
+2018 system weighted by disease frequency. Adam, ReduceLROnPlateau, a checkpoint whenever
+validation loss improves, optional early stopping, a fixed seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cxrdask._fs import StorageOptions
+from cxrdask.backbones.hardware import resolve_device, resolve_precision
+from cxrdask.config import TrainConfig
+from cxrdask.errors import CxrDaskError, OptionError
+from cxrdask.head.batches import FeatureBatches, label_counts, open_store
+from cxrdask.head.model import new_head, save_checkpoint
+from cxrdask.head.train_step import EagerStep, adam, train_step
+from cxrdask.store.features import FeatureStore
+from cxrdask.store.targets import check_output_folder
+
+
+@dataclass
+class TrainResult:
+    """The best checkpoint, the per-epoch history, and where the curves were written."""
+
+    checkpoint: str
+    best_epoch: int
+    best_val_loss: float
+    history: pd.DataFrame
+    seconds: float
+    files: list[str] = field(default_factory=list)
+
+
+def _pos_weight(store: FeatureStore) -> torch.Tensor:
+    n, positives = label_counts(store, "train")
+    if n == 0:
+        raise CxrDaskError(f"{store.url} has no readable training rows")
+    negatives = n - positives
+    # A disease absent from the training split gets weight 1 (it cannot be learnt anyway).
+    weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    return torch.tensor(weight, dtype=torch.float32)
+
+
+def input_statistics(batches: FeatureBatches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input mean and standard deviation over a split, in one streaming pass (float64)."""
+    total = torch.zeros(batches.n_inputs, dtype=torch.float64)
+    squares = torch.zeros(batches.n_inputs, dtype=torch.float64)
+    rows = 0
+    for inputs, _ in batches:
+        values = inputs.double()
+        total += values.sum(0)
+        squares += (values * values).sum(0)
+        rows += len(values)
+    mean = total / max(rows, 1)
+    std = (squares / max(rows, 1) - mean * mean).clamp_min(0).sqrt()
+    return mean.float(), std.float()
+
+
+def _to_gpu(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on the GPU: from pinned memory, without blocking the host."""
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _run_epoch(head, batches, criterion, step: EagerStep | None = None,
+               device: torch.device | None = None, precision: str = "fp32") -> float:
+    """One pass; trains when a step (:mod:`cxrdask.head.train_step`) is given. Returns the mean
+    loss per row.
+
+    The loss is summed on the device and read once per epoch: a per-batch ``.item()``
+    would make a GPU wait for every step. On a GPU, each batch is copied from pinned
+    memory without blocking while the reader thread prepares the next buffer.
+    """
+    head.train(step is not None)
+    device = device or torch.device("cpu")
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    rows = 0
+    cuda = device.type == "cuda"
+    with torch.set_grad_enabled(step is not None):
+        for inputs, targets in batches:
+            if cuda and not inputs.is_cuda:
+                inputs, targets = _to_gpu(inputs, device), _to_gpu(targets, device)
+            if step is not None:
+                loss = step(inputs, targets)
+            else:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    logits = head(inputs)
+                loss = criterion(logits.float(), targets)
+            total += loss.detach() * len(inputs)
+            rows += len(inputs)
+    return float(total) / max(rows, 1)
+
+
+class ResidentBatches:
+    """A split's batches kept in memory after one lazy pass over its chunks (in GPU memory
+    when training on a GPU).
+
+    The first epoch reads the store chunk by chunk as always (the reader thread prepares the
+    next buffer while the head trains) and keeps each batch; later epochs reshuffle the rows
+    in memory, so the head never waits for decompression. Used only for a split that fits
+    (:meth:`fits`): a larger one stays lazy every epoch, and memory stays flat in N.
+    """
+
+    def __init__(self, batches: FeatureBatches, device: torch.device, shuffle: bool, seed: int):
+        self.batches = batches
+        self.device = device
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+        self.inputs: torch.Tensor | None = None
+        self.targets: torch.Tensor | None = None
+
+    @staticmethod
+    def fits(batches: FeatureBatches, device: torch.device, budget_mb: float) -> bool:
+        """Whether the split's float32 inputs and targets fit: ``budget_mb`` of host memory,
+        or on a GPU a quarter of its free memory (0 keeps every epoch lazy)."""
+        need = batches.n_rows * (batches.n_inputs + 14) * 4
+        if budget_mb <= 0:
+            return False
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            return need <= 0.25 * free
+        return need <= budget_mb * 2**20
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.inputs is None or self.targets is None:
+            kept_x, kept_y = [], []
+            cuda = self.device.type == "cuda"
+            for x, y in self.batches:
+                if cuda:
+                    x, y = _to_gpu(x, self.device), _to_gpu(y, self.device)
+                kept_x.append(x)
+                kept_y.append(y)
+                yield x, y
+            self.inputs, self.targets = torch.cat(kept_x), torch.cat(kept_y)
+            return
+        n, size = len(self.inputs), self.batches.batch_size
+        if self.shuffle:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, device=self.device, generator=generator)
+        else:
+            order = torch.arange(n, device=self.device)
+        for start in range(0, n, size):
+            rows = order[start:start + size]
+            yield self.inputs[rows], self.targets[rows]
+
+
+def _step_scheduler(scheduler, optimizer: torch.optim.Optimizer, val_loss: float) -> None:
+    """ReduceLROnPlateau's step, keeping a device-tensor learning rate (which a CUDA graph
+    reads) the same tensor, whichever way this torch's scheduler writes the new value."""
+    group = optimizer.param_groups[0]
+    held = group["lr"] if isinstance(group["lr"], torch.Tensor) else None
+    scheduler.step(val_loss)
+    if held is not None and group["lr"] is not held:
+        held.fill_(float(group["lr"]))
+        group["lr"] = held
+
+
+def train_head(
+    store: FeatureStore | str,
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike = "head-out",
+    *,
+    storage_options: StorageOptions | None = None,
+    progress: bool = True,
+    plot: bool = True,
+    device: str = "auto",
+) -> TrainResult:
+    """Train a head on the store's training split, validating each epoch, reading chunks lazily.
+
+    The loss is BCE with each disease's positives weighted by negatives / positives on the
+    training split; the checkpoint is written whenever validation loss improves.
+
+    Parameters
+    ----------
+    store
+        A :class:`FeatureStore` or its URL.
+    config
+        Every training choice (:class:`TrainConfig` defaults if None).
+    out_dir
+        Where ``head.pt`` (the best checkpoint), ``history.csv`` and ``curves.png`` go.
+    storage_options
+        fsspec options.
+    progress
+        Show a progress bar.
+    plot
+        Draw ``curves.png``.
+    device
+        ``cpu``, ``cuda`` or ``auto`` (the GPU where there is one). Chunks are still read
+        lazily on the host; batches go to the device as they are trained on. The
+        checkpoint's tensors are saved on the CPU either way.
+
+    Returns
+    -------
+    TrainResult
+        The checkpoint's path, the best epoch and loss, the history, the seconds taken.
+
+    Raises
+    ------
+    CxrDaskError
+        The store has no readable validation rows.
+    CheckpointMismatchError
+        ``config.demographics`` asks for inputs the store does not have.
+    """
+    from cxrdask.progress import progress_bar as tqdm
+
+    config = config or TrainConfig()
+    where = resolve_device(device)  # checked before any chunk is read
+    precision = resolve_precision(config.precision, where)
+    if precision not in ("fp32", "bf16"):
+        raise OptionError(f"the head trains in fp32 or bf16 (or auto), not {config.precision!r}")
+    store = open_store(store, storage_options)
+    check_output_folder(str(out_dir), "the output folder", {"the store": store.url})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val, head = _prepare(store, config, where)
+    feeds: dict[str, Any] = {"train": train, "validation": val}
+    for name, batches in feeds.items():
+        if ResidentBatches.fits(batches, where, config.resident_mb):
+            feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
+    pos_weight = _pos_weight(store).to(where) if config.pos_weight else None
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    optimizer = adam(head.parameters(), config.lr, config.weight_decay, config.betas,
+                     config.eps, where)
+    step = train_step(head.layers, criterion, optimizer, where, precision, config.cuda_graph)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", patience=config.plateau_patience, factor=config.plateau_factor)
+    checkpoint = str(out / "head.pt")
+    save = functools.partial(save_checkpoint, checkpoint, head,
+                             config={**config.to_dict(), "precision": precision},
+                             input_spec={"feature_dim": store.feature_dim,
+                                         "demographics": list(config.demographics),
+                                         "n_inputs": train.n_inputs},
+                             provenance=_checkpoint_provenance(store, where))
+    history = []
+    best_loss, best_epoch, stale = float("inf"), -1, 0
+    started = time.perf_counter()
+    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        for epoch in bar:
+            t = time.perf_counter()
+            feeds["train"].set_epoch(epoch)
+            train_loss = _run_epoch(head.layers, feeds["train"], criterion, step, where, precision)
+            val_loss = _run_epoch(head.layers, feeds["validation"], criterion, None, where, precision)
+            lr = float(optimizer.param_groups[0]["lr"])
+            _step_scheduler(scheduler, optimizer, val_loss)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                            "lr": lr, "seconds": time.perf_counter() - t})
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
+            if val_loss < best_loss:
+                best_loss, best_epoch, stale = val_loss, epoch, 0
+                save(epoch=epoch, val_loss=val_loss)
+            else:
+                stale += 1
+                if config.early_stopping and stale >= config.early_stopping:
+                    break
+    frame = pd.DataFrame(history)
+    files = [checkpoint, str(out / "history.csv")]
+    frame.to_csv(files[1], index=False)
+    if plot:
+        files.append(plot_curves(frame, out / "curves.png"))
+    return TrainResult(checkpoint=checkpoint, best_epoch=best_epoch, best_val_loss=best_loss,
+                       history=frame, seconds=time.perf_counter() - started, files=files)
+
+
+def _prepare(store: FeatureStore, config: TrainConfig, where: torch.device
+             ) -> tuple[FeatureBatches, FeatureBatches, Any]:
+    """The training and validation readers and a new head on ``where``, its inputs
+    standardised with the training split's statistics when the config says so."""
+    common: dict[str, Any] = dict(demographics=config.demographics,
+                                  buffer_chunks=config.buffer_chunks)
+    train = FeatureBatches(store, "train", config.batch_size, shuffle=True, seed=config.seed,
+                           **common)
+    val = FeatureBatches(store, "validation", max(config.batch_size, 1024), shuffle=False,
+                         **common)
+    if val.n_rows == 0:
+        raise CxrDaskError(f"{store.url} has no readable validation rows to select a checkpoint")
+    head = new_head(train.n_inputs, config.seed)
+    if config.standardize:
+        head.set_standardisation(*input_statistics(train))
+        for batches in (train, val):  # done by the reader thread; the head keeps it for inference
+            batches.standardise(head.input_mean.numpy(), head.input_scale.numpy())
+    head.to(where)
+    return train, val, head
+
+
+def _checkpoint_provenance(store: FeatureStore, where: torch.device) -> dict[str, Any]:
+    """What the checkpoint records of the features it was trained on, and where."""
+    provenance = {k: store.provenance.get(k) for k in
+                  ("backbone", "preprocessing", "dtype", "precision", "split", "archive")}
+    provenance["store_url"] = store.url
+    provenance["device"] = where.type
+    return provenance
+
+
+def plot_curves(history: pd.DataFrame, path: str | os.PathLike) -> str:
+    """Train and validation loss per epoch (and the learning rate), saved as PNG at ``path``."""
+    from cxrdask.plots import curves_figure, save_figure
+
+    return save_figure(curves_figure(history), path)
+
+
+def _train_task(store_url: str, storage_options, config: TrainConfig, out_dir: str) -> dict:
+    """One grid-search configuration, run as a Dask task with one torch thread."""
+    torch.set_num_threads(1)
+    result = train_head(store_url, config, out_dir, storage_options=storage_options,
+                        progress=False, plot=False)
+    return {"lr": config.lr, "weight_decay": config.weight_decay,
+            "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history), "seconds": result.seconds,
+            "checkpoint": result.checkpoint}
+
+
+def grid_search(
+    store_url: str,
+    lrs=(1e-4, 3e-4, 1e-3),
+    weight_decays=(0.0, 1e-5, 1e-4),
+    *,
+    base: TrainConfig | None = None,
+    out_dir: str | os.PathLike = "grid-out",
+    client=None,
+    storage_options: StorageOptions | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train one head per (learning rate, weight decay) as Dask tasks; keep the best.
+
+    Each configuration is a ``train-trial`` task in the span ``cxrdask-grid-search <store>``.
+    The store must be reachable from the workers (a shared disk or object storage).
+
+    Parameters
+    ----------
+    store_url
+        The feature store.
+    lrs, weight_decays
+        The grid.
+    base
+        The other training choices (:class:`TrainConfig` defaults if None).
+    out_dir
+        One folder per configuration, ``grid.csv``, ``grid.png`` (a heatmap) and the best
+        checkpoint as ``head.pt``.
+    client
+        A Dask client; None runs on :func:`~cxrdask.extract.cluster.session_client` (the current
+        client, else a local cluster kept for the Python session).
+    storage_options
+        fsspec options.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Best validation loss per configuration, best first.
+    """
+    from distributed import as_completed, span
+
+    from cxrdask.extract.cluster import session_client
+    from cxrdask.progress import progress_bar as tqdm
+
+    base = base or TrainConfig()
+    check_output_folder(str(out_dir), "the output folder", {"the store": store_url})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = [replace(base, lr=float(lr), weight_decay=float(wd))
+               for lr in lrs for wd in weight_decays]
+
+    token = uuid.uuid4().hex
+    name = str(store_url).rstrip("/").rsplit("/", 1)[-1]
+
+    def run(c) -> list[dict]:
+        with span(f"cxrdask-grid-search {name}"):  # one span per call on the dashboard
+            futures = [c.submit(_train_task, store_url, storage_options, cfg,
+                                str((out / f"lr{cfg.lr:g}_wd{cfg.weight_decay:g}").resolve()),
+                                pure=False, key=f"train-trial-{i}-{token}")
+                       for i, cfg in enumerate(configs)]
+        rows = []
+        with tqdm(total=len(futures), desc="grid", unit="config", disable=not progress) as bar:
+            for future in as_completed(futures):
+                rows.append(future.result())
+                bar.update()
+        return rows
+
+    rows = run(client if client is not None else session_client())
+    frame = pd.DataFrame(rows).sort_values("best_val_loss").reset_index(drop=True)
+    frame.to_csv(out / "grid.csv", index=False)
+    shutil.copyfile(frame.loc[0, "checkpoint"], out / "head.pt")
+    plot_grid(frame, out / "grid.png")
+    return frame
+
+
+def plot_grid(frame: pd.DataFrame, path: str | os.PathLike) -> str:
+    """Heatmap of best validation loss over learning rate x weight decay, saved at ``path``."""
+    from cxrdask.plots import grid_figure, save_figure
+
+    return save_figure(grid_figure(frame), path)

@@ -1,0 +1,157 @@
+"""Image bytes -> the backbone's input: decode, convert to 8-bit gray, resize, normalise.
+
+Real NIH files are mostly 8-bit ``L`` PNGs, a few are RGBA (R = G = B), and users bring
+16-bit or JPEG files too; each is converted and the conversion is reported. A file that
+cannot be decoded raises :class:`ImageDecodeError` with the image index and the cause.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import re
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cxrdask.errors import ImageDecodeError, ImageTooLargeError
+from cxrdask.imaging.preprocessing import Preprocessing
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
+
+
+def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> tuple[Image.Image, str | None]:
+    """Decode PNG/JPEG bytes to an 8-bit ``L`` image; also return the conversion made, if any.
+
+    RGB/RGBA/LA/P become L; 16-bit and 32-bit images are scaled to 8 bits by their own
+    range; images above ``max_pixels`` are refused before decoding (decompression bombs).
+    """
+    if not data:
+        raise ImageDecodeError(image_index, "empty file (0 bytes)")
+    fast = _gray8_png_fast(data, image_index, max_pixels)
+    if fast is not None:
+        return Image.fromarray(fast), None
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                image_index,
+                f"{width}x{height} is {width * height:,} pixels, above the limit of "
+                f"{max_pixels:,} (possible decompression bomb)",
+            )
+        image.load()
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its limit
+        raise ImageTooLargeError(image_index, f"{exc} (possible decompression bomb)") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            image_index, f"cannot decode: not a PNG or JPEG image (a {len(data):,}-byte file starting "
+                         f"{data[:8]!r})") from exc
+    except (OSError, SyntaxError, ValueError, zlib.error) as exc:
+        reason = _OBJECT_REPR.sub("the file", str(exc)) or type(exc).__name__
+        raise ImageDecodeError(image_index, f"cannot decode: {reason}") from exc
+    return _to_gray8(image, image_index)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@functools.cache
+def _fast_decoder() -> Callable[[bytes], Any] | None:
+    """A PNG decoder faster than Pillow's, where installed: imagecodecs (about 20% faster on
+    NIH-size PNGs; ``pip install 'cxrdask[gpu]'``). OpenCV decodes about as fast but writes
+    libpng warnings for every damaged file. benchmarks/bench_pixels.py measures them."""
+    try:
+        import imagecodecs
+    except ImportError:
+        return None
+    return imagecodecs.png_decode
+
+
+def _gray8_png_fast(data: bytes, image_index: str, max_pixels: int) -> np.ndarray | None:
+    """An 8-bit gray PNG (nearly every NIH file) decoded by a faster library, or None to
+    let Pillow decode it (other formats and modes, no fast decoder, or a decode error: Pillow
+    then names the cause). Lossless: the pixels are Pillow's, bit for bit."""
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    decoder = _fast_decoder()
+    if data[24] != 8 or data[25] != 0 or decoder is None:  # bit depth 8, gray
+        return None
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            image_index, f"{width}x{height} is {width * height:,} pixels, above the limit of "
+                         f"{max_pixels:,} (possible decompression bomb)")
+    try:
+        pixels = np.asarray(decoder(data))
+    except Exception:  # truncated or corrupt: Pillow decodes again and reports why
+        return None
+    if pixels.shape != (height, width) or pixels.dtype != np.uint8:
+        return None
+    return pixels
+
+
+def _to_gray8(image: Image.Image, image_index: str) -> tuple[Image.Image, str | None]:
+    mode, fmt = image.mode, image.format or "unknown"
+    note = None if fmt == "PNG" else f"{fmt} file"
+    if mode == "L":
+        return image, note
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        gray = ((pixels - low) * scale).round().clip(0, 255).astype(np.uint8)
+        return Image.fromarray(gray), _join(note, f"{mode} scaled to 8-bit by range {low:g}-{high:g}")
+    if mode in ("RGB", "RGBA", "LA", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
+        return image.convert("L"), _join(note, f"{mode} converted to L")
+    raise ImageDecodeError(image_index, f"unsupported image mode {mode!r}")
+
+
+def _join(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def resize_gray(gray: Image.Image, preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
+    """Resize an ``L`` image to ``size`` x ``size`` with Pillow (antialiased): uint8 array.
+
+    This is what a pixel store keeps, and what the device normalises; with
+    ``torch-bilinear-antialias`` the decode threads skip it and hand over the full image.
+    """
+    size = preprocessing.size
+    if gray.size == (size, size):
+        return np.asarray(gray, dtype=np.uint8)
+    if preprocessing.resize_on_device:  # one image (inference): torch's resize, on the CPU
+        import torch
+
+        from cxrdask.imaging.model_input import DeviceInput
+
+        image = np.asarray(gray, dtype=np.uint8)
+        return DeviceInput(torch.device("cpu"), preprocessing).resize([image])[0].numpy()
+    gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=preprocessing.reducing_gap)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def to_model_input(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(),
+                   flip: bool = False) -> np.ndarray:
+    """Resize an ``L`` image to ``size`` (antialiased) and normalise: float32 ``(3, size, size)``."""
+    pixels = resize_gray(gray, preprocessing).astype(np.float32) * np.float32(1.0 / 255.0)
+    if flip:
+        pixels = pixels[:, ::-1]
+    mean = np.asarray(preprocessing.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(preprocessing.std, dtype=np.float32)[:, None, None]
+    return (pixels[None, :, :] - mean) / std
+
+
+def preprocess_bytes(data: bytes, image_index: str = "?",
+                     preprocessing: Preprocessing = Preprocessing(), flip: bool = False
+                     ) -> tuple[np.ndarray, str | None]:
+    """Bytes -> normalised ``(3, size, size)`` array and the conversion note (None if plain L PNG)."""
+    gray, note = decode_gray(data, image_index)
+    return to_model_input(gray, preprocessing, flip), note

@@ -1,0 +1,1 @@
+"""One image: prediction, Grad-CAM heatmaps, and the web page."""

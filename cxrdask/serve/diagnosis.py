@@ -1,0 +1,142 @@
+"""One image in, 14 probabilities and a Grad-CAM heatmap per disease out (the web page, and
+localisation against NIH's boxes).
+
+The backbone and head are loaded once and shared by all requests; a semaphore bounds how
+many images are computed at once (each already uses every core through PyTorch).
+Grad-CAM (Selvaraju et al. 2017) is taken on the backbone's last convolutional block
+*through the head*: the weight of each feature map is the gradient of the disease's logit
+with respect to that map, averaged over its cells.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cxrdask.archive.labels import LABELS
+from cxrdask.backbones.build import build_backbone
+from cxrdask.backbones.hardware import resolve_device
+from cxrdask.backbones.spec import file_sha256
+from cxrdask.head.model import Checkpoint, load_checkpoint
+from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
+from cxrdask.serve.inference import backbone_for_checkpoint, head_inputs, inference_preprocessing
+
+DISCLAIMER = ("Research tool, not a medical device: its output must not be used for "
+              "diagnosis or treatment.")
+
+
+@dataclass
+class Diagnosis:
+    """What the model says of one image."""
+
+    probabilities: dict[str, float]
+    heatmaps: dict[str, list[list[float]]] | None
+    width: int
+    height: int
+    note: str | None
+    timing_ms: dict[str, float]
+
+    def ranking(self) -> list[dict]:
+        """Diseases by decreasing probability."""
+        ordered = sorted(self.probabilities.items(), key=lambda item: -item[1])
+        return [{"label": label, "probability": p} for label, p in ordered]
+
+
+def last_conv_maps(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The output of the backbone's last convolutional block, ``(B, C, h, w)``."""
+    net: Any = model  # cxrdask.backbones.networks' ResNet / DenseNet: parts typed as Module | Tensor
+    if name.startswith("resnet"):
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    if name.startswith("densenet"):
+        return F.relu(net.features(x))
+    raise ValueError(f"no Grad-CAM layer known for backbone {name!r}")
+
+
+def grad_cam(maps: torch.Tensor, logits_of_pooled) -> torch.Tensor:
+    """Grad-CAM of every output at once: ``(n_outputs, h, w)``, each scaled to [0, 1].
+
+    ``maps`` is one image's ``(C, h, w)``; ``logits_of_pooled`` maps the pooled ``(C,)``
+    features to the logits. Because pooling is a mean, the spatially averaged gradient of a
+    logit with respect to the maps is its gradient with respect to the pooled features / (h w).
+    """
+    pooled = maps.mean(dim=(1, 2))
+    jacobian = torch.autograd.functional.jacobian(logits_of_pooled, pooled)  # (n_outputs, C)
+    weights = jacobian / (maps.shape[1] * maps.shape[2])
+    cams = F.relu(torch.einsum("oc,chw->ohw", weights, maps))
+    peak = cams.flatten(1).amax(dim=1).clamp_min(1e-12)
+    return cams / peak[:, None, None]
+
+
+class Diagnoser:
+    """A head checkpoint and its backbone, loaded once, answering for one image at a time."""
+
+    def __init__(self, checkpoint: str | Checkpoint, weights: str | None = None,
+                 device: str = "auto", max_concurrent: int = 1,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.spec = backbone_for_checkpoint(self.checkpoint, weights)
+        self.device = resolve_device(device)
+        self.backbone = build_backbone(self.spec).to(self.device)
+        self.head = self.checkpoint.head.to(self.device)
+        self.preprocessing = inference_preprocessing(self.checkpoint)
+        self.max_pixels = max_pixels
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        path = self.checkpoint.path
+        self.identity = {
+            "backbone": self.spec.identity(),
+            "head": {"file": os.path.basename(path), "sha256": file_sha256(path) if path else None,
+                     "epoch": self.checkpoint.epoch, "val_loss": self.checkpoint.val_loss,
+                     "inputs": self.checkpoint.input["n_inputs"]},
+            "device": str(self.device),
+        }
+
+    def diagnose(self, data: bytes, name: str = "upload", *, age: float | None = None,
+                 sex: str | None = None, view: str | None = None, heatmaps: bool = True
+                 ) -> Diagnosis:
+        """Probabilities (and heatmaps) for one image's bytes; ImageDecodeError if it is not one."""
+        started = time.perf_counter()
+        gray, note = decode_gray(data, name, self.max_pixels)
+        width, height = gray.size
+        array = to_model_input(gray, self.preprocessing)
+        decoded = time.perf_counter()
+        with self._slots:
+            queued = time.perf_counter()
+            x = torch.from_numpy(array[None]).to(self.device)
+            with torch.no_grad():  # not inference_mode: Grad-CAM differentiates through the maps
+                maps = last_conv_maps(self.backbone, self.spec.name, x)[0]
+            pooled = maps.mean(dim=(1, 2))  # the features the store would hold for this image
+            features = pooled[None].cpu().numpy()
+            demographics = torch.from_numpy(
+                head_inputs(self.checkpoint, features, age, sex, view)[0, features.shape[1]:]
+            ).to(self.device)
+
+            def logits_of_pooled(pooled: torch.Tensor) -> torch.Tensor:
+                return self.head(torch.cat([pooled, demographics])[None])[0]
+
+            forward = time.perf_counter()
+            with torch.no_grad():
+                probabilities = torch.sigmoid(logits_of_pooled(pooled)).cpu().numpy()
+            cams = None
+            if heatmaps:
+                with torch.enable_grad():
+                    cams = grad_cam(maps, logits_of_pooled).cpu().numpy()
+            done = time.perf_counter()
+        timing = {"decode": decoded - started, "queue": queued - decoded,
+                  "backbone": forward - queued, "head_and_gradcam": done - forward,
+                  "total": done - started}
+        return Diagnosis(
+            probabilities={label: float(p) for label, p in zip(LABELS, probabilities, strict=True)},
+            heatmaps=None if cams is None else {
+                label: np.round(cam, 4).tolist() for label, cam in zip(LABELS, cams, strict=True)},
+            width=width, height=height, note=note,
+            timing_ms={k: round(v * 1000, 1) for k, v in timing.items()})
+

@@ -1,0 +1,149 @@
+"""The web app: one page for a single X-ray, and a JSON API beside it (``/api/predict``,
+``/api/health``, OpenAPI at ``/openapi.json`` and ``/docs``).
+
+Every bad upload is answered with a 4xx JSON body ``{"error": code, "detail": message}``
+and the server goes on serving.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from cxrdask import __version__
+from cxrdask.archive.labels import LABELS
+from cxrdask.errors import ImageDecodeError, ImageTooLargeError
+from cxrdask.head.model import Checkpoint
+from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS
+from cxrdask.serve.diagnosis import DISCLAIMER, Diagnoser
+
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
+ACCEPTED_TYPES = {"image/png", "image/jpeg", "application/octet-stream"}
+MULTIPART_SLACK = 64 * 2**10  # form boundaries and headers around the file
+
+
+class ApiError(Exception):
+    """A request the API refuses: HTTP status, a short machine-readable code and a message."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        self.status, self.code, self.detail = status, code, detail
+        super().__init__(detail)
+
+
+def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, device: str = "auto",
+               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrent: int = 1,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+    """The web page and JSON API for one head checkpoint; the backbone and head are loaded once.
+
+    Parameters
+    ----------
+    checkpoint
+        A head checkpoint (``head.pt``).
+    weights
+        The backbone's weights file, when the head was trained on one.
+    device
+        ``cpu``, ``cuda`` or ``auto``.
+    max_upload_bytes
+        Larger uploads are answered 413.
+    max_concurrent
+        Images computed at once (each uses every core).
+    max_pixels
+        Larger images are refused before decoding (decompression bombs).
+
+    Returns
+    -------
+    fastapi.FastAPI
+        ``/`` (the page), ``POST /api/predict``, ``/api/health``, ``/docs``.
+    """
+    diagnoser = Diagnoser(checkpoint, weights, device, max_concurrent, max_pixels)
+    started = time.time()
+    app = FastAPI(title="cxrdask diagnosis", version=__version__,
+                  description=f"14 ChestX-ray14 findings for one chest X-ray. {DISCLAIMER}")
+    app.state.diagnoser = diagnoser
+    static = resources.files("cxrdask.serve.web") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+
+    @app.middleware("http")
+    async def refuse_large_bodies(request: Request, call_next):
+        """Refuse an upload by its Content-Length before reading it."""
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_upload_bytes + MULTIPART_SLACK:
+            return JSONResponse({"error": "too_large", "detail": _too_large(int(length), max_upload_bytes)},
+                                status_code=413)
+        return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(str(static / "index.html"))
+
+    @app.get("/api/health", summary="Is the model loaded, and which one")
+    async def health() -> dict:
+        return {"status": "ok", "version": __version__, "model": diagnoser.identity,
+                "labels": list(LABELS), "max_upload_bytes": max_upload_bytes,
+                "uptime_s": round(time.time() - started, 1), "disclaimer": DISCLAIMER}
+
+    @app.post("/api/predict", summary="The 14 probabilities (and heatmaps) for one image",
+              responses={400: {"description": "empty upload"},
+                         413: {"description": "file or image too large"},
+                         415: {"description": "not a PNG or JPEG content type"},
+                         422: {"description": "not a decodable image"}})
+    async def predict(
+        file: Annotated[UploadFile, File(description="a PNG or JPEG chest X-ray")],
+        age: Annotated[float | None, Form(ge=0, le=123, description="years")] = None,
+        sex: Annotated[str | None, Form(pattern="^[MFmf]$")] = None,
+        view: Annotated[str | None, Form(pattern="^(PA|AP)$")] = None,
+        heatmaps: Annotated[bool, Query(description="also return a Grad-CAM map per disease")] = True,
+    ) -> dict:
+        return await _diagnosis(diagnoser, max_upload_bytes, file, age=age, sex=sex, view=view,
+                                heatmaps=heatmaps)
+
+    return app
+
+
+async def _diagnosis(diagnoser: Diagnoser, limit: int, file: UploadFile, *, age: float | None,
+                     sex: str | None, view: str | None, heatmaps: bool) -> dict:
+    """``POST /api/predict``'s answer for one upload, or the :class:`ApiError` that refuses it."""
+    name = file.filename or "upload"
+    content_type = (file.content_type or "application/octet-stream").split(";")[0].strip()
+    if content_type not in ACCEPTED_TYPES:
+        raise ApiError(415, "unsupported_type",
+                       f"{name}: content type {content_type!r} is not a PNG or JPEG image")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"{name}: {_too_large(None, limit)}")
+    if not data:
+        raise ApiError(400, "empty_upload", f"{name}: the uploaded file is empty")
+    try:
+        result = await run_in_threadpool(diagnoser.diagnose, data, name, age=age, sex=sex,
+                                         view=view, heatmaps=heatmaps)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, "image_too_large", f"{name}: {exc.reason}") from exc
+    except ImageDecodeError as exc:
+        raise ApiError(422, "not_an_image", f"{name}: {exc.reason}") from exc
+    return {
+        "image": {"name": name, "width": result.width, "height": result.height,
+                  "conversion": result.note},
+        "probabilities": result.probabilities,
+        "ranking": result.ranking(),
+        "heatmaps": None if result.heatmaps is None else {
+            "layer": "last convolutional block", "method": "Grad-CAM through the head",
+            "maps": result.heatmaps},
+        "model": diagnoser.identity,
+        "timing_ms": result.timing_ms,
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def _too_large(length: int | None, limit: int) -> str:
+    size = f" ({length / 2**20:.1f} MiB)" if length else ""
+    return f"the upload{size} is over the limit of {limit / 2**20:.0f} MiB"
