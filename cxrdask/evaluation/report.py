@@ -21,6 +21,7 @@ from cxrdask.evaluation.calibration import ThresholdRule
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.head.batches import FeatureBatches, open_store
 from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_head
+from cxrdask.store.features import FeatureStore
 from cxrdask.store.targets import check_output_folder
 
 # Published test-set AUCs, kept for comparison (their splits differ from ours: see the report).
@@ -254,6 +255,44 @@ def _audit_json(a: Audit, compared_with: str) -> dict:
             "expert_labels_listed": a.expert_listed}
 
 
+def _check_options(bootstrap: int, specificity: float, boxes: str | None, images: str | None,
+                   checkpoint: str | Checkpoint) -> None:
+    """Refuse options :func:`evaluate` cannot use, before anything is read."""
+    if bootstrap < 0:
+        raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
+    if not 0.0 < specificity < 1.0:
+        raise OptionError(f"specificity must be between 0 and 1, not {specificity}")
+    if (boxes is None) != (images is None):
+        raise OptionError("localisation needs both the boxes (BBox_List_2017.csv) and the "
+                          "images they were drawn on")
+    if boxes is not None and isinstance(checkpoint, Checkpoint) and not checkpoint.path:
+        raise OptionError("localisation runs on Dask workers, which load the checkpoint from "
+                          "its file: pass the checkpoint's path")
+
+
+def _head_scores(store: FeatureStore, split: str, ckpt: Checkpoint, other: Checkpoint | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One pass over the split's chunks: the head's probabilities, those of the same head
+    untrained (the same seed's initial weights, the same input standardisation), the
+    targets, and the compared head's probabilities (None without one)."""
+    settings = (store.provenance["backbone"], store.provenance.get("preprocessing"))
+    batches = FeatureBatches(store, split, 4096, shuffle=False,
+                             demographics=tuple(ckpt.input["demographics"]))
+    ckpt.check_inputs(batches.n_inputs, *settings)
+    if other is not None:
+        other_batches = FeatureBatches(store, split, 4096, shuffle=False,
+                                       demographics=tuple(other.input["demographics"]))
+        other.check_inputs(other_batches.n_inputs, *settings)
+    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
+    untrained.input_mean.copy_(ckpt.head.input_mean)
+    untrained.input_scale.copy_(ckpt.head.input_scale)
+    (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
+                                                                     batches)
+    other_probabilities = (None if other is None
+                           else head_outputs([other.head], other_batches)[0][0])
+    return probabilities, untrained_probabilities, targets, other_probabilities
+
+
 def evaluate(
     store,
     checkpoint: str | Checkpoint,
@@ -335,16 +374,7 @@ def evaluate(
     MetadataError
         The expert-label file is malformed (each bad row named).
     """
-    if bootstrap < 0:
-        raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
-    if not 0.0 < specificity < 1.0:
-        raise OptionError(f"specificity must be between 0 and 1, not {specificity}")
-    if (boxes is None) != (images is None):
-        raise OptionError("localisation needs both the boxes (BBox_List_2017.csv) and the "
-                          "images they were drawn on")
-    if boxes is not None and isinstance(checkpoint, Checkpoint) and not checkpoint.path:
-        raise OptionError("localisation runs on Dask workers, which load the checkpoint from "
-                          "its file: pass the checkpoint's path")
+    _check_options(bootstrap, specificity, boxes, images, checkpoint)
     expert = (None if expert_labels is None
               else read_expert_labels(expert_labels, storage_options))  # checked before any pass
     store = open_store(store, storage_options)
@@ -358,21 +388,8 @@ def evaluate(
         if head is not None:
             head.check_features(store.provenance["backbone"], store.provenance.get("preprocessing"))
     demographics = tuple(ckpt.input["demographics"])
-    batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
-    ckpt.check_inputs(batches.n_inputs, store.provenance["backbone"], store.provenance.get("preprocessing"))
-    if other is not None:
-        other_batches = FeatureBatches(store, split, 4096, shuffle=False,
-                                       demographics=tuple(other.input["demographics"]))
-        other.check_inputs(other_batches.n_inputs, store.provenance["backbone"],
-                           store.provenance.get("preprocessing"))
-    # The untrained head: the same seed's initial weights and the same input standardisation.
-    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
-    untrained.input_mean.copy_(ckpt.head.input_mean)
-    untrained.input_scale.copy_(ckpt.head.input_scale)
-    (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
-                                                                     batches)
-    other_probabilities = (None if other is None
-                           else head_outputs([other.head], other_batches)[0][0])
+    probabilities, untrained_probabilities, targets, other_probabilities = _head_scores(
+        store, split, ckpt, other)
     table_rows = store.table(["image_index", "patient_id", "sex", "age", "view"])
     validation = _scored(store, "validation", ckpt, demographics, table_rows)
     found = audit(Scored(targets.astype(bool), probabilities, _rows(store, split, table_rows)),
