@@ -227,5 +227,10 @@ class CheckpointNotFoundError(CxrDaskError, FileNotFoundError):
     """No head checkpoint at the path given."""
 
 
+class ScoreError(CxrDaskError, ValueError):
+    """Scores an AUC statistic cannot use: NaN scores (the rows are named), or fewer than two
+    positive or negative images where a variance needs them."""
+
+
 class ClusterError(CxrDaskError, RuntimeError):
     """A Dask cluster could not be started or reached as asked."""

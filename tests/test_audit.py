@@ -182,7 +182,7 @@ def test_expert_labels_read_in_googles_format(tmp_path):
     assert labels["image_index"].tolist() == ["00000003_000.png", "00000002_000.png"]
     assert labels["Pneumothorax"].tolist() == [True, False]
     assert labels["Nodule or mass"].tolist() == [False, True]
-    assert labels["set_id"].tolist() == ["test", "validation"]
+    assert labels["set_id"].tolist() == ["test", "val"]  # "validation" (older synthetic files) reads as "val"
     nih = np.zeros((2, 14))
     nih[0, LABEL_POSITION["Mass"]] = 1
     nih[1, LABEL_POSITION["Pneumonia"]] = 1

@@ -7,7 +7,8 @@ published the labels as ``google2019_nih-chest-xray-labels.csv`` (often gzipped)
 metadata columns of NIH's 2020 CSV (``OriginalImage[Width,Height]`` and
 ``OriginalImagePixelSpacing[x,y]`` each split into two by their comma), then
 ``Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id`` with ``YES``/``NO`` and
-``test``/``validation``.
+``test``/``val``; CRLF line ends and no line end after the last line. ``validation`` (what
+cxrdask's synthetic archives wrote before they followed the published file) reads as ``val``.
 
 Three of the four findings map onto NIH's labels, and the head's score for a finding is the
 highest probability among the NIH diseases it maps to:
@@ -37,7 +38,8 @@ from cxrdask.errors import MetadataError, MissingColumnError, RowProblem
 
 FINDINGS = ("Fracture", "Pneumothorax", "Airspace opacity", "Nodule or mass")
 SET_COLUMN = "Set Id"
-SETS = ("test", "validation")
+SETS = ("test", "val")  # as published
+SET_ALIASES = {"validation": "val"}
 EXPERT_TO_NIH: dict[str, tuple[str, ...]] = {
     "Pneumothorax": ("Pneumothorax",),
     "Nodule or mass": ("Nodule", "Mass"),
@@ -54,7 +56,7 @@ def read_expert_labels(url: str, storage_options: StorageOptions | None = None) 
     MissingColumnError
         ``Image Index``, a finding or ``Set Id`` is absent.
     MetadataError
-        A value is not ``YES``/``NO`` (or ``test``/``validation``), or an image is listed
+        A value is not ``YES``/``NO`` (or ``test``/``val``), or an image is listed
         twice; every bad row is named by its line.
     """
     with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as handle:
@@ -75,9 +77,9 @@ def read_expert_labels(url: str, storage_options: StorageOptions | None = None) 
         problems += [RowProblem(FIRST_DATA_LINE + i, index.iat[i], column, raw[column].iat[i],
                                 "expected YES or NO") for i in np.flatnonzero(bad)]
         out[column] = values == "YES"
-    sets = raw[SET_COLUMN].str.strip().str.lower()
+    sets = raw[SET_COLUMN].str.strip().str.lower().replace(SET_ALIASES)
     problems += [RowProblem(FIRST_DATA_LINE + i, index.iat[i], SET_COLUMN, raw[SET_COLUMN].iat[i],
-                            "expected test or validation")
+                            "expected test or val")
                  for i in np.flatnonzero(~sets.isin(SETS))]
     out["set_id"] = sets
     for i in np.flatnonzero(index.duplicated().to_numpy()):

@@ -221,11 +221,10 @@ def _comparison_table(test: Scored, other: np.ndarray,
         a = float(point[k])
         diff = _interval(a - b, None if ours is None or theirs is None
                          else ours[:, k] - theirs[:, k])
-        try:
+        z = p = float("nan")
+        if 2 <= int(targets.sum()) <= len(targets) - 2:  # else DeLong's variance is undefined
             test_result = delong_test(targets, test.probabilities[:, k], other[:, k])
             z, p = test_result.z, test_result.p_value
-        except ValueError:  # fewer than two positives or negatives
-            z = p = float("nan")
         records.append({"label": label, "auc": a, "auc_other": b, "difference": diff.estimate,
                         "low": diff.low, "high": diff.high, "delong_z": z, "delong_p": p})
     return pd.DataFrame(records)

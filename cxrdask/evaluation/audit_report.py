@@ -72,6 +72,9 @@ def _subgroups(a: Audit) -> str:
         lines.append(f"| {row.subgroup} | {row.images} | {row.positives} | "
                      f"{_number(row.auc)}{_span(row.low, row.high)} | {gap} | "
                      f"{_number(rates.get(row.subgroup, np.nan))} |")
+    if not np.isfinite(a.calibration["threshold"].to_numpy(dtype=float)).any():
+        lines += ["", "Under-diagnosis is n/a: no disease has an operating threshold, because "
+                  "the store has no validation split with both classes to choose them on."]
     return "\n".join(lines) + "\n"
 
 

@@ -87,8 +87,14 @@ class RankedScores:
 
 def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC AUC of ``scores`` against boolean ``positive`` under each row of ``weights``
-    ``(resamples, images)``; ties count one half, as in the unweighted AUC."""
-    return RankedScores(scores, positive).aucs(np.asarray(weights, dtype=np.float32))
+    ``(resamples, images)``; ties count one half, as in the unweighted AUC.
+
+    The weights are resample counts: whole numbers, summed exactly in float32 below 2**24
+    (the bootstrap's inner loop). Other weights are refused rather than rounded."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if not np.array_equal(weights, np.round(weights)) or weights.min(initial=0) < 0:
+        raise ValueError("weights must be resample counts: whole numbers of zero or more")
+    return RankedScores(scores, positive).aucs(weights.astype(np.float32))
 
 
 def bootstrap_aucs(targets: np.ndarray, models: Mapping[str, np.ndarray], patients: np.ndarray,

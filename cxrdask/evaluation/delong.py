@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm, rankdata
 
+from cxrdask.errors import ScoreError
+
 
 @dataclass(frozen=True)
 class DeLongResult:
@@ -46,9 +48,33 @@ def _placements(positive_scores: np.ndarray, negative_scores: np.ndarray
     return auc, v10, v01
 
 
-def auc_variance(targets: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """One model's AUC and DeLong's estimate of its variance."""
+def checked_scores(targets, *scores) -> tuple[np.ndarray, ...]:
+    """``targets`` as booleans and each score array as floats, refused (:class:`ScoreError`)
+    where a score is NaN (naming the first rows: NaN would rank as the highest score and
+    bias the AUC silently) or where there are fewer than two positive or negative images (no
+    variance can be estimated)."""
     positive = np.asarray(targets, dtype=bool)
+    arrays = [np.asarray(s, dtype=float) for s in scores]
+    for array in arrays:
+        bad = np.flatnonzero(np.isnan(array))
+        if len(bad):
+            raise ScoreError(f"{len(bad)} score(s) are NaN, at rows {bad[:10].tolist()}"
+                             + (" ..." if len(bad) > 10 else "") + ": refuse or drop them first")
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        raise ScoreError(f"an AUC's variance needs at least two positive and two negative "
+                         f"images (got {m} and {n})")
+    return (positive, *arrays)
+
+
+def auc_variance(targets: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """One model's AUC and DeLong's estimate of its variance.
+
+    Raises
+    ------
+    ScoreError
+        A NaN score (rows named), or fewer than two positive or negative images."""
+    positive, scores = checked_scores(targets, scores)
     auc, v10, v01 = _placements(scores[positive], scores[~positive])
     return auc, float(v10.var(ddof=1) / len(v10) + v01.var(ddof=1) / len(v01))
 
@@ -56,12 +82,10 @@ def auc_variance(targets: np.ndarray, scores: np.ndarray) -> tuple[float, float]
 def delong_test(targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> DeLongResult:
     """DeLong's test of AUC(a) = AUC(b) on the same images (two-sided).
 
-    Raises ValueError where the images hold fewer than two positives or negatives."""
-    positive = np.asarray(targets, dtype=bool)
+    Raises :class:`~cxrdask.errors.ScoreError` (a ``ValueError``) for a NaN score (rows
+    named) or where the images hold fewer than two positives or negatives."""
+    positive, scores_a, scores_b = checked_scores(targets, scores_a, scores_b)
     m, n = int(positive.sum()), int((~positive).sum())
-    if m < 2 or n < 2:
-        raise ValueError(f"DeLong's test needs at least two positive and two negative images "
-                         f"(got {m} and {n})")
     auc_a, v10_a, v01_a = _placements(scores_a[positive], scores_a[~positive])
     auc_b, v10_b, v01_b = _placements(scores_b[positive], scores_b[~positive])
     s10 = np.cov(np.vstack([v10_a, v10_b]))
@@ -76,4 +100,4 @@ def delong_test(targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray)
     return DeLongResult(auc_a, auc_b, se, float(z), float(2 * norm.sf(abs(z))))
 
 
-__all__ = ["DeLongResult", "auc_variance", "delong_test"]
+__all__ = ["DeLongResult", "auc_variance", "checked_scores", "delong_test"]

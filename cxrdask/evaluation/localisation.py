@@ -73,12 +73,21 @@ def draw_boxes(items: list[tuple], checkpoint: str, weights: str | None,
         except Exception:  # a missing or undecodable image misses its boxes
             continue
         assert diagnosis.heatmaps is not None
-        scale = BOX_IMAGE_SIZE / diagnosis.width
         for finding in findings:
             cam = np.asarray(diagnosis.heatmaps[finding])
-            x, y, w, h = box_from_heatmap(cam, diagnosis.width, diagnosis.height, threshold)
-            drawn.append((image, finding, x * scale, y * scale, w * scale, h * scale))
+            box = box_from_heatmap(cam, diagnosis.width, diagnosis.height, threshold)
+            drawn.append((image, finding, *to_box_space(box, diagnosis.width, diagnosis.height)))
     return drawn
+
+
+def to_box_space(box: tuple[float, float, float, float], width: int, height: int
+                 ) -> tuple[float, float, float, float]:
+    """``(x, y, w, h)`` in pixels of a ``width`` x ``height`` image, in the coordinates of
+    NIH's box file (its 1024 x 1024 images): x and w scaled by the width, y and h by the
+    height, so a non-square image's boxes land where they were drawn."""
+    x, y, w, h = box
+    sx, sy = BOX_IMAGE_SIZE / width, BOX_IMAGE_SIZE / height
+    return x * sx, y * sy, w * sx, h * sy
 
 
 @dataclass

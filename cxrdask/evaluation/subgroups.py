@@ -38,11 +38,16 @@ def subgroup_masks(table: pd.DataFrame) -> dict[str, np.ndarray]:
 def underdiagnosis_rate(targets: np.ndarray, probabilities: np.ndarray,
                         thresholds: np.ndarray) -> float:
     """Among images with at least one finding, the share called "No Finding" (no disease
-    at or above its threshold; diseases without a threshold are not called)."""
+    at or above its threshold; diseases without a threshold are not called).
+
+    NaN (missing, not 100%) when no image has a finding or no disease has a threshold (no
+    validation split to choose them on): with no threshold nothing could be called, and a
+    rate of 1.0 would report a failure the head never had a chance to avoid."""
     has_finding = np.asarray(targets, dtype=bool).any(axis=1)
-    if not has_finding.any():
-        return float("nan")
+    thresholds = np.asarray(thresholds, dtype=float)
     finite = np.isfinite(thresholds)
+    if not has_finding.any() or not finite.any():
+        return float("nan")
     called = (probabilities[:, finite] >= thresholds[finite]).any(axis=1)
     return float((~called[has_finding]).mean())
 

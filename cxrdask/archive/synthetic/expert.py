@@ -1,7 +1,7 @@
 """A synthetic stand-in for Google's 2019 expert labels, in the real file's format.
 
 The real file (see :mod:`cxrdask.archive.expert_labels`) relabels 1,962 images of NIH's test list
-(set ``test``) and 2,414 of its train/validation list (set ``validation``). The stand-in
+(set ``test``) and 2,414 of its train/validation list (set ``val``). The stand-in
 relabels the same shares of a synthetic archive: the expert label is NIH's, mapped as
 cxrdask maps it, with a share of positives and negatives flipped (radiologists disagreed
 with many of NIH's text-mined labels), and Fracture drawn at random (no NIH label holds it).
@@ -42,8 +42,8 @@ def format_expert_labels(frame: pd.DataFrame, test_images: set[str], seed: int =
     lines = [metadata[0] + "," + ",".join([*FINDINGS, "Set Id"])]
     for i, line in enumerate(metadata[1:]):
         answers = ["YES" if columns[f][i] else "NO" for f in FINDINGS]
-        lines.append(line + "," + ",".join([*answers, "test" if in_test[chosen[i]] else "validation"]))
-    return "\r\n".join(lines) + "\r\n"
+        lines.append(line + "," + ",".join([*answers, "test" if in_test[chosen[i]] else "val"]))
+    return "\r\n".join(lines)  # as published: CRLF, and no line end after the last line
 
 
 __all__ = ["EXPERT_FILE", "format_expert_labels"]

@@ -1,0 +1,138 @@
+"""What a statistician reviewing a paper built on cxrdask rejected, each reproduced and fixed:
+the real expert-label file refused, under-diagnosis of 100% without thresholds, a
+specificity rule that missed the lowest qualifying threshold, NaN scores ranked silently,
+fractional bootstrap weights rounded, non-square images' boxes scaled by the width."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrdask.archive.labels import LABELS
+from cxrdask.errors import ScoreError
+
+# Google's 2019 expert labels as published: NIH's 2020 metadata columns with the bracketed
+# names split by their commas, the four findings, Set Id ``test`` or ``val``, CRLF line
+# ends, and no line end after the last line.
+GOOGLE_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+                 "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],"
+                 "Fracture,Pneumothorax,Airspace opacity,Nodule or mass,Set Id")
+GOOGLE_ROWS = ("00000003_000.png,Pneumothorax,0,3,45,F,PA,2500,2048,0.143,0.143,NO,YES,NO,NO,test",
+               "00000002_000.png,No Finding,0,2,12,F,AP,2500,2048,0.1,0.1,NO,NO,YES,YES,val")
+
+
+def test_the_published_expert_label_file_is_read_as_published(tmp_path):
+    """The real file was refused: ``column 'Set Id': expected test or validation (value
+    'val') ... and 2394 more``."""
+    from cxrdask.archive.expert_labels import read_expert_labels
+
+    data = ("\r\n".join([GOOGLE_HEADER, *GOOGLE_ROWS])).encode()
+    assert data.count(b"\r\n") == 2 and not data.endswith(b"\n")
+    path = tmp_path / "google2019_nih-chest-xray-labels.csv.gz"
+    path.write_bytes(gzip.compress(data))
+    labels = read_expert_labels(str(path))
+    assert labels["set_id"].tolist() == ["test", "val"]
+    assert labels["Nodule or mass"].tolist() == [False, True]
+    assert labels["image_index"].tolist()[-1] == "00000002_000.png"  # the last line, no line end
+
+    older = tmp_path / "older.csv"  # what cxrdask's synthetic archives wrote before
+    older.write_text(GOOGLE_HEADER + "\n" + GOOGLE_ROWS[1].replace(",val", ",validation") + "\n")
+    assert read_expert_labels(str(older))["set_id"].tolist() == ["val"]
+
+
+def test_the_synthetic_archive_writes_the_expert_file_as_published():
+    from cxrdask.archive.synthetic.expert import format_expert_labels
+    from cxrdask.archive.synthetic.layout import make_metadata
+
+    frame = make_metadata(3000, seed=2)
+    text = format_expert_labels(frame, set(frame["image_index"][:1500]), seed=2)
+    lines = text.split("\r\n")
+    assert "\n" not in text.replace("\r\n", "") and not text.endswith("\n")
+    assert lines[0] == GOOGLE_HEADER
+    assert {line.rsplit(",", 1)[1] for line in lines[1:]} == {"test", "val"}
+
+
+def test_under_diagnosis_is_missing_not_total_without_thresholds():
+    """``underdiagnosis_rate(ones, rand, nan)`` was 1.0: with no threshold nothing is
+    called, and the report said every finding was missed."""
+    from cxrdask.evaluation.audit import Scored, audit
+    from cxrdask.evaluation.audit_report import audit_markdown
+    from cxrdask.evaluation.subgroups import underdiagnosis_rate
+
+    rng = np.random.default_rng(0)
+    assert np.isnan(underdiagnosis_rate(np.ones((3, 14), bool), rng.random((3, 14)),
+                                        np.full(14, np.nan)))
+    n = 60
+    targets = rng.random((n, len(LABELS))) < 0.3
+    rows = pd.DataFrame({"patient_id": np.arange(n), "sex": ["M", "F"] * (n // 2),
+                         "age": rng.integers(20, 80, n), "view": ["PA"] * n})
+    found = audit(Scored(targets, rng.random((n, len(LABELS))), rows), None, resamples=0)
+    assert found.underdiagnosis["rate"].isna().all()
+    assert "Under-diagnosis is n/a: no disease has an operating threshold" in audit_markdown(found)
+
+
+def _exhaustive_lowest_threshold(positive: np.ndarray, scores: np.ndarray, specificity: float
+                                 ) -> float:
+    """The lowest score t whose rule ``score >= t`` keeps the specificity, trying every one."""
+    negatives = scores[~positive]
+    for t in np.unique(scores):
+        if np.mean(negatives < t) >= specificity:
+            return float(t)
+    return 1.0
+
+
+def test_the_specificity_rule_finds_the_lowest_qualifying_threshold():
+    """Against an exhaustive search over 200 seeded cases (n = 400, half with probabilities
+    rounded to 2 decimals), roc_curve's thinned curve chose another threshold in 58."""
+    from cxrdask.evaluation.calibration import choose_threshold, operating_point
+
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        positive = rng.random(400) < 0.3
+        scores = np.clip(rng.normal(0.45 + 0.15 * positive, 0.2), 0, 0.999)
+        if seed % 2:
+            scores = np.round(scores, 2)
+        chosen = choose_threshold(positive, scores, "specificity", specificity=0.9)
+        expected = _exhaustive_lowest_threshold(positive, scores, 0.9)
+        assert chosen == pytest.approx(expected), seed
+        ours = operating_point(positive, scores, chosen)
+        assert ours["specificity"] >= 0.9
+        assert ours["sensitivity"] == operating_point(positive, scores, expected)["sensitivity"]
+
+
+def test_nan_scores_and_too_few_images_are_refused_by_name():
+    from cxrdask.evaluation.delong import auc_variance, delong_test
+
+    targets = [True, True, False, False, False]
+    auc, variance = auc_variance(targets, [0.9, 0.8, 0.1, 0.2, 0.3])  # plain lists work
+    assert auc == 1.0 and variance >= 0.0
+    with pytest.raises(ScoreError, match=r"1 score\(s\) are NaN, at rows \[3\]"):
+        auc_variance(targets, [0.9, 0.8, 0.1, np.nan, 0.3])
+    with pytest.raises(ScoreError, match="at least two positive and two negative images"):
+        auc_variance([True, False, False], [0.9, 0.1, 0.2])
+    with pytest.raises(ScoreError, match="NaN"):
+        delong_test(targets, [0.9, 0.8, 0.1, 0.2, 0.3], [np.nan, 0.8, 0.1, 0.2, 0.3])
+
+
+def test_bootstrap_weights_are_whole_numbers_or_refused():
+    from sklearn.metrics import roc_auc_score
+
+    from cxrdask.evaluation.bootstrap import weighted_auc
+
+    rng = np.random.default_rng(1)
+    scores, positive = rng.random(50), rng.random(50) < 0.4
+    counts = rng.integers(0, 3, (4, 50))
+    np.testing.assert_allclose(weighted_auc(scores, positive, counts),
+                               [roc_auc_score(positive, scores, sample_weight=w) for w in counts])
+    with pytest.raises(ValueError, match="whole numbers"):
+        weighted_auc(scores, positive, counts + 0.3)
+
+
+def test_boxes_of_a_non_square_image_are_scaled_per_axis():
+    from cxrdask.evaluation.localisation import to_box_space
+
+    # A 512-wide, 2048-high image: x doubles, y halves, into NIH's 1024 x 1024 frame.
+    assert to_box_space((100, 400, 50, 200), width=512, height=2048) == (200, 200, 100, 100)
