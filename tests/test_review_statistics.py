@@ -136,3 +136,74 @@ def test_boxes_of_a_non_square_image_are_scaled_per_axis():
 
     # A 512-wide, 2048-high image: x doubles, y halves, into NIH's 1024 x 1024 frame.
     assert to_box_space((100, 400, 50, 200), width=512, height=2048) == (200, 200, 100, 100)
+
+
+def _clustered_case(seed: int, patients: int = 400, images: int = 8):
+    """A finding that belongs to the patient: every image of a patient shares its label and
+    the patient's own effects on each model's scores."""
+    rng = np.random.default_rng(seed)
+    label = rng.random(patients) < 0.3
+    shared, own_a, own_b = (rng.normal(0, 1, patients), rng.normal(0, 0.6, patients),
+                            rng.normal(0, 0.6, patients))
+    patient = np.repeat(np.arange(patients), images)
+    y = label[patient]
+    a = 1.0 * y + shared[patient] + own_a[patient] + rng.normal(0, 0.3, len(patient))
+    b = 0.9 * y + shared[patient] + own_b[patient] + rng.normal(0, 0.3, len(patient))
+    return y, a, b, patient
+
+
+def test_delong_accounts_for_several_images_per_patient():
+    """Image-level DeLong gave an SE of the AUC difference of 0.0135 where resampling
+    patients gave 0.0386: p-values far too small. Obuchowski's clustered variance must come
+    within 20% of the patient bootstrap."""
+    from cxrdask.evaluation.bootstrap import bootstrap_aucs
+    from cxrdask.evaluation.delong import clustered_delong_test, delong_test
+
+    y, a, b, patient = _clustered_case(seed=3)
+    resampled = bootstrap_aucs(y[:, None], {"a": a[:, None], "b": b[:, None]}, patient,
+                               {"all": np.ones(len(y), bool)}, n_resamples=2000, seed=0)
+    bootstrap_sd = float(np.std(resampled[("a", "all")][:, 0] - resampled[("b", "all")][:, 0],
+                                ddof=1))
+    clustered = clustered_delong_test(y, a, b, patient)
+    per_image = delong_test(y, a, b)
+    assert abs(clustered.se_difference / bootstrap_sd - 1) < 0.2, (clustered, bootstrap_sd)
+    assert per_image.se_difference < 0.6 * bootstrap_sd  # what the image-level test claimed
+    assert clustered.difference == per_image.difference  # the same AUCs, another variance
+
+
+def test_clustered_delong_with_one_image_per_patient_is_delongs():
+    from cxrdask.evaluation.delong import clustered_delong_test, delong_test
+
+    rng = np.random.default_rng(5)
+    y = rng.random(300) < 0.4
+    a, b = y + rng.normal(0, 1, 300), 0.8 * y + rng.normal(0, 1, 300)
+    ours, theirs = clustered_delong_test(y, a, b, np.arange(300)), delong_test(y, a, b)
+    assert ours.se_difference == pytest.approx(theirs.se_difference, rel=0.01)
+    with pytest.raises(ScoreError, match="at least two clusters"):
+        clustered_delong_test(y, a, b, np.zeros(300))
+
+
+def test_the_comparison_says_its_variance_and_adjusts_its_p_values():
+    from scipy.stats import false_discovery_control
+
+    from cxrdask.evaluation.audit import Scored, adjusted_p_values, audit
+    from cxrdask.evaluation.audit_report import audit_markdown
+
+    p = np.array([0.001, 0.04, np.nan, 0.03, 0.5])
+    adjusted = adjusted_p_values(p)
+    assert np.isnan(adjusted[2])
+    np.testing.assert_allclose(adjusted[[0, 1, 3, 4]], false_discovery_control(p[[0, 1, 3, 4]]))
+    assert (adjusted[[0, 1, 3, 4]] >= p[[0, 1, 3, 4]]).all()
+
+    rng = np.random.default_rng(2)
+    n = 160
+    targets = rng.random((n, len(LABELS))) < 0.3
+    rows = pd.DataFrame({"patient_id": np.repeat(np.arange(40), 4), "sex": ["M", "F"] * (n // 2),
+                         "age": rng.integers(20, 80, n), "view": ["PA"] * n})
+    scores = targets + rng.normal(0, 1, targets.shape)
+    found = audit(Scored(targets, scores, rows), None, other=scores + rng.normal(0, 1, scores.shape),
+                  resamples=0)
+    assert (found.comparison["delong_variance"] == "clustered by patient (Obuchowski 1997)").all()
+    assert found.comparison["delong_p_adjusted"].notna().all()
+    text = audit_markdown(found, "other.pt")
+    assert "clustered by patient (Obuchowski 1997)" in text and "| p (BH) |" in text

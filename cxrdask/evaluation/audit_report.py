@@ -94,13 +94,16 @@ def _calibration(a: Audit) -> str:
 def _comparison(table: pd.DataFrame, compared_with: str) -> str:
     lines = ["## Compared with another head", "",
              f"This head minus `{compared_with}` on the same images: the difference in AUC with "
-             "its paired bootstrap interval, and DeLong's test (DeLong et al., Biometrics 1988).",
-             "", "| disease | AUC | other | difference (95% CI) | DeLong z | p |",
-             "|---|---:|---:|---|---:|---:|"]
+             "its paired bootstrap interval, and DeLong's test (DeLong et al., Biometrics 1988) "
+             f"with its variance {table['delong_variance'].iat[0]}; p-values raw and "
+             "Benjamini-Hochberg adjusted over the diseases compared.",
+             "", "| disease | AUC | other | difference (95% CI) | DeLong z | p | p (BH) |",
+             "|---|---:|---:|---|---:|---:|---:|"]
     for row in table.itertuples():
         lines.append(f"| {row.label} | {_number(row.auc)} | {_number(row.auc_other)} | "
                      f"{_number(row.difference, sign=True)}{_span(row.low, row.high, sign=True)} | "
-                     f"{_number(row.delong_z, 2)} | {_number(row.delong_p, 4)} |")
+                     f"{_number(row.delong_z, 2)} | {_number(row.delong_p, 4)} | "
+                     f"{_number(row.delong_p_adjusted, 4)} |")
     return "\n".join(lines) + "\n"
 
 
