@@ -132,7 +132,7 @@ def grid_figure(frame: pd.DataFrame) -> Figure:
 
 
 def subgroup_gap_figure(subgroups: pd.DataFrame, caveat: str | None = None) -> Figure:
-    """A heatmap of each subgroup's AUC minus the whole split's, per disease and for the
+    """A heatmap of each subgroup's AUC minus the rest of the split's, per disease and for the
     mean (blank where the subgroup cannot score a disease)."""
     shown = subgroups[subgroups["subgroup"] != "all"]
     grid = shown.pivot(index="subgroup", columns="label", values="gap")
@@ -148,7 +148,7 @@ def subgroup_gap_figure(subgroups: pd.DataFrame, caveat: str | None = None) -> F
     for (r, c), value in np.ndenumerate(values):
         if np.isfinite(value):
             ax.text(c, r, f"{value:+.2f}", ha="center", va="center", fontsize=6)
-    figure.colorbar(image, ax=ax, label="AUC gap to the whole split", fraction=0.03)
+    figure.colorbar(image, ax=ax, label="AUC gap to the rest of the split", fraction=0.03)
     add_caveat(figure, caveat)
     return figure
 

@@ -2,7 +2,7 @@
 
 :func:`cxrdask.evaluation.report.evaluate` reads the store once per split and hands the arrays
 here: per-disease AUC intervals (a bootstrap over patients), subgroup AUCs with their gaps
-to the whole split and under-diagnosis rates, calibration and operating points, and the
+to the rest of the split and under-diagnosis rates, calibration and operating points, and the
 paired comparison of two heads (bootstrap interval and DeLong's test). Nothing here reads
 storage.
 """
@@ -76,7 +76,7 @@ class Audit:
 
     @property
     def worst_gap(self) -> pd.Series | None:
-        """The subgroup whose mean AUC falls furthest below the whole split's."""
+        """The subgroup whose mean AUC falls furthest below the rest of the split's."""
         means = self.subgroups[(self.subgroups["label"] == "mean")
                                & (self.subgroups["subgroup"] != "all")]
         means = means[np.isfinite(means["gap"])]
@@ -97,8 +97,13 @@ def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None =
     models = {"head": test.probabilities}
     if other is not None:
         models["other"] = other
-    samples = (bootstrap_aucs(test.targets, models, test.rows["patient_id"].to_numpy(), groups,
-                              n_resamples=resamples, seed=seed) if resamples else {})
+    # Each subgroup is compared with the rest of the split (not with the whole split, which
+    # contains it and so pulls the gap towards zero): the rests are resampled too.
+    rests = {rest_name(name): ~mask for name, mask in groups.items()
+             if name != "all" and (~mask).any()}
+    samples = (bootstrap_aucs(test.targets, models, test.rows["patient_id"].to_numpy(),
+                              {**groups, **rests}, n_resamples=resamples, seed=seed)
+               if resamples else {})
     point = auc_per_label(test.targets, test.probabilities)
     defined = np.flatnonzero(np.isfinite(point))
 
@@ -167,27 +172,39 @@ def _thresholds(validation: Scored | None, rule: ThresholdRule, specificity: flo
                                       rule, specificity) for k in range(len(LABELS))])
 
 
+def rest_name(subgroup: str) -> str:
+    """The name of the images of a split outside ``subgroup``, each subgroup's comparison."""
+    return f"not {subgroup}"
+
+
 def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
                     samples: dict[tuple[str, str], np.ndarray], whole_point: np.ndarray
                     ) -> pd.DataFrame:
-    whole = samples.get(("head", "all"))
+    """Per subgroup and disease (and their mean): the AUC with its interval, and the gap to
+    the rest of the split (the images outside the subgroup), paired on the same resamples;
+    no gap for the whole split. The mean runs over the diseases both sides can score."""
     records = []
     for name, mask in groups.items():
         targets = test.targets[mask]
         point = auc_per_label(targets, test.probabilities[mask])
         resampled = samples.get(("head", name))
-        defined = np.flatnonzero(np.isfinite(point))
+        if name == "all" or not (~mask).any():
+            rest_point, rest = np.full(len(LABELS), np.nan), None
+        else:
+            rest_point = auc_per_label(test.targets[~mask], test.probabilities[~mask])
+            rest = samples.get(("head", rest_name(name)))
+        defined = np.flatnonzero(np.isfinite(point) & (np.isfinite(rest_point) | (name == "all")))
         for k, label in [*enumerate(LABELS), (None, "mean")]:
-            if k is None:  # the mean over the diseases this subgroup can score
+            if k is None:  # the mean over the diseases this subgroup (and its rest) can score
                 estimate = float(point[defined].mean()) if len(defined) else float("nan")
-                base = float(whole_point[defined].mean()) if len(defined) else float("nan")
+                base = float(rest_point[defined].mean()) if len(defined) else float("nan")
                 values = None if resampled is None else mean_over(resampled, defined)
-                base_values = None if whole is None else mean_over(whole, defined)
+                base_values = None if rest is None else mean_over(rest, defined)
                 positives = int(targets.any(axis=1).sum())
             else:
-                estimate, base = float(point[k]), float(whole_point[k])
+                estimate, base = float(point[k]), float(rest_point[k])
                 values = None if resampled is None else resampled[:, k]
-                base_values = None if whole is None else whole[:, k]
+                base_values = None if rest is None else rest[:, k]
                 positives = int(targets[:, k].sum())
             auc = _interval(estimate, values)
             gap = _interval(estimate - base, None if values is None or base_values is None

@@ -57,13 +57,14 @@ def _subgroups(a: Audit) -> str:
     means = a.subgroups[a.subgroups["label"] == "mean"]
     rates = a.underdiagnosis.set_index("subgroup")["rate"]
     lines = ["## Subgroups", "",
-             "Mean AUC over the diseases each subgroup can score, its gap to the whole split "
-             "over the same diseases (paired: both from the same patient resamples), and the "
+             "Mean AUC over the diseases each subgroup can score, its gap to the rest of the "
+             "split (the images outside the subgroup) over the diseases both can score "
+             "(paired: both from the same patient resamples), and the "
              "under-diagnosis rate: among images with a finding, the share the head calls "
              "\"No Finding\" (no disease at its validation-chosen threshold; Seyyed-Kalantari "
              "et al., Nature Medicine 2021). Per-disease subgroup AUCs are in report.json and "
              "subgroup_gaps.png.", "",
-             "| subgroup | images | with a finding | mean AUC (95% CI) | gap to all (95% CI) "
+             "| subgroup | images | with a finding | mean AUC (95% CI) | gap to the rest (95% CI) "
              "| under-diagnosis |",
              "|---|---:|---:|---|---|---:|"]
     for row in means.itertuples():

@@ -318,7 +318,7 @@ def evaluate(
     Read out of core from the store (one pass over ``split``, one over the validation split
     for the thresholds). Intervals come from a bootstrap over patients (images of one
     patient resampled together); subgroups are sex, age band and view position, each with
-    its gap to the whole split and its under-diagnosis rate; thresholds are chosen on the
+    its gap to the rest of the split and its under-diagnosis rate; thresholds are chosen on the
     validation split and applied to ``split``. The report states the split, the backbone,
     and whether the archive is synthetic or the weights random (then its numbers are not
     comparable with published ones).
