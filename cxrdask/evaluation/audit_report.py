@@ -81,7 +81,9 @@ def _subgroups(a: Audit) -> str:
 
 def _calibration(a: Audit) -> str:
     lines = ["## Calibration and operating points", "",
-             "Expected calibration error over 10 equal-width bins (reliability.png); each "
+             "Class-wise expected calibration error per disease over 10 equal-width bins of "
+             "its own probability (Kull et al. 2019; not Guo et al.'s top-label ECE; "
+             "reliability.png); each "
              "disease's threshold chosen on the validation split, then applied to this split.",
              "", "| disease | ECE | threshold | sensitivity | specificity | PPV | NPV |",
              "|---|---:|---:|---:|---:|---:|---:|"]

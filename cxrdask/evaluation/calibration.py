@@ -36,8 +36,14 @@ def reliability(targets: np.ndarray, probabilities: np.ndarray, bins: int = DEFA
 
 def expected_calibration_error(targets: np.ndarray, probabilities: np.ndarray,
                                bins: int = DEFAULT_BINS) -> float:
-    """ECE: the image-weighted mean gap between predicted probability and observed rate
-    over equal-width bins (Guo et al., 2017)."""
+    """One finding's expected calibration error: over equal-width bins of its predicted
+    probability, the image-weighted mean gap between that probability and the finding's
+    observed rate.
+
+    Per finding, this is the class-wise ECE (Kull et al., NeurIPS 2019; Nixon et al., CVPR
+    Workshops 2019) that suits a multi-label head, not Guo et al.'s (ICML 2017) top-label
+    ECE of a single-label classifier, which scores only the most confident class of each
+    image and comes out far smaller on the same probabilities."""
     table = reliability(targets, probabilities, bins)
     used = table["images"] > 0
     gaps = (table.loc[used, "predicted"] - table.loc[used, "observed"]).abs()

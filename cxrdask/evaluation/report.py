@@ -158,7 +158,7 @@ class EvaluationReport:
         return ["| measure | value |", "|---|---|",
                 f"| mean AUC (95% CI, {a.resamples} patient resamples) | {a.mean_auc} |",
                 f"| worst subgroup gap in mean AUC | {gap} |",
-                f"| mean expected calibration error (10 bins) | {a.mean_ece:.3f} |",
+                f"| mean class-wise expected calibration error (10 bins) | {a.mean_ece:.3f} |",
                 f"| localisation accuracy at IoBB 0.5 | {self._localisation_line()} |"]
 
     def _localisation_line(self) -> str:
