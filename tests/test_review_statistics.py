@@ -230,3 +230,25 @@ def test_a_subgroup_is_compared_with_the_rest_of_the_split():
     expected = 1.0 - roc_auc_score(targets[women, 0], scores[women, 0])
     assert men.at[LABELS[0], "gap"] == pytest.approx(expected)
     assert men.at["mean", "gap"] > 0.4 and men.at["mean", "gap_low"] > 0.3
+
+
+def test_resamples_without_a_positive_are_counted_and_reported():
+    """With five positives, a few of 2,000 patient resamples hold none: they were dropped
+    from the interval without a word."""
+    from cxrdask.evaluation.audit import Scored, audit
+    from cxrdask.evaluation.audit_report import audit_markdown
+
+    rng = np.random.default_rng(7)
+    n = 120
+    targets = rng.random((n, len(LABELS))) < 0.3
+    targets[:, 0] = False
+    targets[rng.choice(n, 5, replace=False), 0] = True  # Atelectasis: five positives
+    rows = pd.DataFrame({"patient_id": np.arange(n), "sex": ["M", "F"] * (n // 2),
+                         "age": rng.integers(20, 80, n), "view": ["PA"] * n})
+    found = audit(Scored(targets, rng.random((n, len(LABELS))), rows), None, resamples=2000)
+    used = found.auc.set_index("label")["resamples_used"]
+    # P(no positive among n draws) = (1 - 5/n)**n, about 0.6% of resamples.
+    assert 1980 <= used[LABELS[0]] < 2000 and (used.drop(LABELS[0]) == 2000).all()
+    text = audit_markdown(found)
+    assert f"these used fewer: {LABELS[0]} {used[LABELS[0]]}" in text
+    assert "not stratified by class" in text

@@ -62,7 +62,7 @@ def _interval(estimate: float, samples: np.ndarray | None) -> Interval:
 class Audit:
     """Everything :func:`audit` finds (each a table; see the column lists in its fields)."""
 
-    auc: pd.DataFrame  # label, auc, auc_low, auc_high
+    auc: pd.DataFrame  # label, auc, auc_low, auc_high, resamples_used
     mean_auc: Interval
     subgroups: pd.DataFrame  # subgroup, label, images, positives, auc, low, high, gap, gap_low, gap_high
     underdiagnosis: pd.DataFrame  # subgroup, images_with_finding, rate
@@ -112,7 +112,8 @@ def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None =
                  for k in range(len(LABELS))]
     auc_table = pd.DataFrame({"label": list(LABELS), "auc": point,
                               "auc_low": [i.low for i in per_label],
-                              "auc_high": [i.high for i in per_label]})
+                              "auc_high": [i.high for i in per_label],
+                              "resamples_used": resamples_used(whole, len(LABELS))})
     mean_auc = _interval(float(point[defined].mean()) if len(defined) else float("nan"),
                         None if whole is None else mean_over(whole, defined))
     thresholds = _thresholds(validation, rule, specificity)
@@ -172,6 +173,15 @@ def _thresholds(validation: Scored | None, rule: ThresholdRule, specificity: flo
                                       rule, specificity) for k in range(len(LABELS))])
 
 
+def resamples_used(samples: np.ndarray | None, width: int = 1) -> np.ndarray:
+    """Per column, the resamples whose statistic is defined: a patient resample with no
+    positive (or no negative) image of a finding has no AUC for it and is left out of its
+    interval, which the report then says rather than hides."""
+    if samples is None:
+        return np.zeros(width, dtype=int)
+    return np.isfinite(samples).sum(axis=0).astype(int)
+
+
 def rest_name(subgroup: str) -> str:
     """The name of the images of a split outside ``subgroup``, each subgroup's comparison."""
     return f"not {subgroup}"
@@ -209,10 +219,14 @@ def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
             auc = _interval(estimate, values)
             gap = _interval(estimate - base, None if values is None or base_values is None
                             else values - base_values)
+            used = (values - base_values if values is not None and base_values is not None
+                    else values)
             records.append({"subgroup": name, "label": label, "images": int(mask.sum()),
                             "positives": positives, "auc": auc.estimate, "low": auc.low,
                             "high": auc.high, "gap": gap.estimate, "gap_low": gap.low,
-                            "gap_high": gap.high})
+                            "gap_high": gap.high,
+                            "resamples_used": 0 if used is None
+                            else int(np.isfinite(used).sum())})
     return pd.DataFrame(records)
 
 
@@ -268,4 +282,4 @@ def adjusted_p_values(p_values: np.ndarray) -> np.ndarray:
     return out
 
 
-__all__ = ["Audit", "Scored", "adjusted_p_values", "auc_per_label", "audit"]
+__all__ = ["Audit", "Scored", "adjusted_p_values", "auc_per_label", "audit", "resamples_used"]

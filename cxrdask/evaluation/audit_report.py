@@ -25,12 +25,30 @@ def _span(low: float, high: float, sign: bool = False) -> str:
 
 def audit_markdown(a: Audit, compared_with: str = "") -> str:
     """Markdown sections for the audit (after the per-disease table)."""
-    parts = [_subgroups(a), _calibration(a)]
+    parts = [_resamples(a), _subgroups(a), _calibration(a)]
     if a.comparison is not None:
         parts.append(_comparison(a.comparison, compared_with))
     if a.expert is not None:
         parts.append(_expert(a.expert, a.expert_listed))
     return "\n".join(parts)
+
+
+def _resamples(a: Audit) -> str:
+    """Which intervals rest on fewer resamples than were drawn, and why."""
+    if not a.resamples:
+        return "## Resamples\n\nNo intervals: no patient resamples were drawn.\n"
+    short = [f"{row.label} {row.resamples_used}" for row in a.auc.itertuples()
+             if row.resamples_used < a.resamples]
+    groups = a.subgroups[(a.subgroups["label"] == "mean") & (a.subgroups["subgroup"] != "all")]
+    short += [f"{row.subgroup} (mean, its gap) {row.resamples_used}" for row in groups.itertuples()
+              if row.resamples_used < a.resamples]
+    lines = ["## Resamples", "",
+             f"Intervals are percentiles of {a.resamples} resamples of patients (not "
+             "stratified by class). A resample with no positive or no negative image of a "
+             "finding leaves its AUC undefined and is left out of that interval; "
+             + ("every interval here used all of them." if not short else
+                "these used fewer: " + "; ".join(short) + ".")]
+    return "\n".join(lines) + "\n"
 
 
 def _expert(table: pd.DataFrame, listed: int) -> str:
