@@ -252,3 +252,19 @@ def test_resamples_without_a_positive_are_counted_and_reported():
     text = audit_markdown(found)
     assert f"these used fewer: {LABELS[0]} {used[LABELS[0]]}" in text
     assert "not stratified by class" in text
+
+
+def test_localisation_beside_wang_says_where_the_protocol_differs():
+    from cxrdask.archive.boxes import BOX_FINDINGS
+    from cxrdask.evaluation.audit_report import localisation_markdown
+    from cxrdask.evaluation.localisation import IOBB_THRESHOLDS, IOU_THRESHOLDS, LocalisationReport
+
+    rows = [{"finding": f, "measure": m, "threshold": t, "accuracy": 0.5, "control": 0.2,
+             "wang2017": 0.4, "boxes": 3}
+            for f in BOX_FINDINGS for m, ts in (("iobb", IOBB_THRESHOLDS), ("iou", IOU_THRESHOLDS))
+            for t in ts]
+    report = LocalisationReport(boxes=pd.DataFrame({"finding": []}), accuracy=pd.DataFrame(rows),
+                                images=3, listed=3, missing_images=0)
+    text = localisation_markdown(report)
+    assert "Not directly comparable with Wang et al.'s figures" in text
+    assert "one box is drawn per finding and image" in text and "strictly above" in text

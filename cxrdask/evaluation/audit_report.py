@@ -159,7 +159,14 @@ def localisation_markdown(found: LocalisationReport) -> str:
             boxes = int(found.at(measure, thresholds[0]).set_index("finding").at[finding, "boxes"])
             lines.append(f"| {finding} | {boxes} | " + " | ".join(cells) + " |")
     lines += ["", "Wang et al. published accuracies at IoU thresholds only in their supplementary "
-                  "material, not reproduced here."]
+                  "material, not reproduced here.",
+              "", "**Not directly comparable with Wang et al.'s figures.** The protocol differs: "
+                  "here one box is drawn per finding and image (from the region around the map's "
+                  "peak, the map cut at half its peak), where Wang et al. drew boxes from their "
+                  "own heatmaps, thresholded otherwise, and could draw several per image; a box "
+                  "counts as correct when its overlap is strictly above the threshold (`>`); the "
+                  "backbone and head differ, and so may the images' split. Read the columns "
+                  "side by side as orientation, not as a like-for-like comparison."]
     return "\n".join(lines) + "\n"
 
 
