@@ -204,7 +204,7 @@ def test_the_fast_png_decoder_gives_pillows_pixels_and_pillows_errors(small_arch
 
     from PIL import Image
 
-    from cxrdask import imaging
+    from cxrdask.imaging import decode as imaging
     from cxrdask.errors import ImageDecodeError
 
     pytest.importorskip("imagecodecs")
