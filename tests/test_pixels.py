@@ -204,8 +204,8 @@ def test_the_fast_png_decoder_gives_pillows_pixels_and_pillows_errors(small_arch
 
     from PIL import Image
 
-    from cxrdask.imaging import decode as imaging
     from cxrdask.errors import ImageDecodeError
+    from cxrdask.imaging import decode as imaging
 
     pytest.importorskip("imagecodecs")
     assert imaging._fast_decoder() is not None, "imagecodecs is installed but not used"
