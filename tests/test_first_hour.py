@@ -24,6 +24,7 @@ import pytest
 
 from cxrdask.errors import CheckpointMismatchError, StoreError, WriteTargetError
 from cxrdask.store.features import FeatureStore
+from cxrdask.store.lease import LEASE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
@@ -124,9 +125,12 @@ def test_overwrite_removes_only_the_stores_own_entries(archive, tmp_path):
     store removes its arrays alone (the writer's lease stays)."""
     url = str(tmp_path / "f.zarr")
     _store(url, archive)
-    (tmp_path / "f.zarr" / "cxrdask.store.lease").write_text("{}")  # the run overwriting it holds it
+    # The lease's file name is part of the store format: an earlier release's run and this
+    # one must find each other's lease (the module move once renamed it by mistake).
+    assert LEASE_NAME == "cxrdask.lease"
+    (tmp_path / "f.zarr" / LEASE_NAME).write_text("{}")  # the run overwriting it holds it
     again = _store(url, archive, overwrite=True)
-    assert again.n_rows == 24 and (tmp_path / "f.zarr" / "cxrdask.store.lease").exists()
+    assert again.n_rows == 24 and (tmp_path / "f.zarr" / LEASE_NAME).exists()
     with pytest.raises(StoreError, match="already exists"):
         _store(url, archive)  # without overwrite
 

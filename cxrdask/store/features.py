@@ -39,6 +39,7 @@ from cxrdask.errors import (
     StoreMismatchError,
     StoreNotFoundError,
 )
+from cxrdask.store.lease import LEASE_NAME
 from cxrdask.store.targets import StoreKind, check_store_target, clear_store
 
 FORMAT_VERSION = 1
@@ -283,7 +284,7 @@ class FeatureStore:
         # never changes after this; the group's attributes are rewritten with it kept.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            warnings.filterwarnings("ignore", message="Object at cxrdask.store.lease", category=UserWarning)
+            warnings.filterwarnings("ignore", message=f"Object at {LEASE_NAME}", category=UserWarning)
             zarr.consolidate_metadata(store)
         group = zarr.open_group(store=store, mode="r+", zarr_format=3)
         return cls(group, url, storage_options)

@@ -1,6 +1,6 @@
 """A writer's lease on a feature store, so two extractions never write one store at once.
 
-The lease is a small JSON object (``cxrdask.store.lease``) inside the store, made with an
+The lease is a small JSON object (``cxrdask.lease``) inside the store, made with an
 exclusive create (``O_EXCL`` on disk, ``If-None-Match: *`` on S3 through s3fs), so of two
 runs that start together exactly one gets it; the running client renews it every
 ``renew_seconds``. A second run finds a live lease and is refused with a message naming
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from cxrdask._fs import StorageOptions, filesystem
 from cxrdask.errors import StoreLockedError
 
-LEASE_NAME = "cxrdask.store.lease"
+LEASE_NAME = "cxrdask.lease"  # the file name is part of the store format: keep it
 DEFAULT_TIMEOUT = 120.0
 
 

@@ -18,11 +18,11 @@ from typing import Literal
 
 from cxrdask._fs import StorageOptions, filesystem, is_local
 from cxrdask.errors import WriteTargetError
+from cxrdask.store.lease import LEASE_NAME
 
 StoreKind = Literal["features", "pixels"]
-LEASE_ENTRY = "cxrdask.store.lease"  # the writer's lease (cxrdask.store.lease.LEASE_NAME)
-# What a store folder holds of its own: its group metadata, its arrays and the lease.
-_COMMON_ENTRIES = frozenset({"zarr.json", LEASE_ENTRY, "status", "error", "done", "image", "finding",
+# What a store folder holds of its own: its group metadata, its arrays and the writer's lease.
+_COMMON_ENTRIES = frozenset({"zarr.json", LEASE_NAME, "status", "error", "done", "image", "finding",
                              "image_index", "patient_id", "follow_up", "age", "sex", "view",
                              "labels", "split"})
 STORE_ENTRIES: dict[str, frozenset[str]] = {
@@ -137,7 +137,7 @@ def clear_store(url: str, kind: StoreKind, storage_options: StorageOptions | Non
         return
     for entry in fs.ls(path, detail=False):
         name = posixpath.basename(entry.rstrip("/"))
-        if name in STORE_ENTRIES[kind] and name != LEASE_ENTRY:
+        if name in STORE_ENTRIES[kind] and name != LEASE_NAME:
             fs.rm(entry, recursive=True)
 
 
