@@ -275,14 +275,13 @@ def _head_scores(store: FeatureStore, split: str, ckpt: Checkpoint, other: Check
     """One pass over the split's chunks: the head's probabilities, those of the same head
     untrained (the same seed's initial weights, the same input standardisation), the
     targets, and the compared head's probabilities (None without one)."""
-    settings = (store.provenance["backbone"], store.provenance.get("preprocessing"))
     batches = FeatureBatches(store, split, 4096, shuffle=False,
                              demographics=tuple(ckpt.input["demographics"]))
-    ckpt.check_inputs(batches.n_inputs, *settings)
+    ckpt.check_inputs(batches.n_inputs)  # the backbone and preprocessing: checked by evaluate
     if other is not None:
         other_batches = FeatureBatches(store, split, 4096, shuffle=False,
                                        demographics=tuple(other.input["demographics"]))
-        other.check_inputs(other_batches.n_inputs, *settings)
+        other.check_inputs(other_batches.n_inputs)
     untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
     untrained.input_mean.copy_(ckpt.head.input_mean)
     untrained.input_scale.copy_(ckpt.head.input_scale)
