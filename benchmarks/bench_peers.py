@@ -342,14 +342,11 @@ def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seco
 def default_engine(precision: str, images: int, cores: int) -> str:
     """The engine cxrdask's defaults run here at ``precision`` (``engine="auto"``) on a job of
     ``images`` on a local cluster of ``cores`` worker threads."""
-    from cxrdask.backbones.hardware import local_engine, torchscript_available
-    from cxrdask.extract.run import torchscript_pays_off
+    from cxrdask.config import ExtractConfig
+    from cxrdask.extract.resolve import local_facts, resolve
 
-    engine = local_engine("auto", "auto", precision, "auto")
-    if engine == "torch" and torchscript_available() and torchscript_pays_off(
-            images, cores, {"cpu"}, precision, compile=False):
-        return "torchscript"
-    return engine
+    config = ExtractConfig(precision=precision)  # type: ignore[arg-type]
+    return resolve(config, [local_facts(config)], images, cores).engine
 
 
 def engine_used(name: str, out: str) -> str:

@@ -131,7 +131,7 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
     from cxrdask.extract.run import prepare_rows
     from cxrdask.imaging.preprocessing import Preprocessing
     from cxrdask.info import describe_store
-    from cxrdask.store.features import FeatureStore
+    from cxrdask.store.features import FeatureSettings, FeatureStore
 
     def requests() -> collections.Counter:
         return proxy.requests.copy() if proxy is not None else collections.Counter()
@@ -146,9 +146,9 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
     rows, split = timed(stages, f"{prefix}assign the official split", lambda: prepare_rows(
         metadata, "official", archive_root=archive, storage_options=options))
     timed(stages, f"{prefix}create a store of N rows", lambda: FeatureStore.create(
-        created, rows, chunk_rows=512, split=split, storage_options=options,
-        backbone={"name": "resnet50", "feature_dim": 2048},
-        preprocessing=Preprocessing().to_dict()))
+        created, rows, FeatureSettings(backbone={"name": "resnet50", "feature_dim": 2048},
+                                       preprocessing=Preprocessing().to_dict(), split=split),
+        chunk_rows=512, storage_options=options))
 
     def resume_check() -> int:
         opened = FeatureStore.open(finished, options)

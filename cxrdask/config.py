@@ -15,6 +15,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
+from cxrdask.backbones.engines import engine_refusal
 from cxrdask.errors import OptionError
 
 DEFAULT_READ_RETRIES = 4  # extraction's --read-retries, and localisation's image reads
@@ -38,7 +39,7 @@ DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or mor
 # compiled (19.4 -> 19.2), so auto leaves it eager. 10,000 images is 4.5x that break-even.
 COMPILE_AUTO_MIN_IMAGES = 10_000
 # engine="auto" runs a bf16 backbone on CPU workers as a fused TorchScript trace
-# (cxrdask.backbones.torchscript) when each worker thread has this many images or more: building
+# (cxrdask.backbones.engines.torchscript) when each worker thread has this many images or more: building
 # it costs ~0.7 s more than an eager model's first batch (a trace and a profiling batch),
 # repaid by its 25 against 19 images/s per thread after ~60 images (2-core AMD EPYC,
 # ResNet50, batch 8). A job smaller than this starts as soon as it can, eager.
@@ -147,14 +148,9 @@ class ExtractConfig:
                               f"pixels (the backbones halve it five times), not {self.image_size!r}")
         if self.batch_size < 1 or self.io_threads < 1:
             raise OptionError("batch_size and io_threads must be at least 1")
-        if self.engine == "onnxruntime" and (self.precision not in ("auto", "fp32")
-                                             or self.compile is True or self.device == "cuda"):
-            raise OptionError("engine 'onnxruntime' runs fp32 on the CPU, uncompiled: use "
-                              "engine 'torch' (or 'auto') for bf16, fp16, compile or a GPU")
-        if self.engine == "torchscript" and (self.precision == "fp16" or self.compile is True
-                                             or self.device == "cuda"):
-            raise OptionError("engine 'torchscript' runs fp32 or bf16 on the CPU, uncompiled: "
-                              "use engine 'torch' (or 'auto') for fp16, compile or a GPU")
+        refused = engine_refusal(self.engine, self.device, self.precision, self.compile)
+        if refused:
+            raise OptionError(refused)
         if self.read_retries < 0:
             raise OptionError(f"read_retries must be 0 or more, not {self.read_retries!r}")
         if not 0.0 <= self.max_failed_fraction <= 1.0:

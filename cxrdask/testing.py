@@ -412,7 +412,7 @@ def make_feature_store(
     Written chunk by chunk: memory stays at one chunk whatever ``n_rows``.
     """
     from cxrdask.archive.splits import patient_split
-    from cxrdask.store.features import STATUS_OK, FeatureStore
+    from cxrdask.store.features import STATUS_OK, FeatureSettings, FeatureStore
 
     rng = np.random.default_rng([seed, 11])
     frame = make_metadata(n_rows, seed=seed)
@@ -422,14 +422,14 @@ def make_feature_store(
     if shuffle_labels:
         frame.loc[:, list(LABELS)] = labels[rng.permutation(n_rows)]
     directions = rng.standard_normal((len(LABELS), feature_dim)).astype(np.float32)
-    store = FeatureStore.create(
-        url, frame, chunk_rows=chunk_rows, dtype=dtype, storage_options=storage_options,
+    settings = FeatureSettings(
         backbone={"name": "synthetic", "feature_dim": feature_dim, "kind": "random",
                   "weights": f"synthetic features, seed {seed}"},
-        preprocessing=Preprocessing().to_dict(),
-        split={"method": "patient", "seed": seed, "description": f"patient split, seed {seed}"},
-        extra={"archive": {"root": None, "synthetic": True}},
-    )
+        preprocessing=Preprocessing().to_dict(), dtype=dtype,  # type: ignore[arg-type]
+        split={"method": "patient", "seed": seed, "description": f"patient split, seed {seed}"})
+    store = FeatureStore.create(url, frame, settings, chunk_rows=chunk_rows,
+                                storage_options=storage_options,
+                                extra={"archive": {"root": None, "synthetic": True}})
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
         noise = np.random.default_rng([seed, 12, chunk]).standard_normal(

@@ -20,7 +20,7 @@ from cxrdask.errors import (
     WeightsUnavailableError,
 )
 from cxrdask.imaging.preprocessing import Preprocessing
-from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureSettings, FeatureStore
 
 BATCH = torch.randn(2, 3, 224, 224)
 
@@ -160,13 +160,13 @@ def table(n=10):
     return frame
 
 
-def make_store(url, dtype="float16", **overrides):
-    settings = dict(chunk_rows=4, backbone={"name": "resnet50", "feature_dim": 8,
-                                            "kind": "random", "weights": "random, seed 0"},
+def make_store(url, dtype="float16", chunk_rows=4, **overrides):
+    settings = dict(backbone={"name": "resnet50", "feature_dim": 8,
+                              "kind": "random", "weights": "random, seed 0"},
                     preprocessing=Preprocessing().to_dict(), dtype=dtype,
                     split={"method": "given"})
     settings.update(overrides)
-    return FeatureStore.create(url, table(), **settings)
+    return FeatureStore.create(url, table(), FeatureSettings(**settings), chunk_rows=chunk_rows)
 
 
 def test_store_layout_and_lazy_views(tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrdask.backbones.hardware import local_engine
+from cxrdask.config import ExtractConfig
+from cxrdask.extract.resolve import local_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +75,7 @@ def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(
                "--bound-seconds", 0.3, "--repeats", 2, "--out", out)
     saved = json.loads(out.with_suffix(".json").read_text())
     rows = {row["contender"]: row for row in saved["rows"]}
-    engine = local_engine("auto", "auto", "fp32", "auto")
+    engine = local_engine(ExtractConfig(precision="fp32"))
     # The PyTorch row runs only where the defaults do not run PyTorch already.
     assert set(rows) == {"cxrdask", "dataloader"} | ({"cxrdask-torch"} if engine != "torch" else set())
     assert rows["cxrdask"]["engine"] == engine and rows["dataloader"]["engine"] == "torch"

@@ -8,42 +8,69 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from cxrdask.backbones.hardware import (
-    auto_engine,
-    cpu_auto_precision,
-    has_no_gpu,
-    local_engine,
-    onnxruntime_installed,
-)
-from cxrdask.backbones.onnx import onnx_cache_path, optimized_cache_path
-from cxrdask.backbones.runner import LOAD_COUNTS, BackboneRunner, BackboneSpec
-from cxrdask.config import ExtractConfig
+from cxrdask.backbones import build
+from cxrdask.backbones.engines.onnxruntime import onnx_cache_path, optimized_cache_path
+from cxrdask.backbones.hardware import cpu_auto_precision, has_no_gpu, onnxruntime_installed
+from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
+from cxrdask.config import COMPILE_AUTO_MIN_IMAGES, ExtractConfig
 from cxrdask.errors import OptionError
+from cxrdask.extract.resolve import Resolved, WorkerFacts, local_engine, resolve
 from cxrdask.extract.run import local_layout
+
+CPU = WorkerFacts("cpu", "fp32", onnxruntime=True, torchscript=True, compiler=True)
+
+
+def _engine(workers=(CPU,), images: int | None = 100, **options) -> str:
+    return resolve(ExtractConfig(**options), list(workers), images, 2).engine
 
 
 def test_auto_engine_is_onnxruntime_only_for_an_uncompiled_fp32_cpu_backbone():
-    assert auto_engine("cpu", "fp32", "auto", True) == "onnxruntime"
-    assert auto_engine("cpu", "fp32", False, True) == "onnxruntime"
-    assert auto_engine("cpu", "fp32", True, True) == "torch"  # compile asked for: PyTorch's
-    assert auto_engine("cpu", "bf16", "auto", True) == "torch"  # ONNX Runtime runs fp32 only
-    assert auto_engine("cuda", "fp32", "auto", True) == "torch"
-    assert auto_engine("cpu", "fp32", "auto", False) == "torch"  # not installed there
+    assert _engine() == "onnxruntime"
+    assert _engine(compile=False) == "onnxruntime"
+    assert _engine(compile=True) == "torch"  # compile asked for: PyTorch's
+    assert _engine(precision="bf16", images=None) == "torch"  # ONNX Runtime runs fp32 only
+    assert _engine([replace(CPU, device="cuda")]) == "torch"
+    assert _engine([CPU, replace(CPU, device="cuda")]) == "torch"  # every worker, or none
+    assert _engine([replace(CPU, onnxruntime=False)]) == "torch"  # not installed there
+    assert _engine([]) == "torch"  # no worker has joined: PyTorch fp32, uncompiled
+    assert resolve(ExtractConfig(), [], 100, 2) == Resolved("fp32", "torch", False, (
+        "precision fp32: not every worker computes bf16 natively",
+        "engine torch: everywhere else (GPUs, fp16, compile)"))
+
+
+def test_the_resolver_is_pure_and_says_why_for_each_auto_choice():
+    """One table decides: precision bf16 only where every worker computes it natively;
+    given values are kept; compile only for fp32 PyTorch on CPUs with a compiler, big jobs."""
+    bf16 = replace(CPU, precision="bf16")
+    big = COMPILE_AUTO_MIN_IMAGES * 2
+    assert resolve(ExtractConfig(), [bf16, bf16], 100, 2).precision == "bf16"
+    assert resolve(ExtractConfig(), [bf16, CPU], 100, 2).precision == "fp32"
+    assert resolve(ExtractConfig(precision="bf16"), [CPU], 100, 2).precision == "bf16"
+    given = resolve(ExtractConfig(engine="torch", compile=False, precision="fp32"), [CPU], 9, 1)
+    assert given == Resolved("fp32", "torch", False, ())
+    no_onnx = replace(CPU, onnxruntime=False)
+    compiled = resolve(ExtractConfig(), [no_onnx], big, 2)
+    assert compiled.engine == "torch" and compiled.compile and "compiled" in compiled.why[-1]
+    assert not resolve(ExtractConfig(), [no_onnx], big - 1, 2).compile
+    assert not resolve(ExtractConfig(), [replace(no_onnx, compiler=False)], big, 2).compile
+    assert resolve(ExtractConfig(), [bf16], big, 2).engine == "torchscript"
+    assert not resolve(ExtractConfig(), [bf16], big, 2).compile  # bf16: never compiled
 
 
 def test_the_local_layout_follows_the_engine_the_workers_will_run():
     cores = os.cpu_count() or 1
-    assert local_engine("torch", "cpu", "fp32", "auto") == "torch"
-    assert local_engine("onnxruntime", "auto", "auto", "auto") == "onnxruntime"
-    assert local_engine("auto", "cuda", "auto", "auto") == "torch"
-    assert local_engine("auto", "cpu", "bf16", "auto") == "torch"
-    assert local_engine("auto", "cpu", "fp32", True) == "torch"
+    assert local_engine(ExtractConfig(engine="torch", device="cpu", precision="fp32")) == "torch"
+    assert local_engine(ExtractConfig(engine="onnxruntime")) == "onnxruntime"
+    assert local_engine(ExtractConfig(device="cuda")) == "torch"
+    assert local_engine(ExtractConfig(device="cpu", precision="bf16")) == "torch"
+    assert local_engine(ExtractConfig(device="cpu", precision="fp32", compile=True)) == "torch"
     ort = "onnxruntime" if onnxruntime_installed() else "torch"
-    assert local_engine("auto", "cpu", "fp32", "auto") == ort
+    assert local_engine(ExtractConfig(device="cpu", precision="fp32")) == ort
     assert local_layout(ExtractConfig(device="cpu", precision="fp32")) == (
         (1, cores) if ort == "onnxruntime" else None)
     # Eager bf16 PyTorch: one process too (compile="auto" never compiles bf16)...
@@ -79,10 +106,14 @@ def test_the_onnx_export_is_cached_on_disk_and_a_broken_file_is_replaced(tmp_pat
     assert optimized.parent == path.parent and optimized != path
     batch = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
 
+    built: list[BackboneSpec] = []
+    real_build = build.build_backbone
+    monkeypatch.setattr(build, "build_backbone", lambda s: built.append(s) or real_build(s))
+
     def built_and_run() -> tuple[int, np.ndarray]:
-        before = LOAD_COUNTS[spec]
+        before = len(built)
         features = BackboneRunner(spec, "cpu", "fp32", engine="onnxruntime")(batch)
-        return LOAD_COUNTS[spec] - before, features
+        return len(built) - before, features
 
     builds, exported = built_and_run()
     assert builds == 1 and path.is_file() and optimized.is_file()  # exported and optimized, kept
@@ -170,7 +201,7 @@ def test_a_call_with_no_layout_starts_the_cluster_its_engine_runs_best_on(small_
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     cores = os.cpu_count() or 1
-    engine = local_engine("auto", "auto", "auto", "auto")
+    engine = local_engine(ExtractConfig())
     one_process = engine == "onnxruntime" or (has_no_gpu() and cpu_auto_precision() == "bf16")
     assert seen == {"layout": [1, cores] if one_process else [cores, 1],
                     "engine": engine, "recorded": engine, "rows": 80, "rows again": 80,
@@ -186,5 +217,5 @@ def test_a_starting_worker_imports_torch_only_where_it_will_need_it(tmp_path, mo
     assert preimported_modules() == WORKER_MODULES + TORCH_MODULES  # nothing cached: it exports
     (tmp_path / "onnx").mkdir()
     (tmp_path / "onnx" / "resnet50-0123456789abcdef.onnx").write_bytes(b"an export")
-    default_is_torch = local_engine("auto", "auto", "auto", "auto") == "torch"
+    default_is_torch = local_engine(ExtractConfig()) == "torch"
     assert preimported_modules() == WORKER_MODULES + (TORCH_MODULES if default_is_torch else ())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cxrdask.archive.metadata import locate_images, read_metadata
-from cxrdask.backbones.runner import BackboneSpec, load_counts
+from cxrdask.backbones.runner import BackboneSpec, cached_runners
 from cxrdask.errors import ImageDecodeError, StoreMismatchError
 from cxrdask.extract.run import extract_features
 from cxrdask.store.features import STATUS_FAILED, FeatureStore
@@ -61,9 +61,9 @@ def test_backbone_built_once_per_worker(small_archive, cluster_client, tmp_path)
                                str(tmp_path / "f.zarr"), client=cluster_client, weights="random",
                                weights_seed=77, chunk_rows=8, progress=False)
     assert summary.chunks_run == 10  # many tasks ...
-    counts = cluster_client.run(load_counts)
-    per_worker = [c.get(repr(spec), 0) for c in counts.values()]
-    assert per_worker == [1, 1]  # ... one model build per worker process
+    held = cluster_client.run(cached_runners)
+    per_worker = [sum(key.spec == spec for key in keys) for keys in held.values()]
+    assert per_worker == [1, 1]  # ... one runner (one model build) per worker process
 
 
 def test_resume_recomputes_only_unmarked_chunks(small_archive, cluster_client, clean_store,
@@ -231,7 +231,7 @@ def test_precision_engine_and_compile_auto_are_made_concrete_for_the_job_and_the
 
 def test_compile_auto_compiles_where_it_was_measured_to_be_repaid():
     from cxrdask.config import COMPILE_AUTO_MIN_IMAGES
-    from cxrdask.extract.run import compile_pays_off
+    from cxrdask.extract.resolve import compile_pays_off
 
     threads, enough = 2, COMPILE_AUTO_MIN_IMAGES * 2
     assert compile_pays_off(112_120, threads, {"cpu"}, "torch", "fp32")  # the whole archive

@@ -72,10 +72,11 @@ def _store(url: str, archive, size: int = 224, backbone: str = "resnet50", **opt
     """A feature store of the archive's rows (no features written: a store's shape)."""
     from cxrdask.backbones.spec import BackboneSpec
     from cxrdask.imaging.preprocessing import Preprocessing
+    from cxrdask.store.features import FeatureSettings
 
-    return FeatureStore.create(url, _table(archive), chunk_rows=8,
-                               backbone=BackboneSpec(backbone, "random", 0).identity(),
-                               preprocessing=Preprocessing(size=size).to_dict(), **options)
+    settings = FeatureSettings(backbone=BackboneSpec(backbone, "random", 0).identity(),
+                               preprocessing=Preprocessing(size=size).to_dict())
+    return FeatureStore.create(url, _table(archive), settings, chunk_rows=8, **options)
 
 
 # --------------------------------------------------------------------------- 1. --store

@@ -1,5 +1,5 @@
 """The ``torchscript`` engine: a frozen, fused trace of the backbone on the CPU
-(:mod:`cxrdask.backbones.torchscript`), what ``engine="auto"`` runs for bf16 jobs big enough."""
+(:mod:`cxrdask.backbones.engines.torchscript`), what ``engine="auto"`` runs for bf16 jobs big enough."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import threading
 import numpy as np
 import pytest
 
+from cxrdask.backbones.engines.eager import EagerBackend
+from cxrdask.backbones.engines.torchscript import TorchScriptBackbone
 from cxrdask.backbones.hardware import torchscript_available
 from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
-from cxrdask.backbones.torchscript import TorchScriptBackbone
 from cxrdask.config import TORCHSCRIPT_AUTO_MIN_IMAGES, ExtractConfig
 from cxrdask.errors import OptionError
-from cxrdask.extract.run import extract_features, local_layout, torchscript_pays_off
+from cxrdask.extract.resolve import torchscript_pays_off
+from cxrdask.extract.run import extract_features, local_layout
 from cxrdask.store.features import FeatureStore
 
 SPEC = BackboneSpec("resnet18", "random", 0)
@@ -34,7 +36,7 @@ def test_the_trace_gives_eager_pytorchs_features(precision, tolerance):
     eager = BackboneRunner(SPEC, "cpu", precision, engine="torch")(batch)
     runner = BackboneRunner(SPEC, "cpu", precision, engine="torchscript")
     traced = runner(batch)
-    assert isinstance(runner.model, TorchScriptBackbone)
+    assert isinstance(runner.backend.graphs, TorchScriptBackbone)
     assert traced.shape == eager.shape == (8, SPEC.feature_dim)
     assert np.abs(traced - eager).max() <= tolerance * np.abs(eager).max()
 
@@ -67,7 +69,8 @@ def test_an_image_gets_the_same_features_in_any_batch_any_position_and_any_threa
 def test_torchscript_settings_it_cannot_run_are_refused_up_front(bad):
     with pytest.raises(OptionError, match="engine 'torchscript' runs fp32 or bf16 on the CPU"):
         ExtractConfig(engine="torchscript", **bad)
-    with pytest.raises(OptionError, match="torchscript engine runs on the CPU, without compile"):
+    with pytest.raises(OptionError, match="engine 'torchscript' runs fp32 or bf16 on the CPU, "
+                                          "uncompiled"):
         BackboneRunner(SPEC, "cpu", "bf16", compile=True, engine="torchscript")
 
 
@@ -102,7 +105,7 @@ def test_a_job_big_enough_runs_torchscript_by_default_and_the_store_says_so(
     this 80-image archive): the workers run the trace, the store records ``torchscript``,
     and its features are eager bf16's within bf16's rounding. An explicit engine is kept,
     and a resumed store keeps the engine it was made with."""
-    import cxrdask.extract.run
+    import cxrdask.extract.resolve
 
     def extract(url: str, **options):
         return extract_features(small_archive.metadata_url, small_archive.root, url,
@@ -112,7 +115,7 @@ def test_a_job_big_enough_runs_torchscript_by_default_and_the_store_says_so(
 
     eager = extract(str(tmp_path / "eager.zarr"))  # 40 images per worker thread: eager
     assert eager.engine == "torch"
-    monkeypatch.setattr(cxrdask.extract.run, "TORCHSCRIPT_AUTO_MIN_IMAGES", 16)
+    monkeypatch.setattr(cxrdask.extract.resolve, "TORCHSCRIPT_AUTO_MIN_IMAGES", 16)
     url = str(tmp_path / "traced.zarr")
     traced = extract(url)
     assert traced.engine == "torchscript" and traced.rows_failed == 0
@@ -126,7 +129,7 @@ def test_a_job_big_enough_runs_torchscript_by_default_and_the_store_says_so(
     assert extract(str(tmp_path / "asked.zarr"), engine="torch").engine == "torch"
     store = FeatureStore.open(url, mode="r+")
     store.group["done"][1] = False
-    monkeypatch.setattr(cxrdask.extract.run, "TORCHSCRIPT_AUTO_MIN_IMAGES", 10**6)
+    monkeypatch.setattr(cxrdask.extract.resolve, "TORCHSCRIPT_AUTO_MIN_IMAGES", 10**6)
     resumed = extract(url)
     assert resumed.chunks_run == 1 and resumed.engine == "torchscript"
 
@@ -151,14 +154,17 @@ def test_a_worker_warms_its_backbone_once_not_again_on_each_call_of_the_session(
                         engine="torchscript")
     traced = worker._runner(config)
     batches: list[int] = []
-    features = BackboneRunner.features
-    monkeypatch.setattr(BackboneRunner, "features",
-                        lambda self, tensor: batches.append(len(tensor)) or features(self, tensor))
+    run = EagerBackend.run
+    monkeypatch.setattr(EagerBackend, "run",
+                        lambda self, batch: batches.append(len(batch)) or run(self, batch))
     worker.warm_worker(config)
-    assert (3, 64, 64) in traced.model._graphs and batches == []
+    assert (3, 64, 64) in traced.backend.graphs._graphs and batches == []
     eager = BackboneRunner(SPEC, "cpu", "bf16", batch_size=4)
+    eager.backend.pads = True  # what a compiled backend says (its compile not paid here)
     monkeypatch.setattr(worker, "_runner", lambda _: eager)
     compiled = replace(config, engine="torch", compile=True, batch_size=4)
+    worker.warm_worker(compiled)
+    assert batches == [4]
     worker.warm_worker(compiled)
     assert batches == [4]
     worker.warm_worker(compiled)

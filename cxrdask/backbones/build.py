@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import urllib.error
-from collections import Counter
 
 import fsspec
 import torch
@@ -20,9 +19,6 @@ from torch import nn
 from cxrdask.backbones.networks import build_network, current_state_keys
 from cxrdask.backbones.spec import BackboneSpec, _enum_name, torchvision_weights_file
 from cxrdask.errors import WeightsNotFoundError, WeightsUnavailableError
-
-# Per-process bookkeeping: how many times each spec was built here (tests count loads).
-LOAD_COUNTS: Counter = Counter()
 
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
@@ -38,7 +34,6 @@ def build_backbone(spec: BackboneSpec) -> nn.Module:
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    LOAD_COUNTS[spec] += 1
     return model
 
 
@@ -92,4 +87,4 @@ def _load_state_file(model: nn.Module, spec: BackboneSpec) -> None:
         )
 
 
-__all__ = ["LOAD_COUNTS", "build_backbone"]
+__all__ = ["build_backbone"]

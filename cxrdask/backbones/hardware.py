@@ -4,7 +4,7 @@ engine "auto" mean.
 bf16 halves the head's time on CPUs with AVX-512-BF16 or AMX and on GPUs, but is emulated
 (and slower than fp32) on CPUs without them, so "auto" asks the hardware, and what was
 used is recorded beside the results. Where the backbone then runs fp32 on the CPU, ONNX
-Runtime is the faster engine (see :func:`auto_engine`).
+Runtime is the faster engine (the rules: :mod:`cxrdask.extract.resolve`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxrdask.backbones.engines import CPU_ENGINES
 from cxrdask.errors import DeviceUnavailableError
 
 if TYPE_CHECKING:
     import torch
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-#: Engines that run the backbone on the CPU only (``device="auto"`` means the CPU for them).
-CPU_ENGINES = ("onnxruntime", "torchscript")
 #: The TorchScript pieces the ``torchscript`` engine uses, each a file of the torch package.
 TORCHSCRIPT_FILES = ("jit/_trace.py", "jit/_freeze.py")
 #: Device files a GPU runtime needs: NVIDIA's, ROCm's, and WSL2's (where CUDA goes through
@@ -94,36 +93,6 @@ def torchscript_available() -> bool:
     return all((root / name).is_file() for name in TORCHSCRIPT_FILES)
 
 
-def auto_engine(device_type: str, precision: str, compile: bool | str,
-                onnxruntime: bool) -> str:
-    """What ``engine="auto"`` means for a backbone on ``device_type`` (``cpu`` or ``cuda``)
-    at ``precision`` (made concrete): ONNX Runtime for fp32 on the CPU, uncompiled, where it
-    is installed (``onnxruntime``); PyTorch everywhere else.
-
-    Measured with ResNet50, batch 8 (``benchmarks/bench_extract.py``, ``bench_peers``): on
-    two Intel Xeons without native bf16, ONNX Runtime ran 1.3x eager PyTorch fp32 (machine A:
-    19.2 against 14.6 images/s end to end) and ahead of ``torch.compile``; where the CPU has
-    native bf16, PyTorch bf16 is faster still (2x fp32); on GPUs PyTorch runs. Whether a bf16
-    CPU backbone then runs as a TorchScript trace depends on the job's size, so the client
-    decides that once the job is known (:func:`cxrdask.extract.run.torchscript_pays_off`)."""
-    if (device_type == "cpu" and precision == "fp32" and compile is not True and onnxruntime):
-        return "onnxruntime"
-    return "torch"
-
-
-def local_engine(engine: str, device: str, precision: str, compile: bool | str) -> str:
-    """What ``engine`` will be for workers on this machine, told before any worker exists
-    and without importing torch: the layout of a local cluster depends on it (ONNX Runtime
-    runs best as one process with a thread per core). A machine that may have a GPU is
-    answered ``torch`` unless the backbone is asked for on the CPU."""
-    if engine != "auto":
-        return engine
-    if device == "cuda" or (device == "auto" and not has_no_gpu()):
-        return "torch"
-    concrete = cpu_auto_precision() if precision == "auto" else precision
-    return auto_engine("cpu", concrete, compile, onnxruntime_installed())
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` is bf16 on GPUs that support it and on CPUs with native bf16, else fp32."""
     if precision != "auto":
@@ -148,7 +117,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-__all__ = ["CPU_ENGINES", "GPU_DEVICE_FILES", "TORCHSCRIPT_FILES", "auto_engine", "auto_precision",
+__all__ = ["GPU_DEVICE_FILES", "TORCHSCRIPT_FILES", "auto_precision",
            "backbone_device_type", "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu",
-           "local_engine", "onnxruntime_installed", "resolve_device", "resolve_precision",
+           "onnxruntime_installed", "resolve_device", "resolve_precision",
            "torchscript_available"]

@@ -10,121 +10,138 @@ goes into the feature store, so features of different backbones are never mixed.
 
 from __future__ import annotations
 
+import os
 import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from cxrdask.backbones.build import LOAD_COUNTS, build_backbone
-from cxrdask.backbones.hardware import CPU_ENGINES, resolve_device
-from cxrdask.backbones.onnx import onnx_session
-from cxrdask.backbones.spec import ENGINES, PRECISIONS, BackboneSpec
-from cxrdask.backbones.torchscript import TorchScriptBackbone
-from cxrdask.errors import (
-    OptionError,
-)
+from cxrdask.backbones.engines import CPU_ENGINES, ENGINE_RULES, engine_refusal, open_backend
+from cxrdask.backbones.hardware import resolve_device
+from cxrdask.backbones.spec import PRECISIONS, BackboneSpec
+from cxrdask.errors import OptionError
 
-_CACHE: dict[tuple, BackboneRunner] = {}
-_CACHE_LOCK = threading.Lock()
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class BackboneRunner:
-    """A frozen backbone bound to a device, precision and memory layout: arrays in, features out.
+    """A frozen backbone on one engine, device and precision: float32 batches in, features out.
 
-    With ``compile=True`` the batch is padded to a fixed size so torch.compile builds one
-    graph, instead of recompiling for the short last batch of each chunk. With
-    ``engine="onnxruntime"`` (CPU, fp32) the network is exported to ONNX (once per machine:
-    :mod:`cxrdask.backbones.onnx` caches the export) and run by ONNX Runtime on as many
-    threads as torch would use. With ``engine="torchscript"`` (CPU, fp32 or bf16) it is
-    traced, frozen and fused by :mod:`cxrdask.backbones.torchscript`, batches padded to
-    ``batch_size`` like a compiled model's.
+    The engine's backend (:mod:`cxrdask.backbones.engines`) does the arithmetic; the runner
+    checks the combination against the engines' table before anything is built, pads a
+    short batch where the backend runs one shape only, and warms the backend once per image
+    shape. Built without torch where the engine needs none (ONNX Runtime from its cached
+    export). ``threads``: ONNX Runtime's intra-op threads (None: every core this process may
+    use); PyTorch engines use torch's own setting.
     """
 
     def __init__(self, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
-                 compile: bool = False, batch_size: int = 8, engine: str = "torch"):
+                 compile: bool = False, batch_size: int = 8, engine: str = "torch",
+                 threads: int | None = None):
         if precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-        if engine not in ENGINES:
-            raise OptionError(f"engine must be one of {ENGINES}, not {engine!r}")
+        if engine not in ENGINE_RULES:
+            raise OptionError(f"engine must be one of {tuple(ENGINE_RULES)}, not {engine!r}")
+        torch_free = engine == "onnxruntime" and device in ("auto", "cpu")
+        resolved: Any = None if torch_free else resolve_device(
+            "cpu" if engine in CPU_ENGINES and device == "auto" else device)
+        device_type = "cpu" if resolved is None else resolved.type
+        reason = engine_refusal(engine, device_type, precision, compile)
+        if reason is not None:
+            raise OptionError(reason)
         self.spec = spec
-        self.device = resolve_device("cpu" if engine in CPU_ENGINES and device == "auto" else device)
-        if precision == "fp16" and self.device.type != "cuda":
-            raise OptionError("fp16 autocast needs a GPU; on CPUs use bf16 (native on recent CPUs)")
+        self.device = resolved
+        self.device_type = device_type
         self.precision = precision
         self.batch_size = batch_size
         self.compiled = compile
-        self.padded = compile  # a compiled model (or a trace) is built for one batch shape
         self.engine = engine
-        if engine == "onnxruntime":
-            if self.device.type != "cpu" or precision != "fp32" or compile:
-                raise OptionError("the onnxruntime engine runs fp32 on the CPU, without compile")
-            self.session = onnx_session(spec, build_backbone, torch.get_num_threads())
-            return
-        if engine == "torchscript" and (self.device.type != "cpu" or compile):
-            raise OptionError("the torchscript engine runs on the CPU, without compile")
-        model = build_backbone(spec).to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
-        if engine == "torchscript":
-            self.model = TorchScriptBackbone(model, precision, batch_size)
-            self.padded = True
-            return
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # weights copied on the default stream, used on others
-        # On CPUs, Inductor's freezing folds the frozen weights into the graph (constant
-        # folding, prepacked oneDNN weights): inference only, which is all a backbone does here.
-        if compile:
-            model = (torch.compile(model, options={"freezing": True})
-                     if self.device.type == "cpu" else torch.compile(model))
-        self.model = model
+        self.backend = open_backend(engine, spec, resolved, precision, compile, batch_size,
+                                    threads or len(os.sched_getaffinity(0)))
+        self._warmed: set[tuple[int, int, int]] = set()
+        self._lock = threading.Lock()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch."""
-        if self.engine == "onnxruntime":
-            return self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})[0]
-        tensor = torch.from_numpy(np.ascontiguousarray(batch))
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        return self.features(tensor.contiguous(memory_format=torch.channels_last))
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Features (float32 NumPy, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)``
+        batch: a NumPy array, or a tensor already on the device (what
+        :class:`~cxrdask.imaging.model_input.DeviceInput` makes)."""
+        n = len(batch)
+        if self.backend.pads and n < self.batch_size:
+            batch = _padded(batch, self.batch_size)
+        return self.backend.run(batch)[:n]
 
-    def features(self, tensor: torch.Tensor) -> np.ndarray:
-        """Features (float32 NumPy, ``(B, feature_dim)``) of a float32 batch already on the
-        device (what :class:`~cxrdask.imaging.model_input.DeviceInput` makes)."""
-        if self.engine == "onnxruntime":
-            return self(tensor.cpu().numpy())
-        n = len(tensor)
-        if self.padded and n < self.batch_size:
-            pad = tensor.new_zeros((self.batch_size - n, *tensor.shape[1:]))
-            tensor = torch.cat([tensor, pad]).contiguous(memory_format=torch.channels_last)
-        if self.engine == "torchscript":
-            return self.model(tensor).float().numpy()[:n]
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.inference_mode(), torch.autocast(
-            self.device.type, dtype=dtype, enabled=dtype is not None
-        ):
-            out = self.model(tensor)
-        return out.float().cpu().numpy()[:n]
+    features = __call__  # the name the extraction's device path calls
+
+    def warm(self, shape: tuple[int, int, int]) -> bool:
+        """Make the first batch of images of ``shape`` as fast as the next (a compile, a
+        trace's profiling pass, a GPU's kernels), once per shape; whether this call did."""
+        with self._lock:
+            if shape in self._warmed:
+                return False
+            self.backend.warm(shape)
+            self._warmed.add(shape)
+            return True
+
+
+def _padded(batch: Any, size: int) -> Any:
+    """``batch`` with zero images appended up to ``size`` (NumPy or torch, as given)."""
+    missing = size - len(batch)
+    if isinstance(batch, np.ndarray):
+        return np.concatenate([batch, np.zeros((missing, *batch.shape[1:]), batch.dtype)])
+    import torch
+
+    pad = batch.new_zeros((missing, *batch.shape[1:]))
+    return torch.cat([batch, pad]).contiguous(memory_format=torch.channels_last)
+
+
+@dataclass(frozen=True)
+class RunnerKey:
+    """What makes two runners the same (a compiled model is also per thread: see
+    :func:`cached_runner`)."""
+
+    spec: BackboneSpec
+    device: str
+    precision: str
+    compile: bool
+    engine: str
+    batch_size: int
+    threads: int | None
+    thread: int | None  # the calling thread, for a compiled model only
+
+
+_RUNNERS: dict[RunnerKey, BackboneRunner] = {}
+_RUNNERS_LOCK = threading.Lock()
 
 
 def cached_runner(spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
-                  compile: bool = False, batch_size: int = 8, engine: str = "torch") -> BackboneRunner:
-    """The process-wide runner for these settings, built on first use and reused by every task.
+                  compile: bool = False, batch_size: int = 8, engine: str = "torch",
+                  threads: int | None = None) -> BackboneRunner:
+    """The process-wide runner for these settings, built on first use and reused by every
+    task and every later run in the process (a session's next run starts warm).
 
-    Eager models are shared by a worker's threads (inference is thread-safe); a compiled
-    model is not safe to call from two threads at once, so each thread compiles its own.
+    Eager models, traces and ONNX Runtime sessions are shared by a worker's threads
+    (inference is thread-safe); a compiled model is not safe to call from two threads at
+    once, so each thread compiles its own.
     """
-    key = (spec, device, precision, compile, engine,
-           (batch_size, threading.get_ident()) if compile else None)
-    with _CACHE_LOCK:
-        runner = _CACHE.get(key)
+    key = RunnerKey(spec, device, precision, compile, engine, batch_size,
+                    threads if engine == "onnxruntime" else None,
+                    threading.get_ident() if compile else None)
+    with _RUNNERS_LOCK:
+        runner = _RUNNERS.get(key)
         if runner is None:
-            runner = BackboneRunner(spec, device, precision, compile, batch_size, engine)
-            _CACHE[key] = runner
+            runner = _RUNNERS[key] = BackboneRunner(spec, device, precision, compile,
+                                                    batch_size, engine, threads)
         return runner
 
 
-def load_counts() -> dict[str, int]:
-    """How many backbones this process has built, by spec (Dask's ``client.run`` reads it)."""
-    return {repr(spec): count for spec, count in LOAD_COUNTS.items()}
+def cached_runners() -> list[RunnerKey]:
+    """The runners this process holds (Dask's ``client.run`` reads it: one backbone per
+    worker process and setting, however many tasks and runs)."""
+    with _RUNNERS_LOCK:
+        return list(_RUNNERS)
 
 
 def load_backbone(name: str = "resnet50", weights: str | None = "imagenet",
@@ -152,5 +169,7 @@ def load_backbone(name: str = "resnet50", weights: str | None = "imagenet",
     WeightsUnavailableError
         The weights cannot be had (offline, a missing or mismatched file).
     """
+    from cxrdask.backbones.build import build_backbone
+
     spec = BackboneSpec(name=name, weights=weights or "random", seed=seed)
     return build_backbone(spec).to(resolve_device(device))

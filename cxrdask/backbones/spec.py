@@ -24,7 +24,6 @@ FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "densenet121": 1024}
 IMAGENET_DEFAULT = {"resnet50": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1",
                     "densenet121": "IMAGENET1K_V1"}
 PRECISIONS = ("fp32", "bf16", "fp16")
-ENGINES = ("torch", "torchscript", "onnxruntime")
 
 # torchvision's weights for each network: its enum class, and each member's download URL
 # (torchvision 0.15 to today; tests/test_backbone_store.py checks them against torchvision).

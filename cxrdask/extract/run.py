@@ -21,14 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cxrdask._fs import StorageOptions, filesystem
-from cxrdask.backbones.hardware import CPU_ENGINES, auto_engine, cpu_auto_precision, has_no_gpu, local_engine
+from cxrdask.backbones.engines import CPU_ENGINES
+from cxrdask.backbones.hardware import cpu_auto_precision, has_no_gpu
 from cxrdask.backbones.spec import BackboneSpec, check_weights_available
 from cxrdask.config import (
     COMPILE_AUTO_MIN_IMAGES,
     DEFAULT_BATCH_SIZE,
-    TORCHSCRIPT_AUTO_MIN_IMAGES,
     ExtractConfig,
-    Precision,
     SplitMethod,
 )
 from cxrdask.errors import (
@@ -42,6 +41,7 @@ from cxrdask.errors import (
     StrictFailureError,
 )
 from cxrdask.extract.metrics import CHUNK_PREFIX, WARMUP_PREFIX, install_counters, span_metrics
+from cxrdask.extract.resolve import Resolved, WorkerFacts, describe_auto_engine, local_engine, resolve
 from cxrdask.extract.task_config import STAGE_NAMES, STAGES, TaskConfig
 from cxrdask.extract.tasks import run_chunk, run_warmup, worker_hardware
 from cxrdask.imaging.preprocessing import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
@@ -50,7 +50,7 @@ from cxrdask.store.lease import StoreLease
 if TYPE_CHECKING:
     import pandas as pd
 
-    from cxrdask.store.features import FeatureStore
+    from cxrdask.store.features import FeatureSettings, FeatureStore
 
 MAX_AUTO_CHUNK_ROWS = 512
 TASK_RETRIES = 2  # Dask re-runs a chunk task that raised (a failed write) this many times
@@ -268,13 +268,17 @@ class ExtractionPlan:
     pixels_url: str | None = None
     pixels_role: Literal["none", "source", "write"] = "none"
     chunk_rows: int | None = None  # fixed by an existing pixel store; else from the config
+    resolved: Resolved | None = None  # the concrete arithmetic, once the workers are known
 
-    def settings(self) -> dict:
+    def settings(self) -> FeatureSettings:
         """The settings recorded in the store, which a resumed run must match."""
+        from cxrdask.store.features import FeatureSettings
+
         c = self.config
-        return dict(backbone=self.identity, preprocessing=self.preprocessing.to_dict(),
-                    dtype=c.dtype, precision=c.precision, compile=c.compile, engine=c.engine,
-                    split=self.split_info)
+        return FeatureSettings(backbone=self.identity, preprocessing=self.preprocessing.to_dict(),
+                               dtype=c.dtype, precision=c.precision,  # type: ignore[arg-type]
+                               compile=c.compile is True, engine=c.engine,  # type: ignore[arg-type]
+                               split=self.split_info)
 
     def local_layout(self) -> tuple[int, int] | None:
         """The layout of a local cluster started for this plan when none is asked for
@@ -296,10 +300,8 @@ class ExtractionPlan:
         if self.store_url is not None:
             precision = ("precision auto (bf16 where the workers compute it natively, else "
                          "fp32)") if c.precision == "auto" else c.precision
-            engine = ("engine auto (ONNX Runtime where the backbone runs fp32 on CPU workers; "
-                      "TorchScript where it runs bf16 there and each worker thread gets "
-                      f"{TORCHSCRIPT_AUTO_MIN_IMAGES:,} images or more; else PyTorch)") \
-                if c.engine == "auto" else c.engine
+            engine = f"engine auto ({describe_auto_engine()})" if c.engine == "auto" \
+                else c.engine
             compiled = (f", compiled if PyTorch fp32 and each worker thread gets "
                         f"{COMPILE_AUTO_MIN_IMAGES:,} images or more (CPU workers)") \
                 if c.compile == "auto" and c.engine in ("auto", "torch") \
@@ -621,7 +623,7 @@ def _check_strict_resume(existing: FeatureStore, config: ExtractConfig) -> None:
 def _resume_settings(plan: ExtractionPlan) -> dict:
     from cxrdask.store.features import rows_fingerprint
 
-    settings = {**plan.settings(), "n_rows": len(plan.rows),
+    settings = {**plan.settings().to_dict(), "n_rows": len(plan.rows),
                 "rows_fingerprint": rows_fingerprint(plan.rows["image_index"])}
     if plan.config.chunk_rows != "auto":
         settings["chunk_rows"] = plan.config.chunk_rows
@@ -754,7 +756,7 @@ def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
     """The layout of a local cluster started for this extraction when none is asked for:
     one process with a thread per core where its backbone will run on this machine's CPU on
     ONNX Runtime or TorchScript, or on eager PyTorch in bf16
-    (:func:`~cxrdask.backbones.hardware.local_engine`; engine ``auto`` makes bf16 TorchScript only once
+    (:func:`~cxrdask.extract.resolve.local_engine`; engine ``auto`` makes bf16 TorchScript only once
     the job is known, on the same layout); else None, one single-threaded process per core:
     where a GPU may run it, where it may be compiled (each thread would compile a graph of its
     own), and for eager fp32 PyTorch.
@@ -766,7 +768,7 @@ def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
     12.6 against 14.6 (machine A). One process also starts one interpreter, imports torch
     once and builds one model: its first chunk was written 0.3-0.5 s sooner on 2 cores."""
     cores = os.cpu_count() or 1
-    engine = local_engine(config.engine, config.device, config.precision, config.compile)
+    engine = local_engine(config)
     if engine in CPU_ENGINES:
         return 1, cores
     precision = cpu_auto_precision() if config.precision == "auto" else config.precision
@@ -895,69 +897,24 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
     return summary
 
 
-def compile_pays_off(images: int, worker_threads: int, devices: set[str], engine: str,
-                     precision: str) -> bool:
-    """What ``compile="auto"`` decides: compile only where it was measured to be repaid
-    (``benchmarks/bench_compile.py``): an fp32 torch backbone on CPU workers, when each worker
-    thread has at least :data:`~cxrdask.config.COMPILE_AUTO_MIN_IMAGES` images. A small job
-    never waits for a compile; bf16 on the CPU ran no faster compiled; GPUs are compiled only
-    when asked (``compile=True``): not measured there."""
-    return (engine == "torch" and devices == {"cpu"} and precision == "fp32"
-            and images >= COMPILE_AUTO_MIN_IMAGES * max(worker_threads, 1))
-
-
-def torchscript_pays_off(images: int, worker_threads: int, devices: set[str], precision: str,
-                         compile: bool) -> bool:
-    """Whether ``engine="auto"`` runs the backbone as a fused TorchScript trace
-    (:mod:`~cxrdask.backbones.torchscript`) rather than eager PyTorch: bf16 on CPU workers,
-    uncompiled, when each worker thread has at least
-    :data:`~cxrdask.config.TORCHSCRIPT_AUTO_MIN_IMAGES` images, about twice what repays
-    building the trace. fp32 on the CPU is ONNX Runtime's (where installed), and GPUs run
-    eager PyTorch: TorchScript's fuser is the CPU's."""
-    return (devices == {"cpu"} and precision == "bf16" and not compile
-            and images >= TORCHSCRIPT_AUTO_MIN_IMAGES * max(worker_threads, 1))
-
-
 def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
-    """``precision``, ``engine`` and ``compile`` ``"auto"`` made concrete before a new store
-    records them (a resumed store's were taken from it at planning, :func:`_check_resumable`).
-
-    Precision: bf16 where every worker computes it natively, else fp32 (also when no worker
-    has joined yet, or they disagree). Engine: :func:`~cxrdask.backbones.hardware.auto_engine`, ONNX
-    Runtime where every worker runs the backbone fp32 on its CPU and has it installed, else
-    PyTorch. Compile: :func:`compile_pays_off` for this job on these workers, if every one
-    has a C++ compiler; then an engine ``auto`` that came out PyTorch becomes TorchScript where
-    :func:`torchscript_pays_off` and every worker's torch has it. All are asked of the
-    workers, which may be other machines than the client's."""
+    """The plan with ``precision``, ``engine`` and ``compile`` made concrete by
+    :func:`~cxrdask.extract.resolve.resolve` before a new store records them (a resumed
+    store's were taken from it at planning, :func:`_check_resumable`). The facts are asked of
+    the workers, which may be other machines than the client's; a worker lost meanwhile
+    answers with its error, not at all: the others decide."""
     c = plan.config
     if plan.store_url is None:  # a cache pass runs no backbone
         return replace(plan, config=replace(c, compile=False if c.compile == "auto" else c.compile,
                                             engine="torch" if c.engine == "auto" else c.engine))
     if "auto" not in (c.precision, c.compile, c.engine):
-        return plan
-    # A worker lost meanwhile answers with its error, not at all: the others decide.
-    answers = [answer for answer in client.run(worker_hardware, c.device, c.engine,
-                                               on_error="return").values()
-               if isinstance(answer, dict)]
-    if c.precision == "auto":
-        precision: Precision = ("bf16" if answers and all(a["precision"] == "bf16" for a in answers)
-                                else "fp32")
-        c = replace(c, precision=precision)
-    if c.engine == "auto":
-        engines = {auto_engine(a["device"], c.precision, c.compile, a["onnxruntime"])
-                   for a in answers}
-        c = replace(c, engine="onnxruntime" if engines == {"onnxruntime"} else "torch")
-    threads = _worker_threads(client)  # one ask of the scheduler for both job-size rules
-    devices = {a["device"] for a in answers}
-    if c.compile == "auto":  # and never where a worker lacks the compiler Inductor needs
-        c = replace(c, compile=bool(answers) and all(a["compiler"] for a in answers)
-                    and compile_pays_off(len(plan.rows), threads, devices, c.engine, c.precision))
-    if (plan.config.engine == "auto" and c.engine == "torch" and answers
-            and all(a["torchscript"] for a in answers)
-            and torchscript_pays_off(len(plan.rows), threads, devices, c.precision,
-                                     c.compile is True)):
-        c = replace(c, engine="torchscript")
-    return replace(plan, config=c)
+        return replace(plan, resolved=resolve(c, [], len(plan.rows), 1))
+    answers = client.run(worker_hardware, c.device, c.engine, on_error="return").values()
+    facts = [WorkerFacts.from_answer(a) for a in answers if isinstance(a, dict)]
+    resolved = resolve(c, facts, len(plan.rows), _worker_threads(client))
+    return replace(plan, resolved=resolved,
+                   config=replace(c, precision=resolved.precision, engine=resolved.engine,
+                                  compile=resolved.compile))
 
 
 def _create_or_resume(plan: ExtractionPlan, client) -> list[FeatureStore]:
@@ -992,10 +949,11 @@ def _create_or_resume(plan: ExtractionPlan, client) -> list[FeatureStore]:
                                       compression=c.pixel_compression, storage_options=options,
                                       overwrite=exists)
         else:
-            store = FeatureStore.create(url, plan.rows, chunk_rows=chunk_rows, storage_options=options,
-                                        overwrite=exists,
-                                        extra={"archive": plan.archive, "extract_config": c.to_dict()},
-                                        **plan.settings())
+            resolved = {} if plan.resolved is None else {"resolved": plan.resolved.to_dict()}
+            store = FeatureStore.create(url, plan.rows, plan.settings(), chunk_rows=chunk_rows,
+                                        storage_options=options, overwrite=exists,
+                                        extra={"archive": plan.archive,
+                                               "extract_config": c.to_dict(), **resolved})
         stores.append(store)
     if len({store.chunk_rows for store in stores}) > 1:
         raise OptionError(f"{stores[0].url} has chunks of {stores[0].chunk_rows} rows and "
@@ -1179,7 +1137,6 @@ def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
     )
 
 
-__all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "cache_pixels", "compile_pays_off",
-           "extract_features", "extract_from_pixels", "local_layout", "plan_cache",
-           "plan_extraction", "plan_from_pixels", "prepare_rows", "run_extraction",
-           "torchscript_pays_off"]
+__all__ = ["ExtractSummary", "ExtractionPlan", "auto_chunk_rows", "cache_pixels", "extract_features",
+           "extract_from_pixels", "local_layout", "plan_cache", "plan_extraction",
+           "plan_from_pixels", "prepare_rows", "run_extraction"]

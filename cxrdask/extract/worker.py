@@ -28,7 +28,6 @@ from typing import Any, Literal
 import numpy as np
 
 from cxrdask._fs import filesystem
-from cxrdask.backbones.onnx import cached_onnx_runner
 from cxrdask.errors import ImageDecodeError
 from cxrdask.extract.metrics import report_chunk
 from cxrdask.extract.retries import call_with_retries, is_transient
@@ -126,44 +125,29 @@ def _device_input(config: TaskConfig):
 
 def _runner(config: TaskConfig):
     """This process's backbone runner for the task's settings (built once, then cached)."""
-    if config.engine == "onnxruntime":
-        return cached_onnx_runner(config.backbone, config.torch_threads)
     from cxrdask.backbones.runner import cached_runner
 
     return cached_runner(config.backbone, config.device, config.precision, config.compile,
-                         config.batch_size, config.engine)
+                         config.batch_size, config.engine, config.torch_threads)
 
 
 def warm_worker(config: TaskConfig) -> float:
-    """Build (and compile) the worker's backbone ahead of the chunks; returns seconds taken.
+    """Build the worker's backbone ahead of the chunks and warm it; returns seconds taken.
 
-    A batch of zeros runs through it where a first call costs more than the others (a
-    compile, a GPU's kernels and memory pool); a TorchScript trace is built with its fuser's
-    profiling pass (a batch of zeros of its own). On the CPU an eager model and an ONNX
-    Runtime session run their first batch as fast as the next (ResNet50, 8 images, one
-    core: eager 0.86 against 0.84 s, ONNX Runtime 0.74 against 0.74 s), so there the first
-    chunk is not kept waiting for a batch nobody uses. A runner is warmed once: the next
-    call in the session (its models kept) skips the batch."""
+    Warming is the engine's (:meth:`~cxrdask.backbones.engines.Backend.warm`): a compiled
+    model or a GPU runs a batch of zeros (the compile, the kernels and memory pool), a
+    TorchScript trace is built with its fuser's profiling pass. On the CPU an eager model
+    and an ONNX Runtime session run their first batch as fast as the next (ResNet50, 8
+    images, one core: eager 0.86 against 0.84 s, ONNX Runtime 0.74 against 0.74 s), so there
+    the first chunk is not kept waiting for a batch nobody uses. A runner is warmed once per
+    image shape: the next call in the session (its models kept) skips it."""
     start = time.perf_counter()
     _worker_resources(config)
     converter = _device_input(config)
     if config.store_url is not None:
-        runner = _runner(config)
         size = config.preprocessing.size
-        if config.engine == "torchscript":  # the trace and its profiling pass; once a process
-            runner.model.graph_for((3, size, size))
-            return time.perf_counter() - start
-        if not (config.compile or converter.device.type != "cpu"):
-            return time.perf_counter() - start
-        warmed = ("warmed", id(runner), size)  # a later call in the session finds it warm
-        with _WORKER_LOCK:
-            if warmed in _WORKER_STATE:
-                return time.perf_counter() - start
         with converter.stream():
-            pixels = converter.to_device(np.zeros((config.batch_size, size, size), np.uint8))
-            runner.features(converter.normalise(pixels))
-        with _WORKER_LOCK:
-            _WORKER_STATE[warmed] = runner  # held, so its id is never another runner's
+            _runner(config).warm((3, size, size))
     return time.perf_counter() - start
 
 

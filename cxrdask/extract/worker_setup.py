@@ -12,7 +12,7 @@ registers, the client creates the store and submits the first tasks; the first t
 finds the modules imported, or waits only for the rest of the import.
 
 torch is left out where ``engine="auto"`` will run ONNX Runtime on this machine (an fp32
-CPU, :func:`~cxrdask.backbones.hardware.local_engine`) and an ONNX export is cached here already:
+CPU, :func:`~cxrdask.extract.resolve.local_engine`) and an ONNX export is cached here already:
 such a worker never needs torch (its input is normalised with NumPy), and importing it
 anyway would take a core from the first chunk. On a machine's first ONNX Runtime job
 (nothing cached) the export needs torch, so it is imported as for PyTorch. A task that
@@ -51,10 +51,11 @@ def dask_setup(worker) -> None:
 
 def preimported_modules() -> tuple[str, ...]:
     """The modules a starting worker imports in the background (see the module's docstring)."""
-    from cxrdask.backbones.hardware import local_engine
-    from cxrdask.backbones.onnx import onnx_cache_dir
+    from cxrdask.backbones.engines.onnxruntime import onnx_cache_dir
+    from cxrdask.config import ExtractConfig
+    from cxrdask.extract.resolve import local_engine
 
-    needs_torch = (local_engine("auto", "auto", "auto", "auto") == "torch"
+    needs_torch = (local_engine(ExtractConfig()) == "torch"
                    or not any(onnx_cache_dir().glob("*.onnx")))  # it will export
     return WORKER_MODULES + (TORCH_MODULES if needs_torch else ())
 

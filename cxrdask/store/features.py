@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import warnings
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,6 +53,24 @@ WRITE_SETTINGS = ("format_version", "backbone", "preprocessing", "dtype", "chunk
                   "precision", "compile", "engine", "label_names", "n_rows", "rows_fingerprint",
                   "split")
 _SETTING_DEFAULTS = {"engine": "torch"}  # for stores written before the setting existed
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """How a store's features are computed: recorded in its provenance, and what a resumed
+    run must match (:meth:`FeatureStore.check_settings`). Concrete values only: an
+    extraction resolves its ``auto`` choices first (:mod:`cxrdask.extract.resolve`)."""
+
+    backbone: dict[str, Any]  # ``BackboneSpec.identity()``, with ``feature_dim``
+    preprocessing: dict[str, Any]  # ``Preprocessing.to_dict()``
+    dtype: Literal["float16", "float32"] = "float16"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    engine: Literal["torch", "torchscript", "onnxruntime"] = "torch"
+    split: dict[str, Any] = field(default_factory=dict)  # the split's description
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "compile": bool(self.compile)}
 _TABLE_ARRAYS: dict[str, tuple[str, Any]] = {  # store array -> (metadata column, dtype)
     "image_index": ("image_index", str),
     "patient_id": ("patient_id", "int32"),
@@ -153,15 +172,9 @@ class FeatureStore:
         cls,
         url: str,
         table: pd.DataFrame,
+        settings: FeatureSettings,
         *,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
-        backbone: dict,
-        preprocessing: dict,
-        dtype: str = "float16",
-        precision: str = "fp32",
-        compile: bool = False,
-        engine: str = "torch",
-        split: dict | None = None,
         storage_options: StorageOptions | None = None,
         extra: dict | None = None,
         overwrite: bool = False,
@@ -174,20 +187,16 @@ class FeatureStore:
             Where to make it (any fsspec URL).
         table
             The rows, in store order, with the metadata's columns and ``split`` codes.
+        settings
+            How the features are computed: backbone identity (with ``feature_dim``),
+            preprocessing, dtype, precision, compile, engine and the split's description
+            (recorded; a resume must match).
         chunk_rows
             Rows per chunk of every per-row array.
-        backbone
-            The backbone's identity (``BackboneSpec.identity()``), with ``feature_dim``.
-        preprocessing
-            ``Preprocessing.to_dict()``.
-        dtype, precision, compile, engine
-            How features are computed and kept (recorded; a resume must match).
-        split
-            The split's description.
         storage_options
             fsspec options.
         extra
-            More provenance (the extraction config, the archive).
+            More provenance (the extraction config, the archive, what was resolved).
         overwrite
             Replace a store already at ``url``: its own arrays and metadata are removed,
             nothing else.
@@ -207,20 +216,12 @@ class FeatureStore:
         OptionError
             An unknown dtype, or ``chunk_rows`` below 1.
         """
-        if dtype not in ("float16", "float32"):
-            raise OptionError(f"dtype must be float16 or float32, not {dtype!r}")
-        provenance = {
-            **common_provenance(table, chunk_rows),
-            "backbone": backbone,
-            "preprocessing": preprocessing,
-            "dtype": dtype,
-            "precision": precision,
-            "compile": bool(compile),
-            "engine": engine,
-            "split": split or {},
-            **(extra or {}),
-        }
-        dim = int(backbone["feature_dim"])
+        if settings.dtype not in ("float16", "float32"):
+            raise OptionError(f"dtype must be float16 or float32, not {settings.dtype!r}")
+        provenance = {**common_provenance(table, chunk_rows), **settings.to_dict(),
+                      **(extra or {})}
+        dtype = settings.dtype
+        dim = int(settings.backbone["feature_dim"])
         data = dict(shape=(len(table), dim), chunks=(chunk_rows, dim), dtype=dtype,
                     compressors=_features_codecs(dtype), fill_value=np.nan,
                     dimension_names=("image", "feature"))

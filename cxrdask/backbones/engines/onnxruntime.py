@@ -12,7 +12,7 @@ temporary name and renamed into place, so two workers exporting at once never le
 partial model; one that ONNX Runtime cannot load is exported again and replaced.
 
 A worker that finds its export cached never imports torch (2-3 s of a cold start on one
-core): :class:`OnnxRunner` reads the file into a session, and the extraction hands it
+core): :class:`OnnxBackend` reads the file into a session, and the extraction hands it
 inputs normalised with NumPy (:class:`~cxrdask.imaging.host_input.HostInput`). Only an export
 (the first run on a machine, or ``.pth`` weights) builds the network with torch.
 """
@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,10 +42,6 @@ if TYPE_CHECKING:
 
 #: Bumped whenever :func:`export_onnx` changes what it writes (opset, names, axes).
 EXPORT_FORMAT = 1
-
-_RUNNERS: dict[tuple[BackboneSpec, int], OnnxRunner] = {}
-_RUNNERS_LOCK = threading.Lock()
-
 
 def onnx_cache_dir() -> Path:
     """Where exported models are kept (see the module's docstring)."""
@@ -207,15 +202,15 @@ def _temporary_beside(path: Path) -> Path | None:
     return Path(temporary)
 
 
-class OnnxRunner:
-    """A frozen backbone on ONNX Runtime (CPU, fp32): float32 NumPy batches in, features out.
+class OnnxBackend:
+    """A frozen backbone on ONNX Runtime (CPU, fp32): float32 batches in, features out.
 
     Built from the cached export without importing torch (see the module's docstring). One
     session serves all of a worker's threads: ``InferenceSession.run`` is thread-safe, and
-    each call runs on ``threads`` intra-op threads.
-    """
+    each call runs on ``threads`` intra-op threads. Its first batch runs as fast as the next,
+    so there is nothing to warm."""
 
-    engine = "onnxruntime"
+    pads = False
 
     def __init__(self, spec: BackboneSpec, threads: int = 1,
                  build: Callable[[BackboneSpec], nn.Module] | None = None):
@@ -223,22 +218,21 @@ class OnnxRunner:
         self.threads = threads
         self.session = onnx_session(spec, build, threads)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch."""
+    def run(self, batch) -> np.ndarray:
+        """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch
+        (a tensor is brought to the host first)."""
+        if not isinstance(batch, np.ndarray):
+            batch = batch.cpu().numpy()
         return self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})[0]
 
-    features = __call__  # what the extraction calls, as on a torch runner
+    def warm(self, shape: tuple[int, int, int]) -> None:
+        return None
 
 
-def cached_onnx_runner(spec: BackboneSpec, threads: int = 1) -> OnnxRunner:
-    """The process-wide ONNX Runtime runner of ``spec`` on ``threads`` threads, built on
-    first use and shared by every task of the worker."""
-    with _RUNNERS_LOCK:
-        runner = _RUNNERS.get((spec, threads))
-        if runner is None:
-            runner = _RUNNERS[spec, threads] = OnnxRunner(spec, threads)
-        return runner
+def open_backend(spec: BackboneSpec, *, device, precision: str, compile: bool,
+                 batch_size: int, threads: int) -> OnnxBackend:
+    return OnnxBackend(spec, threads)
 
 
-__all__ = ["EXPORT_FORMAT", "OnnxRunner", "cached_onnx_runner", "export_onnx", "onnx_cache_dir",
-           "onnx_cache_path", "onnx_session", "optimized_cache_path"]
+__all__ = ["EXPORT_FORMAT", "OnnxBackend", "export_onnx", "onnx_cache_dir", "onnx_cache_path",
+           "onnx_session", "open_backend", "optimized_cache_path"]

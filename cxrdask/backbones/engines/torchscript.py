@@ -29,10 +29,14 @@ import threading
 import warnings
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
+from cxrdask.backbones.build import build_backbone
+from cxrdask.backbones.engines.eager import as_device_batch
 from cxrdask.backbones.hardware import torchscript_available
+from cxrdask.backbones.spec import BackboneSpec
 from cxrdask.errors import OptionError
 
 
@@ -59,8 +63,6 @@ class TorchScriptBackbone:
     are padded to ``batch_size`` by the caller."""
 
     def __init__(self, model: nn.Module, precision: str, batch_size: int):
-        if precision not in ("fp32", "bf16"):
-            raise OptionError(f"the torchscript engine runs fp32 or bf16, not {precision!r}")
         if not torchscript_available():
             raise OptionError("this torch has no TorchScript (torch.jit.trace and freeze): "
                               "use engine 'torch'")
@@ -94,4 +96,26 @@ class TorchScriptBackbone:
             return graph(batch)
 
 
-__all__ = ["TorchScriptBackbone"]
+class TorchScriptBackend:
+    """The engine's backend: the network's traces, batches padded to ``batch_size``; warmed
+    by building the trace of the run's image shape with its profiling pass."""
+
+    pads = True
+
+    def __init__(self, model: nn.Module, precision: str, batch_size: int):
+        self.graphs = TorchScriptBackbone(model, precision, batch_size)
+
+    def run(self, batch) -> np.ndarray:
+        return self.graphs(as_device_batch(batch, torch.device("cpu"))).float().numpy()
+
+    def warm(self, shape: tuple[int, int, int]) -> None:
+        self.graphs.graph_for(shape)
+
+
+def open_backend(spec: BackboneSpec, *, device: torch.device, precision: str, compile: bool,
+                 batch_size: int, threads: int) -> TorchScriptBackend:
+    model = build_backbone(spec).to(memory_format=torch.channels_last)
+    return TorchScriptBackend(model, precision, batch_size)
+
+
+__all__ = ["TorchScriptBackbone", "TorchScriptBackend", "open_backend"]
