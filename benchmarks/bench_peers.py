@@ -78,7 +78,8 @@ class Model:
     def __init__(self, precision: str, threads: int = 1):
         import torch
 
-        from cxrdask.backbones.runner import BackboneSpec, build_backbone
+        from cxrdask.backbones.build import build_backbone
+        from cxrdask.backbones.runner import BackboneSpec
 
         torch.set_num_threads(threads)
         self.torch = torch

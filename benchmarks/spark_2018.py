@@ -37,7 +37,8 @@ def features_of_partition(rows: Iterator[tuple[str, str]], precision: str = "fp3
     import numpy as np
     import torch
 
-    from cxrdask.backbones.runner import BackboneSpec, build_backbone
+    from cxrdask.backbones.build import build_backbone
+    from cxrdask.backbones.runner import BackboneSpec
     from cxrdask.imaging.decode import preprocess_bytes
 
     torch.set_num_threads(1)

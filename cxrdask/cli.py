@@ -426,9 +426,11 @@ def _verify_options(verify: argparse.ArgumentParser) -> None:
 
 
 def _synth_options(synth: argparse.ArgumentParser) -> None:
-    default = lambda name: source_default("archive.synthetic.writer", "make_archive", name)  # noqa: E731
+    default = lambda name: source_default("archive.synthetic.writer", "SyntheticSpec", name)  # noqa: E731
     synth.add_argument("root", help="directory or URL to write the archive to")
-    synth.add_argument("--n", type=int, default=default("n"), help="number of images")
+    synth.add_argument("--n", type=int,
+                       default=source_default("archive.synthetic.writer", "make_archive", "n"),
+                       help="number of images")
     synth.add_argument("--size", type=int, default=default("size"), help="image side in pixels")
     synth.add_argument("--seed", type=int, default=default("seed"),
                        help="seed of the labels, patients and pixels")
@@ -545,12 +547,12 @@ def _train_options(train: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
-    default = lambda name: source_default("evaluation.report", "evaluate", name)  # noqa: E731
+    default = lambda name: source_default("config", "EvaluateConfig", name)  # noqa: E731
 
     evaluate.add_argument("--store", required=True, help="feature store URL")
     evaluate.add_argument("--checkpoint", required=True, help="head checkpoint (head.pt)")
     evaluate.add_argument("--out", help="directory for report.md, report.json and plots")
-    evaluate.add_argument("--split", default=default("split"),
+    evaluate.add_argument("--split", default=source_default("evaluation.report", "evaluate", "split"),
                           choices=["train", "validation", "test"], help="rows to evaluate on")
     evaluate.add_argument("--compare", metavar="CHECKPOINT",
                           help="a second head on the same store: paired AUC differences with "

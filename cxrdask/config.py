@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from cxrdask.backbones.engines import engine_refusal
 from cxrdask.errors import OptionError
+from cxrdask.options import Options
 
 DEFAULT_READ_RETRIES = 4  # extraction's --read-retries, and localisation's image reads
 DEFAULT_DEMOGRAPHICS = ("age", "sex")  # the head's inputs after the features: the 2018 recipe's 2050
@@ -30,6 +31,7 @@ Flip = Literal["none", "train"]
 ResizeOn = Literal["cpu", "device"]
 PixelCompression = Literal["zstd", "lz4", "none"]
 PresetName = Literal["default", "seed2018"]
+ThresholdRule = Literal["youden", "specificity"]
 
 DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
 # compile="auto" compiles fp32 backbones on CPU workers when each worker thread has this many
@@ -67,13 +69,15 @@ def _option(default: Any, help: str, **cli: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractConfig(Options):
     """How features are extracted: split, chunking, backbone and weights, arithmetic, failures.
 
     Frozen and typed; ``ExtractConfig(weights="random")`` or ``replace(config, dtype=...)``.
     Recorded in the store; a resumed store must have been made with the same backbone,
     preprocessing, dtype, precision, compile, engine, split and chunk size.
     """
+
+    OPTIONS_NAME = "extraction"
 
     split: SplitMethod = _option(
         "auto", "how rows are split: auto = the official lists when the archive has them, "
@@ -171,15 +175,6 @@ class ExtractConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain values (what the store records)."""
         return asdict(self)
-
-    @classmethod
-    def with_options(cls, base: ExtractConfig | None = None, **options: Any) -> ExtractConfig:
-        """``base`` (or the defaults) with ``options`` replaced; an unknown name is an error."""
-        unknown = set(options) - {item.name for item in fields(cls)}
-        if unknown:
-            raise OptionError(f"unknown extraction option(s) {', '.join(sorted(unknown))}; known: "
-                              f"{', '.join(item.name for item in fields(cls))}")
-        return replace(base or cls(), **options)
 
 
 def _members(kind: Any) -> tuple:
@@ -335,6 +330,60 @@ class TrainConfig:
         return data
 
 
+@dataclass(frozen=True)
+class EvaluateConfig(Options):
+    """How :func:`~cxrdask.evaluation.report.evaluate` audits a head, beyond which store,
+    head and split: intervals, operating points, expert labels and localisation.
+
+    Attributes
+    ----------
+    bootstrap : int
+        Patient resamples for the intervals (0: no intervals).
+    seed : int
+        Seed of the resampling (and of localisation's control pairing).
+    threshold_rule, specificity
+        How each disease's threshold is chosen on the validation split: Youden's J, or the
+        most sensitive threshold whose specificity is at least ``specificity``.
+    expert_labels : str or None
+        Google's 2019 expert labels (``google2019_nih-chest-xray-labels.csv[.gz]``, any
+        fsspec URL): Pneumothorax, Nodule or mass and Airspace opacity scored on the
+        split's relabelled images against those labels and NIH's.
+    boxes, images : str or None
+        NIH's ``BBox_List_2017.csv`` and the archive's images: the Grad-CAM map of every
+        boxed finding on the split's images is boxed and scored as Wang et al. 2017 did
+        (the checkpoint must then be a file). Both or neither.
+    weights : str or None
+        The backbone weights file, when the head was trained on one (for localisation).
+    n_workers : int or None
+        Processes of the local cluster localisation starts when no client is given.
+    """
+
+    OPTIONS_NAME = "evaluation"
+
+    bootstrap: int = 1000
+    seed: int = 0
+    threshold_rule: ThresholdRule = "youden"
+    specificity: float = 0.9
+    expert_labels: str | None = None
+    boxes: str | None = None
+    images: str | None = None
+    weights: str | None = None
+    n_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bootstrap, bool) or self.bootstrap < 0:
+            raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not "
+                              f"{self.bootstrap}")
+        if self.threshold_rule not in get_args(ThresholdRule):
+            raise OptionError(f"threshold_rule must be one of {get_args(ThresholdRule)}, not "
+                              f"{self.threshold_rule!r}")
+        if not 0.0 < self.specificity < 1.0:
+            raise OptionError(f"specificity must be between 0 and 1, not {self.specificity}")
+        if (self.boxes is None) != (self.images is None):
+            raise OptionError("localisation needs both the boxes (BBox_List_2017.csv) and the "
+                              "images they were drawn on")
+
+
 __all__ = [
     "COMPILE_AUTO_MIN_IMAGES",
     "DEFAULT_BATCH_SIZE",
@@ -347,6 +396,7 @@ __all__ = [
     "BackboneName",
     "Dtype",
     "Engine",
+    "EvaluateConfig",
     "ExtractConfig",
     "Flip",
     "PixelCompression",
@@ -354,6 +404,7 @@ __all__ = [
     "PresetName",
     "ResizeOn",
     "SplitMethod",
+    "ThresholdRule",
     "TrainConfig",
     "add_config_options",
     "config_from_args",

@@ -56,9 +56,17 @@ def _defaults(function: ast.FunctionDef) -> dict[str, ast.expr]:
     return named
 
 
+def _field_defaults(cls: ast.ClassDef) -> dict[str, ast.expr]:
+    """A dataclass's field defaults: its class-level ``name: type = value`` lines."""
+    return {node.target.id: node.value for node in cls.body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            and node.value is not None}
+
+
 def source_default(module: str, function: str, name: str) -> Any:
     """The default of parameter ``name`` of the top-level function ``function`` of
-    ``module`` (``"cxrdask.evaluation.report"``), read from the source.
+    ``module`` (``"cxrdask.evaluation.report"``), or of field ``name`` of the dataclass
+    ``function`` names there (``"EvaluateConfig"``), read from the source.
 
     Raises
     ------
@@ -68,10 +76,12 @@ def source_default(module: str, function: str, name: str) -> Any:
     tree = _module_tree(module)
     # The last definition of that name: typing.overload stubs come before it, with ``...``.
     definition = next((node for node in reversed(tree.body)
-                       if isinstance(node, ast.FunctionDef) and node.name == function), None)
+                       if isinstance(node, ast.FunctionDef | ast.ClassDef)
+                       and node.name == function), None)
     if definition is None:
-        raise LookupError(f"no function {function} in {module}")
-    node = _defaults(definition).get(name)
+        raise LookupError(f"no function or class {function} in {module}")
+    node = (_field_defaults(definition) if isinstance(definition, ast.ClassDef)
+            else _defaults(definition)).get(name)
     if node is None:
         raise LookupError(f"{module}.{function} has no default for {name}")
     if isinstance(node, ast.Name):

@@ -357,16 +357,19 @@ def test_help_defaults_read_from_source_equal_the_apis():
     import inspect
 
     from cxrdask.archive.metadata import read_metadata
-    from cxrdask.archive.synthetic import make_archive
+    from cxrdask.archive.synthetic import SyntheticSpec, make_archive
     from cxrdask.cli import build_parser
+    from cxrdask.config import EvaluateConfig
     from cxrdask.evaluation.report import evaluate
     from cxrdask.extract.cluster import start_local_cluster
     from cxrdask.head.train import grid_search, train_head
 
     commands = build_parser()._subparsers._group_actions[0].choices
     options = {name: {a.dest: a.default for a in commands[name]._actions} for name in commands}
-    checks = [("evaluate", evaluate, ["split", "bootstrap", "seed", "threshold_rule", "specificity"]),
-              ("synth", make_archive, ["n", "size", "seed", "strength", "prevalence", "csv_variant"]),
+    checks = [("evaluate", evaluate, ["split"]),
+              ("evaluate", EvaluateConfig, ["bootstrap", "seed", "threshold_rule", "specificity"]),
+              ("synth", make_archive, ["n"]),
+              ("synth", SyntheticSpec, ["size", "seed", "strength", "prevalence", "csv_variant"]),
               ("train", train_head, ["device"])]
     for command, function, names in checks:
         signature = inspect.signature(function).parameters

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxrdask.archive.labels import LABELS
-from cxrdask.backbones.runner import BackboneSpec, build_backbone
+from cxrdask.backbones.build import build_backbone
+from cxrdask.backbones.runner import BackboneSpec
 from cxrdask.serve.diagnosis import last_conv_maps
 from cxrdask.serve.inference import predict
 from cxrdask.serve.web import create_app, grad_cam

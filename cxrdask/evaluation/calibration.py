@@ -8,16 +8,17 @@ would flatter every number.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
+from cxrdask.config import ThresholdRule
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-ThresholdRule = Literal["youden", "specificity"]
 DEFAULT_BINS = 10
 
 

@@ -112,7 +112,7 @@ class LocalisationReport:
 
 
 def localise(store, checkpoint: str, boxes_url: str, images_root: str, *, split: str = "test",
-             client=None, n_workers: int | None = None, weights: str | None = None,
+             client=None, weights: str | None = None,
              storage_options: StorageOptions | None = None, threshold: float = CAM_THRESHOLD,
              seed: int = 0) -> LocalisationReport:
     """Draw a box from the Grad-CAM map of every boxed finding on ``split``'s images and
@@ -128,9 +128,9 @@ def localise(store, checkpoint: str, boxes_url: str, images_root: str, *, split:
         ``BBox_List_2017.csv``.
     images_root
         The archive's images (as for extraction).
-    client, n_workers
+    client
         A Dask client; None: :func:`~cxrdask.extract.cluster.session_client` (the current client,
-        else a local cluster of ``n_workers`` kept for the Python session).
+        else a local cluster kept for the Python session).
     weights
         The backbone weights file, when the head was trained on one.
     threshold
@@ -159,18 +159,18 @@ def localise(store, checkpoint: str, boxes_url: str, images_root: str, *, split:
         row = table.loc[image]
         items.append((urls[image], image, float(row["age"]), str(row["sex"]), str(row["view"]),
                       sorted(set(group["finding"]))))
-    drawn = _run(items, checkpoint, weights, storage_options, threshold, client, n_workers)
+    drawn = _run(items, checkpoint, weights, storage_options, threshold, client)
     return _score(boxes, drawn, listed, len(items), seed)
 
 
-def _run(items, checkpoint, weights, storage_options, threshold, client, n_workers) -> list[tuple]:
+def _run(items, checkpoint, weights, storage_options, threshold, client) -> list[tuple]:
     if not items:
         return []
     groups = [items[i:i + IMAGES_PER_TASK] for i in range(0, len(items), IMAGES_PER_TASK)]
     if client is None:
         from cxrdask.extract.cluster import session_client
 
-        client = session_client(n_workers, announce=False)
+        client = session_client(announce=False)
     futures = client.map(draw_boxes, groups, checkpoint=checkpoint, weights=weights,
                          storage_options=storage_options, threshold=threshold, pure=False)
     try:

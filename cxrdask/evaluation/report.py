@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,9 +16,9 @@ import torch
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.expert_labels import read_expert_labels
 from cxrdask.archive.labels import LABELS
+from cxrdask.config import EvaluateConfig
 from cxrdask.errors import OptionError
 from cxrdask.evaluation.audit import Audit, Scored, auc_per_label, audit
-from cxrdask.evaluation.calibration import ThresholdRule
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.head.batches import FeatureBatches, open_store
 from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_head
@@ -255,17 +256,10 @@ def _audit_json(a: Audit, compared_with: str) -> dict:
             "expert_labels_listed": a.expert_listed}
 
 
-def _check_options(bootstrap: int, specificity: float, boxes: str | None, images: str | None,
-                   checkpoint: str | Checkpoint) -> None:
-    """Refuse options :func:`evaluate` cannot use, before anything is read."""
-    if bootstrap < 0:
-        raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not {bootstrap}")
-    if not 0.0 < specificity < 1.0:
-        raise OptionError(f"specificity must be between 0 and 1, not {specificity}")
-    if (boxes is None) != (images is None):
-        raise OptionError("localisation needs both the boxes (BBox_List_2017.csv) and the "
-                          "images they were drawn on")
-    if boxes is not None and isinstance(checkpoint, Checkpoint) and not checkpoint.path:
+def _check_options(config: EvaluateConfig, checkpoint: str | Checkpoint) -> None:
+    """Refuse what :func:`evaluate` cannot use, before anything is read (the config checks
+    its own values)."""
+    if config.boxes is not None and isinstance(checkpoint, Checkpoint) and not checkpoint.path:
         raise OptionError("localisation runs on Dask workers, which load the checkpoint from "
                           "its file: pass the checkpoint's path")
 
@@ -295,21 +289,14 @@ def _head_scores(store: FeatureStore, split: str, ckpt: Checkpoint, other: Check
 def evaluate(
     store,
     checkpoint: str | Checkpoint,
+    config: EvaluateConfig | None = None,
     *,
     split: str = "test",
     out_dir: str | os.PathLike | None = None,
     storage_options: StorageOptions | None = None,
     compare_to: str | Checkpoint | None = None,
-    bootstrap: int = 1000,
-    seed: int = 0,
-    threshold_rule: ThresholdRule = "youden",
-    specificity: float = 0.9,
-    expert_labels: str | None = None,
-    boxes: str | None = None,
-    images: str | None = None,
     client=None,
-    n_workers: int | None = None,
-    weights: str | None = None,
+    **options: Any,
 ) -> EvaluationReport:
     """Per-disease ROC AUC on ``split`` with 95% intervals, subgroups, calibration and
     operating points; beside the untrained head and published results.
@@ -337,28 +324,14 @@ def evaluate(
     compare_to
         A second checkpoint on the same store: per disease, the paired difference in AUC
         with its bootstrap interval and DeLong's test.
-    bootstrap
-        Patient resamples for the intervals (0: no intervals).
-    seed
-        Seed of the resampling.
-    threshold_rule, specificity
-        How each disease's threshold is chosen on the validation split: Youden's J, or the
-        most sensitive threshold whose specificity is at least ``specificity``.
-    expert_labels
-        Google's 2019 expert labels (``google2019_nih-chest-xray-labels.csv[.gz]``, any
-        fsspec URL): Pneumothorax, Nodule or mass and Airspace opacity scored on the
-        split's relabelled images against those labels and NIH's (see
-        :mod:`cxrdask.archive.expert_labels` for the mapping).
-    boxes, images
-        NIH's ``BBox_List_2017.csv`` and the archive's images: the Grad-CAM map of every
-        boxed finding on the split's images is boxed and scored as Wang et al. 2017 did
-        (:func:`cxrdask.evaluation.localisation.localise`), on ``client`` or a local cluster of
-        ``n_workers``. ``checkpoint`` must then be a file.
-    client, n_workers
+    config, **options
+        How it is audited (:class:`~cxrdask.config.EvaluateConfig`: bootstrap resamples,
+        seed, threshold rule and specificity, expert labels, boxes and images for
+        localisation, backbone weights file, local workers): ``evaluate(store, "head.pt",
+        bootstrap=200)`` or ``evaluate(store, "head.pt", EvaluateConfig(bootstrap=200))``.
+    client
         Where localisation runs (a Dask client; None: the current client, else a local
-        cluster kept for the Python session).
-    weights
-        The backbone weights file, when the head was trained on one (for localisation).
+        cluster of ``config.n_workers`` kept for the Python session).
 
     Returns
     -------
@@ -373,13 +346,14 @@ def evaluate(
     MetadataError
         The expert-label file is malformed (each bad row named).
     """
-    _check_options(bootstrap, specificity, boxes, images, checkpoint)
-    expert = (None if expert_labels is None
-              else read_expert_labels(expert_labels, storage_options))  # checked before any pass
+    config = EvaluateConfig.with_options(config, **options)
+    _check_options(config, checkpoint)
+    expert = (None if config.expert_labels is None  # checked before any pass
+              else read_expert_labels(config.expert_labels, storage_options))
     store = open_store(store, storage_options)
     if out_dir is not None:  # checked before any pass
         check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
-                                                                "the images folder": images})
+                                                                "the images folder": config.images})
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
              else load_checkpoint(compare_to))
@@ -392,8 +366,9 @@ def evaluate(
     table_rows = store.table(["image_index", "patient_id", "sex", "age", "view"])
     validation = _scored(store, "validation", ckpt, demographics, table_rows)
     found = audit(Scored(targets.astype(bool), probabilities, _rows(store, split, table_rows)),
-                  validation, other=other_probabilities, resamples=bootstrap, seed=seed,
-                  rule=threshold_rule, specificity=specificity, expert=expert)
+                  validation, other=other_probabilities, resamples=config.bootstrap,
+                  seed=config.seed, rule=config.threshold_rule,
+                  specificity=config.specificity, expert=expert)
     table = pd.DataFrame({
         "label": list(LABELS),
         "positives": targets.sum(axis=0).astype(int),
@@ -408,12 +383,14 @@ def evaluate(
                               n_rows=len(targets), caveats=report_caveats(store.provenance),
                               backbone=f"{identity['name']} ({identity['weights']})",
                               audit=found, compared_with="" if other is None else str(other.path))
-    if boxes is not None and images is not None:
+    if config.boxes is not None and config.images is not None:
         from cxrdask.evaluation.localisation import localise
+        from cxrdask.extract.cluster import session_client
 
-        report.localisation = localise(store, str(ckpt.path), boxes, images, split=split,
-                                       client=client, n_workers=n_workers, weights=weights,
-                                       storage_options=storage_options, seed=seed)
+        report.localisation = localise(
+            store, str(ckpt.path), config.boxes, config.images, split=split,
+            client=client or session_client(config.n_workers, announce=False),
+            weights=config.weights, storage_options=storage_options, seed=config.seed)
     if out_dir is not None:
         report.files = _write_report(report, ckpt, targets, probabilities, Path(out_dir))
     return report

@@ -638,12 +638,10 @@ def extract_features(
     *,
     client=None,
     storage_options: StorageOptions | None = None,
-    split_codes: np.ndarray | None = None,
     pixels: str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     progress: bool = True,
-    warmup: bool = True,
     **options: Any,
 ) -> ExtractSummary:
     """Run the frozen backbone over every image of ``metadata`` into the store at ``store_url``.
@@ -656,8 +654,9 @@ def extract_features(
 
     Parameters
     ----------
-    metadata, images_root, store_url, config, storage_options, split_codes, pixels, **options
-        As for :func:`plan_extraction`: ``extract_features(meta, root, "f.zarr",
+    metadata, images_root, store_url, config, storage_options, pixels, **options
+        As for :func:`plan_extraction` (custom ``split_codes``: plan with it, then
+        :func:`run_extraction`): ``extract_features(meta, root, "f.zarr",
         weights="random")`` or ``extract_features(meta, root, "f.zarr", ExtractConfig(...))``;
         ``pixels="p.zarr"`` also keeps the decoded images for :func:`extract_from_pixels`.
     client
@@ -670,8 +669,6 @@ def extract_features(
         (:func:`local_layout`).
     progress
         Show a progress bar.
-    warmup
-        Build the backbone on every worker before the chunks are submitted.
 
     Returns
     -------
@@ -690,12 +687,12 @@ def extract_features(
     """
     plan, client = _plan_while_cluster_starts(
         lambda: plan_extraction(metadata, images_root, store_url, config,
-                                storage_options=storage_options, split_codes=split_codes,
-                                pixels=pixels, **options),
+                                storage_options=storage_options, pixels=pixels,
+                                **options),
         client, n_workers, threads_per_worker,
         local_layout(ExtractConfig.with_options(config, **options)))
     return run_extraction(plan, client, n_workers=n_workers,
-                          threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
+                          threads_per_worker=threads_per_worker, progress=progress)
 
 
 def extract_from_pixels(
@@ -708,7 +705,6 @@ def extract_from_pixels(
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     progress: bool = True,
-    warmup: bool = True,
     **options: Any,
 ) -> ExtractSummary:
     """Run a backbone over the images of a pixel store (no PNG decoding) into ``store_url``.
@@ -722,7 +718,7 @@ def extract_from_pixels(
         client, n_workers, threads_per_worker,
         local_layout(ExtractConfig.with_options(config, **options)))
     return run_extraction(plan, client, n_workers=n_workers,
-                          threads_per_worker=threads_per_worker, progress=progress, warmup=warmup)
+                          threads_per_worker=threads_per_worker, progress=progress)
 
 
 def cache_pixels(
@@ -749,7 +745,7 @@ def cache_pixels(
                            split_codes=split_codes, **options),
         client, n_workers, threads_per_worker)
     return run_extraction(plan, client, n_workers=n_workers,
-                          threads_per_worker=threads_per_worker, progress=progress, warmup=True)
+                          threads_per_worker=threads_per_worker, progress=progress)
 
 
 def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
@@ -809,8 +805,7 @@ def _plan_while_cluster_starts(plan: Callable[[], ExtractionPlan], client,
 
 
 def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None = None,
-                   threads_per_worker: int = 1, progress: bool = True,
-                   warmup: bool = True) -> ExtractSummary:
+                   threads_per_worker: int = 1, progress: bool = True) -> ExtractSummary:
     """Run a checked :class:`ExtractionPlan` on ``client``, or on a local cluster it starts.
 
     The store's writer lease is taken before the cluster starts (and before any work on a
@@ -827,8 +822,8 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
         The local cluster's layout (default: one single-threaded process per core).
     progress
         Show a progress bar.
-    warmup
-        Build the backbone on every worker before the chunks are submitted.
+
+    Every worker builds its backbone (and warms it) before the chunks are submitted.
 
     Returns
     -------
@@ -851,7 +846,7 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
 
             client = session_client(n_workers, threads_per_worker,
                                     default_layout=plan.local_layout())
-        return _execute(plan, client, leases, progress, warmup)
+        return _execute(plan, client, leases, progress)
 
 
 def _written_urls(plan: ExtractionPlan) -> list[str]:
@@ -877,7 +872,7 @@ def _worker_threads(client) -> int:
 
 
 def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: bool,
-             warmup: bool) -> ExtractSummary:
+             ) -> ExtractSummary:
     plan = _resolve_auto(plan, client)
     c = plan.config
     stores = _create_or_resume(plan, client)
@@ -888,7 +883,7 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
                       flip_seed=c.split_seed, pixels_url=plan.pixels_url,
                       pixels_role=plan.pixels_role, read_retries=c.read_retries,
                       leases=tuple((lease.url, lease.token) for lease in leases))
-    summary = _run(client, stores, plan.rows, plan.urls, task, c, progress, warmup)
+    summary = _run(client, stores, plan.rows, plan.urls, task, c, progress)
     if summary.retriable:
         raise ExtractionIncompleteError(summary)
     if summary.store_rows_failed and (summary.failed_fraction > c.max_failed_fraction
@@ -962,7 +957,7 @@ def _create_or_resume(plan: ExtractionPlan, client) -> list[FeatureStore]:
 
 
 def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str, str],
-         config: TaskConfig, choices: ExtractConfig, progress: bool, warmup: bool) -> ExtractSummary:
+         config: TaskConfig, choices: ExtractConfig, progress: bool) -> ExtractSummary:
     from distributed import span
 
     store = stores[0]  # the feature store, or the pixel store a cache pass writes
@@ -972,7 +967,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     install_counters(client)
     run_token = uuid.uuid4().hex
     with span(f"cxrdask-extract {_store_name(store.url)}") as span_id:
-        if warmup and todo:
+        if todo:
             _warm_up(client, config, run_token)
             warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build
         args = _chunk_arguments(store, todo, rows, urls, config)

@@ -10,7 +10,8 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import fsspec
 
@@ -20,11 +21,45 @@ from cxrdask.archive.metadata import CSV_NAMES, label_matrix
 from cxrdask.archive.synthetic.expert import EXPERT_FILE, format_expert_labels
 from cxrdask.archive.synthetic.layout import CsvVariant, Prevalence, format_csv, make_metadata, official_lists
 from cxrdask.archive.synthetic.render import encode_png, render_image
+from cxrdask.options import Options
 
 IMAGES_PER_FOLDER = 10_000
 # Written last into a synthetic archive's root: extraction records it in the store, and
 # reports then say that their numbers are not comparable with published results.
 SYNTHETIC_MARKER = "cxrdask-synthetic.json"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec(Options):
+    """What a synthetic archive looks like (recorded in its marker file).
+
+    Attributes
+    ----------
+    size : int
+        Image side in pixels (the real archive's is 1024).
+    seed : int
+        Seed of labels, patients and pixels (the same seed gives the same bytes).
+    strength : float
+        Disease sign strength (1: clearly visible).
+    prevalence : str
+        ``"nih"`` (NIH's label frequencies) or ``"balanced"`` (every disease alike).
+    csv_variant : str
+        Which real metadata file to imitate.
+    official : bool
+        Write ``train_val_list.txt``, ``test_list.txt``, a stand-in for Google's expert
+        labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``) and
+        ``BBox_List_2017.csv``: where the signs of the eight boxed findings were drawn on
+        the test list's images, in NIH's format.
+    """
+
+    OPTIONS_NAME = "synthetic archive"
+
+    size: int = 1024
+    seed: int = 0
+    strength: float = 1.0
+    prevalence: Prevalence = "nih"
+    csv_variant: CsvVariant = "kaggle2017"
+    official: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,17 +108,13 @@ def _write_images(root: str, storage_options: StorageOptions | None, jobs: list[
 def make_archive(
     root: str,
     n: int = 500,
+    spec: SyntheticSpec | None = None,
     *,
-    size: int = 1024,
-    seed: int = 0,
-    strength: float = 1.0,
-    prevalence: Prevalence = "nih",
-    csv_variant: CsvVariant = "kaggle2017",
-    official: bool = True,
     workers: int | None = None,
     client=None,
     storage_options: StorageOptions | None = None,
     progress: bool = False,
+    **options: Any,
 ) -> SyntheticArchive:
     """Write a synthetic NIH-layout archive of ``n`` images under ``root`` (any fsspec URL).
 
@@ -99,21 +130,10 @@ def make_archive(
         Folder or URL to write to.
     n
         Number of images.
-    size
-        Image side in pixels (the real archive's is 1024).
-    seed
-        Seed of labels, patients and pixels.
-    strength
-        Disease sign strength (1: clearly visible).
-    prevalence
-        ``"nih"`` (NIH's label frequencies) or ``"balanced"`` (every disease alike).
-    csv_variant
-        Which real metadata file to imitate.
-    official
-        Write ``train_val_list.txt``, ``test_list.txt``, a stand-in for Google's expert
-        labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``) and
-        ``BBox_List_2017.csv``: where the signs of the eight boxed findings were drawn on
-        the test list's images, in NIH's format.
+    spec, **options
+        What it looks like (:class:`SyntheticSpec`: image size, seed, sign strength,
+        prevalence, CSV variant, official lists): ``make_archive("a", 200, size=256)`` or
+        ``make_archive("a", 200, SyntheticSpec(size=256))``.
     workers
         Writer threads (default: one per core).
     client
@@ -129,14 +149,16 @@ def make_archive(
         Where it is (``root``, ``metadata_url``), its size and how fast it was written.
     """
     start = time.perf_counter()
-    frame = make_metadata(n, seed=seed, prevalence=prevalence)
+    spec = SyntheticSpec.with_options(spec, **options)
+    size, seed, csv_variant = spec.size, spec.seed, spec.csv_variant
+    frame = make_metadata(n, seed=seed, prevalence=spec.prevalence)
     fs, base = filesystem(root, storage_options)
     fs.makedirs(base, exist_ok=True)
     for folder in sorted({image_folder(i) for i in range(n)}):
         fs.makedirs(join_url(base, folder), exist_ok=True)
 
     labels = label_matrix(frame)
-    jobs = [(i, name, labels[i], size, (seed, 7, i), strength)
+    jobs = [(i, name, labels[i], size, (seed, 7, i), spec.strength)
             for i, name in enumerate(frame["image_index"])]
     per_batch = max(1, min(64, math.ceil(n / ((workers or os.cpu_count() or 1) * 4))))
     batches = [jobs[i:i + per_batch] for i in range(0, n, per_batch)]
@@ -145,7 +167,7 @@ def make_archive(
     metadata_url = join_url(root, CSV_NAMES[csv_variant])
     with fsspec.open(metadata_url, "wt", **(storage_options or {})) as handle:
         handle.write(format_csv(frame, csv_variant, seed=seed))
-    if official:
+    if spec.official:
         train_val, test = official_lists(frame, seed=seed)
         for name, rows in (("train_val_list.txt", train_val), ("test_list.txt", test)):
             with fsspec.open(join_url(root, name), "wt", **(storage_options or {})) as handle:
@@ -156,8 +178,7 @@ def make_archive(
         tested = set(test)
         with fsspec.open(join_url(root, BOX_FILE), "wt", **(storage_options or {})) as handle:
             handle.write(format_boxes([box for box in drawn if box[0] in tested]))
-    settings = {"n": n, "size": size, "seed": seed, "strength": strength,
-                "prevalence": prevalence, "csv_variant": csv_variant, "official": official}
+    settings = {"n": n, **asdict(spec)}
     with fsspec.open(join_url(root, SYNTHETIC_MARKER), "wt", **(storage_options or {})) as handle:
         json.dump({"generator": "cxrdask.archive.synthetic.make_archive", **settings}, handle, indent=1)
     return SyntheticArchive(
@@ -217,5 +238,5 @@ def _run_batches(root, storage_options, batches, workers, client, progress
     return total, drawn
 
 
-__all__ = ["IMAGES_PER_FOLDER", "SYNTHETIC_MARKER", "SyntheticArchive", "image_folder",
+__all__ = ["IMAGES_PER_FOLDER", "SYNTHETIC_MARKER", "SyntheticArchive", "SyntheticSpec", "image_folder",
            "make_archive", "synthetic_settings"]
