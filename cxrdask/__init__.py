@@ -7,8 +7,14 @@ Typical use::
     summary = extract_features(archive.metadata_url, archive.root, "demo.zarr", weights="random")
 """
 
+import logging
 from importlib import import_module
 from typing import Any
+
+# The library never prints: messages (the Dask dashboard's link, ...) go to the "cxrdask"
+# logger, shown where the application configures logging (the CLI prints them; in a
+# notebook: logging.basicConfig(level="INFO") or cxrdask.show_messages()).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 
@@ -50,6 +56,7 @@ _EXPORTS = {
     "predict": "serve.inference",
     "create_app": "serve.web",
     "run_demo": "demo",
+    "show_messages": "progress",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -631,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     # Only the named command's options are built (none for `cxrdask --help`): each reads
     # its defaults from its API module, and importing them all took seconds.
     args = build_parser(only=_command_of(argv) or "").parse_args(argv)
+    from cxrdask.progress import show_messages
+
+    show_messages()  # the library logs; the command line prints
     try:
         with second_interrupt_exits(args.command):
             status = args.run(args)

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys, time
-    from cxrdask import close_session_cluster, extract_features
+    from cxrdask import close_session_cluster, extract_features, show_messages
+    show_messages()  # the dashboard's link, as a notebook user asks for it
     from cxrdask.extract.cluster import session_client
 
     metadata, root, out = sys.argv[1:4]

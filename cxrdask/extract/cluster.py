@@ -29,6 +29,8 @@ from distributed import Client, LocalCluster
 
 from cxrdask.errors import ClusterError
 
+logger = logging.getLogger(__name__)
+
 WORKER_ENVIRONMENT = {
     "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
     "MALLOC_MMAP_THRESHOLD_": str(64 * 2**20),
@@ -235,7 +237,7 @@ def local_client(
                     dashboard_address)
             client = Client(cluster)
         if announce:
-            print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+            logger.info("Dask dashboard: %s", client.dashboard_link)
         try:
             yield client
         finally:
@@ -267,7 +269,7 @@ def session_client(n_workers: int | None = None, threads_per_worker: int = 1,
     n_workers, threads_per_worker
         The local cluster's layout (default: one single-threaded process per core).
     announce
-        Print the dashboard link when a cluster is started.
+        Log the dashboard link (logger ``cxrdask``, level INFO) when a cluster is started.
     default_layout
         ``(workers, threads each)`` of a cluster started when no layout is asked for and
         there is no current client (what suits the caller's work, such as one process with
@@ -292,8 +294,8 @@ def session_client(n_workers: int | None = None, threads_per_worker: int = 1,
             cluster = start_local_cluster(*layout)
             client = Client(cluster)  # the default client, as a notebook's own Client() is
             if announce:
-                print(f"Dask dashboard: {client.dashboard_link} (kept for this Python session; "
-                      "cxrdask.close_session_cluster() closes it)", flush=True)
+                logger.info("Dask dashboard: %s (kept for this Python session; "
+                            "cxrdask.close_session_cluster() closes it)", client.dashboard_link)
             held = _SESSION["local"] = (layout, cluster, client)
         return held[2]
 
