@@ -32,12 +32,14 @@ def measure(store_url: str, batch: int, mode: str, max_rows: int) -> dict:
     """One training pass (capped at ``max_rows``) in this process; seconds per full epoch."""
     from cxrdask.head.batches import FeatureBatches
     from cxrdask.head.model import DiagnosisHead
-    from cxrdask.head.train import TrainConfig, _adam
+    from cxrdask.config import TrainConfig
+    from cxrdask.head.train_step import adam
 
     torch.set_num_threads(1)
     batches = FeatureBatches(store_url, "train", batch, seed=0)
     head = DiagnosisHead(batches.n_inputs)
-    optimizer = _adam(head.parameters(), TrainConfig())
+    c = TrainConfig()
+    optimizer = adam(head.parameters(), c.lr, c.weight_decay, c.betas, c.eps, torch.device("cpu"))
     criterion = torch.nn.BCEWithLogitsLoss()
     load_s = 0.0
     if mode == "memory":
@@ -100,7 +102,8 @@ def full_run(store_url: str, epochs: int, device: str = "cpu", variant: str = "d
              batch: int = 256) -> dict:
     """train_head for ``epochs`` epochs, without early stopping (the real API)."""
     from cxrdask.head.model import load_checkpoint
-    from cxrdask.head.train import TrainConfig, train_head
+    from cxrdask.config import TrainConfig
+    from cxrdask.head.train import train_head
 
     config = TrainConfig(epochs=epochs, batch_size=batch, early_stopping=None,
                          **FULL_RUN_VARIANTS[variant])

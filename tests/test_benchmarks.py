@@ -97,3 +97,30 @@ def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(
     assert bound["bound"] == bound[f"bound_{bound['bound_engine']}"]
     # cxrdask's own settings are not its peers.
     assert rows["cxrdask"]["steady_best_peer"] == "dataloader"
+
+
+def test_bench_train_measures_the_lazy_reader_the_baseline_and_a_full_run(tmp_path):
+    """Its measuring paths (``--measure`` in a child process per figure, ``--full-run``
+    through ``train_head``) on a 2,000-row store; a move of what they import breaks this."""
+    out = tmp_path / "train"
+    run_script("bench_train", "--sizes", 2000, "--batches", 256, "--max-rows", 512,
+               "--dir", tmp_path / "stores", "--full-run", "--full-store-rows", 2000,
+               "--epochs", 2, "--out", out)
+    rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    for mode in ("lazy", "memory"):
+        measured = rows[f"2000 rows, batch 256, {mode}"]
+        assert measured["s_per_epoch"] > 0 and measured["peak_rss_mb"] > 0
+    full = next(row for what, row in rows.items() if what.startswith("train_head 2 epochs"))
+    assert full["epochs"] == 2 and full["s_per_epoch"] > 0 and full["precision"] in ("fp32", "bf16")
+
+
+def test_bench_evaluate_times_each_part_of_evaluate(tmp_path):
+    out = tmp_path / "evaluate"
+    result = run_script("bench_evaluate", "--rows", 3000, "--resamples", 20, "--epochs", 1,
+                        "--store", tmp_path / "store.zarr", "--out", out)
+    rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert rows["AUC only (no intervals)"]["seconds"] > 0
+    with_intervals = rows["+ 20 patient resamples"]
+    assert with_intervals["seconds"] > 0 and "[" in with_intervals["interval"]
+    assert rows["+ a second head compared"]["test images"] == with_intervals["test images"] > 0
+    assert "bench_evaluate" in result.stdout
