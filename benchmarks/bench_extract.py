@@ -100,7 +100,7 @@ def first_call(device: str, config: Config, batch: int,
     """The bare backbone (one CPU thread, or the GPU), a random decoded batch, and the
     seconds of its first call on it (the compilation, if any)."""
     torch.set_num_threads(1)
-    runner = BackboneRunner(SPEC, device, config.precision, config.compile, batch, config.engine)
+    runner = BackboneRunner.build(SPEC, device, config.precision, config.compile, batch, config.engine)
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     start = time.perf_counter()
     runner(x)
@@ -131,7 +131,7 @@ def forward_rate_on_device(config: Config, batch: int, seconds: float) -> float:
     from cxrdask.imaging.model_input import DeviceInput
     from cxrdask.imaging.preprocessing import Preprocessing
 
-    runner = BackboneRunner(SPEC, "cuda", config.precision, config.compile, batch, config.engine)
+    runner = BackboneRunner.build(SPEC, "cuda", config.precision, config.compile, batch, config.engine)
     converter = DeviceInput(torch.device("cuda"), Preprocessing())
     pixels = torch.randint(0, 255, (batch, 224, 224), dtype=torch.uint8, device="cuda")
     x = converter.normalise(pixels)
@@ -283,7 +283,7 @@ def dataloader_rate(urls: list[str], device: str, precision: str, batch: int) ->
     """A plain PyTorch loop: DataLoader workers decode, the main process runs the model."""
     cores = os.cpu_count() or 1
     torch.set_num_threads(cores if device == "cpu" else 1)
-    runner = BackboneRunner(SPEC, device, precision, False, batch)
+    runner = BackboneRunner.build(SPEC, device, precision, False, batch)
     runner(np.zeros((batch, 3, 224, 224), np.float32))
     out = Path(tempfile.mkdtemp(prefix="bench-dl-"))
     loader = torch.utils.data.DataLoader(_Files(urls), batch_size=batch, num_workers=cores,

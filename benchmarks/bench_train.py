@@ -30,9 +30,9 @@ from benchmarks.common import machine, peak_rss_mb, save_results, table
 
 def measure(store_url: str, batch: int, mode: str, max_rows: int) -> dict:
     """One training pass (capped at ``max_rows``) in this process; seconds per full epoch."""
+    from cxrdask.config import TrainConfig
     from cxrdask.head.batches import FeatureBatches
     from cxrdask.head.model import DiagnosisHead
-    from cxrdask.config import TrainConfig
     from cxrdask.head.train_step import adam
 
     torch.set_num_threads(1)
@@ -101,8 +101,8 @@ FULL_RUN_VARIANTS = {  # name: TrainConfig fields
 def full_run(store_url: str, epochs: int, device: str = "cpu", variant: str = "default",
              batch: int = 256) -> dict:
     """train_head for ``epochs`` epochs, without early stopping (the real API)."""
-    from cxrdask.head.model import load_checkpoint
     from cxrdask.config import TrainConfig
+    from cxrdask.head.model import load_checkpoint
     from cxrdask.head.train import train_head
 
     config = TrainConfig(epochs=epochs, batch_size=batch, early_stopping=None,

@@ -112,7 +112,7 @@ def test_the_onnx_export_is_cached_on_disk_and_a_broken_file_is_replaced(tmp_pat
 
     def built_and_run() -> tuple[int, np.ndarray]:
         before = len(built)
-        features = BackboneRunner(spec, "cpu", "fp32", engine="onnxruntime")(batch)
+        features = BackboneRunner.build(spec, "cpu", "fp32", engine="onnxruntime")(batch)
         return len(built) - before, features
 
     builds, exported = built_and_run()
@@ -120,7 +120,7 @@ def test_the_onnx_export_is_cached_on_disk_and_a_broken_file_is_replaced(tmp_pat
     builds, cached = built_and_run()
     assert builds == 0  # the optimized graph read back: no network built, no export
     np.testing.assert_allclose(cached, exported, rtol=1e-5, atol=1e-5)
-    reference = BackboneRunner(spec, "cpu", "fp32", engine="torch")(batch)
+    reference = BackboneRunner.build(spec, "cpu", "fp32", engine="torch")(batch)
     np.testing.assert_allclose(cached, reference, rtol=1e-3, atol=1e-3)
     optimized.write_bytes(b"not an onnx model")  # a damaged optimized graph: made again
     builds, again = built_and_run()

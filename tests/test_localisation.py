@@ -48,7 +48,7 @@ def test_every_box_of_the_split_is_scored_from_its_own_image(small_archive, clus
     first = found.boxes.iloc[0]
     path = next(Path(small_archive.root).glob(f"images_*/images/{first['image_index']}"))
     row = table.set_index("image_index").loc[first["image_index"]]
-    diagnosis = Diagnoser(checkpoint, device="cpu").diagnose(
+    diagnosis = Diagnoser.load(checkpoint, device="cpu").diagnose(
         path.read_bytes(), first["image_index"], age=float(row["age"]), sex=row["sex"],
         view=row["view"])
     x, y, w, h = box_from_heatmap(np.asarray(diagnosis.heatmaps[first["finding"]]),

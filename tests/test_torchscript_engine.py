@@ -33,8 +33,8 @@ def test_the_trace_gives_eager_pytorchs_features(precision, tolerance):
     """Folding the batch norms into the convolutions changes only the rounding: fp32 to
     float32 precision, bf16 within bf16's (as a compiled backbone's, test_extract)."""
     batch = _batch(8)
-    eager = BackboneRunner(SPEC, "cpu", precision, engine="torch")(batch)
-    runner = BackboneRunner(SPEC, "cpu", precision, engine="torchscript")
+    eager = BackboneRunner.build(SPEC, "cpu", precision, engine="torch")(batch)
+    runner = BackboneRunner.build(SPEC, "cpu", precision, engine="torchscript")
     traced = runner(batch)
     assert isinstance(runner.backend.graphs, TorchScriptBackbone)
     assert traced.shape == eager.shape == (8, SPEC.feature_dim)
@@ -45,7 +45,7 @@ def test_an_image_gets_the_same_features_in_any_batch_any_position_and_any_threa
     """The fuser's profiling pass runs on zeros before any image, and short batches are
     padded: so an image's features do not depend on where it falls, and threads sharing
     the trace from a cold start agree bit for bit."""
-    runner = BackboneRunner(SPEC, "cpu", "bf16", batch_size=8, engine="torchscript")
+    runner = BackboneRunner.build(SPEC, "cpu", "bf16", batch_size=8, engine="torchscript")
     batch = _batch(8, seed=1)
     results: dict[int, np.ndarray] = {}
 
@@ -71,7 +71,7 @@ def test_torchscript_settings_it_cannot_run_are_refused_up_front(bad):
         ExtractConfig(engine="torchscript", **bad)
     with pytest.raises(OptionError, match="engine 'torchscript' runs fp32 or bf16 on the CPU, "
                                           "uncompiled"):
-        BackboneRunner(SPEC, "cpu", "bf16", compile=True, engine="torchscript")
+        BackboneRunner.build(SPEC, "cpu", "bf16", compile=True, engine="torchscript")
 
 
 def test_engine_auto_runs_torchscript_for_bf16_cpu_jobs_that_repay_the_trace():
@@ -159,7 +159,7 @@ def test_a_worker_warms_its_backbone_once_not_again_on_each_call_of_the_session(
                         lambda self, batch: batches.append(len(batch)) or run(self, batch))
     worker.warm_worker(config)
     assert (3, 64, 64) in traced.backend.graphs._graphs and batches == []
-    eager = BackboneRunner(SPEC, "cpu", "bf16", batch_size=4)
+    eager = BackboneRunner.build(SPEC, "cpu", "bf16", batch_size=4)
     eager.backend.pads = True  # what a compiled backend says (its compile not paid here)
     monkeypatch.setattr(worker, "_runner", lambda _: eager)
     compiled = replace(config, engine="torch", compile=True, batch_size=4)

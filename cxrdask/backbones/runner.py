@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxrdask.backbones.engines import CPU_ENGINES, ENGINE_RULES, engine_refusal, open_backend
+from cxrdask.backbones.engines import (
+    CPU_ENGINES,
+    ENGINE_RULES,
+    Backend,
+    engine_refusal,
+    open_backend,
+)
 from cxrdask.backbones.hardware import resolve_device
 from cxrdask.backbones.spec import PRECISIONS, BackboneSpec
 from cxrdask.errors import OptionError
@@ -31,16 +37,32 @@ class BackboneRunner:
     """A frozen backbone on one engine, device and precision: float32 batches in, features out.
 
     The engine's backend (:mod:`cxrdask.backbones.engines`) does the arithmetic; the runner
-    checks the combination against the engines' table before anything is built, pads a
-    short batch where the backend runs one shape only, and warms the backend once per image
-    shape. Built without torch where the engine needs none (ONNX Runtime from its cached
-    export). ``threads``: ONNX Runtime's intra-op threads (None: every core this process may
-    use); PyTorch engines use torch's own setting.
+    pads a short batch where the backend runs one shape only, and warms the backend once per
+    image shape. :meth:`build` checks the combination against the engines' table before
+    anything is built, then builds the backend; without torch where the engine needs none
+    (ONNX Runtime from its cached export). ``threads``: ONNX Runtime's intra-op threads
+    (None: every core this process may use); PyTorch engines use torch's own setting.
     """
 
-    def __init__(self, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
-                 compile: bool = False, batch_size: int = 8, engine: str = "torch",
-                 threads: int | None = None):
+    def __init__(self, backend: Backend, spec: BackboneSpec, engine: str, device: Any,
+                 precision: str, compile: bool, batch_size: int):
+        self.backend = backend
+        self.spec = spec
+        self.engine = engine
+        self.device = device  # a torch.device, or None where the engine needs no torch
+        self.device_type = "cpu" if device is None else device.type
+        self.precision = precision
+        self.compiled = compile
+        self.batch_size = batch_size
+        self._warmed: set[tuple[int, int, int]] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def build(cls, spec: BackboneSpec, device: str = "auto", precision: str = "fp32",
+              compile: bool = False, batch_size: int = 8, engine: str = "torch",
+              threads: int | None = None) -> BackboneRunner:
+        """Check the combination against the engines' table, then build the engine's backend
+        (the network built, exported, compiled or read from a cache: the I/O is here)."""
         if precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if engine not in ENGINE_RULES:
@@ -48,21 +70,13 @@ class BackboneRunner:
         torch_free = engine == "onnxruntime" and device in ("auto", "cpu")
         resolved: Any = None if torch_free else resolve_device(
             "cpu" if engine in CPU_ENGINES and device == "auto" else device)
-        device_type = "cpu" if resolved is None else resolved.type
-        reason = engine_refusal(engine, device_type, precision, compile)
+        reason = engine_refusal(engine, "cpu" if resolved is None else resolved.type,
+                                precision, compile)
         if reason is not None:
             raise OptionError(reason)
-        self.spec = spec
-        self.device = resolved
-        self.device_type = device_type
-        self.precision = precision
-        self.batch_size = batch_size
-        self.compiled = compile
-        self.engine = engine
-        self.backend = open_backend(engine, spec, resolved, precision, compile, batch_size,
-                                    threads or len(os.sched_getaffinity(0)))
-        self._warmed: set[tuple[int, int, int]] = set()
-        self._lock = threading.Lock()
+        backend = open_backend(engine, spec, resolved, precision, compile, batch_size,
+                               threads or len(os.sched_getaffinity(0)))
+        return cls(backend, spec, engine, resolved, precision, compile, batch_size)
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """Features (float32 NumPy, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)``
@@ -132,8 +146,8 @@ def cached_runner(spec: BackboneSpec, device: str = "auto", precision: str = "fp
     with _RUNNERS_LOCK:
         runner = _RUNNERS.get(key)
         if runner is None:
-            runner = _RUNNERS[key] = BackboneRunner(spec, device, precision, compile,
-                                                    batch_size, engine, threads)
+            runner = _RUNNERS[key] = BackboneRunner.build(spec, device, precision, compile,
+                                                          batch_size, engine, threads)
         return runner
 
 

@@ -54,7 +54,7 @@ def _diagnoser(checkpoint: str, weights: str | None):
 def _load_diagnoser(checkpoint: str, mtime_ns: int, size: int, weights: str | None):
     from cxrdask.serve.diagnosis import Diagnoser
 
-    return Diagnoser(checkpoint, weights=weights, device="cpu")
+    return Diagnoser.load(checkpoint, weights=weights, device="cpu")
 
 
 def draw_boxes(items: list[tuple], checkpoint: str, weights: str | None,

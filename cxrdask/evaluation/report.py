@@ -22,7 +22,6 @@ from cxrdask.evaluation.audit import Audit, Scored, auc_per_label, audit
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.head.batches import FeatureBatches, open_store
 from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_head
-from cxrdask.store.features import FeatureStore
 from cxrdask.store.targets import check_output_folder
 
 # Published test-set AUCs, kept for comparison (their splits differ from ours: see the report).
@@ -264,14 +263,44 @@ def _check_options(config: EvaluateConfig, checkpoint: str | Checkpoint) -> None
                           "its file: pass the checkpoint's path")
 
 
-def _head_scores(store: FeatureStore, split: str, ckpt: Checkpoint, other: Checkpoint | None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """One pass over the split's chunks: the head's probabilities, those of the same head
-    untrained (the same seed's initial weights, the same input standardisation), the
-    targets, and the compared head's probabilities (None without one)."""
+@dataclass(frozen=True)
+class Scores:
+    """A head's probabilities on one split, beside what the audit compares them with: the
+    validation split's (where thresholds are chosen; None where it is empty), the same head
+    untrained (the same seed's initial weights, the same input standardisation), and a
+    second head's (None without one). What :func:`score_split` returns."""
+
+    split: str
+    scored: Scored
+    untrained: np.ndarray
+    validation: Scored | None
+    other: np.ndarray | None
+    checkpoint: Checkpoint
+    compared: Checkpoint | None = None
+
+
+def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
+                compare_to: str | Checkpoint | None = None,
+                storage_options: StorageOptions | None = None) -> Scores:
+    """The first step of :func:`evaluate`, callable alone: the heads' probabilities on
+    ``split`` (one pass over its chunks, out of core) and on the validation split.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        A head was trained on another backbone, preprocessing or inputs (checked before any
+        chunk is read).
+    """
+    store = open_store(store, storage_options)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
+             else load_checkpoint(compare_to))
+    for head in (ckpt, other):
+        if head is not None:
+            head.check_features(store.provenance["backbone"], store.provenance.get("preprocessing"))
     batches = FeatureBatches(store, split, 4096, shuffle=False,
                              demographics=tuple(ckpt.input["demographics"]))
-    ckpt.check_inputs(batches.n_inputs)  # the backbone and preprocessing: checked by evaluate
+    ckpt.check_inputs(batches.n_inputs)
     if other is not None:
         other_batches = FeatureBatches(store, split, 4096, shuffle=False,
                                        demographics=tuple(other.input["demographics"]))
@@ -283,7 +312,34 @@ def _head_scores(store: FeatureStore, split: str, ckpt: Checkpoint, other: Check
                                                                      batches)
     other_probabilities = (None if other is None
                            else head_outputs([other.head], other_batches)[0][0])
-    return probabilities, untrained_probabilities, targets, other_probabilities
+    table = store.table(["image_index", "patient_id", "sex", "age", "view"])
+    return Scores(split=split,
+                  scored=Scored(targets.astype(bool), probabilities, _rows(store, split, table)),
+                  untrained=untrained_probabilities,
+                  validation=_scored(store, "validation", ckpt, table),
+                  other=other_probabilities, checkpoint=ckpt, compared=other)
+
+
+def build_report(store, scores: Scores, found: Audit) -> EvaluationReport:
+    """The report of an audit (:func:`~cxrdask.evaluation.audit.audit` of ``scores``): the
+    per-disease table beside the untrained head and published results, with the store's
+    split, backbone and caveats."""
+    targets = scores.scored.targets
+    table = pd.DataFrame({
+        "label": list(LABELS),
+        "positives": targets.sum(axis=0).astype(int),
+        "auc": found.auc["auc"].to_numpy(),  # the audit's point estimates
+        "auc_untrained": auc_per_label(targets, scores.untrained),
+        "wang2017": [WANG_2017[name] for name in LABELS],
+        "chexnet": [CHEXNET_2017[name] for name in LABELS],
+    })
+    identity = store.provenance["backbone"]
+    return EvaluationReport(
+        table=table, split=scores.split,
+        split_description=store.provenance["split"].get("description", ""),
+        n_rows=len(targets), caveats=report_caveats(store.provenance),
+        backbone=f"{identity['name']} ({identity['weights']})", audit=found,
+        compared_with="" if scores.compared is None else str(scores.compared.path))
 
 
 def evaluate(
@@ -354,45 +410,21 @@ def evaluate(
     if out_dir is not None:  # checked before any pass
         check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
                                                                 "the images folder": config.images})
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
-             else load_checkpoint(compare_to))
-    for head in (ckpt, other):  # before any chunk is read
-        if head is not None:
-            head.check_features(store.provenance["backbone"], store.provenance.get("preprocessing"))
-    demographics = tuple(ckpt.input["demographics"])
-    probabilities, untrained_probabilities, targets, other_probabilities = _head_scores(
-        store, split, ckpt, other)
-    table_rows = store.table(["image_index", "patient_id", "sex", "age", "view"])
-    validation = _scored(store, "validation", ckpt, demographics, table_rows)
-    found = audit(Scored(targets.astype(bool), probabilities, _rows(store, split, table_rows)),
-                  validation, other=other_probabilities, resamples=config.bootstrap,
-                  seed=config.seed, rule=config.threshold_rule,
+    scores = score_split(store, checkpoint, split=split, compare_to=compare_to)
+    found = audit(scores.scored, scores.validation, other=scores.other,
+                  resamples=config.bootstrap, seed=config.seed, rule=config.threshold_rule,
                   specificity=config.specificity, expert=expert)
-    table = pd.DataFrame({
-        "label": list(LABELS),
-        "positives": targets.sum(axis=0).astype(int),
-        "auc": found.auc["auc"].to_numpy(),  # the audit's point estimates
-        "auc_untrained": auc_per_label(targets, untrained_probabilities),
-        "wang2017": [WANG_2017[name] for name in LABELS],
-        "chexnet": [CHEXNET_2017[name] for name in LABELS],
-    })
-    identity = store.provenance["backbone"]
-    report = EvaluationReport(table=table, split=split,
-                              split_description=store.provenance["split"].get("description", ""),
-                              n_rows=len(targets), caveats=report_caveats(store.provenance),
-                              backbone=f"{identity['name']} ({identity['weights']})",
-                              audit=found, compared_with="" if other is None else str(other.path))
+    report = build_report(store, scores, found)
     if config.boxes is not None and config.images is not None:
         from cxrdask.evaluation.localisation import localise
         from cxrdask.extract.cluster import session_client
 
         report.localisation = localise(
-            store, str(ckpt.path), config.boxes, config.images, split=split,
+            store, str(scores.checkpoint.path), config.boxes, config.images, split=split,
             client=client or session_client(config.n_workers, announce=False),
             weights=config.weights, storage_options=storage_options, seed=config.seed)
     if out_dir is not None:
-        report.files = _write_report(report, ckpt, targets, probabilities, Path(out_dir))
+        report.files = write_report(report, scores, out_dir)
     return report
 
 
@@ -402,21 +434,25 @@ def _rows(store, split: str, table: pd.DataFrame) -> pd.DataFrame:
     return table.iloc[store.rows(split)].reset_index(drop=True)
 
 
-def _scored(store, split: str, ckpt: Checkpoint, demographics: tuple[str, ...],
-            table: pd.DataFrame) -> Scored | None:
+def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame) -> Scored | None:
     """The head's probabilities on ``split`` (None where the split is empty)."""
-    batches = FeatureBatches(store, split, 4096, shuffle=False, demographics=demographics)
+    batches = FeatureBatches(store, split, 4096, shuffle=False,
+                             demographics=tuple(ckpt.input["demographics"]))
     if batches.n_rows == 0:
         return None
     (probabilities,), targets = head_outputs([ckpt.head], batches)
     return Scored(targets.astype(bool), probabilities, _rows(store, split, table))
 
 
-def _write_report(report: EvaluationReport, ckpt: Checkpoint, targets: np.ndarray,
-                  probabilities: np.ndarray, out: Path) -> list[str]:
+def write_report(report: EvaluationReport, scores: Scores, out_dir: str | os.PathLike
+                 ) -> list[str]:
+    """The last step of :func:`evaluate`: ``report.md``, ``report.json`` and the charts
+    (ROC, AUC bars, reliability, subgroup gaps) in ``out_dir``; the files written."""
     from cxrdask.evaluation.calibration import reliability_figure
     from cxrdask.plots import auc_bars_figure, roc_figure, save_figure, subgroup_gap_figure
 
+    out, ckpt = Path(out_dir), scores.checkpoint
+    targets, probabilities = scores.scored.targets, scores.scored.probabilities
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.to_markdown())
     (out / "report.json").write_text(json.dumps(

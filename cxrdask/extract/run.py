@@ -44,6 +44,7 @@ from cxrdask.extract.metrics import CHUNK_PREFIX, WARMUP_PREFIX, install_counter
 from cxrdask.extract.resolve import Resolved, WorkerFacts, describe_auto_engine, local_engine, resolve
 from cxrdask.extract.task_config import STAGE_NAMES, STAGES, TaskConfig
 from cxrdask.extract.tasks import run_chunk, run_warmup, worker_hardware
+from cxrdask.extract.worker_state import ExtractionWorkerPlugin
 from cxrdask.imaging.preprocessing import CPU_INTERPOLATION, DEVICE_INTERPOLATION, Preprocessing, flip_for
 from cxrdask.store.lease import StoreLease
 
@@ -883,6 +884,7 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: b
                       flip_seed=c.split_seed, pixels_url=plan.pixels_url,
                       pixels_role=plan.pixels_role, read_retries=c.read_retries,
                       leases=tuple((lease.url, lease.token) for lease in leases))
+    client.register_plugin(ExtractionWorkerPlugin())  # this run's worker state; the last one's goes
     summary = _run(client, stores, plan.rows, plan.urls, task, c, progress)
     if summary.retriable:
         raise ExtractionIncompleteError(summary)

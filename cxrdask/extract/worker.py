@@ -20,9 +20,7 @@ with NumPy (:class:`~cxrdask.imaging.host_input.HostInput`) and starts 2-3 s soo
 from __future__ import annotations
 
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -32,25 +30,24 @@ from cxrdask.errors import ImageDecodeError
 from cxrdask.extract.metrics import report_chunk
 from cxrdask.extract.retries import call_with_retries, is_transient
 from cxrdask.extract.task_config import STAGES, TaskConfig
+from cxrdask.extract.worker_state import StoreKey, worker_state
 from cxrdask.imaging.decode import decode_gray, resize_gray
 from cxrdask.imaging.host_input import HostInput, needs_torch_input
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
 from cxrdask.store.lease import check_lease
 from cxrdask.store.pixels import PixelStore
 
-_WORKER_STATE: dict[Any, Any] = {}
-_WORKER_LOCK = threading.Lock()
-
 
 def _worker_resources(config: TaskConfig):
-    """This process's stores and I/O pool, made once and reused by every task:
-    ``(feature store | None, pixel store | None, pool)``."""
-    with _WORKER_LOCK:
-        if _WORKER_STATE.get("torch_threads") != config.torch_threads and _uses_torch(config):
+    """This run's stores and I/O pool in this process, made once and reused by every task:
+    ``(feature store | None, pixel store | None, pool)`` (see :mod:`~cxrdask.extract.worker_state`)."""
+    state = worker_state()
+    with state.lock:
+        if state.torch_threads != config.torch_threads and _uses_torch(config):
             import torch
 
             torch.set_num_threads(config.torch_threads)
-            _WORKER_STATE["torch_threads"] = config.torch_threads
+            state.torch_threads = config.torch_threads
         options = repr(config.storage_options)
         opened: list[Any] = []
         modes: tuple[tuple[type[FeatureStore], str | None, Literal["r", "r+"]], ...] = (
@@ -58,15 +55,14 @@ def _worker_resources(config: TaskConfig):
             (PixelStore, config.pixels_url, "r" if config.pixels_role == "source" else "r+"),
         )
         for kind, url, mode in modes:
-            key = (kind.KIND, url, options, mode)
-            if url is not None and key not in _WORKER_STATE:
-                _WORKER_STATE[key] = kind.open(url, config.storage_options, mode)
-            opened.append(_WORKER_STATE.get(key) if url is not None else None)
-        pool_key = ("pool", config.io_threads)
-        if pool_key not in _WORKER_STATE:
-            _WORKER_STATE[pool_key] = ThreadPoolExecutor(config.io_threads,
-                                                         thread_name_prefix="cxrdask-io")
-        return opened[0], opened[1], _WORKER_STATE[pool_key]
+            if url is None:
+                opened.append(None)
+                continue
+            key = StoreKey(kind.KIND, url, options, mode)
+            if key not in state.stores:
+                state.stores[key] = kind.open(url, config.storage_options, mode)
+            opened.append(state.stores[key])
+        return opened[0], opened[1], state.pool(config.io_threads)
 
 
 def _load_one(url: str, name: str, config: TaskConfig):
@@ -110,17 +106,18 @@ def _device_input(config: TaskConfig):
     a :class:`~cxrdask.imaging.model_input.DeviceInput`, or a NumPy :class:`HostInput` where torch is
     not needed."""
     torch_input = _uses_torch(config)
-    key = ("input", config.device if torch_input else "host", config.preprocessing)
-    with _WORKER_LOCK:
-        if key not in _WORKER_STATE:
+    key = (config.device if torch_input else "host", config.preprocessing)
+    state = worker_state()
+    with state.lock:
+        if key not in state.inputs:
             if torch_input:
                 from cxrdask.backbones.hardware import resolve_device
                 from cxrdask.imaging.model_input import DeviceInput
 
-                _WORKER_STATE[key] = DeviceInput(resolve_device(config.device), config.preprocessing)
+                state.inputs[key] = DeviceInput(resolve_device(config.device), config.preprocessing)
             else:
-                _WORKER_STATE[key] = HostInput(config.preprocessing)
-        return _WORKER_STATE[key]
+                state.inputs[key] = HostInput(config.preprocessing)
+        return state.inputs[key]
 
 
 def _runner(config: TaskConfig):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.splits import split_code
+from cxrdask.head.batch_plan import BatchPlan
 from cxrdask.head.encoding import DEFAULT_DEMOGRAPHICS, encode_inputs
 from cxrdask.store.features import STATUS_OK, FeatureStore
 
@@ -79,7 +81,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         storage_options: StorageOptions | None = None,
     ):
         super().__init__()
-        self.store = open_store(store, storage_options)
+        self._store = store
+        self.storage_options = storage_options
         self.split = split_code(split)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
@@ -90,21 +93,39 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         self.drop_last = drop_last
         self.chunks_read = 0
         self.max_rows_held = 0
-        # One byte per row each: which chunks hold rows of this split whose image was read.
-        keep = (self.store.read("split") == self.split) & (self.store.read("status") == STATUS_OK)
-        self.n_rows = int(keep.sum())
-        rows_per_chunk = np.add.reduceat(keep, np.arange(0, self.store.n_rows,
-                                                         self.store.chunk_rows))
-        self.chunk_ids = np.flatnonzero(rows_per_chunk > 0)
-        self._keep = keep
-        # Labels and encoded demographics (22 bytes a row, 2.5 MB for all of NIH) are read
-        # once: one zarr call per chunk for them would cost more than the features' read.
-        # Features, 4 KB a row, are only ever held a buffer at a time.
-        view = self.store.read("view") if "view" in self.demographics else None
-        self._extra = encode_inputs(np.zeros((self.store.n_rows, 0), np.float32),
-                                    self.store.read("age"), self.store.read("sex"), view, self.demographics)
-        self._labels = self.store.read("labels")
         self._standardisation: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # Read at first use, not in the constructor: the store, then the per-row arrays.
+
+    @cached_property
+    def store(self) -> FeatureStore:
+        return open_store(self._store, self.storage_options)
+
+    @cached_property
+    def plan(self) -> BatchPlan:
+        """Which chunks and rows make the batches (one byte per row read: split, status)."""
+        keep = (self.store.read("split") == self.split) & (self.store.read("status") == STATUS_OK)
+        return BatchPlan(keep, self.store.chunk_rows, self.batch_size, self.shuffle, self.seed,
+                         self.buffer_chunks, self.drop_last)
+
+    @cached_property
+    def _rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded demographics and labels of every row (22 bytes a row, 2.5 MB for all of
+        NIH), read once: one zarr call per chunk for them would cost more than the features'
+        read. Features, 4 KB a row, are only ever held a buffer at a time."""
+        view = self.store.read("view") if "view" in self.demographics else None
+        extra = encode_inputs(np.zeros((self.store.n_rows, 0), np.float32),
+                              self.store.read("age"), self.store.read("sex"), view,
+                              self.demographics)
+        return extra, self.store.read("labels")
+
+    @property
+    def n_rows(self) -> int:
+        return self.plan.n_rows
+
+    @property
+    def chunk_ids(self) -> np.ndarray:
+        return self.plan.chunk_ids
 
     def standardise(self, mean, scale) -> None:
         """Yield ``(inputs - mean) * scale``, computed in the reader thread, off the training path."""
@@ -118,11 +139,10 @@ class FeatureBatches(torch.utils.data.IterableDataset):
     @property
     def row_bound(self) -> int:
         """The most rows held in the shuffle buffer at once."""
-        return self.buffer_chunks * self.store.chunk_rows + self.batch_size
+        return self.plan.row_bound
 
     def __len__(self) -> int:
-        full, rest = divmod(self.n_rows, self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return self.plan.batches_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Use a different (seeded) chunk and row order for each epoch."""
@@ -130,46 +150,29 @@ class FeatureBatches(torch.utils.data.IterableDataset):
 
     def read_chunk(self, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of this split's readable rows in one chunk (float32 tensors)."""
-        start, stop = self.store.chunk_bounds(chunk)
-        keep = self._keep[start:stop]
+        start, stop, keep = self.plan.rows_of(chunk)
+        extra, labels = self._rows
         features = self.store.read("features", slice(start, stop))
         if not keep.all():
             features = features[keep]
         dim = features.shape[1]
-        inputs = torch.empty((len(features), dim + self._extra.shape[1]), dtype=torch.float32)
+        inputs = torch.empty((len(features), dim + extra.shape[1]), dtype=torch.float32)
         inputs[:, :dim].copy_(torch.from_numpy(features))  # SIMD float16 -> float32, in place
-        inputs[:, dim:].copy_(torch.from_numpy(self._extra[start:stop][keep]))
+        inputs[:, dim:].copy_(torch.from_numpy(extra[start:stop][keep]))
         if self._standardisation is not None:
             mean, scale = self._standardisation
             inputs.sub_(mean).mul_(scale)
-        targets = torch.from_numpy(self._labels[start:stop][keep].astype(np.float32))
+        targets = torch.from_numpy(labels[start:stop][keep].astype(np.float32))
         self.chunks_read += 1
         return inputs, targets
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches made by a background thread (read, convert, shuffle), so training never waits
         on the store while the reader keeps no more than a couple of buffers ahead."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.chunk_ids) if self.shuffle else self.chunk_ids
-        order = self._my_share(order)
+        rng = self.plan.epoch_rng(self.epoch)
+        order = self.plan.chunk_order(rng, *_reader_share())
         ahead = max(2, 2 * self.buffer_chunks * self.store.chunk_rows // self.batch_size)
         return _in_background(self._batches(order, rng), ahead)
-
-    @staticmethod
-    def _my_share(order: np.ndarray) -> np.ndarray:
-        """This reader's chunks: split across torch.distributed ranks and DataLoader workers.
-
-        Every copy of the dataset draws the same (seeded) chunk order, so taking every
-        ``parts``-th chunk from ``index`` gives each reader a disjoint share and every row is
-        read exactly once per epoch, however many readers there are.
-        """
-        parts, index = 1, 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            parts, index = torch.distributed.get_world_size(), torch.distributed.get_rank()
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None:
-            parts, index = parts * worker.num_workers, index * worker.num_workers + worker.id
-        return order[index::parts]
 
     def _batches(self, order: np.ndarray, rng: np.random.Generator):
         held_x: list[torch.Tensor] = []
@@ -202,6 +205,18 @@ class FeatureBatches(torch.utils.data.IterableDataset):
                 yield x[n_full:], y[n_full:]
             return None
         return x[n_full:], y[n_full:]
+
+
+def _reader_share() -> tuple[int, int]:
+    """``(parts, index)``: how many readers share the chunks (``torch.distributed`` ranks x
+    DataLoader workers) and which one this is (see :meth:`BatchPlan.chunk_order`)."""
+    parts, index = 1, 0
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts, index = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    worker = torch.utils.data.get_worker_info()
+    if worker is not None:
+        parts, index = parts * worker.num_workers, index * worker.num_workers + worker.id
+    return parts, index
 
 
 def _in_background(items: Iterator, ahead: int) -> Iterator:

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from cxrdask.archive.labels import LABELS
 from cxrdask.backbones.build import build_backbone
 from cxrdask.backbones.hardware import resolve_device
-from cxrdask.backbones.spec import file_sha256
+from cxrdask.backbones.spec import BackboneSpec, file_sha256
 from cxrdask.head.model import Checkpoint, load_checkpoint
 from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
 from cxrdask.serve.inference import backbone_for_checkpoint, head_inputs, inference_preprocessing
@@ -79,25 +79,38 @@ def grad_cam(maps: torch.Tensor, logits_of_pooled) -> torch.Tensor:
 class Diagnoser:
     """A head checkpoint and its backbone, loaded once, answering for one image at a time."""
 
-    def __init__(self, checkpoint: str | Checkpoint, weights: str | None = None,
-                 device: str = "auto", max_concurrent: int = 1,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-        self.spec = backbone_for_checkpoint(self.checkpoint, weights)
-        self.device = resolve_device(device)
-        self.backbone = build_backbone(self.spec).to(self.device)
-        self.head = self.checkpoint.head.to(self.device)
-        self.preprocessing = inference_preprocessing(self.checkpoint)
+    def __init__(self, checkpoint: Checkpoint, spec: BackboneSpec, backbone: nn.Module,
+                 device: torch.device, *, max_concurrent: int = 1,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, head_sha256: str | None = None):
+        self.checkpoint = checkpoint
+        self.spec = spec
+        self.device = device
+        self.backbone = backbone
+        self.head = checkpoint.head.to(device)
+        self.preprocessing = inference_preprocessing(checkpoint)
         self.max_pixels = max_pixels
         self._slots = threading.BoundedSemaphore(max_concurrent)
-        path = self.checkpoint.path
+        path = checkpoint.path
         self.identity = {
-            "backbone": self.spec.identity(),
-            "head": {"file": os.path.basename(path), "sha256": file_sha256(path) if path else None,
-                     "epoch": self.checkpoint.epoch, "val_loss": self.checkpoint.val_loss,
-                     "inputs": self.checkpoint.input["n_inputs"]},
-            "device": str(self.device),
+            "backbone": spec.identity(),
+            "head": {"file": os.path.basename(path), "sha256": head_sha256,
+                     "epoch": checkpoint.epoch, "val_loss": checkpoint.val_loss,
+                     "inputs": checkpoint.input["n_inputs"]},
+            "device": str(device),
         }
+
+    @classmethod
+    def load(cls, checkpoint: str | Checkpoint, weights: str | None = None,
+             device: str = "auto", max_concurrent: int = 1,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Diagnoser:
+        """Load the head checkpoint (a file or loaded) and build its backbone on ``device``
+        (``weights``: the backbone's weights file, when the head was trained on one)."""
+        loaded = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        spec = backbone_for_checkpoint(loaded, weights)
+        resolved = resolve_device(device)
+        return cls(loaded, spec, build_backbone(spec).to(resolved), resolved,
+                   max_concurrent=max_concurrent, max_pixels=max_pixels,
+                   head_sha256=file_sha256(loaded.path) if loaded.path else None)
 
     def diagnose(self, data: bytes, name: str = "upload", *, age: float | None = None,
                  sex: str | None = None, view: str | None = None, heatmaps: bool = True

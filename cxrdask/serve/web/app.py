@@ -61,7 +61,7 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
     fastapi.FastAPI
         ``/`` (the page), ``POST /api/predict``, ``/api/health``, ``/docs``.
     """
-    diagnoser = Diagnoser(checkpoint, weights, device, max_concurrent, max_pixels)
+    diagnoser = Diagnoser.load(checkpoint, weights, device, max_concurrent, max_pixels)
     started = time.time()
     app = FastAPI(title="cxrdask diagnosis", version=__version__,
                   description=f"14 ChestX-ray14 findings for one chest X-ray. {DISCLAIMER}")
