@@ -138,7 +138,7 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
     pre = p.get("preprocessing") or {}
     shape = (f"pixels: {store.n_rows} x {pre.get('size')}² uint8, {pre.get('interpolation')}, "
              f"{p.get('compression')}" if pixels
-             else f"features: {store.n_rows} x {store.feature_dim} {p['dtype']}")
+             else f"features: {store.n_rows} x {p['backbone']['feature_dim']} {p['dtype']}")
     lines = [
         f"{'pixel' if pixels else 'feature'} store {url} (format {p['format_version']}, "
         f"cxrdask {p.get('library_version')}, created {p.get('created')})",

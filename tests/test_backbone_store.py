@@ -228,7 +228,7 @@ def test_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="no feature store"):
         FeatureStore.open(str(tmp_path / "absent.zarr"))
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
-    with pytest.raises(StoreError, match="not a cxrdask feature store"):
+    with pytest.raises(StoreError, match="not a cxrdask store"):
         FeatureStore.open(str(tmp_path / "plain.zarr"))
     store = make_store(str(tmp_path / "old.zarr"))
     store.update_provenance(format_version=0)

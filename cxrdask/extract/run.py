@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from cxrdask.store.features import FeatureSettings, FeatureStore
+    from cxrdask.store.rows import RowStore
 
 MAX_AUTO_CHUNK_ROWS = 512
 TASK_RETRIES = 2  # Dask re-runs a chunk task that raised (a failed write) this many times
@@ -610,7 +611,7 @@ def _check_resumable(plan: ExtractionPlan, existing: FeatureStore, **wanted: Any
     return plan
 
 
-def _check_strict_resume(existing: FeatureStore, config: ExtractConfig) -> None:
+def _check_strict_resume(existing: RowStore, config: ExtractConfig) -> None:
     """A strict run refuses to resume a store holding failed rows (unless it reads them
     again, ``retry_failed``): skipping their chunks as done would let it pass."""
     if not config.strict or config.retry_failed:
@@ -914,7 +915,7 @@ def _resolve_auto(plan: ExtractionPlan, client) -> ExtractionPlan:
                                   compile=resolved.compile))
 
 
-def _create_or_resume(plan: ExtractionPlan, client) -> list[FeatureStore]:
+def _create_or_resume(plan: ExtractionPlan, client) -> list[RowStore]:
     """The stores the run writes (the feature store first), opened to resume them (settings
     checked again, under the lease) or made."""
     from cxrdask.store.features import FeatureStore
@@ -926,15 +927,14 @@ def _create_or_resume(plan: ExtractionPlan, client) -> list[FeatureStore]:
     if chunk_rows is None:
         chunk_rows = c.chunk_rows if c.chunk_rows != "auto" else auto_chunk_rows(
             len(plan.rows), _worker_threads(client), c.batch_size)
-    stores: list[FeatureStore] = []
+    stores: list[RowStore] = []
     for url in _written_urls(plan):
         pixels = url == plan.pixels_url and plan.pixels_role == "write"
         kind = PixelStore if pixels else FeatureStore
         exists = kind.exists(url, options)
         if c.resume and exists:
             store = kind.open(url, options, mode="r+")
-            if pixels:
-                assert isinstance(store, PixelStore)
+            if isinstance(store, PixelStore):
                 store.check_pixel_settings(plan.preprocessing.to_dict())
             else:
                 store.check_settings(_resume_settings(plan))
@@ -958,7 +958,7 @@ def _create_or_resume(plan: ExtractionPlan, client) -> list[FeatureStore]:
     return stores
 
 
-def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str, str],
+def _run(client, stores: list[RowStore], rows: pd.DataFrame, urls: dict[str, str],
          config: TaskConfig, choices: ExtractConfig, progress: bool) -> ExtractSummary:
     from distributed import span
 
@@ -986,7 +986,7 @@ def _run(client, stores: list[FeatureStore], rows: pd.DataFrame, urls: dict[str,
     return summary
 
 
-def _chunks_to_run(stores: list[FeatureStore], retry_failed: bool) -> tuple[list[int], list[int]]:
+def _chunks_to_run(stores: list[RowStore], retry_failed: bool) -> tuple[list[int], list[int]]:
     """The chunks this run computes: those not done in every store it writes, those found
     damaged (:func:`_damaged_done_chunks`), and with ``retry_failed`` those holding failed
     rows. Returns them and the damaged ones."""
@@ -1020,7 +1020,7 @@ def _warm_up(client, config: TaskConfig, run_token: str) -> None:
     del warm
 
 
-def _chunk_arguments(store: FeatureStore, todo: list[int], rows: pd.DataFrame,
+def _chunk_arguments(store: RowStore, todo: list[int], rows: pd.DataFrame,
                      urls: dict[str, str], config: TaskConfig) -> list[tuple]:
     """Each chunk task's rows: its number, its images' URLs and names, and their flips."""
     from cxrdask.archive.splits import TRAIN
@@ -1065,7 +1065,7 @@ def _gather(client, futures: list, total: int, progress: bool, strict: bool) -> 
     return results
 
 
-def _summarise(client, store: FeatureStore, results: list[dict], config: TaskConfig,
+def _summarise(client, store: RowStore, results: list[dict], config: TaskConfig,
                span_id: str, *, todo: list[int], damaged: list[int], seconds: float,
                warm_seconds: float) -> ExtractSummary:
     """The run's :class:`ExtractSummary`: its tasks' results, the store's whole status, and
@@ -1106,7 +1106,7 @@ def _summarise(client, store: FeatureStore, results: list[dict], config: TaskCon
     )
 
 
-def _damaged_done_chunks(stores: list[FeatureStore], done: np.ndarray) -> list[int]:
+def _damaged_done_chunks(stores: list[RowStore], done: np.ndarray) -> list[int]:
     """The chunks marked done that fail their checksums or lost their data, in any store
     the run writes: a resumed run reads every chunk it would skip (far cheaper than
     computing it) and recomputes the damaged ones instead of trusting their markers."""
@@ -1120,7 +1120,7 @@ def _damaged_done_chunks(stores: list[FeatureStore], done: np.ndarray) -> list[i
     return sorted(damaged)
 
 
-def _record_run(store: FeatureStore, summary: ExtractSummary) -> None:
+def _record_run(store: RowStore, summary: ExtractSummary) -> None:
     """Keep the run's outcome in the store: failed-row count and conversions (first 1,000)."""
     previous = store.provenance.get("conversions", [])
     conversions = (previous + [list(c) for c in summary.conversions])[:1000]

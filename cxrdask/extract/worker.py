@@ -36,6 +36,7 @@ from cxrdask.imaging.host_input import HostInput, needs_torch_input
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
 from cxrdask.store.lease import check_lease
 from cxrdask.store.pixels import PixelStore
+from cxrdask.store.rows import RowStore
 
 
 def _worker_resources(config: TaskConfig):
@@ -50,7 +51,7 @@ def _worker_resources(config: TaskConfig):
             state.torch_threads = config.torch_threads
         options = repr(config.storage_options)
         opened: list[Any] = []
-        modes: tuple[tuple[type[FeatureStore], str | None, Literal["r", "r+"]], ...] = (
+        modes: tuple[tuple[type[RowStore], str | None, Literal["r", "r+"]], ...] = (
             (FeatureStore, config.store_url, "r+"),
             (PixelStore, config.pixels_url, "r" if config.pixels_role == "source" else "r+"),
         )

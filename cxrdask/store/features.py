@@ -1,58 +1,45 @@
-"""The feature store: one Zarr v3 group at any fsspec URL, with provenance and done markers.
+"""The feature store: a backbone's features of every image row, with how they were made.
 
-Rows are images. ``features`` is chunked by ``chunk_rows`` and each extraction task owns
-whole chunks (of ``features``, ``status``, ``error`` and one ``done`` element), so
-concurrent writers never share a chunk and need no lock. The per-row table (image index,
-labels, demographics, split) is written once, when the store is created. A chunk's
-``done`` marker is written last: a chunk whose data landed but whose marker did not is
-recomputed on resume, never trusted.
+A :class:`~cxrdask.store.rows.RowStore` (rows, chunks, done markers, the per-row table) whose
+data array is ``features`` ``(N, feature_dim)``, float16 or float32, and whose provenance
+records the :class:`FeatureSettings` a resumed run must match.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import warnings
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import zarr
-import zarr.storage
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 if TYPE_CHECKING:
     import dask.array as da
     import pandas as pd
-    from typing_extensions import Self
 
-from cxrdask import __version__
-from cxrdask._fs import StorageOptions, filesystem, is_local, with_defaults
-from cxrdask.archive.labels import LABELS
-from cxrdask.errors import (
-    CorruptChunkError,
-    FeatureOverflowError,
-    OptionError,
-    StoreError,
-    StoreKindError,
-    StoreMismatchError,
-    StoreNotFoundError,
+from cxrdask._fs import StorageOptions
+from cxrdask.errors import FeatureOverflowError, OptionError
+from cxrdask.store.rows import (
+    ATTRS_KEY,
+    DEFAULT_CHUNK_ROWS,
+    FORMAT_VERSION,
+    ROW_SETTINGS,
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PENDING,
+    TABLE_ARRAYS,
+    RowStore,
+    _normal,
+    common_provenance,
+    rows_fingerprint,
+    zarr_store,
 )
-from cxrdask.store.lease import LEASE_NAME
-from cxrdask.store.targets import StoreKind, check_store_target, clear_store
+from cxrdask.store.targets import StoreKind
 
-FORMAT_VERSION = 1
-ATTRS_KEY = "cxrdask"
 FLOAT16_MAX = 65504.0
-DEFAULT_CHUNK_ROWS = 512
-STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
-# Settings that must match for a run to write into an existing store.
-WRITE_SETTINGS = ("format_version", "backbone", "preprocessing", "dtype", "chunk_rows",
-                  "precision", "compile", "engine", "label_names", "n_rows", "rows_fingerprint",
-                  "split")
-_SETTING_DEFAULTS = {"engine": "torch"}  # for stores written before the setting existed
+# Settings that must match for a run to write into an existing feature store.
+WRITE_SETTINGS = (*ROW_SETTINGS, "backbone", "preprocessing", "dtype", "precision", "compile",
+                  "engine")
 
 
 @dataclass(frozen=True)
@@ -71,33 +58,6 @@ class FeatureSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "compile": bool(self.compile)}
-_TABLE_ARRAYS: dict[str, tuple[str, Any]] = {  # store array -> (metadata column, dtype)
-    "image_index": ("image_index", str),
-    "patient_id": ("patient_id", "int32"),
-    "follow_up": ("follow_up", "int32"),
-    "age": ("age", "int16"),
-    "sex": ("sex", str),
-    "view": ("view_position", str),
-}
-
-
-def zarr_store(url: str, storage_options: StorageOptions | None = None, read_only: bool = False):
-    """A zarr store for any fsspec URL: LocalStore on disk, FsspecStore elsewhere (s3://, ...)."""
-    fs, path = filesystem(url, storage_options)
-    if is_local(fs):
-        return zarr.storage.LocalStore(path, read_only=read_only)
-    return zarr.storage.FsspecStore.from_url(
-        url, storage_options=with_defaults(url, storage_options), read_only=read_only
-    )
-
-
-def rows_fingerprint(image_indices) -> str:
-    """sha256 of the ordered image indices: a resume must write the very same rows."""
-    digest = hashlib.sha256()
-    for name in image_indices:
-        digest.update(str(name).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 def _features_codecs(dtype: str) -> tuple:
@@ -107,33 +67,7 @@ def _features_codecs(dtype: str) -> tuple:
             Crc32cCodec())
 
 
-_CHECKED = (ZstdCodec(), Crc32cCodec())  # the task arrays' codecs: each chunk with its checksum
-
-
-def common_provenance(table: pd.DataFrame, chunk_rows: int) -> dict[str, Any]:
-    """What every cxrdask store records about its rows: format, version, shape, fingerprint.
-
-    Raises OptionError for ``chunk_rows`` below 1 and StoreError for an empty ``table``:
-    every store is checked here, before anything is written.
-    """
-    if chunk_rows < 1:
-        raise OptionError("chunk_rows must be at least 1")
-    n_rows = len(table)
-    if n_rows == 0:
-        raise StoreError("no rows to store: the metadata (after filtering) is empty")
-    return {
-        "format_version": FORMAT_VERSION,
-        "library_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "chunk_rows": int(chunk_rows),
-        "n_rows": int(n_rows),
-        "n_chunks": math.ceil(n_rows / chunk_rows),
-        "label_names": list(LABELS),
-        "rows_fingerprint": rows_fingerprint(table["image_index"]),
-    }
-
-
-class FeatureStore:
+class FeatureStore(RowStore):
     """A cxrdask feature store: one Zarr v3 group, opened with :meth:`open`, made with :meth:`create`.
 
     Rows are images, in split order (train, validation, test). ``features`` is chunked by
@@ -150,22 +84,11 @@ class FeatureStore:
         extraction config, failed-row count, the last run.
     """
 
-    KIND: StoreKind = "features"  # provenance["kind"]; stores written before kinds existed are features
-    DATA_ARRAY = "features"  # the array tasks fill, besides status, error and done
-
-    def __init__(self, group: zarr.Group, url: str, storage_options: StorageOptions | None):
-        self.group = group
-        self.url = url
-        self.storage_options = storage_options
-        try:
-            attributes = group.attrs[ATTRS_KEY]
-        except KeyError:
-            raise StoreError(f"{url} is a Zarr group but not a cxrdask feature store") from None
-        if not isinstance(attributes, dict):
-            raise StoreError(f"{url}: its {ATTRS_KEY!r} attribute is not a mapping")
-        self.provenance: dict[str, Any] = dict(attributes)
-
-    # ------------------------------------------------------------------ create / open
+    KIND: ClassVar[StoreKind] = "features"
+    DATA_ARRAY = "features"
+    NOUN = "feature store"
+    SETTINGS = WRITE_SETTINGS
+    SETTING_DEFAULTS: ClassVar[dict[str, Any]] = {"engine": "torch"}  # older stores ran PyTorch
 
     @classmethod
     def create(
@@ -228,151 +151,9 @@ class FeatureStore:
         return cls._create_group(url, table, chunk_rows, provenance, data, storage_options,
                                  overwrite)
 
-    @classmethod
-    def _create_group(cls, url: str, table: pd.DataFrame, chunk_rows: int, provenance: dict,
-                      data: dict, storage_options: StorageOptions | None, overwrite: bool) -> Self:
-        """Make the group: the data array (``cls.DATA_ARRAY``, from ``data``'s arguments), the
-        task arrays, the per-row table and coordinates, then the attributes, consolidated."""
-        n_rows, n_chunks = len(table), provenance["n_chunks"]
-        # A file, a store of the other kind or a folder holding other files is refused
-        # before anything is written; overwriting removes the store's own entries alone
-        # (zarr's mode "w" would clear the whole folder, whatever else it holds).
-        check_store_target(url, cls.KIND, storage_options=storage_options)
-        store = zarr_store(url, storage_options)
-        if cls.exists(url, storage_options):
-            if not overwrite:
-                raise StoreError(f"a Zarr group or array already exists at {url}; open it, or "
-                                 "create with overwrite=True")
-            clear_store(url, cls.KIND, storage_options)
-        group = zarr.open_group(store=store, mode="a", zarr_format=3)
-        # Every array names its dimensions (Zarr v3 dimension_names), and ``image`` and
-        # ``finding`` hold the coordinates, so xarray.open_zarr gives a labelled Dataset.
-        group.create_array(cls.DATA_ARRAY, **data)
-        group.create_array("status", shape=(n_rows,), chunks=(chunk_rows,), dtype="uint8",
-                           fill_value=STATUS_PENDING, dimension_names=("image",),
-                           compressors=_CHECKED)
-        group.create_array("error", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, fill_value="",
-                           dimension_names=("image",), compressors=_CHECKED)
-        group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False,
-                           dimension_names=("chunk",), compressors=_CHECKED)
-        table_chunks = chunk_rows  # aligned with features: a training read touches one chunk each
-        image_index = table["image_index"].to_numpy().astype(str)
-        coordinate = group.create_array("image", shape=(n_rows,), chunks=(table_chunks,), dtype=str,
-                                        dimension_names=("image",))
-        coordinate[:] = image_index
-        findings = group.create_array("finding", shape=(len(LABELS),), dtype=str,
-                                      dimension_names=("finding",))
-        findings[:] = np.asarray(LABELS, dtype=str)
-        for name, (column, array_dtype) in _TABLE_ARRAYS.items():
-            values = table[column].to_numpy()
-            values = values.astype(str) if array_dtype is str else values.astype(array_dtype)
-            array = group.create_array(name, shape=(n_rows,), chunks=(table_chunks,),
-                                       dtype=array_dtype, dimension_names=("image",))
-            array[:] = values
-        labels = group.create_array("labels", shape=(n_rows, len(LABELS)),
-                                    chunks=(table_chunks, len(LABELS)), dtype="uint8",
-                                    dimension_names=("image", "finding"))
-        from cxrdask.archive.metadata import label_matrix
-
-        labels[:] = label_matrix(table)
-        splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
-                                    dimension_names=("image",))
-        splits[:] = table["split"].to_numpy(dtype=np.uint8)
-        # The attributes go last: a half-made store is not a cxrdask store.
-        group.attrs[ATTRS_KEY] = provenance
-        # Consolidated metadata (the arrays' metadata in the group's zarr.json) lets xarray
-        # and readers on object storage open the store with one request. Arrays' metadata
-        # never changes after this; the group's attributes are rewritten with it kept.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-            warnings.filterwarnings("ignore", message=f"Object at {LEASE_NAME}", category=UserWarning)
-            zarr.consolidate_metadata(store)
-        group = zarr.open_group(store=store, mode="r+", zarr_format=3)
-        return cls(group, url, storage_options)
-
-    @classmethod
-    def open(cls, url: str, storage_options: StorageOptions | None = None,
-             mode: Literal["r", "r+"] = "r") -> Self:
-        """Open an existing store.
-
-        Parameters
-        ----------
-        url
-            The store's folder or URL.
-        storage_options
-            fsspec options.
-        mode
-            ``"r"`` to read, ``"r+"`` to write its chunks (extraction workers).
-
-        Returns
-        -------
-        FeatureStore
-
-        Raises
-        ------
-        StoreNotFoundError
-            No Zarr group at ``url``.
-        StoreError
-            A Zarr group that is not a cxrdask store, or one of another format version.
-        """
-        store = zarr_store(url, storage_options, read_only=mode == "r")
-        try:
-            group = zarr.open_group(store=store, mode=mode, zarr_format=3)
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-            raise StoreNotFoundError(f"no feature store at {url}") from exc
-        except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise StoreError(f"{url} is not a readable Zarr v3 group: {exc}") from exc
-        opened = cls(group, url, storage_options)
-        kind = opened.provenance.get("kind", "features")
-        if kind != cls.KIND:
-            hint = (" (a pixel store: extract features from it with source=, --source)"
-                    if kind == "pixels" else "")
-            raise StoreKindError(f"{url} is a cxrdask {kind} store, not a {cls.KIND} store{hint}", kind)
-        version = opened.provenance.get("format_version")
-        if version != FORMAT_VERSION:
-            raise StoreError(
-                f"{url} is a cxrdask store of format {version}; this version "
-                f"({__version__}) reads format {FORMAT_VERSION}"
-            )
-        return opened
-
-    @classmethod
-    def exists(cls, url: str, storage_options: StorageOptions | None = None) -> bool:
-        fs, path = filesystem(url, storage_options)
-        return fs.exists(f"{path.rstrip('/')}/zarr.json")
-
-    def check_settings(self, wanted: dict) -> None:
-        """Refuse (StoreMismatchError naming each setting) if ``wanted`` differs from the store's."""
-        differences = {}
-        for key in WRITE_SETTINGS:
-            mine = self.provenance.get(key, _SETTING_DEFAULTS.get(key))
-            if key in wanted and _normal(mine) != _normal(wanted[key]):
-                differences[key] = (mine, wanted[key])
-        if differences:
-            raise StoreMismatchError(self.url, differences)
-
-    # ------------------------------------------------------------------ shape
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.provenance["n_rows"])
-
-    @property
-    def chunk_rows(self) -> int:
-        return int(self.provenance["chunk_rows"])
-
-    @property
-    def n_chunks(self) -> int:
-        return int(self.provenance["n_chunks"])
-
     @property
     def feature_dim(self) -> int:
         return int(self.provenance["backbone"]["feature_dim"])
-
-    def chunk_bounds(self, chunk: int) -> tuple[int, int]:
-        """Row range ``[start, stop)`` of chunk number ``chunk``."""
-        start = chunk * self.chunk_rows
-        return start, min(start + self.chunk_rows, self.n_rows)
 
     def __repr__(self) -> str:
         """From the provenance read at open: no I/O (``info()`` or ``done_chunks()`` read more)."""
@@ -381,116 +162,12 @@ class FeatureStore:
                 f"{self.chunk_rows}, {backbone['name']} [{backbone['weights']}], "
                 f"{self.provenance['dtype']})")
 
-    # ------------------------------------------------------------------ lazy views
-
     @property
     def features(self) -> da.Array:
         """The features as a dask array chunked like the store; nothing is read until computed."""
         import dask.array as da  # here, not at import: `cxrdask info` stays fast
 
         return da.from_zarr(self.array("features"))
-
-    def array(self, name: str) -> zarr.Array:
-        """One of the store's Zarr arrays by name (``features``, ``status``, ``labels``, ...)."""
-        node = self.group[name]
-        if not isinstance(node, zarr.Array):
-            raise StoreError(f"{self.url}: {name!r} is not an array")
-        return node
-
-    def read(self, name: str, selection: Any = slice(None)) -> np.ndarray:
-        """``selection`` of the array ``name`` as a NumPy array (the whole array by default).
-
-        Raises
-        ------
-        CorruptChunkError
-            A chunk read fails its checksum or cannot be decoded; the error names it.
-        """
-        array = self.array(name)
-        try:
-            return np.asarray(array[selection])
-        except Exception as exc:  # zarr raises ValueError/RuntimeError from its codecs
-            raise self._corrupt(name, selection, exc) from exc
-
-    def _corrupt(self, name: str, selection: Any, exc: Exception) -> CorruptChunkError:
-        """The error for a failed read, naming the chunk (found by reading chunk by chunk)."""
-        array = self.array(name)
-        step = array.chunks[0]
-        start = selection.start or 0 if isinstance(selection, slice) else 0
-        stop = selection.stop or array.shape[0] if isinstance(selection, slice) else array.shape[0]
-        for first in range(start - start % step, stop, step):
-            try:
-                array[first:first + step]
-            except Exception as inner:  # the bad one
-                return CorruptChunkError(self.url, name, first // step, str(inner))
-        return CorruptChunkError(self.url, name, None, str(exc))
-
-    def verify(self, arrays: tuple[str, ...] | None = None, chunks=None) -> pd.DataFrame:
-        """Read every written chunk of ``arrays`` (of the store chunks ``chunks``; all by
-        default) and list the corrupt or missing ones.
-
-        A chunk is *corrupt* when it fails its checksum or cannot be decoded, and *missing*
-        when its done marker is set but its data is absent. Nothing is changed; clear the
-        markers of the chunks found with :meth:`forget_chunks` and a resumed extraction
-        recomputes them.
-
-        Returns
-        -------
-        pandas.DataFrame
-            One row per problem: ``chunk`` (store chunk number), ``array``, ``problem``
-            (``corrupt`` or ``missing``) and ``detail``.
-        """
-        arrays = arrays or (self.DATA_ARRAY, "status", "error", "done")
-        problems: list[dict[str, Any]] = []
-        try:
-            done = self.done_chunks()
-        except CorruptChunkError:  # read marker by marker below
-            done = np.ones(self.n_chunks, dtype=bool)
-        present = self._chunk_keys()
-        for name in arrays:
-            array = self.array(name)
-            step = array.chunks[0]
-            for chunk in range(self.n_chunks) if chunks is None else sorted({int(c) for c in chunks}):
-                start, stop = (chunk, chunk + 1) if name == "done" else self.chunk_bounds(chunk)
-                index = start // step
-                key = f"{name}/c/{index}" + "/0" * (array.ndim - 1)
-                if key not in present:
-                    if done[chunk] and self._must_exist(name, chunk):
-                        problems.append({"chunk": chunk, "array": name, "problem": "missing",
-                                         "detail": f"{key} is absent but the chunk is marked done"})
-                    continue
-                try:
-                    array[start:stop]
-                except Exception as exc:
-                    problems.append({"chunk": chunk, "array": name, "problem": "corrupt",
-                                     "detail": str(exc)})
-        import pandas as pd
-
-        return pd.DataFrame(problems, columns=["chunk", "array", "problem", "detail"])
-
-    def _must_exist(self, name: str, chunk: int) -> bool:
-        """Whether a done chunk of ``name`` must have been written. Zarr skips chunks that
-        equal the fill value: ``error`` when no row failed, ``features`` when all did; a
-        ``status`` chunk (never all pending once done) always exists."""
-        if name == "status":
-            return True
-        if name == self.DATA_ARRAY:
-            start, stop = self.chunk_bounds(chunk)
-            try:
-                return bool(np.any(np.asarray(self.array("status")[start:stop]) == STATUS_OK))
-            except Exception:  # status itself damaged: reported on its own row
-                return False
-        return False
-
-    def _chunk_keys(self) -> set[str]:
-        """The store's chunk keys that exist (one listing)."""
-        fs, path = filesystem(self.url, self.storage_options)
-        base = path.rstrip("/") + "/"
-        return {p[len(base):] for p in fs.find(base) if "/c/" in p[len(base):]}
-
-    def forget_chunks(self, chunks) -> None:
-        """Clear the done markers of ``chunks``, so the next (resumed) extraction recomputes them."""
-        for chunk in sorted({int(c) for c in chunks}):
-            self.array("done")[chunk] = False
 
     def to_xarray(self):
         """The store as a labelled :class:`xarray.Dataset` of lazy dask arrays.
@@ -507,66 +184,13 @@ class FeatureStore:
                 "done": ("chunk",)}
         variables = {}
         for name in ("features", "status", "error", "done", "labels", "split",
-                     *(n for n in _TABLE_ARRAYS if n != "image_index")):
+                     *(n for n in TABLE_ARRAYS if n != "image_index")):
             array = self.array(name)
             data = da.from_zarr(array) if name != "error" else array[:]
             variables[name] = (dims.get(name, ("image",)), data)
         coords = {"image": self.read("image_index"),
                   "finding": list(self.provenance["label_names"])}
         return xr.Dataset(variables, coords=coords, attrs={ATTRS_KEY: _normal(self.provenance)})
-
-    def table(self, columns=None) -> pd.DataFrame:
-        """Per-row columns (no features): image index, patient, demographics, split, status, labels."""
-        names = columns or [*_TABLE_ARRAYS, "split", "status", "labels"]
-        frame = {}
-        for name in names:
-            if name == "labels":
-                labels = self.read("labels")
-                for position, label in enumerate(self.provenance["label_names"]):
-                    frame[label] = labels[:, position]
-            else:
-                frame[name] = self.read(name)
-        import pandas as pd  # not at the top: a worker writing chunks never needs it (0.3 s)
-
-        return pd.DataFrame(frame)
-
-    def rows(self, split: str | int | None = None, ok_only: bool = True) -> np.ndarray:
-        """Row numbers of one split (all rows if None), by default only rows whose image was read."""
-        keep = np.ones(self.n_rows, dtype=bool)
-        if split is not None:
-            from cxrdask.archive.splits import split_code
-
-            keep &= self.read("split") == split_code(split)
-        if ok_only:
-            keep &= self.read("status") == STATUS_OK
-        return np.flatnonzero(keep)
-
-    def done_chunks(self) -> np.ndarray:
-        """Boolean per chunk: True where the chunk's marker (written last) is set."""
-        return np.asarray(self.read("done"), dtype=bool)
-
-    def is_complete(self) -> bool:
-        return bool(self.done_chunks().all())
-
-    def failures(self) -> pd.DataFrame:
-        """Rows whose image could not be read: image index, row number and reason."""
-        import pandas as pd
-
-        status = self.read("status")
-        rows = np.flatnonzero(status == STATUS_FAILED)
-        if len(rows) == 0:
-            return pd.DataFrame({"row": [], "image_index": [], "reason": []})
-        names = self.array("image_index").get_coordinate_selection(rows)
-        reasons = self.array("error").get_coordinate_selection(rows)
-        return pd.DataFrame({"row": rows, "image_index": names, "reason": reasons})
-
-    def split_counts(self) -> dict[str, int]:
-        from cxrdask.archive.splits import SPLIT_NAMES
-
-        codes = self.read("split")
-        return {name: int((codes == code).sum()) for code, name in enumerate(SPLIT_NAMES)}
-
-    # ------------------------------------------------------------------ writing (tasks)
 
     def write_chunk(self, chunk: int, features: np.ndarray, status: np.ndarray,
                     errors: list[str], done: bool = True) -> None:
@@ -595,12 +219,7 @@ class FeatureStore:
         if done:
             self.array("done")[chunk] = True
 
-    def update_provenance(self, **values: Any) -> None:
-        """Merge values into the provenance attributes (the client alone calls this)."""
-        self.provenance.update(values)
-        self.group.attrs[ATTRS_KEY] = self.provenance
 
-
-def _normal(value: Any) -> Any:
-    """JSON round trip, so tuples and lists (and numpy scalars) compare equal."""
-    return json.loads(json.dumps(value, default=str))
+__all__ = ["ATTRS_KEY", "DEFAULT_CHUNK_ROWS", "FLOAT16_MAX", "FORMAT_VERSION", "STATUS_FAILED",
+           "STATUS_OK", "STATUS_PENDING", "WRITE_SETTINGS", "FeatureSettings", "FeatureStore",
+           "common_provenance", "rows_fingerprint", "zarr_store"]

@@ -11,7 +11,7 @@ settings; a store made with one resize is never used for another.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
@@ -19,8 +19,9 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.labels import LABELS
 from cxrdask.config import PixelCompression
-from cxrdask.errors import OptionError, StoreError, StoreKindError
-from cxrdask.store.features import STATUS_OK, FeatureStore, common_provenance
+from cxrdask.errors import OptionError, StoreKindError
+from cxrdask.store.features import FeatureStore
+from cxrdask.store.rows import STATUS_OK, RowStore, common_provenance
 from cxrdask.store.targets import StoreKind
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def pixel_codecs(compression: PixelCompression) -> tuple:
     raise OptionError(f"compression must be zstd, lz4 or none, not {compression!r}")
 
 
-class PixelStore(FeatureStore):
+class PixelStore(RowStore):
     """Decoded, resized 8-bit images in a Zarr v3 group: ``pixels`` ``(N, size, size)``.
 
     The same layout as a :class:`~cxrdask.store.features.FeatureStore` otherwise: ``status``,
@@ -55,11 +56,12 @@ class PixelStore(FeatureStore):
     store extracted from it has the very same rows and chunks.
     """
 
-    KIND: StoreKind = "pixels"
+    KIND: ClassVar[StoreKind] = "pixels"
     DATA_ARRAY = "pixels"
+    NOUN = "pixel store"
 
     @classmethod
-    def create(  # type: ignore[override]
+    def create(
         cls,
         url: str,
         table: pd.DataFrame,
@@ -115,10 +117,6 @@ class PixelStore(FeatureStore):
     def size(self) -> int:
         """Side of the stored images, in pixels."""
         return int(self.provenance["preprocessing"]["size"])
-
-    @property
-    def feature_dim(self) -> int:
-        raise StoreError(f"{self.url} is a pixel store: it holds images, not features")
 
     def __repr__(self) -> str:
         """From the provenance read at open: no I/O."""
@@ -180,7 +178,7 @@ class PixelStore(FeatureStore):
 
 
 def open_any_store(url: str, storage_options: StorageOptions | None = None,
-                   mode: Literal["r", "r+"] = "r") -> FeatureStore:
+                   mode: Literal["r", "r+"] = "r") -> RowStore:
     """Open the feature store or the pixel store at ``url``, whichever it is (``cxrdask info``,
     ``cxrdask verify``)."""
     try:
