@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from fsspec.callbacks import Callback
 
 
 def _in_notebook() -> bool:
@@ -23,13 +26,42 @@ def _in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
-def progress_bar(*args: Any, **kwargs: Any):
-    """A ``tqdm`` bar: the widget bar in a notebook with ipywidgets, the text bar otherwise."""
+def _tqdm_class() -> type:
     if _in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.notebook import tqdm
     else:
         from tqdm.std import tqdm
-    return tqdm(*args, **kwargs)
+    return tqdm
+
+
+#: What a long call's ``progress`` takes: True (a tqdm bar: widgets in a notebook that has
+#: them, text elsewhere), False (none), or an fsspec callback of the caller's own
+#: (``fsspec.callbacks.Callback``: ``set_size`` is called with the total, then
+#: ``relative_update`` as work lands), to drive any other display.
+Progress = Union[bool, "Callback"]
+
+
+def progress_callback(progress: Progress, total: int, **bar: Any) -> Callback:
+    """The callback a long call reports to: the caller's own, sized to ``total``; a tqdm bar
+    (``bar``: its ``desc``, ``unit``, ...); or one that does nothing."""
+    from fsspec.callbacks import Callback, NoOpCallback, TqdmCallback
+
+    if isinstance(progress, Callback):
+        callback = progress
+    elif progress:
+        callback = TqdmCallback(tqdm_kwargs=bar, tqdm_cls=_tqdm_class())
+    else:
+        callback = NoOpCallback()
+    callback.set_size(total)
+    return callback
+
+
+def show_values(callback: Callback, **values: Any) -> None:
+    """Show ``values`` beside a tqdm bar (the loss of each epoch); other callbacks ignore them."""
+    from fsspec.callbacks import TqdmCallback
+
+    if isinstance(callback, TqdmCallback) and callback.tqdm is not None:
+        callback.tqdm.set_postfix(**values)
 
 
 def show_messages(level: int | str = "INFO", stream: Any = None) -> logging.Handler:

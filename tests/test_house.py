@@ -137,3 +137,36 @@ def test_the_library_logs_its_messages_and_never_prints(capsys, caplog):
         assert capsys.readouterr().out == "a message\n"
     finally:
         logging.getLogger("cxrdask").removeHandler(handler)
+
+
+class _Counting:
+    """An fsspec callback of the caller's own, as a notebook widget or a web page would be."""
+
+    def __init__(self):
+        from fsspec.callbacks import Callback
+
+        class Counting(Callback):
+            def call(self, *args, **kwargs):
+                self.seen.append(self.value)
+
+        self.callback = Counting()
+        self.callback.seen = []
+
+
+def test_long_calls_report_progress_to_an_fsspec_callback(tmp_path, capsys):
+    """``progress=`` takes a callback: sized to the work, then updated as it lands."""
+    from cxrdask.archive.synthetic import make_archive
+    from cxrdask.config import TrainConfig
+    from cxrdask.head.train import train_head
+    from cxrdask.testing import make_feature_store
+
+    synth = _Counting().callback
+    make_archive(str(tmp_path / "archive"), 24, size=64, workers=1, progress=synth)
+    assert synth.size == 24 and synth.value == 24 and synth.seen[-1] == 24
+    url = str(tmp_path / "f.zarr")
+    make_feature_store(url, 600, feature_dim=8, chunk_rows=100)
+    epochs = _Counting().callback
+    train_head(url, TrainConfig(epochs=3, batch_size=64, early_stopping=None),
+               str(tmp_path / "head"), progress=epochs, plot=False)
+    assert epochs.size == 3 and epochs.value == 3
+    assert "train" not in capsys.readouterr().err  # a callback given: no bar of ours

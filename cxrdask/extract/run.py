@@ -51,6 +51,7 @@ from cxrdask.store.lease import StoreLease
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cxrdask.progress import Progress
     from cxrdask.store.features import FeatureSettings, FeatureStore
     from cxrdask.store.rows import RowStore
 
@@ -643,7 +644,7 @@ def extract_features(
     pixels: str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
-    progress: bool = True,
+    progress: Progress = True,
     **options: Any,
 ) -> ExtractSummary:
     """Run the frozen backbone over every image of ``metadata`` into the store at ``store_url``.
@@ -670,7 +671,9 @@ def extract_features(
         backbone will run on ONNX Runtime, on TorchScript or in bf16 on eager PyTorch
         (:func:`local_layout`).
     progress
-        Show a progress bar.
+        True: a progress bar (tqdm: widgets in a notebook, text elsewhere); False: none; or
+        an ``fsspec.callbacks.Callback`` of your own, sized to the images, updated as chunks
+        land.
 
     Returns
     -------
@@ -706,7 +709,7 @@ def extract_from_pixels(
     storage_options: StorageOptions | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
-    progress: bool = True,
+    progress: Progress = True,
     **options: Any,
 ) -> ExtractSummary:
     """Run a backbone over the images of a pixel store (no PNG decoding) into ``store_url``.
@@ -734,7 +737,7 @@ def cache_pixels(
     split_codes: np.ndarray | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
-    progress: bool = True,
+    progress: Progress = True,
     **options: Any,
 ) -> ExtractSummary:
     """Decode and resize every image of ``metadata`` once, into a pixel store at ``pixels``.
@@ -807,7 +810,7 @@ def _plan_while_cluster_starts(plan: Callable[[], ExtractionPlan], client,
 
 
 def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None = None,
-                   threads_per_worker: int = 1, progress: bool = True) -> ExtractSummary:
+                   threads_per_worker: int = 1, progress: Progress = True) -> ExtractSummary:
     """Run a checked :class:`ExtractionPlan` on ``client``, or on a local cluster it starts.
 
     The store's writer lease is taken before the cluster starts (and before any work on a
@@ -823,7 +826,9 @@ def run_extraction(plan: ExtractionPlan, client=None, *, n_workers: int | None =
     n_workers, threads_per_worker
         The local cluster's layout (default: one single-threaded process per core).
     progress
-        Show a progress bar.
+        True: a progress bar (tqdm: widgets in a notebook, text elsewhere); False: none; or
+        an ``fsspec.callbacks.Callback`` of your own, sized to the images, updated as chunks
+        land.
 
     Every worker builds its backbone (and warms it) before the chunks are submitted.
 
@@ -873,7 +878,7 @@ def _worker_threads(client) -> int:
     return sum(client.nthreads().values()) or 1
 
 
-def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: bool,
+def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: Progress,
              ) -> ExtractSummary:
     plan = _resolve_auto(plan, client)
     c = plan.config
@@ -959,7 +964,7 @@ def _create_or_resume(plan: ExtractionPlan, client) -> list[RowStore]:
 
 
 def _run(client, stores: list[RowStore], rows: pd.DataFrame, urls: dict[str, str],
-         config: TaskConfig, choices: ExtractConfig, progress: bool) -> ExtractSummary:
+         config: TaskConfig, choices: ExtractConfig, progress: Progress) -> ExtractSummary:
     from distributed import span
 
     store = stores[0]  # the feature store, or the pixel store a cache pass writes
@@ -1038,20 +1043,20 @@ def _chunk_arguments(store: RowStore, todo: list[int], rows: pd.DataFrame,
     return args
 
 
-def _gather(client, futures: list, total: int, progress: bool, strict: bool) -> list[dict]:
+def _gather(client, futures: list, total: int, progress: Progress, strict: bool) -> list[dict]:
     """The chunk tasks' results as they finish, with a progress bar; with ``strict``, the
     first failed row stops the run (:class:`~cxrdask.errors.StrictFailureError`)."""
     from distributed import as_completed
 
-    from cxrdask.progress import progress_bar
+    from cxrdask.progress import progress_callback
 
     results: list[dict] = []
-    bar = progress_bar(total=total, unit="img", desc="extract", disable=not progress)
+    bar = progress_callback(progress, total, unit="img", desc="extract")
     try:
         for future in as_completed(futures):
             result = future.result()
             results.append(result)
-            bar.update(result["images"])
+            bar.relative_update(result["images"])
             if strict and result["failures"]:
                 name, reason = result["failures"][0]
                 raise StrictFailureError(name, reason)

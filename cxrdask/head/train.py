@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from cxrdask.head.model import new_head, save_checkpoint
 from cxrdask.head.train_step import EagerStep, adam, train_step
 from cxrdask.store.features import FeatureStore
 from cxrdask.store.targets import check_output_folder
+
+if TYPE_CHECKING:
+    from cxrdask.progress import Progress
 
 
 @dataclass
@@ -180,7 +183,7 @@ def train_head(
     out_dir: str | os.PathLike = "head-out",
     *,
     storage_options: StorageOptions | None = None,
-    progress: bool = True,
+    progress: Progress = True,
     plot: bool = True,
     device: str = "auto",
 ) -> TrainResult:
@@ -200,7 +203,8 @@ def train_head(
     storage_options
         fsspec options.
     progress
-        Show a progress bar.
+        True: a progress bar; False: none; or an ``fsspec.callbacks.Callback`` of your own
+        (:data:`cxrdask.progress.Progress`).
     plot
         Draw ``curves.png``.
     device
@@ -220,7 +224,7 @@ def train_head(
     CheckpointMismatchError
         ``config.demographics`` asks for inputs the store does not have.
     """
-    from cxrdask.progress import progress_bar as tqdm
+    from cxrdask.progress import progress_callback, show_values
 
     config = config or TrainConfig()
     where = resolve_device(device)  # checked before any chunk is read
@@ -253,10 +257,10 @@ def train_head(
     history = []
     best_loss, best_epoch, stale = float("inf"), -1, 0
     started = time.perf_counter()
-    bar = tqdm(range(config.epochs), desc="train", unit="epoch", disable=not progress)
-    with torch.random.fork_rng(devices=[]):
+    bar = progress_callback(progress, config.epochs, desc="train", unit="epoch")
+    with torch.random.fork_rng(devices=[]), bar:
         torch.manual_seed(config.seed)
-        for epoch in bar:
+        for epoch in range(config.epochs):
             t = time.perf_counter()
             feeds["train"].set_epoch(epoch)
             train_loss = _run_epoch(head.layers, feeds["train"], criterion, step, where, precision)
@@ -265,7 +269,8 @@ def train_head(
             _step_scheduler(scheduler, optimizer, val_loss)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                             "lr": lr, "seconds": time.perf_counter() - t})
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
+            bar.relative_update(1)
+            show_values(bar, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
             if val_loss < best_loss:
                 best_loss, best_epoch, stale = val_loss, epoch, 0
                 save(epoch=epoch, val_loss=val_loss)
@@ -339,7 +344,7 @@ def grid_search(
     out_dir: str | os.PathLike = "grid-out",
     client=None,
     storage_options: StorageOptions | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> pd.DataFrame:
     """Train one head per (learning rate, weight decay) as Dask tasks; keep the best.
 
@@ -363,7 +368,8 @@ def grid_search(
     storage_options
         fsspec options.
     progress
-        Show a progress bar.
+        True: a progress bar; False: none; or an ``fsspec.callbacks.Callback`` of your own
+        (:data:`cxrdask.progress.Progress`).
 
     Returns
     -------
@@ -373,7 +379,7 @@ def grid_search(
     from distributed import as_completed, span
 
     from cxrdask.extract.cluster import session_client
-    from cxrdask.progress import progress_bar as tqdm
+    from cxrdask.progress import progress_callback
 
     base = base or TrainConfig()
     check_output_folder(str(out_dir), "the output folder", {"the store": store_url})
@@ -392,10 +398,10 @@ def grid_search(
                                 pure=False, key=f"train-trial-{i}-{token}")
                        for i, cfg in enumerate(configs)]
         rows = []
-        with tqdm(total=len(futures), desc="grid", unit="config", disable=not progress) as bar:
+        with progress_callback(progress, len(futures), desc="grid", unit="config") as bar:
             for future in as_completed(futures):
                 rows.append(future.result())
-                bar.update()
+                bar.relative_update(1)
         return rows
 
     rows = run(client if client is not None else session_client())

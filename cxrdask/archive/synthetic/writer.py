@@ -11,7 +11,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
@@ -22,6 +22,10 @@ from cxrdask.archive.synthetic.expert import EXPERT_FILE, format_expert_labels
 from cxrdask.archive.synthetic.layout import CsvVariant, Prevalence, format_csv, make_metadata, official_lists
 from cxrdask.archive.synthetic.render import encode_png, render_image
 from cxrdask.options import Options
+
+if TYPE_CHECKING:
+    from cxrdask.progress import Progress
+
 
 IMAGES_PER_FOLDER = 10_000
 # Written last into a synthetic archive's root: extraction records it in the store, and
@@ -113,7 +117,7 @@ def make_archive(
     workers: int | None = None,
     client=None,
     storage_options: StorageOptions | None = None,
-    progress: bool = False,
+    progress: Progress = False,
     **options: Any,
 ) -> SyntheticArchive:
     """Write a synthetic NIH-layout archive of ``n`` images under ``root`` (any fsspec URL).
@@ -141,7 +145,8 @@ def make_archive(
     storage_options
         fsspec options.
     progress
-        Show a progress bar.
+        True: a progress bar; False: none; or an ``fsspec.callbacks.Callback`` of your own
+        (:data:`cxrdask.progress.Progress`).
 
     Returns
     -------
@@ -204,9 +209,9 @@ def synthetic_settings(root: str, storage_options: StorageOptions | None = None)
 
 def _run_batches(root, storage_options, batches, workers, client, progress
                  ) -> tuple[int, list[tuple]]:
-    from cxrdask.progress import progress_bar as tqdm
+    from cxrdask.progress import progress_callback
 
-    bar = tqdm(total=sum(len(b) for b in batches), unit="img", desc="synth", disable=not progress)
+    bar = progress_callback(progress, sum(len(b) for b in batches), unit="img", desc="synth")
     total = 0
     drawn: list[tuple] = []
     if client is not None:
@@ -219,7 +224,7 @@ def _run_batches(root, storage_options, batches, workers, client, progress
             written, boxes = future.result()
             total += written
             drawn += boxes
-            bar.update(sizes[future.key])
+            bar.relative_update(sizes[future.key])
     elif (workers or os.cpu_count() or 1) > 1 and len(batches) > 1:
         with ThreadPoolExecutor(workers or os.cpu_count(), thread_name_prefix="cxrdask-synth") as pool:
             for batch, (written, boxes) in zip(batches, pool.map(
@@ -227,13 +232,13 @@ def _run_batches(root, storage_options, batches, workers, client, progress
                     batches), strict=True):
                 total += written
                 drawn += boxes
-                bar.update(len(batch))
+                bar.relative_update(len(batch))
     else:
         for batch in batches:
             written, boxes = _write_images(root, storage_options, batch)
             total += written
             drawn += boxes
-            bar.update(len(batch))
+            bar.relative_update(len(batch))
     bar.close()
     return total, drawn
 
