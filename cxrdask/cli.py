@@ -300,6 +300,7 @@ def cmd_evaluate(args) -> int:
 
             client = stack.enter_context(local_client(args.scheduler))
         report = evaluate(args.store, args.checkpoint, split=args.split, out_dir=args.out,
+                          stratified=args.stratified,
                           storage_options=parse_storage_options(args.storage_option),
                           compare_to=args.compare, bootstrap=args.bootstrap, seed=args.seed,
                           threshold_rule=args.threshold_rule, specificity=args.specificity,
@@ -560,6 +561,9 @@ def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--bootstrap", type=int,
                           default=default("bootstrap"),
                           help="patient resamples for the 95%% intervals (0: none)")
+    evaluate.add_argument("--stratified", action="store_true",
+                          help="draw the AUCs' resamples per finding within patients with and "
+                               "without a positive image (pROC's default): none lacks a class")
     evaluate.add_argument("--seed", type=int, default=default("seed"),
                           help="seed of the resampling")
     evaluate.add_argument("--threshold-rule", default=default("threshold_rule"),

@@ -26,7 +26,7 @@ SplitMethod = Literal["auto", "official", "patient", "random"]
 BackboneName = Literal["resnet50", "densenet121", "resnet18"]
 Dtype = Literal["float16", "float32"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["auto", "torch", "torchscript", "onnxruntime"]
+Engine = Literal["auto", "torch", "torchscript", "onnxruntime", "openvino"]
 Flip = Literal["none", "train"]
 ResizeOn = Literal["cpu", "device"]
 PixelCompression = Literal["zstd", "lz4", "none"]
@@ -339,6 +339,11 @@ class EvaluateConfig(Options):
     ----------
     bootstrap : int
         Patient resamples for the intervals (0: no intervals).
+    stratified : bool
+        Draw the AUCs' resamples per finding within two strata of patients, with and
+        without a positive image of it (pROC's default, by patient): no resample lacks a
+        class, which steadies the intervals of rare findings and small subgroups. False:
+        plain patient resamples (the report says which, and how many were used).
     seed : int
         Seed of the resampling (and of localisation's control pairing).
     threshold_rule, specificity
@@ -361,6 +366,7 @@ class EvaluateConfig(Options):
     OPTIONS_NAME = "evaluation"
 
     bootstrap: int = 1000
+    stratified: bool = False
     seed: int = 0
     threshold_rule: ThresholdRule = "youden"
     specificity: float = 0.9

@@ -152,10 +152,10 @@ def test_numpy_input_for_onnxruntime_is_the_torch_input(tmp_path):
     assert numpy_input.shape == (4, 3, 32, 32) and numpy_input.flags.c_contiguous
     np.testing.assert_allclose(numpy_input, torch_input.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(numpy_input[1], host.normalise(pixels[1:2])[0][:, :, ::-1])
-    assert not needs_torch_input(Preprocessing(), "onnxruntime", True)
-    assert not needs_torch_input(Preprocessing(), "torch", False)  # a cache pass
-    assert needs_torch_input(Preprocessing(), "torch", True)
-    assert needs_torch_input(Preprocessing(interpolation=DEVICE_INTERPOLATION), "onnxruntime", True)
+    assert not needs_torch_input(Preprocessing(), False, True)  # ONNX Runtime, OpenVINO
+    assert not needs_torch_input(Preprocessing(), True, False)  # a cache pass
+    assert needs_torch_input(Preprocessing(), True, True)
+    assert needs_torch_input(Preprocessing(interpolation=DEVICE_INTERPOLATION), False, True)
     with pytest.raises(ValueError, match="resizes with torch"):
         HostInput(Preprocessing(interpolation=DEVICE_INTERPOLATION))
 

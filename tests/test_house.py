@@ -68,7 +68,7 @@ def test_options_by_name_or_as_an_object_and_a_misspelt_one_is_refused_by_name()
     assert config == EvaluateConfig(bootstrap=200)
     assert EvaluateConfig.with_options(config, seed=3) == replace(config, seed=3)
     with pytest.raises(OptionError, match=r"unknown evaluation option\(s\) bootstraps; known: "
-                                          r"bootstrap, seed"):
+                                          r"bootstrap, stratified, seed"):
         EvaluateConfig.with_options(None, bootstraps=200)
     with pytest.raises(OptionError, match="both the boxes"):
         EvaluateConfig(boxes="BBox_List_2017.csv")

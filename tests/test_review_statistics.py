@@ -254,6 +254,84 @@ def test_resamples_without_a_positive_are_counted_and_reported():
     assert "not stratified by class" in text
 
 
+def test_stratified_resamples_keep_both_classes_of_every_finding_and_say_so():
+    """pROC's default: resamples drawn within each class (here: within the patients with
+    and without a positive image), so a rare finding's interval uses every resample."""
+    from cxrdask.evaluation.audit import Scored, audit
+    from cxrdask.evaluation.audit_report import audit_markdown
+    from cxrdask.evaluation.bootstrap import stratified_patient_weights
+
+    rng = np.random.default_rng(7)
+    n = 120
+    patients = np.repeat(np.arange(n // 3), 3)  # three images a patient
+    positive = np.zeros(n, bool)
+    positive[[0, 1, 30, 61, 99]] = True  # five positive images of four patients
+    for weights in stratified_patient_weights(patients, positive, 500, seed=3):
+        assert (weights @ positive > 0).all() and (weights @ ~positive > 0).all()
+        assert (weights.sum(axis=1) == n).all()  # as many patients drawn as there are
+        per_patient = weights[:, ::3]
+        assert (per_patient[:, [0, 10, 20, 33]].sum(axis=1) == 4).all()  # the positive stratum
+    targets = rng.random((n, len(LABELS))) < 0.3
+    targets[:, 0] = positive
+    rows = pd.DataFrame({"patient_id": patients, "sex": ["M", "F"] * (n // 2),
+                         "age": rng.integers(20, 80, n), "view": ["PA"] * n})
+    found = audit(Scored(targets, rng.random((n, len(LABELS))), rows), None, resamples=400,
+                  stratified=True)
+    assert (found.auc["resamples_used"] == 400).all() and found.stratified
+    assert "stratified, as pROC's default" in audit_markdown(found)
+
+
+def test_ece_and_under_diagnosis_have_patient_bootstrap_intervals():
+    """The weighted statistics equal the plain ones on the resampled rows, and the report
+    gives each its interval."""
+    from cxrdask.evaluation.audit import Scored, audit
+    from cxrdask.evaluation.calibration import expected_calibration_error, resampled_ece
+    from cxrdask.evaluation.subgroups import resampled_underdiagnosis, underdiagnosis_rate
+
+    rng = np.random.default_rng(9)
+    n = 300
+    targets = rng.random((n, len(LABELS))) < 0.3
+    scores = np.clip(targets * 0.3 + rng.random((n, len(LABELS))) * 0.7, 0, 1)
+    counts = rng.integers(0, 3, size=(2, n)).astype(np.float32)  # two resamples' counts
+    thresholds = np.full(len(LABELS), 0.6)
+    for weights in counts:
+        rows = np.repeat(np.arange(n), weights.astype(int))  # the resample, written out
+        assert resampled_ece(targets[:, 0], scores[:, 0], weights[None])[0] == pytest.approx(
+            expected_calibration_error(targets[rows, 0], scores[rows, 0]))
+        assert resampled_underdiagnosis(targets, scores, thresholds, weights[None])[0] == \
+            pytest.approx(underdiagnosis_rate(targets[rows], scores[rows], thresholds))
+    frame = pd.DataFrame({"patient_id": np.arange(n), "sex": ["M", "F"] * (n // 2),
+                          "age": rng.integers(20, 80, n), "view": ["PA"] * n})
+    validation = Scored(targets, np.clip(scores + 0.3, 0, 1), frame)  # thresholds set high
+    found = audit(Scored(targets, scores, frame), validation, resamples=300)
+    ece = found.calibration
+    assert ((ece["ece_low"] <= ece["ece"]) & (ece["ece"] <= ece["ece_high"])).all()
+    rate = found.underdiagnosis.set_index("subgroup").loc["all"]
+    assert 0 < rate["rate_low"] <= rate["rate"] <= rate["rate_high"] < 1
+
+
+def test_subgroup_gaps_have_bootstrap_p_values_adjusted_for_their_number():
+    from cxrdask.evaluation.audit import Scored, audit
+    from cxrdask.evaluation.bootstrap import bootstrap_p_value
+
+    assert bootstrap_p_value(np.full(99, 0.1)) == pytest.approx(2 / 100)  # never zero
+    assert bootstrap_p_value(np.r_[np.full(50, -1.0), np.full(50, 1.0)]) == 1.0
+    assert np.isnan(bootstrap_p_value(np.full(5, np.nan)))
+    rng = np.random.default_rng(4)
+    n = 400
+    sex = np.array(["M", "F"] * (n // 2))
+    targets = rng.random((n, len(LABELS))) < 0.4
+    scores = np.where((sex == "M")[:, None], targets + rng.random((n, len(LABELS))) * 0.5,
+                      rng.random((n, len(LABELS))))
+    rows = pd.DataFrame({"patient_id": np.arange(n), "sex": sex, "age": rng.integers(20, 80, n),
+                         "view": ["PA"] * n})
+    groups = audit(Scored(targets, scores, rows), None, resamples=200).subgroups
+    men = groups[groups["subgroup"] == "sex M"].set_index("label")
+    assert men.at["mean", "gap_p_adjusted"] < 0.05  # men far ahead: a real gap
+    per_disease = groups[(groups["label"] != "mean") & groups["gap_p"].notna()]
+    assert (per_disease["gap_p_adjusted"] >= per_disease["gap_p"] - 1e-12).all()
+
+
 def test_localisation_beside_wang_says_where_the_protocol_differs():
     from cxrdask.archive.boxes import BOX_FINDINGS
     from cxrdask.evaluation.audit_report import localisation_markdown

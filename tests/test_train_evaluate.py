@@ -103,7 +103,8 @@ def test_train_checkpoint_and_evaluate(feature_store, tmp_path):
     assert "| mean AUC (95% CI, 1000 patient resamples) |" in lead
     assert "worst subgroup gap" in lead and "expected calibration error" in lead
     assert "## Subgroups" in markdown and "## Calibration and operating points" in markdown
-    assert data["bootstrap"] == {"resamples": 1000, "unit": "patient", "level": 0.95}
+    assert data["bootstrap"] == {"resamples": 1000, "unit": "patient", "level": 0.95,
+                                 "stratified": False}
     assert len(data["calibration"]) == 14 and data["comparison"] is None
 
     # Two heads compared on the same images: a head trained for one epoch is worse.

@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrdask.backbones.engines import CPU_ENGINES
+from cxrdask.backbones.engines import CPU_ENGINES, ENGINE_RULES
 from cxrdask.errors import DeviceUnavailableError
 
 if TYPE_CHECKING:
@@ -68,11 +68,16 @@ def auto_precision(device: str, engine: str) -> str:
     """What ``precision="auto"`` means for a backbone run here: bf16 where the CPU (or GPU)
     computes bf16 natively, else fp32; ONNX Runtime runs fp32 (engine ``auto`` picks it only
     for fp32, so here it is PyTorch's answer). Torch-free on the CPU."""
-    if engine == "onnxruntime":
+    if ENGINE_RULES.get(engine) is not None and ENGINE_RULES[engine].precisions == {"cpu": ("fp32",)}:
         return "fp32"
     if backbone_device_type(device, engine) == "cpu":
         return cpu_auto_precision()
     return resolve_precision("auto", resolve_device(device))
+
+
+def openvino_installed() -> bool:
+    """Whether OpenVINO can be imported here; found without importing it."""
+    return importlib.util.find_spec("openvino") is not None
 
 
 def onnxruntime_installed() -> bool:
@@ -119,5 +124,5 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 __all__ = ["GPU_DEVICE_FILES", "TORCHSCRIPT_FILES", "auto_precision",
            "backbone_device_type", "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu",
-           "onnxruntime_installed", "resolve_device", "resolve_precision",
+           "onnxruntime_installed", "openvino_installed", "resolve_device", "resolve_precision",
            "torchscript_available"]

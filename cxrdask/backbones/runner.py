@@ -67,7 +67,7 @@ class BackboneRunner:
             raise OptionError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         if engine not in ENGINE_RULES:
             raise OptionError(f"engine must be one of {tuple(ENGINE_RULES)}, not {engine!r}")
-        torch_free = engine == "onnxruntime" and device in ("auto", "cpu")
+        torch_free = engine in ("onnxruntime", "openvino") and device in ("auto", "cpu")
         resolved: Any = None if torch_free else resolve_device(
             "cpu" if engine in CPU_ENGINES and device == "auto" else device)
         reason = engine_refusal(engine, "cpu" if resolved is None else resolved.type,

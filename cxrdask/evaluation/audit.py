@@ -16,15 +16,23 @@ import pandas as pd
 
 from cxrdask.archive.expert_labels import EXPERT_TO_NIH, nih_composite
 from cxrdask.archive.labels import LABELS
-from cxrdask.evaluation.bootstrap import Interval, bootstrap_aucs, mean_over, percentile_interval
+from cxrdask.evaluation.bootstrap import (
+    Interval,
+    bootstrap_aucs,
+    bootstrap_p_value,
+    mean_over,
+    patient_weights,
+    percentile_interval,
+)
 from cxrdask.evaluation.calibration import (
     ThresholdRule,
     choose_threshold,
     expected_calibration_error,
     operating_point,
+    resampled_ece,
 )
 from cxrdask.evaluation.delong import clustered_delong_test, delong_test
-from cxrdask.evaluation.subgroups import subgroup_masks, underdiagnosis_rate
+from cxrdask.evaluation.subgroups import resampled_underdiagnosis, subgroup_masks, underdiagnosis_rate
 
 
 @dataclass(frozen=True)
@@ -64,11 +72,14 @@ class Audit:
 
     auc: pd.DataFrame  # label, auc, auc_low, auc_high, resamples_used
     mean_auc: Interval
-    subgroups: pd.DataFrame  # subgroup, label, images, positives, auc, low, high, gap, gap_low, gap_high
-    underdiagnosis: pd.DataFrame  # subgroup, images_with_finding, rate
-    calibration: pd.DataFrame  # label, ece, threshold, sensitivity, specificity, ppv, npv
+    # subgroup, label, images, positives, auc, low, high, gap, gap_low, gap_high, gap_p,
+    # gap_p_adjusted (Benjamini-Hochberg over the per-disease gaps; the means apart), resamples_used
+    subgroups: pd.DataFrame
+    underdiagnosis: pd.DataFrame  # subgroup, images_with_finding, rate, rate_low, rate_high
+    calibration: pd.DataFrame  # label, ece, ece_low, ece_high, threshold, sensitivity, ...
     comparison: pd.DataFrame | None  # label, auc, auc_other, difference, low, high, delong_z, delong_p
     resamples: int
+    stratified: bool = False  # AUC resamples drawn within each finding's strata of patients
     # finding, images, positives_expert, positives_nih, auc_expert(_low/_high), auc_nih(...),
     # difference(_low/_high): the head against Google's expert labels and NIH's on the same images
     expert: pd.DataFrame | None = None
@@ -89,10 +100,16 @@ class Audit:
 
 def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None = None,
           resamples: int = 1000, seed: int = 0, rule: ThresholdRule = "youden",
-          specificity: float = 0.9, expert: pd.DataFrame | None = None) -> Audit:
+          specificity: float = 0.9, expert: pd.DataFrame | None = None,
+          stratified: bool = False) -> Audit:
     """Intervals, subgroups, calibration, (with ``other``: a second head's test
     probabilities on the same rows) the paired comparison, and (with ``expert``: from
-    :func:`~cxrdask.archive.expert_labels.read_expert_labels`) the scores against expert labels."""
+    :func:`~cxrdask.archive.expert_labels.read_expert_labels`) the scores against expert labels.
+
+    Every interval is a percentile interval over ``resamples`` patient resamples. With
+    ``stratified``, the AUCs' resamples are drawn per finding within two strata of patients
+    (with and without a positive image of it; pROC's default, by patient), so none lacks a
+    class; ECE and under-diagnosis intervals always resample patients plainly."""
     groups = subgroup_masks(test.rows)
     models = {"head": test.probabilities}
     if other is not None:
@@ -101,8 +118,9 @@ def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None =
     # contains it and so pulls the gap towards zero): the rests are resampled too.
     rests = {rest_name(name): ~mask for name, mask in groups.items()
              if name != "all" and (~mask).any()}
-    samples = (bootstrap_aucs(test.targets, models, test.rows["patient_id"].to_numpy(),
-                              {**groups, **rests}, n_resamples=resamples, seed=seed)
+    patients = test.rows["patient_id"].to_numpy()
+    samples = (bootstrap_aucs(test.targets, models, patients, {**groups, **rests},
+                              n_resamples=resamples, seed=seed, stratified=stratified)
                if resamples else {})
     point = auc_per_label(test.targets, test.probabilities)
     defined = np.flatnonzero(np.isfinite(point))
@@ -117,17 +135,14 @@ def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None =
     mean_auc = _interval(float(point[defined].mean()) if len(defined) else float("nan"),
                         None if whole is None else mean_over(whole, defined))
     thresholds = _thresholds(validation, rule, specificity)
+    ece_samples, missed_samples = _resampled_calibration(test, thresholds, groups, resamples, seed)
     return Audit(
         auc=auc_table, mean_auc=mean_auc,
         subgroups=_subgroup_table(test, groups, samples, point),
-        underdiagnosis=pd.DataFrame([
-            {"subgroup": name,
-             "images_with_finding": int(test.targets[mask].any(axis=1).sum()),
-             "rate": underdiagnosis_rate(test.targets[mask], test.probabilities[mask], thresholds)}
-            for name, mask in groups.items()]),
-        calibration=_calibration_table(test, thresholds),
+        underdiagnosis=_underdiagnosis_table(test, thresholds, groups, missed_samples),
+        calibration=_calibration_table(test, thresholds, ece_samples),
         comparison=None if other is None else _comparison_table(test, other, samples, point),
-        resamples=resamples,
+        resamples=resamples, stratified=stratified,
         expert=None if expert is None else _expert_table(test, expert, resamples, seed),
         expert_listed=0 if expert is None else len(expert),
     )
@@ -163,6 +178,39 @@ def _expert_table(test: Scored, expert: pd.DataFrame, resamples: int, seed: int)
                         "auc_nih_low": on_nih.low, "auc_nih_high": on_nih.high,
                         "difference": gap.estimate, "difference_low": gap.low,
                         "difference_high": gap.high})
+    return pd.DataFrame(records)
+
+
+def _resampled_calibration(test: Scored, thresholds: np.ndarray, groups: dict[str, np.ndarray],
+                           resamples: int, seed: int
+                           ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """Per patient resample, each disease's ECE ``(resamples, diseases)`` and each
+    subgroup's under-diagnosis rate ``(resamples,)``; (None, {}) without resamples."""
+    if not resamples:
+        return None, {}
+    ece = np.empty((resamples, len(LABELS)))
+    missed = {name: np.empty(resamples) for name in groups}
+    done = 0
+    for weights in patient_weights(test.rows["patient_id"].to_numpy(), resamples, seed):
+        rows = slice(done, done + len(weights))
+        for k in range(len(LABELS)):
+            ece[rows, k] = resampled_ece(test.targets[:, k], test.probabilities[:, k], weights)
+        for name, mask in groups.items():
+            missed[name][rows] = resampled_underdiagnosis(
+                test.targets[mask], test.probabilities[mask], thresholds, weights[:, mask])
+        done += len(weights)
+    return ece, missed
+
+
+def _underdiagnosis_table(test: Scored, thresholds: np.ndarray, groups: dict[str, np.ndarray],
+                          samples: dict[str, np.ndarray]) -> pd.DataFrame:
+    records = []
+    for name, mask in groups.items():
+        rate = _interval(underdiagnosis_rate(test.targets[mask], test.probabilities[mask],
+                                             thresholds), samples.get(name))
+        records.append({"subgroup": name,
+                        "images_with_finding": int(test.targets[mask].any(axis=1).sum()),
+                        "rate": rate.estimate, "rate_low": rate.low, "rate_high": rate.high})
     return pd.DataFrame(records)
 
 
@@ -221,24 +269,35 @@ def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
                             else values - base_values)
             used = (values - base_values if values is not None and base_values is not None
                     else values)
+            gap_p = (bootstrap_p_value(values - base_values)
+                     if values is not None and base_values is not None else float("nan"))
             records.append({"subgroup": name, "label": label, "images": int(mask.sum()),
                             "positives": positives, "auc": auc.estimate, "low": auc.low,
                             "high": auc.high, "gap": gap.estimate, "gap_low": gap.low,
                             "gap_high": gap.high,
+                            "gap_p": gap_p,
                             "resamples_used": 0 if used is None
                             else int(np.isfinite(used).sum())})
-    return pd.DataFrame(records)
+    table = pd.DataFrame(records)
+    table["gap_p_adjusted"] = np.nan
+    for family in (table["label"] != "mean", table["label"] == "mean"):  # diseases; means apart
+        table.loc[family, "gap_p_adjusted"] = adjusted_p_values(
+            table.loc[family, "gap_p"].to_numpy(dtype=float))
+    return table
 
 
-def _calibration_table(test: Scored, thresholds: np.ndarray) -> pd.DataFrame:
+def _calibration_table(test: Scored, thresholds: np.ndarray, ece_samples: np.ndarray | None
+                       ) -> pd.DataFrame:
     records = []
     for k, label in enumerate(LABELS):
         targets, probabilities = test.targets[:, k], test.probabilities[:, k]
         point = (operating_point(targets, probabilities, thresholds[k])
                  if np.isfinite(thresholds[k]) else
                  dict.fromkeys(("threshold", "sensitivity", "specificity", "ppv", "npv"), np.nan))
-        records.append({"label": label,
-                        "ece": expected_calibration_error(targets, probabilities), **point})
+        ece = _interval(expected_calibration_error(targets, probabilities),
+                        None if ece_samples is None else ece_samples[:, k])
+        records.append({"label": label, "ece": ece.estimate, "ece_low": ece.low,
+                        "ece_high": ece.high, **point})
     return pd.DataFrame(records)
 
 

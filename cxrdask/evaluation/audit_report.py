@@ -42,12 +42,17 @@ def _resamples(a: Audit) -> str:
     groups = a.subgroups[(a.subgroups["label"] == "mean") & (a.subgroups["subgroup"] != "all")]
     short += [f"{row.subgroup} (mean, its gap) {row.resamples_used}" for row in groups.itertuples()
               if row.resamples_used < a.resamples]
+    how = ("drawn per finding within two strata of patients, with and without a positive "
+           "image of it (stratified, as pROC's default): every resample holds both classes of "
+           "the whole split" if a.stratified else "not stratified by class")
     lines = ["## Resamples", "",
-             f"Intervals are percentiles of {a.resamples} resamples of patients (not "
-             "stratified by class). A resample with no positive or no negative image of a "
-             "finding leaves its AUC undefined and is left out of that interval; "
+             f"Intervals are percentiles of {a.resamples} resamples of patients; the AUCs' are "
+             f"{how}. A resample with no positive or no negative image of a finding (in a "
+             "subgroup, or at all) leaves its AUC undefined and is left out of that interval; "
              + ("every interval here used all of them." if not short else
-                "these used fewer: " + "; ".join(short) + ".")]
+                "these used fewer: " + "; ".join(short) + ".")
+             + " ECE and under-diagnosis intervals come from plain patient resamples (the "
+               "same draws when not stratified)."]
     return "\n".join(lines) + "\n"
 
 
@@ -73,7 +78,6 @@ def _expert(table: pd.DataFrame, listed: int) -> str:
 
 def _subgroups(a: Audit) -> str:
     means = a.subgroups[a.subgroups["label"] == "mean"]
-    rates = a.underdiagnosis.set_index("subgroup")["rate"]
     lines = ["## Subgroups", "",
              "Mean AUC over the diseases each subgroup can score, its gap to the rest of the "
              "split (the images outside the subgroup) over the diseases both can score "
@@ -81,16 +85,22 @@ def _subgroups(a: Audit) -> str:
              "under-diagnosis rate: among images with a finding, the share the head calls "
              "\"No Finding\" (no disease at its validation-chosen threshold; Seyyed-Kalantari "
              "et al., Nature Medicine 2021). Per-disease subgroup AUCs are in report.json and "
-             "subgroup_gaps.png.", "",
+             "subgroup_gaps.png. Each gap's p-value is the bootstrap's two-sided one, "
+             "Benjamini-Hochberg adjusted over the subgroups' mean gaps (report.json has the "
+             "per-disease gaps, adjusted over all of them).", "",
              "| subgroup | images | with a finding | mean AUC (95% CI) | gap to the rest (95% CI) "
-             "| under-diagnosis |",
-             "|---|---:|---:|---|---|---:|"]
+             "| p (BH) | under-diagnosis (95% CI) |",
+             "|---|---:|---:|---|---|---:|---|"]
+    rates = a.underdiagnosis.set_index("subgroup")
     for row in means.itertuples():
         gap = ("" if row.subgroup == "all" else
                _number(row.gap, sign=True) + _span(row.gap_low, row.gap_high, sign=True))
+        rate = (rates.loc[row.subgroup] if row.subgroup in rates.index
+                else pd.Series({"rate": np.nan, "rate_low": np.nan, "rate_high": np.nan}))
         lines.append(f"| {row.subgroup} | {row.images} | {row.positives} | "
                      f"{_number(row.auc)}{_span(row.low, row.high)} | {gap} | "
-                     f"{_number(rates.get(row.subgroup, np.nan))} |")
+                     f"{_number(row.gap_p_adjusted, 4)} | "
+                     f"{_number(rate['rate'])}{_span(rate['rate_low'], rate['rate_high'])} |")
     if not np.isfinite(a.calibration["threshold"].to_numpy(dtype=float)).any():
         lines += ["", "Under-diagnosis is n/a: no disease has an operating threshold, because "
                   "the store has no validation split with both classes to choose them on."]
@@ -103,11 +113,12 @@ def _calibration(a: Audit) -> str:
              "its own probability (Kull et al. 2019; not Guo et al.'s top-label ECE; "
              "reliability.png); each "
              "disease's threshold chosen on the validation split, then applied to this split.",
-             "", "| disease | ECE | threshold | sensitivity | specificity | PPV | NPV |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| disease | ECE (95% CI) | threshold | sensitivity | specificity | PPV | NPV |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for row in a.calibration.itertuples():
-        cells = [_number(v) for v in (row.ece, row.threshold, row.sensitivity, row.specificity,
-                                      row.ppv, row.npv)]
+        cells = [_number(row.ece) + _span(row.ece_low, row.ece_high)]
+        cells += [_number(v) for v in (row.threshold, row.sensitivity, row.specificity,
+                                       row.ppv, row.npv)]
         lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

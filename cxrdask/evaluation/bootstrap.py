@@ -35,6 +35,30 @@ def patient_weights(patients: np.ndarray, n_resamples: int, seed: int,
         done += size
 
 
+def stratified_patient_weights(patients: np.ndarray, positive: np.ndarray, n_resamples: int,
+                               seed: int, block: int = BLOCK) -> Iterator[np.ndarray]:
+    """As :func:`patient_weights`, drawn in two strata: the patients with a positive image of
+    the finding and those without, each drawn with replacement as many times as it holds
+    patients. Every resample then holds positives and negatives (where the split does):
+    pROC's stratified bootstrap (its default for ``ci.auc``), by patient rather than image."""
+    codes, n_patients = _codes(patients)
+    has_positive = np.zeros(n_patients, dtype=bool)
+    np.logical_or.at(has_positive, codes, np.asarray(positive, dtype=bool))
+    strata = [members for members in (np.flatnonzero(has_positive), np.flatnonzero(~has_positive))
+              if len(members)]
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_resamples:
+        size = min(block, n_resamples - done)
+        counts = np.zeros((size, n_patients), dtype=np.float32)
+        for members in strata:
+            counts[:, members] = rng.multinomial(len(members), np.full(len(members),
+                                                                      1.0 / len(members)),
+                                                 size=size)
+        yield counts[:, codes]
+        done += size
+
+
 def _codes(patients: np.ndarray) -> tuple[np.ndarray, int]:
     unique, codes = np.unique(np.asarray(patients), return_inverse=True)
     return codes.ravel(), len(unique)
@@ -99,23 +123,45 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
 
 def bootstrap_aucs(targets: np.ndarray, models: Mapping[str, np.ndarray], patients: np.ndarray,
                    groups: Mapping[str, np.ndarray], *, n_resamples: int = DEFAULT_RESAMPLES,
-                   seed: int = 0) -> dict[tuple[str, str], np.ndarray]:
+                   seed: int = 0, stratified: bool = False) -> dict[tuple[str, str], np.ndarray]:
     """Resampled AUCs: for each (model, group), an array ``(n_resamples, diseases)``.
 
     ``targets`` is ``(images, diseases)``; each model's probabilities likewise; ``groups``
-    maps a name to a boolean mask over images. All are scored on the same resamples."""
+    maps a name to a boolean mask over images. All are scored on the same resamples (with
+    ``stratified``: per disease, patients drawn within the strata of that disease,
+    :func:`stratified_patient_weights`; models and groups still share each disease's)."""
     targets = np.asarray(targets, dtype=bool)
     ranked = {(model, group, k): RankedScores(np.asarray(p)[mask, k], targets[mask, k],
                                               np.flatnonzero(mask))
               for model, p in models.items() for group, mask in groups.items()
               for k in range(targets.shape[1])}
     out = {(m, g): np.empty((n_resamples, targets.shape[1])) for m in models for g in groups}
-    done = 0
-    for weights in patient_weights(patients, n_resamples, seed):
-        for (model, group, k), scores in ranked.items():
-            out[(model, group)][done:done + len(weights), k] = scores.aucs(weights)
-        done += len(weights)
+    diseases: list[list[int]] = ([[k] for k in range(targets.shape[1])] if stratified
+                                 else [list(range(targets.shape[1]))])
+    for columns in diseases:
+        draws = (stratified_patient_weights(patients, targets[:, columns[0]], n_resamples,
+                                            int(np.random.SeedSequence([seed, columns[0]])
+                                                .generate_state(1)[0]))
+                 if stratified else patient_weights(patients, n_resamples, seed))
+        done = 0
+        for weights in draws:
+            for (model, group, k), scores in ranked.items():
+                if k in columns:
+                    out[(model, group)][done:done + len(weights), k] = scores.aucs(weights)
+            done += len(weights)
     return out
+
+
+def bootstrap_p_value(differences: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of a paired difference being zero: twice the smaller
+    share of resamples on either side of zero (each share counted with one more resample,
+    so it is never zero); NaN without a defined resample."""
+    finite = differences[np.isfinite(differences)]
+    if len(finite) == 0:
+        return float("nan")
+    below = (np.count_nonzero(finite <= 0) + 1) / (len(finite) + 1)
+    above = (np.count_nonzero(finite >= 0) + 1) / (len(finite) + 1)
+    return float(min(1.0, 2 * min(below, above)))
 
 
 @dataclass(frozen=True)
@@ -158,8 +204,10 @@ __all__ = [
     "Interval",
     "RankedScores",
     "bootstrap_aucs",
+    "bootstrap_p_value",
     "mean_over",
     "patient_weights",
     "percentile_interval",
+    "stratified_patient_weights",
     "weighted_auc",
 ]

@@ -51,6 +51,23 @@ def expected_calibration_error(targets: np.ndarray, probabilities: np.ndarray,
     return float((gaps * table.loc[used, "images"]).sum() / max(int(table["images"].sum()), 1))
 
 
+def resampled_ece(targets: np.ndarray, probabilities: np.ndarray, weights: np.ndarray,
+                  bins: int = DEFAULT_BINS) -> np.ndarray:
+    """:func:`expected_calibration_error` under each row of ``weights`` ``(resamples,
+    images)`` (the patient bootstrap's counts): per bin, the weighted predicted and observed
+    totals; the ECE is their absolute gaps summed over the bins, over the total weight."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(probabilities, edges[1:-1]), 0, bins - 1)
+    onehot = np.zeros((len(which), bins), dtype=np.float64)
+    onehot[np.arange(len(which)), which] = 1.0
+    w = np.asarray(weights, dtype=np.float64)
+    predicted = w @ (onehot * np.asarray(probabilities, dtype=np.float64)[:, None])
+    observed = w @ (onehot * np.asarray(targets, dtype=np.float64)[:, None])
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.abs(predicted - observed).sum(axis=1) / total, np.nan)
+
+
 def choose_threshold(targets: np.ndarray, probabilities: np.ndarray,
                      rule: ThresholdRule = "youden", specificity: float = 0.9) -> float:
     """A decision threshold from one split: Youden's J (sensitivity + specificity - 1 at its
@@ -113,5 +130,12 @@ def reliability_figure(targets: np.ndarray, probabilities: np.ndarray,
     return figure
 
 
-__all__ = ["ThresholdRule", "choose_threshold", "expected_calibration_error", "operating_point",
-           "reliability", "reliability_figure"]
+__all__ = [
+    "ThresholdRule",
+    "choose_threshold",
+    "expected_calibration_error",
+    "operating_point",
+    "reliability",
+    "reliability_figure",
+    "resampled_ece",
+]

@@ -246,7 +246,8 @@ def _audit_json(a: Audit, compared_with: str) -> dict:
     def records(frame: pd.DataFrame | None):
         return None if frame is None else json.loads(frame.to_json(orient="records"))
 
-    return {"bootstrap": {"resamples": a.resamples, "unit": "patient", "level": 0.95},
+    return {"bootstrap": {"resamples": a.resamples, "unit": "patient", "level": 0.95,
+                          "stratified": a.stratified},
             "mean_auc_interval": [_plain(a.mean_auc.low), _plain(a.mean_auc.high)],
             "auc_intervals": records(a.auc), "subgroups": records(a.subgroups),
             "underdiagnosis": records(a.underdiagnosis), "calibration": records(a.calibration),
@@ -413,7 +414,7 @@ def evaluate(
     scores = score_split(store, checkpoint, split=split, compare_to=compare_to)
     found = audit(scores.scored, scores.validation, other=scores.other,
                   resamples=config.bootstrap, seed=config.seed, rule=config.threshold_rule,
-                  specificity=config.specificity, expert=expert)
+                  specificity=config.specificity, expert=expert, stratified=config.stratified)
     report = build_report(store, scores, found)
     if config.boxes is not None and config.images is not None:
         from cxrdask.evaluation.localisation import localise

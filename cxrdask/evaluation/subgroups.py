@@ -52,4 +52,23 @@ def underdiagnosis_rate(targets: np.ndarray, probabilities: np.ndarray,
     return float((~called[has_finding]).mean())
 
 
-__all__ = ["AGE_BANDS", "age_band_name", "subgroup_masks", "underdiagnosis_rate"]
+def resampled_underdiagnosis(targets: np.ndarray, probabilities: np.ndarray,
+                             thresholds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`underdiagnosis_rate` under each row of ``weights`` ``(resamples, images)``: the
+    weighted share of images with a finding that no threshold calls; NaN where a resample
+    holds no image with a finding, and everywhere where no disease has a threshold."""
+    has_finding = np.asarray(targets, dtype=bool).any(axis=1)
+    thresholds = np.asarray(thresholds, dtype=float)
+    finite = np.isfinite(thresholds)
+    if not finite.any():
+        return np.full(len(weights), np.nan)
+    called = (probabilities[:, finite] >= thresholds[finite]).any(axis=1)
+    w = np.asarray(weights, dtype=np.float64)
+    with_finding = w @ has_finding.astype(np.float64)
+    missed = w @ (has_finding & ~called).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(with_finding > 0, missed / with_finding, np.nan)
+
+
+__all__ = ["AGE_BANDS", "age_band_name", "resampled_underdiagnosis", "subgroup_masks",
+           "underdiagnosis_rate"]

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cxrdask._fs import filesystem
+from cxrdask.backbones.engines import ENGINE_RULES
 from cxrdask.errors import ImageDecodeError
 from cxrdask.extract.metrics import report_chunk
 from cxrdask.extract.retries import call_with_retries, is_transient
@@ -99,7 +100,8 @@ def _load_one(url: str, name: str, config: TaskConfig):
 
 def _uses_torch(config: TaskConfig) -> bool:
     """Whether the task's input or backbone needs torch (see :mod:`cxrdask.imaging.host_input`)."""
-    return needs_torch_input(config.preprocessing, config.engine, config.store_url is not None)
+    return needs_torch_input(config.preprocessing, ENGINE_RULES[config.engine].takes_torch,
+                             config.store_url is not None)
 
 
 def _device_input(config: TaskConfig):

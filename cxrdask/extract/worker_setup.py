@@ -51,11 +51,12 @@ def dask_setup(worker) -> None:
 
 def preimported_modules() -> tuple[str, ...]:
     """The modules a starting worker imports in the background (see the module's docstring)."""
+    from cxrdask.backbones.engines import ENGINE_RULES
     from cxrdask.backbones.engines.onnxruntime import onnx_cache_dir
     from cxrdask.config import ExtractConfig
     from cxrdask.extract.resolve import local_engine
 
-    needs_torch = (local_engine(ExtractConfig()) == "torch"
+    needs_torch = (ENGINE_RULES[local_engine(ExtractConfig())].takes_torch
                    or not any(onnx_cache_dir().glob("*.onnx")))  # it will export
     return WORKER_MODULES + (TORCH_MODULES if needs_torch else ())
 

@@ -240,8 +240,8 @@ def train_head(
     for name, batches in feeds.items():
         if ResidentBatches.fits(batches, where, config.resident_mb):
             feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
-    pos_weight = _pos_weight(store).to(where) if config.pos_weight else None
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(store).to(where)
+                                     if config.pos_weight else None)
     optimizer = adam(head.parameters(), config.lr, config.weight_decay, config.betas,
                      config.eps, where)
     step = train_step(head.layers, criterion, optimizer, where, precision, config.cuda_graph)
@@ -254,8 +254,7 @@ def train_head(
                                          "demographics": list(config.demographics),
                                          "n_inputs": train.n_inputs},
                              provenance=_checkpoint_provenance(store, where))
-    history = []
-    best_loss, best_epoch, stale = float("inf"), -1, 0
+    history, (best_loss, best_epoch, stale) = [], (float("inf"), -1, 0)
     started = time.perf_counter()
     bar = progress_callback(progress, config.epochs, desc="train", unit="epoch")
     with torch.random.fork_rng(devices=[]), bar:

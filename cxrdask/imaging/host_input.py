@@ -69,11 +69,12 @@ class HostInput:
         return (x[:, None] - self.mean) / self.std  # broadcast: (B, 3, H, W), C-contiguous
 
 
-def needs_torch_input(preprocessing: Preprocessing, engine: str, runs_backbone: bool) -> bool:
+def needs_torch_input(preprocessing: Preprocessing, engine_takes_torch: bool,
+                      runs_backbone: bool) -> bool:
     """Whether a worker's input must be made with torch: to resize on the device, or to feed
-    a torch backbone (eager or TorchScript). ONNX Runtime, and a cache pass that runs no
-    backbone, take NumPy."""
-    return preprocessing.resize_on_device or (runs_backbone and engine != "onnxruntime")
+    a torch backbone (eager or TorchScript). ONNX Runtime and OpenVINO, and a cache pass
+    that runs no backbone, take NumPy."""
+    return preprocessing.resize_on_device or (runs_backbone and engine_takes_torch)
 
 
 __all__ = ["HostDevice", "HostInput", "needs_torch_input"]

@@ -7,7 +7,9 @@ and turns float32 ``(B, 3, H, W)`` batches into float32 ``(B, feature_dim)`` fea
   autocast, optionally ``torch.compile``-d;
 - ``torchscript`` (:mod:`.torchscript`): a frozen trace fused by oneDNN Graph, CPU only;
 - ``onnxruntime`` (:mod:`.onnxruntime`): the network exported to ONNX, CPU fp32 only, its
-  export cached on disk so a worker that finds it never imports torch.
+  export cached on disk so a worker that finds it never imports torch;
+- ``openvino`` (:mod:`.openvino`): the same export compiled by OpenVINO, CPU fp32 or bf16
+  (an optional extra).
 
 :data:`ENGINE_RULES` says, for each, what it runs on; :func:`engine_refusal` is the one
 place a combination is refused with its reason, and the resolver
@@ -37,6 +39,7 @@ class EngineRule:
     compiles: bool
     module: str
     summary: str
+    takes_torch: bool = True  # its input is a torch tensor (False: NumPy; no torch imported)
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -49,10 +52,16 @@ ENGINE_RULES: dict[str, EngineRule] = {
     "torchscript": EngineRule("torchscript", {"cpu": ("fp32", "bf16")}, False, "torchscript",
                               "a frozen TorchScript trace fused by oneDNN Graph (CPU)"),
     "onnxruntime": EngineRule("onnxruntime", {"cpu": ("fp32",)}, False, "onnxruntime",
-                              "ONNX Runtime on the CPU, fp32, its export cached on disk"),
+                              "ONNX Runtime on the CPU, fp32, its export cached on disk",
+                              takes_torch=False),
+    "openvino": EngineRule("openvino", {"cpu": ("fp32", "bf16")}, False, "openvino",
+                           "OpenVINO on the CPU from the same ONNX export, its compiled "
+                           "model cached on disk", takes_torch=False),
 }
 #: Engines that run the backbone on the CPU only (``device="auto"`` means the CPU for them).
 CPU_ENGINES = tuple(name for name, rule in ENGINE_RULES.items() if rule.devices == ("cpu",))
+#: Engines that take NumPy input and run without torch (from a cached ONNX export).
+TORCH_FREE_ENGINES = tuple(name for name, rule in ENGINE_RULES.items() if not rule.takes_torch)
 
 
 def _runs(rule: EngineRule) -> str:
@@ -105,5 +114,5 @@ def open_backend(engine: str, spec: BackboneSpec, device: Any, precision: str, c
                                batch_size=batch_size, threads=threads)
 
 
-__all__ = ["CPU_ENGINES", "ENGINE_RULES", "Backend", "EngineRule", "engine_refusal",
+__all__ = ["CPU_ENGINES", "ENGINE_RULES", "TORCH_FREE_ENGINES", "Backend", "EngineRule", "engine_refusal",
            "open_backend"]

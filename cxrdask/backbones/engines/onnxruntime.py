@@ -120,19 +120,31 @@ def onnx_session(spec: BackboneSpec, build: Callable[[BackboneSpec], nn.Module] 
                 return _session(source.read_bytes(), threads, optimize, optimized)
             except Exception:  # truncated or foreign file: the next source, or export again
                 pass
+    data = exported_onnx(spec, build, reuse=False)
+    return _session(data, threads, True, optimized)
+
+
+def exported_onnx(spec: BackboneSpec, build: Callable[[BackboneSpec], nn.Module] | None = None,
+                  reuse: bool = True) -> bytes:
+    """The ONNX export of ``spec``'s network: the cached file where there is one (and
+    ``reuse``), else ``build(spec)`` exported now and cached (``build`` None:
+    :func:`cxrdask.backbones.build.build_backbone`, imported with torch only then). What the
+    ONNX Runtime and OpenVINO engines both start from."""
+    path = onnx_cache_path(spec)
+    if reuse and path is not None and path.is_file():
+        return path.read_bytes()
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError as exc:
-        raise MissingExtraError("the onnxruntime engine needs: pip install onnx onnxruntime") from exc
+        raise MissingExtraError("exporting the backbone to ONNX needs: pip install onnx") from exc
     if build is None:
         from cxrdask.backbones.build import build_backbone
 
         build = build_backbone
     data = export_onnx(build(spec))
-    loaded = _session(data, threads, True, optimized)
     if path is not None:
         _write_atomically(path, data)
-    return loaded
+    return data
 
 
 def optimized_cache_path(export: Path) -> Path:
@@ -234,5 +246,5 @@ def open_backend(spec: BackboneSpec, *, device, precision: str, compile: bool,
     return OnnxBackend(spec, threads)
 
 
-__all__ = ["EXPORT_FORMAT", "OnnxBackend", "export_onnx", "onnx_cache_dir", "onnx_cache_path",
-           "onnx_session", "open_backend", "optimized_cache_path"]
+__all__ = ["EXPORT_FORMAT", "OnnxBackend", "export_onnx", "exported_onnx", "onnx_cache_dir",
+           "onnx_cache_path", "onnx_session", "open_backend", "optimized_cache_path"]
