@@ -221,7 +221,7 @@ def test_the_fast_png_decoder_gives_pillows_pixels_and_pillows_errors(small_arch
 def test_resident_batches_give_every_row_once_per_epoch(tmp_path):
     """A split that fits is kept after one lazy pass; later epochs reshuffle it in memory."""
     from cxrdask.head.batches import FeatureBatches
-    from cxrdask.head.train import ResidentBatches
+    from cxrdask.head.resident import ResidentBatches
     from cxrdask.testing import make_feature_store
 
     url = str(tmp_path / "f.zarr")
@@ -241,6 +241,35 @@ def test_resident_batches_give_every_row_once_per_epoch(tmp_path):
     for epoch in (1, 2):
         resident.set_epoch(epoch)
         assert rows(resident) == first
-        orders.append(torch.cat([x for x, _ in resident])[:, 0].tolist())
+        orders.append(torch.cat([x[:, 0].clone() for x, _ in resident]).tolist())  # reused
     assert first == rows(lazy) and len(first) == lazy.n_rows
     assert orders[0] != orders[1]  # reshuffled each epoch
+
+
+def test_resident_batches_equal_the_lazy_readers_bit_for_bit(tmp_path):
+    """Kept as float16 features (half the memory), widened and standardised on each gather
+    with the lazy reader's own operations: every row equal, not merely close."""
+    from cxrdask.head.batches import FeatureBatches
+    from cxrdask.head.resident import ResidentBatches
+    from cxrdask.testing import make_feature_store
+
+    url = str(tmp_path / "f.zarr")
+    make_feature_store(url, 500, feature_dim=16, chunk_rows=64, signal=0.5)
+    mean, scale = torch.linspace(-1, 1, 18), torch.linspace(0.5, 3, 18)
+
+    def standardised(batches: FeatureBatches) -> FeatureBatches:
+        batches.standardise(mean, scale)
+        return batches
+
+    def rows(batches) -> np.ndarray:
+        out = np.concatenate([x.numpy().copy() for x, _ in batches])
+        return out[np.lexsort(out.T[::-1])]
+
+    lazy = rows(standardised(FeatureBatches(url, "train", 40, seed=0)))
+    resident = ResidentBatches(standardised(FeatureBatches(url, "train", 40, seed=0)),
+                               torch.device("cpu"), shuffle=True, seed=0)
+    assert np.array_equal(rows(resident), lazy)  # the first, lazy pass
+    resident.set_epoch(1)
+    assert np.array_equal(rows(resident), lazy)  # from memory
+    assert resident.features is not None and resident.features.dtype == torch.float16
+    assert resident.batches.standardisation is not None  # given back after the first pass

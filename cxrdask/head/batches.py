@@ -93,7 +93,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         self.drop_last = drop_last
         self.chunks_read = 0
         self.max_rows_held = 0
-        self._standardisation: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (mean, scale) applied to every batch by the reader thread; None: raw inputs
+        self.standardisation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # Read at first use, not in the constructor: the store, then the per-row arrays.
 
@@ -129,8 +130,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
 
     def standardise(self, mean, scale) -> None:
         """Yield ``(inputs - mean) * scale``, computed in the reader thread, off the training path."""
-        self._standardisation = (torch.as_tensor(mean, dtype=torch.float32),
-                                 torch.as_tensor(scale, dtype=torch.float32))
+        self.standardisation = (torch.as_tensor(mean, dtype=torch.float32),
+                                torch.as_tensor(scale, dtype=torch.float32))
 
     @property
     def n_inputs(self) -> int:
@@ -159,8 +160,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         inputs = torch.empty((len(features), dim + extra.shape[1]), dtype=torch.float32)
         inputs[:, :dim].copy_(torch.from_numpy(features))  # SIMD float16 -> float32, in place
         inputs[:, dim:].copy_(torch.from_numpy(extra[start:stop][keep]))
-        if self._standardisation is not None:
-            mean, scale = self._standardisation
+        if self.standardisation is not None:
+            mean, scale = self.standardisation
             inputs.sub_(mean).mul_(scale)
         targets = torch.from_numpy(labels[start:stop][keep].astype(np.float32))
         self.chunks_read += 1

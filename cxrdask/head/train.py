@@ -13,7 +13,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from cxrdask.config import TrainConfig
 from cxrdask.errors import CxrDaskError, OptionError
 from cxrdask.head.batches import FeatureBatches, label_counts, open_store
 from cxrdask.head.model import new_head, save_checkpoint
+from cxrdask.head.resident import ResidentBatches, to_gpu
 from cxrdask.head.train_step import EagerStep, adam, train_step
 from cxrdask.store.features import FeatureStore
 from cxrdask.store.targets import check_output_folder
@@ -74,11 +74,6 @@ def input_statistics(batches: FeatureBatches) -> tuple[torch.Tensor, torch.Tenso
     return mean.float(), std.float()
 
 
-def _to_gpu(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host batch on the GPU: from pinned memory, without blocking the host."""
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
 def _run_epoch(head, batches, criterion, step: EagerStep | None = None,
                device: torch.device | None = None, precision: str = "fp32") -> float:
     """One pass; trains when a step (:mod:`cxrdask.head.train_step`) is given. Returns the mean
@@ -96,7 +91,7 @@ def _run_epoch(head, batches, criterion, step: EagerStep | None = None,
     with torch.set_grad_enabled(step is not None):
         for inputs, targets in batches:
             if cuda and not inputs.is_cuda:
-                inputs, targets = _to_gpu(inputs, device), _to_gpu(targets, device)
+                inputs, targets = to_gpu(inputs, device), to_gpu(targets, device)
             if step is not None:
                 loss = step(inputs, targets)
             else:
@@ -106,64 +101,6 @@ def _run_epoch(head, batches, criterion, step: EagerStep | None = None,
             total += loss.detach() * len(inputs)
             rows += len(inputs)
     return float(total) / max(rows, 1)
-
-
-class ResidentBatches:
-    """A split's batches kept in memory after one lazy pass over its chunks (in GPU memory
-    when training on a GPU).
-
-    The first epoch reads the store chunk by chunk as always (the reader thread prepares the
-    next buffer while the head trains) and keeps each batch; later epochs reshuffle the rows
-    in memory, so the head never waits for decompression. Used only for a split that fits
-    (:meth:`fits`): a larger one stays lazy every epoch, and memory stays flat in N.
-    """
-
-    def __init__(self, batches: FeatureBatches, device: torch.device, shuffle: bool, seed: int):
-        self.batches = batches
-        self.device = device
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-        self.inputs: torch.Tensor | None = None
-        self.targets: torch.Tensor | None = None
-
-    @staticmethod
-    def fits(batches: FeatureBatches, device: torch.device, budget_mb: float) -> bool:
-        """Whether the split's float32 inputs and targets fit: ``budget_mb`` of host memory,
-        or on a GPU a quarter of its free memory (0 keeps every epoch lazy)."""
-        need = batches.n_rows * (batches.n_inputs + 14) * 4
-        if budget_mb <= 0:
-            return False
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            return need <= 0.25 * free
-        return need <= budget_mb * 2**20
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.batches.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.inputs is None or self.targets is None:
-            kept_x, kept_y = [], []
-            cuda = self.device.type == "cuda"
-            for x, y in self.batches:
-                if cuda:
-                    x, y = _to_gpu(x, self.device), _to_gpu(y, self.device)
-                kept_x.append(x)
-                kept_y.append(y)
-                yield x, y
-            self.inputs, self.targets = torch.cat(kept_x), torch.cat(kept_y)
-            return
-        n, size = len(self.inputs), self.batches.batch_size
-        if self.shuffle:
-            generator = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, device=self.device, generator=generator)
-        else:
-            order = torch.arange(n, device=self.device)
-        for start in range(0, n, size):
-            rows = order[start:start + size]
-            yield self.inputs[rows], self.targets[rows]
 
 
 def _step_scheduler(scheduler, optimizer: torch.optim.Optimizer, val_loss: float) -> None:
