@@ -209,6 +209,21 @@ def test_the_comparison_says_its_variance_and_adjusts_its_p_values():
     assert "clustered by patient (Obuchowski 1997)" in text and "| p (BH) |" in text
 
 
+def _men_perfect_women_guessed(ages: bool):
+    """400 images, one a patient: the head ranks every finding right on men and guesses on
+    women. Ages all 50, or spread over 20-79."""
+    rng = np.random.default_rng(4)
+    n = 400
+    sex = np.array(["M", "F"] * (n // 2))
+    targets = rng.random((n, len(LABELS))) < 0.4
+    scores = np.where((sex == "M")[:, None], targets + rng.random((n, len(LABELS))) * 0.5,
+                      rng.random((n, len(LABELS))))
+    rows = pd.DataFrame({"patient_id": np.arange(n), "sex": sex,
+                         "age": rng.integers(20, 80, n) if ages else np.full(n, 50),
+                         "view": ["PA"] * n})
+    return targets, scores, rows, sex
+
+
 def test_a_subgroup_is_compared_with_the_rest_of_the_split():
     """The gap was measured against the whole split, which contains the subgroup: a head
     perfect on men and guessing on women showed men 0.25 ahead instead of 0.5."""
@@ -216,14 +231,7 @@ def test_a_subgroup_is_compared_with_the_rest_of_the_split():
 
     from cxrdask.evaluation.audit import Scored, audit
 
-    rng = np.random.default_rng(4)
-    n = 400
-    sex = np.array(["M", "F"] * (n // 2))
-    targets = rng.random((n, len(LABELS))) < 0.4
-    scores = np.where((sex == "M")[:, None], targets + rng.random((n, len(LABELS))) * 0.5,
-                      rng.random((n, len(LABELS))))
-    rows = pd.DataFrame({"patient_id": np.arange(n), "sex": sex, "age": np.full(n, 50),
-                         "view": ["PA"] * n})
+    targets, scores, rows, sex = _men_perfect_women_guessed(ages=False)
     found = audit(Scored(targets, scores, rows), None, resamples=200)
     men = found.subgroups[(found.subgroups["subgroup"] == "sex M")].set_index("label")
     women = ~(sex == "M")
@@ -317,14 +325,7 @@ def test_subgroup_gaps_have_bootstrap_p_values_adjusted_for_their_number():
     assert bootstrap_p_value(np.full(99, 0.1)) == pytest.approx(2 / 100)  # never zero
     assert bootstrap_p_value(np.r_[np.full(50, -1.0), np.full(50, 1.0)]) == 1.0
     assert np.isnan(bootstrap_p_value(np.full(5, np.nan)))
-    rng = np.random.default_rng(4)
-    n = 400
-    sex = np.array(["M", "F"] * (n // 2))
-    targets = rng.random((n, len(LABELS))) < 0.4
-    scores = np.where((sex == "M")[:, None], targets + rng.random((n, len(LABELS))) * 0.5,
-                      rng.random((n, len(LABELS))))
-    rows = pd.DataFrame({"patient_id": np.arange(n), "sex": sex, "age": rng.integers(20, 80, n),
-                         "view": ["PA"] * n})
+    targets, scores, rows, _ = _men_perfect_women_guessed(ages=True)
     groups = audit(Scored(targets, scores, rows), None, resamples=200).subgroups
     men = groups[groups["subgroup"] == "sex M"].set_index("label")
     assert men.at["mean", "gap_p_adjusted"] < 0.05  # men far ahead: a real gap
