@@ -100,7 +100,8 @@ def first_call(device: str, config: Config, batch: int,
     """The bare backbone (one CPU thread, or the GPU), a random decoded batch, and the
     seconds of its first call on it (the compilation, if any)."""
     torch.set_num_threads(1)
-    runner = BackboneRunner.build(SPEC, device, config.precision, config.compile, batch, config.engine)
+    runner = BackboneRunner.build(SPEC, device, config.precision, config.compile, batch,
+                                  config.engine, threads=1)  # ONNX Runtime's one thread too
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     start = time.perf_counter()
     runner(x)
@@ -358,6 +359,8 @@ def main(argv=None) -> None:
                         help="skip the ONNX Runtime engine (CPU only)")
     parser.add_argument("--no-torchscript", action="store_true",
                         help="skip the TorchScript engine (CPU only)")
+    parser.add_argument("--no-openvino", action="store_true",
+                        help="skip the OpenVINO engine (CPU only; measured where installed)")
     parser.add_argument("--batch-sizes", default=None, help="for the bare backbone (default 8,32; "
                         "64,256 on a GPU)")
     parser.add_argument("--batch", type=int, default=None, help="batch size of the extraction "
@@ -403,6 +406,11 @@ def main(argv=None) -> None:
             configs.append(Config("fp32", engine="onnxruntime"))
         else:
             notes.append("ONNX Runtime left out: pip install 'cxrdask[onnx]'")
+    if not gpu and not args.no_openvino:
+        if importlib.util.find_spec("openvino"):
+            configs += [Config(p, engine="openvino") for p in precisions]
+        else:
+            notes.append("OpenVINO left out: pip install 'cxrdask[openvino]'")
     name_of = {c: c.name for c in configs}
 
     root, metadata = archive_for(Path(args.archive), args.n, args.size, args.replicate)

@@ -325,7 +325,12 @@ def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seco
     decode = decode_rate(paths[:32])
     decode_all = rates_all_cores("decode", cores, seconds, paths=paths[:32])
     bound: dict = {"decode_1_thread": decode, "decode_all_cores": decode_all}
-    engines = ("torch", "torchscript", "onnxruntime") if precision == "fp32" else ("torch", "torchscript")
+    import importlib.util
+
+    engines = (("torch", "torchscript", "onnxruntime") if precision == "fp32"
+               else ("torch", "torchscript"))
+    if importlib.util.find_spec("openvino"):
+        engines += ("openvino",)
     for engine in engines:
         backbone = forward_rate("cpu", Config(precision, engine=engine), batch, seconds)
         backbone_all = rates_all_cores("backbone", cores, seconds, Config(precision, engine=engine),
