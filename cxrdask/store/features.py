@@ -95,12 +95,13 @@ class FeatureStore(RowStore):
         cls,
         url: str,
         table: pd.DataFrame,
-        settings: FeatureSettings,
+        settings: FeatureSettings | None = None,
         *,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         storage_options: StorageOptions | None = None,
         extra: dict | None = None,
         overwrite: bool = False,
+        **fields: Any,
     ) -> FeatureStore:
         """Make a new store for the rows of ``table`` (metadata columns plus ``split``).
 
@@ -110,10 +111,11 @@ class FeatureStore(RowStore):
             Where to make it (any fsspec URL).
         table
             The rows, in store order, with the metadata's columns and ``split`` codes.
-        settings
+        settings, **fields
             How the features are computed: backbone identity (with ``feature_dim``),
             preprocessing, dtype, precision, compile, engine and the split's description
-            (recorded; a resume must match).
+            (recorded; a resume must match): a :class:`FeatureSettings`, or its fields by
+            name (``backbone=..., preprocessing=..., dtype="float32"``).
         chunk_rows
             Rows per chunk of every per-row array.
         storage_options
@@ -139,6 +141,11 @@ class FeatureStore(RowStore):
         OptionError
             An unknown dtype, or ``chunk_rows`` below 1.
         """
+        if settings is None:
+            settings = FeatureSettings(**fields)
+        elif fields:
+            raise OptionError(f"give the settings as a FeatureSettings or by name, not both "
+                              f"({', '.join(sorted(fields))})")
         if settings.dtype not in ("float16", "float32"):
             raise OptionError(f"dtype must be float16 or float32, not {settings.dtype!r}")
         provenance = {**common_provenance(table, chunk_rows), **settings.to_dict(),
