@@ -10,6 +10,7 @@ extraction and training.
 from __future__ import annotations
 
 import argparse
+import functools
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -136,14 +137,7 @@ class ExtractConfig(Options):
         "zstd", "codec of a pixel store this run writes (--pixels, cxrdask cache)")
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            kind = _HINTS[item.name]
-            value = getattr(self, item.name)
-            allowed = _literal_values(kind)
-            plain = tuple(member for member in _members(kind) if isinstance(member, type))
-            if allowed and value not in allowed and not isinstance(value, plain):
-                raise OptionError(f"{item.name} must be one of {', '.join(map(repr, allowed))}, "
-                                  f"not {value!r}")
+        _check_choices(self)
         if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):
             raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not "
                               f"{self.chunk_rows!r}")
@@ -190,7 +184,23 @@ def _literal_values(kind: Any) -> tuple:
                  for v in get_args(member))
 
 
-_HINTS = typing.get_type_hints(ExtractConfig)
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_choices(config: Any) -> None:
+    """Refuse a field typed with a ``Literal`` (alone or in a union, ``int | Literal["auto"]``)
+    whose value is none of its choices, naming the field and the choices."""
+    hints = _hints(config.__class__)
+    for item in fields(config):
+        kind = hints[item.name]
+        value = getattr(config, item.name)
+        allowed = _literal_values(kind)
+        plain = tuple(member for member in _members(kind) if isinstance(member, type))
+        if allowed and value not in allowed and not isinstance(value, plain):
+            raise OptionError(f"{item.name} must be one of {', '.join(map(repr, allowed))}, "
+                              f"not {value!r}")
 
 
 def _chunk_rows(text: str) -> int | str:
@@ -377,12 +387,10 @@ class EvaluateConfig(Options):
     n_workers: int | None = None
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         if isinstance(self.bootstrap, bool) or self.bootstrap < 0:
             raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not "
                               f"{self.bootstrap}")
-        if self.threshold_rule not in get_args(ThresholdRule):
-            raise OptionError(f"threshold_rule must be one of {get_args(ThresholdRule)}, not "
-                              f"{self.threshold_rule!r}")
         if not 0.0 < self.specificity < 1.0:
             raise OptionError(f"specificity must be between 0 and 1, not {self.specificity}")
         if (self.boxes is None) != (self.images is None):

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,14 +98,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
             os.unlink(temporary)
 
 
-def onnx_session(spec: BackboneSpec, build: Callable[[BackboneSpec], nn.Module] | None,
-                 threads: int):
+def onnx_session(spec: BackboneSpec, threads: int):
     """An ONNX Runtime CPU session of ``spec``'s network on ``threads`` threads.
 
     From the fastest cached file that loads: ONNX Runtime's optimized graph for this CPU
-    (made with the first session here), else the portable export, else ``build(spec)``
-    exported (``build`` None: :func:`cxrdask.backbones.build.build_backbone`, imported with torch
-    only then). Files are cached as they are made; none are for ``.pth`` weights.
+    (made with the first session here), else the portable export, else the network exported
+    now (:func:`exported_onnx`). Files are cached as they are made; none are for ``.pth``
+    weights.
     """
     try:
         import onnxruntime  # noqa: F401
@@ -120,16 +118,15 @@ def onnx_session(spec: BackboneSpec, build: Callable[[BackboneSpec], nn.Module] 
                 return _session(source.read_bytes(), threads, optimize, optimized)
             except Exception:  # truncated or foreign file: the next source, or export again
                 pass
-    data = exported_onnx(spec, build, reuse=False)
+    data = exported_onnx(spec, reuse=False)
     return _session(data, threads, True, optimized)
 
 
-def exported_onnx(spec: BackboneSpec, build: Callable[[BackboneSpec], nn.Module] | None = None,
-                  reuse: bool = True) -> bytes:
+def exported_onnx(spec: BackboneSpec, reuse: bool = True) -> bytes:
     """The ONNX export of ``spec``'s network: the cached file where there is one (and
-    ``reuse``), else ``build(spec)`` exported now and cached (``build`` None:
-    :func:`cxrdask.backbones.build.build_backbone`, imported with torch only then). What the
-    ONNX Runtime and OpenVINO engines both start from."""
+    ``reuse``), else the network built (:func:`cxrdask.backbones.build.build_backbone`,
+    imported with torch only then), exported now and cached. What the ONNX Runtime and
+    OpenVINO engines both start from."""
     path = onnx_cache_path(spec)
     if reuse and path is not None and path.is_file():
         return path.read_bytes()
@@ -137,11 +134,9 @@ def exported_onnx(spec: BackboneSpec, build: Callable[[BackboneSpec], nn.Module]
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError as exc:
         raise MissingExtraError("exporting the backbone to ONNX needs: pip install onnx") from exc
-    if build is None:
-        from cxrdask.backbones.build import build_backbone
+    from cxrdask.backbones.build import build_backbone
 
-        build = build_backbone
-    data = export_onnx(build(spec))
+    data = export_onnx(build_backbone(spec))
     if path is not None:
         _write_atomically(path, data)
     return data
@@ -217,18 +212,16 @@ def _temporary_beside(path: Path) -> Path | None:
 class OnnxBackend:
     """A frozen backbone on ONNX Runtime (CPU, fp32): float32 batches in, features out.
 
-    Built from the cached export without importing torch (see the module's docstring). One
-    session serves all of a worker's threads: ``InferenceSession.run`` is thread-safe, and
-    each call runs on ``threads`` intra-op threads. Its first batch runs as fast as the next,
-    so there is nothing to warm."""
+    Its session comes from :func:`onnx_session` (the cached export, read without importing
+    torch: see the module's docstring). One session serves all of a worker's threads:
+    ``InferenceSession.run`` is thread-safe, and each call runs on the intra-op threads the
+    session was made with. Its first batch runs as fast as the next, so there is nothing to
+    warm."""
 
     pads = False
 
-    def __init__(self, spec: BackboneSpec, threads: int = 1,
-                 build: Callable[[BackboneSpec], nn.Module] | None = None):
-        self.spec = spec
-        self.threads = threads
-        self.session = onnx_session(spec, build, threads)
+    def __init__(self, session):
+        self.session = session
 
     def run(self, batch) -> np.ndarray:
         """Features (float32, ``(B, feature_dim)``) of a float32 ``(B, 3, H, W)`` batch
@@ -243,7 +236,7 @@ class OnnxBackend:
 
 def open_backend(spec: BackboneSpec, *, device, precision: str, compile: bool,
                  batch_size: int, threads: int) -> OnnxBackend:
-    return OnnxBackend(spec, threads)
+    return OnnxBackend(onnx_session(spec, threads))
 
 
 __all__ = ["EXPORT_FORMAT", "OnnxBackend", "export_onnx", "exported_onnx", "onnx_cache_dir",
