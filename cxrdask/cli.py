@@ -30,6 +30,12 @@ from cxrdask.errors import (
 )
 from cxrdask.extract.interrupt import EXIT_INTERRUPTED, second_interrupt_exits
 
+# The synthetic layouts and archive kinds, spelt here so that --help needs no pandas import
+# (tests hold them equal to cxrdask.archive's own lists).
+SYNTHETIC_LAYOUTS = ("nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr", "rsna-pneumonia")
+ARCHIVE_CHOICES = ("auto", "nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr",
+                   "rsna-pneumonia", "dicom", "csv")
+UNCERTAIN_CHOICES = ("missing", "positive", "negative")
 EXIT_REFUSED = 2
 EXIT_TOO_MANY_FAILED = 3
 EXIT_DAMAGED = 4
@@ -165,22 +171,16 @@ def cmd_synth(args) -> int:
 
     archive = make_archive(args.root, n=args.n, size=args.size, seed=args.seed,
                            strength=args.strength, prevalence=args.prevalence,
-                           csv_variant=args.csv_variant, workers=args.workers,
+                           csv_variant=args.csv_variant, layout=args.layout,
+                           workers=args.workers,
                            storage_options=parse_storage_options(args.storage_option),
                            progress=not args.quiet)
     print(f"wrote {archive.n_images} images of {archive.n_patients} patients under "
           f"{archive.root} in {archive.seconds:.1f} s ({archive.images_per_second:.1f} images/s, "
           f"{archive.bytes_written / max(archive.n_images, 1) / 1e3:.0f} KB each)")
-    print(f"metadata: {archive.metadata_url}")
+    print(f"labels: {archive.metadata_url}" if args.layout != "nih"
+          else f"metadata: {archive.metadata_url}")
     return 0
-
-
-def _metadata_url(args) -> str:
-    if args.metadata:
-        return args.metadata
-    from cxrdask.archive.metadata import find_metadata
-
-    return find_metadata(args.images, parse_storage_options(args.storage_option))
 
 
 def cmd_extract(args) -> int:
@@ -217,11 +217,12 @@ def cmd_cache(args) -> int:
 
 
 def _read_metadata(args, storage_options):
-    from cxrdask.archive.metadata import read_metadata
+    from cxrdask.archive.kinds import read_archive
 
-    metadata, report = read_metadata(_metadata_url(args), storage_options, max_age=args.max_age,
-                                     return_report=True)
-    print(report.summary())
+    metadata = read_archive(args.images, args.archive, metadata=args.metadata,
+                            uncertain=args.uncertain, max_age=args.max_age,
+                            storage_options=storage_options)
+    print(metadata.attrs["report"])
     return metadata
 
 
@@ -441,6 +442,8 @@ def _synth_options(synth: argparse.ArgumentParser) -> None:
                        help="label frequencies: NIH's, or every disease alike")
     synth.add_argument("--csv-variant", choices=["kaggle2017", "v2020", "sample_labels"],
                        default=default("csv_variant"), help="which real metadata CSV to imitate")
+    synth.add_argument("--layout", choices=list(SYNTHETIC_LAYOUTS), default=default("layout"),
+                       help="whose archive to imitate: its folders, image format and label files")
     synth.add_argument("--workers", type=int, help="writer threads (default: one per core)")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_storage(synth)
@@ -496,7 +499,13 @@ CACHE_FIELDS = ("split", "split_seed", "chunk_rows", "batch_size", "device", "pr
 
 
 def _image_source_options(parser: argparse.ArgumentParser, store_help: str) -> None:
-    parser.add_argument("--metadata", help="metadata CSV (default: found under --images)")
+    parser.add_argument("--metadata",
+                        help="metadata or label file (default: found under --images)")
+    parser.add_argument("--archive", choices=ARCHIVE_CHOICES, default="auto",
+                        help="which archive --images holds (default: detected from its files)")
+    parser.add_argument("--uncertain", choices=UNCERTAIN_CHOICES, default="missing",
+                        help="uncertain labels (CheXpert's -1) count as missing, positive or "
+                             "negative")
     parser.add_argument("--store", required=True, help=store_help)
     _add_cluster(parser)
     parser.add_argument("--gpu", action="store_true", help="local GPU cluster (dask-cuda)")

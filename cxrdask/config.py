@@ -263,7 +263,7 @@ def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig,
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Options):
     """Every training choice; saved in the checkpoint. ``TrainConfig.preset_config("seed2018")``
     is the 2018 recipe.
 
@@ -304,6 +304,9 @@ class TrainConfig:
     preset : str
         The preset these values came from.
     """
+
+    OPTIONS_NAME = "training"
+
 
     lr: float = 1e-3
     weight_decay: float = 1e-5

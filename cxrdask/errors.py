@@ -60,6 +60,10 @@ class MetadataNotFoundError(CxrDaskError, FileNotFoundError):
     """No metadata CSV where one was looked for."""
 
 
+class ArchiveNotRecognisedError(MetadataNotFoundError):
+    """A folder holds none of the archives cxrdask reads (the message lists what it looked for)."""
+
+
 class MissingColumnError(MetadataError):
     """A required column is absent from the metadata CSV."""
 

@@ -123,6 +123,7 @@ def _preprocessing(pre: dict) -> str:
 def describe_store(url: str, storage_options: StorageOptions | None = None) -> str:
     """Lines for ``cxrdask info STORE``: shape, chunks, rows ok/failed/pending per split,
     provenance and size on disk. Reads only the small per-row arrays."""
+    from cxrdask.archive.findings import MISSING
     from cxrdask.archive.splits import SPLIT_NAMES
     from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING
     from cxrdask.store.pixels import open_any_store
@@ -165,9 +166,14 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
     archive = p.get("source" if pixels else "archive") or {}
     if archive:
         kind = "synthetic archive" if archive.get("synthetic") else "archive"
-        lines.append(f"  images: {kind} at {archive.get('root')}")
+        lines.append(f"  images: {kind.replace('archive', archive.get('kind', 'nih') + ' archive')}"
+                     f" at {archive.get('root')}")
         if archive.get("pixels"):
             lines.append(f"  decoded images read from the pixel store {archive['pixels']['url']}")
+    names = p.get("label_names") or []
+    labels = store.read("labels")
+    lines.append(f"  findings: {len(names)} ({', '.join(names)}); "
+                 f"{float((labels == MISSING).mean()) if labels.size else 0.0:.1%} of labels missing")
     lines.append(f"  size on disk: {size / 1e6:,.1f} MB")
     if int((status == STATUS_FAILED).sum()):
         lines.append("  failed rows: FeatureStore.open(url).failures() lists them with reasons")

@@ -23,7 +23,20 @@ _TAB20 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
           (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150)]
 FINDING_COLOURS = {name: tuple(c / 255 for c in rgb) for name, rgb in zip(LABELS, _TAB20, strict=True)}
-_LINESTYLES = ["-", "--"]
+_LINESTYLES = ["-", "--", ":"]
+
+
+def finding_colour(name: str, position: int) -> tuple[float, ...]:
+    """NIH's findings keep their colours in every chart; another archive's take tab20's in
+    turn by position (a 28-finding PadChest chart repeats a colour with another line style)."""
+    if name in FINDING_COLOURS:
+        return FINDING_COLOURS[name]
+    return tuple(c / 255 for c in _TAB20[position % len(_TAB20)])
+
+
+def labelled_rows(known: np.ndarray | None, k: int, n: int) -> np.ndarray:
+    """The rows with a label for finding ``k`` (every row where ``known`` is None)."""
+    return np.ones(n, bool) if known is None else known[:, k]
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -45,23 +58,27 @@ def add_caveat(figure: Figure, caveat: str | None) -> None:
                     style="italic")
 
 
-def roc_figure(targets: np.ndarray, probabilities: np.ndarray, caveat: str | None = None) -> Figure:
-    """One ROC curve per disease, each its own colour, with its AUC in the legend; a disease
-    with only one class in the split is listed as ``n/a`` rather than left out silently."""
+def roc_figure(targets: np.ndarray, probabilities: np.ndarray, caveat: str | None = None,
+               labels=LABELS, known: np.ndarray | None = None) -> Figure:
+    """One ROC curve per disease (on the images labelled for it), each its own colour, with
+    its AUC in the legend; a disease with only one class in the split is listed as ``n/a``
+    rather than left out silently."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     figure = new_figure(9.5, 6)
     ax = figure.add_axes((0.08, 0.09, 0.55, 0.82))
-    for i, name in enumerate(LABELS):
-        positives = int(targets[:, i].sum())
-        style = _LINESTYLES[i // 10]
-        if 0 < positives < len(targets):
-            fpr, tpr, _ = roc_curve(targets[:, i], probabilities[:, i])
-            auc = roc_auc_score(targets[:, i], probabilities[:, i])
-            ax.plot(fpr, tpr, linewidth=1.2, linestyle=style, color=FINDING_COLOURS[name],
-                    label=f"{name}: {auc:.3f} ({positives} pos.)")
+    for i, name in enumerate(labels):
+        rows = labelled_rows(known, i, len(targets))
+        y, p = targets[rows, i], probabilities[rows, i]
+        positives = int(y.sum())
+        style = _LINESTYLES[(i // 10) % len(_LINESTYLES)]
+        colour = finding_colour(name, i)
+        if 0 < positives < len(y):
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, linewidth=1.2, linestyle=style, color=colour,
+                    label=f"{name}: {roc_auc_score(y, p):.3f} ({positives} pos.)")
         else:
-            ax.plot([], [], linestyle=style, color=FINDING_COLOURS[name],
+            ax.plot([], [], linestyle=style, color=colour,
                     label=f"{name}: n/a ({positives} pos.)")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set_xlim(0, 1)
@@ -136,7 +153,8 @@ def subgroup_gap_figure(subgroups: pd.DataFrame, caveat: str | None = None) -> F
     mean (blank where the subgroup cannot score a disease)."""
     shown = subgroups[subgroups["subgroup"] != "all"]
     grid = shown.pivot(index="subgroup", columns="label", values="gap")
-    grid = grid.reindex(index=list(dict.fromkeys(shown["subgroup"])), columns=[*LABELS, "mean"])
+    findings = [name for name in dict.fromkeys(shown["label"]) if name != "mean"]
+    grid = grid.reindex(index=list(dict.fromkeys(shown["subgroup"])), columns=[*findings, "mean"])
     values = grid.to_numpy(dtype=float)
     limit = max(0.05, float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.05)
     figure = new_figure(12, 0.45 * len(grid) + 2.2)
@@ -153,5 +171,16 @@ def subgroup_gap_figure(subgroups: pd.DataFrame, caveat: str | None = None) -> F
     return figure
 
 
-__all__ = ["FINDING_COLOURS", "add_caveat", "auc_bars_figure", "curves_figure", "grid_figure",
-           "new_figure", "roc_figure", "save_figure", "subgroup_gap_figure"]
+__all__ = [
+    "FINDING_COLOURS",
+    "add_caveat",
+    "auc_bars_figure",
+    "curves_figure",
+    "finding_colour",
+    "grid_figure",
+    "labelled_rows",
+    "new_figure",
+    "roc_figure",
+    "save_figure",
+    "subgroup_gap_figure",
+]

@@ -52,7 +52,7 @@ def test_cli_reference_matches_the_commands_help():
 
 # --------------------------------------------------------------------------- docs snippets
 
-DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")),
              "examples/real_nih.md"]
 # Why a block may be left out; anything else must run.
 NOT_RUN_REASONS = {

@@ -147,7 +147,7 @@ def test_failed_rows_above_the_threshold_exit_non_zero_and_keep_the_store(archiv
     run = cxrdask(*common)
     assert run.returncode == 3, run.stdout + run.stderr
     assert "FAILED" in run.stderr and "above the allowed 5.0%" in run.stderr
-    assert "not a PNG or JPEG image" in run.stdout  # the summary names each failed file
+    assert "not a PNG, JPEG or DICOM image" in run.stdout  # the summary names each failed file
     opened = FeatureStore.open(str(store))
     assert opened.is_complete() and len(opened.failures()) == 4
     # Allowing more failures, the same store is accepted (nothing to recompute).

@@ -59,11 +59,12 @@ def test_batches_are_the_rows_of_the_store(feature_store):
 
 def test_label_counts(feature_store):
     store = FeatureStore.open(feature_store)
-    n, positives = label_counts(store, "train")
+    n, positives, negatives = label_counts(store, "train")
     table = store.table()
     train = table[table["split"] == 0]
     assert n == len(train)
     assert positives.tolist() == train[list(LABELS)].sum().tolist()
+    assert (positives + negatives).tolist() == [n] * len(LABELS)  # NIH labels every finding
 
 
 def test_train_checkpoint_and_evaluate(feature_store, tmp_path):

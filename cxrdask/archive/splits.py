@@ -33,9 +33,14 @@ class SplitSpec:
     seed: int
     fractions: tuple[float, float, float]
 
+    archive: str = "nih"
+
     def describe(self) -> str:
-        if self.method == "official":
+        if self.method == "official" and self.archive == "nih":
             return f"official NIH lists (validation carved by patient, seed {self.seed})"
+        if self.method == "official":
+            return (f"the {self.archive} archive's published split (validation carved by "
+                    f"patient where it publishes none, seed {self.seed})")
         shares = "/".join(f"{round(f * 100)}" for f in self.fractions)
         unit = "image (leaks patients across splits)" if self.method == "random" else "patient"
         return f"{self.method}: {shares} by {unit}, seed {self.seed}"
@@ -89,6 +94,30 @@ def patient_split(patient_ids, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> np
     code_of_patient = np.empty(len(patients), dtype=np.uint8)
     code_of_patient[order] = code_in_order
     return code_of_patient[inverse]
+
+
+def _published_split(metadata: pd.DataFrame) -> pd.Series | None:
+    """The archive's own split column (CheXpert's valid.csv, MIMIC's split file, VinDr's
+    test set), where its table has one for every row."""
+    if "official_split" not in metadata.columns:
+        return None
+    column = metadata["official_split"].fillna("").astype(str)
+    return None if column.eq("").any() else column
+
+
+def published_split(names: pd.Series, patient_ids, seed: int = 0,
+                    validation_share: float = 0.125) -> np.ndarray:
+    """Codes from an archive's published split: ``train``, ``validation`` and ``test`` as
+    named; ``trainval`` rows split into train and validation by patient (as NIH's list)."""
+    codes = np.full(len(names), TRAIN, dtype=np.uint8)
+    values = names.to_numpy()
+    codes[values == "validation"] = VALIDATION
+    codes[values == "test"] = TEST
+    pooled = np.flatnonzero(values == "trainval")
+    if len(pooled):
+        codes[pooled] = patient_split(np.asarray(patient_ids)[pooled], seed=seed,
+                                      fractions=(1 - validation_share, validation_share, 0.0))
+    return codes
 
 
 def read_official_lists(
@@ -177,6 +206,12 @@ def assign_splits(
         The method cannot be applied (no lists for ``official``, an image in no list).
     """
     fractions = _check_fractions(fractions)
+    published = _published_split(metadata) if method in ("auto", "official") else None
+    if published is not None:
+        codes = published_split(published, metadata["patient_id"], seed=seed,
+                                validation_share=fractions[1] / (fractions[0] + fractions[1]))
+        return codes, SplitSpec(method="official", seed=seed, fractions=fractions,
+                                archive=str(metadata.attrs.get("archive", "nih")))
     lists = None
     if method in ("auto", "official"):
         lists = read_official_lists(archive_root, storage_options) if archive_root else None

@@ -39,9 +39,16 @@ from cxrdask.evaluation.subgroups import resampled_underdiagnosis, subgroup_mask
 class Scored:
     """One split's rows as the evaluation sees them (rows in store order)."""
 
-    targets: np.ndarray  # (images, diseases) bool
+    targets: np.ndarray  # (images, diseases) bool (False where missing)
     probabilities: np.ndarray  # (images, diseases)
     rows: pd.DataFrame  # patient_id, sex, age, view per image
+    known: np.ndarray | None = None  # (images, diseases) bool; None: every label is known
+    labels: tuple[str, ...] = LABELS  # the diseases' names, in the columns' order
+
+    def known_of(self, k: int, mask: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Which of the ``mask`` rows have a label for disease ``k`` (all, for NIH)."""
+        rows = np.ones(len(self.targets), bool) if self.known is None else self.known[:, k]
+        return rows[mask]
 
 
 def _auc(targets: np.ndarray, scores: np.ndarray) -> float:
@@ -54,9 +61,14 @@ def _auc(targets: np.ndarray, scores: np.ndarray) -> float:
     return float("nan")
 
 
-def auc_per_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """ROC AUC per disease (column); NaN where the rows hold only one class for it."""
-    return np.array([_auc(targets[:, k], probabilities[:, k]) for k in range(targets.shape[1])])
+def auc_per_label(targets: np.ndarray, probabilities: np.ndarray,
+                  known: np.ndarray | None = None) -> np.ndarray:
+    """ROC AUC per disease (column), over the rows whose label is ``known`` (all by default);
+    NaN where those rows hold only one class for it."""
+    if known is None:
+        return np.array([_auc(targets[:, k], probabilities[:, k]) for k in range(targets.shape[1])])
+    return np.array([_auc(targets[known[:, k], k], probabilities[known[:, k], k])
+                     for k in range(targets.shape[1])])
 
 
 def _interval(estimate: float, samples: np.ndarray | None) -> Interval:
@@ -120,21 +132,23 @@ def audit(test: Scored, validation: Scored | None, *, other: np.ndarray | None =
              if name != "all" and (~mask).any()}
     patients = test.rows["patient_id"].to_numpy()
     samples = (bootstrap_aucs(test.targets, models, patients, {**groups, **rests},
-                              n_resamples=resamples, seed=seed, stratified=stratified)
+                              n_resamples=resamples, seed=seed, stratified=stratified,
+                              known=test.known)
                if resamples else {})
-    point = auc_per_label(test.targets, test.probabilities)
+    point = auc_per_label(test.targets, test.probabilities, test.known)
+    n_labels = len(test.labels)
     defined = np.flatnonzero(np.isfinite(point))
 
     whole = samples.get(("head", "all"))
     per_label = [_interval(point[k], None if whole is None else whole[:, k])
-                 for k in range(len(LABELS))]
-    auc_table = pd.DataFrame({"label": list(LABELS), "auc": point,
+                 for k in range(n_labels)]
+    auc_table = pd.DataFrame({"label": list(test.labels), "auc": point,
                               "auc_low": [i.low for i in per_label],
                               "auc_high": [i.high for i in per_label],
-                              "resamples_used": resamples_used(whole, len(LABELS))})
+                              "resamples_used": resamples_used(whole, n_labels)})
     mean_auc = _interval(float(point[defined].mean()) if len(defined) else float("nan"),
                         None if whole is None else mean_over(whole, defined))
-    thresholds = _thresholds(validation, rule, specificity)
+    thresholds = _thresholds(validation, rule, specificity, n_labels)
     ece_samples, missed_samples = _resampled_calibration(test, thresholds, groups, resamples, seed)
     return Audit(
         auc=auc_table, mean_auc=mean_auc,
@@ -188,13 +202,15 @@ def _resampled_calibration(test: Scored, thresholds: np.ndarray, groups: dict[st
     subgroup's under-diagnosis rate ``(resamples,)``; (None, {}) without resamples."""
     if not resamples:
         return None, {}
-    ece = np.empty((resamples, len(LABELS)))
+    ece = np.empty((resamples, len(test.labels)))
     missed = {name: np.empty(resamples) for name in groups}
     done = 0
     for weights in patient_weights(test.rows["patient_id"].to_numpy(), resamples, seed):
         rows = slice(done, done + len(weights))
-        for k in range(len(LABELS)):
-            ece[rows, k] = resampled_ece(test.targets[:, k], test.probabilities[:, k], weights)
+        for k in range(len(test.labels)):
+            known = test.known_of(k)
+            ece[rows, k] = resampled_ece(test.targets[known, k], test.probabilities[known, k],
+                                         weights[:, known])
         for name, mask in groups.items():
             missed[name][rows] = resampled_underdiagnosis(
                 test.targets[mask], test.probabilities[mask], thresholds, weights[:, mask])
@@ -214,11 +230,13 @@ def _underdiagnosis_table(test: Scored, thresholds: np.ndarray, groups: dict[str
     return pd.DataFrame(records)
 
 
-def _thresholds(validation: Scored | None, rule: ThresholdRule, specificity: float) -> np.ndarray:
+def _thresholds(validation: Scored | None, rule: ThresholdRule, specificity: float,
+                n_labels: int = len(LABELS)) -> np.ndarray:
     if validation is None or not len(validation.targets):
-        return np.full(len(LABELS), np.nan)
-    return np.array([choose_threshold(validation.targets[:, k], validation.probabilities[:, k],
-                                      rule, specificity) for k in range(len(LABELS))])
+        return np.full(n_labels, np.nan)
+    return np.array([choose_threshold(validation.targets[validation.known_of(k), k],
+                                      validation.probabilities[validation.known_of(k), k],
+                                      rule, specificity) for k in range(n_labels)])
 
 
 def resamples_used(samples: np.ndarray | None, width: int = 1) -> np.ndarray:
@@ -244,15 +262,17 @@ def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
     records = []
     for name, mask in groups.items():
         targets = test.targets[mask]
-        point = auc_per_label(targets, test.probabilities[mask])
+        known = None if test.known is None else test.known[mask]
+        point = auc_per_label(targets, test.probabilities[mask], known)
         resampled = samples.get(("head", name))
         if name == "all" or not (~mask).any():
-            rest_point, rest = np.full(len(LABELS), np.nan), None
+            rest_point, rest = np.full(len(test.labels), np.nan), None
         else:
-            rest_point = auc_per_label(test.targets[~mask], test.probabilities[~mask])
+            rest_point = auc_per_label(test.targets[~mask], test.probabilities[~mask],
+                                       None if test.known is None else test.known[~mask])
             rest = samples.get(("head", rest_name(name)))
         defined = np.flatnonzero(np.isfinite(point) & (np.isfinite(rest_point) | (name == "all")))
-        for k, label in [*enumerate(LABELS), (None, "mean")]:
+        for k, label in [*enumerate(test.labels), (None, "mean")]:
             if k is None:  # the mean over the diseases this subgroup (and its rest) can score
                 estimate = float(point[defined].mean()) if len(defined) else float("nan")
                 base = float(rest_point[defined].mean()) if len(defined) else float("nan")
@@ -289,8 +309,9 @@ def _subgroup_table(test: Scored, groups: dict[str, np.ndarray],
 def _calibration_table(test: Scored, thresholds: np.ndarray, ece_samples: np.ndarray | None
                        ) -> pd.DataFrame:
     records = []
-    for k, label in enumerate(LABELS):
-        targets, probabilities = test.targets[:, k], test.probabilities[:, k]
+    for k, label in enumerate(test.labels):
+        known = test.known_of(k)
+        targets, probabilities = test.targets[known, k], test.probabilities[known, k]
         point = (operating_point(targets, probabilities, thresholds[k])
                  if np.isfinite(thresholds[k]) else
                  dict.fromkeys(("threshold", "sensitivity", "specificity", "ppv", "npv"), np.nan))
@@ -308,16 +329,18 @@ def _comparison_table(test: Scored, other: np.ndarray,
     ours, theirs = samples.get(("head", "all")), samples.get(("other", "all"))
     patients = test.rows["patient_id"].to_numpy()
     clustered = len(np.unique(patients)) < len(patients)  # some patient has several images
-    for (k, label), b in zip(enumerate(LABELS), auc_per_label(test.targets, other), strict=True):
-        targets = test.targets[:, k]
+    for (k, label), b in zip(enumerate(test.labels),
+                             auc_per_label(test.targets, other, test.known), strict=True):
+        known = test.known_of(k)
+        targets = test.targets[known, k]
         a = float(point[k])
         diff = _interval(a - b, None if ours is None or theirs is None
                          else ours[:, k] - theirs[:, k])
         z = p = float("nan")
         if 2 <= int(targets.sum()) <= len(targets) - 2:  # else DeLong's variance is undefined
-            test_result = (clustered_delong_test(targets, test.probabilities[:, k], other[:, k],
-                                                 patients) if clustered else
-                           delong_test(targets, test.probabilities[:, k], other[:, k]))
+            mine, its = test.probabilities[known, k], other[known, k]
+            test_result = (clustered_delong_test(targets, mine, its, patients[known]) if clustered
+                           else delong_test(targets, mine, its))
             z, p = test_result.z, test_result.p_value
         records.append({"label": label, "auc": a, "auc_other": b, "difference": diff.estimate,
                         "low": diff.low, "high": diff.high, "delong_z": z, "delong_p": p,

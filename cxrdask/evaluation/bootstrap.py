@@ -123,18 +123,21 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
 
 def bootstrap_aucs(targets: np.ndarray, models: Mapping[str, np.ndarray], patients: np.ndarray,
                    groups: Mapping[str, np.ndarray], *, n_resamples: int = DEFAULT_RESAMPLES,
-                   seed: int = 0, stratified: bool = False) -> dict[tuple[str, str], np.ndarray]:
+                   seed: int = 0, stratified: bool = False, known: np.ndarray | None = None
+                   ) -> dict[tuple[str, str], np.ndarray]:
     """Resampled AUCs: for each (model, group), an array ``(n_resamples, diseases)``.
 
     ``targets`` is ``(images, diseases)``; each model's probabilities likewise; ``groups``
     maps a name to a boolean mask over images. All are scored on the same resamples (with
     ``stratified``: per disease, patients drawn within the strata of that disease,
-    :func:`stratified_patient_weights`; models and groups still share each disease's)."""
+    :func:`stratified_patient_weights`; models and groups still share each disease's).
+    ``known`` ``(images, diseases)``: score each disease on the images labelled for it only."""
     targets = np.asarray(targets, dtype=bool)
-    ranked = {(model, group, k): RankedScores(np.asarray(p)[mask, k], targets[mask, k],
-                                              np.flatnonzero(mask))
+    labelled = np.ones(targets.shape, bool) if known is None else np.asarray(known, bool)
+    ranked = {(model, group, k): RankedScores(np.asarray(p)[rows, k], targets[rows, k],
+                                              np.flatnonzero(rows))
               for model, p in models.items() for group, mask in groups.items()
-              for k in range(targets.shape[1])}
+              for k in range(targets.shape[1]) for rows in [mask & labelled[:, k]]}
     out = {(m, g): np.empty((n_resamples, targets.shape[1])) for m in models for g in groups}
     diseases: list[list[int]] = ([[k] for k in range(targets.shape[1])] if stratified
                                  else [list(range(targets.shape[1]))])

@@ -104,23 +104,28 @@ def operating_point(targets: np.ndarray, probabilities: np.ndarray, threshold: f
 
 
 def reliability_figure(targets: np.ndarray, probabilities: np.ndarray,
-                       caveat: str | None = None) -> Figure:
-    """A reliability diagram per disease: observed rate against mean predicted probability
-    in 10 equal-width bins, with the ECE in each panel's title."""
+                       caveat: str | None = None, labels=None,
+                       known: np.ndarray | None = None) -> Figure:
+    """A reliability diagram per disease (NIH's 14 unless ``labels`` names them): observed
+    rate against mean predicted probability in 10 equal-width bins, on the images labelled
+    for it, with the ECE in each panel's title."""
     from cxrdask.archive.labels import LABELS
-    from cxrdask.plots import FINDING_COLOURS, add_caveat, new_figure
+    from cxrdask.plots import add_caveat, finding_colour, labelled_rows, new_figure
 
-    figure = new_figure(12, 9)
-    for i, name in enumerate(LABELS):
-        ax = figure.add_subplot(4, 4, i + 1)
-        table = reliability(targets[:, i], probabilities[:, i])
+    labels = LABELS if labels is None else labels
+    rows_of_panels = max(4, -(-len(labels) // 4))
+    figure = new_figure(12, 9 * rows_of_panels / 4)
+    for i, name in enumerate(labels):
+        ax = figure.add_subplot(rows_of_panels, 4, i + 1)
+        rows = labelled_rows(known, i, len(targets))
+        table = reliability(targets[rows, i], probabilities[rows, i])
         used = table["images"] > 0
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.plot(table.loc[used, "predicted"], table.loc[used, "observed"], marker="o",
-                markersize=3, color=FINDING_COLOURS[name])
+                markersize=3, color=finding_colour(name, i))
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ece = expected_calibration_error(targets[:, i], probabilities[:, i])
+        ece = expected_calibration_error(targets[rows, i], probabilities[rows, i])
         ax.set_title(f"{name} (ECE {ece:.3f})", fontsize=8)
         ax.tick_params(labelsize=6)
     figure.supxlabel("mean predicted probability", fontsize=9)

@@ -15,9 +15,8 @@ import torch
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.expert_labels import read_expert_labels
-from cxrdask.archive.labels import LABELS
 from cxrdask.config import EvaluateConfig
-from cxrdask.errors import OptionError
+from cxrdask.errors import CheckpointMismatchError, OptionError
 from cxrdask.evaluation.audit import Audit, Scored, auc_per_label, audit
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.head.batches import FeatureBatches, open_store
@@ -56,7 +55,7 @@ def head_outputs(heads: list[DiagnosisHead], batches: FeatureBatches
                 out.append(head.probabilities(inputs).numpy())
             targets.append(labels.numpy())
     if not targets:
-        empty = np.zeros((0, len(LABELS)))
+        empty = np.zeros((0, len(batches.store.label_names)))
         return [empty for _ in heads], empty
     return [np.concatenate(p) for p in probabilities], np.concatenate(targets)
 
@@ -96,6 +95,7 @@ class EvaluationReport:
     audit: Audit | None = None
     compared_with: str = ""
     localisation: LocalisationReport | None = None
+    external: str | None = None  # what an external validation is and leaves out; None if not one
 
     @property
     def mean_over(self) -> list[str]:
@@ -182,6 +182,8 @@ class EvaluationReport:
         head.append(f"Split: **{self.split}** ({self.n_rows} images); {self.split_description}.  ")
         if self.backbone:
             head.append(f"Backbone: {self.backbone}.  ")
+        if self.external:
+            head.append(f"**{self.external}**  ")
         head.append(f"Means are over the same {int(kept.sum())} of {len(self.table)} diseases in "
                     "every column (those with positive and negative images in the split).\n")
         intervals = self._intervals()
@@ -222,7 +224,8 @@ class EvaluationReport:
         return {
             "caveats": self.caveats, "comparable_with_published": not self.caveats,
             "split": self.split, "split_description": self.split_description, "rows": self.n_rows,
-            "backbone": self.backbone, "mean_over": self.mean_over, "mean_auc": self.mean_auc,
+            "backbone": self.backbone, "external_validation": self.external,
+            "mean_over": self.mean_over, "mean_auc": self.mean_auc,
             "mean_auc_untrained": self.mean_auc_untrained,
             "mean_wang2017": self._mean("wang2017"), "mean_chexnet": self._mean("chexnet"),
             "notes": self.notes(), "citations": CITATIONS,
@@ -299,6 +302,10 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
     for head in (ckpt, other):
         if head is not None:
             head.check_features(store.provenance["backbone"], store.provenance.get("preprocessing"))
+    if not shared_findings(store.label_names, ckpt.label_names)[0]:
+        raise CheckpointMismatchError(
+            f"{ckpt.path or 'the head'} predicts {', '.join(ckpt.label_names)}; {store.url} "
+            f"labels {', '.join(store.label_names)}: no finding in common to score")
     batches = FeatureBatches(store, split, 4096, shuffle=False,
                              demographics=tuple(ckpt.input["demographics"]))
     ckpt.check_inputs(batches.n_inputs)
@@ -315,24 +322,53 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
                            else head_outputs([other.head], other_batches)[0][0])
     table = store.table(["image_index", "patient_id", "sex", "age", "view"])
     return Scores(split=split,
-                  scored=Scored(targets.astype(bool), probabilities, _rows(store, split, table)),
+                  scored=_as_scored(store, ckpt, targets, probabilities, _rows(store, split, table)),
                   untrained=untrained_probabilities,
                   validation=_scored(store, "validation", ckpt, table),
                   other=other_probabilities, checkpoint=ckpt, compared=other)
+
+
+def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]]:
+    """Which of a head's findings a store labels (by harmonised name, any case), and which
+    it does not: what an external validation can score, and what it leaves out."""
+    from cxrdask.archive.findings import harmonise
+
+    mine = {harmonise(name).lower() for name in store_findings}
+    shared = [name for name in head_findings if harmonise(name).lower() in mine]
+    return shared, [name for name in head_findings if name not in shared]
+
+
+def _as_scored(store, ckpt: Checkpoint, targets: np.ndarray, probabilities: np.ndarray,
+               rows: pd.DataFrame) -> Scored:
+    """Scores against the store's labels, laid out in the head's findings: a finding the
+    store's archive does not label (another archive's head) is missing on every row."""
+    from cxrdask.archive.findings import harmonise
+
+    heads = list(ckpt.label_names)
+    column = {harmonise(name).lower(): k for k, name in enumerate(store.label_names)}
+    projected = np.full((len(targets), len(heads)), np.nan, dtype=np.float32)
+    for k, name in enumerate(heads):
+        if harmonise(name).lower() in column:
+            projected[:, k] = targets[:, column[harmonise(name).lower()]]
+    known = ~np.isnan(projected)
+    return Scored(projected == 1, probabilities, rows, None if known.all() else known,
+                  tuple(heads))
 
 
 def build_report(store, scores: Scores, found: Audit) -> EvaluationReport:
     """The report of an audit (:func:`~cxrdask.evaluation.audit.audit` of ``scores``): the
     per-disease table beside the untrained head and published results, with the store's
     split, backbone and caveats."""
-    targets = scores.scored.targets
+    targets, names = scores.scored.targets, scores.scored.labels
+    nih = (store.provenance.get("archive") or {}).get("kind", "nih") == "nih"
     table = pd.DataFrame({
-        "label": list(LABELS),
+        "label": list(names),
         "positives": targets.sum(axis=0).astype(int),
         "auc": found.auc["auc"].to_numpy(),  # the audit's point estimates
-        "auc_untrained": auc_per_label(targets, scores.untrained),
-        "wang2017": [WANG_2017[name] for name in LABELS],
-        "chexnet": [CHEXNET_2017[name] for name in LABELS],
+        "auc_untrained": auc_per_label(targets, scores.untrained, scores.scored.known),
+        # NIH's published AUCs, beside an NIH store's only (another archive's are not these).
+        "wang2017": [WANG_2017.get(name, np.nan) if nih else np.nan for name in names],
+        "chexnet": [CHEXNET_2017.get(name, np.nan) if nih else np.nan for name in names],
     })
     identity = store.provenance["backbone"]
     return EvaluationReport(
@@ -340,7 +376,21 @@ def build_report(store, scores: Scores, found: Audit) -> EvaluationReport:
         split_description=store.provenance["split"].get("description", ""),
         n_rows=len(targets), caveats=report_caveats(store.provenance),
         backbone=f"{identity['name']} ({identity['weights']})", audit=found,
-        compared_with="" if scores.compared is None else str(scores.compared.path))
+        compared_with="" if scores.compared is None else str(scores.compared.path),
+        external=external_validation(store, scores.checkpoint))
+
+
+def external_validation(store, ckpt: Checkpoint) -> str | None:
+    """The sentence that says a head is scored on another archive than it was trained on,
+    and which of its findings that archive does not label; None for the same archive."""
+    trained = (ckpt.provenance.get("archive") or {}).get("kind", "nih")
+    here = (store.provenance.get("archive") or {}).get("kind", "nih")
+    shared, left_out = shared_findings(store.label_names, ckpt.label_names)
+    if trained == here and not left_out:
+        return None
+    return (f"External validation: a head trained on a {trained} archive, scored on a {here} "
+            f"archive, on the {len(shared)} of its {len(ckpt.label_names)} findings this archive "
+            "labels" + (f"; left out: {', '.join(left_out)}" if left_out else "") + ".")
 
 
 def evaluate(
@@ -442,7 +492,7 @@ def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame) -> Scored 
     if batches.n_rows == 0:
         return None
     (probabilities,), targets = head_outputs([ckpt.head], batches)
-    return Scored(targets.astype(bool), probabilities, _rows(store, split, table))
+    return _as_scored(store, ckpt, targets, probabilities, _rows(store, split, table))
 
 
 def write_report(report: EvaluationReport, scores: Scores, out_dir: str | os.PathLike
@@ -461,10 +511,11 @@ def write_report(report: EvaluationReport, scores: Scores, out_dir: str | os.Pat
         indent=2))
     caveat = report.caveat_line
     files = [str(out / "report.md"), str(out / "report.json"),
-             save_figure(roc_figure(targets, probabilities, caveat), out / "roc.png"),
+             save_figure(roc_figure(targets, probabilities, caveat, scores.scored.labels,
+                                    scores.scored.known), out / "roc.png"),
              save_figure(auc_bars_figure(report.table, caveat), out / "auc_bars.png"),
-             save_figure(reliability_figure(targets, probabilities, caveat),
-                         out / "reliability.png")]
+             save_figure(reliability_figure(targets, probabilities, caveat, scores.scored.labels,
+                                            scores.scored.known), out / "reliability.png")]
     if report.audit is not None:
         files.append(save_figure(subgroup_gap_figure(report.audit.subgroups, caveat),
                                  out / "subgroup_gaps.png"))

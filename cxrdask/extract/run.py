@@ -322,7 +322,7 @@ class ExtractionPlan:
 
 
 def plan_extraction(
-    metadata: pd.DataFrame | str,
+    metadata: pd.DataFrame | str | None,
     images_root: str,
     store_url: str,
     config: ExtractConfig | None = None,
@@ -337,9 +337,12 @@ def plan_extraction(
     Parameters
     ----------
     metadata
-        A frame from :func:`~cxrdask.archive.metadata.read_metadata`, or the metadata CSV's URL.
+        A frame from :func:`~cxrdask.archive.kinds.read_archive` (any archive kind) or
+        :func:`~cxrdask.archive.metadata.read_metadata` (NIH); the metadata or label file's
+        URL; or None: the archive under ``images_root`` is detected and read.
     images_root
-        The archive's root folder (or URL): ``images/`` or Kaggle's ``images_###/images/``.
+        The archive's root folder (or URL): NIH's (``images/`` or Kaggle's
+        ``images_###/images/``), or any kind :func:`~cxrdask.archive.kinds.read_archive` reads.
     store_url
         Where the feature store is (or will be): a folder or any fsspec URL.
     config
@@ -385,17 +388,19 @@ def plan_extraction(
     return plan
 
 
-def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str | None,
+def _plan_images(metadata: pd.DataFrame | str | None, images_root: str, store_url: str | None,
                  config: ExtractConfig, storage_options: StorageOptions | None,
                  split_codes: np.ndarray | None) -> ExtractionPlan:
     """The checks and plan of a run that reads the images (``store_url`` None: pixels only)."""
-    from cxrdask.archive.metadata import locate_images, read_metadata
+    from cxrdask.archive.kinds import locate_archive_images, read_archive
+    from cxrdask.archive.metadata import locate_images
     from cxrdask.store.features import FeatureStore
 
     preprocessing = _preprocessing(config)
-    source = metadata if isinstance(metadata, str) else metadata.attrs.get("source", "the metadata")
-    if isinstance(metadata, str):
-        metadata = read_metadata(metadata, storage_options)
+    if metadata is None or isinstance(metadata, str):
+        metadata = read_archive(images_root, metadata=metadata, storage_options=storage_options)
+    assert not isinstance(metadata, str)
+    source = metadata.attrs.get("source", "the metadata")
     if metadata.empty:  # before a cluster starts, a lease is taken or a folder made
         raise MetadataError(str(source), message=f"{source}: no rows to extract (the metadata, "
                             "after its filters, is empty)")
@@ -403,7 +408,10 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
     if not fs.exists(base):
         raise ImagesNotFoundError(f"the images folder {images_root} does not exist", root=images_root,
                                   expected=len(metadata))
-    located = locate_images(images_root, storage_options, expected=metadata["image_index"])
+    if "path" in metadata.columns:  # every kind but NIH says where each image is
+        located = locate_archive_images(metadata, images_root, storage_options)
+    else:
+        located = locate_images(images_root, storage_options, expected=metadata["image_index"])
     _check_images_found(located, len(metadata), source, config.strict, config.max_failed_fraction)
     rows, split_info = prepare_rows(
         metadata, config.split_method if split_codes is None else split_codes,
@@ -413,7 +421,7 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
     check_weights_available(spec)
     from cxrdask.archive.synthetic import synthetic_settings
 
-    archive = {"root": images_root,
+    archive = {"root": images_root, "kind": metadata.attrs.get("archive", "nih"),
                "synthetic": synthetic_settings(images_root, storage_options) is not None}
     plan = ExtractionPlan(
         config=config, rows=rows, urls=located.urls, missing=located.missing,
@@ -427,9 +435,9 @@ def _plan_images(metadata: pd.DataFrame | str, images_root: str, store_url: str 
     return plan
 
 
-def _inputs(metadata: pd.DataFrame | str, images_root: str) -> dict[str, str | None]:
+def _inputs(metadata: pd.DataFrame | str | None, images_root: str) -> dict[str, str | None]:
     """What a run reads, which no store it writes may be, lie inside or contain."""
-    source = metadata if isinstance(metadata, str) else metadata.attrs.get("source")
+    source = metadata if isinstance(metadata, str) or metadata is None else metadata.attrs.get("source")
     return {"the images folder": images_root,
             "the metadata CSV": source if isinstance(source, str) else None}
 
@@ -548,7 +556,7 @@ def plan_from_pixels(
 
 
 def plan_cache(
-    metadata: pd.DataFrame | str,
+    metadata: pd.DataFrame | str | None,
     images_root: str,
     pixels: str,
     config: ExtractConfig | None = None,
@@ -634,7 +642,7 @@ def _resume_settings(plan: ExtractionPlan) -> dict:
 
 
 def extract_features(
-    metadata: pd.DataFrame | str,
+    metadata: pd.DataFrame | str | None,
     images_root: str,
     store_url: str,
     config: ExtractConfig | None = None,
@@ -727,7 +735,7 @@ def extract_from_pixels(
 
 
 def cache_pixels(
-    metadata: pd.DataFrame | str,
+    metadata: pd.DataFrame | str | None,
     images_root: str,
     pixels: str,
     config: ExtractConfig | None = None,

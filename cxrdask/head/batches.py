@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cxrdask._fs import StorageOptions
+from cxrdask.archive.findings import float_labels
 from cxrdask.archive.splits import split_code
 from cxrdask.head.batch_plan import BatchPlan
 from cxrdask.head.encoding import DEFAULT_DEMOGRAPHICS, encode_inputs
@@ -163,7 +164,7 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         if self.standardisation is not None:
             mean, scale = self.standardisation
             inputs.sub_(mean).mul_(scale)
-        targets = torch.from_numpy(labels[start:stop][keep].astype(np.float32))
+        targets = torch.from_numpy(float_labels(labels[start:stop][keep]))  # NaN: missing
         self.chunks_read += 1
         return inputs, targets
 
@@ -255,14 +256,19 @@ def _in_background(items: Iterator, ahead: int) -> Iterator:
                 thread.join(timeout=0.05)
 
 
-def label_counts(store: FeatureStore, split: str | int = "train") -> tuple[int, np.ndarray]:
-    """Rows and per-disease positives of a split, counted in one pass over the labels only."""
+def label_counts(store: FeatureStore, split: str | int = "train"
+                 ) -> tuple[int, np.ndarray, np.ndarray]:
+    """Rows, and per-finding positives and negatives of a split (a missing label is neither),
+    counted in one pass over the labels only."""
     keep = (store.read("split") == split_code(split)) & (store.read("status") == STATUS_OK)
     labels = store.array("labels")
     positives = np.zeros(labels.shape[1], dtype=np.int64)
+    negatives = np.zeros(labels.shape[1], dtype=np.int64)
     step = labels.chunks[0]
     for start in range(0, store.n_rows, step):
         rows = keep[start:start + step]
         if rows.any():
-            positives += np.asarray(labels[start:start + step])[rows].sum(axis=0, dtype=np.int64)
-    return int(keep.sum()), positives
+            block = np.asarray(labels[start:start + step])[rows]
+            positives += (block == 1).sum(axis=0, dtype=np.int64)
+            negatives += (block == 0).sum(axis=0, dtype=np.int64)
+    return int(keep.sum()), positives, negatives

@@ -19,12 +19,16 @@ if TYPE_CHECKING:
     from cxrdask.head.model import Checkpoint
 
 DEMOGRAPHIC_COLUMNS = ("age", "sex", "view")
+UNKNOWN_AGE = 50.0  # an archive without ages (MIMIC-CXR-JPG, VinDr-CXR) stores -1
 
 
 def encode_demographics(
     age: np.ndarray, sex: np.ndarray, view: np.ndarray | None = None
 ) -> np.ndarray:
     """The head's extra inputs: age / 100, sex (M = 1, F = 0) and optionally view (PA = 1).
+
+    An unknown age (negative, as stores keep it) is taken as 50 and an unknown sex (neither
+    M nor F) sits halfway, at 0.5, as for a single image given without them.
 
     Parameters
     ----------
@@ -38,8 +42,11 @@ def encode_demographics(
     numpy.ndarray
         float32, shape ``(n, 2)`` or ``(n, 3)``.
     """
-    columns = [np.asarray(age, dtype=np.float32) / 100.0,
-               (np.asarray(sex).astype(object) == "M").astype(np.float32)]
+    age = np.asarray(age, dtype=np.float32)
+    sex = np.asarray(sex).astype(object)
+    columns: list[np.ndarray] = [
+        np.where(age < 0, UNKNOWN_AGE, age) / 100.0,
+        np.where(sex == "M", 1.0, np.where(sex == "F", 0.0, 0.5)).astype(np.float32)]
     if view is not None:
         columns.append((np.asarray(view).astype(object) == "PA").astype(np.float32))
     return np.stack(columns, axis=1)
@@ -65,11 +72,9 @@ def head_inputs(ckpt: Checkpoint, features: np.ndarray, age: float | None = None
     sex halfway between F and M, view PA), checked against the checkpoint's width."""
     n = len(features)
     demographics = tuple(ckpt.input["demographics"])
-    inputs = encode_inputs(features, np.full(n, 50.0 if age is None else float(age)),
-                           np.full(n, str(sex or "F").upper()[:1]), np.full(n, view or "PA"),
+    inputs = encode_inputs(features, np.full(n, -1.0 if age is None else float(age)),
+                           np.full(n, str(sex or "").upper()[:1]), np.full(n, view or "PA"),
                            demographics)
-    if sex is None and "sex" in demographics:  # unknown sex sits between F (0) and M (1)
-        inputs[:, features.shape[1] + demographics.index("sex")] = 0.5
     ckpt.check_inputs(inputs.shape[1])
     return inputs
 

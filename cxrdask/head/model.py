@@ -22,7 +22,8 @@ CHECKPOINT_VERSION = 1
 
 
 class DiagnosisHead(nn.Module):
-    """Linear(in,128)-ReLU-Linear(128,32)-ReLU-Linear(32,14) on logits (sigmoid for probabilities).
+    """Linear(in,128)-ReLU-Linear(128,32)-ReLU-Linear(32,findings) on logits (sigmoid for
+    probabilities): 14 findings on NIH's archive, as many as the store has on another.
 
     ``input_mean`` and ``input_scale`` are fixed buffers (not trained) that standardise the
     inputs with training-split statistics; identity by default, as in the 2018 recipe.
@@ -32,7 +33,7 @@ class DiagnosisHead(nn.Module):
     input_mean: torch.Tensor
     input_scale: torch.Tensor
 
-    def __init__(self, n_inputs: int = 2050, n_labels: int = len(LABELS)):
+    def __init__(self, n_inputs: int = 2050, n_labels: int = len(LABELS)):  # NIH's 14 by default
         super().__init__()
         self.n_inputs = n_inputs
         self.register_buffer("input_mean", torch.zeros(n_inputs))
@@ -55,11 +56,11 @@ class DiagnosisHead(nn.Module):
         return torch.sigmoid(self(inputs))
 
 
-def new_head(n_inputs: int, seed: int) -> DiagnosisHead:
+def new_head(n_inputs: int, seed: int, n_labels: int = len(LABELS)) -> DiagnosisHead:
     """A freshly initialised head; the same seed gives the same weights (the untrained baseline)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DiagnosisHead(n_inputs)
+        return DiagnosisHead(n_inputs, n_labels)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Checkpoint:
     epoch: int
     val_loss: float
     path: str = ""
+    label_names: tuple[str, ...] = LABELS
 
     @property
     def backbone(self) -> dict[str, Any]:
@@ -139,7 +141,8 @@ def _plain(value: Any) -> Any:
 
 
 def save_checkpoint(path: str, head: DiagnosisHead, *, config: dict, input_spec: dict,
-                    provenance: dict, epoch: int, val_loss: float) -> None:
+                    provenance: dict, epoch: int, val_loss: float,
+                    label_names: tuple[str, ...] | list[str] = LABELS) -> None:
     """Write the checkpoint atomically (temp file, then rename): a crash never leaves half a file."""
     from cxrdask import __version__
 
@@ -149,7 +152,7 @@ def save_checkpoint(path: str, head: DiagnosisHead, *, config: dict, input_spec:
         "library_version": __version__,
         "state_dict": {key: value.detach().cpu() for key, value in head.state_dict().items()},
         "config": config,
-        "label_names": list(LABELS),
+        "label_names": list(label_names),
         "input": input_spec,
         "provenance": provenance,
         "epoch": int(epoch),
@@ -176,11 +179,14 @@ def load_checkpoint(path: str) -> Checkpoint:
         raise CheckpointMismatchError(
             f"{path} is a head checkpoint of version {payload.get('version')}; "
             f"this library reads version {CHECKPOINT_VERSION}")
-    if list(payload["label_names"]) != list(LABELS):
-        raise CheckpointMismatchError(f"{path} predicts other labels: {payload['label_names']}")
-    head = DiagnosisHead(int(payload["input"]["n_inputs"]))
-    head.load_state_dict(payload["state_dict"])
+    names = tuple(str(n) for n in payload["label_names"])
+    head = DiagnosisHead(int(payload["input"]["n_inputs"]), len(names))
+    try:
+        head.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointMismatchError(f"{path}: its weights do not fit a head of "
+                                      f"{len(names)} findings: {exc}") from None
     head.eval()
     return Checkpoint(head=head, config=payload["config"], input=payload["input"],
                       provenance=payload["provenance"], epoch=payload["epoch"],
-                      val_loss=payload["val_loss"], path=str(path))
+                      val_loss=payload["val_loss"], path=str(path), label_names=names)

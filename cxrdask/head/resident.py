@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import torch
 
-from cxrdask.archive.labels import LABELS
 from cxrdask.head.batches import FeatureBatches
 
 
@@ -47,7 +46,8 @@ class ResidentBatches:
     def nbytes(batches: FeatureBatches) -> int:
         """What the kept split takes: float16 features, float32 demographics and targets."""
         dim = batches.store.feature_dim
-        return batches.n_rows * (2 * dim + 4 * (batches.n_inputs - dim) + 4 * len(LABELS))
+        return batches.n_rows * (2 * dim + 4 * (batches.n_inputs - dim)
+                                 + 4 * len(batches.store.label_names))
 
     @classmethod
     def fits(cls, batches: FeatureBatches, device: torch.device, budget_mb: float) -> bool:
@@ -81,7 +81,8 @@ class ResidentBatches:
         features = torch.empty((n, dim), dtype=torch.float16, device=self.device)
         extra = torch.empty((n, self.batches.n_inputs - dim), dtype=torch.float32,
                             device=self.device)
-        targets = torch.empty((n, len(LABELS)), dtype=torch.float32, device=self.device)
+        targets = torch.empty((n, len(self.batches.store.label_names)), dtype=torch.float32,
+                              device=self.device)
         standardisation = self._standardisation()
         held = self.batches.standardisation
         self.batches.standardisation = None

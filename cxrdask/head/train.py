@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
 from cxrdask._fs import StorageOptions
 from cxrdask.backbones.hardware import resolve_device, resolve_precision
 from cxrdask.config import TrainConfig
 from cxrdask.errors import CxrDaskError, OptionError
 from cxrdask.head.batches import FeatureBatches, label_counts, open_store
+from cxrdask.head.loss import MaskedBCEWithLogits
 from cxrdask.head.model import new_head, save_checkpoint
 from cxrdask.head.resident import ResidentBatches, to_gpu
 from cxrdask.head.train_step import EagerStep, adam, train_step
@@ -50,10 +50,9 @@ class TrainResult:
 
 
 def _pos_weight(store: FeatureStore) -> torch.Tensor:
-    n, positives = label_counts(store, "train")
+    n, positives, negatives = label_counts(store, "train")
     if n == 0:
         raise CxrDaskError(f"{store.url} has no readable training rows")
-    negatives = n - positives
     # A disease absent from the training split gets weight 1 (it cannot be learnt anyway).
     weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
     return torch.tensor(weight, dtype=torch.float32)
@@ -123,6 +122,7 @@ def train_head(
     progress: Progress = True,
     plot: bool = True,
     device: str = "auto",
+    **options: Any,
 ) -> TrainResult:
     """Train a head on the store's training split, validating each epoch, reading chunks lazily.
 
@@ -133,8 +133,9 @@ def train_head(
     ----------
     store
         A :class:`FeatureStore` or its URL.
-    config
-        Every training choice (:class:`TrainConfig` defaults if None).
+    config, **options
+        Every training choice (:class:`TrainConfig` defaults if None), and fields of it
+        that replace the config's: ``train_head(store, out_dir="h", epochs=5)``.
     out_dir
         Where ``head.pt`` (the best checkpoint), ``history.csv`` and ``curves.png`` go.
     storage_options
@@ -163,7 +164,7 @@ def train_head(
     """
     from cxrdask.progress import progress_callback, show_values
 
-    config = config or TrainConfig()
+    config = TrainConfig.with_options(config, **options)
     where = resolve_device(device)  # checked before any chunk is read
     precision = resolve_precision(config.precision, where)
     if precision not in ("fp32", "bf16"):
@@ -177,8 +178,7 @@ def train_head(
     for name, batches in feeds.items():
         if ResidentBatches.fits(batches, where, config.resident_mb):
             feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=_pos_weight(store).to(where)
-                                     if config.pos_weight else None)
+    criterion = MaskedBCEWithLogits(_pos_weight(store) if config.pos_weight else None).to(where)
     optimizer = adam(head.parameters(), config.lr, config.weight_decay, config.betas,
                      config.eps, where)
     step = train_step(head.layers, criterion, optimizer, where, precision, config.cuda_graph)
@@ -190,7 +190,8 @@ def train_head(
                              input_spec={"feature_dim": store.feature_dim,
                                          "demographics": list(config.demographics),
                                          "n_inputs": train.n_inputs},
-                             provenance=_checkpoint_provenance(store, where))
+                             provenance=_checkpoint_provenance(store, where),
+                             label_names=store.label_names)
     history, (best_loss, best_epoch, stale) = [], (float("inf"), -1, 0)
     started = time.perf_counter()
     bar = progress_callback(progress, config.epochs, desc="train", unit="epoch")
@@ -235,7 +236,7 @@ def _prepare(store: FeatureStore, config: TrainConfig, where: torch.device
                          **common)
     if val.n_rows == 0:
         raise CxrDaskError(f"{store.url} has no readable validation rows to select a checkpoint")
-    head = new_head(train.n_inputs, config.seed)
+    head = new_head(train.n_inputs, config.seed, len(store.label_names))
     if config.standardize:
         head.set_standardisation(*input_statistics(train))
         for batches in (train, val):  # done by the reader thread; the head keeps it for inference

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrdask.errors import ImageDecodeError, ImageTooLargeError
+from cxrdask.imaging.dicom import decode_dicom, is_dicom
 from cxrdask.imaging.preprocessing import Preprocessing
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
@@ -26,13 +27,16 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 
 
 def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_MAX_PIXELS
                 ) -> tuple[Image.Image, str | None]:
-    """Decode PNG/JPEG bytes to an 8-bit ``L`` image; also return the conversion made, if any.
+    """Decode PNG/JPEG/DICOM bytes to an 8-bit ``L`` image; also return the conversion made.
 
     RGB/RGBA/LA/P become L; 16-bit and 32-bit images are scaled to 8 bits by their own
     range; images above ``max_pixels`` are refused before decoding (decompression bombs).
     """
     if not data:
         raise ImageDecodeError(image_index, "empty file (0 bytes)")
+    if is_dicom(data):
+        pixels, dicom_note = decode_dicom(data, image_index, max_pixels)
+        return Image.fromarray(pixels), dicom_note
     fast = _gray8_png_fast(data, image_index, max_pixels)
     if fast is not None:
         return Image.fromarray(fast), None
@@ -52,7 +56,7 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
         raise ImageTooLargeError(image_index, f"{exc} (possible decompression bomb)") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
-            image_index, f"cannot decode: not a PNG or JPEG image (a {len(data):,}-byte file starting "
+            image_index, f"cannot decode: not a PNG, JPEG or DICOM image (a {len(data):,}-byte file starting "
                          f"{data[:8]!r})") from exc
     except (OSError, SyntaxError, ValueError, zlib.error) as exc:
         reason = _OBJECT_REPR.sub("the file", str(exc)) or type(exc).__name__

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cxrdask.archive.labels import LABELS
 from cxrdask.backbones.build import build_backbone
 from cxrdask.backbones.hardware import resolve_device
 from cxrdask.backbones.spec import BackboneSpec, file_sha256
@@ -146,10 +145,11 @@ class Diagnoser:
         timing = {"decode": decoded - started, "queue": queued - decoded,
                   "backbone": forward - queued, "head_and_gradcam": done - forward,
                   "total": done - started}
+        names = self.checkpoint.label_names
         return Diagnosis(
-            probabilities={label: float(p) for label, p in zip(LABELS, probabilities, strict=True)},
+            probabilities={label: float(p) for label, p in zip(names, probabilities, strict=True)},
             heatmaps=None if cams is None else {
-                label: np.round(cam, 4).tolist() for label, cam in zip(LABELS, cams, strict=True)},
+                label: np.round(cam, 4).tolist() for label, cam in zip(names, cams, strict=True)},
             width=width, height=height, note=note,
             timing_ms={k: round(v * 1000, 1) for k, v in timing.items()})
 

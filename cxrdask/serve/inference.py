@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrdask.archive.labels import LABELS
 from cxrdask.backbones.runner import BackboneSpec, cached_runner
 from cxrdask.errors import CheckpointMismatchError
 from cxrdask.head.encoding import head_inputs
@@ -92,12 +91,12 @@ def predict(
         names.append(name)
         arrays.append(preprocess_bytes(data, name, preprocessing)[0])
     if not arrays:
-        return pd.DataFrame(columns=["image", *LABELS])
+        return pd.DataFrame(columns=["image", *ckpt.label_names])
     features = np.concatenate([runner(np.stack(arrays[i:i + 8])) for i in range(0, len(arrays), 8)])
     inputs = head_inputs(ckpt, features, age, sex, view)
     with torch.inference_mode():
         probabilities = ckpt.head.probabilities(torch.from_numpy(inputs)).numpy()
-    frame = pd.DataFrame(probabilities, columns=list(LABELS))
+    frame = pd.DataFrame(probabilities, columns=list(ckpt.label_names))
     frame.insert(0, "image", names)
     return frame
 

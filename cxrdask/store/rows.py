@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 from cxrdask import __version__
 from cxrdask._fs import StorageOptions, filesystem, is_local, with_defaults
-from cxrdask.archive.labels import LABELS
+from cxrdask.archive.findings import MISSING, findings_of, float_labels, label_matrix
 from cxrdask.errors import (
     CorruptChunkError,
     OptionError,
@@ -98,7 +98,7 @@ def common_provenance(table: pd.DataFrame, chunk_rows: int) -> dict[str, Any]:
         "chunk_rows": int(chunk_rows),
         "n_rows": int(n_rows),
         "n_chunks": math.ceil(n_rows / chunk_rows),
-        "label_names": list(LABELS),
+        "label_names": findings_of(table),
         "rows_fingerprint": rows_fingerprint(table["image_index"]),
     }
 
@@ -170,21 +170,22 @@ class RowStore:
         coordinate = group.create_array("image", shape=(n_rows,), chunks=(table_chunks,), dtype=str,
                                         dimension_names=("image",))
         coordinate[:] = image_index
-        findings = group.create_array("finding", shape=(len(LABELS),), dtype=str,
+        names = provenance["label_names"]
+        findings = group.create_array("finding", shape=(len(names),), dtype=str,
                                       dimension_names=("finding",))
-        findings[:] = np.asarray(LABELS, dtype=str)
+        findings[:] = np.asarray(names, dtype=str)
         for name, (column, array_dtype) in TABLE_ARRAYS.items():
             values = table[column].to_numpy()
             values = values.astype(str) if array_dtype is str else values.astype(array_dtype)
             array = group.create_array(name, shape=(n_rows,), chunks=(table_chunks,),
                                        dtype=array_dtype, dimension_names=("image",))
             array[:] = values
-        labels = group.create_array("labels", shape=(n_rows, len(LABELS)),
-                                    chunks=(table_chunks, len(LABELS)), dtype="uint8",
-                                    dimension_names=("image", "finding"))
-        from cxrdask.archive.metadata import label_matrix
-
-        labels[:] = label_matrix(table)
+        # 1 positive, 0 negative, MISSING (255) where the archive gives no label.
+        labels = group.create_array("labels", shape=(n_rows, len(names)),
+                                    chunks=(table_chunks, len(names)), dtype="uint8",
+                                    fill_value=MISSING, dimension_names=("image", "finding"),
+                                    attributes={"missing": MISSING})
+        labels[:] = label_matrix(table, names)
         splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
                                     dimension_names=("image",))
         splits[:] = table["split"].to_numpy(dtype=np.uint8)
@@ -264,6 +265,11 @@ class RowStore:
             raise StoreMismatchError(self.url, differences)
 
     # ------------------------------------------------------------------ shape
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The store's findings, in its ``labels`` columns' order (NIH's 14, or its archive's)."""
+        return tuple(self.provenance["label_names"])
 
     @property
     def n_rows(self) -> int:
@@ -387,13 +393,17 @@ class RowStore:
             self.array("done")[chunk] = False
 
     def table(self, columns=None) -> pd.DataFrame:
-        """Per-row columns (no features): image index, patient, demographics, split, status, labels."""
+        """Per-row columns (no features): image index, patient, demographics, split, status,
+        and a column per finding (uint8 0/1; float32 with NaN where the archive leaves labels
+        missing)."""
         names = columns or [*TABLE_ARRAYS, "split", "status", "labels"]
         frame = {}
         for name in names:
             if name == "labels":
                 labels = self.read("labels")
-                for position, label in enumerate(self.provenance["label_names"]):
+                if (labels == MISSING).any():
+                    labels = float_labels(labels)
+                for position, label in enumerate(self.label_names):
                     frame[label] = labels[:, position]
             else:
                 frame[name] = self.read(name)

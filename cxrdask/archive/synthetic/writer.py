@@ -20,7 +20,8 @@ from cxrdask.archive.boxes import BOX_FILE, BOX_FINDINGS, BOX_IMAGE_SIZE, format
 from cxrdask.archive.metadata import CSV_NAMES, label_matrix
 from cxrdask.archive.synthetic.expert import EXPERT_FILE, format_expert_labels
 from cxrdask.archive.synthetic.layout import CsvVariant, Prevalence, format_csv, make_metadata, official_lists
-from cxrdask.archive.synthetic.render import encode_png, render_image
+from cxrdask.archive.synthetic.layouts import Layout, encode_image, plan_layout
+from cxrdask.archive.synthetic.render import render_image
 from cxrdask.options import Options
 
 if TYPE_CHECKING:
@@ -48,7 +49,11 @@ class SyntheticSpec(Options):
     prevalence : str
         ``"nih"`` (NIH's label frequencies) or ``"balanced"`` (every disease alike).
     csv_variant : str
-        Which real metadata file to imitate.
+        Which real metadata file to imitate (NIH layout).
+    layout : str
+        Whose archive to imitate: ``nih`` (ChestX-ray14, Kaggle's folders), ``chexpert``,
+        ``mimic-cxr-jpg``, ``padchest``, ``vindr-cxr`` or ``rsna-pneumonia``, each in its
+        published folders, image format and label files.
     official : bool
         Write ``train_val_list.txt``, ``test_list.txt``, a stand-in for Google's expert
         labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``) and
@@ -64,6 +69,7 @@ class SyntheticSpec(Options):
     prevalence: Prevalence = "nih"
     csv_variant: CsvVariant = "kaggle2017"
     official: bool = True
+    layout: Layout = "nih"
 
 
 @dataclass(frozen=True)
@@ -95,11 +101,11 @@ def _write_images(root: str, storage_options: StorageOptions | None, jobs: list[
     fs, base = filesystem(root, storage_options)
     written = 0
     drawn: list[tuple] = []
-    for position, name, labels, size, seed, strength in jobs:
+    for relative, name, labels, size, seed, strength, encoding in jobs:
         boxes: dict[str, tuple[int, int, int, int]] = {}
-        data = encode_png(render_image(labels, size=size, seed=seed, strength=strength,
-                                       boxes=boxes))
-        path = join_url(base, image_folder(position), name)
+        data = encode_image(render_image(labels, size=size, seed=seed, strength=strength,
+                                         boxes=boxes), encoding, seed[-1])
+        path = join_url(base, relative)
         with fs.open(path, "wb") as handle:
             handle.write(data)
         written += len(data)
@@ -155,34 +161,32 @@ def make_archive(
     """
     start = time.perf_counter()
     spec = SyntheticSpec.with_options(spec, **options)
-    size, seed, csv_variant = spec.size, spec.seed, spec.csv_variant
+    size, seed = spec.size, spec.seed
     frame = make_metadata(n, seed=seed, prevalence=spec.prevalence)
     fs, base = filesystem(root, storage_options)
     fs.makedirs(base, exist_ok=True)
-    for folder in sorted({image_folder(i) for i in range(n)}):
-        fs.makedirs(join_url(base, folder), exist_ok=True)
-
     labels = label_matrix(frame)
-    jobs = [(i, name, labels[i], size, (seed, 7, i), spec.strength)
-            for i, name in enumerate(frame["image_index"])]
+    if spec.layout == "nih":
+        placed = [(f"{image_folder(i)}/{name}", "png") for i, name in enumerate(frame["image_index"])]
+    else:
+        placed, files = plan_layout(spec.layout, frame, seed)
+    for folder in sorted({relative.rsplit("/", 1)[0] for relative, _ in placed}):
+        fs.makedirs(join_url(base, folder), exist_ok=True)
+    jobs = [(relative, name, labels[i], size, (seed, 7, i), spec.strength, encoding)
+            for i, (name, (relative, encoding)) in enumerate(zip(frame["image_index"], placed,
+                                                                 strict=True))]
     per_batch = max(1, min(64, math.ceil(n / ((workers or os.cpu_count() or 1) * 4))))
     batches = [jobs[i:i + per_batch] for i in range(0, n, per_batch)]
     bytes_written, drawn = _run_batches(root, storage_options, batches, workers, client, progress)
 
-    metadata_url = join_url(root, CSV_NAMES[csv_variant])
-    with fsspec.open(metadata_url, "wt", **(storage_options or {})) as handle:
-        handle.write(format_csv(frame, csv_variant, seed=seed))
-    if spec.official:
-        train_val, test = official_lists(frame, seed=seed)
-        for name, rows in (("train_val_list.txt", train_val), ("test_list.txt", test)):
-            with fsspec.open(join_url(root, name), "wt", **(storage_options or {})) as handle:
-                handle.write("\n".join(rows) + "\n")
-        with fsspec.open(join_url(root, EXPERT_FILE), "wt", compression="gzip",
-                         **(storage_options or {})) as handle:
-            handle.write(format_expert_labels(frame, set(test), seed=seed))
-        tested = set(test)
-        with fsspec.open(join_url(root, BOX_FILE), "wt", **(storage_options or {})) as handle:
-            handle.write(format_boxes([box for box in drawn if box[0] in tested]))
+    if spec.layout == "nih":
+        metadata_url = _write_nih_files(root, storage_options, frame, spec, drawn)
+    else:
+        for relative, content in files.items():
+            fs.makedirs(join_url(base, relative).rsplit("/", 1)[0], exist_ok=True)
+            with fs.open(join_url(base, relative), "wb") as handle:
+                handle.write(content.encode() if isinstance(content, str) else content)
+        metadata_url = join_url(root, next(iter(files)))
     settings = {"n": n, **asdict(spec)}
     with fsspec.open(join_url(root, SYNTHETIC_MARKER), "wt", **(storage_options or {})) as handle:
         json.dump({"generator": "cxrdask.archive.synthetic.make_archive", **settings}, handle, indent=1)
@@ -195,6 +199,27 @@ def make_archive(
         seconds=time.perf_counter() - start,
         bytes_written=bytes_written,
     )
+
+
+def _write_nih_files(root: str, storage_options: StorageOptions | None, frame, spec: SyntheticSpec,
+                     drawn: list[tuple]) -> str:
+    """NIH's metadata CSV, and with ``spec.official`` its split lists, expert labels and boxes."""
+    seed = spec.seed
+    metadata_url = join_url(root, CSV_NAMES[spec.csv_variant])
+    with fsspec.open(metadata_url, "wt", **(storage_options or {})) as handle:
+        handle.write(format_csv(frame, spec.csv_variant, seed=seed))
+    if spec.official:
+        train_val, test = official_lists(frame, seed=seed)
+        for name, rows in (("train_val_list.txt", train_val), ("test_list.txt", test)):
+            with fsspec.open(join_url(root, name), "wt", **(storage_options or {})) as handle:
+                handle.write("\n".join(rows) + "\n")
+        with fsspec.open(join_url(root, EXPERT_FILE), "wt", compression="gzip",
+                         **(storage_options or {})) as handle:
+            handle.write(format_expert_labels(frame, set(test), seed=seed))
+        tested = set(test)
+        with fsspec.open(join_url(root, BOX_FILE), "wt", **(storage_options or {})) as handle:
+            handle.write(format_boxes([box for box in drawn if box[0] in tested]))
+    return metadata_url
 
 
 def synthetic_settings(root: str, storage_options: StorageOptions | None = None) -> dict | None:

@@ -17,7 +17,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from cxrdask import __version__
-from cxrdask.archive.labels import LABELS
 from cxrdask.errors import ImageDecodeError, ImageTooLargeError
 from cxrdask.head.model import Checkpoint
 from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS
@@ -89,7 +88,7 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
     @app.get("/api/health", summary="Is the model loaded, and which one")
     async def health() -> dict:
         return {"status": "ok", "version": __version__, "model": diagnoser.identity,
-                "labels": list(LABELS), "max_upload_bytes": max_upload_bytes,
+                "labels": list(diagnoser.checkpoint.label_names), "max_upload_bytes": max_upload_bytes,
                 "uptime_s": round(time.time() - started, 1), "disclaimer": DISCLAIMER}
 
     @app.post("/api/predict", summary="The 14 probabilities (and heatmaps) for one image",

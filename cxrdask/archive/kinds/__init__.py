@@ -1,0 +1,284 @@
+"""Archive kinds: which archive a folder holds (from its files), and its one table.
+
+Detection looks at the archive root's own files, never at the images, so it costs one
+listing: NIH's metadata CSV (any of its three names); CheXpert's ``train.csv``/``valid.csv``
+(with its ``Path,Sex,Age,Frontal/Lateral`` header, also one folder down, in
+``CheXpert-v1.0*/``); MIMIC-CXR-JPG's ``mimic-cxr-2.0.0-metadata.csv(.gz)``; PadChest's
+``PADCHEST_chest_x_ray_images_labels_160K*.csv(.gz)``; VinDr-CXR's
+``annotations/image_labels_train.csv`` (PhysioNet) or a ``train.csv`` of boxes with
+``image_id,class_name,...,rad_id`` (Kaggle); RSNA Pneumonia's ``stage_2_train_labels.csv``;
+and for private archives a ``manifest.csv`` with a ``path`` column (``dicom`` when it lists
+DICOM files, else ``csv``). The first that matches wins; ``kind=`` forces one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import pandas as pd
+
+from cxrdask._fs import StorageOptions, filesystem, full_url, join_url
+from cxrdask.archive.findings import UncertainPolicy, check_uncertain
+from cxrdask.errors import ArchiveNotRecognisedError, ImagesNotFoundError, OptionError
+
+ArchiveKind = Literal["auto", "nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr",
+                      "rsna-pneumonia", "dicom", "csv"]
+ARCHIVE_KINDS: tuple[str, ...] = get_args(ArchiveKind)[1:]
+
+
+@dataclass(frozen=True)
+class ArchiveFiles:
+    """What detection found: the kind and the label/metadata files to read, as URLs."""
+
+    kind: str
+    files: tuple[str, ...]
+    root: str  # the folder the table's paths are relative to
+
+    def describe(self) -> str:
+        return f"{self.kind} archive ({', '.join(self.files)})"
+
+
+def _first_line(fs, path: str) -> str:
+    import gzip
+
+    with fs.open(path, "rb") as raw:
+        handle = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+        return handle.readline().decode("utf-8", "replace").lstrip("\ufeff")
+
+
+def _header_has(fs, path: str, *names: str) -> bool:
+    header = [c.strip().strip('"') for c in _first_line(fs, path).split(",")]
+    return all(name in header for name in names)
+
+
+def _existing(fs, base: str, *names: str) -> list[str]:
+    return [join_url(base, n) for n in names if fs.isfile(join_url(base, n))]
+
+
+def _find_kind(fs, base: str) -> tuple[str, list[str], str] | None:
+    """(kind, files, images base) of the archive at ``base``, or None."""
+    from cxrdask.archive.kinds import chexpert, padchest, vindr
+    from cxrdask.archive.kinds.manifest import MANIFEST_NAME
+    from cxrdask.archive.metadata import CSV_NAMES
+
+    names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(base, detail=False)}
+    nih = [n for n in CSV_NAMES.values() if n in names]
+    if nih:
+        return "nih", [join_url(base, nih[0])], base
+    for folder in [base, *(join_url(base, n) for n in sorted(names) if n.startswith("CheXpert-v1.0"))]:
+        found = _existing(fs, folder, *chexpert.CSV_NAMES)
+        if found and _header_has(fs, found[0], *chexpert.HEADER):
+            return "chexpert", found, folder
+    for suffix in ("", ".gz"):
+        if chexpert.MIMIC_METADATA + suffix in names:
+            return "mimic-cxr-jpg", [join_url(base, chexpert.MIMIC_METADATA + suffix)], base
+    padchest_csv = sorted(n for n in names if n.startswith(padchest.CSV_PREFIX))
+    if padchest_csv:
+        return "padchest", [join_url(base, padchest_csv[0])], base
+    physionet = _existing(fs, base, *vindr.PHYSIONET_LABELS)
+    if physionet:
+        return "vindr-cxr", physionet, base
+    kaggle = _existing(fs, base, vindr.KAGGLE_LABELS)
+    if kaggle and _header_has(fs, kaggle[0], *vindr.KAGGLE_HEADER):
+        return "vindr-cxr", kaggle, base
+    if vindr.RSNA_LABELS in names:
+        return "rsna-pneumonia", [join_url(base, vindr.RSNA_LABELS)], base
+    if MANIFEST_NAME in names:
+        return "manifest", [join_url(base, MANIFEST_NAME)], base
+    return None
+
+
+LOOKED_FOR = ("Data_Entry_2017.csv / Data_Entry_2017_v2020.csv / sample_labels.csv (nih)",
+              "train.csv or valid.csv with a Path,Sex,Age,Frontal/Lateral header, here or in "
+              "CheXpert-v1.0*/ (chexpert)",
+              "mimic-cxr-2.0.0-metadata.csv.gz (mimic-cxr-jpg)",
+              "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv (padchest)",
+              "annotations/image_labels_train.csv, or train.csv with image_id,class_name,rad_id "
+              "(vindr-cxr)",
+              "stage_2_train_labels.csv (rsna-pneumonia)",
+              "manifest.csv with a path column (dicom, csv)")
+
+
+def detect_archive(root: str, storage_options: StorageOptions | None = None) -> ArchiveFiles:
+    """Which archive ``root`` holds, from its own files (one listing, a header or two).
+
+    Raises
+    ------
+    ImagesNotFoundError
+        ``root`` does not exist.
+    ArchiveNotRecognisedError
+        None of the known files is there; the message lists what was looked for.
+    """
+    fs, base = filesystem(root, storage_options)
+    if not fs.exists(base):
+        raise ImagesNotFoundError(f"the images folder {root} does not exist", root=root)
+    found = _find_kind(fs, base.rstrip("/"))
+    if found is None:
+        raise ArchiveNotRecognisedError(
+            f"{root} holds no archive cxrdask knows; looked for: " + "; ".join(LOOKED_FOR)
+            + ". Pass the metadata file (--metadata) and the kind (--archive), or write a "
+            "manifest.csv")
+    kind, files, images = found
+    return ArchiveFiles(kind=kind, files=tuple(full_url(fs, f) for f in files),
+                        root=full_url(fs, images))
+
+
+def _kind_of_file(url: str, storage_options: StorageOptions | None) -> str:
+    """The kind a metadata file given by hand belongs to, from its name and header."""
+    from cxrdask.archive.kinds import chexpert, padchest, vindr
+
+    fs, path = filesystem(url, storage_options)
+    name = path.rsplit("/", 1)[-1]
+    rules: list[tuple[str, Callable[[], bool]]] = [
+        ("nih", lambda: _header_has(fs, path, "Image Index")),
+        ("chexpert", lambda: _header_has(fs, path, *chexpert.HEADER)),
+        ("mimic-cxr-jpg", lambda: name.startswith(chexpert.MIMIC_METADATA)),
+        ("padchest", lambda: _header_has(fs, path, *padchest.HEADER)),
+        ("vindr-cxr", lambda: _header_has(fs, path, "image_id", "rad_id")),
+        ("rsna-pneumonia", lambda: _header_has(fs, path, *vindr.RSNA_HEADER)),
+        ("manifest", lambda: _header_has(fs, path, "path")),
+    ]
+    for kind, matches in rules:
+        if matches():
+            return kind
+    return "nih"  # its reader names the missing column
+
+
+def read_archive(root: str, kind: ArchiveKind = "auto", *, metadata: str | None = None,
+                 uncertain: UncertainPolicy = "missing", max_age: int | None = None,
+                 storage_options: StorageOptions | None = None) -> pd.DataFrame:
+    """The one table of the archive at ``root``: rows, paths, patients, findings.
+
+    Parameters
+    ----------
+    root
+        The archive's root folder or URL.
+    kind
+        ``"auto"`` detects it (:func:`detect_archive`); or one of :data:`ARCHIVE_KINDS`.
+    metadata
+        The label/metadata file, when it is not where the archive keeps it.
+    uncertain
+        Uncertain labels (CheXpert's ``-1``): ``missing`` (torchxrayvision's choice),
+        ``positive`` or ``negative``.
+    max_age
+        NIH only: rows with a greater age are dropped and reported (default 123).
+    storage_options
+        fsspec options.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The canonical table (see :mod:`cxrdask.archive.kinds.table`); ``attrs["findings"]``
+        names the finding columns, ``attrs["archive"]`` the kind.
+    """
+    check_uncertain(uncertain)
+    if kind != "auto" and kind not in ARCHIVE_KINDS:
+        raise OptionError(f"archive must be auto or one of {', '.join(ARCHIVE_KINDS)}, not {kind!r}")
+    if metadata is not None:
+        found = ArchiveFiles(kind=_kind_of_file(metadata, storage_options) if kind == "auto"
+                             else kind, files=(metadata,), root=root)
+    else:
+        found = detect_archive(root, storage_options)
+        if kind != "auto" and _family(kind) != _family(found.kind):
+            raise ArchiveNotRecognisedError(f"{root} looks like a {found.describe()}, not {kind}; "
+                                            "pass its metadata file with --metadata")
+    frame = _read(found, uncertain, max_age, storage_options)
+    frame.attrs["root"] = found.root
+    if "report" not in frame.attrs:
+        frame.attrs["report"] = describe_table(frame)
+    return frame
+
+
+def describe_table(frame: pd.DataFrame) -> str:
+    """One line per fact of an archive's table, for the CLI and notebooks: kind, rows,
+    patients, findings, and how many labels are missing."""
+    from cxrdask.archive.findings import findings_of
+
+    findings = findings_of(frame)
+    values = frame.loc[:, findings].to_numpy(dtype="float32")
+    missing = float(pd.isna(values).mean()) if values.size else 0.0
+    return (f"{frame.attrs.get('source', '?')}: {frame.attrs.get('archive', '?')} archive, "
+            f"{len(frame)} images of {frame['patient_id'].nunique()} patients\n"
+            f"{len(findings)} findings ({', '.join(findings)}); {missing:.1%} of labels missing")
+
+
+def _family(kind: str) -> str:
+    return "manifest" if kind in ("dicom", "csv", "manifest") else kind
+
+
+def _read(found: ArchiveFiles, uncertain: UncertainPolicy, max_age: int | None,
+          storage_options: StorageOptions | None) -> pd.DataFrame:
+    from cxrdask.archive.kinds import chexpert, padchest, vindr
+    from cxrdask.archive.kinds.manifest import read_manifest
+    from cxrdask.archive.metadata import DEFAULT_MAX_AGE, read_metadata
+
+    kind, files = _family(found.kind), list(found.files)
+    if kind == "nih":
+        frame, report = read_metadata(files[0], storage_options,
+                                      max_age=DEFAULT_MAX_AGE if max_age is None else max_age,
+                                      return_report=True)
+        frame.attrs.update(archive="nih", report=report.summary())
+        return frame
+    if kind == "chexpert":
+        return chexpert.read_chexpert(files, uncertain, storage_options)
+    if kind == "mimic-cxr-jpg":
+        return _read_mimic(files[0], uncertain, storage_options)
+    if kind == "padchest":
+        return padchest.read_padchest(files[0], storage_options)
+    if kind == "vindr-cxr":
+        if any(f.endswith(vindr.KAGGLE_LABELS) and "annotations" not in f for f in files):
+            return vindr.read_vindr_kaggle(files[0], storage_options)
+        return vindr.read_vindr_physionet(files, storage_options)
+    if kind == "rsna-pneumonia":
+        return vindr.read_rsna(files[0], storage_options)
+    return read_manifest(files[0], uncertain, storage_options)
+
+
+def _read_mimic(metadata_url: str, uncertain: UncertainPolicy,
+                storage_options: StorageOptions | None) -> pd.DataFrame:
+    from cxrdask.archive.kinds.chexpert import MIMIC_LABELS, MIMIC_SPLIT, read_mimic
+
+    fs, path = filesystem(metadata_url, storage_options)
+    base = path.rsplit("/", 1)[0]
+    suffix = ".gz" if path.endswith(".gz") else ""
+    labels = _existing(fs, base, *(name + suffix for name in MIMIC_LABELS))
+    if not labels:
+        raise ArchiveNotRecognisedError(f"{metadata_url}: no {MIMIC_LABELS[0]}{suffix} (or "
+                                        f"-negbio) beside it: MIMIC-CXR-JPG's labels are needed")
+    split = _existing(fs, base, MIMIC_SPLIT + suffix)
+    return read_mimic(metadata_url, full_url(fs, labels[0]),
+                      full_url(fs, split[0]) if split else None, uncertain, storage_options)
+
+
+def locate_archive_images(frame: pd.DataFrame, root: str,
+                          storage_options: StorageOptions | None = None):
+    """Each row's image URL (by ``image_index``) from its ``path`` under ``root``, with one
+    listing of the tree; a file found one level off (a flat folder where the archive nests
+    them, as PadChest's copies differ) is matched by its name when that name is unique.
+    Non-NIH kinds only (NIH's images are found by :func:`~cxrdask.archive.metadata.locate_images`)."""
+    from cxrdask.archive.metadata import ImageLocations
+
+    fs, base = filesystem(root, storage_options)
+    base = base.rstrip("/")
+    by_path: dict[str, str] = {}
+    by_name: dict[str, str | None] = {}
+    for path in fs.find(base):
+        relative = path[len(base) + 1:] if path.startswith(base + "/") else path
+        by_path[relative] = path
+        name = relative.rsplit("/", 1)[-1]
+        by_name[name] = None if name in by_name else path
+    urls: dict[str, str] = {}
+    missing: list[str] = []
+    for index, relative in zip(frame["image_index"], frame["path"], strict=True):
+        found = by_path.get(str(relative).lstrip("/")) or by_name.get(str(relative).rsplit("/", 1)[-1])
+        if found is None:
+            missing.append(index)
+        else:
+            urls[index] = full_url(fs, found)
+    return ImageLocations(root=root, urls=urls, missing=missing)
+
+
+__all__ = ["ARCHIVE_KINDS", "ArchiveFiles", "ArchiveKind", "detect_archive", "locate_archive_images",
+           "read_archive"]

@@ -1,0 +1,107 @@
+"""The one table every archive kind is read into, and the CSV reading they share.
+
+Columns: ``image_index`` (the row's identity, unique), ``path`` (the image under the
+archive's root), ``patient_id`` (int), ``patient`` and ``study`` (the archive's own ids),
+``follow_up``, ``age`` (years, -1 unknown), ``sex`` (``M``/``F``, empty unknown),
+``view_position``, ``finding_labels`` (``A|B`` of the positives), ``archive``,
+``official_split`` where the archive publishes one, ``csv_line``, then one float32 column per
+finding: 1 positive, 0 negative, NaN missing. ``attrs`` carry ``findings``, ``archive`` and
+``source``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from cxrdask._fs import StorageOptions
+from cxrdask.archive.findings import ordered_findings, positives_string
+from cxrdask.errors import MetadataError, MissingColumnError
+
+FIRST_DATA_LINE = 2
+_INT32_MAX = 2**31 - 1
+_SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
+
+
+def read_csv(url: str, storage_options: StorageOptions | None, required: tuple[str, ...] = (),
+             **kwargs) -> pd.DataFrame:
+    """A published CSV (gzipped or not, any fsspec URL) as strings, blanks as NaN; every
+    ``required`` column present, else :class:`MissingColumnError` naming the file."""
+    with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as handle:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            try:
+                frame = pd.read_csv(handle, dtype=str, **kwargs)
+            except pd.errors.EmptyDataError:
+                raise MetadataError(url, message=f"{url} is empty: no header, no rows") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise MissingColumnError(url, message=f"{url}: required column {missing[0]!r} is missing "
+                                 f"(columns found: {', '.join(map(repr, frame.columns))})")
+    if frame.empty:
+        raise MetadataError(url, message=f"{url} has a header but no rows: no images to read")
+    return frame
+
+
+def label_values(column: pd.Series, url: str) -> np.ndarray:
+    """A CheXpert-style label column as float32: ``1.0``, ``0.0``, ``-1.0``, blank -> NaN.
+    Any other value is a :class:`MetadataError` naming the first bad line."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float32)
+    bad = np.flatnonzero(column.notna().to_numpy() & ~np.isin(values, (1.0, 0.0, -1.0)))
+    if len(bad):
+        raise MetadataError(url, message=f"{url}: line {bad[0] + FIRST_DATA_LINE}, column "
+                            f"{column.name!r}: {column.iat[bad[0]]!r} is not a label (1, 0, -1 "
+                            "or blank)")
+    return values
+
+
+def patient_numbers(patients: pd.Series) -> np.ndarray:
+    """Patient ids as the store's int32: the archive's own number where every id is one that
+    fits, else a stable number per distinct id (in sorted order)."""
+    numbers = pd.to_numeric(patients, errors="coerce")
+    if numbers.notna().all() and numbers.between(0, _INT32_MAX).all():
+        return numbers.to_numpy(dtype=np.int64)
+    codes, _ = pd.factorize(patients.astype(str), sort=True)
+    return codes.astype(np.int64)
+
+
+def sex_codes(sex: pd.Series) -> pd.Series:
+    """``M``/``F`` from the archives' spellings (``Male``, ``F``, ...); empty where unknown."""
+    return sex.fillna("").astype(str).str.strip().str.upper().map(_SEX).fillna("")
+
+
+def archive_table(kind: str, source: str, columns: Mapping[str, object],
+                  labels: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """The canonical frame of an archive: ``columns`` (``image_index``, ``path``,
+    ``patient``, and optionally ``study``, ``age``, ``sex``, ``view_position``,
+    ``official_split``, ``csv_line``, ...) and ``labels`` by harmonised finding name."""
+    frame = pd.DataFrame({k: np.asarray(v) if not isinstance(v, pd.Series) else v.to_numpy()
+                          for k, v in columns.items()})
+    n = len(frame)
+    frame["patient"] = frame["patient"].astype(str)
+    frame["patient_id"] = patient_numbers(frame["patient"])
+    defaults = {"study": "", "follow_up": 0, "age": -1, "sex": "", "view_position": "",
+                "csv_line": np.arange(FIRST_DATA_LINE, FIRST_DATA_LINE + n)}
+    for name, value in defaults.items():
+        if name not in frame:
+            frame[name] = value
+    frame["age"] = pd.to_numeric(frame["age"], errors="coerce").fillna(-1).astype(np.int64)
+    frame.loc[frame["age"] <= 0, "age"] = -1
+    frame["view_position"] = frame["view_position"].fillna("").astype(str).str.upper()
+    frame["archive"] = kind
+    findings = ordered_findings(labels)
+    for name in findings:
+        frame[name] = np.asarray(labels[name], dtype=np.float32)
+    frame["finding_labels"] = positives_string(frame, findings)
+    duplicated = frame["image_index"].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise MetadataError(source, message=f"{source}: image {frame['image_index'].iat[row]!r} "
+                            "is listed twice")
+    frame.attrs.update(findings=findings, archive=kind, source=source)
+    return frame

@@ -1,0 +1,90 @@
+"""VinDr-CXR (PhysioNet 1.0.0 and Kaggle's VinBigData copy) and RSNA Pneumonia (stage 2).
+
+VinDr-CXR: each image was read by several radiologists, one row per radiologist. PhysioNet's
+``annotations/image_labels_{train,test}.csv`` hold 0/1 per label; Kaggle's ``train.csv``
+holds one row per box (``class_name``; ``No finding`` with an empty box). A finding is
+positive when any radiologist marked it, as torchxrayvision's ``VinDr_Dataset`` reads
+Kaggle's file. Images are ``train/<image_id>.dicom`` (``test/`` too on PhysioNet). The
+archives publish no patient id: each image is its own patient.
+
+RSNA Pneumonia: ``stage_2_train_labels.csv`` (``patientId,x,y,width,height,Target``, one row
+per box); ``Pneumonia`` and ``Lung Opacity`` are ``Target``, as torchxrayvision's
+``RSNA_Pneumonia_Dataset`` has them. Images ``stage_2_train_images/<patientId>.dcm``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from cxrdask._fs import StorageOptions
+from cxrdask.archive.findings import harmonise
+from cxrdask.archive.kinds.table import archive_table, read_csv
+
+NO_FINDING = "No finding"
+PHYSIONET_LABELS = ("annotations/image_labels_train.csv", "annotations/image_labels_test.csv")
+KAGGLE_LABELS = "train.csv"
+KAGGLE_HEADER = ("image_id", "class_name", "rad_id")
+# The 14 local findings of Kaggle's file (class_id 0-13), each a column even where no box has it.
+KAGGLE_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly",
+                  "Consolidation", "ILD", "Infiltration", "Lung Opacity", "Nodule/Mass",
+                  "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
+                  "Pulmonary fibrosis")
+RSNA_LABELS = "stage_2_train_labels.csv"
+RSNA_HEADER = ("patientId", "Target")
+_NOT_FINDINGS = {"image_id", "rad_id", NO_FINDING.lower()}
+
+
+def read_vindr_physionet(urls: list[str], storage_options: StorageOptions | None) -> pd.DataFrame:
+    """PhysioNet's per-radiologist 0/1 label files: a label is positive if any reader said so."""
+    frames = []
+    for url in urls:
+        frame = read_csv(url, storage_options, required=("image_id", "rad_id"))
+        names = [c for c in frame.columns if c.lower() not in _NOT_FINDINGS]
+        values = frame[names].apply(pd.to_numeric, errors="coerce").fillna(0)
+        values["image_id"] = frame["image_id"]
+        merged = values.groupby("image_id", sort=False).max()
+        merged["official_split"] = "test" if "_test" in url else "trainval"
+        merged["folder"] = "test" if "_test" in url else "train"
+        frames.append(merged)
+    merged = pd.concat(frames).fillna(0)
+    ids = merged.index.to_series()
+    labels = _harmonised({name: merged[name].to_numpy(dtype=np.float32) for name in merged.columns
+                          if name not in ("official_split", "folder")})
+    return archive_table("vindr-cxr", urls[0],
+                         {"image_index": ids, "path": merged["folder"] + "/" + ids + ".dicom",
+                          "patient": ids, "official_split": merged["official_split"]}, labels)
+
+
+def read_vindr_kaggle(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
+    """Kaggle's one-row-per-box ``train.csv``: the set of classes any radiologist named."""
+    frame = read_csv(url, storage_options, required=KAGGLE_HEADER)
+    named = frame.groupby("image_id", sort=True)["class_name"].agg(lambda x: set(x.dropna()))
+    classes = sorted({*KAGGLE_CLASSES, *(c for cs in named for c in cs if c != NO_FINDING)})
+    labels = _harmonised({c: np.fromiter((c in cs for cs in named), dtype=np.float32,
+                                         count=len(named)) for c in classes})
+    ids = named.index.to_series()
+    return archive_table("vindr-cxr", url, {"image_index": ids, "path": "train/" + ids + ".dicom",
+                                            "patient": ids}, labels)
+
+
+def read_rsna(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
+    """RSNA Pneumonia's box file as one row per image: Pneumonia = Lung Opacity = Target."""
+    frame = read_csv(url, storage_options, required=RSNA_HEADER)
+    target = pd.to_numeric(frame["Target"], errors="coerce")
+    per_image = target.groupby(frame["patientId"], sort=False).max()
+    values = per_image.to_numpy(dtype=np.float32)
+    ids = per_image.index.to_series()
+    return archive_table("rsna-pneumonia", url,
+                         {"image_index": ids, "path": "stage_2_train_images/" + ids + ".dcm",
+                          "patient": ids},
+                         {"Pneumonia": values, "Lung Opacity": values.copy()})
+
+
+def _harmonised(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Labels renamed to the anchor's names; two names that land on one are OR-ed."""
+    out: dict[str, np.ndarray] = {}
+    for name, values in labels.items():
+        key = harmonise(name)
+        out[key] = np.fmax(out[key], values) if key in out else values
+    return out

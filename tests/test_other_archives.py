@@ -1,0 +1,103 @@
+"""Archives other than NIH's, end to end: found from their files, extracted, trained on with
+missing labels masked, and an NIH head scored on another archive (external validation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxrdask.archive.findings import MISSING
+from cxrdask.archive.synthetic import make_archive
+from cxrdask.evaluation.report import evaluate
+from cxrdask.extract.run import extract_features
+from cxrdask.head.loss import MaskedBCEWithLogits
+from cxrdask.head.train import train_head
+from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
+from cxrdask.testing import run_command
+
+SMALL = dict(weights="random", backbone="resnet18", image_size=64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def chexpert_store(tmp_path_factory):
+    """A CheXpert-layout archive extracted by the command line with no --metadata or
+    --archive flag: the kind is found from the folder's own files."""
+    out = tmp_path_factory.mktemp("chexpert")
+    archive = make_archive(str(out / "CheXpert-v1.0-small"), 240, size=64, layout="chexpert",
+                           seed=5, strength=2.0, workers=2)
+    store = str(out / "chexpert.zarr")
+    run = run_command(["extract", "--images", archive.root,
+                       "--store", store, "--weights", "random", "--backbone", "resnet18",
+                       "--image-size", "64", "--workers", "1", "--quiet"], timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "chexpert archive, 240 images" in run.stdout
+    return store
+
+
+def test_the_store_keeps_the_archives_findings_and_its_missing_labels(chexpert_store):
+    store = FeatureStore.open(chexpert_store)
+    assert store.provenance["archive"]["kind"] == "chexpert"
+    assert len(store.label_names) == 13 and "Effusion" in store.label_names
+    labels = store.read("labels")
+    assert (labels == MISSING).any() and set(np.unique(labels)) <= {0, 1, MISSING}
+    assert store.provenance["split"]["method"] == "official"  # valid.csv is the test split
+    table = store.table()
+    assert table["Effusion"].isna().any()  # missing, not negative
+
+
+def test_the_loss_counts_known_labels_only():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(32, 5), (torch.rand(32, 5) > 0.7).float()
+    weight = torch.rand(5) + 0.5
+    plain = torch.nn.BCEWithLogitsLoss(pos_weight=weight)(logits, targets)
+    torch.testing.assert_close(MaskedBCEWithLogits(weight)(logits, targets), plain)
+    gaps = targets.clone()
+    gaps[torch.rand(32, 5) > 0.6] = float("nan")
+    known = ~torch.isnan(gaps)
+    expected = torch.nn.BCEWithLogitsLoss(pos_weight=weight, reduction="none")(
+        logits, torch.nan_to_num(gaps))[known].mean()
+    torch.testing.assert_close(MaskedBCEWithLogits(weight)(logits, gaps), expected)
+
+
+def test_an_nih_head_scores_on_a_chexpert_store_as_an_external_validation(
+        chexpert_store, small_archive, cluster_client, tmp_path):
+    nih_store = str(tmp_path / "nih.zarr")
+    extract_features(small_archive.metadata_url, small_archive.root, nih_store,
+                     client=cluster_client, split="patient", chunk_rows=40, **SMALL)
+    head = train_head(nih_store, out_dir=tmp_path / "nih-head", epochs=2, batch_size=16,
+                      progress=False).checkpoint
+    own = train_head(chexpert_store, out_dir=tmp_path / "chexpert-head", epochs=2,
+                     batch_size=16, progress=False, plot=False)
+    assert np.isfinite(own.best_val_loss)
+
+    report = evaluate(chexpert_store, head, bootstrap=20, out_dir=tmp_path / "report")
+    assert report.external is not None and "External validation" in report.external
+    for left_out in ("Infiltration", "Mass", "Nodule", "Emphysema", "Hernia"):
+        assert left_out in report.external
+    assert len(report.table) == 14
+    shared = report.table.set_index("label").loc["Effusion"]
+    store = FeatureStore.open(chexpert_store)
+    effusion = store.read("labels")[store.rows("test"), store.label_names.index("Effusion")]
+    assert shared["positives"] == int((effusion == 1).sum())  # scored on labelled rows only
+    assert np.isnan(report.table.set_index("label").loc["Mass", "auc"])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "External validation" in markdown and "left out" in markdown
+
+
+def test_a_dicom_archive_extracts_every_decodable_file_and_names_the_broken_one(
+        tmp_path, cluster_client):
+    archive = make_archive(str(tmp_path / "vindr"), 40, size=64, layout="vindr-cxr", seed=2,
+                           workers=2)
+    files = sorted((tmp_path / "vindr" / "train").glob("*.dicom"))
+    broken = files[3]
+    broken.write_bytes(broken.read_bytes()[:1500])  # a truncated download
+    store = str(tmp_path / "vindr.zarr")
+    extract_features(None, archive.root, store, client=cluster_client, chunk_rows=8, **SMALL)
+    opened = FeatureStore.open(store)
+    status, errors = opened.read("status"), opened.read("error")
+    index = list(opened.read("image")).index(broken.stem)
+    assert status[index] == STATUS_FAILED and "DICOM" in errors[index]
+    assert (np.delete(status, index) == STATUS_OK).all()
+    notes = " ".join(note for _, note in opened.provenance["conversions"])
+    assert "MONOCHROME1 inverted" in notes and "RLE Lossless" in notes
