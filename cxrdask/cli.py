@@ -493,8 +493,9 @@ def _cache_options(cache: argparse.ArgumentParser) -> None:
 
 
 # The ExtractConfig fields that matter to a pass that only decodes and resizes.
-CACHE_FIELDS = ("split", "split_seed", "chunk_rows", "batch_size", "device", "preset", "resume",
-                "strict", "max_failed_fraction", "io_threads", "image_size", "resize",
+# (the backbone: the size and crop it takes, which a torchxrayvision network fixes)
+CACHE_FIELDS = ("backbone", "split", "split_seed", "chunk_rows", "batch_size", "device", "preset",
+                "resume", "strict", "max_failed_fraction", "io_threads", "image_size", "resize",
                 "pixel_compression")
 
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, get_args, get_origin
 
 from cxrdask.backbones.engines import engine_refusal
+from cxrdask.backbones.spec import BackboneSpec
 from cxrdask.errors import OptionError
 from cxrdask.options import Options
 
@@ -24,7 +25,13 @@ DEFAULT_READ_RETRIES = 4  # extraction's --read-retries, and localisation's imag
 DEFAULT_DEMOGRAPHICS = ("age", "sex")  # the head's inputs after the features: the 2018 recipe's 2050
 
 SplitMethod = Literal["auto", "official", "patient", "random"]
-BackboneName = Literal["resnet50", "densenet121", "resnet18"]
+# torchvision's ImageNet networks, then torchxrayvision's chest X-ray ones (their own
+# preprocessing; cxrdask.backbones.spec.XRV_BACKBONES).
+BackboneName = Literal["resnet50", "densenet121", "resnet18",
+                       "xrv-densenet121-res224-all", "xrv-densenet121-res224-nih",
+                       "xrv-densenet121-res224-pc", "xrv-densenet121-res224-chex",
+                       "xrv-densenet121-res224-rsna", "xrv-densenet121-res224-mimic_nb",
+                       "xrv-densenet121-res224-mimic_ch", "xrv-resnet50-res512-all"]
 Dtype = Literal["float16", "float32"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Engine = Literal["auto", "torch", "torchscript", "onnxruntime", "openvino"]
@@ -88,8 +95,12 @@ class ExtractConfig(Options):
         "auto", "rows per store chunk and task; auto gives every worker thread several tasks, "
                 "at most 512 rows (a resumed store keeps its own)", type="chunk_rows")
     batch_size: int = _option(DEFAULT_BATCH_SIZE, "images per backbone call")
-    backbone: BackboneName = _option("resnet50", "torchvision network")
-    weights: str = _option("imagenet", "imagenet | a torchvision enum name | PATH.pth | random")
+    backbone: BackboneName | str = _option(
+        "resnet50", "torchvision network; torchxrayvision's (xrv-...); or timm:MODEL, a timm "
+        "CNN (e.g. timm:convnext_tiny); the last two bring their own preprocessing",
+        type="backbone", metavar="{" + ",".join(typing.get_args(BackboneName)) + ",timm:MODEL}")
+    weights: str = _option("imagenet", "imagenet (the network's published weights) | a "
+                                       "torchvision enum name | PATH.pth | random")
     weights_seed: int = _option(0, "seed of --weights random")
     device: str = _option("auto", "cpu | cuda | auto (the worker's GPU when it has one)")
     dtype: Dtype = _option("float16", "feature dtype in the store")
@@ -138,6 +149,7 @@ class ExtractConfig(Options):
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        BackboneSpec(name=self.backbone, weights="random")  # refuses an unknown name
         if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):
             raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not "
                               f"{self.chunk_rows!r}")
@@ -227,7 +239,15 @@ def _compile(text: str) -> bool | str:
     return _SWITCH[text.lower()]
 
 
-_PARSERS = {"chunk_rows": _chunk_rows, "compile": _compile}
+def _backbone(text: str) -> str:
+    try:
+        BackboneSpec(name=text, weights="random")
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+_PARSERS = {"chunk_rows": _chunk_rows, "compile": _compile, "backbone": _backbone}
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfig,

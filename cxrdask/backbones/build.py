@@ -23,6 +23,14 @@ from cxrdask.errors import WeightsNotFoundError, WeightsUnavailableError
 
 def build_backbone(spec: BackboneSpec) -> nn.Module:
     """Build the frozen, eval-mode network of ``spec`` on the CPU; output is ``(B, feature_dim)``."""
+    if spec.is_xrv:
+        from cxrdask.backbones.xrv import build_xrv
+
+        return _frozen(build_xrv(spec))
+    if spec.is_timm:
+        from cxrdask.backbones.timm_models import build_timm
+
+        return _frozen(build_timm(spec))
     with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
         torch.manual_seed(spec.seed)  # the "random" weights; loaded weights replace them
         model = build_network(spec.name)
@@ -31,6 +39,10 @@ def build_backbone(spec: BackboneSpec) -> nn.Module:
     elif spec.kind == "file":
         _load_state_file(model, spec)
     _drop_classifier(model, spec.name)
+    return _frozen(model)
+
+
+def _frozen(model: nn.Module) -> nn.Module:
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -20,7 +20,27 @@ import fsspec
 
 from cxrdask.errors import OptionError, WeightsNotFoundError, WeightsUnavailableError
 
-FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "densenet121": 1024}
+_XRV_RELEASE = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
+_XRV_DENSENET = "densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
+# torchxrayvision's published chest X-ray models (its ``models.model_urls``; a test holds this
+# table equal to the installed package's): cxrdask name -> (architecture, torchxrayvision's
+# weights name, input side, weights file URL).
+XRV_BACKBONES: dict[str, tuple[str, str, int, str]] = {
+    **{f"xrv-densenet121-res224-{data}": ("densenet121", f"densenet121-res224-{data}", 224,
+                                          f"{_XRV_RELEASE}{file}-{_XRV_DENSENET}")
+       for data, file in (("all", "nih-pc-chex-mimic_ch-google-openi-kaggle"), ("nih", "nih"),
+                          ("pc", "pc"), ("chex", "chex"), ("rsna", "kaggle"),
+                          ("mimic_nb", "mimic_nb"), ("mimic_ch", "mimic_ch"))},
+    "xrv-resnet50-res512-all": ("resnet50", "resnet50-res512-all", 512,
+                                f"{_XRV_RELEASE}pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt"),
+}
+FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "densenet121": 1024,
+                **{name: 1024 if arch == "densenet121" else 2048
+                   for name, (arch, *_) in XRV_BACKBONES.items()}}
+# torchxrayvision's preprocessing (its normalize, XRayCenterCrop, XRayResizer): one channel
+# scaled to [-1024, 1024] (x / 255 * 2048 - 1024 is (x / 255 - 0.5) / (1 / 2048)), the image
+# cropped to its centred square, then resized.
+XRV_PREPROCESSING = {"mean": (0.5,), "std": (1 / 2048,), "channels": "gray-1", "crop": "centre"}
 IMAGENET_DEFAULT = {"resnet50": "IMAGENET1K_V1", "resnet18": "IMAGENET1K_V1",
                     "densenet121": "IMAGENET1K_V1"}
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -52,10 +72,16 @@ class BackboneSpec:
     Attributes
     ----------
     name : str
-        ``resnet50``, ``resnet18`` or ``densenet121``.
+        ``resnet50``, ``resnet18`` or ``densenet121`` (torchvision's ImageNet networks), or
+        one of torchxrayvision's chest X-ray models (:data:`XRV_BACKBONES`:
+        ``xrv-densenet121-res224-all``, ``xrv-resnet50-res512-all``, ...), or a timm CNN
+        (``timm:convnext_tiny``, ``timm:efficientnet_b0``); both bring their own preprocessing
+        (:meth:`preprocessing`).
     weights : str
-        ``imagenet``, a torchvision enum name (``IMAGENET1K_V2``), a ``.pth`` file (any fsspec
-        URL; identified by its sha256), or ``random``.
+        ``imagenet``: the network's published weights (torchvision's ImageNet weights, or
+        torchxrayvision's for an ``xrv-`` network); a torchvision enum name
+        (``IMAGENET1K_V2``); a weights file (any fsspec URL; identified by its sha256); or
+        ``random``.
     seed : int
         Seed of ``random`` weights.
     """
@@ -65,18 +91,51 @@ class BackboneSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in FEATURE_DIMS:
-            raise OptionError(f"unknown backbone {self.name!r}; use one of {', '.join(FEATURE_DIMS)}")
+        if self.name not in FEATURE_DIMS and not TIMM_NAME.fullmatch(self.name):
+            raise OptionError(f"unknown backbone {self.name!r}; use one of "
+                              f"{', '.join(FEATURE_DIMS)}, or timm:MODEL (a timm CNN)")
 
     @property
     def feature_dim(self) -> int:
+        if self.is_timm:
+            return timm_facts(self.name)["feature_dim"]
         return FEATURE_DIMS[self.name]
 
     @property
+    def is_timm(self) -> bool:
+        """A timm network (``timm:convnext_tiny``): its facts are read from timm itself."""
+        return self.name.startswith("timm:")
+
+    @property
+    def is_xrv(self) -> bool:
+        """A torchxrayvision network (one gray channel, its own preprocessing)."""
+        return self.name in XRV_BACKBONES
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.is_xrv else 3
+
+    def preprocessing(self) -> dict:
+        """What the network's own preprocessing sets (size, normalisation, channels, crop;
+        nothing for torchvision's ImageNet networks, which take the store's settings).
+        ``fixed_size``: whether another ``image_size`` is refused (torchxrayvision's) or may
+        replace the network's default (timm's data config, for a CNN)."""
+        if self.is_timm:
+            return {**timm_facts(self.name)["preprocessing"], "fixed_size": False}
+        if not self.is_xrv:
+            return {}
+        return {"size": XRV_BACKBONES[self.name][2], **XRV_PREPROCESSING, "fixed_size": True}
+
+    @property
     def kind(self) -> str:
-        """``random``, ``torchvision`` (an enum) or ``file``."""
+        """``random``, ``torchvision`` (an enum), ``torchxrayvision`` (its published
+        weights) or ``file``."""
         if self.weights in (None, "random", "none"):
             return "random"
+        if self.is_xrv and self.weights in ("imagenet", "published"):
+            return "torchxrayvision"
+        if self.is_timm and self.weights in ("imagenet", "published"):
+            return "timm"
         if self.weights == "imagenet" or _ENUM_NAME.fullmatch(self.weights):
             return "torchvision"
         return "file"
@@ -89,6 +148,10 @@ class BackboneSpec:
             identity["weights"] = f"random, seed {self.seed}"
         elif kind == "torchvision":
             identity["weights"] = _enum_name(self)
+        elif kind == "torchxrayvision":
+            identity["weights"] = f"torchxrayvision {XRV_BACKBONES[self.name][1]}"
+        elif kind == "timm":
+            identity["weights"] = f"timm {timm_facts(self.name)['hf_hub_id']}"
         else:
             identity["weights"] = os.path.basename(self.weights)
             identity["sha256"] = file_sha256(self.weights)
@@ -105,6 +168,25 @@ def file_sha256(url: str) -> str:
     except FileNotFoundError as exc:
         raise WeightsNotFoundError(f"weights file not found: {url}") from exc
     return digest.hexdigest()
+
+
+TIMM_NAME = re.compile(r"timm:[A-Za-z0-9_.\-]+")
+
+
+def timm_facts(name: str) -> dict:
+    """A timm network's feature width, data config and weights repository, read from timm
+    (which imports torch: only a run with a timm backbone pays it)."""
+    from cxrdask.backbones.timm_models import timm_facts as facts
+
+    return facts(name)
+
+
+def xrv_weights_file(spec: BackboneSpec) -> tuple[str, str]:
+    """``(url, cached path)`` of torchxrayvision's published weights for ``spec``: where it
+    downloads them from and where it keeps them (``~/.torchxrayvision/models_data``)."""
+    url = XRV_BACKBONES[spec.name][3]
+    folder = os.path.join(os.path.expanduser("~"), ".torchxrayvision", "models_data")
+    return url, os.path.join(folder, os.path.basename(url))
 
 
 def _enum_name(spec: BackboneSpec) -> str:
@@ -151,15 +233,22 @@ def check_weights_available(spec: BackboneSpec) -> None:
     if kind == "file":
         file_sha256(spec.weights)
         return
-    url, cache = torchvision_weights_file(spec)
+    if kind == "timm":
+        from cxrdask.backbones.timm_models import check_timm_weights
+
+        check_timm_weights(spec.name)
+        return
+    url, cache = (xrv_weights_file(spec) if kind == "torchxrayvision"
+                  else torchvision_weights_file(spec))
     if os.path.exists(cache):
         return
     host = urllib.parse.urlparse(url).hostname or ""
     try:
         socket.create_connection((host, 443), timeout=REACHABILITY_TIMEOUT_S).close()
     except OSError as exc:
+        what = (XRV_BACKBONES[spec.name][1] if kind == "torchxrayvision" else _enum_name(spec))
         raise WeightsUnavailableError(
-            f"{spec.name} weights {_enum_name(spec)} are not in the local cache ({cache}) and "
+            f"{spec.name} weights {what} are not in the local cache ({cache}) and "
             f"{host} cannot be reached ({exc}). Copy {os.path.basename(url)} into "
             f"{os.path.dirname(cache)}, pass a local file (--weights /path/to/{spec.name}.pth), "
             "or use --weights random for a dry run"

@@ -459,8 +459,20 @@ def _check_write_targets(storage_options: StorageOptions | None, inputs: dict[st
 
 
 def _preprocessing(config: ExtractConfig) -> Preprocessing:
+    """The store's preprocessing: the config's, with what the backbone fixes (a
+    torchxrayvision network's size, normalisation, channel and crop); an ``image_size``
+    other than the default and the network's own is refused."""
     interpolation = DEVICE_INTERPOLATION if config.resize == "device" else CPU_INTERPOLATION
-    return Preprocessing(size=config.image_size, flip=config.flip, interpolation=interpolation)
+    own = BackboneSpec(name=config.backbone, weights="random").preprocessing()
+    fixed = own.pop("fixed_size", False)
+    default = ExtractConfig().image_size
+    if fixed and config.image_size not in (default, own["size"]):
+        raise OptionError(f"{config.backbone} takes {own['size']}-pixel images (its own "
+                          f"preprocessing), not image_size={config.image_size}")
+    if config.image_size != default and not fixed:
+        own["size"] = config.image_size
+    return Preprocessing(**{"size": config.image_size, **own}, flip=config.flip,
+                         interpolation=interpolation)
 
 
 def _check_pixels_to_write(plan: ExtractionPlan) -> int | None:

@@ -147,7 +147,7 @@ def warm_worker(config: TaskConfig) -> float:
     if config.store_url is not None:
         size = config.preprocessing.size
         with converter.stream():
-            _runner(config).warm((3, size, size))
+            _runner(config).warm((config.preprocessing.n_channels, size, size))
     return time.perf_counter() - start
 
 

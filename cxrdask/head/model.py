@@ -127,7 +127,7 @@ class Checkpoint:
 
 # The preprocessing settings that change a backbone's features (the training flip does not:
 # it applies to training rows only; the resize method differs by about one gray level).
-FEATURE_PREPROCESSING = ("size", "mean", "std", "channels")
+FEATURE_PREPROCESSING = ("size", "mean", "std", "channels", "crop", "crop_fraction")
 
 
 def _backbone_name(identity: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cxrdask.errors import ImageDecodeError, ImageTooLargeError
 from cxrdask.imaging.dicom import decode_dicom, is_dicom
-from cxrdask.imaging.preprocessing import Preprocessing
+from cxrdask.imaging.preprocessing import Preprocessing, centre_square
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
@@ -129,6 +129,10 @@ def resize_gray(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(
     ``torch-bilinear-antialias`` the decode threads skip it and hand over the full image.
     """
     size = preprocessing.size
+    if preprocessing.crop == "centre" and (gray.size[0] != gray.size[1]
+                                           or preprocessing.crop_fraction != 1.0):
+        top, left, side = centre_square(gray.size[1], gray.size[0], preprocessing.crop_fraction)
+        gray = gray.crop((left, top, left + side, top + side))
     if gray.size == (size, size):
         return np.asarray(gray, dtype=np.uint8)
     if preprocessing.resize_on_device:  # one image (inference): torch's resize, on the CPU
@@ -144,7 +148,8 @@ def resize_gray(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(
 
 def to_model_input(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(),
                    flip: bool = False) -> np.ndarray:
-    """Resize an ``L`` image to ``size`` (antialiased) and normalise: float32 ``(3, size, size)``."""
+    """Resize an ``L`` image to ``size`` (antialiased) and normalise: float32 ``(channels,
+    size, size)``."""
     pixels = resize_gray(gray, preprocessing).astype(np.float32) * np.float32(1.0 / 255.0)
     if flip:
         pixels = pixels[:, ::-1]

@@ -47,8 +47,8 @@ class HostInput:
         if preprocessing.resize_on_device:
             raise ValueError(f"{preprocessing.interpolation!r} resizes with torch: use DeviceInput")
         self.preprocessing = preprocessing
-        self.mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(preprocessing.std, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        self.std = np.asarray(preprocessing.std, dtype=np.float32).reshape(1, -1, 1, 1)
 
     @contextlib.contextmanager
     def stream(self) -> Iterator[None]:
@@ -66,7 +66,7 @@ class HostInput:
         if flips is not None and any(flips):
             mask = np.asarray(flips, dtype=bool)
             x[mask] = x[mask, :, ::-1]
-        return (x[:, None] - self.mean) / self.std  # broadcast: (B, 3, H, W), C-contiguous
+        return (x[:, None] - self.mean) / self.std  # broadcast: (B, channels, H, W), C-contiguous
 
 
 def needs_torch_input(preprocessing: Preprocessing, engine_takes_torch: bool,

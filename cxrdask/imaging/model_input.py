@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrdask.imaging.preprocessing import Preprocessing
+from cxrdask.imaging.preprocessing import Preprocessing, centre_square
 
 _STREAMS = threading.local()
 
@@ -40,8 +40,8 @@ class DeviceInput:
         self.preprocessing = preprocessing
         mean = torch.tensor(preprocessing.mean, dtype=torch.float32)
         std = torch.tensor(preprocessing.std, dtype=torch.float32)
-        self.mean = mean.view(1, 3, 1, 1).to(device)
-        self.std = std.view(1, 3, 1, 1).to(device)
+        self.mean = mean.view(1, -1, 1, 1).to(device)
+        self.std = std.view(1, -1, 1, 1).to(device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # made on the default stream; used on others
 
@@ -72,6 +72,11 @@ class DeviceInput:
         Images of one shape go in one call; mixed shapes (other archives) one by one.
         """
         size = self.preprocessing.size
+        if self.preprocessing.crop == "centre":
+            images = [image[top:top + side, left:left + side]
+                      for image in images for top, left, side in
+                      [centre_square(image.shape[0], image.shape[1],
+                                     self.preprocessing.crop_fraction)]]
         shapes = {image.shape for image in images}
         if len(shapes) == 1:
             groups = [self.to_device(np.stack(images))]
@@ -88,13 +93,13 @@ class DeviceInput:
         return out[0] if len(out) == 1 else torch.cat(out)
 
     def normalise(self, pixels: torch.Tensor, flips: Sequence[bool] | None = None) -> torch.Tensor:
-        """uint8 ``(B, size, size)`` on the device -> float32 ``(B, 3, size, size)``,
+        """uint8 ``(B, size, size)`` on the device -> float32 ``(B, channels, size, size)``,
         normalised, ``channels_last``; rows with a true ``flips`` are mirrored left-right."""
         x = pixels.to(torch.float32) * (1.0 / 255.0)  # float32 arithmetic, as NumPy's
         if flips is not None and any(flips):
             mask = torch.as_tensor(np.asarray(flips, dtype=bool), device=x.device)
             x = torch.where(mask[:, None, None], x.flip(-1), x)
-        x = (x[:, None] - self.mean) / self.std  # broadcast: (B, 3, H, W)
+        x = (x[:, None] - self.mean) / self.std  # broadcast: (B, channels, H, W)
         return x.contiguous(memory_format=torch.channels_last)
 
 

@@ -30,20 +30,35 @@ class Preprocessing:
     reducing_gap : float
         Pillow's ``reducing_gap`` for large downscales.
     mean, std : tuple of float
-        Per-channel normalisation (ImageNet's).
+        Per-channel normalisation (ImageNet's; one value each for a one-channel network).
     flip : str
         ``none``, or ``train``: the 2018 recipe's random horizontal flip of training rows.
     channels : str
-        How the gray image fills three channels (repeated).
+        How the gray image becomes the network's input: ``gray-repeated-3`` (three equal
+        channels, ImageNet networks) or ``gray-1`` (one channel, torchxrayvision's).
+    crop : str
+        ``none`` (the image squashed to a square), or ``centre``: cropped to its centred
+        square first, as torchxrayvision's ``XRayCenterCrop`` does.
+    crop_fraction : float
+        With ``centre``, the share of the shorter side the square keeps (timm's
+        ``crop_pct``: resizing the shorter side to ``size / crop_pct`` and cropping
+        ``size`` is the same crop); 1 keeps the whole side.
     """
 
     size: int = 224
     interpolation: str = CPU_INTERPOLATION
     reducing_gap: float = 2.0
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     flip: str = "none"  # "none", or "train" = random horizontal flip of training rows (2018)
     channels: str = "gray-repeated-3"
+    crop: str = "none"
+    crop_fraction: float = 1.0
+
+    @property
+    def n_channels(self) -> int:
+        """Channels of the network's input: 1 for ``gray-1``, else 3."""
+        return 1 if self.channels == "gray-1" else 3
 
     @property
     def resize_on_device(self) -> bool:
@@ -62,6 +77,14 @@ class Preprocessing:
         return cls(**data)
 
 
+def centre_square(height: int, width: int, fraction: float = 1.0) -> tuple[int, int, int]:
+    """``(top, left, side)`` of an image's centred square, as torchxrayvision's
+    ``XRayCenterCrop`` takes it (side the shorter edge, times ``fraction``; the start
+    rounds down)."""
+    side = max(1, round(min(height, width) * fraction))
+    return height // 2 - side // 2, width // 2 - side // 2, side
+
+
 def flip_for(image_index: str, seed: int) -> bool:
     """The 2018 recipe's random horizontal flip, seeded per image so re-runs are identical."""
     digest = zlib.crc32(f"{seed}:{image_index}".encode())
@@ -69,4 +92,4 @@ def flip_for(image_index: str, seed: int) -> bool:
 
 
 __all__ = ["CPU_INTERPOLATION", "DEVICE_INTERPOLATION", "IMAGENET_MEAN", "IMAGENET_STD",
-           "Preprocessing", "flip_for"]
+           "Preprocessing", "centre_square", "flip_for"]

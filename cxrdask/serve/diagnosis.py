@@ -52,6 +52,8 @@ class Diagnosis:
 def last_conv_maps(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     """The output of the backbone's last convolutional block, ``(B, C, h, w)``."""
     net: Any = model  # cxrdask.backbones.networks' ResNet / DenseNet: parts typed as Module | Tensor
+    if hasattr(net, "maps"):  # a torchxrayvision network (cxrdask.backbones.xrv.XrvFeatures)
+        return net.maps(x)
     if name.startswith("resnet"):
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
@@ -125,14 +127,17 @@ class Diagnoser:
             x = torch.from_numpy(array[None]).to(self.device)
             with torch.no_grad():  # not inference_mode: Grad-CAM differentiates through the maps
                 maps = last_conv_maps(self.backbone, self.spec.name, x)[0]
-            pooled = maps.mean(dim=(1, 2))  # the features the store would hold for this image
-            features = pooled[None].cpu().numpy()
+            pooled = maps.mean(dim=(1, 2))  # the spatial mean of the last maps
+            finish = getattr(self.backbone, "finish", None)  # a timm network's head after it
+            with torch.no_grad():
+                features = (pooled[None] if finish is None else finish(pooled[None])).cpu().numpy()
             demographics = torch.from_numpy(
                 head_inputs(self.checkpoint, features, age, sex, view)[0, features.shape[1]:]
             ).to(self.device)
 
             def logits_of_pooled(pooled: torch.Tensor) -> torch.Tensor:
-                return self.head(torch.cat([pooled, demographics])[None])[0]
+                kept = pooled if finish is None else finish(pooled[None])[0]  # the store's features
+                return self.head(torch.cat([kept, demographics])[None])[0]
 
             forward = time.perf_counter()
             with torch.no_grad():

@@ -30,7 +30,10 @@ if TYPE_CHECKING:
 DEFAULT_PIXEL_COMPRESSION: PixelCompression = "zstd"
 # The decode and resize settings a pixel store is made with; an extraction from it uses
 # them, and a store made with other values is refused.
-PIXEL_SETTINGS = ("size", "interpolation", "reducing_gap")
+# What makes pixels: a pixel store serves every backbone of its size and crop (one gray
+# channel is kept; normalisation and channels come later, on the worker's device).
+PIXEL_SETTINGS = ("size", "interpolation", "reducing_gap", "crop", "crop_fraction")
+_PIXEL_DEFAULTS = {"crop": "none", "crop_fraction": 1.0}  # for pixel stores made before the setting existed
 
 
 def pixel_codecs(compression: PixelCompression) -> tuple:
@@ -100,7 +103,8 @@ class PixelStore(RowStore):
         provenance = {
             **common_provenance(table, chunk_rows),
             "kind": cls.KIND,
-            "preprocessing": {key: preprocessing[key] for key in PIXEL_SETTINGS},
+            "preprocessing": {key: {**_PIXEL_DEFAULTS, **preprocessing}[key]
+                              for key in PIXEL_SETTINGS},
             "compression": compression,
             "split": split or {},
             "source": source or {},
@@ -130,9 +134,10 @@ class PixelStore(RowStore):
         resize settings than the pixels were made with."""
         from cxrdask.errors import StoreMismatchError
 
-        mine = self.provenance["preprocessing"]
-        differences = {f"preprocessing.{key}": (mine.get(key), preprocessing.get(key))
-                       for key in PIXEL_SETTINGS if mine.get(key) != preprocessing.get(key)}
+        mine = {**_PIXEL_DEFAULTS, **self.provenance["preprocessing"]}
+        wanted = {**_PIXEL_DEFAULTS, **preprocessing}
+        differences = {f"preprocessing.{key}": (mine.get(key), wanted.get(key))
+                       for key in PIXEL_SETTINGS if mine.get(key) != wanted.get(key)}
         if differences:
             raise StoreMismatchError(self.url, differences)
 

@@ -61,7 +61,7 @@ def onnx_cache_path(spec: BackboneSpec) -> Path | None:
                       "seed": spec.seed if spec.kind == "random" else None,
                       "torch": _torch_version(), "format": EXPORT_FORMAT}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return onnx_cache_dir() / f"{spec.name}-{digest}.onnx"
+    return onnx_cache_dir() / f"{spec.name.replace(':', '-')}-{digest}.onnx"  # timm:x
 
 
 @functools.cache
@@ -71,12 +71,13 @@ def _torch_version() -> str:
     return importlib.metadata.version("torch")
 
 
-def export_onnx(model: nn.Module) -> bytes:
-    """``model`` exported to ONNX in memory (input ``images``, any batch and image size)."""
+def export_onnx(model: nn.Module, channels: int = 3) -> bytes:
+    """``model`` exported to ONNX in memory (input ``images`` of ``channels`` channels, any
+    batch and image size)."""
     import torch
 
     buffer = io.BytesIO()
-    example = torch.zeros(1, 3, 224, 224)
+    example = torch.zeros(1, channels, 224, 224)
     torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
                       input_names=["images"], output_names=["features"],
                       dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
@@ -136,7 +137,7 @@ def exported_onnx(spec: BackboneSpec, reuse: bool = True) -> bytes:
         raise MissingExtraError("exporting the backbone to ONNX needs: pip install onnx") from exc
     from cxrdask.backbones.build import build_backbone
 
-    data = export_onnx(build_backbone(spec))
+    data = export_onnx(build_backbone(spec), spec.in_channels)
     if path is not None:
         _write_atomically(path, data)
     return data

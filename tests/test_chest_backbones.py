@@ -1,0 +1,177 @@
+"""Backbones a chest X-ray lab chooses: torchxrayvision's networks (their own preprocessing, features
+equal to its own pipeline) and timm's CNNs (their data config); a head trained on each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrdask.archive.synthetic import render_image
+from cxrdask.backbones.build import build_backbone
+from cxrdask.backbones.spec import XRV_BACKBONES, BackboneSpec
+from cxrdask.errors import OptionError, WeightsUnavailableError
+from cxrdask.evaluation.report import evaluate
+from cxrdask.extract.run import extract_features, plan_extraction
+from cxrdask.head.train import train_head
+from cxrdask.store.features import FeatureStore
+
+xrv = pytest.importorskip("torchxrayvision")
+
+
+def test_the_table_of_networks_is_torchxrayvisions():
+    for name, (architecture, weights, side, url) in XRV_BACKBONES.items():
+        published = xrv.models.model_urls[weights]
+        assert url == published["weights_url"], name
+        assert side == published["input_resolution"], name
+        assert weights.startswith(architecture)
+
+
+@pytest.mark.parametrize("name", sorted(XRV_BACKBONES))
+def test_every_network_builds_offline_with_random_weights(name):
+    spec = BackboneSpec(name, "random", 3)
+    size = spec.preprocessing()["size"]
+    with torch.inference_mode():
+        features = build_backbone(spec)(torch.zeros(2, 1, size, size))
+    assert features.shape == (2, spec.feature_dim)
+    assert spec.identity()["weights"] == "random, seed 3"
+
+
+def test_published_weights_offline_say_which_file_goes_where(monkeypatch, tmp_path):
+    import socket
+
+    from cxrdask.backbones.spec import check_weights_available
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty torchxrayvision cache
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(WeightsUnavailableError,
+                       match=r"densenet121-res224-all.*models_data.*nih-pc-chex-mimic_ch"):
+        check_weights_available(BackboneSpec("xrv-densenet121-res224-all", "imagenet"))
+
+
+def _radiographs(root, n: int = 20) -> list[str]:
+    """Non-square 8-bit PNGs (so the centre crop matters) with learnable signs, and a
+    manifest that makes them an archive."""
+    rng = np.random.default_rng(4)
+    lines, paths = ["path,patient_id,Effusion,Cardiomegaly"], []
+    for i in range(n):
+        labels = np.zeros(14, np.uint8)
+        labels[[1, 2]] = rng.random(2) < 0.5
+        square = render_image(labels, size=288, seed=i, strength=2.0)
+        image = square[:, 16:272] if i % 2 else square[20:268]  # 288x256 or 248x288
+        path = root / f"img{i:02d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+        lines.append(f"{path.name},{i},{labels[2]},{labels[1]}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def _torchxrayvisions_features(model, paths: list[str]) -> np.ndarray:
+    """torchxrayvision's own pipeline: imread, normalize, XRayCenterCrop, XRayResizer(224),
+    features2."""
+    import skimage.io
+
+    pipeline = [xrv.datasets.XRayCenterCrop(), xrv.datasets.XRayResizer(224)]
+    batch = []
+    for path in paths:
+        image = xrv.datasets.normalize(skimage.io.imread(path), 255)[None]
+        for step in pipeline:
+            image = step(image)
+        batch.append(image)
+    with torch.inference_mode():
+        return model.features2(torch.from_numpy(np.stack(batch))).numpy()
+
+
+def _centred_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    return (a @ b.T) / np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
+
+
+def test_features_equal_torchxrayvisions_pipeline_and_a_head_trains_on_them(
+        tmp_path, cluster_client):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    paths = _radiographs(archive)
+    torch.manual_seed(11)
+    model = xrv.models.DenseNet(weights=None).eval()
+    weights = tmp_path / "densenet121-res224-all.pt"
+    torch.save(model, weights)  # a whole pickled model, as torchxrayvision publishes it
+
+    store = str(tmp_path / "xrv.zarr")
+    extract_features(None, str(archive), store, client=cluster_client, progress=False,
+                     backbone="xrv-densenet121-res224-all", weights=str(weights),
+                     dtype="float32", chunk_rows=4, split="patient")
+    opened = FeatureStore.open(store)
+    assert opened.feature_dim == 1024
+    assert opened.provenance["backbone"]["name"] == "xrv-densenet121-res224-all"
+    assert opened.provenance["preprocessing"]["channels"] == "gray-1"
+    assert opened.provenance["preprocessing"]["crop"] == "centre"
+    order = {str(p).rsplit("/", 1)[-1]: k for k, p in enumerate(paths)}
+    ours = opened.read("features")
+    rows = [order[name] for name in opened.read("image")]
+    theirs = _torchxrayvisions_features(model, [paths[r] for r in rows])
+    similarity = _centred_cosine(ours, theirs)
+    assert np.diag(similarity).min() >= 0.99, np.diag(similarity)
+    assert (similarity.argmax(axis=1) == np.arange(len(rows))).all()
+
+    head = train_head(store, out_dir=tmp_path / "head", epochs=2, batch_size=4, progress=False)
+    report = evaluate(store, head.checkpoint, bootstrap=0)
+    assert list(report.table["label"]) == ["Effusion", "Cardiomegaly"]
+    assert_the_web_page_agrees_with_predict(head.checkpoint, paths[0], str(weights))
+
+
+def assert_the_web_page_agrees_with_predict(checkpoint: str, image: str, weights=None) -> None:
+    """The web page's path (Grad-CAM's maps, pooled) gives predict's probabilities."""
+    from cxrdask.serve.diagnosis import Diagnoser
+    from cxrdask.serve.inference import predict
+
+    with open(image, "rb") as handle:
+        data = handle.read()
+    diagnosis = Diagnoser.load(checkpoint, weights=weights, device="cpu").diagnose(data, "x.png")
+    expected = predict([image], checkpoint, weights=weights, device="cpu").iloc[0]
+    for label, probability in diagnosis.probabilities.items():
+        assert abs(probability - expected[label]) < 2e-3, label
+    assert set(diagnosis.heatmaps) == set(diagnosis.probabilities)
+
+
+def test_an_image_size_other_than_the_networks_is_refused(tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    _radiographs(archive, 2)
+    with pytest.raises(OptionError, match="takes 512-pixel images"):
+        plan_extraction(None, str(archive), str(tmp_path / "s.zarr"),
+                        backbone="xrv-resnet50-res512-all", weights="random", image_size=320)
+
+
+def test_a_timm_network_extracts_with_its_data_config_and_a_head_trains(tmp_path, cluster_client):
+    pytest.importorskip("timm")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    _radiographs(archive)
+    store = str(tmp_path / "timm.zarr")
+    extract_features(None, str(archive), store, client=cluster_client, progress=False,
+                     backbone="timm:efficientnet_b0", weights="random", image_size=64,
+                     chunk_rows=4, split="patient")
+    opened = FeatureStore.open(store)
+    assert opened.feature_dim == 1280
+    preprocessing = opened.provenance["preprocessing"]
+    assert preprocessing["size"] == 64 and preprocessing["crop_fraction"] == 0.875
+    assert preprocessing["channels"] == "gray-repeated-3"
+    head = train_head(store, out_dir=tmp_path / "head", epochs=2, batch_size=4, progress=False)
+    assert evaluate(store, head.checkpoint, bootstrap=0).n_rows > 0
+    assert_the_web_page_agrees_with_predict(head.checkpoint, str(archive / "img03.png"))
+
+
+def test_an_unknown_or_transformer_timm_model_is_refused():
+    pytest.importorskip("timm")
+    with pytest.raises(OptionError, match="timm has no model 'no_such_net'"):
+        _ = BackboneSpec("timm:no_such_net", "random").feature_dim
+    with pytest.raises(OptionError, match="not pooled from feature maps"):
+        _ = BackboneSpec("timm:vit_tiny_patch16_224", "random").feature_dim
