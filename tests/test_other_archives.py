@@ -11,7 +11,7 @@ from cxrdask.archive.findings import MISSING
 from cxrdask.archive.synthetic import make_archive
 from cxrdask.evaluation.report import evaluate
 from cxrdask.extract.run import extract_features
-from cxrdask.head.loss import MaskedBCEWithLogits
+from cxrdask.head.loss import MaskedBCEWithLogits, loss_for
 from cxrdask.head.train import train_head
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
 from cxrdask.testing import run_command
@@ -70,6 +70,8 @@ def test_an_nih_head_scores_on_a_chexpert_store_as_an_external_validation(
     own = train_head(chexpert_store, out_dir=tmp_path / "chexpert-head", epochs=2,
                      batch_size=16, progress=False, plot=False)
     assert np.isfinite(own.best_val_loss)
+    assert isinstance(loss_for(FeatureStore.open(chexpert_store), None), MaskedBCEWithLogits)
+    assert isinstance(loss_for(FeatureStore.open(nih_store), None), torch.nn.BCEWithLogitsLoss)
 
     report = evaluate(chexpert_store, head, bootstrap=20, out_dir=tmp_path / "report")
     assert report.external is not None and "External validation" in report.external

@@ -4,7 +4,9 @@ NIH labels every finding of every image; CheXpert, MIMIC and private archives le
 unmentioned or uncertain, and those are missing (NaN targets), not negative. A missing label
 adds nothing to the loss or to its denominator, so an image teaches what its report says
 and nothing else. Where every label is known this is PyTorch's ``BCEWithLogitsLoss`` (mean),
-and the tests hold it so.
+and the tests hold it so; a store with no missing label (NIH's) trains with that one
+itself, as the mask's few extra operations cost 4% of a CPU step (3.05 against 3.19 ms,
+batch 256, 7 alternated rounds on machine C).
 """
 
 from __future__ import annotations
@@ -31,4 +33,13 @@ class MaskedBCEWithLogits(nn.Module):
         return (per_label * known).sum() / known.sum().clamp_min(1)
 
 
-__all__ = ["MaskedBCEWithLogits"]
+def loss_for(store, pos_weight: torch.Tensor | None) -> nn.Module:
+    """The loss to train on ``store`` with: the masked one where it holds a missing label."""
+    from cxrdask.archive.findings import MISSING
+
+    if (store.read("labels") == MISSING).any():
+        return MaskedBCEWithLogits(pos_weight)
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+__all__ = ["MaskedBCEWithLogits", "loss_for"]

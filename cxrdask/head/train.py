@@ -26,7 +26,7 @@ from cxrdask.backbones.hardware import resolve_device, resolve_precision
 from cxrdask.config import TrainConfig
 from cxrdask.errors import CxrDaskError, OptionError
 from cxrdask.head.batches import FeatureBatches, label_counts, open_store
-from cxrdask.head.loss import MaskedBCEWithLogits
+from cxrdask.head.loss import loss_for
 from cxrdask.head.model import new_head, save_checkpoint
 from cxrdask.head.resident import ResidentBatches, to_gpu
 from cxrdask.head.train_step import EagerStep, adam, train_step
@@ -178,7 +178,7 @@ def train_head(
     for name, batches in feeds.items():
         if ResidentBatches.fits(batches, where, config.resident_mb):
             feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
-    criterion = MaskedBCEWithLogits(_pos_weight(store) if config.pos_weight else None).to(where)
+    criterion = loss_for(store, _pos_weight(store) if config.pos_weight else None).to(where)
     optimizer = adam(head.parameters(), config.lr, config.weight_decay, config.betas,
                      config.eps, where)
     step = train_step(head.layers, criterion, optimizer, where, precision, config.cuda_graph)
