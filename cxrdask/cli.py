@@ -303,7 +303,8 @@ def cmd_evaluate(args) -> int:
         report = evaluate(args.store, args.checkpoint, split=args.split, out_dir=args.out,
                           stratified=args.stratified,
                           storage_options=parse_storage_options(args.storage_option),
-                          compare_to=args.compare, bootstrap=args.bootstrap, seed=args.seed,
+                          compare_to=args.compare, compare_store=args.compare_store,
+                          bootstrap=args.bootstrap, seed=args.seed,
                           threshold_rule=args.threshold_rule, specificity=args.specificity,
                           expert_labels=args.expert_labels, boxes=args.boxes, images=args.images,
                           client=client, n_workers=args.workers, weights=args.weights)
@@ -568,6 +569,9 @@ def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--compare", metavar="CHECKPOINT",
                           help="a second head on the same store: paired AUC differences with "
                                "bootstrap intervals and DeLong's test")
+    evaluate.add_argument("--compare-store", metavar="STORE",
+                          help="the store --compare's head reads, when it was trained on "
+                               "another backbone's features of the same images")
     evaluate.add_argument("--bootstrap", type=int,
                           default=default("bootstrap"),
                           help="patient resamples for the 95%% intervals (0: none)")

@@ -132,11 +132,11 @@ def test_bench_evaluate_times_each_part_of_evaluate(tmp_path):
 
 def test_bench_backbones_measures_every_family_on_each_cpu_engine(tmp_path):
     out = tmp_path / "backbones.csv"
-    result = run_script("bench_backbones", "--backbones", "resnet18,xrv-densenet121-res224-all",
+    result = run_script("bench_backbones", "--backbones", "xrv-densenet121-res224-all",
                         "--rounds", 1, "--seconds", 0.2, "--out", out)
     import pandas as pd
 
-    rows = pd.read_csv(out)
-    assert set(rows["backbone"]) == {"resnet18", "xrv-densenet121-res224-all"}
+    rows = pd.read_csv(out)  # one family here (each figure is a process of its own)
+    assert set(rows["backbone"]) == {"xrv-densenet121-res224-all"}
     assert set(rows["engine"]) == {"torch", "onnxruntime"} and (rows["images_per_s"] > 0).all()
     assert "one CPU thread" in result.stdout

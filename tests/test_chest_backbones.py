@@ -16,6 +16,7 @@ from cxrdask.evaluation.report import evaluate
 from cxrdask.extract.run import extract_features, plan_extraction
 from cxrdask.head.train import train_head
 from cxrdask.store.features import FeatureStore
+from cxrdask.testing import make_feature_store
 
 xrv = pytest.importorskip("torchxrayvision")
 
@@ -125,6 +126,32 @@ def test_features_equal_torchxrayvisions_pipeline_and_a_head_trains_on_them(
     report = evaluate(store, head.checkpoint, bootstrap=0)
     assert list(report.table["label"]) == ["Effusion", "Cardiomegaly"]
     assert_the_web_page_agrees_with_predict(head.checkpoint, paths[0], str(weights))
+    assert_two_backbones_compare_on_one_archive(store, head.checkpoint, archive, tmp_path,
+                                                cluster_client)
+
+
+def assert_two_backbones_compare_on_one_archive(store, checkpoint, archive, tmp_path, client):
+    """A second backbone's store of the same images: its head scored on it, paired with the
+    first head on the first store (bootstrap differences and DeLong's test)."""
+    from cxrdask.errors import CheckpointMismatchError, StoreMismatchError
+
+    other = str(tmp_path / "resnet18.zarr")
+    extract_features(None, str(archive), other, client=client, progress=False,
+                     backbone="resnet18", weights="random", image_size=64, chunk_rows=4,
+                     split="patient")
+    other_head = train_head(other, out_dir=tmp_path / "head18", epochs=2, batch_size=4,
+                            progress=False, plot=False).checkpoint
+    report = evaluate(store, checkpoint, bootstrap=20, compare_to=other_head,
+                      compare_store=other)
+    compared = report.audit.comparison
+    assert list(compared["label"]) == ["Effusion", "Cardiomegaly"]
+    assert {"delong_p", "low", "high"} <= set(compared.columns)
+    with pytest.raises(CheckpointMismatchError, match="resnet18"):  # it reads its own store only
+        evaluate(store, checkpoint, bootstrap=0, compare_to=other_head)
+    elsewhere = str(tmp_path / "other-images.zarr")  # features of other images
+    make_feature_store(elsewhere, 20, feature_dim=512, chunk_rows=4, seed=2)
+    with pytest.raises(StoreMismatchError, match="rows_fingerprint"):
+        evaluate(store, checkpoint, bootstrap=0, compare_to=other_head, compare_store=elsewhere)
 
 
 def assert_the_web_page_agrees_with_predict(checkpoint: str, image: str, weights=None) -> None:

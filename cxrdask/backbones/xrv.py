@@ -77,7 +77,14 @@ def _state(path: str, spec: BackboneSpec) -> dict:
     except Exception as exc:
         raise WeightsUnavailableError(f"{path} is not a torchxrayvision weights file for "
                                       f"{spec.name}: {exc}") from exc
-    return loaded.state_dict() if isinstance(loaded, nn.Module) else loaded
+    if not isinstance(loaded, nn.Module):
+        return loaded
+    # The published DenseNets were pickled by an older torch, before modules had this set;
+    # torchxrayvision patches it in the same way before it asks for their state dict.
+    for module in loaded.modules():
+        if not hasattr(module, "_non_persistent_buffers_set"):
+            module._non_persistent_buffers_set = set()
+    return loaded.state_dict()
 
 
 def build_xrv(spec: BackboneSpec) -> nn.Module:

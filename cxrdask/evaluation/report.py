@@ -284,24 +284,35 @@ class Scores:
 
 
 def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
-                compare_to: str | Checkpoint | None = None,
+                compare_to: str | Checkpoint | None = None, compare_store=None,
                 storage_options: StorageOptions | None = None) -> Scores:
     """The first step of :func:`evaluate`, callable alone: the heads' probabilities on
     ``split`` (one pass over its chunks, out of core) and on the validation split.
+
+    ``compare_store``: the store the second head reads (features of another backbone on
+    the same images, rows and split), for a comparison of two backbones; by default the
+    second head reads ``store``.
 
     Raises
     ------
     CheckpointMismatchError
         A head was trained on another backbone, preprocessing or inputs (checked before any
         chunk is read).
+    StoreMismatchError
+        ``compare_store`` holds other images, another split, or other readable rows.
     """
     store = open_store(store, storage_options)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
              else load_checkpoint(compare_to))
-    for head in (ckpt, other):
+    if compare_store is not None and other is None:
+        raise OptionError("compare_store is the store the second head (compare_to) reads: "
+                          "give that head too")
+    other_store = (store if compare_store is None
+                   else paired_store(store, compare_store, split, storage_options))
+    for head, read in ((ckpt, store), (other, other_store)):
         if head is not None:
-            head.check_features(store.provenance["backbone"], store.provenance.get("preprocessing"))
+            head.check_features(read.provenance["backbone"], read.provenance.get("preprocessing"))
     if not shared_findings(store.label_names, ckpt.label_names)[0]:
         raise CheckpointMismatchError(
             f"{ckpt.path or 'the head'} predicts {', '.join(ckpt.label_names)}; {store.url} "
@@ -310,7 +321,7 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
                              demographics=tuple(ckpt.input["demographics"]))
     ckpt.check_inputs(batches.n_inputs)
     if other is not None:
-        other_batches = FeatureBatches(store, split, 4096, shuffle=False,
+        other_batches = FeatureBatches(other_store, split, 4096, shuffle=False,
                                        demographics=tuple(other.input["demographics"]))
         other.check_inputs(other_batches.n_inputs)
     untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
@@ -326,6 +337,25 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
                   untrained=untrained_probabilities,
                   validation=_scored(store, "validation", ckpt, table),
                   other=other_probabilities, checkpoint=ckpt, compared=other)
+
+
+def paired_store(store, url, split: str, storage_options: StorageOptions | None = None):
+    """The store a second head reads, checked to hold the same images in the same order and
+    split, with the same readable rows of ``split``: its scores pair with the first's."""
+    from cxrdask.errors import StoreMismatchError
+
+    other = open_store(url, storage_options)
+    mine = {k: store.provenance.get(k) for k in ("rows_fingerprint", "n_rows")}
+    theirs = {k: other.provenance.get(k) for k in ("rows_fingerprint", "n_rows")}
+    # (the second store's, the first's): StoreMismatchError says "store has X, ... asks for Y"
+    differences = {key: (theirs[key], mine[key]) for key in mine if mine[key] != theirs[key]}
+    if not differences and not np.array_equal(store.read("split"), other.read("split")):
+        differences["split"] = ("another split of the same images", "the first store's split")
+    if not differences and not np.array_equal(store.rows(split), other.rows(split)):
+        differences[f"readable {split} rows"] = (len(other.rows(split)), len(store.rows(split)))
+    if differences:
+        raise StoreMismatchError(other.url, differences)
+    return other
 
 
 def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]]:
@@ -402,6 +432,7 @@ def evaluate(
     out_dir: str | os.PathLike | None = None,
     storage_options: StorageOptions | None = None,
     compare_to: str | Checkpoint | None = None,
+    compare_store=None,
     client=None,
     **options: Any,
 ) -> EvaluationReport:
@@ -431,6 +462,9 @@ def evaluate(
     compare_to
         A second checkpoint on the same store: per disease, the paired difference in AUC
         with its bootstrap interval and DeLong's test.
+    compare_store
+        The store ``compare_to`` reads, when it is another backbone's: the same images,
+        split and readable rows, other features (two backbones compared on one archive).
     config, **options
         How it is audited (:class:`~cxrdask.config.EvaluateConfig`: bootstrap resamples,
         seed, threshold rule and specificity, expert labels, boxes and images for
@@ -461,7 +495,8 @@ def evaluate(
     if out_dir is not None:  # checked before any pass
         check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
                                                                 "the images folder": config.images})
-    scores = score_split(store, checkpoint, split=split, compare_to=compare_to)
+    scores = score_split(store, checkpoint, split=split, compare_to=compare_to,
+                         compare_store=compare_store, storage_options=storage_options)
     found = audit(scores.scored, scores.validation, other=scores.other,
                   resamples=config.bootstrap, seed=config.seed, rule=config.threshold_rule,
                   specificity=config.specificity, expert=expert, stratified=config.stratified)
