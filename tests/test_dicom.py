@@ -97,3 +97,21 @@ def test_a_16_bit_png_keeps_its_whole_range():
     gray, note = decode_gray(data, "p16")
     assert "scaled to 8-bit by range 0-4080" in note  # 12 bits in 16, rescaled, not clipped
     np.testing.assert_array_equal(np.asarray(gray), pixels)
+
+
+def test_a_dataset_written_without_the_preamble_still_decodes():
+    """Older exports write the bare dataset (no 128-byte preamble, no ``DICM``, no file
+    meta): read in the encoding it was written with, the same image."""
+    stored = np.random.default_rng(3).integers(0, 4096, (32, 40)).astype(np.uint16)
+    full = encode_dicom(stored)
+    dataset = pydicom.dcmread(io.BytesIO(full))
+    dataset.preamble = None
+    del dataset.file_meta
+    for implicit in (False, True):
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, implicit_vr=implicit, little_endian=True)
+        bare = buffer.getvalue()
+        assert bare[128:132] != b"DICM"
+        gray, note = decode_gray(bare, "bare")
+        assert ("Implicit" if implicit else "Explicit") in note
+        np.testing.assert_array_equal(np.asarray(gray), np.asarray(decode_gray(full, "full")[0]))

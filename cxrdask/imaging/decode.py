@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrdask.errors import ImageDecodeError, ImageTooLargeError
-from cxrdask.imaging.dicom import decode_dicom, is_dicom
+from cxrdask.imaging.dicom import decode_dicom, is_dicom, looks_like_bare_dicom
 from cxrdask.imaging.preprocessing import Preprocessing, centre_square
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
@@ -34,7 +34,7 @@ def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_M
     """
     if not data:
         raise ImageDecodeError(image_index, "empty file (0 bytes)")
-    if is_dicom(data):
+    if is_dicom(data) or looks_like_bare_dicom(data):
         pixels, dicom_note = decode_dicom(data, image_index, max_pixels)
         return Image.fromarray(pixels), dicom_note
     fast = _gray8_png_fast(data, image_index, max_pixels)

@@ -28,6 +28,12 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == DICOM_MAGIC
 
 
+def looks_like_bare_dicom(data: bytes) -> bool:
+    """A DICOM dataset written without the Part 10 preamble and ``DICM`` (older exports):
+    it starts with a little-endian element of group 0x0002 (file meta) or 0x0008."""
+    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[3:4] == b"\x00"
+
+
 def _pydicom():
     try:
         import pydicom
@@ -57,7 +63,7 @@ def decode_dicom(data: bytes, image_index: str = "?", max_pixels: int | None = N
 def _decode(pydicom, data: bytes, image_index: str, max_pixels: int | None
             ) -> tuple[np.ndarray, str]:
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=not is_dicom(data))
     except Exception as exc:  # pydicom raises many kinds on damaged files
         raise ImageDecodeError(image_index, f"cannot read DICOM: {exc}") from exc
     if "PixelData" not in ds:
@@ -74,6 +80,8 @@ def _decode(pydicom, data: bytes, image_index: str, max_pixels: int | None
     if max_pixels is not None and rows * columns > max_pixels:
         raise ImageTooLargeError(image_index, f"{columns}x{rows} is {rows * columns:,} pixels, "
                                               f"above the limit of {max_pixels:,}")
+    if "TransferSyntaxUID" not in ds.get("file_meta", {}):  # a bare dataset: uncompressed,
+        _set_syntax_from_encoding(pydicom, ds)  # in the encoding pydicom read it with
     syntax = ds.file_meta.get("TransferSyntaxUID")
     syntax_name = getattr(syntax, "name", str(syntax))
     try:
@@ -83,6 +91,17 @@ def _decode(pydicom, data: bytes, image_index: str, max_pixels: int | None
         raise ImageDecodeError(image_index, f"cannot decode DICOM pixels ({syntax_name}): "
                                             f"{reason}") from exc
     return _to_gray8(ds, pixels, syntax_name)
+
+
+def _set_syntax_from_encoding(pydicom, ds) -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = ds.original_encoding
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _to_gray8(ds, pixels: np.ndarray, syntax_name: str) -> tuple[np.ndarray, str]:
@@ -113,4 +132,4 @@ def _to_gray8(ds, pixels: np.ndarray, syntax_name: str) -> tuple[np.ndarray, str
     return gray, "; ".join(notes)
 
 
-__all__ = ["DICOM_MAGIC", "decode_dicom", "is_dicom"]
+__all__ = ["DICOM_MAGIC", "decode_dicom", "is_dicom", "looks_like_bare_dicom"]
