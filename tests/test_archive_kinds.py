@@ -182,3 +182,18 @@ def test_the_command_lines_choices_are_the_librarys():
     assert cli.SYNTHETIC_LAYOUTS == LAYOUTS
     assert ("auto", *ARCHIVE_KINDS) == cli.ARCHIVE_CHOICES
     assert cli.UNCERTAIN_CHOICES == UNCERTAIN_POLICIES
+
+
+def test_a_dicom_archive_without_pydicom_is_refused_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    from cxrdask.errors import MissingExtraError
+    from cxrdask.extract.run import plan_extraction
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "manifest.csv").write_text("path,Effusion\nscans/a.dcm,1\nscans/b.dcm,0\n")
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # as if it were not installed
+    with pytest.raises(MissingExtraError, match=r"pip install 'cxrdask\[dicom\]'"):
+        plan_extraction(None, str(archive), str(tmp_path / "s.zarr"), weights="random")
+    assert not (tmp_path / "s.zarr").exists()

@@ -34,6 +34,13 @@ def looks_like_bare_dicom(data: bytes) -> bool:
     return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[3:4] == b"\x00"
 
 
+def check_dicom_reader(paths) -> None:
+    """Before a run: where any image is a DICOM file by its name, pydicom must be there
+    (:class:`~cxrdask.errors.MissingExtraError` otherwise, before any worker starts)."""
+    if any(str(path).lower().endswith((".dcm", ".dicom")) for path in paths):
+        _pydicom()
+
+
 def _pydicom():
     try:
         import pydicom
@@ -132,4 +139,5 @@ def _to_gray8(ds, pixels: np.ndarray, syntax_name: str) -> tuple[np.ndarray, str
     return gray, "; ".join(notes)
 
 
-__all__ = ["DICOM_MAGIC", "decode_dicom", "is_dicom", "looks_like_bare_dicom"]
+__all__ = ["DICOM_MAGIC", "check_dicom_reader", "decode_dicom", "is_dicom",
+           "looks_like_bare_dicom"]

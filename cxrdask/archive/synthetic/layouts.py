@@ -24,6 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from cxrdask.archive.labels import LABELS
+from cxrdask.errors import MissingExtraError
 
 Layout = Literal["nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr", "rsna-pneumonia"]
 LAYOUTS: tuple[str, ...] = ("nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr",
@@ -84,8 +85,12 @@ def encode_dicom(stored: np.ndarray, syntax: str = DICOM_SYNTAXES[0],
                  photometric: str = "MONOCHROME2", seed: int = 0) -> bytes:
     """A digital X-ray DICOM file of 12-bit ``stored`` values (MONOCHROME2 meaning: high is
     bright). ``MONOCHROME1`` stores ``4095 - value`` and says so, as such detectors do."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import UID, ExplicitVRLittleEndian
+    try:
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.uid import UID, ExplicitVRLittleEndian
+    except ImportError:
+        raise MissingExtraError("synthetic DICOM archives (vindr-cxr, rsna-pneumonia) need "
+                                "pydicom and its handlers: pip install 'cxrdask[dicom]'") from None
 
     digest = int(hashlib.sha1(stored.tobytes()).hexdigest(), 16) % 10**20
     uid = f"1.2.826.0.1.3680043.10.1418.{seed}.{digest}"
