@@ -35,8 +35,8 @@ from typing import IO
 import numpy as np
 
 from cxrdask._fs import StorageOptions
+from cxrdask.archive.findings import label_matrix
 from cxrdask.archive.labels import LABELS
-from cxrdask.archive.metadata import label_matrix
 from cxrdask.archive.synthetic.layout import make_metadata
 from cxrdask.backbones.runner import BackboneSpec, cached_runner
 from cxrdask.backbones.spec import FEATURE_DIMS

@@ -268,8 +268,8 @@ def test_boxes_from_maps_that_know_the_sign_localise_and_others_do_not(tmp_path)
     Grad-CAM's), boxed and scored like Grad-CAM's maps, localises; the same maps paired with
     other images (the control) do not."""
     from cxrdask.archive.boxes import BOX_IMAGE_SIZE, box_from_heatmap, read_boxes
+    from cxrdask.archive.findings import label_matrix
     from cxrdask.archive.labels import LABEL_POSITION
-    from cxrdask.archive.metadata import label_matrix
     from cxrdask.archive.synthetic import make_archive, make_metadata, render_image
     from cxrdask.evaluation.localisation import _score
 

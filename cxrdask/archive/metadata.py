@@ -8,15 +8,14 @@ names, ages like ``058Y``). All are read into one validated frame with the same 
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal, overload
 
-import fsspec
 import numpy as np
 import pandas as pd
 
 from cxrdask._fs import StorageOptions, filesystem, full_url, join_url
+from cxrdask.archive.kinds.table import read_csv
 from cxrdask.archive.labels import LABELS, parse_labels
 from cxrdask.errors import (
     ImagesNotFoundError,
@@ -211,18 +210,8 @@ def read_metadata(
 
 
 def _read_raw_csv(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
-    with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as handle:
-        with warnings.catch_warnings():
-            # Rows with a trailing comma under a header without one: pandas warns and
-            # drops the empty last field, which is what we want.
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            try:
-                raw = pd.read_csv(handle, dtype=str, keep_default_na=False, index_col=False,
-                                  skipinitialspace=True)
-            except pd.errors.EmptyDataError:
-                raise MetadataError(url, message=f"{url} is empty: no header, no rows") from None
-    raw.columns = [str(c).strip() for c in raw.columns]
-    return raw
+    return read_csv(url, storage_options, allow_empty=True, keep_default_na=False,
+                    index_col=False, skipinitialspace=True)
 
 
 def _detect_variant(columns: pd.Index) -> str:
@@ -353,11 +342,6 @@ def _parse_column(values: pd.Series, parse, column: str, note) -> pd.Series:
             reason = "missing value" if text == "" else f"not a valid {column.lower()}"
             note(rows, column, [text] * len(rows), lambda v, r=reason: r)
     return pd.Series(parsed[codes], index=values.index)
-
-
-def label_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """The ``(n, 14)`` uint8 multi-hot matrix of a metadata frame, in NIH label order."""
-    return frame.loc[:, list(LABELS)].to_numpy(dtype=np.uint8)
 
 
 @dataclass

@@ -28,12 +28,17 @@ _SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 
 
 def read_csv(url: str, storage_options: StorageOptions | None, required: tuple[str, ...] = (),
-             **kwargs) -> pd.DataFrame:
-    """A published CSV (gzipped or not, any fsspec URL) as strings, blanks as NaN; every
-    ``required`` column present, else :class:`MissingColumnError` naming the file."""
+             *, allow_empty: bool = False, **kwargs) -> pd.DataFrame:
+    """A published CSV (gzipped or not, any fsspec URL) as strings, blanks as NaN (pandas'
+    ``kwargs`` may say otherwise); every ``required`` column present, else
+    :class:`MissingColumnError` naming the file; a header without rows refused unless
+    ``allow_empty`` (the caller then says so after its own column checks)."""
     with fsspec.open(url, "rb", compression="infer", **(storage_options or {})) as handle:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            # Rows with a trailing comma under a header without one (NIH's Kaggle CSV):
+            # pandas warns and drops the empty last field, which is what we want.
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
             try:
                 frame = pd.read_csv(handle, dtype=str, **kwargs)
             except pd.errors.EmptyDataError:
@@ -43,7 +48,7 @@ def read_csv(url: str, storage_options: StorageOptions | None, required: tuple[s
     if missing:
         raise MissingColumnError(url, message=f"{url}: required column {missing[0]!r} is missing "
                                  f"(columns found: {', '.join(map(repr, frame.columns))})")
-    if frame.empty:
+    if frame.empty and not allow_empty:
         raise MetadataError(url, message=f"{url} has a header but no rows: no images to read")
     return frame
 

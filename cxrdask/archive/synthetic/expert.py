@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdask.archive.expert_labels import EXPERT_TO_NIH, FINDINGS, nih_composite
-from cxrdask.archive.metadata import label_matrix
+from cxrdask.archive.findings import label_matrix
 from cxrdask.archive.synthetic.layout import format_csv
 
 EXPERT_FILE = "google2019_nih-chest-xray-labels.csv.gz"

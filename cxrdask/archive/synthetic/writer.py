@@ -17,7 +17,8 @@ import fsspec
 
 from cxrdask._fs import StorageOptions, filesystem, join_url
 from cxrdask.archive.boxes import BOX_FILE, BOX_FINDINGS, BOX_IMAGE_SIZE, format_boxes
-from cxrdask.archive.metadata import CSV_NAMES, label_matrix
+from cxrdask.archive.findings import label_matrix
+from cxrdask.archive.metadata import CSV_NAMES
 from cxrdask.archive.synthetic.expert import EXPERT_FILE, format_expert_labels
 from cxrdask.archive.synthetic.layout import CsvVariant, Prevalence, format_csv, make_metadata, official_lists
 from cxrdask.archive.synthetic.layouts import Layout, encode_image, plan_layout
