@@ -52,6 +52,16 @@ def harmonise(name: str) -> str:
     return _SYNONYMS.get(key) or _ANCHOR.get(key) or name.strip()
 
 
+def harmonised_labels(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An archive's label columns under the anchor's names; two of its names that land on
+    one (VinDr's ``Pleural effusion`` and an ``Effusion``) are OR-ed, missing where both are."""
+    out: dict[str, np.ndarray] = {}
+    for name, values in labels.items():
+        key = harmonise(name)
+        out[key] = np.fmax(out[key], values) if key in out else values
+    return out
+
+
 def ordered_findings(names: Iterable[str]) -> list[str]:
     """Findings in one order for every archive: the anchor's first, then the others sorted."""
     names = list(dict.fromkeys(names))
@@ -106,4 +116,4 @@ def positives_string(frame: pd.DataFrame, findings: Sequence[str]) -> pd.Series:
 
 __all__ = ["DEFAULT_PATHOLOGIES", "MISSING", "UNCERTAIN_POLICIES", "UncertainPolicy",
            "apply_uncertain", "check_uncertain", "findings_of", "float_labels", "harmonise",
-           "label_matrix", "ordered_findings", "positives_string"]
+           "harmonised_labels", "label_matrix", "ordered_findings", "positives_string"]

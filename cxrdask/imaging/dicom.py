@@ -37,7 +37,9 @@ def looks_like_bare_dicom(data: bytes) -> bool:
 def check_dicom_reader(paths) -> None:
     """Before a run: where any image is a DICOM file by its name, pydicom must be there
     (:class:`~cxrdask.errors.MissingExtraError` otherwise, before any worker starts)."""
-    if any(str(path).lower().endswith((".dcm", ".dicom")) for path in paths):
+    from cxrdask.archive.kinds.manifest import DICOM_SUFFIXES  # (pandas: the client only)
+
+    if any(str(path).lower().endswith(DICOM_SUFFIXES) for path in paths):
         _pydicom()
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pandas as pd
 
 from cxrdask._fs import StorageOptions
-from cxrdask.archive.findings import UncertainPolicy, apply_uncertain, harmonise
-from cxrdask.archive.kinds.table import archive_table, label_values, read_csv
+from cxrdask.archive.findings import UncertainPolicy, apply_uncertain, harmonised_labels
+from cxrdask.archive.kinds.table import archive_table, label_values, read_csv, sex_codes
 
 MANIFEST_NAME = "manifest.csv"
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -30,8 +30,6 @@ def read_manifest(url: str, uncertain: UncertainPolicy,
                   storage_options: StorageOptions | None) -> pd.DataFrame:
     """A manifest as the canonical table; no ``image_id``: the path is the identity; no
     ``patient_id``: each image is its own patient (say so in a report)."""
-    from cxrdask.archive.kinds.table import sex_codes
-
     frame = read_csv(url, storage_options, required=("path",))
     columns: dict[str, object] = {"path": frame["path"]}
     for name, canonical in _COLUMNS.items():
@@ -42,6 +40,6 @@ def read_manifest(url: str, uncertain: UncertainPolicy,
     if "sex" in columns:
         columns["sex"] = sex_codes(frame["sex"])
     findings = [c for c in frame.columns if c != "path" and c not in _COLUMNS]
-    labels = {harmonise(name): apply_uncertain(label_values(frame[name], url), uncertain)
-              for name in findings}
+    labels = harmonised_labels({name: apply_uncertain(label_values(frame[name], url), uncertain)
+                                for name in findings})
     return archive_table(manifest_kind(frame["path"]), url, columns, labels)

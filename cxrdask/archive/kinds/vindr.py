@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdask._fs import StorageOptions
-from cxrdask.archive.findings import harmonise
+from cxrdask.archive.findings import harmonised_labels
 from cxrdask.archive.kinds.table import archive_table, read_csv
 
 NO_FINDING = "No finding"
@@ -49,7 +49,7 @@ def read_vindr_physionet(urls: list[str], storage_options: StorageOptions | None
         frames.append(merged)
     merged = pd.concat(frames).fillna(0)
     ids = merged.index.to_series()
-    labels = _harmonised({name: merged[name].to_numpy(dtype=np.float32) for name in merged.columns
+    labels = harmonised_labels({name: merged[name].to_numpy(dtype=np.float32) for name in merged.columns
                           if name not in ("official_split", "folder")})
     return archive_table("vindr-cxr", urls[0],
                          {"image_index": ids, "path": merged["folder"] + "/" + ids + ".dicom",
@@ -61,7 +61,7 @@ def read_vindr_kaggle(url: str, storage_options: StorageOptions | None) -> pd.Da
     frame = read_csv(url, storage_options, required=KAGGLE_HEADER)
     named = frame.groupby("image_id", sort=True)["class_name"].agg(lambda x: set(x.dropna()))
     classes = sorted({*KAGGLE_CLASSES, *(c for cs in named for c in cs if c != NO_FINDING)})
-    labels = _harmonised({c: np.fromiter((c in cs for cs in named), dtype=np.float32,
+    labels = harmonised_labels({c: np.fromiter((c in cs for cs in named), dtype=np.float32,
                                          count=len(named)) for c in classes})
     ids = named.index.to_series()
     return archive_table("vindr-cxr", url, {"image_index": ids, "path": "train/" + ids + ".dicom",
@@ -80,11 +80,3 @@ def read_rsna(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
                           "patient": ids},
                          {"Pneumonia": values, "Lung Opacity": values.copy()})
 
-
-def _harmonised(labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Labels renamed to the anchor's names; two names that land on one are OR-ed."""
-    out: dict[str, np.ndarray] = {}
-    for name, values in labels.items():
-        key = harmonise(name)
-        out[key] = np.fmax(out[key], values) if key in out else values
-    return out
