@@ -358,28 +358,32 @@ def paired_store(store, url, split: str, storage_options: StorageOptions | None 
     return other
 
 
-def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]]:
-    """Which of a head's findings a store labels (by harmonised name, any case), and which
-    it does not: what an external validation can score, and what it leaves out."""
+def store_columns(store_findings, head_findings) -> list[int | None]:
+    """For each of a head's findings, the store's label column of the same finding (by
+    harmonised name, any case), or None where the store's archive does not label it."""
     from cxrdask.archive.findings import harmonise
 
-    mine = {harmonise(name).lower() for name in store_findings}
-    shared = [name for name in head_findings if harmonise(name).lower() in mine]
-    return shared, [name for name in head_findings if name not in shared]
+    column = {harmonise(name).lower(): k for k, name in enumerate(store_findings)}
+    return [column.get(harmonise(name).lower()) for name in head_findings]
+
+
+def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]]:
+    """Which of a head's findings a store labels, and which it does not: what an external
+    validation can score, and what it leaves out."""
+    columns = store_columns(store_findings, head_findings)
+    return ([name for name, k in zip(head_findings, columns, strict=True) if k is not None],
+            [name for name, k in zip(head_findings, columns, strict=True) if k is None])
 
 
 def _as_scored(store, ckpt: Checkpoint, targets: np.ndarray, probabilities: np.ndarray,
                rows: pd.DataFrame) -> Scored:
     """Scores against the store's labels, laid out in the head's findings: a finding the
     store's archive does not label (another archive's head) is missing on every row."""
-    from cxrdask.archive.findings import harmonise
-
     heads = list(ckpt.label_names)
-    column = {harmonise(name).lower(): k for k, name in enumerate(store.label_names)}
     projected = np.full((len(targets), len(heads)), np.nan, dtype=np.float32)
-    for k, name in enumerate(heads):
-        if harmonise(name).lower() in column:
-            projected[:, k] = targets[:, column[harmonise(name).lower()]]
+    for k, column in enumerate(store_columns(store.label_names, heads)):
+        if column is not None:
+            projected[:, k] = targets[:, column]
     known = ~np.isnan(projected)
     return Scored(projected == 1, probabilities, rows, None if known.all() else known,
                   tuple(heads))
