@@ -157,14 +157,8 @@ def official_split(
         if len(rows):
             shown = ", ".join(names.iloc[rows[:10]])
             raise SplitError(f"{len(rows)} image(s) {what}: {shown}")
-    codes = np.full(len(names), TEST, dtype=np.uint8)
-    rows = np.flatnonzero(in_train_val)
-    inner = patient_split(
-        np.asarray(patient_ids)[rows], seed=seed,
-        fractions=(1 - validation_share, validation_share, 0.0),
-    )
-    codes[rows] = inner
-    return codes
+    pooled = pd.Series(np.where(in_test, "test", "trainval"))
+    return published_split(pooled, patient_ids, seed=seed, validation_share=validation_share)
 
 
 def assign_splits(

@@ -41,10 +41,7 @@ class ArchiveFiles:
 
 
 def _first_line(fs, path: str) -> str:
-    import gzip
-
-    with fs.open(path, "rb") as raw:
-        handle = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+    with fs.open(path, "rb", compression="infer") as handle:
         return handle.readline().decode("utf-8", "replace").lstrip("\ufeff")
 
 
