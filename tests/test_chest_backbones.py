@@ -202,3 +202,13 @@ def test_an_unknown_or_transformer_timm_model_is_refused():
         _ = BackboneSpec("timm:no_such_net", "random").feature_dim
     with pytest.raises(OptionError, match="not pooled from feature maps"):
         _ = BackboneSpec("timm:vit_tiny_patch16_224", "random").feature_dim
+
+
+def test_the_configs_backbone_names_are_the_specs():
+    """``BackboneName`` (the type and --help's list) spells the names the spec knows."""
+    import typing
+
+    from cxrdask.backbones.spec import FEATURE_DIMS
+    from cxrdask.config import BackboneName
+
+    assert set(typing.get_args(BackboneName)) == set(FEATURE_DIMS)

@@ -219,6 +219,16 @@ def _torch_hub_dir() -> str:
                         "hub")
 
 
+def unreachable(host: str) -> OSError | None:
+    """Why ``host``'s HTTPS port cannot be reached within :data:`REACHABILITY_TIMEOUT_S`
+    (None when it can): where weights come from, asked before any worker downloads."""
+    try:
+        socket.create_connection((host, 443), timeout=REACHABILITY_TIMEOUT_S).close()
+    except OSError as exc:
+        return exc
+    return None
+
+
 def check_weights_available(spec: BackboneSpec) -> None:
     """Fail fast, before any cluster starts, when ``spec``'s weights cannot be had.
 
@@ -243,9 +253,8 @@ def check_weights_available(spec: BackboneSpec) -> None:
     if os.path.exists(cache):
         return
     host = urllib.parse.urlparse(url).hostname or ""
-    try:
-        socket.create_connection((host, 443), timeout=REACHABILITY_TIMEOUT_S).close()
-    except OSError as exc:
+    exc = unreachable(host)
+    if exc is not None:
         what = (XRV_BACKBONES[spec.name][1] if kind == "torchxrayvision" else _enum_name(spec))
         raise WeightsUnavailableError(
             f"{spec.name} weights {what} are not in the local cache ({cache}) and "

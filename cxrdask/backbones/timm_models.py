@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 from typing import Any
 
 import torch
 from torch import nn
 
+from cxrdask.backbones.spec import unreachable
 from cxrdask.errors import MissingExtraError, OptionError, WeightsUnavailableError
 
 HUB_HOST = "huggingface.co"
@@ -99,9 +99,8 @@ def check_timm_weights(name: str) -> None:
     for filename in ("model.safetensors", "pytorch_model.bin"):
         if isinstance(try_to_load_from_cache(repository, filename), str):
             return
-    try:
-        socket.create_connection((HUB_HOST, 443), timeout=5.0).close()
-    except OSError as exc:
+    exc = unreachable(HUB_HOST)
+    if exc is not None:
         raise WeightsUnavailableError(
             f"{name}'s weights ({repository} on the Hugging Face Hub) are not in the Hub's "
             f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached ({exc}). Fetch them "
