@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cxrdask.archive.findings import labelled_rows
 from cxrdask.archive.labels import LABELS
 
 DPI = 110
@@ -33,10 +34,6 @@ def finding_colour(name: str, position: int) -> tuple[float, ...]:
         return FINDING_COLOURS[name]
     return tuple(c / 255 for c in _TAB20[position % len(_TAB20)])
 
-
-def labelled_rows(known: np.ndarray | None, k: int, n: int) -> np.ndarray:
-    """The rows with a label for finding ``k`` (every row where ``known`` is None)."""
-    return np.ones(n, bool) if known is None else known[:, k]
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -178,7 +175,6 @@ __all__ = [
     "curves_figure",
     "finding_colour",
     "grid_figure",
-    "labelled_rows",
     "new_figure",
     "roc_figure",
     "save_figure",

@@ -105,6 +105,12 @@ def float_labels(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def labelled_rows(known: np.ndarray | None, k: int, n: int) -> np.ndarray:
+    """Which of ``n`` rows have a label for finding ``k``: ``known[:, k]`` (an ``(n,
+    findings)`` mask), or every row where ``known`` is None (an archive that labels all)."""
+    return np.ones(n, bool) if known is None else known[:, k]
+
+
 def positives_string(frame: pd.DataFrame, findings: Sequence[str]) -> pd.Series:
     """``A|B`` of each row's positive findings, ``No Finding`` when none is positive."""
     import pandas as pd
@@ -116,4 +122,5 @@ def positives_string(frame: pd.DataFrame, findings: Sequence[str]) -> pd.Series:
 
 __all__ = ["DEFAULT_PATHOLOGIES", "MISSING", "UNCERTAIN_POLICIES", "UncertainPolicy",
            "apply_uncertain", "check_uncertain", "findings_of", "float_labels", "harmonise",
-           "harmonised_labels", "label_matrix", "ordered_findings", "positives_string"]
+           "harmonised_labels", "label_matrix", "labelled_rows", "ordered_findings",
+           "positives_string"]

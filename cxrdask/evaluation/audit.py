@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdask.archive.expert_labels import EXPERT_TO_NIH, nih_composite
+from cxrdask.archive.findings import labelled_rows
 from cxrdask.archive.labels import LABELS
 from cxrdask.evaluation.bootstrap import (
     Interval,
@@ -45,10 +46,9 @@ class Scored:
     known: np.ndarray | None = None  # (images, diseases) bool; None: every label is known
     labels: tuple[str, ...] = LABELS  # the diseases' names, in the columns' order
 
-    def known_of(self, k: int, mask: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """Which of the ``mask`` rows have a label for disease ``k`` (all, for NIH)."""
-        rows = np.ones(len(self.targets), bool) if self.known is None else self.known[:, k]
-        return rows[mask]
+    def known_of(self, k: int) -> np.ndarray:
+        """Which rows have a label for disease ``k`` (all, for NIH)."""
+        return labelled_rows(self.known, k, len(self.targets))
 
 
 def _auc(targets: np.ndarray, scores: np.ndarray) -> float:
@@ -65,10 +65,8 @@ def auc_per_label(targets: np.ndarray, probabilities: np.ndarray,
                   known: np.ndarray | None = None) -> np.ndarray:
     """ROC AUC per disease (column), over the rows whose label is ``known`` (all by default);
     NaN where those rows hold only one class for it."""
-    if known is None:
-        return np.array([_auc(targets[:, k], probabilities[:, k]) for k in range(targets.shape[1])])
-    return np.array([_auc(targets[known[:, k], k], probabilities[known[:, k], k])
-                     for k in range(targets.shape[1])])
+    rows = [labelled_rows(known, k, len(targets)) for k in range(targets.shape[1])]
+    return np.array([_auc(targets[r, k], probabilities[r, k]) for k, r in enumerate(rows)])
 
 
 def _interval(estimate: float, samples: np.ndarray | None) -> Interval:
@@ -234,9 +232,9 @@ def _thresholds(validation: Scored | None, rule: ThresholdRule, specificity: flo
                 n_labels: int = len(LABELS)) -> np.ndarray:
     if validation is None or not len(validation.targets):
         return np.full(n_labels, np.nan)
-    return np.array([choose_threshold(validation.targets[validation.known_of(k), k],
-                                      validation.probabilities[validation.known_of(k), k],
-                                      rule, specificity) for k in range(n_labels)])
+    rows = [validation.known_of(k) for k in range(n_labels)]
+    return np.array([choose_threshold(validation.targets[r, k], validation.probabilities[r, k],
+                                      rule, specificity) for k, r in enumerate(rows)])
 
 
 def resamples_used(samples: np.ndarray | None, width: int = 1) -> np.ndarray:

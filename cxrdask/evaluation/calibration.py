@@ -109,8 +109,9 @@ def reliability_figure(targets: np.ndarray, probabilities: np.ndarray,
     """A reliability diagram per disease (NIH's 14 unless ``labels`` names them): observed
     rate against mean predicted probability in 10 equal-width bins, on the images labelled
     for it, with the ECE in each panel's title."""
+    from cxrdask.archive.findings import labelled_rows
     from cxrdask.archive.labels import LABELS
-    from cxrdask.plots import add_caveat, finding_colour, labelled_rows, new_figure
+    from cxrdask.plots import add_caveat, finding_colour, new_figure
 
     labels = LABELS if labels is None else labels
     rows_of_panels = max(4, -(-len(labels) // 4))
