@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cxrdask.errors import ImageDecodeError, ImageTooLargeError
 from cxrdask.imaging.dicom import decode_dicom, is_dicom, looks_like_bare_dicom
-from cxrdask.imaging.preprocessing import Preprocessing, centre_square
+from cxrdask.imaging.preprocessing import Preprocessing, centre_square, scale_by_range
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
@@ -108,10 +108,7 @@ def _to_gray8(image: Image.Image, image_index: str) -> tuple[Image.Image, str | 
     if mode == "L":
         return image, note
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        pixels = np.asarray(image, dtype=np.float32)
-        low, high = float(pixels.min()), float(pixels.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        gray = ((pixels - low) * scale).round().clip(0, 255).astype(np.uint8)
+        gray, low, high = scale_by_range(np.asarray(image, dtype=np.float32))
         return Image.fromarray(gray), _join(note, f"{mode} scaled to 8-bit by range {low:g}-{high:g}")
     if mode in ("RGB", "RGBA", "LA", "P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV"):
         return image.convert("L"), _join(note, f"{mode} converted to L")

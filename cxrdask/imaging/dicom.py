@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from cxrdask.errors import ImageDecodeError, ImageTooLargeError, MissingExtraError
+from cxrdask.imaging.preprocessing import scale_by_range
 
 DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble (DICOM PS3.10)
 
@@ -131,12 +132,10 @@ def _to_gray8(ds, pixels: np.ndarray, syntax_name: str) -> tuple[np.ndarray, str
             pixels = apply_voi_lut(pixels, ds, index=0)
             notes.append("VOI LUT applied" if "VOILUTSequence" in ds else "window applied")
     pixels = np.asarray(pixels, dtype=np.float64)
-    low, high = float(pixels.min()), float(pixels.max())
-    if photometric == "MONOCHROME1":
-        pixels = low + high - pixels
+    if photometric == "MONOCHROME1":  # mirrored within its own range, which stays the same
+        pixels = float(pixels.min()) + float(pixels.max()) - pixels
         notes.append("MONOCHROME1 inverted")
-    scale = 255.0 / (high - low) if high > low else 0.0
-    gray = ((pixels - low) * scale).round().clip(0, 255).astype(np.uint8)
+    gray, low, high = scale_by_range(pixels)
     notes.append(f"range {low:g}-{high:g} scaled to 8-bit")
     return gray, "; ".join(notes)
 

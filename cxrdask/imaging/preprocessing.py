@@ -8,6 +8,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CPU_INTERPOLATION = "bilinear-antialias"  # Pillow, in the decode threads
@@ -77,6 +79,14 @@ class Preprocessing:
         return cls(**data)
 
 
+def scale_by_range(pixels: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``pixels`` (any numeric dtype, computed in theirs) scaled from their own minimum and
+    maximum to the whole 0-255 range, never clipped: uint8, and that minimum and maximum."""
+    low, high = float(pixels.min()), float(pixels.max())
+    scale = 255.0 / (high - low) if high > low else 0.0
+    return ((pixels - low) * scale).round().clip(0, 255).astype(np.uint8), low, high
+
+
 def centre_square(height: int, width: int, fraction: float = 1.0) -> tuple[int, int, int]:
     """``(top, left, side)`` of an image's centred square, as torchxrayvision's
     ``XRayCenterCrop`` takes it (side the shorter edge, times ``fraction``; the start
@@ -92,4 +102,4 @@ def flip_for(image_index: str, seed: int) -> bool:
 
 
 __all__ = ["CPU_INTERPOLATION", "DEVICE_INTERPOLATION", "IMAGENET_MEAN", "IMAGENET_STD",
-           "Preprocessing", "centre_square", "flip_for"]
+           "Preprocessing", "centre_square", "flip_for", "scale_by_range"]
