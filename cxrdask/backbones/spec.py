@@ -63,6 +63,7 @@ TORCHVISION_WEIGHTS: dict[str, tuple[str, dict[str, str]]] = {
 _ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 # How long the check before a run waits for the weights' download server.
 REACHABILITY_TIMEOUT_S = 5.0
+HUB_HOST = "huggingface.co"  # where timm's published weights come from
 
 
 @dataclass(frozen=True)
@@ -229,6 +230,22 @@ def unreachable(host: str) -> OSError | None:
     return None
 
 
+def _check_timm_weights(name: str) -> None:
+    """timm's published weights must be in the Hugging Face Hub's cache, or the Hub
+    reachable."""
+    from cxrdask.backbones.timm_models import timm_weights_cached
+
+    repository, cache = timm_weights_cached(name)
+    exc = None if cache is None else unreachable(HUB_HOST)
+    if exc is not None:
+        raise WeightsUnavailableError(
+            f"{name}'s weights ({repository} on the Hugging Face Hub) are not in the Hub's "
+            f"cache ({cache}) and {HUB_HOST} cannot be reached ({exc}). Fetch them where "
+            f"there is a network (huggingface-cli download {repository}) and copy the cache "
+            "here, pass a local file (--weights model.safetensors), or use --weights random "
+            "for a dry run") from exc
+
+
 def check_weights_available(spec: BackboneSpec) -> None:
     """Fail fast, before any cluster starts, when ``spec``'s weights cannot be had.
 
@@ -244,9 +261,7 @@ def check_weights_available(spec: BackboneSpec) -> None:
         file_sha256(spec.weights)
         return
     if kind == "timm":
-        from cxrdask.backbones.timm_models import check_timm_weights
-
-        check_timm_weights(spec.name)
+        _check_timm_weights(spec.name)
         return
     url, cache = (xrv_weights_file(spec) if kind == "torchxrayvision"
                   else torchvision_weights_file(spec))

@@ -21,10 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxrdask.backbones.spec import unreachable
 from cxrdask.errors import MissingExtraError, OptionError, WeightsUnavailableError
-
-HUB_HOST = "huggingface.co"
 
 
 class TimmFeatures(nn.Module):
@@ -90,23 +87,17 @@ def timm_facts(name: str) -> dict:
                               "crop": "centre", "crop_fraction": float(config["crop_pct"])}}
 
 
-def check_timm_weights(name: str) -> None:
-    """Fail fast when timm's published weights are neither in the Hub cache nor reachable."""
+def timm_weights_cached(name: str) -> tuple[str, str | None]:
+    """The Hub repository of a timm network's published weights, and the Hub cache folder
+    when they are not in it yet (None: cached; a run needs no network)."""
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import HF_HUB_CACHE
 
     repository = timm_facts(name)["hf_hub_id"]
     for filename in ("model.safetensors", "pytorch_model.bin"):
         if isinstance(try_to_load_from_cache(repository, filename), str):
-            return
-    exc = unreachable(HUB_HOST)
-    if exc is not None:
-        raise WeightsUnavailableError(
-            f"{name}'s weights ({repository} on the Hugging Face Hub) are not in the Hub's "
-            f"cache ({HF_HUB_CACHE}) and {HUB_HOST} cannot be reached ({exc}). Fetch them "
-            f"where there is a network (huggingface-cli download {repository}) and copy the "
-            "cache here, pass a local file (--weights model.safetensors), or use --weights "
-            "random for a dry run") from exc
+            return repository, None
+    return repository, HF_HUB_CACHE
 
 
 def build_timm(spec) -> nn.Module:
@@ -128,4 +119,4 @@ def build_timm(spec) -> nn.Module:
     return TimmFeatures(network)
 
 
-__all__ = ["TimmFeatures", "build_timm", "check_timm_weights", "timm_facts"]
+__all__ = ["TimmFeatures", "build_timm", "timm_facts", "timm_weights_cached"]
