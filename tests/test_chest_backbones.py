@@ -212,3 +212,22 @@ def test_the_configs_backbone_names_are_the_specs():
     from cxrdask.config import BackboneName
 
     assert set(typing.get_args(BackboneName)) == set(FEATURE_DIMS)
+
+
+def test_timm_weights_offline_say_which_repository_to_fetch(monkeypatch, tmp_path):
+    pytest.importorskip("timm")
+    import socket
+
+    import huggingface_hub.constants
+
+    from cxrdask.backbones.spec import check_weights_available
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    with pytest.raises(WeightsUnavailableError,
+                       match=r"timm/efficientnet_b0.*not in the Hub's cache.*huggingface\.co"):
+        check_weights_available(BackboneSpec("timm:efficientnet_b0", "imagenet"))
