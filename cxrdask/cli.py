@@ -13,6 +13,7 @@ import contextlib
 import faulthandler
 import inspect
 import json
+import logging
 import os
 import signal
 import socket
@@ -679,5 +680,20 @@ def _stacks_on_sigusr1() -> None:
             faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
 
 
+def run() -> None:
+    """The ``cxrdask`` command: :func:`main`, then the process ends at once with its status.
+
+    By then the store is written and closed and the cluster's processes have stopped; what
+    an ordinary exit adds is the interpreter unloading its ~1,500 modules and joining idle
+    I/O threads (0.7 s after every command). Output is flushed and logging shut down
+    first, so nothing printed is lost."""
+    status = main()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -48,12 +48,13 @@ DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or mor
 # fp32 runs 8.7 -> 10.0 images/s per thread, repaid after ~2,200 images; bf16 ran no faster
 # compiled (19.4 -> 19.2), so auto leaves it eager. 10,000 images is 4.5x that break-even.
 COMPILE_AUTO_MIN_IMAGES = 10_000
-# engine="auto" runs a bf16 backbone on CPU workers as a fused TorchScript trace
-# (cxrdask.backbones.engines.torchscript) when each worker thread has this many images or more: building
-# it costs ~0.7 s more than an eager model's first batch (a trace and a profiling batch),
-# repaid by its 25 against 19 images/s per thread after ~60 images (2-core AMD EPYC,
-# ResNet50, batch 8). A job smaller than this starts as soon as it can, eager.
-TORCHSCRIPT_AUTO_MIN_IMAGES = 128
+# engine="auto" runs a bf16 backbone on CPU workers on OpenVINO
+# (cxrdask.backbones.engines.openvino) when each worker thread has this many images or more:
+# with the ONNX export cached, starting it costs ~0.8 s more than an eager model's first batch,
+# repaid by its 24.3 against 18.6 images/s per thread after ~60 images (2-core AMD EPYC with
+# native bf16, ResNet50, batch 8); a machine's first run also exports the network (~3 s,
+# once). A job smaller than this starts as soon as it can, eager.
+OPENVINO_AUTO_MIN_IMAGES = 128
 DEFAULT_MAX_FAILED_FRACTION = 0.05
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 2048
 
@@ -115,11 +116,10 @@ class ExtractConfig(Options):
         const=True, metavar="{auto,yes,no}")
     engine: Engine = _option(
         "auto", "what runs the backbone: auto = ONNX Runtime where it runs fp32 on CPU workers "
-                "(1.3x PyTorch on CPUs without native bf16); TorchScript where it runs bf16 on "
+                "(1.3x PyTorch on CPUs without native bf16); OpenVINO where it runs bf16 on "
                 "CPU workers and each worker thread gets "
-                f"{TORCHSCRIPT_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch); else "
-                "PyTorch; torch; torchscript (CPU, fp32 or bf16, a fused trace); onnxruntime "
-                "(CPU, fp32 only)")
+                f"{OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch); else "
+                "PyTorch; torch; onnxruntime (CPU, fp32 only); openvino (CPU, fp32 or bf16)")
     preset: PresetName = _option("default", "seed2018: the 2018 recipe (random image split, flips)")
     resume: bool = _option(True, "start the store afresh instead of resuming",
                            flag="--overwrite", action="store_false")
@@ -428,7 +428,7 @@ __all__ = [
     "DEFAULT_MAX_FAILED_FRACTION",
     "DEFAULT_READ_RETRIES",
     "EXTRACT_PRESETS",
-    "TORCHSCRIPT_AUTO_MIN_IMAGES",
+    "OPENVINO_AUTO_MIN_IMAGES",
     "TRAIN_PRESETS",
     "BackboneName",
     "Dtype",

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from cxrdask.config import COMPILE_AUTO_MIN_IMAGES, TORCHSCRIPT_AUTO_MIN_IMAGES, ExtractConfig
+from cxrdask.config import COMPILE_AUTO_MIN_IMAGES, OPENVINO_AUTO_MIN_IMAGES, ExtractConfig
 
 ConcretePrecision = Literal["fp32", "bf16", "fp16"]
 ConcreteEngine = Literal["torch", "torchscript", "onnxruntime", "openvino"]
@@ -37,14 +37,14 @@ class WorkerFacts:
     device: str  # where its backbone runs: "cpu" or "cuda"
     precision: str  # what precision "auto" means there: "bf16" where native, else "fp32"
     onnxruntime: bool
-    torchscript: bool
+    openvino: bool
     compiler: bool
 
     @classmethod
     def from_answer(cls, answer: Mapping[str, Any]) -> WorkerFacts:
         return cls(device=answer["device"], precision=answer["precision"],
                    onnxruntime=bool(answer["onnxruntime"]),
-                   torchscript=bool(answer["torchscript"]), compiler=bool(answer["compiler"]))
+                   openvino=bool(answer["openvino"]), compiler=bool(answer["compiler"]))
 
 
 @dataclass(frozen=True)
@@ -93,13 +93,13 @@ ENGINE_CHOICES: tuple[EngineChoice, ...] = (
         lambda job: (job.all_cpu and job.precision == "fp32" and job.compile is not True
                      and all(w.onnxruntime for w in job.workers))),
     EngineChoice(
-        "torchscript", "it runs bf16 on CPU workers and each worker thread gets "
-        f"{TORCHSCRIPT_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch bf16)",
+        "openvino", "it runs bf16 on CPU workers that have it installed and each worker "
+        f"thread gets {OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch bf16)",
         lambda job: (job.all_cpu and job.compile is not True
-                     and all(w.torchscript for w in job.workers)
+                     and all(w.openvino for w in job.workers)
                      and job.images_per_thread is not None
-                     and torchscript_pays_off(job.images_per_thread, 1, {"cpu"}, job.precision,
-                                              False))),
+                     and openvino_pays_off(job.images_per_thread, 1, {"cpu"}, job.precision,
+                                           False))),
     EngineChoice("torch", "everywhere else (GPUs, fp16, compile)", lambda job: True),
 )
 
@@ -115,15 +115,15 @@ def compile_pays_off(images: float, worker_threads: int, devices: set[str], engi
             and images >= COMPILE_AUTO_MIN_IMAGES * max(worker_threads, 1))
 
 
-def torchscript_pays_off(images: float, worker_threads: int, devices: set[str], precision: str,
-                         compile: bool) -> bool:
-    """Whether a bf16 CPU backbone repays a fused TorchScript trace
-    (:mod:`~cxrdask.backbones.engines.torchscript`): uncompiled, when each worker thread has at
-    least :data:`~cxrdask.config.TORCHSCRIPT_AUTO_MIN_IMAGES` images, about twice what repays
-    building the trace. fp32 on the CPU is ONNX Runtime's, and GPUs run eager PyTorch:
-    TorchScript's fuser is the CPU's."""
+def openvino_pays_off(images: float, worker_threads: int, devices: set[str], precision: str,
+                      compile: bool) -> bool:
+    """Whether a bf16 CPU backbone repays starting OpenVINO
+    (:mod:`~cxrdask.backbones.engines.openvino`): uncompiled, when each worker thread has at
+    least :data:`~cxrdask.config.OPENVINO_AUTO_MIN_IMAGES` images, about twice what repays
+    its start with the ONNX export cached. fp32 on the CPU is ONNX Runtime's (level with
+    OpenVINO there), and GPUs run eager PyTorch."""
     return (devices == {"cpu"} and precision == "bf16" and not compile
-            and images >= TORCHSCRIPT_AUTO_MIN_IMAGES * max(worker_threads, 1))
+            and images >= OPENVINO_AUTO_MIN_IMAGES * max(worker_threads, 1))
 
 
 def resolve(config: ExtractConfig, workers: Sequence[WorkerFacts], images: int | None,
@@ -173,23 +173,23 @@ def local_facts(config: ExtractConfig) -> WorkerFacts:
         cpu_auto_precision,
         has_no_gpu,
         onnxruntime_installed,
-        torchscript_available,
+        openvino_installed,
     )
 
     on_cpu = (config.engine in CPU_ENGINES or config.device == "cpu"
               or (config.device == "auto" and has_no_gpu()))
     return WorkerFacts(device="cpu" if on_cpu else "cuda",
                        precision=cpu_auto_precision() if on_cpu else "bf16",
-                       onnxruntime=onnxruntime_installed(), torchscript=torchscript_available(),
+                       onnxruntime=onnxruntime_installed(), openvino=openvino_installed(),
                        compiler=False)
 
 
 def local_engine(config: ExtractConfig) -> ConcreteEngine:
     """What ``config``'s engine will be on workers started on this machine, before the job's
-    size is known (so never a TorchScript chosen for size): a local cluster's layout
+    size is known (so never an OpenVINO chosen for size): a local cluster's layout
     depends on it (ONNX Runtime runs best as one process with a thread per core)."""
     return resolve(config, [local_facts(config)], None, 1).engine
 
 
 __all__ = ["ENGINE_CHOICES", "EngineChoice", "Resolved", "WorkerFacts", "compile_pays_off",
-           "describe_auto_engine", "local_engine", "local_facts", "resolve", "torchscript_pays_off"]
+           "describe_auto_engine", "local_engine", "local_facts", "openvino_pays_off", "resolve"]

@@ -17,8 +17,8 @@ from cxrdask.extract.task_config import TaskConfig
 async def worker_hardware(device: str, engine: str) -> dict[str, Any]:
     """On a worker (through ``Client.run``): what ``precision="auto"`` means there (see
     :func:`cxrdask.backbones.hardware.auto_precision`), and for ``engine`` and ``compile`` ``"auto"``
-    the device its backbone runs on (``cpu`` or ``cuda``), whether ONNX Runtime is installed,
-    whether torch has TorchScript, and whether it has the C++ compiler Inductor needs.
+    the device its backbone runs on (``cpu`` or ``cuda``), whether ONNX Runtime and OpenVINO are
+    installed, and whether it has the C++ compiler Inductor needs.
 
     On a machine with no GPU device file the answer comes from the CPU's flags at once, so
     the client creates the store while the worker is still importing torch (2 s of a cold
@@ -32,14 +32,14 @@ async def worker_hardware(device: str, engine: str) -> dict[str, Any]:
         auto_precision,
         backbone_device_type,
         onnxruntime_installed,
-        torchscript_available,
+        openvino_installed,
     )
 
     def answer() -> dict[str, Any]:
         return {"precision": auto_precision(device, engine),
                 "device": backbone_device_type(device, engine),
                 "onnxruntime": onnxruntime_installed(),
-                "torchscript": torchscript_available(),
+                "openvino": openvino_installed(),
                 "compiler": shutil.which("g++") or shutil.which("c++") or ""}
 
     return await asyncio.to_thread(answer)
