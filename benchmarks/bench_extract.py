@@ -363,8 +363,6 @@ def main(argv=None) -> None:
                              "to compile per worker)")
     parser.add_argument("--no-onnxruntime", action="store_true",
                         help="skip the ONNX Runtime engine (CPU only)")
-    parser.add_argument("--no-torchscript", action="store_true",
-                        help="skip the TorchScript engine (CPU only)")
     parser.add_argument("--no-openvino", action="store_true",
                         help="skip the OpenVINO engine (CPU only; measured where installed)")
     parser.add_argument("--batch-sizes", default=None, help="for the bare backbone (default 8,32; "
@@ -405,18 +403,13 @@ def main(argv=None) -> None:
     configs = [Config(p) for p in precisions]
     if not gpu and not args.no_compile:
         configs += [Config(p, compile=True) for p in precisions]
-    if not gpu and not args.no_torchscript:
-        configs += [Config(p, engine="torchscript") for p in precisions]
     if not gpu and not args.no_onnxruntime:
         if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
             configs.append(Config("fp32", engine="onnxruntime"))
         else:
             notes.append("ONNX Runtime left out: pip install 'cxrdask[onnx]'")
     if not gpu and not args.no_openvino:
-        if importlib.util.find_spec("openvino"):
-            configs += [Config(p, engine="openvino") for p in precisions]
-        else:
-            notes.append("OpenVINO left out: pip install 'cxrdask[openvino]'")
+        configs += [Config(p, engine="openvino") for p in precisions]
     name_of = {c: c.name for c in configs}
 
     root, metadata = archive_for(Path(args.archive), args.n, args.size, args.replicate)

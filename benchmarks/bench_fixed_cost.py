@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", default="fp32",
                         help="fp32 (the figures in docs/benchmarks.md) or auto (extract_features's default)")
     parser.add_argument("--engine", default="torch",
-                        choices=("auto", "torch", "torchscript", "onnxruntime"))
+                        choices=("auto", "torch", "onnxruntime", "openvino"))
     parser.add_argument("--workers", default="2", help="local worker processes, or auto")
     parser.add_argument("--export-cache", default="empty", choices=("empty", "warm"),
                         help="ONNX export cache at each cold start")

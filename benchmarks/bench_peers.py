@@ -12,9 +12,12 @@ the job is the rows ``read_metadata`` keeps):
 
 * ``cxrdask``: ``extract_features`` with its defaults (a local cluster, the chunk size
   chosen from the job, ``engine="auto"``), into a Zarr store. Where the backbone runs fp32
-  on the CPU the default engine is ONNX Runtime; in bf16, a fused TorchScript trace on a job
-  big enough to repay building it, else eager PyTorch (the ``engine`` column says which);
-  either way on one worker process with a thread per core.
+  on the CPU the default engine is ONNX Runtime; in bf16, OpenVINO on a job big enough to
+  repay starting it, else eager PyTorch (the ``engine`` column says which); either way on
+  one worker process with a thread per core.
+* ``cxrdask-cli``: ``cxrdask extract`` as a user types it (the job's files, precision and
+  batch, random weights), timed from launching the command to its exit; its steady state
+  is its own report (images over the run's seconds after the model warm-up).
 * ``cxrdask-torch`` (where the defaults run another engine): ``engine="torch"``, eager
   PyTorch (in fp32 on one worker process per core), the model the peers run; not a peer.
 * ``daft``: the documented batch-inference pattern: a ``@daft.cls`` class that loads the
@@ -63,7 +66,7 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): fi
 
 from benchmarks.common import machine, save_results, table
 
-CONTENDERS = ("cxrdask", "cxrdask-cli", "cxrdask-torch", "cxrdask-torchscript", "daft", "spark", "ray", "dataloader", "spark2018")
+CONTENDERS = ("cxrdask", "cxrdask-cli", "cxrdask-torch", "daft", "spark", "ray", "dataloader", "spark2018")
 FEATURE_DIM = 2048
 
 
@@ -126,15 +129,6 @@ def pass_cxrdask_torch(job: dict, out: str, state: dict) -> None:
 
     extract_features(job["metadata"], job["root"], out + "/features.zarr", weights="random",
                      precision=job["precision"], engine="torch", batch_size=job["batch"],
-                     progress=False)
-
-
-def pass_cxrdask_torchscript(job: dict, out: str, state: dict) -> None:
-    """cxrdask with the TorchScript engine asked for: the bf16 default before OpenVINO."""
-    from cxrdask import extract_features
-
-    extract_features(job["metadata"], job["root"], out + "/features.zarr", weights="random",
-                     precision=job["precision"], engine="torchscript", batch_size=job["batch"],
                      progress=False)
 
 
@@ -257,7 +251,6 @@ def pass_spark2018(job: dict, out: str, state: dict) -> None:
 
 
 PASSES = {"cxrdask": pass_cxrdask, "cxrdask-torch": pass_cxrdask_torch,
-          "cxrdask-torchscript": pass_cxrdask_torchscript,
           "daft": pass_daft, "spark": pass_spark, "ray": pass_ray,
           "dataloader": pass_dataloader, "spark2018": pass_spark2018}
 
@@ -325,7 +318,7 @@ def compare(reference: dict, other: dict) -> float:
 def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seconds: float) -> dict:
     """bench_extract's bound: the bare backbone (cxrdask's runner, eager) and read + decode +
     preprocess, each on one thread; N cores bound = N / (1/a + 1/b), with the fastest
-    engine's backbone (eager PyTorch, TorchScript, and in fp32 ONNX Runtime too).
+    engine's backbone (eager PyTorch, OpenVINO, and in fp32 ONNX Runtime too).
 
     Also the same measured with every core busy at once (``rates_all_cores``): A and B
     summed over the cores, bound = 1 / (1/A + 1/B). Where the cores do not scale linearly
@@ -335,12 +328,8 @@ def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seco
     decode = decode_rate(paths[:32])
     decode_all = rates_all_cores("decode", cores, seconds, paths=paths[:32])
     bound: dict = {"decode_1_thread": decode, "decode_all_cores": decode_all}
-    import importlib.util
-
-    engines = (("torch", "torchscript", "onnxruntime") if precision == "fp32"
-               else ("torch", "torchscript"))
-    if importlib.util.find_spec("openvino"):
-        engines += ("openvino",)
+    engines = (("torch", "onnxruntime", "openvino") if precision == "fp32"
+               else ("torch", "openvino"))
     for engine in engines:
         backbone = forward_rate("cpu", Config(precision, engine=engine), batch, seconds)
         backbone_all = rates_all_cores("backbone", cores, seconds, Config(precision, engine=engine),

@@ -34,7 +34,7 @@ BackboneName = Literal["resnet50", "densenet121", "resnet18",
                        "xrv-densenet121-res224-mimic_ch", "xrv-resnet50-res512-all"]
 Dtype = Literal["float16", "float32"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["auto", "torch", "torchscript", "onnxruntime", "openvino"]
+Engine = Literal["auto", "torch", "onnxruntime", "openvino"]
 Flip = Literal["none", "train"]
 ResizeOn = Literal["cpu", "device"]
 PixelCompression = Literal["zstd", "lz4", "none"]

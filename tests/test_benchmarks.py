@@ -27,7 +27,7 @@ def run_script(name: str, *args) -> subprocess.CompletedProcess:
 def test_bench_extract_writes_its_table_json_and_plot(tmp_path):
     out = tmp_path / "extract"
     result = run_script("bench_extract", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
-                        "--layouts", "1x1", "--no-compile", "--no-onnxruntime", "--no-torchscript",
+                        "--layouts", "1x1", "--no-compile", "--no-onnxruntime",
                         "--no-openvino", "--parts", "c",
                         "--seconds", 0.3, "--chunk-rows", 8, "--out", out)
     saved = json.loads(out.with_suffix(".json").read_text())
@@ -72,13 +72,14 @@ def test_bench_scale_times_every_stage_and_fits_slopes(tmp_path):
 def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(tmp_path):
     out = tmp_path / "peers"
     run_script("bench_peers", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
-               "--contenders", "cxrdask,cxrdask-torch,dataloader", "--precisions", "fp32",
+               "--contenders", "cxrdask,cxrdask-cli,cxrdask-torch,dataloader", "--precisions", "fp32",
                "--bound-seconds", 0.3, "--repeats", 2, "--out", out)
     saved = json.loads(out.with_suffix(".json").read_text())
     rows = {row["contender"]: row for row in saved["rows"]}
     engine = local_engine(ExtractConfig(precision="fp32"))
     # The PyTorch row runs only where the defaults do not run PyTorch already.
-    assert set(rows) == {"cxrdask", "dataloader"} | ({"cxrdask-torch"} if engine != "torch" else set())
+    assert set(rows) == ({"cxrdask", "cxrdask-cli", "dataloader"}
+                         | ({"cxrdask-torch"} if engine != "torch" else set()))
     assert rows["cxrdask"]["engine"] == engine and rows["dataloader"]["engine"] == "torch"
     for row in rows.values():
         assert row["rows_lost"] == 0 and row["end_to_end_s"] > row["steady_s"] > 0
@@ -88,15 +89,17 @@ def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(
             assert len(rounds) == 2 and row[kind] == pytest.approx(sum(rounds) / 2, abs=0.01)
     # Same files, same model and preprocessing: the features agree to float16's precision.
     assert rows["dataloader"]["max_rel_diff_vs_cxrdask"] < 0.01
+    # The command line as a user types it: the same engine, the same features.
+    assert rows["cxrdask-cli"]["engine"] == engine
+    assert rows["cxrdask-cli"]["max_rel_diff_vs_cxrdask"] < 0.01
     if "cxrdask-torch" in rows:
         assert rows["cxrdask-torch"]["engine"] == "torch"
         assert rows["cxrdask-torch"]["max_rel_diff_vs_cxrdask"] < 0.01
     bound = saved["arguments"]["bounds"]["fp32"]
-    # Scored against the fastest engine's bound, each engine measured in the same run
-    # (OpenVINO's too, where it is installed).
+    # Scored against the fastest engine's bound, each engine measured in the same run.
     engines = [key.removeprefix("backbone_1_thread_") for key in bound
                if key.startswith("backbone_1_thread_")]
-    assert {"torch", "torchscript", "onnxruntime"} <= set(engines)
+    assert {"torch", "onnxruntime", "openvino"} <= set(engines)
     assert bound["bound"] == max(bound[f"bound_{e}"] for e in engines)
     assert bound["bound"] == bound[f"bound_{bound['bound_engine']}"]
     # cxrdask's own settings are not its peers.
@@ -140,3 +143,45 @@ def test_bench_backbones_measures_every_family_on_each_cpu_engine(tmp_path):
     assert set(rows["backbone"]) == {"xrv-densenet121-res224-all"}
     assert set(rows["engine"]) == {"torch", "onnxruntime"} and (rows["images_per_s"] > 0).all()
     assert "one CPU thread" in result.stdout
+
+
+def _saved(out: Path) -> dict:
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def test_bench_fixed_cost_times_a_cold_start_to_the_first_feature(tmp_path):
+    out = tmp_path / "fixed"
+    run_script("bench_fixed_cost", "--n", 4, "--size", 64, "--runs", 1, "--workers", 1,
+               "--archive", tmp_path / "archive", "--out", out)
+    rows = {row["what"]: row for row in _saved(out)["rows"]}
+    assert rows and all(row["median (s)"] > 0 for row in rows.values())
+
+
+def test_bench_pixels_compares_decoders_and_compressions(tmp_path):
+    out = tmp_path / "pixels"
+    run_script("bench_pixels", "--n", 6, "--size", 64, "--chunk-rows", 3,
+               "--archive", tmp_path / "archive", "--out", out)
+    whats = [row["what"] for row in _saved(out)["rows"]]
+    assert any("mean size" in what for what in whats) and len(whats) > 3
+
+
+def test_bench_s3_extracts_from_local_disk_and_a_local_s3_server(tmp_path):
+    out = tmp_path / "s3"
+    run_script("bench_s3", "--n", 4, "--size", 64, "--workers", 1, "--out", out)
+    rows = _saved(out)["rows"]
+    assert {row["what"].split(",")[0] for row in rows} == {"local disk", "S3 (moto)"}
+    assert all(row["images_per_s"] > 0 for row in rows)
+
+
+def test_bench_web_loads_the_page_server_with_concurrent_uploads(tmp_path):
+    out = tmp_path / "web"
+    run_script("bench_web", "--requests", 2, "--concurrency", "1,2", "--size", 64, "--out", out)
+    rows = _saved(out)["rows"]
+    assert len(rows) == 4 and all(row["requests_per_s"] > 0 for row in rows)
+
+
+def test_bench_compile_measures_the_compile_and_its_break_even(tmp_path):
+    out = tmp_path / "compile"
+    run_script("bench_compile", "--precisions", "fp32", "--seconds", 0.2, "--size", 32,
+               "--out", out)
+    assert _saved(out)["rows"]

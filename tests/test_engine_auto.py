@@ -22,7 +22,7 @@ from cxrdask.errors import OptionError
 from cxrdask.extract.resolve import Resolved, WorkerFacts, local_engine, resolve
 from cxrdask.extract.run import local_layout
 
-CPU = WorkerFacts("cpu", "fp32", onnxruntime=True, torchscript=True, compiler=True)
+CPU = WorkerFacts("cpu", "fp32", onnxruntime=True, openvino=True, compiler=True)
 
 
 def _engine(workers=(CPU,), images: int | None = 100, **options) -> str:
@@ -58,7 +58,8 @@ def test_the_resolver_is_pure_and_says_why_for_each_auto_choice():
     assert compiled.engine == "torch" and compiled.compile and "compiled" in compiled.why[-1]
     assert not resolve(ExtractConfig(), [no_onnx], big - 1, 2).compile
     assert not resolve(ExtractConfig(), [replace(no_onnx, compiler=False)], big, 2).compile
-    assert resolve(ExtractConfig(), [bf16], big, 2).engine == "torchscript"
+    assert resolve(ExtractConfig(), [bf16], big, 2).engine == "openvino"
+    assert resolve(ExtractConfig(), [replace(bf16, openvino=False)], big, 2).engine == "torch"
     assert not resolve(ExtractConfig(), [bf16], big, 2).compile  # bf16: never compiled
 
 

@@ -85,7 +85,7 @@ def test_the_engines_table_is_the_one_source_of_engine_rules():
     assert set(get_args(Engine)) - {"auto"} == set(ENGINE_RULES)
     assert engine_refusal("onnxruntime", "auto", "auto", "auto") is None
     assert "fp32 on the CPU, uncompiled" in engine_refusal("onnxruntime", "cuda", "fp32", False)
-    assert "uncompiled" in engine_refusal("torchscript", "cpu", "bf16", True)
+    assert "uncompiled" in engine_refusal("openvino", "cpu", "bf16", True)
     assert "GPU" in engine_refusal("torch", "cpu", "fp16", False)
     assert engine_refusal("torch", "cuda:1", "fp16", True) is None
     with pytest.raises(OptionError, match="engine 'onnxruntime' runs fp32 on the CPU"):

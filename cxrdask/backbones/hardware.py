@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     import torch
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-#: The TorchScript pieces the ``torchscript`` engine uses, each a file of the torch package.
-TORCHSCRIPT_FILES = ("jit/_trace.py", "jit/_freeze.py")
 #: Device files a GPU runtime needs: NVIDIA's, ROCm's, and WSL2's (where CUDA goes through
 #: /dev/dxg). Where none exists, torch can see no GPU, and saying so needs no torch import.
 GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
@@ -53,10 +51,10 @@ def has_no_gpu() -> bool:
 
 def backbone_device_type(device: str, engine: str) -> str:
     """Where this machine would run the backbone: ``cpu`` or ``cuda`` (ONNX Runtime and
-    TorchScript: the CPU).
+    OpenVINO: the CPU).
 
     Told without importing torch where the answer cannot be a GPU (``device="cpu"``, ONNX
-    Runtime, TorchScript, or ``auto`` on a machine :func:`has_no_gpu`); torch is asked
+    Runtime, OpenVINO, or ``auto`` on a machine :func:`has_no_gpu`); torch is asked
     otherwise. Engine ``auto`` goes where PyTorch would: the others are chosen only for a CPU
     backbone."""
     if engine in CPU_ENGINES or device == "cpu" or (device == "auto" and has_no_gpu()):
@@ -86,18 +84,6 @@ def onnxruntime_installed() -> bool:
     return all(importlib.util.find_spec(module) is not None for module in ("onnxruntime", "onnx"))
 
 
-def torchscript_available() -> bool:
-    """Whether the installed torch ships TorchScript's trace and freeze (which PyTorch has
-    deprecated): their files in the torch package, found without importing torch. A worker
-    answers this while its background import of torch is still under way, when asking the
-    half-imported module would fail."""
-    spec = importlib.util.find_spec("torch")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    root = Path(next(iter(spec.submodule_search_locations)))
-    return all((root / name).is_file() for name in TORCHSCRIPT_FILES)
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` is bf16 on GPUs that support it and on CPUs with native bf16, else fp32."""
     if precision != "auto":
@@ -122,7 +108,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-__all__ = ["GPU_DEVICE_FILES", "TORCHSCRIPT_FILES", "auto_precision",
+__all__ = ["GPU_DEVICE_FILES", "auto_precision",
            "backbone_device_type", "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu",
-           "onnxruntime_installed", "openvino_installed", "resolve_device", "resolve_precision",
-           "torchscript_available"]
+           "onnxruntime_installed", "openvino_installed", "resolve_device", "resolve_precision"]

@@ -46,3 +46,19 @@ def second_interrupt_exits(command: str) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def end_process_now(status: int) -> None:
+    """End this process with ``status`` once its work is done, without unloading its modules.
+
+    What an ordinary exit adds after a cxrdask command or worker has finished is the
+    interpreter unloading torch, the engines and ~1,500 other modules and joining idle I/O
+    threads (0.7-0.9 s per process). Output is flushed and logging shut down first, so
+    nothing printed is lost; a forked child ends the same way."""
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(status)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from cxrdask.config import COMPILE_AUTO_MIN_IMAGES, OPENVINO_AUTO_MIN_IMAGES, ExtractConfig
 
 ConcretePrecision = Literal["fp32", "bf16", "fp16"]
-ConcreteEngine = Literal["torch", "torchscript", "onnxruntime", "openvino"]
+ConcreteEngine = Literal["torch", "onnxruntime", "openvino"]
 
 
 @dataclass(frozen=True)

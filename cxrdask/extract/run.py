@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cxrdask._fs import StorageOptions, filesystem
-from cxrdask.backbones.engines import CPU_ENGINES
+from cxrdask.backbones.engines import CPU_ENGINES, ENGINE_RULES
 from cxrdask.backbones.hardware import cpu_auto_precision, has_no_gpu
 from cxrdask.backbones.spec import BackboneSpec, check_weights_available
 from cxrdask.config import (
@@ -38,6 +38,7 @@ from cxrdask.errors import (
     ImagesNotFoundError,
     MetadataError,
     OptionError,
+    StoreMismatchError,
     StrictFailureError,
 )
 from cxrdask.extract.metrics import CHUNK_PREFIX, WARMUP_PREFIX, install_counters, span_metrics
@@ -93,7 +94,7 @@ class ExtractSummary:
     compiled : bool
         Whether the backbone was compiled (``compile="auto"`` made concrete).
     engine : str
-        What ran the backbone: ``torch``, ``torchscript`` or ``onnxruntime``
+        What ran the backbone: ``torch``, ``onnxruntime`` or ``openvino``
         (``engine="auto"`` made concrete).
     """
 
@@ -121,7 +122,7 @@ class ExtractSummary:
     span_id: str | None = None
     precision: str = ""  # the backbone's arithmetic ("auto" made concrete); "" for a cache pass
     compiled: bool = False  # whether the backbone was torch.compile'd ("auto" made concrete)
-    engine: str = ""  # torch, torchscript or onnxruntime ("auto" made concrete); "" for a cache pass
+    engine: str = ""  # torch, onnxruntime or openvino ("auto" made concrete); "" for a cache pass
     # Chunks marked done by an earlier run that failed their checksums (or lost their data)
     # when this run checked them, and were recomputed.
     chunks_damaged: list[int] = field(default_factory=list)
@@ -628,7 +629,12 @@ def _check_resumable(plan: ExtractionPlan, existing: FeatureStore, **wanted: Any
     if c.compile == "auto":
         c = replace(c, compile=bool(existing.provenance.get("compile", False)))
     if c.engine == "auto":  # stores written before the setting existed ran PyTorch
-        c = replace(c, engine=existing.provenance.get("engine", "torch"))
+        made_with = existing.provenance.get("engine", "torch")
+        if made_with not in ENGINE_RULES:  # a retired engine (torchscript): say so, by name
+            raise StoreMismatchError(existing.url, {"engine": (
+                made_with, f"one this release has ({', '.join(ENGINE_RULES)}); the "
+                f"{made_with} engine was retired: start the store afresh (--overwrite)")})
+        c = replace(c, engine=made_with)
     plan = replace(plan, config=c)
     existing.check_settings({**_resume_settings(plan), **wanted})
     _check_strict_resume(existing, c)
@@ -691,7 +697,7 @@ def extract_features(
         ``n_workers`` processes with ``threads_per_worker`` threads each, kept for the
         Python session so the next call starts warm. With no layout asked for: one
         single-threaded process per core, or one process with a thread per core where the
-        backbone will run on ONNX Runtime, on TorchScript or in bf16 on eager PyTorch
+        backbone will run on ONNX Runtime, on OpenVINO or in bf16 on eager PyTorch
         (:func:`local_layout`).
     progress
         True: a progress bar (tqdm: widgets in a notebook, text elsewhere); False: none; or
@@ -779,8 +785,8 @@ def cache_pixels(
 def local_layout(config: ExtractConfig) -> tuple[int, int] | None:
     """The layout of a local cluster started for this extraction when none is asked for:
     one process with a thread per core where its backbone will run on this machine's CPU on
-    ONNX Runtime or TorchScript, or on eager PyTorch in bf16
-    (:func:`~cxrdask.extract.resolve.local_engine`; engine ``auto`` makes bf16 TorchScript only once
+    ONNX Runtime or OpenVINO, or on eager PyTorch in bf16
+    (:func:`~cxrdask.extract.resolve.local_engine`; engine ``auto`` makes bf16 OpenVINO only once
     the job is known, on the same layout); else None, one single-threaded process per core:
     where a GPU may run it, where it may be compiled (each thread would compile a graph of its
     own), and for eager fp32 PyTorch.

@@ -135,8 +135,8 @@ def warm_worker(config: TaskConfig) -> float:
     """Build the worker's backbone ahead of the chunks and warm it; returns seconds taken.
 
     Warming is the engine's (:meth:`~cxrdask.backbones.engines.Backend.warm`): a compiled
-    model or a GPU runs a batch of zeros (the compile, the kernels and memory pool), a
-    TorchScript trace is built with its fuser's profiling pass. On the CPU an eager model
+    model or a GPU runs a batch of zeros (the compile, the kernels and memory pool),
+    OpenVINO compiles its model for the image shape. On the CPU an eager model
     and an ONNX Runtime session run their first batch as fast as the next (ResNet50, 8
     images, one core: eager 0.86 against 0.84 s, ONNX Runtime 0.74 against 0.74 s), so there
     the first chunk is not kept waiting for a batch nobody uses. A runner is warmed once per

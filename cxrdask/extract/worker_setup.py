@@ -28,9 +28,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import logging
-import os
 import signal
-import sys
 import threading
 
 #: What the background import loads: the extraction's worker side (torch-free)...
@@ -65,13 +63,9 @@ def leave_when_closed(worker) -> None:
     exit handlers (they run last-registered first)."""
     from distributed.core import Status
 
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-    logging.shutdown()
-    os._exit(0 if worker.status in (Status.closed, Status.closing) else 1)
+    from cxrdask.extract.interrupt import end_process_now
+
+    end_process_now(0 if worker.status in (Status.closed, Status.closing) else 1)
 
 
 def preimported_modules() -> tuple[str, ...]:

@@ -72,7 +72,7 @@ class HostInput:
 def needs_torch_input(preprocessing: Preprocessing, engine_takes_torch: bool,
                       runs_backbone: bool) -> bool:
     """Whether a worker's input must be made with torch: to resize on the device, or to feed
-    a torch backbone (eager or TorchScript). ONNX Runtime and OpenVINO, and a cache pass
+    a torch backbone. ONNX Runtime and OpenVINO, and a cache pass
     that runs no backbone, take NumPy."""
     return preprocessing.resize_on_device or (runs_backbone and engine_takes_torch)
 

@@ -53,7 +53,7 @@ class FeatureSettings:
     dtype: Literal["float16", "float32"] = "float16"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
-    engine: Literal["torch", "torchscript", "onnxruntime"] = "torch"
+    engine: Literal["torch", "onnxruntime", "openvino"] = "torch"
     split: dict[str, Any] = field(default_factory=dict)  # the split's description
 
     def to_dict(self) -> dict[str, Any]:

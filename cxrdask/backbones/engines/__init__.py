@@ -5,11 +5,13 @@ and turns float32 ``(B, 3, H, W)`` batches into float32 ``(B, feature_dim)`` fea
 
 - ``torch`` (:mod:`.eager`): eager PyTorch on the CPU or a GPU, fp32, bf16 or (GPUs) fp16
   autocast, optionally ``torch.compile``-d;
-- ``torchscript`` (:mod:`.torchscript`): a frozen trace fused by oneDNN Graph, CPU only;
 - ``onnxruntime`` (:mod:`.onnxruntime`): the network exported to ONNX, CPU fp32 only, its
   export cached on disk so a worker that finds it never imports torch;
-- ``openvino`` (:mod:`.openvino`): the same export compiled by OpenVINO, CPU fp32 or bf16
-  (an optional extra).
+- ``openvino`` (:mod:`.openvino`): the same export compiled by OpenVINO, CPU fp32 or bf16.
+
+A TorchScript engine (a frozen trace fused by oneDNN Graph) ran bf16 CPU backbones until
+OpenVINO, which PyTorch's deprecation of TorchScript does not touch, ran them as fast or
+faster (``benchmarks/bench_peers.py``; see ``docs/benchmarks.md``).
 
 :data:`ENGINE_RULES` says, for each, what it runs on; :func:`engine_refusal` is the one
 place a combination is refused with its reason, and the resolver
@@ -49,8 +51,6 @@ class EngineRule:
 ENGINE_RULES: dict[str, EngineRule] = {
     "torch": EngineRule("torch", {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")},
                         True, "eager", "eager PyTorch (autocast; optionally torch.compile)"),
-    "torchscript": EngineRule("torchscript", {"cpu": ("fp32", "bf16")}, False, "torchscript",
-                              "a frozen TorchScript trace fused by oneDNN Graph (CPU)"),
     "onnxruntime": EngineRule("onnxruntime", {"cpu": ("fp32",)}, False, "onnxruntime",
                               "ONNX Runtime on the CPU, fp32, its export cached on disk",
                               takes_torch=False),
