@@ -67,7 +67,7 @@ class OpenVinoBackend:
             if compiled is None:
                 model = self.model.clone()
                 model.reshape([self.batch_size, *shape])
-                compiled = self.core.compile_model(model, "CPU", {
+                settings = {
                     "INFERENCE_PRECISION_HINT": _PRECISION_HINT[self.precision],
                     "NUM_STREAMS": str(self.streams),
                     "INFERENCE_NUM_THREADS": str(self.threads),
@@ -75,7 +75,15 @@ class OpenVinoBackend:
                     # Pinned, every process's streams land on the same first cores: two
                     # single-stream processes on 2 cores ran 5.4 images/s each, unpinned 10.9.
                     "ENABLE_CPU_PINNING": False,
-                })
+                }
+                try:
+                    compiled = self.core.compile_model(model, "CPU", settings)
+                except RuntimeError:
+                    # Worker processes compiling the same model at once race on its cache
+                    # file ("cannot set permissions: ... .blob"): compile without the cache.
+                    import openvino as ov
+
+                    compiled = ov.Core().compile_model(model, "CPU", settings)
                 self._compiled[shape] = compiled
             return compiled
 
