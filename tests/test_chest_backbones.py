@@ -39,17 +39,21 @@ def test_every_network_builds_offline_with_random_weights(name):
     assert spec.identity()["weights"] == "random, seed 3"
 
 
-def test_published_weights_offline_say_which_file_goes_where(monkeypatch, tmp_path):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection this process opens is refused, as on a machine offline."""
     import socket
-
-    from cxrdask.backbones.spec import check_weights_available
-
-    monkeypatch.setenv("HOME", str(tmp_path))  # an empty torchxrayvision cache
 
     def refuse(*args, **kwargs):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_published_weights_offline_say_which_file_goes_where(monkeypatch, tmp_path, no_network):
+    from cxrdask.backbones.spec import check_weights_available
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty torchxrayvision cache
     with pytest.raises(WeightsUnavailableError,
                        match=r"densenet121-res224-all.*models_data.*nih-pc-chex-mimic_ch"):
         check_weights_available(BackboneSpec("xrv-densenet121-res224-all", "imagenet"))
@@ -214,20 +218,13 @@ def test_the_configs_backbone_names_are_the_specs():
     assert set(typing.get_args(BackboneName)) == set(FEATURE_DIMS)
 
 
-def test_timm_weights_offline_say_which_repository_to_fetch(monkeypatch, tmp_path):
+def test_timm_weights_offline_say_which_repository_to_fetch(monkeypatch, tmp_path, no_network):
     pytest.importorskip("timm")
-    import socket
-
     import huggingface_hub.constants
 
     from cxrdask.backbones.spec import check_weights_available
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # empty
-
-    def refuse(*args, **kwargs):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(socket, "create_connection", refuse)
     with pytest.raises(WeightsUnavailableError,
                        match=r"timm/efficientnet_b0.*not in the Hub's cache.*huggingface\.co"):
         check_weights_available(BackboneSpec("timm:efficientnet_b0", "imagenet"))
