@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from cxrdask.backbones.engines.eager import EagerBackend
 from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
 from cxrdask.config import OPENVINO_AUTO_MIN_IMAGES, ExtractConfig
 from cxrdask.errors import OptionError, StoreMismatchError
-from cxrdask.extract.resolve import openvino_pays_off
+from cxrdask.extract.resolve import WorkerFacts, resolve
 from cxrdask.extract.run import local_layout
 
 SPEC = BackboneSpec("resnet18", "random", 5)
@@ -71,6 +73,46 @@ def test_a_worker_with_the_export_cached_runs_openvino_without_torch(tmp_path):
     assert second["shape"] == [2, SPEC.feature_dim]
 
 
+COMPILER_SCRIPT = textwrap.dedent("""
+    import json, os, sys, time
+    from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
+    runner = BackboneRunner.build(BackboneSpec("resnet18", "random", 5), "cpu", "fp32",
+                                  batch_size=2, engine="openvino")
+    go = sys.argv[1]
+    open(f"{go}.ready-{os.getpid()}", "w").close()
+    while not os.path.exists(go):  # both processes compile at the same moment
+        time.sleep(0.005)
+    compiled = runner.backend.compiled_for((3, 64, 64))
+    print(json.dumps({"from_cache": bool(compiled.get_property("LOADED_FROM_CACHE"))}))
+""")
+
+
+@pytest.mark.slow
+def test_worker_processes_compiling_together_compile_once_and_share_the_cached_model(tmp_path):
+    """Two processes compile the same model at once into an empty OpenVINO cache: without
+    a lock they both compile and race writing its blob; with it one compiles and the other
+    loads the blob it wrote."""
+    env = {**os.environ, "CXRDASK_CACHE_DIR": str(tmp_path / "cache")}
+    export = subprocess.run([sys.executable, "-c", WORKER_SCRIPT], capture_output=True,
+                            text=True, timeout=300, env=env)  # the ONNX export, cached first
+    assert export.returncode == 0, export.stderr
+    for blob in (tmp_path / "cache" / "openvino").glob("*.blob"):
+        blob.unlink()  # an empty compiled-model cache; the export stays
+    go = tmp_path / "go"
+    processes = [subprocess.Popen([sys.executable, "-c", COMPILER_SCRIPT, str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env) for _ in range(2)]
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("go.ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    answers = [process.communicate(timeout=300) for process in processes]
+    assert all(process.returncode == 0 for process in processes), answers
+    loaded = sorted(json.loads(out.strip().splitlines()[-1])["from_cache"] for out, _ in answers)
+    assert loaded == [False, True]  # one compiled, the other read what it wrote
+    assert len(list((tmp_path / "cache" / "openvino").glob("*.blob"))) == 1
+
+
 def test_bf16_features_are_eager_bf16s_within_its_rounding_and_the_same_in_any_thread(
         tmp_path, monkeypatch):
     """OpenVINO's bf16 kernels round differently from PyTorch's (as two bf16 engines do);
@@ -101,13 +143,20 @@ def test_bf16_features_are_eager_bf16s_within_its_rounding_and_the_same_in_any_t
 
 def test_engine_auto_runs_openvino_for_bf16_cpu_jobs_that_repay_starting_it():
     threads, enough = 2, OPENVINO_AUTO_MIN_IMAGES * 2
-    assert openvino_pays_off(564, threads, {"cpu"}, "bf16", compile=False)
-    assert openvino_pays_off(enough, threads, {"cpu"}, "bf16", compile=False)
-    assert not openvino_pays_off(enough - 1, threads, {"cpu"}, "bf16", compile=False)
-    assert not openvino_pays_off(112_120, threads, {"cpu"}, "fp32", compile=False)  # ONNX's
-    assert not openvino_pays_off(112_120, threads, {"cpu"}, "bf16", compile=True)
-    assert not openvino_pays_off(112_120, threads, {"cuda"}, "bf16", compile=False)
-    assert not openvino_pays_off(112_120, threads, {"cpu", "cuda"}, "bf16", compile=False)
+    cpu = WorkerFacts("cpu", "bf16", onnxruntime=True, openvino=True, compiler=True)
+
+    def engine(images, workers=(cpu,), **options):
+        return resolve(ExtractConfig(**options), list(workers), images, threads).engine
+
+    assert engine(564) == "openvino"
+    assert engine(enough) == "openvino"
+    assert engine(enough - 1) == "torch"  # too few images per thread to repay its start
+    assert engine(None) == "torch"  # the job's size not known yet
+    assert engine(112_120, precision="fp32") == "onnxruntime"
+    assert engine(112_120, compile=True) == "torch"
+    assert engine(112_120, [replace(cpu, device="cuda")]) == "torch"
+    assert engine(112_120, [cpu, replace(cpu, device="cuda")]) == "torch"
+    assert engine(112_120, [replace(cpu, openvino=False)]) == "torch"
     # A local cluster for it is one process with a thread per core, as for eager bf16.
     cores = os.cpu_count() or 1
     assert local_layout(ExtractConfig(engine="openvino", precision="bf16")) == (1, cores)

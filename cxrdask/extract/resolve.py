@@ -95,11 +95,10 @@ ENGINE_CHOICES: tuple[EngineChoice, ...] = (
     EngineChoice(
         "openvino", "it runs bf16 on CPU workers that have it installed and each worker "
         f"thread gets {OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch bf16)",
-        lambda job: (job.all_cpu and job.compile is not True
+        lambda job: (job.all_cpu and job.precision == "bf16" and job.compile is not True
                      and all(w.openvino for w in job.workers)
                      and job.images_per_thread is not None
-                     and openvino_pays_off(job.images_per_thread, 1, {"cpu"}, job.precision,
-                                           False))),
+                     and job.images_per_thread >= OPENVINO_AUTO_MIN_IMAGES)),
     EngineChoice("torch", "everywhere else (GPUs, fp16, compile)", lambda job: True),
 )
 
@@ -113,17 +112,6 @@ def compile_pays_off(images: float, worker_threads: int, devices: set[str], engi
     when asked (``compile=True``): not measured there."""
     return (engine == "torch" and devices == {"cpu"} and precision == "fp32"
             and images >= COMPILE_AUTO_MIN_IMAGES * max(worker_threads, 1))
-
-
-def openvino_pays_off(images: float, worker_threads: int, devices: set[str], precision: str,
-                      compile: bool) -> bool:
-    """Whether a bf16 CPU backbone repays starting OpenVINO
-    (:mod:`~cxrdask.backbones.engines.openvino`): uncompiled, when each worker thread has at
-    least :data:`~cxrdask.config.OPENVINO_AUTO_MIN_IMAGES` images, about twice what repays
-    its start with the ONNX export cached. fp32 on the CPU is ONNX Runtime's (level with
-    OpenVINO there), and GPUs run eager PyTorch."""
-    return (devices == {"cpu"} and precision == "bf16" and not compile
-            and images >= OPENVINO_AUTO_MIN_IMAGES * max(worker_threads, 1))
 
 
 def resolve(config: ExtractConfig, workers: Sequence[WorkerFacts], images: int | None,
@@ -192,4 +180,4 @@ def local_engine(config: ExtractConfig) -> ConcreteEngine:
 
 
 __all__ = ["ENGINE_CHOICES", "EngineChoice", "Resolved", "WorkerFacts", "compile_pays_off",
-           "describe_auto_engine", "local_engine", "local_facts", "openvino_pays_off", "resolve"]
+           "describe_auto_engine", "local_engine", "local_facts", "resolve"]

@@ -17,13 +17,14 @@ request at once, as they run their own ONNX Runtime call. More streams than call
 leave OpenVINO's idle stream threads competing with the rest of the machine for its cores
 (measured: a process that had run OpenVINO slowed the next extraction by 8%).
 
-An optional extra (``pip install 'cxrdask[openvino]'``, a 59 MB wheel).
+A core dependency (a 59 MB wheel): ``engine="auto"`` runs it for bf16 CPU jobs.
 """
 
 from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,14 +77,7 @@ class OpenVinoBackend:
                     # single-stream processes on 2 cores ran 5.4 images/s each, unpinned 10.9.
                     "ENABLE_CPU_PINNING": False,
                 }
-                try:
-                    compiled = self.core.compile_model(model, "CPU", settings)
-                except RuntimeError:
-                    # Worker processes compiling the same model at once race on its cache
-                    # file ("cannot set permissions: ... .blob"): compile without the cache.
-                    import openvino as ov
-
-                    compiled = ov.Core().compile_model(model, "CPU", settings)
+                compiled = _compile_once(self.core, model, settings)
                 self._compiled[shape] = compiled
             return compiled
 
@@ -100,6 +94,26 @@ class OpenVinoBackend:
 
     def warm(self, shape: tuple[int, int, int]) -> None:
         self.compiled_for(shape)
+
+
+def _compile_once(core: Any, model: Any, settings: dict[str, Any]) -> Any:
+    """``model`` compiled, one process at a time per cache folder: worker processes that
+    start together would each compile the same model and race writing its cached blob
+    ("cannot set permissions: ... .blob"); under the lock the first compiles and caches it,
+    and the others load the blob it wrote. Where the folder cannot hold a lock (read-only),
+    the model is compiled without the cache."""
+    from filelock import FileLock
+
+    folder = Path(openvino_cache_dir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(folder / "compile.lock")
+        with lock:
+            return core.compile_model(model, "CPU", settings)
+    except OSError:
+        import openvino as ov
+
+        return ov.Core().compile_model(model, "CPU", settings)
 
 
 def open_backend(spec: BackboneSpec, *, device: Any, precision: str, compile: bool,
