@@ -143,7 +143,8 @@ class ExtractConfig(Options):
     resize: ResizeOn = _option(
         "cpu", "where images are resized to --image-size: cpu = Pillow in the decode threads; device = "
                "torch's antialiased resize on the worker's device (GPU nodes: the CPUs only "
-               "decode). Recorded; the two differ by about one gray level")
+               "decode, and with torchcodec installed a GPU decodes gray JPEGs itself, by "
+               "nvJPEG). Recorded; the two differ by about one gray level")
     pixel_compression: PixelCompression = _option(
         "zstd", "codec of a pixel store this run writes (--pixels, cxrdask cache)")
 

@@ -32,8 +32,9 @@ from cxrdask.extract.metrics import report_chunk
 from cxrdask.extract.retries import call_with_retries, is_transient
 from cxrdask.extract.task_config import STAGES, TaskConfig
 from cxrdask.extract.worker_state import StoreKey, worker_state
-from cxrdask.imaging.decode import decode_gray, resize_gray
+from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, resize_gray
 from cxrdask.imaging.host_input import HostInput, needs_torch_input
+from cxrdask.imaging.jpeg_device import EncodedJpeg, decode_on_device, decodes_jpeg_on, device_jpeg
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
 from cxrdask.store.lease import check_lease
 from cxrdask.store.pixels import PixelStore
@@ -67,12 +68,14 @@ def _worker_resources(config: TaskConfig):
         return opened[0], opened[1], state.pool(config.io_threads)
 
 
-def _load_one(url: str, name: str, config: TaskConfig):
+def _load_one(url: str, name: str, config: TaskConfig, jpeg_to_device: bool = False):
     """Read, decode and (unless the device resizes) resize one image:
-    (uint8 array | None, note | error, retriable, read_s, decode_s, resize_s).
+    (uint8 array | encoded JPEG | None, note | error, retriable, read_s, decode_s, resize_s).
 
     A transient read failure (reset, timeout, 5xx) is tried again up to
-    ``config.read_retries`` times; one that outlasts them makes the row *retriable*."""
+    ``config.read_retries`` times; one that outlasts them makes the row *retriable*. With
+    ``jpeg_to_device``, a whole gray JPEG is returned encoded, for the device to decode
+    (:mod:`~cxrdask.imaging.jpeg_device`)."""
     t0 = time.perf_counter()
     try:
         fs, path = filesystem(url, config.storage_options)
@@ -86,6 +89,10 @@ def _load_one(url: str, name: str, config: TaskConfig):
             reason += f" (after {config.read_retries + 1} attempts)"
         return None, reason, transient, time.perf_counter() - t0, 0.0, 0.0
     t1 = time.perf_counter()
+    if jpeg_to_device:
+        jpeg = device_jpeg(data, DEFAULT_MAX_PIXELS)
+        if jpeg is not None:
+            return jpeg, None, False, t1 - t0, time.perf_counter() - t1, 0.0
     try:
         gray, note = decode_gray(data, name)
     except ImageDecodeError as exc:
@@ -189,12 +196,17 @@ class _ChunkWork:
         self.notes: list[tuple[str, str]] = []
         self.timing = dict.fromkeys(STAGES, 0.0)
         self.batch_rows: list[int] = []
-        self.batch_arrays: list[np.ndarray] = []
+        # Host uint8 arrays; encoded JPEGs until the device decodes them (then its tensors).
+        self.batch_arrays: list[Any] = []
 
     def run_batch(self, stacked: np.ndarray | None = None) -> None:
         """The batch's uint8 images to the device: resize there if asked, keep the pixels,
         normalise, run the backbone. ``stacked``: the batch already in one array (rows of
         a pixel store, at the model's size)."""
+        if any(isinstance(item, EncodedJpeg) for item in self.batch_arrays):
+            self._decode_jpegs_on_device()
+            if not self.batch_rows:
+                return
         t = time.perf_counter()
         rows, converter = self.batch_rows, self.converter
         on_device_resize = stacked is None and self.config.preprocessing.resize_on_device
@@ -219,6 +231,32 @@ class _ChunkWork:
         rows.clear()
         self.batch_arrays.clear()
 
+    def _decode_jpegs_on_device(self) -> None:
+        """The batch's encoded JPEGs decoded on the device in one call; a file the device
+        refuses is decoded on the host, and one the host cannot decode either leaves the
+        batch as a failed row with the host's reason."""
+        t = time.perf_counter()
+        at = [k for k, item in enumerate(self.batch_arrays) if isinstance(item, EncodedJpeg)]
+        jpegs: list[EncodedJpeg] = [self.batch_arrays[k] for k in at]
+        with self.converter.stream():
+            decoded = decode_on_device(jpegs, self.converter.device)
+        failed: set[int] = set()
+        for k, jpeg, image in zip(at, jpegs, decoded, strict=True):
+            if image is None:
+                row = self.batch_rows[k]
+                try:
+                    gray, _ = decode_gray(jpeg.data, self.names[row])
+                    image = np.asarray(gray, dtype=np.uint8)
+                except ImageDecodeError as exc:
+                    self.errors[row] = exc.reason
+                    failed.add(k)
+            self.batch_arrays[k] = image
+        if failed:
+            kept = [k for k in range(len(self.batch_rows)) if k not in failed]
+            self.batch_rows[:] = [self.batch_rows[k] for k in kept]
+            self.batch_arrays[:] = [self.batch_arrays[k] for k in kept]
+        self.timing["decode_s"] += time.perf_counter() - t
+
     def from_pixel_store(self, pixel_store: PixelStore, chunk: int) -> None:
         """The chunk's images from a pixel store, a batch at a time (failed rows stay failed)."""
         t = time.perf_counter()
@@ -238,11 +276,13 @@ class _ChunkWork:
         """Read and decode the chunk's images in the I/O pool, two batches ahead of the
         device, running each full batch."""
         config, names, n = self.config, self.names, len(self.names)
+        jpeg_to_device = (self.runner is not None and config.preprocessing.resize_on_device
+                          and decodes_jpeg_on(getattr(self.converter, "device", None)))
 
         def submit(i: int):
             if urls[i] is None:
                 return None
-            return pool.submit(_load_one, urls[i], names[i], config)
+            return pool.submit(_load_one, urls[i], names[i], config, jpeg_to_device)
 
         # Keep two batches of reads in flight ahead of the network: latency overlaps, memory is bounded.
         window = 2 * config.batch_size

@@ -60,16 +60,21 @@ class DeviceInput:
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
         """A uint8 ``(B, H, W)`` array on the device (pinned, non-blocking on a GPU)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(images))
+        array = np.ascontiguousarray(images)
+        if not array.flags.writeable:  # an image of Pillow's: torch takes only writable arrays
+            array = array.copy()
+        tensor = torch.from_numpy(array)
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def resize(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def resize(self, images: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
         """Full-size uint8 images -> ``(B, size, size)`` uint8 on the device: torch's
         antialiased bilinear resize, rounded to 8 bits (as Pillow's output is).
 
-        Images of one shape go in one call; mixed shapes (other archives) one by one.
+        Images are host arrays, or tensors already on the device (JPEGs it decoded:
+        :mod:`~cxrdask.imaging.jpeg_device`). Images of one shape go in one call; mixed
+        shapes (other archives) one by one.
         """
         size = self.preprocessing.size
         if self.preprocessing.crop == "centre":
@@ -77,11 +82,13 @@ class DeviceInput:
                       for image in images for top, left, side in
                       [centre_square(image.shape[0], image.shape[1],
                                      self.preprocessing.crop_fraction)]]
-        shapes = {image.shape for image in images}
-        if len(shapes) == 1:
+        shapes = {tuple(image.shape) for image in images}
+        if len(shapes) == 1 and all(isinstance(image, np.ndarray) for image in images):
             groups = [self.to_device(np.stack(images))]
+        elif len(shapes) == 1:
+            groups = [torch.stack([self._on_device(image) for image in images])]
         else:
-            groups = [self.to_device(image[None]) for image in images]
+            groups = [self._on_device(image)[None] for image in images]
         out = []
         for group in groups:
             if group.shape[-2:] == (size, size):
@@ -91,6 +98,11 @@ class DeviceInput:
                                     antialias=True, align_corners=False)
             out.append(resized[:, 0].round_().clamp_(0, 255).to(torch.uint8))
         return out[0] if len(out) == 1 else torch.cat(out)
+
+    def _on_device(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            return image.to(self.device)
+        return self.to_device(image)
 
     def normalise(self, pixels: torch.Tensor, flips: Sequence[bool] | None = None) -> torch.Tensor:
         """uint8 ``(B, size, size)`` on the device -> float32 ``(B, channels, size, size)``,
