@@ -484,7 +484,6 @@ def main(argv=None) -> None:
 
     from benchmarks.bench_extract import archive_for
     from cxrdask.archive.metadata import locate_images, read_metadata
-    from cxrdask.backbones.hardware import cpu_has_native_bf16
 
     if args.images:
         if not args.metadata:
@@ -537,7 +536,7 @@ def main(argv=None) -> None:
                 best = max(peers, key=lambda r: r[kind])
                 ours[f"{kind.removesuffix('_img_s')}_vs_best_peer"] = ours[kind] / best[kind]
                 ours[f"{kind.removesuffix('_img_s')}_best_peer"] = best["contender"]
-    header = (f"bench_peers on {machine()} (native bf16: {cpu_has_native_bf16()}): {len(paths)} "
+    header = (f"bench_peers on {machine()}: {len(paths)} "
               f"PNGs ({'real, ' + root if args.images else f'synthetic {args.size}x{args.size}'}), "
               f"batch {args.batch}, {cores} model copies")
     save_results(args.out, rows, header, {**vars(args), "bounds": bounds})

@@ -12,15 +12,23 @@ from pathlib import Path
 
 
 def machine() -> str:
-    """CPU model, cores, memory and GPU, for the record beside every figure."""
-    cpu = platform.processor() or platform.machine()
+    """CPU model, whether it computes bf16 natively (and by which instructions), cores,
+    memory and GPU, for the record beside every figure."""
+    from cxrdask.backbones.hardware import BF16_CPU_FLAGS
+
+    model, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    native = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    cpu = (f"{model or platform.processor() or platform.machine()} "
+           f"({'native bf16: ' + ', '.join(native) if native else 'no native bf16'})")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = "no GPU"
     try:
