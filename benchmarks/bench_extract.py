@@ -74,6 +74,19 @@ def archive_for(path: Path, n: int, size: int, replicate: int = 1):
     return archive.root, archive.metadata_url
 
 
+def jpeg_archive_for(path: Path, n: int, size: int) -> tuple[str, list[str]]:
+    """Reuse a synthetic CheXpert-layout archive (gray JPEGs) of ``n`` images, else write
+    one: its folder and its images' paths. cxrdask finds its kind from its own files."""
+    root = path / "CheXpert-v1.0-small"
+    images = sorted(str(p) for p in root.rglob("*.jpg"))
+    if (root / "cxrdask-synthetic.json").exists() and len(images) == n:
+        return str(root), images
+    shutil.rmtree(path, ignore_errors=True)
+    archive = make_archive(str(root), n=n, size=size, seed=0, layout="chexpert", progress=True)
+    print(f"synthetic archive: {archive.images_per_second:.1f} images/s written")
+    return archive.root, sorted(str(p) for p in root.rglob("*.jpg"))
+
+
 def replicate_archive(path: Path, copies: int) -> None:
     """List each image ``copies`` times: copy k of ``00000001_000.png`` is a hard link named
     for patient ``1 + k * 10**7``; the metadata CSV is rewritten with the new rows."""
@@ -224,11 +237,12 @@ def rates_all_cores(kind: str, cores: int, seconds: float, config: Config | None
         return sum(rate.result() for rate in rates)
 
 
-def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, device: str,
+def cxrdask_rate(metadata: str | None, root: str, workers: int, threads: int, device: str,
                  config: Config, chunk_rows: int, batch: int, io_threads: int,
                  resize: str = "cpu", source: str | None = None) -> dict:
     """extract_features (or, with ``source``, extract_from_pixels) on a fresh local cluster;
-    the model is built before the clock starts."""
+    the model is built before the clock starts. ``metadata`` None: an archive whose kind
+    cxrdask finds from its files (its own split)."""
     from cxrdask.extract.cluster import local_client
     from cxrdask.extract.run import STAGES, extract_features, extract_from_pixels
 
@@ -242,8 +256,9 @@ def cxrdask_rate(metadata: str, root: str, workers: int, threads: int, device: s
             if source:
                 summary = extract_from_pixels(source, store, client=client, **options)
             else:
+                split = {"split": "patient"} if metadata else {}
                 summary = extract_features(metadata, root, store, client=client,
-                                           chunk_rows=chunk_rows, split="patient", **options)
+                                           chunk_rows=chunk_rows, **split, **options)
     stages = summary.timings[list(STAGES)].sum()
     share = stages / stages.sum()
     result = {"images_per_s": summary.images_per_second, "seconds": summary.seconds,
@@ -383,6 +398,9 @@ def main(argv=None) -> None:
                         help="list each of the --n rendered images this many times (hard links)")
     parser.add_argument("--pixel-layouts", help="processes x threads for extraction from the "
                         "pixel store (default 2x1 on CPUs; 1x4,2x2 on a GPU)")
+    parser.add_argument("--layout", choices=("nih", "chexpert"), default="nih",
+                        help="the synthetic archive: nih (PNGs) or chexpert (gray JPEGs; on a "
+                        "GPU, --parts r has the GPU decode them); chexpert measures parts k, c, r")
     parser.add_argument("--out", default="benchmarks/results/bench_extract")
     args = parser.parse_args(argv)
     gpu = args.device == "cuda"
@@ -412,9 +430,22 @@ def main(argv=None) -> None:
         configs += [Config(p, engine="openvino") for p in precisions]
     name_of = {c: c.name for c in configs}
 
-    root, metadata = archive_for(Path(args.archive), args.n, args.size, args.replicate)
-    frame = read_metadata(metadata, max_age=10_000)
-    urls = locate_images(root).urls_for(frame["image_index"])
+    metadata: str | None
+    if args.layout == "nih":
+        root, metadata = archive_for(Path(args.archive), args.n, args.size, args.replicate)
+        frame = read_metadata(metadata, max_age=10_000)
+        urls = locate_images(root).urls_for(frame["image_index"])
+    elif args.replicate > 1 or parts - {"k", "c", "r"}:
+        parser.error(f"--layout {args.layout} measures --parts k, c and r, without --replicate")
+    else:
+        metadata = None
+        root, urls = jpeg_archive_for(Path(f"{args.archive}-{args.layout}"), args.n, args.size)
+        if gpu and "r" in parts:
+            from cxrdask.imaging.jpeg_device import decodes_jpeg_on
+
+            notes.append("the GPU decodes the JPEGs (nvJPEG) in the rows resized on the device"
+                         if decodes_jpeg_on(torch.device("cuda")) else "torchcodec is not "
+                         "installed: the cores decode the JPEGs in every row")
     n = len(urls)
 
     rows, bound, network = [], {}, {}

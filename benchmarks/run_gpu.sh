@@ -3,10 +3,12 @@
 #   bash benchmarks/run_gpu.sh [RESULTS_FOLDER]
 # The GPU tests, then bench_train (50 epochs on the GPU, the step replayed from a CUDA graph
 # and launched eagerly), bench_extract (bare backbone, the cores' decode bound, first pass
-# from PNGs with the resize on the CPU and on the GPU, the pixel store) and bench_pixels
-# (codecs and PNG decoders). EXTRACT_ARGS replaces bench_extract's arguments; SKIP_PIXELS=1
-# leaves bench_pixels out. Where cxrdask is not installed (pip install -e
-# '.[gpu,bench,test]'), wheels in .whl/ are installed beside the node's torch.
+# from PNGs with the resize on the CPU and on the GPU, the pixel store), a JPEG archive's
+# first pass decoded by the cores and by the GPU (nvJPEG; torchcodec's wheel in .whl/) and
+# bench_pixels (codecs and PNG decoders). EXTRACT_ARGS replaces bench_extract's arguments;
+# SKIP_PIXELS=1 leaves bench_pixels out, SKIP_JPEG=1 the JPEG pass. Where cxrdask is not
+# installed (pip install -e '.[gpu,bench,test]'), wheels in .whl/ are installed beside the
+# node's torch.
 set -uo pipefail
 OUT_DIR=${1:-${OUT:-benchmarks/results/gpu}}
 mkdir -p "$OUT_DIR"
@@ -36,6 +38,13 @@ timeout 260 python3 -m benchmarks.bench_extract --device cuda --out "$OUT_DIR/be
   2>&1 | grep -v "^synth" | tee "$OUT_DIR/bench_extract.log" | tail -40
 kill $DMON 2>/dev/null
 echo "bench_extract: ${SECONDS}s"
+if [ -z "${SKIP_JPEG:-}" ]; then  # a JPEG archive's first pass: the cores decode, or the GPU
+  timeout 150 python3 -m benchmarks.bench_extract --device cuda --layout chexpert --n 1500 \
+    --size 1024 --parts c,r --precisions bf16 --batch 256 --batch-sizes 256 --chunk-rows 512 \
+    --layouts 4x1 --seconds 4 --out "$OUT_DIR/bench_extract_jpeg" 2>&1 | grep -v "^synth" \
+    | tee "$OUT_DIR/bench_extract_jpeg.log" | tail -12
+  echo "bench_extract (JPEG): ${SECONDS}s"
+fi
 if [ -z "${SKIP_PIXELS:-}" ]; then
   timeout 50 python3 -m benchmarks.bench_pixels --images /tmp/cxrdask-bench-archive --n 600 \
     --out "$OUT_DIR/bench_pixels" 2>&1 | tail -12 | tee "$OUT_DIR/bench_pixels.log"

@@ -38,6 +38,26 @@ def test_bench_extract_writes_its_table_json_and_plot(tmp_path):
     assert "bound fp32, " in result.stdout and out.with_suffix(".png").exists()
 
 
+def test_bench_extract_times_a_jpeg_archives_first_pass_with_the_resize_on_the_device(tmp_path):
+    """--layout chexpert: the first pass over gray JPEGs, resized by Pillow and on the device
+    (on a GPU the device also decodes them; here the device is the CPU)."""
+    out = tmp_path / "extract"
+    run_script("bench_extract", "--layout", "chexpert", "--n", 24, "--size", 128, "--archive",
+               tmp_path / "archive", "--layouts", "1x1", "--precisions", "fp32",
+               "--batch-sizes", 8, "--no-compile", "--no-onnxruntime", "--no-openvino",
+               "--parts", "c,r", "--seconds", 0.3, "--chunk-rows", 8, "--out", out)
+    rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]
+            if "what" in row}
+    on_cpu = rows["(c) cxrdask fp32, 1 proc x 1 thr"]
+    on_device = rows["(c) cxrdask fp32, 1 proc x 1 thr, resize on the device"]
+    assert on_cpu["images_per_s"] > 0 and on_device["images_per_s"] > 0
+    assert "decode" in on_device["stages"]
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_extract.py"),
+                              "--layout", "chexpert", "--parts", "d"], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+    assert refused.returncode == 2 and "measures --parts k, c and r" in refused.stderr
+
+
 def test_bench_store_compares_with_text(tmp_path):
     out = tmp_path / "store"
     run_script("bench_store", "--rows", 1024, "--chunk-rows", 256, "--images", 8, "--text-rows", 64,
