@@ -118,7 +118,7 @@ class ExtractConfig(Options):
         "auto", "what runs the backbone: auto = ONNX Runtime where it runs fp32 on CPU workers "
                 "(1.3x PyTorch on CPUs without native bf16); OpenVINO where it runs bf16 on "
                 "CPU workers and each worker thread gets "
-                f"{OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch); else "
+                f"{OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch, 3.1x with AMX); else "
                 "PyTorch; torch; onnxruntime (CPU, fp32 only); openvino (CPU, fp32 or bf16)")
     preset: PresetName = _option("default", "seed2018: the 2018 recipe (random image split, flips)")
     resume: bool = _option(True, "start the store afresh instead of resuming",

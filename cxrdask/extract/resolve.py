@@ -94,7 +94,8 @@ ENGINE_CHOICES: tuple[EngineChoice, ...] = (
                      and all(w.onnxruntime for w in job.workers))),
     EngineChoice(
         "openvino", "it runs bf16 on CPU workers that have it installed and each worker "
-        f"thread gets {OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch bf16)",
+        f"thread gets {OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch bf16; "
+        "3.1x on CPUs with AMX)",
         lambda job: (job.all_cpu and job.precision == "bf16" and job.compile is not True
                      and all(w.openvino for w in job.workers)
                      and job.images_per_thread is not None
