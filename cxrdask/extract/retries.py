@@ -64,7 +64,7 @@ def call_with_retries(function: Callable[[], T], retries: int,
     (exponential backoff with jitter); the last error is raised as it was."""
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(retries + 1),
-        wait=tenacity.wait_exponential_jitter(initial=first_wait_s, max=max_wait_s),
+        wait=tenacity.wait_exponential_jitter(multiplier=first_wait_s, max=max_wait_s),
         retry=tenacity.retry_if_exception(is_transient),
         reraise=True,
     )
