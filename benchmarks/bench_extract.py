@@ -441,11 +441,11 @@ def main(argv=None) -> None:
         metadata = None
         root, urls = jpeg_archive_for(Path(f"{args.archive}-{args.layout}"), args.n, args.size)
         if gpu and "r" in parts:
-            from cxrdask.imaging.jpeg_device import decodes_jpeg_on
+            from cxrdask.imaging.jpeg_device import torchcodec_installed
 
             notes.append("the GPU decodes the JPEGs (nvJPEG) in the rows resized on the device"
-                         if decodes_jpeg_on(torch.device("cuda")) else "torchcodec is not "
-                         "installed: the cores decode the JPEGs in every row")
+                         if torchcodec_installed() else "torchcodec does not import: the cores "
+                         "decode the JPEGs in every row")
     n = len(urls)
 
     rows, bound, network = [], {}, {}

@@ -46,9 +46,14 @@ def _torchcodec_jpeg():
     return decode_jpeg
 
 
+def torchcodec_installed() -> bool:
+    """Whether TorchCodec's JPEG decoder imports here (installed, and built for this torch)."""
+    return _torchcodec_jpeg() is not None
+
+
 def decodes_jpeg_on(device: Any) -> bool:
     """Whether JPEGs are decoded on ``device`` (a ``torch.device``): a GPU, with TorchCodec."""
-    return getattr(device, "type", None) == "cuda" and _torchcodec_jpeg() is not None
+    return getattr(device, "type", None) == "cuda" and torchcodec_installed()
 
 
 def device_jpeg(data: bytes, max_pixels: int) -> EncodedJpeg | None:
@@ -88,4 +93,5 @@ def decode_on_device(jpegs: Sequence[EncodedJpeg], device: Any) -> list[Any]:
     return out
 
 
-__all__ = ["EncodedJpeg", "decode_on_device", "decodes_jpeg_on", "device_jpeg"]
+__all__ = ["EncodedJpeg", "decode_on_device", "decodes_jpeg_on", "device_jpeg",
+           "torchcodec_installed"]
