@@ -77,7 +77,8 @@ def test_an_extraction_whose_jpegs_the_device_decodes_gives_the_host_paths_store
     one whose scan is garbage, extracted with the device resizing: once with the host
     decoding every file, once with the device decoding the JPEGs it takes (in an in-process
     cluster, so the switch reaches the worker). Same features, same failed rows, same
-    reasons; the device decoded every whole gray JPEG, in batches."""
+    reasons, the same conversions reported; the device decoded every whole gray JPEG, in
+    batches."""
     from distributed import Client, LocalCluster
 
     import cxrdask.extract.worker as worker
@@ -107,14 +108,15 @@ def test_an_extraction_whose_jpegs_the_device_decodes_gives_the_host_paths_store
                    device="cpu", engine="torch", precision="fp32", batch_size=4, chunk_rows=8,
                    max_failed_fraction=0.5,
                    progress=False)
-    stores = {}
+    stores, summaries = {}, {}
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         for on_device in (False, True):
             monkeypatch.setattr(worker, "decodes_jpeg_on", lambda device, on=on_device: on)
             monkeypatch.setattr(worker, "decode_on_device", counted)
             url = str(tmp_path / f"device-{on_device}.zarr")
-            extract_features(None, archive.root, url, client=client, **options)
+            summaries[on_device] = extract_features(None, archive.root, url, client=client,
+                                                    **options)
             stores[on_device] = FeatureStore.open(url)
     host, device = stores[False], stores[True]
     assert sum(batches) == 24 - 2 and max(batches) > 1  # every whole gray JPEG, batched
@@ -125,3 +127,5 @@ def test_an_extraction_whose_jpegs_the_device_decodes_gives_the_host_paths_store
     assert failed.sum() == 2
     assert list(device.read("error")[failed]) == list(host.read("error")[failed])
     assert all(reason for reason in device.read("error")[failed])
+    conversions = {on: sorted(summary.conversions) for on, summary in summaries.items()}
+    assert conversions[True] == conversions[False] and len(conversions[True]) == 24 - 2

@@ -32,7 +32,7 @@ from cxrdask.extract.metrics import report_chunk
 from cxrdask.extract.retries import call_with_retries, is_transient
 from cxrdask.extract.task_config import STAGES, TaskConfig
 from cxrdask.extract.worker_state import StoreKey, worker_state
-from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, resize_gray
+from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, format_note, resize_gray
 from cxrdask.imaging.host_input import HostInput, needs_torch_input
 from cxrdask.imaging.jpeg_device import EncodedJpeg, decode_on_device, decodes_jpeg_on, device_jpeg
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
@@ -91,7 +91,7 @@ def _load_one(url: str, name: str, config: TaskConfig, jpeg_to_device: bool = Fa
     t1 = time.perf_counter()
     if jpeg_to_device:
         jpeg = device_jpeg(data, DEFAULT_MAX_PIXELS)
-        if jpeg is not None:
+        if jpeg is not None:  # its conversion is noted once it is decoded
             return jpeg, None, False, t1 - t0, time.perf_counter() - t1, 0.0
     try:
         gray, note = decode_gray(data, name)
@@ -234,7 +234,8 @@ class _ChunkWork:
     def _decode_jpegs_on_device(self) -> None:
         """The batch's encoded JPEGs decoded on the device in one call; a file the device
         refuses is decoded on the host, and one the host cannot decode either leaves the
-        batch as a failed row with the host's reason."""
+        batch as a failed row with the host's reason. A decoded file's conversion is noted
+        as the host's decode notes it."""
         t = time.perf_counter()
         at = [k for k, item in enumerate(self.batch_arrays) if isinstance(item, EncodedJpeg)]
         jpegs: list[EncodedJpeg] = [self.batch_arrays[k] for k in at]
@@ -242,15 +243,18 @@ class _ChunkWork:
             decoded = decode_on_device(jpegs, self.converter.device)
         failed: set[int] = set()
         for k, jpeg, image in zip(at, jpegs, decoded, strict=True):
+            row, note = self.batch_rows[k], format_note("JPEG")
             if image is None:
-                row = self.batch_rows[k]
                 try:
-                    gray, _ = decode_gray(jpeg.data, self.names[row])
+                    gray, note = decode_gray(jpeg.data, self.names[row])
                     image = np.asarray(gray, dtype=np.uint8)
                 except ImageDecodeError as exc:
                     self.errors[row] = exc.reason
                     failed.add(k)
+                    continue
             self.batch_arrays[k] = image
+            if note:
+                self.notes.append((self.names[row], note))
         if failed:
             kept = [k for k in range(len(self.batch_rows)) if k not in failed]
             self.batch_rows[:] = [self.batch_rows[k] for k in kept]

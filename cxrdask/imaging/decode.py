@@ -102,9 +102,15 @@ def _gray8_png_fast(data: bytes, image_index: str, max_pixels: int) -> np.ndarra
     return pixels
 
 
+def format_note(fmt: str) -> str | None:
+    """The conversion note for a file of format ``fmt`` (Pillow's name): none for a PNG,
+    NIH's own format; ``"JPEG file"`` and the like for others, so a run reports them."""
+    return None if fmt == "PNG" else f"{fmt} file"
+
+
 def _to_gray8(image: Image.Image, image_index: str) -> tuple[Image.Image, str | None]:
     mode, fmt = image.mode, image.format or "unknown"
-    note = None if fmt == "PNG" else f"{fmt} file"
+    note = format_note(fmt)
     if mode == "L":
         return image, note
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
