@@ -14,19 +14,18 @@ from pathlib import Path
 def machine() -> str:
     """CPU model, whether it computes bf16 natively (and by which instructions), cores,
     memory and GPU, for the record beside every figure."""
-    from cxrdask.backbones.hardware import BF16_CPU_FLAGS
+    from cxrdask.backbones.hardware import native_bf16_flags
 
-    model, flags = "", set()
+    model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
+            if key.strip() == "model name":
                 model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+                break
     except OSError:
         pass
-    native = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    native = native_bf16_flags()
     cpu = (f"{model or platform.processor() or platform.machine()} "
            f"({'native bf16: ' + ', '.join(native) if native else 'no native bf16'})")
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

@@ -28,13 +28,19 @@ GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX in /proc/cpuinfo)."""
+def native_bf16_flags() -> tuple[str, ...]:
+    """The flags in /proc/cpuinfo by which this CPU computes bf16 natively (AVX-512-BF16,
+    AMX); none where it does not, or where there is no /proc/cpuinfo."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+        return ()
+    return tuple(flag for flag in BF16_CPU_FLAGS if flag in flags)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512-BF16 or AMX in /proc/cpuinfo)."""
+    return bool(native_bf16_flags())
 
 
 def cpu_auto_precision() -> str:
@@ -110,4 +116,5 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 __all__ = ["GPU_DEVICE_FILES", "auto_precision",
            "backbone_device_type", "cpu_auto_precision", "cpu_has_native_bf16", "has_no_gpu",
+           "native_bf16_flags",
            "onnxruntime_installed", "openvino_installed", "resolve_device", "resolve_precision"]
