@@ -24,6 +24,10 @@ def run_script(name: str, *args) -> subprocess.CompletedProcess:
     return result
 
 
+def _saved(out: Path) -> dict:
+    return json.loads(out.with_suffix(".json").read_text())
+
+
 def test_bench_extract_writes_its_table_json_and_plot(tmp_path):
     out = tmp_path / "extract"
     result = run_script("bench_extract", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
@@ -46,8 +50,7 @@ def test_bench_extract_times_a_jpeg_archives_first_pass_with_the_resize_on_the_d
                tmp_path / "archive", "--layouts", "1x1", "--precisions", "fp32",
                "--batch-sizes", 8, "--no-compile", "--no-onnxruntime", "--no-openvino",
                "--parts", "c,r", "--seconds", 0.3, "--chunk-rows", 8, "--out", out)
-    rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]
-            if "what" in row}
+    rows = {row["what"]: row for row in _saved(out)["rows"] if "what" in row}
     on_cpu = rows["(c) cxrdask fp32, 1 proc x 1 thr"]
     on_device = rows["(c) cxrdask fp32, 1 proc x 1 thr, resize on the device"]
     assert on_cpu["images_per_s"] > 0 and on_device["images_per_s"] > 0
@@ -158,10 +161,6 @@ def test_bench_backbones_measures_every_family_on_each_cpu_engine(tmp_path):
     assert set(rows["backbone"]) == {"xrv-densenet121-res224-all"}
     assert set(rows["engine"]) == {"torch", "onnxruntime"} and (rows["images_per_s"] > 0).all()
     assert "one CPU thread" in result.stdout
-
-
-def _saved(out: Path) -> dict:
-    return json.loads(out.with_suffix(".json").read_text())
 
 
 def test_bench_fixed_cost_times_a_cold_start_to_the_first_feature(tmp_path):
