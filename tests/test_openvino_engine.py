@@ -213,8 +213,6 @@ def test_a_worker_warms_its_backbone_once_not_again_on_each_call_of_the_session(
     no batch run. A backbone warmed by a batch of zeros (compiled, or on a GPU; an eager
     runner stands in for a compiled one here) runs it once: the next call in the session (a
     notebook's second extraction, the models kept) finds it warm."""
-    from dataclasses import replace
-
     import cxrdask.extract.worker as worker
     from cxrdask.extract.task_config import TaskConfig
     from cxrdask.imaging.preprocessing import Preprocessing
