@@ -7,7 +7,7 @@ the backbone's own size and channels. Each figure is measured in a fresh process
 engine's threads outlive it), in alternated rounds (every backbone once per round), and
 the median of the rounds is reported.
 
-    python benchmarks/bench_backbones.py --rounds 3 --seconds 10 --out results.csv
+    python -m benchmarks.bench_backbones --rounds 3 --seconds 10 --out results.csv
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(ROOT))
 
 DEFAULT_BACKBONES = ("resnet50", "xrv-densenet121-res224-all", "xrv-resnet50-res512-all",
                      "timm:efficientnet_b0", "timm:convnext_tiny")

@@ -20,16 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import machine, save_results, table
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench_extract's bare-backbone timing (the runner extraction uses), in a process of its own.
 CHILD = """
 import json, sys
-from benchmarks.bench_extract import Config, first_call, steady_rate
+from benchmarks.common import Config, first_call, steady_rate
 precision, compile, seconds, size = sys.argv[1], sys.argv[2] == "1", float(sys.argv[3]), int(sys.argv[4])
 runner, x, first = first_call("cpu", Config(precision, compile), 8, size)
 runner(x)

@@ -18,223 +18,35 @@ import argparse
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.common import ProcessTreeMonitor, disk_bytes, machine, peak_rss_mb, save_results, table
+from benchmarks.common import (
+    SPEC,
+    Config,
+    ProcessTreeMonitor,
+    archive_for,
+    decode_bound,
+    decode_rate,
+    disk_bytes,
+    forward_rate,
+    forward_rate_on_device,
+    jpeg_archive_for,
+    machine,
+    peak_rss_mb,
+    save_results,
+    table,
+)
 from benchmarks.spark_2018 import spark_available
-from cxrdask.archive.metadata import locate_images, read_metadata
-from cxrdask.archive.synthetic import make_archive
+from cxrdask.archive.images import locate_images
+from cxrdask.archive.kinds.nih import read_metadata
 from cxrdask.backbones.hardware import cpu_has_native_bf16
-from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
+from cxrdask.backbones.runner import BackboneRunner
 from cxrdask.imaging.decode import preprocess_bytes
-
-SPEC = BackboneSpec("resnet50", "random", 0)
-
-
-class Config(NamedTuple):
-    """One way of running the backbone: precision, torch.compile or not, engine."""
-
-    precision: str
-    compile: bool = False
-    engine: str = "torch"
-
-    @property
-    def name(self) -> str:
-        prefix = "compile+" if self.compile else "" if self.engine == "torch" else self.engine + " "
-        return prefix + self.precision
-
-    @property
-    def eager_torch(self) -> bool:
-        return not self.compile and self.engine == "torch"
-
-
-def archive_for(path: Path, n: int, size: int, replicate: int = 1):
-    """Reuse a synthetic archive of the right size, else write one. With ``replicate`` K,
-    every image is listed K times under new names (hard links): a fast GPU needs many
-    rows, and rendering real-size PNGs is slow. Every row is still read and decoded."""
-    csv = path / "Data_Entry_2017.csv"
-    if (path / "cxrdask-synthetic.json").exists() \
-            and len(read_metadata(str(csv), max_age=10_000)) == n * replicate:
-        return str(path), str(csv)
-    shutil.rmtree(path, ignore_errors=True)
-    archive = make_archive(str(path), n=n, size=size, seed=0, progress=True)
-    print(f"synthetic archive: {archive.images_per_second:.1f} images/s written")
-    if replicate > 1:
-        replicate_archive(path, replicate)
-    return archive.root, archive.metadata_url
-
-
-def jpeg_archive_for(path: Path, n: int, size: int) -> tuple[str, list[str]]:
-    """Reuse a synthetic CheXpert-layout archive (gray JPEGs) of ``n`` images, else write
-    one: its folder and its images' paths. cxrdask finds its kind from its own files."""
-    root = path / "CheXpert-v1.0-small"
-    images = sorted(str(p) for p in root.rglob("*.jpg"))
-    if (root / "cxrdask-synthetic.json").exists() and len(images) == n:
-        return str(root), images
-    shutil.rmtree(path, ignore_errors=True)
-    archive = make_archive(str(root), n=n, size=size, seed=0, layout="chexpert", progress=True)
-    print(f"synthetic archive: {archive.images_per_second:.1f} images/s written")
-    return archive.root, sorted(str(p) for p in root.rglob("*.jpg"))
-
-
-def replicate_archive(path: Path, copies: int) -> None:
-    """List each image ``copies`` times: copy k of ``00000001_000.png`` is a hard link named
-    for patient ``1 + k * 10**7``; the metadata CSV is rewritten with the new rows."""
-    import pandas as pd
-
-    csv = path / "Data_Entry_2017.csv"
-    frame = pd.read_csv(csv)
-    images = next(p.parent for p in path.glob("**/images/*.png"))  # images/ or images_001/images/
-    parts = []
-    for k in range(copies):
-        part = frame.copy()
-        if k:
-            part["Patient ID"] = part["Patient ID"] + k * 10**7
-            part["Image Index"] = [f"{p:08d}_{name.split('_')[1]}" for p, name
-                                   in zip(part["Patient ID"], frame["Image Index"], strict=True)]
-            for old, new in zip(frame["Image Index"], part["Image Index"], strict=True):
-                os.link(images / old, images / new)
-        parts.append(part)
-    pd.concat(parts).to_csv(csv, index=False)
-
-
-def first_call(device: str, config: Config, batch: int,
-               size: int = 224) -> tuple[BackboneRunner, np.ndarray, float]:
-    """The bare backbone (one CPU thread, or the GPU), a random decoded batch, and the
-    seconds of its first call on it (the compilation, if any)."""
-    torch.set_num_threads(1)
-    runner = BackboneRunner.build(SPEC, device, config.precision, config.compile, batch,
-                                  config.engine, threads=1)  # ONNX Runtime's one thread too
-    x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
-    start = time.perf_counter()
-    runner(x)
-    return runner, x, time.perf_counter() - start
-
-
-def steady_rate(runner: BackboneRunner, x: np.ndarray, seconds: float) -> float:
-    """Images/s of ``runner`` called on ``x`` again and again for ``seconds``."""
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        runner(x)
-        done += len(x)
-    return done / (time.perf_counter() - start)
-
-
-def forward_rate(device: str, config: Config, batch: int, seconds: float) -> float:
-    """Images/s of the bare backbone (one CPU thread, or the GPU) on random decoded tensors.
-
-    On the CPU it is measured in a process of its own: an engine's threads outlive its
-    figure in the measuring process (OpenVINO's streams kept this process's later
-    contenders 8% slower), and every engine must leave the machine as it found it."""
-    if device == "cpu":
-        return rates_all_cores("backbone", 1, seconds, config, batch)
-    runner, x, _ = first_call(device, config, batch)  # warm-up (and compilation)
-    runner(x)
-    return steady_rate(runner, x, seconds)
-
-
-def forward_rate_on_device(config: Config, batch: int, seconds: float) -> float:
-    """Images/s of the network alone on a GPU: the batch already on the device (uint8
-    normalised there), nothing copied: the bound any pipeline feeding it can reach."""
-    import torch
-
-    from cxrdask.imaging.model_input import DeviceInput
-    from cxrdask.imaging.preprocessing import Preprocessing
-
-    runner = BackboneRunner.build(SPEC, "cuda", config.precision, config.compile, batch, config.engine)
-    converter = DeviceInput(torch.device("cuda"), Preprocessing())
-    pixels = torch.randint(0, 255, (batch, 224, 224), dtype=torch.uint8, device="cuda")
-    x = converter.normalise(pixels)
-    for _ in range(3):
-        runner.features(x)
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        runner.features(x)
-        done += batch
-    return done / (time.perf_counter() - start)
-
-
-def _decode_file(args: tuple[str, bool]) -> None:
-    url, resize = args
-    from cxrdask.imaging.decode import decode_gray, resize_gray
-    from cxrdask.imaging.preprocessing import Preprocessing
-
-    with open(url, "rb") as handle:
-        gray, _ = decode_gray(handle.read(), os.path.basename(url))
-    if resize:
-        resize_gray(gray, Preprocessing())
-    else:
-        np.asarray(gray)
-
-
-def decode_bound(urls: list[str], processes: int, resize: bool) -> float:
-    """Images/s of read + decode (+ Pillow resize) in a pool of ``processes`` processes:
-    the most a node's cores can feed a GPU, whatever the worker layout."""
-    import multiprocessing
-
-    with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        pool.map(_decode_file, [(u, resize) for u in urls[:processes * 2]])  # start-up
-        start = time.perf_counter()
-        pool.map(_decode_file, [(u, resize) for u in urls], chunksize=8)
-        return len(urls) / (time.perf_counter() - start)
-
-
-def decode_rate(urls: list[str]) -> float:
-    """Images/s of read + decode + resize + normalise on one thread."""
-    start = time.perf_counter()
-    for url in urls:
-        with open(url, "rb") as handle:
-            preprocess_bytes(handle.read(), os.path.basename(url))
-    return len(urls) / (time.perf_counter() - start)
-
-
-def _rate_at_once(kind: str, config: Config | None, batch: int, paths: list[str], seconds: float,
-                  barrier) -> float:
-    """One of :func:`rates_all_cores`' processes: get ready, wait for the others, measure."""
-    if kind == "backbone":
-        assert config is not None
-        runner, x, _ = first_call("cpu", config, batch)
-        runner(x)
-        barrier.wait()
-        return steady_rate(runner, x, seconds)
-    decode_rate(paths[:2])  # the decoder's first call
-    barrier.wait()
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        decode_rate(paths)  # each pass reads, decodes and preprocesses every path
-        done += len(paths)
-    return done / (time.perf_counter() - start)
-
-
-def rates_all_cores(kind: str, cores: int, seconds: float, config: Config | None = None,
-                    batch: int = 8, paths: list[str] | None = None) -> float:
-    """Summed images/s of ``cores`` single-threaded processes running at the same time: the
-    backbone (``kind="backbone"``, eager, ``config``'s engine and precision) or read +
-    decode + preprocess of ``paths`` (``"decode"``).
-
-    A bound computed from one thread's rate times the cores assumes the cores scale
-    linearly; on a VM two vCPUs can be one core's hyperthreads, or share caches and memory
-    bandwidth (measured here: two ONNX Runtime processes at once each ran 0.80-0.90 of one
-    alone). Measured with every core busy, the bound is what the machine can do at once."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Manager().Barrier(cores)
-    with ProcessPoolExecutor(cores, mp_context=context) as pool:
-        rates = [pool.submit(_rate_at_once, kind, config, batch, paths or [], seconds, barrier)
-                 for _ in range(cores)]
-        return sum(rate.result() for rate in rates)
 
 
 def cxrdask_rate(metadata: str | None, root: str, workers: int, threads: int, device: str,
@@ -243,8 +55,9 @@ def cxrdask_rate(metadata: str | None, root: str, workers: int, threads: int, de
     """extract_features (or, with ``source``, extract_from_pixels) on a fresh local cluster;
     the model is built before the clock starts. ``metadata`` None: an archive whose kind
     cxrdask finds from its files (its own split)."""
-    from cxrdask.extract.cluster import local_client
-    from cxrdask.extract.run import STAGES, extract_features, extract_from_pixels
+    from cxrdask.extract.run import extract_features, extract_from_pixels
+    from cxrdask.extract.task_config import STAGES
+    from cxrdask.runtime.cluster import local_client
 
     store = tempfile.mkdtemp(prefix="bench-store-") + "/f.zarr"
     options = dict(weights="random", batch_size=batch, device=device, precision=config.precision,
@@ -273,8 +86,8 @@ def cache_rate(metadata: str, root: str, workers: int, threads: int, device: str
                chunk_rows: int, batch: int, io_threads: int, resize: str, url: str,
                compression: str = "zstd") -> dict:
     """cache_pixels (decode and resize once, no backbone) on a fresh local cluster."""
-    from cxrdask.extract.cluster import local_client
     from cxrdask.extract.run import cache_pixels
+    from cxrdask.runtime.cluster import local_client
 
     shutil.rmtree(url, ignore_errors=True)
     with ProcessTreeMonitor() as monitor:

@@ -29,11 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_extract import archive_for
-from benchmarks.common import machine, save_results, table
+from benchmarks.common import archive_for, machine, save_results, table
 
 CHILD = """
 import sys, time

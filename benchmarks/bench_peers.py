@@ -61,9 +61,6 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import machine, save_results, table
 
 CONTENDERS = ("cxrdask", "cxrdask-cli", "cxrdask-torch", "daft", "spark", "ray", "dataloader", "spark2018")
@@ -323,7 +320,7 @@ def compute_bound(paths: list[str], precision: str, batch: int, cores: int, seco
     Also the same measured with every core busy at once (``rates_all_cores``): A and B
     summed over the cores, bound = 1 / (1/A + 1/B). Where the cores do not scale linearly
     (vCPUs sharing a core or its caches) this is the lower, truer ceiling."""
-    from benchmarks.bench_extract import Config, decode_rate, forward_rate, rates_all_cores
+    from benchmarks.common import Config, decode_rate, forward_rate, rates_all_cores
 
     decode = decode_rate(paths[:32])
     decode_all = rates_all_cores("decode", cores, seconds, paths=paths[:32])
@@ -482,8 +479,9 @@ def main(argv=None) -> None:
         child(args.child, args.job)
         return
 
-    from benchmarks.bench_extract import archive_for
-    from cxrdask.archive.metadata import locate_images, read_metadata
+    from benchmarks.common import archive_for
+    from cxrdask.archive.images import locate_images
+    from cxrdask.archive.kinds.nih import read_metadata
 
     if args.images:
         if not args.metadata:

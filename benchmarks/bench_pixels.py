@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import disk_bytes, machine, save_results, table
-from cxrdask.archive.metadata import locate_images, read_metadata
+from cxrdask.archive.images import locate_images
+from cxrdask.archive.kinds.nih import read_metadata
 from cxrdask.archive.synthetic import make_archive
 from cxrdask.imaging.decode import decode_gray, resize_gray
 from cxrdask.imaging.preprocessing import Preprocessing

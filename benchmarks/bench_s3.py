@@ -11,17 +11,12 @@ request) gain far more from the concurrent fetch than this shows.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import machine, save_results, table
 from cxrdask.archive.synthetic import make_archive
-from cxrdask.extract.cluster import local_client
 from cxrdask.extract.run import extract_features
+from cxrdask.runtime.cluster import local_client
 from cxrdask.testing import local_s3_server
 
 

@@ -49,9 +49,6 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import machine, peak_rss_mb, save_results, table
 
 PLACEHOLDER_PNG = bytes.fromhex(  # a valid 1x1 gray PNG
@@ -127,8 +124,9 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
     archive holds ``n`` images). Each
     stage's seconds go into ``stages`` under ``prefix`` + its name; returns the proxy's
     request counts of the listing, the resume check and ``table()`` (none without one)."""
-    from cxrdask.archive.metadata import locate_images, read_metadata
-    from cxrdask.extract.run import prepare_rows
+    from cxrdask.archive.images import locate_images
+    from cxrdask.archive.kinds.nih import read_metadata
+    from cxrdask.extract.layout import prepare_rows
     from cxrdask.imaging.preprocessing import Preprocessing
     from cxrdask.info import describe_store
     from cxrdask.store.features import FeatureSettings, FeatureStore
@@ -137,10 +135,10 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
         return proxy.requests.copy() if proxy is not None else collections.Counter()
 
     metadata = timed(stages, f"{prefix}read + validate metadata", lambda: read_metadata(
-        f"{archive}/Data_Entry_2017.csv", options))
+        f"{archive}/Data_Entry_2017.csv", storage_options=options))
     before = requests()
     located = timed(stages, f"{prefix}locate images (one listing)", lambda: locate_images(
-        archive, options, expected=metadata["image_index"]))
+        archive, storage_options=options, expected=metadata["image_index"]))
     listing = requests() - before
     assert not located.missing and len(located.urls) == n
     rows, split = timed(stages, f"{prefix}assign the official split", lambda: prepare_rows(
@@ -151,7 +149,7 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
         chunk_rows=512, storage_options=options))
 
     def resume_check() -> int:
-        opened = FeatureStore.open(finished, options)
+        opened = FeatureStore.open(finished, storage_options=options)
         opened.check_settings({"dtype": opened.provenance["dtype"], "chunk_rows": 512})
         return int((~opened.done_chunks()).sum())
 
@@ -161,7 +159,7 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
     timed(stages, f"{prefix}cxrdask info", lambda: describe_store(finished, options))
     before = requests()
     timed(stages, f"{prefix}FeatureStore.open + table()",
-          lambda: FeatureStore.open(finished, options).table())
+          lambda: FeatureStore.open(finished, storage_options=options).table())
     opened = requests() - before
     if proxy is None:
         return {}
@@ -199,8 +197,9 @@ def measure_extraction(csv: str, root: Path, store: Path, workers: int, image_si
 def extract_child(csv: str, root: str, store: str, workers: int, image_size: int) -> dict:
     """``extract_features`` as a notebook user calls it, on a local cluster of ``workers``
     one-thread processes, with the dashboard polled every half second meanwhile."""
-    from cxrdask.extract.cluster import local_client
-    from cxrdask.extract.run import STAGES, extract_features
+    from cxrdask.extract.run import extract_features
+    from cxrdask.extract.task_config import STAGES
+    from cxrdask.runtime.cluster import local_client
 
     slowest = [0.0]
     answered = [0]

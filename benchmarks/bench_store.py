@@ -15,20 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_extract import SPEC, archive_for
-from benchmarks.common import disk_bytes, machine, save_results, table
+from benchmarks.common import SPEC, archive_for, disk_bytes, machine, save_results, table
 from benchmarks.spark_2018 import text_line
-from cxrdask.archive.metadata import locate_images, read_metadata
+from cxrdask.archive.images import locate_images
+from cxrdask.archive.kinds.nih import read_metadata
 from cxrdask.store.features import STATUS_OK, FeatureStore
 from cxrdask.testing import direct_features, make_feature_store
 

@@ -22,9 +22,6 @@ from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import machine, peak_rss_mb, save_results, table
 
 

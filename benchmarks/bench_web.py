@@ -22,9 +22,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (python benchmarks/NAME.py): find the package
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.common import machine, save_results, table
 from cxrdask.testing import free_port
 

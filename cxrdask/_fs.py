@@ -44,3 +44,6 @@ def full_url(fs, path: str) -> str:
 def join_url(root: str, *parts: str) -> str:
     """Join URL parts with ``/`` (fsspec URLs use forward slashes on every platform)."""
     return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+__all__ = ["StorageOptions", "filesystem", "full_url", "is_local", "join_url", "with_defaults"]

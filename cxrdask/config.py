@@ -1,45 +1,42 @@
-"""Every choice of an extraction in one typed, frozen dataclass, and the presets, in one place.
+"""Every choice of a job in one typed, frozen dataclass per job, and the presets, in one place.
 
-:class:`ExtractConfig` is what :func:`~cxrdask.extract.run.extract_features` takes, what the
-store records as provenance (``provenance["extract_config"]``) and what the ``cxrdask
-extract`` options are generated from (:func:`add_config_options`): a default or a help
-text is written once, here. Presets (``seed2018``, the 2018 recipe) live here for both
-extraction and training.
+:class:`ExtractConfig` is what :func:`~cxrdask.extract.run.extract_features` takes and what
+the store records as provenance (``provenance["extract_config"]``); :class:`TrainConfig`
+what :func:`~cxrdask.head.train.train_head` takes and the checkpoint records;
+:class:`EvaluateConfig` how :func:`~cxrdask.evaluation.report.evaluate` audits. The
+``cxrdask`` command's options are generated from their fields (``cxrdask.cli.options``): a
+default or a help text is written once, here. Presets (``seed2018``, the 2018 recipe) live
+here for both extraction and training.
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, get_args, get_origin
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
 
 from cxrdask.backbones.engines import engine_refusal
 from cxrdask.backbones.spec import BackboneSpec
+from cxrdask.choices import (
+    BACKBONE_NAMES,
+    BackboneName,
+    Device,
+    Dtype,
+    Engine,
+    Flip,
+    HeadPrecision,
+    PixelCompression,
+    Precision,
+    PresetName,
+    ResizeOn,
+    SplitMethod,
+    ThresholdRule,
+)
 from cxrdask.errors import OptionError
-from cxrdask.options import Options
+from cxrdask.options import Options, option
 
 DEFAULT_READ_RETRIES = 4  # extraction's --read-retries, and localisation's image reads
 DEFAULT_DEMOGRAPHICS = ("age", "sex")  # the head's inputs after the features: the 2018 recipe's 2050
 
-SplitMethod = Literal["auto", "official", "patient", "random"]
-# torchvision's ImageNet networks, then torchxrayvision's chest X-ray ones (their own
-# preprocessing; cxrdask.backbones.spec.XRV_BACKBONES).
-BackboneName = Literal["resnet50", "densenet121", "resnet18",
-                       "xrv-densenet121-res224-all", "xrv-densenet121-res224-nih",
-                       "xrv-densenet121-res224-pc", "xrv-densenet121-res224-chex",
-                       "xrv-densenet121-res224-rsna", "xrv-densenet121-res224-mimic_nb",
-                       "xrv-densenet121-res224-mimic_ch", "xrv-resnet50-res512-all"]
-Dtype = Literal["float16", "float32"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["auto", "torch", "onnxruntime", "openvino"]
-Flip = Literal["none", "train"]
-ResizeOn = Literal["cpu", "device"]
-PixelCompression = Literal["zstd", "lz4", "none"]
-PresetName = Literal["default", "seed2018"]
-ThresholdRule = Literal["youden", "specificity"]
 
 DEFAULT_BATCH_SIZE = 8  # fastest on 2-core CPUs (measured); GPUs want 64 or more
 # compile="auto" compiles fp32 backbones on CPU workers when each worker thread has this many
@@ -72,11 +69,6 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _option(default: Any, help: str, **cli: Any) -> Any:
-    """A field with its command-line help (and, where the flag differs, how to spell it)."""
-    return field(default=default, metadata={"help": help, "cli": cli})
-
-
 @dataclass(frozen=True)
 class ExtractConfig(Options):
     """How features are extracted: split, chunking, backbone and weights, arithmetic, failures.
@@ -88,68 +80,69 @@ class ExtractConfig(Options):
 
     OPTIONS_NAME = "extraction"
 
-    split: SplitMethod = _option(
+    split: SplitMethod = option(
         "auto", "how rows are split: auto = the official lists when the archive has them, "
                 "else by patient")
-    split_seed: int = _option(0, "seed of the patient/random split and of 2018's flips")
-    chunk_rows: int | Literal["auto"] = _option(
+    split_seed: int = option(0, "seed of the patient/random split and of 2018's flips")
+    chunk_rows: int | Literal["auto"] = option(
         "auto", "rows per store chunk and task; auto gives every worker thread several tasks, "
                 "at most 512 rows (a resumed store keeps its own)", type="chunk_rows")
-    batch_size: int = _option(DEFAULT_BATCH_SIZE, "images per backbone call")
-    backbone: BackboneName | str = _option(
+    batch_size: int = option(DEFAULT_BATCH_SIZE, "images per backbone call")
+    backbone: BackboneName | str = option(
         "resnet50", "torchvision network; torchxrayvision's (xrv-...); or timm:MODEL, a timm "
         "CNN (e.g. timm:convnext_tiny); the last two bring their own preprocessing",
-        type="backbone", metavar="{" + ",".join(typing.get_args(BackboneName)) + ",timm:MODEL}")
-    weights: str = _option("imagenet", "imagenet (the network's published weights) | a "
+        type="backbone", metavar="{" + ",".join(BACKBONE_NAMES) + ",timm:MODEL}")
+    weights: str = option("imagenet", "imagenet (the network's published weights) | a "
                                        "torchvision enum name | PATH.pth | random")
-    weights_seed: int = _option(0, "seed of --weights random")
-    device: str = _option("auto", "cpu | cuda | auto (the worker's GPU when it has one)")
-    dtype: Dtype = _option("float16", "feature dtype in the store")
-    precision: Precision = _option(
+    weights_seed: int = option(0, "seed of --weights random")
+    device: Device = option("auto", "where the backbone runs: auto = the worker's GPU when it has "
+                                   "one, else its CPU")
+    dtype: Dtype = option("float16", "feature dtype in the store")
+    precision: Precision = option(
         "auto", "backbone arithmetic: auto = bf16 where the workers compute it natively (CPUs "
                 "with AVX-512-BF16 or AMX, GPUs), else fp32; fp16: GPUs")
-    compile: bool | Literal["auto"] = _option(
+    compile: bool | Literal["auto"] = option(
         "auto", "torch.compile the backbone (with Inductor freezing on CPUs): auto = PyTorch "
                 f"fp32 on CPU workers (--engine torch) when the job gives each worker thread at least "
                 f"{COMPILE_AUTO_MIN_IMAGES:,} images, enough to repay the compile (~30 s per "
                 "worker; bf16 measured no faster compiled); yes; no", type="compile", nargs="?",
         const=True, metavar="{auto,yes,no}")
-    engine: Engine = _option(
+    engine: Engine = option(
         "auto", "what runs the backbone: auto = ONNX Runtime where it runs fp32 on CPU workers "
                 "(1.3x PyTorch on CPUs without native bf16); OpenVINO where it runs bf16 on "
                 "CPU workers and each worker thread gets "
                 f"{OPENVINO_AUTO_MIN_IMAGES:,} images or more (1.3x eager PyTorch, 3.1x with AMX); else "
                 "PyTorch; torch; onnxruntime (CPU, fp32 only); openvino (CPU, fp32 or bf16)")
-    preset: PresetName = _option("default", "seed2018: the 2018 recipe (random image split, flips)")
-    resume: bool = _option(True, "start the store afresh instead of resuming",
+    preset: PresetName = option("default", "seed2018: the 2018 recipe (random image split, flips)")
+    resume: bool = option(True, "start the store afresh instead of resuming",
                            flag="--overwrite", action="store_false")
-    strict: bool = _option(
+    strict: bool = option(
         False, "refuse a run with any missing image, stop at the first unreadable one")
-    max_failed_fraction: float = _option(
+    max_failed_fraction: float = option(
         DEFAULT_MAX_FAILED_FRACTION,
         "share of rows allowed to fail (missing or unreadable images) before the run is refused "
         "up front or ends with exit status 3")
-    io_threads: int = _option(8, "reader threads per worker (overlap object-storage latency)")
-    read_retries: int = _option(
+    io_threads: int = option(8, "reader threads per worker (overlap object-storage latency)")
+    read_retries: int = option(
         DEFAULT_READ_RETRIES,
         "times a read is tried again after a transient failure (connection reset, timeout, "
            "HTTP 5xx), with exponential backoff; an image still unreadable is retriable: its "
            "chunk is not marked done and the next run reads it again (exit status 5)")
-    retry_failed: bool = _option(
+    retry_failed: bool = option(
         False, "also recompute the chunks that hold failed rows (after restoring those images)")
-    image_size: int = _option(
+    image_size: int = option(
         224, "side of the square image the backbone sees (recorded in the store; 256, 320 or "
              "512 for detail, 64 or 128 to rehearse a large archive at a small compute cost)")
-    resize: ResizeOn = _option(
+    resize: ResizeOn = option(
         "cpu", "where images are resized to --image-size: cpu = Pillow in the decode threads; device = "
                "torch's antialiased resize on the worker's device (GPU nodes: the CPUs only "
                "decode, and with torchcodec installed a GPU decodes gray JPEGs itself, by "
                "nvJPEG). Recorded; the two differ by about one gray level")
-    pixel_compression: PixelCompression = _option(
+    pixel_compression: PixelCompression = option(
         "zstd", "codec of a pixel store this run writes (--pixels, cxrdask cache)")
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        self.check_choices()
         BackboneSpec(name=self.backbone, weights="random")  # refuses an unknown name
         if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):
             raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not "
@@ -182,105 +175,6 @@ class ExtractConfig(Options):
     def to_dict(self) -> dict[str, Any]:
         """Plain values (what the store records)."""
         return asdict(self)
-
-
-def _members(kind: Any) -> tuple:
-    """The members of a union type (``int | Literal["auto"]``), or the type alone."""
-    return get_args(kind) if get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
-
-
-def _literal_values(kind: Any) -> tuple:
-    """The values a ``Literal`` (or a union holding one) allows; empty for other types."""
-    if get_origin(kind) is Literal:
-        return get_args(kind)
-    return tuple(v for member in _members(kind) if get_origin(member) is Literal
-                 for v in get_args(member))
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _check_choices(config: Any) -> None:
-    """Refuse a field typed with a ``Literal`` (alone or in a union, ``int | Literal["auto"]``)
-    whose value is none of its choices, naming the field and the choices."""
-    hints = _hints(config.__class__)
-    for item in fields(config):
-        kind = hints[item.name]
-        value = getattr(config, item.name)
-        allowed = _literal_values(kind)
-        plain = tuple(member for member in _members(kind) if isinstance(member, type))
-        if allowed and value not in allowed and not isinstance(value, plain):
-            raise OptionError(f"{item.name} must be one of {', '.join(map(repr, allowed))}, "
-                              f"not {value!r}")
-
-
-def _chunk_rows(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a number of rows or 'auto', not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a positive number of rows, not {value}")
-    return value
-
-
-_SWITCH = {"yes": True, "true": True, "on": True, "1": True,
-           "no": False, "false": False, "off": False, "0": False}
-
-
-def _compile(text: str) -> bool | str:
-    if text == "auto":
-        return text
-    if text.lower() not in _SWITCH:
-        raise argparse.ArgumentTypeError(f"auto, yes or no, not {text!r}")
-    return _SWITCH[text.lower()]
-
-
-def _backbone(text: str) -> str:
-    try:
-        BackboneSpec(name=text, weights="random")
-    except OptionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-_PARSERS = {"chunk_rows": _chunk_rows, "compile": _compile, "backbone": _backbone}
-
-
-def add_config_options(parser: argparse.ArgumentParser, cls: type = ExtractConfig,
-                       only: tuple[str, ...] | None = None) -> None:
-    """Add one option per field of ``cls`` (or of its fields named in ``only``): its flag,
-    type or choices, default and help."""
-    hints = typing.get_type_hints(cls)
-    for item in fields(cls):
-        if only is not None and item.name not in only:
-            continue
-        cli = dict(item.metadata.get("cli", {}))
-        flag = cli.pop("flag", "--" + item.name.replace("_", "-"))
-        options: dict[str, Any] = {"dest": item.name, "default": item.default,
-                                   "help": item.metadata["help"]}
-        kind = hints[item.name]
-        if kind is bool:
-            options["action"] = cli.pop("action", "store_true")
-        elif "type" in cli:
-            options["type"] = _PARSERS[cli.pop("type")]
-        elif _literal_values(kind):
-            options["choices"] = list(_literal_values(kind))
-        else:
-            options["type"] = kind
-        parser.add_argument(flag, **options, **cli)  # what is left: nargs, const, metavar
-
-
-def config_from_args(args: argparse.Namespace, cls: type = ExtractConfig,
-                     only: tuple[str, ...] | None = None) -> Any:
-    """The config the parsed options of :func:`add_config_options` describe (the defaults
-    for fields left out by ``only``)."""
-    return cls(**{item.name: getattr(args, item.name) for item in fields(cls)
-                  if only is None or item.name in only})
 
 
 @dataclass(frozen=True)
@@ -328,25 +222,43 @@ class TrainConfig(Options):
 
     OPTIONS_NAME = "training"
 
-
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
+    lr: float = option(1e-3, "Adam's learning rate")
+    weight_decay: float = option(1e-5, "Adam's weight decay")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    batch_size: int = 256
-    epochs: int = 50
+    batch_size: int = option(256, "rows per training step")
+    epochs: int = option(50, "the most epochs (early stopping may end sooner)")
     plateau_patience: int = 2
     plateau_factor: float = 0.2
     early_stopping: int | None = 6
-    seed: int = 0
+    seed: int = option(0, "seed of the head's initial weights and of the shuffles")
     demographics: tuple[str, ...] = DEFAULT_DEMOGRAPHICS
     buffer_chunks: int = 4
     resident_mb: int = 1024
-    precision: str = "auto"
-    cuda_graph: bool = True
+    precision: HeadPrecision = option(
+        "auto", "the head's arithmetic: auto = bf16 where the CPU or GPU computes it natively, "
+                "else fp32 (recorded in the checkpoint)")
+    cuda_graph: bool = option(
+        True, "on a GPU, run every training step eagerly instead of replaying it from one CUDA "
+              "graph (for debugging; several times slower)", flag="--no-cuda-graph",
+        action="store_false")
     pos_weight: bool = True
     standardize: bool = True
-    preset: str = "default"
+    preset: PresetName = option(
+        "default", "seed2018: the 2018 recipe (batch 10, lr 3e-4, no early stopping)")
+
+    def __post_init__(self) -> None:
+        self.check_choices()
+        if self.batch_size < 1 or self.epochs < 1 or self.buffer_chunks < 1:
+            raise OptionError(f"batch_size, epochs and buffer_chunks must be at least 1, not "
+                              f"{self.batch_size}, {self.epochs} and {self.buffer_chunks}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise OptionError(f"lr must be above 0 and weight_decay 0 or more, not {self.lr} "
+                              f"and {self.weight_decay}")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise OptionError(f"early_stopping must be None or at least 1, not {self.early_stopping}")
+        if self.resident_mb < 0:
+            raise OptionError(f"resident_mb must be 0 (always lazy) or more, not {self.resident_mb}")
 
     @classmethod
     def preset_config(cls, name: str = "default", **overrides) -> TrainConfig:
@@ -399,19 +311,27 @@ class EvaluateConfig(Options):
 
     OPTIONS_NAME = "evaluation"
 
-    bootstrap: int = 1000
-    stratified: bool = False
-    seed: int = 0
-    threshold_rule: ThresholdRule = "youden"
-    specificity: float = 0.9
-    expert_labels: str | None = None
-    boxes: str | None = None
-    images: str | None = None
-    weights: str | None = None
-    n_workers: int | None = None
+    bootstrap: int = option(1000, "patient resamples for the 95%% intervals (0: none)")
+    stratified: bool = option(
+        False, "draw the AUCs' resamples per finding within patients with and without a "
+               "positive image (pROC's default): none lacks a class")
+    seed: int = option(0, "seed of the resampling")
+    threshold_rule: ThresholdRule = option(
+        "youden", "how each disease's threshold is chosen on the validation split")
+    specificity: float = option(0.9, "the specificity kept by --threshold-rule specificity")
+    expert_labels: str | None = option(
+        None, "Google's 2019 expert labels (google2019_nih-chest-xray-labels.csv[.gz]): score "
+              "Pneumothorax, Nodule or mass and Airspace opacity against them", metavar="CSV")
+    boxes: str | None = option(
+        None, "NIH's BBox_List_2017.csv: score Grad-CAM localisation of the boxed findings "
+              "(needs --images; runs on a Dask cluster)", metavar="CSV")
+    images: str | None = option(None, "the archive's images, for --boxes")
+    weights: str | None = option(
+        None, "backbone weights file, when the head was trained on one")
+    n_workers: int | None = option(None, "local worker processes for --boxes", flag="--workers")
 
     def __post_init__(self) -> None:
-        _check_choices(self)
+        self.check_choices()
         if isinstance(self.bootstrap, bool) or self.bootstrap < 0:
             raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not "
                               f"{self.bootstrap}")
@@ -444,6 +364,4 @@ __all__ = [
     "SplitMethod",
     "ThresholdRule",
     "TrainConfig",
-    "add_config_options",
-    "config_from_args",
 ]

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cxrdask.errors import CxrDaskError
+from cxrdask.options import renamed
 
 SETTINGS_FILE = "cxrdask-demo.json"
 
@@ -80,9 +81,10 @@ def run_demo(
     seed: int = DemoSettings.seed,
     weights: str = DemoSettings.weights,
     epochs: int = 30,
-    workers: int | None = None,
+    n_workers: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    workers: int | None = None,
 ) -> DemoResult:
     """Run the pipeline end to end on a synthetic archive of ``n`` images of ``size`` pixels.
 
@@ -99,8 +101,9 @@ def run_demo(
         ``random`` (a fixed-seed ResNet50: runs offline), ``imagenet``, or a ``.pth`` file.
     epochs
         Head training epochs (early stopping may end sooner).
-    workers
-        Local Dask worker processes (default: one per core).
+    n_workers
+        Local Dask worker processes (default: one per core). ``workers=``, its old name, is
+        deprecated.
     progress
         Show progress bars.
     echo
@@ -117,14 +120,16 @@ def run_demo(
         ``out`` holds a demo of other settings, or files that are not a demo's.
     """
     from cxrdask.archive.boxes import BOX_FILE
-    from cxrdask.archive.metadata import read_metadata
+    from cxrdask.archive.kinds.nih import read_metadata
     from cxrdask.archive.synthetic import make_archive, synthetic_settings
     from cxrdask.archive.synthetic.expert import EXPERT_FILE
     from cxrdask.evaluation.report import evaluate
-    from cxrdask.extract.cluster import local_client
-    from cxrdask.extract.run import plan_extraction, run_extraction
+    from cxrdask.extract.plan import plan_extraction
+    from cxrdask.extract.run import run_extraction
     from cxrdask.head.train import TrainConfig, train_head
+    from cxrdask.runtime.cluster import local_client
 
+    n_workers = renamed("run_demo", "workers", "n_workers", workers, n_workers)
     out = Path(out)
     settings = DemoSettings(n=n, size=size, seed=seed, weights=weights)
     resumed = check_demo_folder(out, settings)
@@ -134,7 +139,7 @@ def run_demo(
 
     if resumed and synthetic_settings(archive_root) is not None:
         echo(f"1/5 synthetic archive: kept from the earlier run under {archive_root}")
-        from cxrdask.archive.metadata import find_metadata
+        from cxrdask.archive.kinds.nih import find_metadata
 
         metadata_url = find_metadata(archive_root)
     else:
@@ -148,7 +153,7 @@ def run_demo(
     plan = plan_extraction(metadata, archive_root, store, weights=weights)
     echo(f"3/5 features (ResNet50, {weights} weights) into {store}")
     # One local cluster for the run: extraction, then Grad-CAM localisation in evaluation.
-    with local_client(n_workers=workers) as client:
+    with local_client(n_workers=n_workers) as client:
         summary = run_extraction(plan, client, progress=progress)
         echo("    " + str(summary).replace("\n", "\n    "))
         echo("4/5 training the head")

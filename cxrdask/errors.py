@@ -238,3 +238,14 @@ class ScoreError(CxrDaskError, ValueError):
 
 class ClusterError(CxrDaskError, RuntimeError):
     """A Dask cluster could not be started or reached as asked."""
+
+
+__all__ = ["ArchiveNotRecognisedError", "CheckpointMismatchError", "CheckpointNotFoundError",
+           "ClusterError", "CorruptChunkError", "CxrDaskError", "DeviceUnavailableError",
+           "ExtractionFailedError", "ExtractionIncompleteError", "FailedRowsError",
+           "FeatureOverflowError", "ImageDecodeError", "ImageTooLargeError", "ImagesNotFoundError",
+           "LabelParseError", "MetadataError", "MetadataNotFoundError", "MissingColumnError",
+           "MissingExtraError", "OptionError", "RowProblem", "ScoreError", "SplitError",
+           "StoreError", "StoreKindError", "StoreLockedError", "StoreMismatchError",
+           "StoreNotFoundError", "StrictFailureError", "WeightsNotFoundError",
+           "WeightsUnavailableError", "WriteTargetError"]

@@ -128,7 +128,7 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
     from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING
     from cxrdask.store.pixels import open_any_store
 
-    store = open_any_store(url, storage_options)
+    store = open_any_store(url, storage_options=storage_options)
     p = store.provenance
     status = store.read("status")
     split = store.read("split")

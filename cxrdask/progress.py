@@ -74,3 +74,6 @@ def show_messages(level: int | str = "INFO", stream: Any = None) -> logging.Hand
     logger.addHandler(handler)
     logger.setLevel(level)
     return handler
+
+
+__all__ = ["Progress", "progress_callback", "show_messages", "show_values"]

@@ -20,7 +20,7 @@ import tempfile
 import torch
 
 from cxrdask import extract_features, local_client, make_archive, read_metadata
-from cxrdask.archive.metadata import find_metadata
+from cxrdask.archive.kinds.nih import find_metadata
 
 FULL_ARCHIVE = 112_120
 

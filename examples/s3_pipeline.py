@@ -13,7 +13,7 @@ import contextlib
 import tempfile
 
 from cxrdask import evaluate, extract_features, make_archive, train_head
-from cxrdask.extract.cluster import local_client
+from cxrdask.runtime.cluster import local_client
 from cxrdask.testing import local_s3_server
 
 

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cxrdask import extract_features, make_archive  # noqa: E402
-from cxrdask.extract.cluster import local_client  # noqa: E402
+from cxrdask.runtime.cluster import local_client  # noqa: E402
 
 PAGE = "individual-fine-performance-metrics"
 

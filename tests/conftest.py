@@ -18,13 +18,13 @@ os.environ.setdefault("CXRDASK_CACHE_DIR", tempfile.mkdtemp(prefix="cxrdask-test
 def small_archive(tmp_path_factory):
     """80 images of 128x128 (tiny, for tests that do not need signal)."""
     root = tmp_path_factory.mktemp("archive")
-    return make_archive(str(root), n=80, size=128, seed=3, workers=1)
+    return make_archive(str(root), n=80, size=128, seed=3, threads=1)
 
 
 @pytest.fixture(scope="session")
 def cluster_client():
     """A real LocalCluster of 2 worker processes (1 thread each), as users run it."""
-    from cxrdask.extract.cluster import local_client
+    from cxrdask.runtime.cluster import local_client
 
     with local_client(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                       announce=False) as client:

@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 
 from cxrdask.archive.findings import findings_of, harmonise
-from cxrdask.archive.kinds import detect_archive, locate_archive_images, read_archive
+from cxrdask.archive.images import locate_archive_images
+from cxrdask.archive.kinds import detect_archive, read_archive
 from cxrdask.archive.synthetic import make_archive
 from cxrdask.errors import ArchiveNotRecognisedError, MetadataError, OptionError
 
@@ -29,7 +30,7 @@ def archives(tmp_path_factory):
     made = {}
     for layout in ("chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr", "rsna-pneumonia"):
         made[layout] = make_archive(str(root / layout), 400, size=32, layout=layout, seed=3,
-                                    workers=2).root
+                                    threads=2).root
     return made
 
 
@@ -173,22 +174,29 @@ def test_a_manifest_reads_any_private_archive(tmp_path):
 
 
 def test_the_command_lines_choices_are_the_librarys():
-    """The CLI spells its choices out (so --help imports no pandas); they must not drift."""
-    from cxrdask import cli
+    """Every list of choices is defined once (cxrdask.choices); the library's checks and the
+    command line's options both read it, so a kind the reader learns is one --help offers."""
     from cxrdask.archive.findings import UNCERTAIN_POLICIES
     from cxrdask.archive.kinds import ARCHIVE_KINDS
     from cxrdask.archive.synthetic.layouts import LAYOUTS
+    from cxrdask.cli import build_parser
 
-    assert cli.SYNTHETIC_LAYOUTS == LAYOUTS
-    assert ("auto", *ARCHIVE_KINDS) == cli.ARCHIVE_CHOICES
-    assert cli.UNCERTAIN_CHOICES == UNCERTAIN_POLICIES
+    def choices(command: str, dest: str) -> tuple:
+        parser = build_parser(only=command)
+        sub = parser._subparsers._group_actions[0].choices[command]  # argparse keeps them here
+        return tuple(next(a for a in sub._actions if a.dest == dest).choices)
+
+    assert choices("synth", "layout") == LAYOUTS
+    assert choices("extract", "archive") == ("auto", *ARCHIVE_KINDS)
+    assert choices("cache", "uncertain") == UNCERTAIN_POLICIES
+    assert set(ARCHIVE_KINDS) >= set(LAYOUTS) and len(ARCHIVE_KINDS) == 8
 
 
 def test_a_dicom_archive_without_pydicom_is_refused_before_any_work(tmp_path, monkeypatch):
     import sys
 
     from cxrdask.errors import MissingExtraError
-    from cxrdask.extract.run import plan_extraction
+    from cxrdask.extract.plan import plan_extraction
 
     archive = tmp_path / "archive"
     archive.mkdir()

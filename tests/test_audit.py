@@ -275,7 +275,7 @@ def test_boxes_from_maps_that_know_the_sign_localise_and_others_do_not(tmp_path)
 
     n, size, seed = 600, 128, 4
     archive = make_archive(str(tmp_path / "a"), n=n, size=size, seed=seed, prevalence="balanced",
-                           workers=2)
+                           threads=2)
     boxes = read_boxes(f"{archive.root}/BBox_List_2017.csv")
     frame = make_metadata(n, seed=seed, prevalence="balanced")
     labels = label_matrix(frame)

@@ -1,4 +1,5 @@
-"""The benchmark scripts run, as users run them (plain scripts), on tiny inputs; no timing asserted."""
+"""The benchmark scripts run, as users run them (``python -m benchmarks.NAME`` from the
+repository's root), on tiny inputs; no timing asserted."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *map(str, args)],
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *map(str, args)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -55,7 +56,7 @@ def test_bench_extract_times_a_jpeg_archives_first_pass_with_the_resize_on_the_d
     on_device = rows["(c) cxrdask fp32, 1 proc x 1 thr, resize on the device"]
     assert on_cpu["images_per_s"] > 0 and on_device["images_per_s"] > 0
     assert "decode" in on_device["stages"]
-    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_extract.py"),
+    refused = subprocess.run([sys.executable, "-m", "benchmarks.bench_extract",
                               "--layout", "chexpert", "--parts", "d"], capture_output=True,
                              text=True, timeout=120, cwd=ROOT)
     assert refused.returncode == 2 and "measures --parts k, c and r" in refused.stderr

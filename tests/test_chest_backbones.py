@@ -13,7 +13,8 @@ from cxrdask.backbones.build import build_backbone
 from cxrdask.backbones.spec import XRV_BACKBONES, BackboneSpec
 from cxrdask.errors import OptionError, WeightsUnavailableError
 from cxrdask.evaluation.report import evaluate
-from cxrdask.extract.run import extract_features, plan_extraction
+from cxrdask.extract.plan import plan_extraction
+from cxrdask.extract.run import extract_features
 from cxrdask.head.train import train_head
 from cxrdask.store.features import FeatureStore
 from cxrdask.testing import make_feature_store

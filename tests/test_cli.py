@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
+from helpers import cxrdask
 
 from cxrdask.cli import build_parser, parse_storage_options
 from cxrdask.store.features import FeatureStore
-
-
-def cxrdask(*args, check=True, timeout=600, cwd=None):
-    result = subprocess.run([sys.executable, "-m", "cxrdask.cli", *map(str, args)],
-                            capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def test_every_command_has_help():
@@ -27,23 +18,23 @@ def test_every_command_has_help():
     assert set(commands) == {"info", "verify", "synth", "demo", "extract", "cache", "train",
                              "evaluate", "predict", "serve"}
     for name in commands:
-        assert cxrdask(name, "--help").stdout.startswith(f"usage: cxrdask {name}")
+        assert cxrdask(name, "--help", check=True).stdout.startswith(f"usage: cxrdask {name}")
 
 
 def test_info():
-    out = cxrdask("info").stdout
+    out = cxrdask("info", check=True).stdout
     assert "torch" in out and "zarr" in out and "torch threads" in out and "CUDA" in out
 
 
 def test_a_command_that_outlasts_its_time_says_where_it_was(tmp_path):
     """run_command's stall report: the command, asked with SIGUSR1, prints its threads'
     stacks and is stopped; the failure carries them (a hung CI run then says where)."""
-    from cxrdask.testing import CommandStalled, run_command
+    from helpers import CommandStalled
 
     started = time.perf_counter()
     with pytest.raises(CommandStalled) as stalled:  # 20,000 full-size images: minutes of work
-        run_command(["synth", str(tmp_path / "big"), "--n", "20000", "--size", "1024",
-                     "--workers", "1"], timeout=6)
+        cxrdask("synth", str(tmp_path / "big"), "--n", "20000", "--size", "1024",
+                "--threads", "1", timeout=6)
     message = str(stalled.value)
     assert "still ran after 6 s" in message
     assert "most recent call first" in message and "cxrdask/archive/synthetic" in message
@@ -73,24 +64,25 @@ def test_compile_is_auto_unless_asked(capsys):
 @pytest.mark.slow
 def test_synth_extract_train_evaluate(tmp_path):
     archive = tmp_path / "archive"
-    out = cxrdask("synth", archive, "--n", 40, "--size", 96, "--workers", 1, "--quiet").stdout
+    out = cxrdask("synth", archive, "--n", 40, "--size", 96, "--threads", 1, "--quiet",
+                  check=True).stdout
     assert "wrote 40 images" in out
     store = tmp_path / "f.zarr"
     out = cxrdask("extract", "--images", archive, "--store", store, "--weights", "random",
-                  "--workers", 2, "--chunk-rows", 16, "--quiet").stdout
+                  "--workers", 2, "--chunk-rows", 16, "--quiet", check=True).stdout
     assert "Dask dashboard: http" in out and "rows: " in out and "kaggle2017 variant" in out
     assert FeatureStore.open(str(store)).is_complete()
     again = cxrdask("extract", "--images", archive, "--store", store, "--weights", "random",
-                    "--workers", 1, "--chunk-rows", 16, "--quiet").stdout
+                    "--workers", 1, "--chunk-rows", 16, "--quiet", check=True).stdout
     assert "0 run, 3 skipped as already done" in again
     refused = cxrdask("extract", "--images", archive, "--store", store, "--weights", "random",
                       "--workers", 1, "--chunk-rows", 16, "--dtype", "float32", check=False)
     assert refused.returncode == 2 and "dtype: store has 'float16'" in refused.stderr
     out = cxrdask("train", "--store", store, "--out", tmp_path / "head", "--epochs", 3,
-                  "--batch-size", 8, "--quiet").stdout
+                  "--batch-size", 8, "--quiet", check=True).stdout
     assert "best validation loss" in out and (tmp_path / "head" / "head.pt").exists()
     out = cxrdask("evaluate", "--store", store, "--checkpoint", tmp_path / "head" / "head.pt",
-                  "--out", tmp_path / "report").stdout
+                  "--out", tmp_path / "report", check=True).stdout
     assert "| disease | positives | AUC |" in out
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert len(report["per_label"]) == 14
@@ -153,7 +145,7 @@ def test_predict_command_matches_the_library(trained_checkpoint, small_archive, 
 
     images = sorted(str(p) for p in Path(small_archive.root).rglob("*.png"))[:3]
     out = cxrdask("predict", *images, "--checkpoint", trained_checkpoint, "--device", "cpu",
-                  "--age", "40", "--sex", "F", "--csv", tmp_path / "p.csv").stdout
+                  "--age", "40", "--sex", "F", "--csv", tmp_path / "p.csv", check=True).stdout
     assert all(label in out for label in LABELS)
     written = pd.read_csv(tmp_path / "p.csv")
     expected = predict(images, trained_checkpoint, age=40, sex="F", device="cpu")

@@ -11,13 +11,14 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
+from helpers import command_line_cluster, cxrdask
 
 from cxrdask.archive.synthetic import make_archive
 from cxrdask.evaluation.report import evaluate
 from cxrdask.extract.run import extract_features
 from cxrdask.head.train import TrainConfig, train_head
 from cxrdask.store.features import FeatureStore
-from cxrdask.testing import command_line_cluster, local_s3_server, run_command
+from cxrdask.testing import local_s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def s3():
 
 def test_s3_pipeline_equals_local(s3, small_archive, cluster_client, tmp_path):
     # The same seed and size as the local small_archive: the same bytes, now in a bucket.
-    archive = make_archive("s3://cxr/archive", n=80, size=128, seed=3, workers=1,
+    archive = make_archive("s3://cxr/archive", n=80, size=128, seed=3, threads=1,
                            storage_options=s3)
     store_url = "s3://cxr/features.zarr"
     summary = extract_features(archive.metadata_url, archive.root, store_url,
@@ -41,7 +42,7 @@ def test_s3_pipeline_equals_local(s3, small_archive, cluster_client, tmp_path):
     local_url = str(tmp_path / "local.zarr")
     extract_features(small_archive.metadata_url, small_archive.root, local_url,
                      client=cluster_client, weights="random", chunk_rows=16, progress=False)
-    remote = FeatureStore.open(store_url, s3)
+    remote = FeatureStore.open(store_url, storage_options=s3)
     local = FeatureStore.open(local_url)
     np.testing.assert_array_equal(remote.features.compute(), local.features.compute())
     assert remote.table().equals(local.table())
@@ -75,7 +76,7 @@ def test_cli_reads_storage_options(s3, small_archive, tmp_path):
                           "random", "--workers", "1", "--chunk-rows", "10", "--quiet", *options],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert FeatureStore.open("s3://cxr/cli.zarr", s3).is_complete()
+    assert FeatureStore.open("s3://cxr/cli.zarr", storage_options=s3).is_complete()
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +106,10 @@ def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archi
     watcher = threading.Thread(target=watch_dashboard)
     watcher.start()
     try:
-        run = run_command(
-            ["extract", "--images", small_archive.root, "--store", store, "--weights", "random",
-             "--chunk-rows", "8", "--scheduler", address, "--performance-report",
-             str(tmp_path / "report.html"), "--quiet"],
+        run = cxrdask(
+            "extract", "--images", small_archive.root, "--store", store, "--weights", "random",
+            "--chunk-rows", "8", "--scheduler", address, "--performance-report",
+            str(tmp_path / "report.html"), "--quiet",
             timeout=240, scheduler=address, log_dir=logs)
     finally:
         stop.set()
@@ -118,10 +119,10 @@ def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archi
     assert 200 in statuses
     assert "chunks: 10 run" in run.stdout and "seconds per stage and worker" in run.stdout
     assert (tmp_path / "report.html").stat().st_size > 10_000
-    grid = run_command(
-        ["train", "--store", store, "--out", str(tmp_path / "grid"), "--grid", "--grid-lrs",
-         "1e-3,3e-3", "--grid-weight-decays", "0", "--epochs", "2", "--batch-size", "8",
-         "--scheduler", address, "--quiet"],
+    grid = cxrdask(
+        "train", "--store", store, "--out", str(tmp_path / "grid"), "--grid", "--grid-lrs",
+        "1e-3,3e-3", "--grid-weight-decays", "0", "--epochs", "2", "--batch-size", "8",
+        "--scheduler", address, "--quiet",
         timeout=240, scheduler=address, log_dir=logs)
     assert grid.returncode == 0, grid.stderr
     assert "best: lr" in grid.stdout and (tmp_path / "grid" / "head.pt").exists()
@@ -130,7 +131,7 @@ def test_cli_on_a_cluster_started_from_the_command_line(cli_cluster, small_archi
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_extraction_matches_cpu(small_archive, tmp_path):
-    from cxrdask.extract.cluster import local_client
+    from cxrdask.runtime.cluster import local_client
 
     with local_client(n_workers=1, dashboard_address="127.0.0.1:0", announce=False) as client:
         cpu = extract_features(small_archive.metadata_url, small_archive.root,

@@ -95,7 +95,7 @@ def test_grid_search_is_a_span_of_train_trials(cluster_client, tmp_path):
     url = str(tmp_path / "grid.zarr")
     make_feature_store(url, 400, feature_dim=16, chunk_rows=100, seed=4)
     with get_task_stream(cluster_client) as stream:
-        frame = grid_search(url, [1e-3, 3e-3], [0.0], base=TrainConfig(epochs=1, batch_size=64),
+        frame = grid_search(url, [1e-3, 3e-3], [0.0], config=TrainConfig(epochs=1, batch_size=64),
                             out_dir=tmp_path / "grid", client=cluster_client, progress=False)
     assert len(frame) == 2
     assert {key_split(task["key"]) for task in stream.data} == {"train-trial"}
@@ -108,7 +108,7 @@ def test_the_dashboard_is_built_once_the_workers_have_started(monkeypatch):
     workers have started, and they serve as usual."""
     import distributed.dashboard.scheduler as bokeh_dashboard
 
-    from cxrdask.extract.cluster import close_cluster, start_local_cluster
+    from cxrdask.runtime.cluster import close_cluster, start_local_cluster
 
     workers_then = []
     connect = bokeh_dashboard.connect

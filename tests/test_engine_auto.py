@@ -19,8 +19,8 @@ from cxrdask.backbones.hardware import cpu_auto_precision, has_no_gpu, onnxrunti
 from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
 from cxrdask.config import COMPILE_AUTO_MIN_IMAGES, ExtractConfig
 from cxrdask.errors import OptionError
+from cxrdask.extract.layout import local_layout
 from cxrdask.extract.resolve import Resolved, WorkerFacts, local_engine, resolve
-from cxrdask.extract.run import local_layout
 
 CPU = WorkerFacts("cpu", "fp32", onnxruntime=True, openvino=True, compiler=True)
 
@@ -168,7 +168,7 @@ def test_weights_from_a_file_are_never_served_from_the_cache(tmp_path):
 DEFAULT_LAYOUT_SCRIPT = textwrap.dedent("""
     import json, sys
     from cxrdask import close_session_cluster, extract_features
-    from cxrdask.extract.cluster import _SESSION
+    from cxrdask.runtime.cluster import _SESSION
     from cxrdask.store.features import FeatureStore
 
     metadata, root, out = sys.argv[1:4]

@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from cxrdask.archive.metadata import locate_images, read_metadata
+from cxrdask.archive.images import locate_images
+from cxrdask.archive.kinds.nih import read_metadata
 from cxrdask.backbones.runner import BackboneSpec, cached_runners
 from cxrdask.errors import ImageDecodeError, StoreMismatchError
 from cxrdask.extract.run import extract_features

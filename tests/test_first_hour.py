@@ -8,7 +8,6 @@ code before its fix.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,26 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ENV, ROOT, cxrdask, tree_digest
 
 from cxrdask.errors import CheckpointMismatchError, StoreError, WriteTargetError
 from cxrdask.store.features import FeatureStore
 from cxrdask.store.lease import LEASE_NAME
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
-       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def cxrdask(*args, cwd=None, timeout=600, **kwargs):
-    """``cxrdask ARGS`` as a subprocess; returns the completed process (never raises)."""
-    return subprocess.run([sys.executable, "-m", "cxrdask.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=ENV, **kwargs)
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def one_line_refusal(run) -> str:
@@ -57,12 +41,12 @@ def archive(tmp_path_factory):
     from cxrdask.archive.synthetic import make_archive
 
     root = tmp_path_factory.mktemp("first-hour") / "archive"
-    return make_archive(str(root), n=24, size=64, seed=7, workers=2)
+    return make_archive(str(root), n=24, size=64, seed=7, threads=2)
 
 
 def _table(archive):
-    from cxrdask.archive.metadata import read_metadata
-    from cxrdask.extract.run import prepare_rows
+    from cxrdask.archive.kinds.nih import read_metadata
+    from cxrdask.extract.layout import prepare_rows
 
     rows, _ = prepare_rows(read_metadata(archive.metadata_url), "patient")
     return rows
@@ -356,13 +340,13 @@ def test_help_defaults_read_from_source_equal_the_apis():
     API's, as :func:`inspect.signature` of the imported function gives them."""
     import inspect
 
-    from cxrdask.archive.metadata import read_metadata
+    from cxrdask.archive.kinds.nih import read_metadata
     from cxrdask.archive.synthetic import SyntheticSpec, make_archive
     from cxrdask.cli import build_parser
     from cxrdask.config import EvaluateConfig
     from cxrdask.evaluation.report import evaluate
-    from cxrdask.extract.cluster import start_local_cluster
     from cxrdask.head.train import grid_search, train_head
+    from cxrdask.runtime.cluster import start_local_cluster
 
     commands = build_parser()._subparsers._group_actions[0].choices
     options = {name: {a.dest: a.default for a in commands[name]._actions} for name in commands}

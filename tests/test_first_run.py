@@ -10,9 +10,7 @@ interface).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import re
 import shlex
 import socket
@@ -23,25 +21,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import ENV, ROOT, cxrdask, tree_digest
 
 from cxrdask.store.features import FeatureStore
-
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
-       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def cxrdask(*args, cwd=None, timeout=600):
-    """``cxrdask ARGS`` as a subprocess; returns the completed process (never raises)."""
-    return subprocess.run([sys.executable, "-m", "cxrdask.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=ENV)
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, by relative path."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
 
 # --------------------------------------------------------------------------- scripts without a guard
 
@@ -51,7 +33,7 @@ def test_make_archive_in_a_plain_script_needs_no_main_guard(tmp_path):
     ``if __name__ == "__main__":`` guard died with BrokenProcessPool. It now uses threads."""
     script = tmp_path / "example.py"
     script.write_text('from cxrdask import make_archive\n\n'
-                      'archive = make_archive("archive", n=24, size=64, workers=2)\n'
+                      'archive = make_archive("archive", n=24, size=64, threads=2)\n'
                       'print("wrote", archive.n_images)\n')
     run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300, env=ENV)
@@ -68,7 +50,7 @@ def archive(tmp_path_factory):
     from cxrdask.archive.synthetic import make_archive
 
     root = tmp_path_factory.mktemp("first-run") / "archive"
-    return make_archive(str(root), n=40, size=64, seed=5, workers=2)
+    return make_archive(str(root), n=40, size=64, seed=5, threads=2)
 
 
 def test_wrong_images_path_is_refused_before_a_cluster_starts(archive, tmp_path):
@@ -166,7 +148,7 @@ def test_failed_rows_above_the_threshold_exit_non_zero_and_keep_the_store(archiv
 
 def test_auto_chunk_rows_gives_every_worker_several_tasks():
     """Defect 5: 599 rows became tasks of 512 and 87, so one of two workers did 86%."""
-    from cxrdask.extract.run import MAX_AUTO_CHUNK_ROWS, auto_chunk_rows
+    from cxrdask.extract.layout import MAX_AUTO_CHUNK_ROWS, auto_chunk_rows
 
     for rows, threads in [(599, 2), (80, 2), (2_000, 16), (112_120, 2), (112_120, 64), (7, 4)]:
         chunk = auto_chunk_rows(rows, threads, batch_size=8)
@@ -318,7 +300,7 @@ def test_help_shows_defaults_that_come_from_the_api():
 def test_dashboard_listens_on_loopback_and_moves_off_a_busy_port():
     import psutil
 
-    from cxrdask.extract.cluster import DEFAULT_DASHBOARD, local_client
+    from cxrdask.runtime.cluster import DEFAULT_DASHBOARD, local_client
 
     host, port = DEFAULT_DASHBOARD.split(":")
     blocker = socket.socket()

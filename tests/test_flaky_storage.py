@@ -14,14 +14,15 @@ import time
 
 import numpy as np
 import pytest
+from helpers import command_line_cluster, report_if_stalled
 
-from cxrdask.archive.metadata import read_metadata
+from cxrdask.archive.kinds.nih import read_metadata
 from cxrdask.archive.synthetic import make_archive
 from cxrdask.errors import ExtractionIncompleteError
-from cxrdask.extract.retries import is_transient
 from cxrdask.extract.run import extract_features
+from cxrdask.runtime.retries import is_transient
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
-from cxrdask.testing import FaultyProxy, command_line_cluster, local_s3_server, report_if_stalled
+from cxrdask.testing import FaultyProxy, local_s3_server
 
 pytestmark = pytest.mark.slow
 N = 32
@@ -31,7 +32,7 @@ N = 32
 def s3_archive():
     """A small archive on a local S3 server, and a clean extraction of it to compare with."""
     with local_s3_server("flaky") as options:
-        archive = make_archive("s3://flaky/archive", n=N, size=96, seed=5, workers=2,
+        archive = make_archive("s3://flaky/archive", n=N, size=96, seed=5, threads=2,
                                storage_options=options)
         yield archive, options
 
@@ -42,7 +43,7 @@ def _via(proxy: FaultyProxy, options: dict, **extra) -> dict:
 
 
 def _extract(archive, options, store, client, **kw):
-    metadata = read_metadata(archive.metadata_url, options)
+    metadata = read_metadata(archive.metadata_url, storage_options=options)
     return extract_features(metadata, archive.root, store, client=client, weights="random",
                             chunk_rows=8, split="patient", progress=False,
                             storage_options=options, **kw)
@@ -57,7 +58,7 @@ def clean_store(s3_archive, cluster_client, tmp_path_factory):
 
 
 def _assert_equal_stores(url: str, clean: FeatureStore, options: dict | None = None) -> None:
-    store = FeatureStore.open(url, options)
+    store = FeatureStore.open(url, storage_options=options)
     assert store.is_complete()
     assert np.array_equal(store.read("status"), clean.read("status"))
     assert (store.read("status") == STATUS_OK).all()
@@ -145,7 +146,7 @@ def test_worker_killed_while_writing_a_chunk(s3_archive, clean_store, tmp_path):
 
         def kill_while_writing() -> None:
             if proxy.holding.wait(240):  # the worker waits for its write to be answered
-                killed.append(int(FeatureStore.open(store, options).done_chunks().sum()))
+                killed.append(int(FeatureStore.open(store, storage_options=options).done_chunks().sum()))
                 os.kill(first_worker, signal.SIGKILL)
                 time.sleep(0.5)
             proxy.release()  # the write lands after its writer died: never marked done

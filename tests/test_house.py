@@ -122,8 +122,8 @@ def test_evaluate_is_its_steps_called_one_after_another(scored_store, tmp_path):
 
 
 def test_the_library_logs_its_messages_and_never_prints(capsys, caplog):
-    from cxrdask.extract.cluster import local_client
     from cxrdask.progress import show_messages
+    from cxrdask.runtime.cluster import local_client
 
     with caplog.at_level(logging.INFO, logger="cxrdask"), \
             local_client(n_workers=1, dashboard_address="127.0.0.1:0") as client:
@@ -133,7 +133,7 @@ def test_the_library_logs_its_messages_and_never_prints(capsys, caplog):
                for record in caplog.records)
     handler = show_messages()
     try:
-        logging.getLogger("cxrdask.extract.cluster").info("a message")
+        logging.getLogger("cxrdask.runtime.cluster").info("a message")
         assert capsys.readouterr().out == "a message\n"
     finally:
         logging.getLogger("cxrdask").removeHandler(handler)
@@ -161,7 +161,7 @@ def test_long_calls_report_progress_to_an_fsspec_callback(tmp_path, capsys):
     from cxrdask.testing import make_feature_store
 
     synth = _Counting().callback
-    make_archive(str(tmp_path / "archive"), 24, size=64, workers=1, progress=synth)
+    make_archive(str(tmp_path / "archive"), 24, size=64, threads=1, progress=synth)
     assert synth.size == 24 and synth.value == 24 and synth.seen[-1] == 24
     url = str(tmp_path / "f.zarr")
     make_feature_store(url, 600, feature_dim=8, chunk_rows=100)

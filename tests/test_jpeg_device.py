@@ -87,7 +87,7 @@ def test_an_extraction_whose_jpegs_the_device_decodes_gives_the_host_paths_store
     from cxrdask.store.features import STATUS_FAILED, FeatureStore
 
     archive = make_archive(str(tmp_path / "CheXpert-v1.0-small"), 24, size=96,
-                           layout="chexpert", seed=3, workers=1)
+                           layout="chexpert", seed=3, threads=1)
     jpegs = sorted(Path(archive.root).rglob("*.jpg"))
     assert len(jpegs) == 24
     jpegs[0].write_bytes(_jpeg(_gray(120, 80, 7)))  # another shape

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cxrdask.archive.images import locate_images
+from cxrdask.archive.kinds.nih import parse_age, read_metadata
 from cxrdask.archive.labels import LABELS, LabelParseError, format_labels, parse_labels
-from cxrdask.archive.metadata import locate_images, parse_age, read_metadata
 from cxrdask.archive.synthetic import format_csv, make_metadata
 from cxrdask.errors import MetadataError, MissingColumnError
 from cxrdask.head.encoding import encode_demographics

@@ -142,7 +142,7 @@ def test_gradcam_localises_the_signs_a_backbone_learned_and_not_those_it_did_not
     list) box them far more often than another image's map of the same finding does (the
     chance a map that knows nothing of the image has); a random-weight backbone's maps, which
     carry a sign only as pooled statistics, do not: the comparison is one that can fail."""
-    from cxrdask.testing import finetune_backbone
+    from helpers import finetune_backbone
 
     weights = finetune_backbone(signs_archive.metadata_url, signs_archive.root,
                                 tmp_path / "resnet18-signs.pth", epochs=3, frozen_stages=2)

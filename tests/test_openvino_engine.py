@@ -20,8 +20,8 @@ from cxrdask.backbones.engines.eager import EagerBackend
 from cxrdask.backbones.runner import BackboneRunner, BackboneSpec
 from cxrdask.config import OPENVINO_AUTO_MIN_IMAGES, ExtractConfig
 from cxrdask.errors import OptionError, StoreMismatchError
+from cxrdask.extract.layout import local_layout
 from cxrdask.extract.resolve import WorkerFacts, resolve
-from cxrdask.extract.run import local_layout
 
 SPEC = BackboneSpec("resnet18", "random", 5)
 

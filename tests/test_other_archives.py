@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import cxrdask
 
 from cxrdask.archive.findings import MISSING
 from cxrdask.archive.synthetic import make_archive
@@ -14,7 +15,6 @@ from cxrdask.extract.run import extract_features
 from cxrdask.head.loss import MaskedBCEWithLogits, loss_for
 from cxrdask.head.train import train_head
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
-from cxrdask.testing import run_command
 
 SMALL = dict(weights="random", backbone="resnet18", image_size=64, progress=False)
 
@@ -25,11 +25,11 @@ def chexpert_store(tmp_path_factory):
     --archive flag: the kind is found from the folder's own files."""
     out = tmp_path_factory.mktemp("chexpert")
     archive = make_archive(str(out / "CheXpert-v1.0-small"), 240, size=64, layout="chexpert",
-                           seed=5, strength=2.0, workers=2)
+                           seed=5, strength=2.0, threads=2)
     store = str(out / "chexpert.zarr")
-    run = run_command(["extract", "--images", archive.root,
-                       "--store", store, "--weights", "random", "--backbone", "resnet18",
-                       "--image-size", "64", "--workers", "1", "--quiet"], timeout=300)
+    run = cxrdask("extract", "--images", archive.root,
+                  "--store", store, "--weights", "random", "--backbone", "resnet18",
+                  "--image-size", "64", "--workers", "1", "--quiet", timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "chexpert archive, 240 images" in run.stdout
     return store
@@ -90,7 +90,7 @@ def test_an_nih_head_scores_on_a_chexpert_store_as_an_external_validation(
 def test_a_dicom_archive_extracts_every_decodable_file_and_names_the_broken_one(
         tmp_path, cluster_client):
     archive = make_archive(str(tmp_path / "vindr"), 40, size=64, layout="vindr-cxr", seed=2,
-                           workers=2)
+                           threads=2)
     files = sorted((tmp_path / "vindr" / "train").glob("*.dicom"))
     broken = files[3]
     broken.write_bytes(broken.read_bytes()[:1500])  # a truncated download

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from cxrdask.errors import StoreKindError, StoreMismatchError
-from cxrdask.extract.run import cache_pixels, extract_features, extract_from_pixels, plan_from_pixels
+from cxrdask.extract.plan import plan_from_pixels
+from cxrdask.extract.run import cache_pixels, extract_features, extract_from_pixels
 from cxrdask.imaging.decode import decode_gray, resize_gray
 from cxrdask.imaging.model_input import DeviceInput
 from cxrdask.imaging.preprocessing import DEVICE_INTERPOLATION, Preprocessing
@@ -156,7 +157,7 @@ def test_device_normalisation_matches_the_numpy_path():
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_features_from_the_pixel_store_match_the_pngs(small_archive, tmp_path):
-    from cxrdask.extract.cluster import local_client
+    from cxrdask.runtime.cluster import local_client
 
     with local_client(n_workers=1, dashboard_address="127.0.0.1:0", announce=False) as client:
         png = extract_features(small_archive.metadata_url, small_archive.root,

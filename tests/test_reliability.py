@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 import pytest
+from helpers import report_if_stalled
 from PIL import Image
 
-from cxrdask.extract.cluster import local_client
 from cxrdask.extract.run import extract_features
+from cxrdask.runtime.cluster import local_client
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, FeatureStore
 from cxrdask.store.lease import LEASE_NAME, StoreLease, StoreLockedError
-from cxrdask.testing import report_if_stalled
 
 pytestmark = pytest.mark.slow
 

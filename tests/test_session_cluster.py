@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from cxrdask.extract.cluster import session_client
+from cxrdask.runtime.cluster import session_client
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     from cxrdask import close_session_cluster, extract_features, show_messages
     show_messages()  # the dashboard's link, as a notebook user asks for it
-    from cxrdask.extract.cluster import session_client
+    from cxrdask.runtime.cluster import session_client
 
     metadata, root, out = sys.argv[1:4]
     seconds, warm = [], []
@@ -80,7 +80,7 @@ OVERLAP_SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     import cxrdask.extract.run as extract
     from cxrdask import extract_features
-    from cxrdask.extract.cluster import _SESSION
+    from cxrdask.runtime.cluster import _SESSION
     from cxrdask.errors import ImagesNotFoundError
 
     metadata, root, out = sys.argv[1:4]

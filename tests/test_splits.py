@@ -72,7 +72,7 @@ def test_official_split_refuses_images_in_no_list(big_metadata):
 
 
 def test_auto_uses_official_lists_when_present(small_archive):
-    from cxrdask.archive.metadata import read_metadata
+    from cxrdask.archive.kinds.nih import read_metadata
 
     frame = read_metadata(small_archive.metadata_url)
     _, spec = assign_splits(frame, "auto", archive_root=small_archive.root)

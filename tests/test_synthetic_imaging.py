@@ -77,8 +77,8 @@ def test_full_size_png_compresses_like_real():
 
 
 def test_same_seed_same_bytes(tmp_path):
-    one = make_archive(str(tmp_path / "a"), n=6, size=64, seed=9, workers=1)
-    two = make_archive(str(tmp_path / "b"), n=6, size=64, seed=9, workers=2)
+    one = make_archive(str(tmp_path / "a"), n=6, size=64, seed=9, threads=1)
+    two = make_archive(str(tmp_path / "b"), n=6, size=64, seed=9, threads=2)
     for name in os.listdir(tmp_path / "a" / "images_001" / "images"):
         assert (tmp_path / "a/images_001/images" / name).read_bytes() == \
                (tmp_path / "b/images_001/images" / name).read_bytes()

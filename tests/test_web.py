@@ -113,7 +113,8 @@ def test_jpeg_and_16_bit_png_are_converted(client, images):
 
 @pytest.mark.parametrize(("data", "name", "content_type", "status", "code", "message"), [
     (b"", "empty.png", "image/png", 400, "empty_upload", "empty.png: the uploaded file is empty"),
-    (b"hello", "notes.txt", "text/plain", 415, "unsupported_type", "'text/plain' is not a PNG"),
+    (b"hello", "notes.txt", "text/plain", 415, "unsupported_type",
+     "'text/plain' is not a PNG, JPEG or DICOM image"),
     (b"not an image at all", "broken.png", "image/png", 422, "not_an_image", "broken.png: cannot decode"),
     (png_claiming(30_000, 30_000), "bomb.png", "image/png", 413, "image_too_large",
      "decompression bomb"),

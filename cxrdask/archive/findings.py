@@ -14,18 +14,17 @@ metadata frame a float32 with NaN.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxrdask.choices import UNCERTAIN_POLICIES, UncertainPolicy
 from cxrdask.errors import OptionError
 
 if TYPE_CHECKING:  # a worker writing chunks reads MISSING from here and never needs pandas
     import pandas as pd
 
 MISSING = 255  # a missing label in a store's uint8 ``labels`` array
-UncertainPolicy = Literal["missing", "positive", "negative"]
-UNCERTAIN_POLICIES: tuple[UncertainPolicy, ...] = ("missing", "positive", "negative")
 
 # torchxrayvision's ``datasets.default_pathologies``, in its order (the anchor vocabulary).
 DEFAULT_PATHOLOGIES: tuple[str, ...] = (

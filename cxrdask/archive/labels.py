@@ -67,3 +67,6 @@ def format_labels(vector: Iterable[int]) -> str:
     """Inverse of :func:`parse_labels`: ``"No Finding"`` for an all-zero vector."""
     names = [name for name, on in zip(LABELS, vector, strict=True) if on]
     return "|".join(names) if names else NO_FINDING
+
+
+__all__ = ["LABELS", "LABEL_POSITION", "NO_FINDING", "N_LABELS", "format_labels", "parse_labels"]

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from cxrdask._fs import StorageOptions, filesystem, join_url
+from cxrdask.choices import SPLIT_NAMES
 from cxrdask.errors import SplitError
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
-SPLIT_NAMES = ("train", "validation", "test")
 SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 OFFICIAL_TRAIN_VAL = "train_val_list.txt"
@@ -229,3 +229,22 @@ def assign_splits(
         raise SplitError(f"unknown split method {method!r}; use auto, random, patient or official")
     return codes, SplitSpec(method=method, seed=seed, fractions=fractions)
 
+
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "OFFICIAL_TEST",
+    "OFFICIAL_TRAIN_VAL",
+    "SPLIT_CODES",
+    "TEST",
+    "TRAIN",
+    "VALIDATION",
+    "Method",
+    "SplitSpec",
+    "assign_splits",
+    "official_split",
+    "patient_split",
+    "published_split",
+    "random_split",
+    "read_official_lists",
+    "split_code",
+]

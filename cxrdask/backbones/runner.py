@@ -158,20 +158,23 @@ def cached_runners() -> list[RunnerKey]:
         return list(_RUNNERS)
 
 
-def load_backbone(name: str = "resnet50", weights: str | None = "imagenet",
-                  device: str = "auto", seed: int = 0) -> nn.Module:
+def load_backbone(backbone: BackboneSpec | str = "resnet50", weights: str | None = None,
+                  device: str = "auto", seed: int | None = None) -> nn.Module:
     """A frozen eval-mode backbone on ``device`` returning ``(B, feature_dim)`` features.
 
     Parameters
     ----------
-    name
-        ``resnet50``, ``resnet18`` or ``densenet121``.
+    backbone
+        A :class:`~cxrdask.backbones.spec.BackboneSpec` (its name, weights and seed), or a
+        name: ``resnet50``, ``resnet18``, ``densenet121``, a torchxrayvision network
+        (``xrv-...``) or ``timm:MODEL``.
     weights
-        ``imagenet``, a torchvision enum name, a ``.pth`` file, or ``random``.
+        With a name: ``imagenet`` (the default), a torchvision enum name, a ``.pth`` file, or
+        ``random``. With a spec: the spec's (giving them again is an error).
     device
         ``cpu``, ``cuda`` or ``auto``.
     seed
-        Seed of ``random`` weights.
+        Seed of ``random`` weights (with a name; default 0).
 
     Returns
     -------
@@ -182,8 +185,19 @@ def load_backbone(name: str = "resnet50", weights: str | None = "imagenet",
     ------
     WeightsUnavailableError
         The weights cannot be had (offline, a missing or mismatched file).
+    OptionError
+        A spec given with ``weights`` or ``seed`` besides.
     """
     from cxrdask.backbones.build import build_backbone
 
-    spec = BackboneSpec(name=name, weights=weights or "random", seed=seed)
+    if isinstance(backbone, BackboneSpec):
+        if weights is not None or seed is not None:
+            raise OptionError("load_backbone: a BackboneSpec carries its weights and seed; "
+                              "give them in the spec, not again")
+        spec = backbone
+    else:
+        spec = BackboneSpec(name=backbone, weights=weights or "imagenet", seed=seed or 0)
     return build_backbone(spec).to(resolve_device(device))
+
+
+__all__ = ["BackboneRunner", "RunnerKey", "cached_runner", "cached_runners", "load_backbone"]

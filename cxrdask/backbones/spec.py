@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from cxrdask.choices import XrvBackbone, values_of
 from cxrdask.errors import OptionError, WeightsNotFoundError, WeightsUnavailableError
 
 _XRV_RELEASE = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
@@ -34,6 +35,8 @@ XRV_BACKBONES: dict[str, tuple[str, str, int, str]] = {
     "xrv-resnet50-res512-all": ("resnet50", "resnet50-res512-all", 512,
                                 f"{_XRV_RELEASE}pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt"),
 }
+# The names are cxrdask.choices.XrvBackbone's (what the API's types and --help list).
+assert tuple(XRV_BACKBONES) == values_of(XrvBackbone), "XRV_BACKBONES and XrvBackbone differ"
 FEATURE_DIMS = {"resnet50": 2048, "resnet18": 512, "densenet121": 1024,
                 **{name: 1024 if arch == "densenet121" else 2048
                    for name, (arch, *_) in XRV_BACKBONES.items()}}
@@ -277,3 +280,23 @@ def check_weights_available(spec: BackboneSpec) -> None:
             f"{os.path.dirname(cache)}, pass a local file (--weights /path/to/{spec.name}.pth), "
             "or use --weights random for a dry run"
         ) from exc
+
+
+__all__ = [
+    "FEATURE_DIMS",
+    "HUB_HOST",
+    "IMAGENET_DEFAULT",
+    "PRECISIONS",
+    "REACHABILITY_TIMEOUT_S",
+    "TIMM_NAME",
+    "TORCHVISION_WEIGHTS",
+    "XRV_BACKBONES",
+    "XRV_PREPROCESSING",
+    "BackboneSpec",
+    "check_weights_available",
+    "file_sha256",
+    "timm_facts",
+    "torchvision_weights_file",
+    "unreachable",
+    "xrv_weights_file",
+]

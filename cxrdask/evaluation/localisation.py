@@ -26,7 +26,8 @@ from cxrdask._fs import StorageOptions, filesystem
 from cxrdask.archive.boxes import BOX_FINDINGS, BOX_IMAGE_SIZE, box_from_heatmap, iobb, iou, read_boxes
 from cxrdask.config import DEFAULT_READ_RETRIES
 from cxrdask.errors import OptionError
-from cxrdask.extract.retries import call_with_retries
+from cxrdask.options import renamed
+from cxrdask.runtime.retries import call_with_retries
 
 IOBB_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 IOU_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
@@ -111,10 +112,10 @@ class LocalisationReport:
         return float((scored > threshold).mean()) if len(scored) else float("nan")
 
 
-def localise(store, checkpoint: str, boxes_url: str, images_root: str, *, split: str = "test",
-             client=None, weights: str | None = None,
+def localise(store, checkpoint: str, boxes: str | None = None, images: str | None = None, *,
+             split: str = "test", client=None, weights: str | None = None,
              storage_options: StorageOptions | None = None, threshold: float = CAM_THRESHOLD,
-             seed: int = 0) -> LocalisationReport:
+             seed: int = 0, **old_names: str) -> LocalisationReport:
     """Draw a box from the Grad-CAM map of every boxed finding on ``split``'s images and
     score it against NIH's box (see the module's description).
 
@@ -124,12 +125,13 @@ def localise(store, checkpoint: str, boxes_url: str, images_root: str, *, split:
         The feature store (its rows give each image's split, age, sex and view).
     checkpoint
         The head checkpoint file.
-    boxes_url
-        ``BBox_List_2017.csv``.
-    images_root
-        The archive's images (as for extraction).
+    boxes
+        ``BBox_List_2017.csv`` (``boxes_url=``, its old name, is deprecated).
+    images
+        The archive's images, as for extraction (``images_root=``, its old name, is
+        deprecated); the names :class:`~cxrdask.config.EvaluateConfig` gives both.
     client
-        A Dask client; None: :func:`~cxrdask.extract.cluster.session_client` (the current client,
+        A Dask client; None: :func:`~cxrdask.runtime.cluster.session_client` (the current client,
         else a local cluster kept for the Python session).
     weights
         The backbone weights file, when the head was trained on one.
@@ -138,29 +140,38 @@ def localise(store, checkpoint: str, boxes_url: str, images_root: str, *, split:
     seed
         Seed of the control's pairing.
     """
-    from cxrdask.archive.metadata import locate_images
+    from cxrdask.archive.images import locate_images
     from cxrdask.archive.splits import split_code
     from cxrdask.head.batches import open_store
 
+    unknown = set(old_names) - {"boxes_url", "images_root"}
+    if unknown:
+        raise TypeError(f"localise() got unexpected keyword arguments {sorted(unknown)}")
+    boxes = renamed("localise", "boxes_url", "boxes", old_names.get("boxes_url"), boxes)
+    images = renamed("localise", "images_root", "images", old_names.get("images_root"), images)
+    if boxes is None or images is None:
+        raise OptionError("localise needs the boxes (BBox_List_2017.csv) and the images they "
+                          "were drawn on")
     if not 0.0 < threshold < 1.0:
         raise OptionError(f"the heatmap threshold must be between 0 and 1, not {threshold}")
-    boxes = read_boxes(boxes_url, storage_options)
+    table_of_boxes = read_boxes(boxes, storage_options)
     store = open_store(store, storage_options)
     table = store.table(["image_index", "age", "sex", "view", "split"])
     table = table[table["split"] == split_code(split)].set_index("image_index")
-    listed = len(boxes)
-    boxes = boxes[boxes["image_index"].isin(table.index)].reset_index(drop=True)
-    located = locate_images(images_root, storage_options, expected=boxes["image_index"].unique())
+    listed = len(table_of_boxes)
+    on_split = table_of_boxes[table_of_boxes["image_index"].isin(table.index)].reset_index(drop=True)
+    located = locate_images(images, storage_options=storage_options,
+                            expected=on_split["image_index"].unique())
     urls = located.urls
     items = []
-    for image, group in boxes.groupby("image_index", sort=True):
+    for image, group in on_split.groupby("image_index", sort=True):
         if image not in urls:
             continue
         row = table.loc[image]
         items.append((urls[image], image, float(row["age"]), str(row["sex"]), str(row["view"]),
                       sorted(set(group["finding"]))))
     drawn = _run(items, checkpoint, weights, storage_options, threshold, client)
-    return _score(boxes, drawn, listed, len(items), seed)
+    return _score(on_split, drawn, listed, len(items), seed)
 
 
 def _run(items, checkpoint, weights, storage_options, threshold, client) -> list[tuple]:
@@ -168,7 +179,7 @@ def _run(items, checkpoint, weights, storage_options, threshold, client) -> list
         return []
     groups = [items[i:i + IMAGES_PER_TASK] for i in range(0, len(items), IMAGES_PER_TASK)]
     if client is None:
-        from cxrdask.extract.cluster import session_client
+        from cxrdask.runtime.cluster import session_client
 
         client = session_client(announce=False)
     futures = client.map(draw_boxes, groups, checkpoint=checkpoint, weights=weights,

@@ -1,5 +1,7 @@
-"""Evaluation: per-disease ROC AUC beside published results, with the intervals, subgroups,
-calibration and operating points a clinical reader asks for (see :mod:`cxrdask.evaluation.audit`)."""
+"""Evaluation's report: per-disease ROC AUC beside published results, with the intervals,
+subgroups, calibration and operating points a clinical reader asks for, as markdown, JSON and
+charts. :func:`evaluate` scores (:mod:`cxrdask.evaluation.scoring`), audits
+(:mod:`cxrdask.evaluation.audit`) and renders it."""
 
 from __future__ import annotations
 
@@ -11,54 +13,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.expert_labels import read_expert_labels
 from cxrdask.config import EvaluateConfig
-from cxrdask.errors import CheckpointMismatchError, OptionError
-from cxrdask.evaluation.audit import Audit, Scored, auc_per_label, audit
+from cxrdask.errors import OptionError
+from cxrdask.evaluation.audit import Audit, auc_per_label, audit
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
-from cxrdask.head.batches import FeatureBatches, open_store
-from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_head
+from cxrdask.evaluation.published import CHEXNET_2017, CITATIONS, WANG_2017
+from cxrdask.evaluation.scoring import Scores, score_split, shared_findings
+from cxrdask.head.batches import open_store
+from cxrdask.head.model import Checkpoint
 from cxrdask.store.targets import check_output_folder
-
-# Published test-set AUCs, kept for comparison (their splits differ from ours: see the report).
-WANG_2017 = {  # Wang et al., "ChestX-ray8", CVPR 2017, Table 4, ResNet-50.
-    "Atelectasis": 0.7003, "Cardiomegaly": 0.8100, "Effusion": 0.7585, "Infiltration": 0.6614,
-    "Mass": 0.6933, "Nodule": 0.6687, "Pneumonia": 0.6580, "Pneumothorax": 0.7993,
-    "Consolidation": 0.7032, "Edema": 0.8052, "Emphysema": 0.8330, "Fibrosis": 0.7859,
-    "Pleural_Thickening": 0.6835, "Hernia": 0.8717,
-}
-CHEXNET_2017 = {  # Rajpurkar et al., "CheXNet", arXiv:1711.05225, Table 1 (DenseNet-121).
-    "Atelectasis": 0.8094, "Cardiomegaly": 0.9248, "Effusion": 0.8638, "Infiltration": 0.7345,
-    "Mass": 0.8676, "Nodule": 0.7802, "Pneumonia": 0.7680, "Pneumothorax": 0.8887,
-    "Consolidation": 0.7901, "Edema": 0.8878, "Emphysema": 0.9371, "Fibrosis": 0.8047,
-    "Pleural_Thickening": 0.8062, "Hernia": 0.9164,
-}
-CITATIONS = {
-    "wang2017": "Wang X. et al., ChestX-ray8, CVPR 2017 (ResNet-50, official split)",
-    "chexnet": "Rajpurkar P. et al., CheXNet, arXiv:1711.05225 (DenseNet-121, own patient split)",
-}
-
-
-def head_outputs(heads: list[DiagnosisHead], batches: FeatureBatches
-                 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each head's probabilities and the targets of every row, in one pass over the store."""
-    for head in heads:
-        head.eval()
-    probabilities: list[list[np.ndarray]] = [[] for _ in heads]
-    targets = []
-    with torch.inference_mode():
-        for inputs, labels in batches:
-            for out, head in zip(probabilities, heads, strict=True):
-                out.append(head.probabilities(inputs).numpy())
-            targets.append(labels.numpy())
-    if not targets:
-        empty = np.zeros((0, len(batches.store.label_names)))
-        return [empty for _ in heads], empty
-    return [np.concatenate(p) for p in probabilities], np.concatenate(targets)
-
 
 FEW_POSITIVES = 10  # below this, a disease's AUC moves a lot with one image
 FAR_FROM_CHANCE = 0.4  # an untrained head this far from AUC 0.5 is worth a sentence
@@ -267,128 +233,6 @@ def _check_options(config: EvaluateConfig, checkpoint: str | Checkpoint) -> None
                           "its file: pass the checkpoint's path")
 
 
-@dataclass(frozen=True)
-class Scores:
-    """A head's probabilities on one split, beside what the audit compares them with: the
-    validation split's (where thresholds are chosen; None where it is empty), the same head
-    untrained (the same seed's initial weights, the same input standardisation), and a
-    second head's (None without one). What :func:`score_split` returns."""
-
-    split: str
-    scored: Scored
-    untrained: np.ndarray
-    validation: Scored | None
-    other: np.ndarray | None
-    checkpoint: Checkpoint
-    compared: Checkpoint | None = None
-
-
-def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
-                compare_to: str | Checkpoint | None = None, compare_store=None,
-                storage_options: StorageOptions | None = None) -> Scores:
-    """The first step of :func:`evaluate`, callable alone: the heads' probabilities on
-    ``split`` (one pass over its chunks, out of core) and on the validation split.
-
-    ``compare_store``: the store the second head reads (features of another backbone on
-    the same images, rows and split), for a comparison of two backbones; by default the
-    second head reads ``store``.
-
-    Raises
-    ------
-    CheckpointMismatchError
-        A head was trained on another backbone, preprocessing or inputs (checked before any
-        chunk is read).
-    StoreMismatchError
-        ``compare_store`` holds other images, another split, or other readable rows.
-    """
-    store = open_store(store, storage_options)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
-             else load_checkpoint(compare_to))
-    if compare_store is not None and other is None:
-        raise OptionError("compare_store is the store the second head (compare_to) reads: "
-                          "give that head too")
-    other_store = (store if compare_store is None
-                   else paired_store(store, compare_store, split, storage_options))
-    for head, read in ((ckpt, store), (other, other_store)):
-        if head is not None:
-            head.check_features(read.provenance["backbone"], read.provenance.get("preprocessing"))
-    if not shared_findings(store.label_names, ckpt.label_names)[0]:
-        raise CheckpointMismatchError(
-            f"{ckpt.path or 'the head'} predicts {', '.join(ckpt.label_names)}; {store.url} "
-            f"labels {', '.join(store.label_names)}: no finding in common to score")
-    batches = FeatureBatches(store, split, 4096, shuffle=False,
-                             demographics=tuple(ckpt.input["demographics"]))
-    ckpt.check_inputs(batches.n_inputs)
-    if other is not None:
-        other_batches = FeatureBatches(other_store, split, 4096, shuffle=False,
-                                       demographics=tuple(other.input["demographics"]))
-        other.check_inputs(other_batches.n_inputs)
-    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
-    untrained.input_mean.copy_(ckpt.head.input_mean)
-    untrained.input_scale.copy_(ckpt.head.input_scale)
-    (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
-                                                                     batches)
-    other_probabilities = (None if other is None
-                           else head_outputs([other.head], other_batches)[0][0])
-    table = store.table(["image_index", "patient_id", "sex", "age", "view"])
-    return Scores(split=split,
-                  scored=_as_scored(store, ckpt, targets, probabilities, _rows(store, split, table)),
-                  untrained=untrained_probabilities,
-                  validation=_scored(store, "validation", ckpt, table),
-                  other=other_probabilities, checkpoint=ckpt, compared=other)
-
-
-def paired_store(store, url, split: str, storage_options: StorageOptions | None = None):
-    """The store a second head reads, checked to hold the same images in the same order and
-    split, with the same readable rows of ``split``: its scores pair with the first's."""
-    from cxrdask.errors import StoreMismatchError
-
-    other = open_store(url, storage_options)
-    mine = {k: store.provenance.get(k) for k in ("rows_fingerprint", "n_rows")}
-    theirs = {k: other.provenance.get(k) for k in ("rows_fingerprint", "n_rows")}
-    # (the second store's, the first's): StoreMismatchError says "store has X, ... asks for Y"
-    differences = {key: (theirs[key], mine[key]) for key in mine if mine[key] != theirs[key]}
-    if not differences and not np.array_equal(store.read("split"), other.read("split")):
-        differences["split"] = ("another split of the same images", "the first store's split")
-    if not differences and not np.array_equal(store.rows(split), other.rows(split)):
-        differences[f"readable {split} rows"] = (len(other.rows(split)), len(store.rows(split)))
-    if differences:
-        raise StoreMismatchError(other.url, differences)
-    return other
-
-
-def store_columns(store_findings, head_findings) -> list[int | None]:
-    """For each of a head's findings, the store's label column of the same finding (by
-    harmonised name, any case), or None where the store's archive does not label it."""
-    from cxrdask.archive.findings import harmonise
-
-    column = {harmonise(name).lower(): k for k, name in enumerate(store_findings)}
-    return [column.get(harmonise(name).lower()) for name in head_findings]
-
-
-def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]]:
-    """Which of a head's findings a store labels, and which it does not: what an external
-    validation can score, and what it leaves out."""
-    columns = store_columns(store_findings, head_findings)
-    return ([name for name, k in zip(head_findings, columns, strict=True) if k is not None],
-            [name for name, k in zip(head_findings, columns, strict=True) if k is None])
-
-
-def _as_scored(store, ckpt: Checkpoint, targets: np.ndarray, probabilities: np.ndarray,
-               rows: pd.DataFrame) -> Scored:
-    """Scores against the store's labels, laid out in the head's findings: a finding the
-    store's archive does not label (another archive's head) is missing on every row."""
-    heads = list(ckpt.label_names)
-    projected = np.full((len(targets), len(heads)), np.nan, dtype=np.float32)
-    for k, column in enumerate(store_columns(store.label_names, heads)):
-        if column is not None:
-            projected[:, k] = targets[:, column]
-    known = ~np.isnan(projected)
-    return Scored(projected == 1, probabilities, rows, None if known.all() else known,
-                  tuple(heads))
-
-
 def build_report(store, scores: Scores, found: Audit) -> EvaluationReport:
     """The report of an audit (:func:`~cxrdask.evaluation.audit.audit` of ``scores``): the
     per-disease table beside the untrained head and published results, with the store's
@@ -507,7 +351,7 @@ def evaluate(
     report = build_report(store, scores, found)
     if config.boxes is not None and config.images is not None:
         from cxrdask.evaluation.localisation import localise
-        from cxrdask.extract.cluster import session_client
+        from cxrdask.runtime.cluster import session_client
 
         report.localisation = localise(
             store, str(scores.checkpoint.path), config.boxes, config.images, split=split,
@@ -516,22 +360,6 @@ def evaluate(
     if out_dir is not None:
         report.files = write_report(report, scores, out_dir)
     return report
-
-
-def _rows(store, split: str, table: pd.DataFrame) -> pd.DataFrame:
-    """The split's readable rows of ``table`` (the store's per-row columns), in the order
-    batches yield them."""
-    return table.iloc[store.rows(split)].reset_index(drop=True)
-
-
-def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame) -> Scored | None:
-    """The head's probabilities on ``split`` (None where the split is empty)."""
-    batches = FeatureBatches(store, split, 4096, shuffle=False,
-                             demographics=tuple(ckpt.input["demographics"]))
-    if batches.n_rows == 0:
-        return None
-    (probabilities,), targets = head_outputs([ckpt.head], batches)
-    return _as_scored(store, ckpt, targets, probabilities, _rows(store, split, table))
 
 
 def write_report(report: EvaluationReport, scores: Scores, out_dir: str | os.PathLike
@@ -559,3 +387,16 @@ def write_report(report: EvaluationReport, scores: Scores, out_dir: str | os.Pat
         files.append(save_figure(subgroup_gap_figure(report.audit.subgroups, caveat),
                                  out / "subgroup_gaps.png"))
     return files
+
+
+__all__ = [
+    "FAR_FROM_CHANCE",
+    "FEW_POSITIVES",
+    "SYNTHETIC_GLOBAL_SIGNS",
+    "EvaluationReport",
+    "build_report",
+    "evaluate",
+    "external_validation",
+    "report_caveats",
+    "write_report",
+]

@@ -38,5 +38,10 @@ class TaskConfig:
     read_retries: int = 4
     leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
 
+    @property
+    def runs_backbone(self) -> bool:
+        """Whether the task computes features (False: a cache pass, pixels only)."""
+        return self.store_url is not None
+
 
 __all__ = ["STAGES", "STAGE_NAMES", "TaskConfig"]

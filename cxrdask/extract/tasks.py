@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxrdask.extract.summary import ChunkResult
 from cxrdask.extract.task_config import TaskConfig
 
 
@@ -54,7 +55,7 @@ def run_warmup(config: TaskConfig) -> float:
 
 
 def run_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[bool],
-              config: TaskConfig) -> dict:
+              config: TaskConfig) -> ChunkResult:
     """On a worker: compute and write one chunk; see :func:`cxrdask.extract.worker.extract_chunk`."""
     from cxrdask.extract.worker import extract_chunk
 

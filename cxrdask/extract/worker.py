@@ -29,12 +29,13 @@ from cxrdask._fs import filesystem
 from cxrdask.backbones.engines import ENGINE_RULES
 from cxrdask.errors import ImageDecodeError
 from cxrdask.extract.metrics import report_chunk
-from cxrdask.extract.retries import call_with_retries, is_transient
+from cxrdask.extract.summary import ChunkResult
 from cxrdask.extract.task_config import STAGES, TaskConfig
 from cxrdask.extract.worker_state import StoreKey, worker_state
 from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, format_note, resize_gray
 from cxrdask.imaging.host_input import HostInput, needs_torch_input
 from cxrdask.imaging.jpeg_device import EncodedJpeg, decode_on_device, decodes_jpeg_on, device_jpeg
+from cxrdask.runtime.retries import call_with_retries, is_transient
 from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
 from cxrdask.store.lease import check_lease
 from cxrdask.store.pixels import PixelStore
@@ -63,7 +64,7 @@ def _worker_resources(config: TaskConfig):
                 continue
             key = StoreKey(kind.KIND, url, options, mode)
             if key not in state.stores:
-                state.stores[key] = kind.open(url, config.storage_options, mode)
+                state.stores[key] = kind.open(url, storage_options=config.storage_options, mode=mode)
             opened.append(state.stores[key])
         return opened[0], opened[1], state.pool(config.io_threads)
 
@@ -108,7 +109,7 @@ def _load_one(url: str, name: str, config: TaskConfig, jpeg_to_device: bool = Fa
 def _uses_torch(config: TaskConfig) -> bool:
     """Whether the task's input or backbone needs torch (see :mod:`cxrdask.imaging.host_input`)."""
     return needs_torch_input(config.preprocessing, ENGINE_RULES[config.engine].takes_torch,
-                             config.store_url is not None)
+                             config.runs_backbone)
 
 
 def _device_input(config: TaskConfig):
@@ -151,7 +152,7 @@ def warm_worker(config: TaskConfig) -> float:
     start = time.perf_counter()
     _worker_resources(config)
     converter = _device_input(config)
-    if config.store_url is not None:
+    if config.runs_backbone:
         size = config.preprocessing.size
         with converter.stream():
             _runner(config).warm((config.preprocessing.n_channels, size, size))
@@ -159,7 +160,7 @@ def warm_worker(config: TaskConfig) -> float:
 
 
 def extract_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[bool],
-                  config: TaskConfig) -> dict:
+                  config: TaskConfig) -> ChunkResult:
     """Compute and write one chunk of the store(s) (idempotent: a re-run writes the same values)."""
     started = time.perf_counter()
     store, pixel_store, pool = _worker_resources(config)
@@ -327,23 +328,17 @@ class _ChunkWork:
             store.write_chunk(chunk, self.features, self.status, self.errors, done=done)
         self.timing["write_s"] = time.perf_counter() - t
 
-    def result(self, chunk: int, task_seconds: float) -> dict:
+    def result(self, chunk: int, task_seconds: float) -> ChunkResult:
         """What the client gets back (and what the dashboard's counters were told)."""
         n, status, names, errors = len(self.names), self.status, self.names, self.errors
         failed = int((status == STATUS_FAILED).sum())
         report_chunk({stage.removesuffix("_s"): seconds for stage, seconds in self.timing.items()},
                      n, failed)
-        return {
-            "chunk": chunk,
-            "worker": _worker_name(),
-            "images": n,
-            "ok": int((status == STATUS_OK).sum()),
-            "failures": [(names[i], errors[i]) for i in range(n) if status[i] == STATUS_FAILED],
-            "retriable": [(names[i], errors[i]) for i in np.flatnonzero(self.retriable)],
-            "conversions": self.notes,
-            **self.timing,
-            "task_s": task_seconds,
-        }
+        return ChunkResult(
+            chunk=chunk, worker=_worker_name(), images=n, ok=int((status == STATUS_OK).sum()),
+            failures=[(names[i], errors[i]) for i in range(n) if status[i] == STATUS_FAILED],
+            retriable=[(names[i], errors[i]) for i in np.flatnonzero(self.retriable)],
+            conversions=self.notes, **self.timing, task_s=task_seconds)
 
 
 def _worker_name() -> str:

@@ -3,7 +3,7 @@
 Ctrl-C in a terminal reaches every process of the foreground job, the Dask workers
 included; each then printed a ``KeyboardInterrupt`` traceback while the client was
 cancelling the run. The workers ignore SIGINT instead: the client stops them when it
-closes its cluster (see :mod:`cxrdask.extract.interrupt`).
+closes its cluster (see :mod:`cxrdask.runtime.interrupt`).
 
 A worker's first task needs the extraction's worker side, and where its backbone runs on
 PyTorch, torch: importing it is most of a cold start (2-3 s on one core). A background
@@ -63,7 +63,7 @@ def leave_when_closed(worker) -> None:
     exit handlers (they run last-registered first)."""
     from distributed.core import Status
 
-    from cxrdask.extract.interrupt import end_process_now
+    from cxrdask.runtime.interrupt import end_process_now
 
     end_process_now(0 if worker.status in (Status.closed, Status.closing) else 1)
 
@@ -86,3 +86,13 @@ def _import_worker_modules() -> None:
             importlib.import_module(module)
         except Exception:  # the task that needs it imports it again and reports why
             return
+
+
+__all__ = [
+    "TORCH_MODULES",
+    "WORKER_MODULES",
+    "CancelledOnPurpose",
+    "dask_setup",
+    "leave_when_closed",
+    "preimported_modules",
+]

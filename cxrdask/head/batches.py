@@ -27,7 +27,9 @@ from cxrdask.store.features import STATUS_OK, FeatureStore
 def open_store(store: FeatureStore | str, storage_options: StorageOptions | None = None
                ) -> FeatureStore:
     """Accept a store or its URL."""
-    return store if isinstance(store, FeatureStore) else FeatureStore.open(store, storage_options)
+    if isinstance(store, FeatureStore):
+        return store
+    return FeatureStore.open(store, storage_options=storage_options)
 
 
 class FeatureBatches(torch.utils.data.IterableDataset):
@@ -272,3 +274,6 @@ def label_counts(store: FeatureStore, split: str | int = "train"
             positives += (block == 1).sum(axis=0, dtype=np.int64)
             negatives += (block == 0).sum(axis=0, dtype=np.int64)
     return int(keep.sum()), positives, negatives
+
+
+__all__ = ["FeatureBatches", "label_counts", "open_store"]

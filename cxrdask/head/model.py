@@ -190,3 +190,15 @@ def load_checkpoint(path: str) -> Checkpoint:
     return Checkpoint(head=head, config=payload["config"], input=payload["input"],
                       provenance=payload["provenance"], epoch=payload["epoch"],
                       val_loss=payload["val_loss"], path=str(path), label_names=names)
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "FEATURE_PREPROCESSING",
+    "Checkpoint",
+    "DiagnosisHead",
+    "load_checkpoint",
+    "new_head",
+    "save_checkpoint",
+]

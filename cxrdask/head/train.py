@@ -30,6 +30,7 @@ from cxrdask.head.loss import loss_for
 from cxrdask.head.model import new_head, save_checkpoint
 from cxrdask.head.resident import ResidentBatches, to_gpu
 from cxrdask.head.train_step import EagerStep, adam, train_step
+from cxrdask.options import renamed
 from cxrdask.store.features import FeatureStore
 from cxrdask.store.targets import check_output_folder
 
@@ -277,11 +278,12 @@ def grid_search(
     lrs=(1e-4, 3e-4, 1e-3),
     weight_decays=(0.0, 1e-5, 1e-4),
     *,
-    base: TrainConfig | None = None,
+    config: TrainConfig | None = None,
     out_dir: str | os.PathLike = "grid-out",
     client=None,
     storage_options: StorageOptions | None = None,
     progress: Progress = True,
+    base: TrainConfig | None = None,
 ) -> pd.DataFrame:
     """Train one head per (learning rate, weight decay) as Dask tasks; keep the best.
 
@@ -294,13 +296,14 @@ def grid_search(
         The feature store.
     lrs, weight_decays
         The grid.
-    base
-        The other training choices (:class:`TrainConfig` defaults if None).
+    config
+        The other training choices (:class:`TrainConfig` defaults if None). ``base=``, its
+        old name, is deprecated.
     out_dir
         One folder per configuration, ``grid.csv``, ``grid.png`` (a heatmap) and the best
         checkpoint as ``head.pt``.
     client
-        A Dask client; None runs on :func:`~cxrdask.extract.cluster.session_client` (the current
+        A Dask client; None runs on :func:`~cxrdask.runtime.cluster.session_client` (the current
         client, else a local cluster kept for the Python session).
     storage_options
         fsspec options.
@@ -315,10 +318,10 @@ def grid_search(
     """
     from distributed import as_completed, span
 
-    from cxrdask.extract.cluster import session_client
     from cxrdask.progress import progress_callback
+    from cxrdask.runtime.cluster import session_client
 
-    base = base or TrainConfig()
+    base = renamed("grid_search", "base", "config", base, config) or TrainConfig()
     check_output_folder(str(out_dir), "the output folder", {"the store": store_url})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -354,3 +357,7 @@ def plot_grid(frame: pd.DataFrame, path: str | os.PathLike) -> str:
     from cxrdask.plots import grid_figure, save_figure
 
     return save_figure(grid_figure(frame), path)
+
+
+__all__ = ["TrainResult", "grid_search", "input_statistics", "plot_curves", "plot_grid",
+           "train_head"]

@@ -167,3 +167,7 @@ def preprocess_bytes(data: bytes, image_index: str = "?",
     """Bytes -> normalised ``(3, size, size)`` array and the conversion note (None if plain L PNG)."""
     gray, note = decode_gray(data, image_index)
     return to_model_input(gray, preprocessing, flip), note
+
+
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_gray", "format_note", "preprocess_bytes", "resize_gray",
+           "to_model_input"]

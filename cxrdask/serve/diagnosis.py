@@ -1,5 +1,5 @@
-"""One image in, 14 probabilities and a Grad-CAM heatmap per disease out (the web page, and
-localisation against NIH's boxes).
+"""One image in, the head's probability of each of its findings and a Grad-CAM heatmap per
+finding out (the web page, and localisation against NIH's boxes).
 
 The backbone and head are loaded once and shared by all requests; a semaphore bounds how
 many images are computed at once (each already uses every core through PyTorch).
@@ -158,3 +158,5 @@ class Diagnoser:
             width=width, height=height, note=note,
             timing_ms={k: round(v * 1000, 1) for k, v in timing.items()})
 
+
+__all__ = ["DISCLAIMER", "Diagnoser", "Diagnosis", "grad_cam", "last_conv_maps"]

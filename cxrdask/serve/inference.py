@@ -54,7 +54,8 @@ def predict(
     view: str | None = None,
     device: str = "auto",
 ) -> pd.DataFrame:
-    """14 probabilities per image, with the backbone and preprocessing the head was trained on.
+    """The head's probability of each of its findings per image, with the backbone and
+    preprocessing the head was trained on.
 
     Parameters
     ----------

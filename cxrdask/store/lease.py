@@ -157,3 +157,6 @@ def check_lease(url: str, token: str, storage_options: StorageOptions | None = N
         now = f"now held by {holder.describe()}" if holder else "no longer held"
         raise StoreLockedError(f"the lease of {url} is {now}: this run lost it (it stalled past "
                                "the lease's timeout?), so its chunk is not written")
+
+
+__all__ = ["DEFAULT_TIMEOUT", "LEASE_NAME", "Holder", "StoreLease", "check_lease"]

@@ -182,16 +182,16 @@ class PixelStore(RowStore):
         return frame
 
 
-def open_any_store(url: str, storage_options: StorageOptions | None = None,
+def open_any_store(url: str, *, storage_options: StorageOptions | None = None,
                    mode: Literal["r", "r+"] = "r") -> RowStore:
     """Open the feature store or the pixel store at ``url``, whichever it is (``cxrdask info``,
     ``cxrdask verify``)."""
     try:
-        return FeatureStore.open(url, storage_options, mode)
+        return FeatureStore.open(url, storage_options=storage_options, mode=mode)
     except StoreKindError as exc:
         if exc.kind != PixelStore.KIND:
             raise
-        return PixelStore.open(url, storage_options, mode)
+        return PixelStore.open(url, storage_options=storage_options, mode=mode)
 
 
 __all__ = ["DEFAULT_PIXEL_COMPRESSION", "PIXEL_SETTINGS", "PixelCompression", "PixelStore",

@@ -40,6 +40,7 @@ from cxrdask.errors import (
     StoreMismatchError,
     StoreNotFoundError,
 )
+from cxrdask.options import storage_options_by_keyword
 from cxrdask.store.lease import LEASE_NAME
 from cxrdask.store.targets import StoreKind, check_store_target, clear_store
 
@@ -47,6 +48,16 @@ FORMAT_VERSION = 1
 ATTRS_KEY = "cxrdask"
 DEFAULT_CHUNK_ROWS = 512
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+STATUS_MEANINGS = ("pending", "ok", "failed")  # by code: what flag_meanings says of status
+
+
+def flag_attributes(meanings: tuple[str, ...] | dict[int, str]) -> dict[str, Any]:
+    """CF conventions' ``flag_values`` and ``flag_meanings`` for an array of codes, so that
+    xarray (and cf_xarray's ``.cf.flags``) users decode ``status`` and ``split`` without
+    reading cxrdask's code. ``meanings``: by code, or a tuple whose position is the code."""
+    pairs = meanings.items() if isinstance(meanings, dict) else enumerate(meanings)
+    values, names = zip(*sorted(pairs), strict=True)
+    return {"flag_values": list(values), "flag_meanings": " ".join(names)}
 # What every store's rows must match for a run to write into it (a kind adds its own).
 ROW_SETTINGS = ("format_version", "chunk_rows", "label_names", "n_rows", "rows_fingerprint",
                 "split")
@@ -160,7 +171,7 @@ class RowStore:
         group.create_array(cls.DATA_ARRAY, **data)
         group.create_array("status", shape=(n_rows,), chunks=(chunk_rows,), dtype="uint8",
                            fill_value=STATUS_PENDING, dimension_names=("image",),
-                           compressors=_CHECKED)
+                           compressors=_CHECKED, attributes=flag_attributes(STATUS_MEANINGS))
         group.create_array("error", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, fill_value="",
                            dimension_names=("image",), compressors=_CHECKED)
         group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False,
@@ -184,10 +195,13 @@ class RowStore:
         labels = group.create_array("labels", shape=(n_rows, len(names)),
                                     chunks=(table_chunks, len(names)), dtype="uint8",
                                     fill_value=MISSING, dimension_names=("image", "finding"),
-                                    attributes={"missing": MISSING})
+                                    attributes={"missing": MISSING, **flag_attributes(
+                                        {0: "negative", 1: "positive", MISSING: "missing"})})
         labels[:] = label_matrix(table, names)
+        from cxrdask.archive.splits import SPLIT_NAMES
+
         splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
-                                    dimension_names=("image",))
+                                    dimension_names=("image",), attributes=flag_attributes(SPLIT_NAMES))
         splits[:] = table["split"].to_numpy(dtype=np.uint8)
         # The attributes go last: a half-made store is not a cxrdask store.
         group.attrs[ATTRS_KEY] = provenance
@@ -202,7 +216,8 @@ class RowStore:
         return cls(group, url, storage_options)
 
     @classmethod
-    def open(cls, url: str, storage_options: StorageOptions | None = None,
+    @storage_options_by_keyword(position=2)
+    def open(cls, url: str, *, storage_options: StorageOptions | None = None,
              mode: Literal["r", "r+"] = "r") -> Self:
         """Open an existing store.
 
@@ -456,3 +471,21 @@ class RowStore:
 def _normal(value: Any) -> Any:
     """JSON round trip, so tuples and lists (and numpy scalars) compare equal."""
     return json.loads(json.dumps(value, default=str))
+
+
+__all__ = [
+    "ATTRS_KEY",
+    "DEFAULT_CHUNK_ROWS",
+    "FORMAT_VERSION",
+    "ROW_SETTINGS",
+    "STATUS_FAILED",
+    "STATUS_MEANINGS",
+    "STATUS_OK",
+    "STATUS_PENDING",
+    "TABLE_ARRAYS",
+    "RowStore",
+    "common_provenance",
+    "flag_attributes",
+    "rows_fingerprint",
+    "zarr_store",
+]

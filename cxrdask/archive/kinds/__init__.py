@@ -15,17 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import pandas as pd
 
 from cxrdask._fs import StorageOptions, filesystem, full_url, join_url
-from cxrdask.archive.findings import UncertainPolicy, check_uncertain
+from cxrdask.archive.findings import check_uncertain
+from cxrdask.choices import ARCHIVE_KINDS, ArchiveChoice, ArchiveKind, UncertainPolicy
 from cxrdask.errors import ArchiveNotRecognisedError, ImagesNotFoundError, OptionError
-
-ArchiveKind = Literal["auto", "nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr",
-                      "rsna-pneumonia", "dicom", "csv"]
-ARCHIVE_KINDS: tuple[str, ...] = get_args(ArchiveKind)[1:]
+from cxrdask.options import storage_options_by_keyword
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ def _find_kind(fs, base: str) -> tuple[str, list[str], str] | None:
     """(kind, files, images base) of the archive at ``base``, or None."""
     from cxrdask.archive.kinds import chexpert, padchest, vindr
     from cxrdask.archive.kinds.manifest import MANIFEST_NAME
-    from cxrdask.archive.metadata import CSV_NAMES
+    from cxrdask.archive.kinds.nih import CSV_NAMES
 
     names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(base, detail=False)}
     nih = [n for n in CSV_NAMES.values() if n in names]
@@ -98,7 +95,8 @@ LOOKED_FOR = ("Data_Entry_2017.csv / Data_Entry_2017_v2020.csv / sample_labels.c
               "manifest.csv with a path column (dicom, csv)")
 
 
-def detect_archive(root: str, storage_options: StorageOptions | None = None) -> ArchiveFiles:
+@storage_options_by_keyword(position=1)
+def detect_archive(root: str, *, storage_options: StorageOptions | None = None) -> ArchiveFiles:
     """Which archive ``root`` holds, from its own files (one listing, a header or two).
 
     Raises
@@ -143,7 +141,7 @@ def _kind_of_file(url: str, storage_options: StorageOptions | None) -> str:
     return "nih"  # its reader names the missing column
 
 
-def read_archive(root: str, kind: ArchiveKind = "auto", *, metadata: str | None = None,
+def read_archive(root: str, kind: ArchiveChoice = "auto", *, metadata: str | None = None,
                  uncertain: UncertainPolicy = "missing", max_age: int | None = None,
                  storage_options: StorageOptions | None = None) -> pd.DataFrame:
     """The one table of the archive at ``root``: rows, paths, patients, findings.
@@ -177,7 +175,7 @@ def read_archive(root: str, kind: ArchiveKind = "auto", *, metadata: str | None 
         found = ArchiveFiles(kind=_kind_of_file(metadata, storage_options) if kind == "auto"
                              else kind, files=(metadata,), root=root)
     else:
-        found = detect_archive(root, storage_options)
+        found = detect_archive(root, storage_options=storage_options)
         if kind != "auto" and _family(kind) != _family(found.kind):
             raise ArchiveNotRecognisedError(f"{root} looks like a {found.describe()}, not {kind}; "
                                             "pass its metadata file with --metadata")
@@ -209,11 +207,11 @@ def _read(found: ArchiveFiles, uncertain: UncertainPolicy, max_age: int | None,
           storage_options: StorageOptions | None) -> pd.DataFrame:
     from cxrdask.archive.kinds import chexpert, padchest, vindr
     from cxrdask.archive.kinds.manifest import read_manifest
-    from cxrdask.archive.metadata import DEFAULT_MAX_AGE, read_metadata
+    from cxrdask.archive.kinds.nih import DEFAULT_MAX_AGE, read_metadata
 
     kind, files = _family(found.kind), list(found.files)
     if kind == "nih":
-        frame, report = read_metadata(files[0], storage_options,
+        frame, report = read_metadata(files[0], storage_options=storage_options,
                                       max_age=DEFAULT_MAX_AGE if max_age is None else max_age,
                                       return_report=True)
         frame.attrs.update(archive="nih", report=report.summary())
@@ -249,33 +247,4 @@ def _read_mimic(metadata_url: str, uncertain: UncertainPolicy,
                       full_url(fs, split[0]) if split else None, uncertain, storage_options)
 
 
-def locate_archive_images(frame: pd.DataFrame, root: str,
-                          storage_options: StorageOptions | None = None):
-    """Each row's image URL (by ``image_index``) from its ``path`` under ``root``, with one
-    listing of the tree; a file found one level off (a flat folder where the archive nests
-    them, as PadChest's copies differ) is matched by its name when that name is unique.
-    Non-NIH kinds only (NIH's images are found by :func:`~cxrdask.archive.metadata.locate_images`)."""
-    from cxrdask.archive.metadata import ImageLocations
-
-    fs, base = filesystem(root, storage_options)
-    base = base.rstrip("/")
-    by_path: dict[str, str] = {}
-    by_name: dict[str, str | None] = {}
-    for path in fs.find(base):
-        relative = path[len(base) + 1:] if path.startswith(base + "/") else path
-        by_path[relative] = path
-        name = relative.rsplit("/", 1)[-1]
-        by_name[name] = None if name in by_name else path
-    urls: dict[str, str] = {}
-    missing: list[str] = []
-    for index, relative in zip(frame["image_index"], frame["path"], strict=True):
-        found = by_path.get(str(relative).lstrip("/")) or by_name.get(str(relative).rsplit("/", 1)[-1])
-        if found is None:
-            missing.append(index)
-        else:
-            urls[index] = full_url(fs, found)
-    return ImageLocations(root=root, urls=urls, missing=missing)
-
-
-__all__ = ["ARCHIVE_KINDS", "ArchiveFiles", "ArchiveKind", "detect_archive", "locate_archive_images",
-           "read_archive"]
+__all__ = ["ARCHIVE_KINDS", "ArchiveChoice", "ArchiveFiles", "ArchiveKind", "detect_archive", "read_archive"]

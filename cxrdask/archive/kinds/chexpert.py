@@ -103,3 +103,7 @@ def read_mimic(metadata_url: str, labels_url: str, split_url: str | None,
     if split is not None:
         columns["official_split"] = split
     return archive_table("mimic-cxr-jpg", metadata_url, columns, found)
+
+
+__all__ = ["CSV_NAMES", "FINDINGS", "HEADER", "MIMIC_LABELS", "MIMIC_METADATA", "MIMIC_SPLIT",
+           "NO_FINDING", "chexpert_labels", "read_chexpert", "read_mimic"]

@@ -43,3 +43,6 @@ def read_manifest(url: str, uncertain: UncertainPolicy,
     labels = harmonised_labels({name: apply_uncertain(label_values(frame[name], url), uncertain)
                                 for name in findings})
     return archive_table(manifest_kind(frame["path"]), url, columns, labels)
+
+
+__all__ = ["DICOM_SUFFIXES", "MANIFEST_NAME", "manifest_kind", "read_manifest"]

@@ -69,3 +69,6 @@ def read_padchest(url: str, storage_options: StorageOptions | None) -> pd.DataFr
                "sex": sex_codes(frame.get("PatientSex_DICOM", pd.Series("", index=frame.index))),
                "label_method": frame.get("MethodLabel", pd.Series("", index=frame.index)).fillna("")}
     return archive_table("padchest", url, columns, padchest_labels(frame["Labels"]))
+
+
+__all__ = ["CSV_PREFIX", "FINDINGS", "HEADER", "SYNONYMS", "padchest_labels", "read_padchest"]

@@ -110,3 +110,7 @@ def archive_table(kind: str, source: str, columns: Mapping[str, object],
                             "is listed twice")
     frame.attrs.update(findings=findings, archive=kind, source=source)
     return frame
+
+
+__all__ = ["FIRST_DATA_LINE", "archive_table", "label_values", "patient_numbers", "read_csv",
+           "sex_codes"]

@@ -80,3 +80,6 @@ def read_rsna(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
                           "patient": ids},
                          {"Pneumonia": values, "Lung Opacity": values.copy()})
 
+
+__all__ = ["KAGGLE_CLASSES", "KAGGLE_HEADER", "KAGGLE_LABELS", "NO_FINDING", "PHYSIONET_LABELS",
+           "RSNA_HEADER", "RSNA_LABELS", "read_rsna", "read_vindr_kaggle", "read_vindr_physionet"]

@@ -8,13 +8,12 @@ file. Everything is deterministic for a seed.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import pandas as pd
 
+from cxrdask.archive.kinds.nih import CSV_NAMES
 from cxrdask.archive.labels import LABELS, format_labels
-from cxrdask.archive.metadata import CSV_NAMES
+from cxrdask.choices import CsvVariant, Prevalence
 from cxrdask.errors import OptionError
 
 # NIH ChestX-ray14 counts (of 112,120 images) that the label sampler reproduces.
@@ -27,8 +26,6 @@ NIH_COUNTS = {
     "Pleural_Thickening": 3_385, "Hernia": 227,
 }
 NIH_PATIENTS = 30_805
-CsvVariant = Literal["kaggle2017", "v2020", "sample_labels"]
-Prevalence = Literal["nih", "balanced"]
 
 
 def _label_probabilities(prevalence: Prevalence) -> tuple[float, np.ndarray]:
@@ -131,7 +128,7 @@ def _sample_age_string(age: int, rng: np.random.Generator) -> str:
 
 
 def format_csv(frame: pd.DataFrame, variant: CsvVariant = "kaggle2017", seed: int = 0) -> str:
-    """The CSV text of ``frame`` in one of the three real NIH variants (see DESIGN.md)."""
+    """The CSV text of ``frame`` in one of the three real NIH variants (:data:`CSV_NAMES`)."""
     size_cols = ["original_width", "original_height", "pixel_spacing_x", "pixel_spacing_y"]
     ages = frame["age"].to_numpy()
     if variant == "sample_labels":

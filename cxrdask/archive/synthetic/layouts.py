@@ -17,18 +17,15 @@ import gzip
 import hashlib
 import io
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from cxrdask.archive.labels import LABELS
+from cxrdask.choices import LAYOUTS, Layout
 from cxrdask.errors import MissingExtraError
 
-Layout = Literal["nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr", "rsna-pneumonia"]
-LAYOUTS: tuple[str, ...] = ("nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr",
-                            "rsna-pneumonia")
 DICOM_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90",
                   "1.2.840.10008.1.2.1.99")  # explicit LE, RLE, JPEG 2000 lossless, deflated
 _DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation

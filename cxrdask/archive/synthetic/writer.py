@@ -1,6 +1,9 @@
-"""Writing a synthetic archive in the exact Kaggle layout of NIH ChestX-ray14, at any fsspec URL:
-``images_###/images/*.png`` (at most 10,000 per folder), the metadata CSV, the official
-split lists, and a marker that says the archive is synthetic and complete.
+"""Writing a synthetic archive at any fsspec URL, in the published layout of one of six
+archives (:data:`~cxrdask.choices.LAYOUTS`): NIH ChestX-ray14's Kaggle layout
+(``images_###/images/*.png``, at most 10,000 per folder, the metadata CSV, the official
+split lists), or CheXpert's, MIMIC-CXR-JPG's, PadChest's, VinDr-CXR's or RSNA Pneumonia's
+folders, image formats and label files; and a marker that says the archive is synthetic
+and complete.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import fsspec
 from cxrdask._fs import StorageOptions, filesystem, join_url
 from cxrdask.archive.boxes import BOX_FILE, BOX_FINDINGS, BOX_IMAGE_SIZE, format_boxes
 from cxrdask.archive.findings import label_matrix
-from cxrdask.archive.metadata import CSV_NAMES
+from cxrdask.archive.kinds.nih import CSV_NAMES
 from cxrdask.archive.synthetic.expert import EXPERT_FILE, format_expert_labels
-from cxrdask.archive.synthetic.layout import CsvVariant, Prevalence, format_csv, make_metadata, official_lists
-from cxrdask.archive.synthetic.layouts import Layout, encode_image, plan_layout
+from cxrdask.archive.synthetic.layout import format_csv, make_metadata, official_lists
+from cxrdask.archive.synthetic.layouts import encode_image, plan_layout
 from cxrdask.archive.synthetic.render import render_image
-from cxrdask.options import Options
+from cxrdask.archive.synthetic.spec import SyntheticSpec
+from cxrdask.options import renamed
 
 if TYPE_CHECKING:
     from cxrdask.progress import Progress
@@ -33,44 +37,6 @@ IMAGES_PER_FOLDER = 10_000
 # Written last into a synthetic archive's root: extraction records it in the store, and
 # reports then say that their numbers are not comparable with published results.
 SYNTHETIC_MARKER = "cxrdask-synthetic.json"
-
-
-@dataclass(frozen=True)
-class SyntheticSpec(Options):
-    """What a synthetic archive looks like (recorded in its marker file).
-
-    Attributes
-    ----------
-    size : int
-        Image side in pixels (the real archive's is 1024).
-    seed : int
-        Seed of labels, patients and pixels (the same seed gives the same bytes).
-    strength : float
-        Disease sign strength (1: clearly visible).
-    prevalence : str
-        ``"nih"`` (NIH's label frequencies) or ``"balanced"`` (every disease alike).
-    csv_variant : str
-        Which real metadata file to imitate (NIH layout).
-    layout : str
-        Whose archive to imitate: ``nih`` (ChestX-ray14, Kaggle's folders), ``chexpert``,
-        ``mimic-cxr-jpg``, ``padchest``, ``vindr-cxr`` or ``rsna-pneumonia``, each in its
-        published folders, image format and label files.
-    official : bool
-        Write ``train_val_list.txt``, ``test_list.txt``, a stand-in for Google's expert
-        labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``) and
-        ``BBox_List_2017.csv``: where the signs of the eight boxed findings were drawn on
-        the test list's images, in NIH's format.
-    """
-
-    OPTIONS_NAME = "synthetic archive"
-
-    size: int = 1024
-    seed: int = 0
-    strength: float = 1.0
-    prevalence: Prevalence = "nih"
-    csv_variant: CsvVariant = "kaggle2017"
-    official: bool = True
-    layout: Layout = "nih"
 
 
 @dataclass(frozen=True)
@@ -121,15 +87,17 @@ def make_archive(
     n: int = 500,
     spec: SyntheticSpec | None = None,
     *,
-    workers: int | None = None,
+    threads: int | None = None,
     client=None,
     storage_options: StorageOptions | None = None,
     progress: Progress = False,
+    workers: int | None = None,
     **options: Any,
 ) -> SyntheticArchive:
-    """Write a synthetic NIH-layout archive of ``n`` images under ``root`` (any fsspec URL).
+    """Write a synthetic archive of ``n`` images under ``root`` (any fsspec URL), in the
+    published layout of NIH ChestX-ray14 or of another archive (``layout=``).
 
-    Images are rendered in ``workers`` threads of this process (NumPy, the resize and the PNG
+    Images are rendered in ``threads`` threads of this process (NumPy, the resize and the PNG
     encoder release the GIL), or on ``client`` when given, so a plain script needs no
     ``if __name__ == "__main__"`` guard for it. The same seed gives the same bytes. The CSV,
     the split lists and the ``cxrdask-synthetic.json`` marker are written after the images:
@@ -145,8 +113,8 @@ def make_archive(
         What it looks like (:class:`SyntheticSpec`: image size, seed, sign strength,
         prevalence, CSV variant, official lists): ``make_archive("a", 200, size=256)`` or
         ``make_archive("a", 200, SyntheticSpec(size=256))``.
-    workers
-        Writer threads (default: one per core).
+    threads
+        Writer threads (default: one per core). ``workers=``, its old name, is deprecated.
     client
         A Dask client to render on instead.
     storage_options
@@ -161,6 +129,7 @@ def make_archive(
         Where it is (``root``, ``metadata_url``), its size and how fast it was written.
     """
     start = time.perf_counter()
+    threads = renamed("make_archive", "workers", "threads", workers, threads)
     spec = SyntheticSpec.with_options(spec, **options)
     size, seed = spec.size, spec.seed
     frame = make_metadata(n, seed=seed, prevalence=spec.prevalence)
@@ -176,9 +145,9 @@ def make_archive(
     jobs = [(relative, name, labels[i], size, (seed, 7, i), spec.strength, encoding)
             for i, (name, (relative, encoding)) in enumerate(zip(frame["image_index"], placed,
                                                                  strict=True))]
-    per_batch = max(1, min(64, math.ceil(n / ((workers or os.cpu_count() or 1) * 4))))
+    per_batch = max(1, min(64, math.ceil(n / ((threads or os.cpu_count() or 1) * 4))))
     batches = [jobs[i:i + per_batch] for i in range(0, n, per_batch)]
-    bytes_written, drawn = _run_batches(root, storage_options, batches, workers, client, progress)
+    bytes_written, drawn = _run_batches(root, storage_options, batches, threads, client, progress)
 
     if spec.layout == "nih":
         metadata_url = _write_nih_files(root, storage_options, frame, spec, drawn)

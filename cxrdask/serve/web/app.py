@@ -23,7 +23,7 @@ from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS
 from cxrdask.serve.diagnosis import DISCLAIMER, Diagnoser
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
-ACCEPTED_TYPES = {"image/png", "image/jpeg", "application/octet-stream"}
+ACCEPTED_TYPES = {"image/png", "image/jpeg", "application/dicom", "application/octet-stream"}
 MULTIPART_SLACK = 64 * 2**10  # form boundaries and headers around the file
 
 
@@ -91,13 +91,13 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
                 "labels": list(diagnoser.checkpoint.label_names), "max_upload_bytes": max_upload_bytes,
                 "uptime_s": round(time.time() - started, 1), "disclaimer": DISCLAIMER}
 
-    @app.post("/api/predict", summary="The 14 probabilities (and heatmaps) for one image",
+    @app.post("/api/predict", summary="The head's probabilities of its findings (and heatmaps) for one image",
               responses={400: {"description": "empty upload"},
                          413: {"description": "file or image too large"},
-                         415: {"description": "not a PNG or JPEG content type"},
+                         415: {"description": "not a PNG, JPEG or DICOM content type"},
                          422: {"description": "not a decodable image"}})
     async def predict(
-        file: Annotated[UploadFile, File(description="a PNG or JPEG chest X-ray")],
+        file: Annotated[UploadFile, File(description="a PNG, JPEG or DICOM chest X-ray")],
         age: Annotated[float | None, Form(ge=0, le=123, description="years")] = None,
         sex: Annotated[str | None, Form(pattern="^[MFmf]$")] = None,
         view: Annotated[str | None, Form(pattern="^(PA|AP)$")] = None,
@@ -116,7 +116,7 @@ async def _diagnosis(diagnoser: Diagnoser, limit: int, file: UploadFile, *, age:
     content_type = (file.content_type or "application/octet-stream").split(";")[0].strip()
     if content_type not in ACCEPTED_TYPES:
         raise ApiError(415, "unsupported_type",
-                       f"{name}: content type {content_type!r} is not a PNG or JPEG image")
+                       f"{name}: content type {content_type!r} is not a PNG, JPEG or DICOM image")
     data = await file.read(limit + 1)
     if len(data) > limit:
         raise ApiError(413, "too_large", f"{name}: {_too_large(None, limit)}")
@@ -146,3 +146,6 @@ async def _diagnosis(diagnoser: Diagnoser, limit: int, file: UploadFile, *, age:
 def _too_large(length: int | None, limit: int) -> str:
     size = f" ({length / 2**20:.1f} MiB)" if length else ""
     return f"the upload{size} is over the limit of {limit / 2**20:.0f} MiB"
+
+
+__all__ = ["ACCEPTED_TYPES", "DEFAULT_MAX_UPLOAD_BYTES", "MULTIPART_SLACK", "ApiError", "create_app"]

@@ -1,4 +1,4 @@
-// cxrdask page: upload one X-ray, show the 14 probabilities as sorted bars and a Grad-CAM overlay.
+// cxrdask page: upload one X-ray, show the head's probabilities of its findings as sorted bars and a Grad-CAM overlay.
 "use strict";
 
 const $ = (id) => document.getElementById(id);

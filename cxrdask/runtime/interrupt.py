@@ -62,3 +62,6 @@ def end_process_now(status: int) -> None:
             stream.flush()
     logging.shutdown()
     os._exit(status)
+
+
+__all__ = ["EXIT_INTERRUPTED", "end_process_now", "second_interrupt_exits"]

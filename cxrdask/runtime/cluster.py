@@ -50,7 +50,7 @@ def cluster_config() -> dict:
     return {
         "distributed.nanny.pre-spawn-environ": WORKER_ENVIRONMENT,
         "distributed.worker.profile.enabled": False,
-        # Workers ignore Ctrl-C; the client that started them stops them (cxrdask.extract.interrupt).
+        # Workers ignore Ctrl-C; the client that started them stops them (cxrdask.runtime.interrupt).
         "distributed.worker.preload": ["cxrdask.extract.worker_setup"],
     }
 
@@ -316,3 +316,8 @@ def _close_session() -> None:
 
 
 atexit.register(close_session_cluster)
+
+
+__all__ = ["DASHBOARD_MODULE", "DEFAULT_DASHBOARD", "WORKER_CLOSE_TIMEOUT", "WORKER_ENVIRONMENT",
+           "close_cluster", "close_session_cluster", "cluster_config", "dashboard_address_for",
+           "local_client", "session_client", "start_gpu_cluster", "start_local_cluster"]

@@ -1,0 +1,184 @@
+"""Scoring a head on a store: its probabilities on a split, read out of core in one pass, laid
+out in the head's findings against the store's labels (a finding the store's archive does not
+label is missing on every row), beside the same head untrained and a second head.
+
+What :func:`~cxrdask.evaluation.report.evaluate` audits; callable alone (:func:`score_split`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cxrdask._fs import StorageOptions
+from cxrdask.errors import CheckpointMismatchError, OptionError
+from cxrdask.evaluation.audit import Scored
+from cxrdask.head.batches import FeatureBatches, open_store
+from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_head
+
+SCORING_BATCH_ROWS = 4096  # rows a scoring pass reads at once: no gradients, so many
+
+
+def split_batches(store, split: str, ckpt: Checkpoint) -> FeatureBatches:
+    """``split``'s rows in store order, with the inputs ``ckpt``'s head takes (checked)."""
+    batches = FeatureBatches(store, split, SCORING_BATCH_ROWS, shuffle=False,
+                             demographics=tuple(ckpt.input["demographics"]))
+    ckpt.check_inputs(batches.n_inputs)
+    return batches
+
+
+def head_outputs(heads: list[DiagnosisHead], batches: FeatureBatches
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each head's probabilities and the targets of every row, in one pass over the store."""
+    for head in heads:
+        head.eval()
+    probabilities: list[list[np.ndarray]] = [[] for _ in heads]
+    targets = []
+    with torch.inference_mode():
+        for inputs, labels in batches:
+            for out, head in zip(probabilities, heads, strict=True):
+                out.append(head.probabilities(inputs).numpy())
+            targets.append(labels.numpy())
+    if not targets:
+        empty = np.zeros((0, len(batches.store.label_names)))
+        return [empty for _ in heads], empty
+    return [np.concatenate(p) for p in probabilities], np.concatenate(targets)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A head's probabilities on one split, beside what the audit compares them with: the
+    validation split's (where thresholds are chosen; None where it is empty), the same head
+    untrained (the same seed's initial weights, the same input standardisation), and a
+    second head's (None without one). What :func:`score_split` returns."""
+
+    split: str
+    scored: Scored
+    untrained: np.ndarray
+    validation: Scored | None
+    other: np.ndarray | None
+    checkpoint: Checkpoint
+    compared: Checkpoint | None = None
+
+
+def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
+                compare_to: str | Checkpoint | None = None, compare_store=None,
+                storage_options: StorageOptions | None = None) -> Scores:
+    """The first step of :func:`evaluate`, callable alone: the heads' probabilities on
+    ``split`` (one pass over its chunks, out of core) and on the validation split.
+
+    ``compare_store``: the store the second head reads (features of another backbone on
+    the same images, rows and split), for a comparison of two backbones; by default the
+    second head reads ``store``.
+
+    Raises
+    ------
+    CheckpointMismatchError
+        A head was trained on another backbone, preprocessing or inputs (checked before any
+        chunk is read).
+    StoreMismatchError
+        ``compare_store`` holds other images, another split, or other readable rows.
+    """
+    store = open_store(store, storage_options)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
+             else load_checkpoint(compare_to))
+    if compare_store is not None and other is None:
+        raise OptionError("compare_store is the store the second head (compare_to) reads: "
+                          "give that head too")
+    other_store = (store if compare_store is None
+                   else paired_store(store, compare_store, split, storage_options))
+    for head, read in ((ckpt, store), (other, other_store)):
+        if head is not None:
+            head.check_features(read.provenance["backbone"], read.provenance.get("preprocessing"))
+    if not shared_findings(store.label_names, ckpt.label_names)[0]:
+        raise CheckpointMismatchError(
+            f"{ckpt.path or 'the head'} predicts {', '.join(ckpt.label_names)}; {store.url} "
+            f"labels {', '.join(store.label_names)}: no finding in common to score")
+    batches = split_batches(store, split, ckpt)
+    other_batches = None if other is None else split_batches(other_store, split, other)
+    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
+    untrained.input_mean.copy_(ckpt.head.input_mean)
+    untrained.input_scale.copy_(ckpt.head.input_scale)
+    (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
+                                                                     batches)
+    other_probabilities = (None if other is None or other_batches is None
+                           else head_outputs([other.head], other_batches)[0][0])
+    table = store.table(["image_index", "patient_id", "sex", "age", "view"])
+    return Scores(split=split,
+                  scored=_as_scored(store, ckpt, targets, probabilities, _rows(store, split, table)),
+                  untrained=untrained_probabilities,
+                  validation=_scored(store, "validation", ckpt, table),
+                  other=other_probabilities, checkpoint=ckpt, compared=other)
+
+
+def paired_store(store, url, split: str, storage_options: StorageOptions | None = None):
+    """The store a second head reads, checked to hold the same images in the same order and
+    split, with the same readable rows of ``split``: its scores pair with the first's."""
+    from cxrdask.errors import StoreMismatchError
+
+    other = open_store(url, storage_options)
+    mine = {k: store.provenance.get(k) for k in ("rows_fingerprint", "n_rows")}
+    theirs = {k: other.provenance.get(k) for k in ("rows_fingerprint", "n_rows")}
+    # (the second store's, the first's): StoreMismatchError says "store has X, ... asks for Y"
+    differences = {key: (theirs[key], mine[key]) for key in mine if mine[key] != theirs[key]}
+    if not differences and not np.array_equal(store.read("split"), other.read("split")):
+        differences["split"] = ("another split of the same images", "the first store's split")
+    if not differences and not np.array_equal(store.rows(split), other.rows(split)):
+        differences[f"readable {split} rows"] = (len(other.rows(split)), len(store.rows(split)))
+    if differences:
+        raise StoreMismatchError(other.url, differences)
+    return other
+
+
+def store_columns(store_findings, head_findings) -> list[int | None]:
+    """For each of a head's findings, the store's label column of the same finding (by
+    harmonised name, any case), or None where the store's archive does not label it."""
+    from cxrdask.archive.findings import harmonise
+
+    column = {harmonise(name).lower(): k for k, name in enumerate(store_findings)}
+    return [column.get(harmonise(name).lower()) for name in head_findings]
+
+
+def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]]:
+    """Which of a head's findings a store labels, and which it does not: what an external
+    validation can score, and what it leaves out."""
+    columns = store_columns(store_findings, head_findings)
+    return ([name for name, k in zip(head_findings, columns, strict=True) if k is not None],
+            [name for name, k in zip(head_findings, columns, strict=True) if k is None])
+
+
+def _as_scored(store, ckpt: Checkpoint, targets: np.ndarray, probabilities: np.ndarray,
+               rows: pd.DataFrame) -> Scored:
+    """Scores against the store's labels, laid out in the head's findings: a finding the
+    store's archive does not label (another archive's head) is missing on every row."""
+    heads = list(ckpt.label_names)
+    projected = np.full((len(targets), len(heads)), np.nan, dtype=np.float32)
+    for k, column in enumerate(store_columns(store.label_names, heads)):
+        if column is not None:
+            projected[:, k] = targets[:, column]
+    known = ~np.isnan(projected)
+    return Scored(projected == 1, probabilities, rows, None if known.all() else known,
+                  tuple(heads))
+
+
+def _rows(store, split: str, table: pd.DataFrame) -> pd.DataFrame:
+    """The split's readable rows of ``table`` (the store's per-row columns), in the order
+    batches yield them."""
+    return table.iloc[store.rows(split)].reset_index(drop=True)
+
+
+def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame) -> Scored | None:
+    """The head's probabilities on ``split`` (None where the split is empty)."""
+    batches = split_batches(store, split, ckpt)
+    if batches.n_rows == 0:
+        return None
+    (probabilities,), targets = head_outputs([ckpt.head], batches)
+    return _as_scored(store, ckpt, targets, probabilities, _rows(store, split, table))
+
+
+__all__ = ["SCORING_BATCH_ROWS", "Scores", "head_outputs", "paired_store", "score_split",
+           "shared_findings", "split_batches", "store_columns"]
