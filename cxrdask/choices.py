@@ -40,6 +40,7 @@ UNCERTAIN_POLICIES: tuple[str, ...] = values_of(UncertainPolicy)
 SplitMethod = Literal["auto", "official", "patient", "random"]
 SplitName = Literal["train", "validation", "test"]
 SPLIT_NAMES: tuple[str, ...] = values_of(SplitName)
+ScoredSplit = Literal[SplitName, "all"]  # what evaluation scores: one split, or every row
 
 # Backbones: torchvision's ImageNet networks, then torchxrayvision's chest X-ray ones (their
 # own preprocessing; cxrdask.backbones.spec.XRV_BACKBONES, checked equal at its import).
@@ -61,12 +62,39 @@ Flip = Literal["none", "train"]
 ResizeOn = Literal["cpu", "device"]
 PixelCompression = Literal["zstd", "lz4", "none"]
 PresetName = Literal["default", "seed2018"]
+Balance = Literal["rows", "archive"]  # how several stores share an epoch
+ViewSelection = Literal["frontal", "all"]  # or a list of view families or views
 ThresholdRule = Literal["youden", "specificity"]
 
 __all__ = [
-    "ARCHIVE_KINDS", "BACKBONE_NAMES", "LAYOUTS", "SPLIT_NAMES", "UNCERTAIN_POLICIES",
-    "ArchiveChoice", "ArchiveKind", "BackboneName", "CsvVariant", "Device", "Dtype", "Engine",
-    "Flip", "HeadPrecision", "Layout", "PixelCompression", "Precision", "PresetName",
-    "Prevalence", "ResizeOn", "SplitMethod", "SplitName", "ThresholdRule", "TorchvisionBackbone",
-    "UncertainPolicy", "XrvBackbone", "values_of",
+    "ARCHIVE_KINDS",
+    "BACKBONE_NAMES",
+    "LAYOUTS",
+    "SPLIT_NAMES",
+    "UNCERTAIN_POLICIES",
+    "ArchiveChoice",
+    "ArchiveKind",
+    "BackboneName",
+    "Balance",
+    "CsvVariant",
+    "Device",
+    "Dtype",
+    "Engine",
+    "Flip",
+    "HeadPrecision",
+    "Layout",
+    "PixelCompression",
+    "Precision",
+    "PresetName",
+    "Prevalence",
+    "ResizeOn",
+    "ScoredSplit",
+    "SplitMethod",
+    "SplitName",
+    "ThresholdRule",
+    "TorchvisionBackbone",
+    "UncertainPolicy",
+    "ViewSelection",
+    "XrvBackbone",
+    "values_of",
 ]

@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from cxrdask.archive.views import check_views
 from cxrdask.backbones.engines import engine_refusal
 from cxrdask.backbones.spec import BackboneSpec
 from cxrdask.choices import (
     BACKBONE_NAMES,
     BackboneName,
+    Balance,
     Device,
     Dtype,
     Engine,
@@ -30,6 +32,7 @@ from cxrdask.choices import (
     ResizeOn,
     SplitMethod,
     ThresholdRule,
+    ViewSelection,
 )
 from cxrdask.errors import OptionError
 from cxrdask.options import Options, option
@@ -246,8 +249,16 @@ class TrainConfig(Options):
     standardize: bool = True
     preset: PresetName = option(
         "default", "seed2018: the 2018 recipe (batch 10, lr 3e-4, no early stopping)")
+    views: ViewSelection | tuple[str, ...] = option(
+        "frontal", "which rows by view: frontal (PA, AP and their variants, and rows with no "
+                   "view recorded), all, or a comma-separated list of families (frontal, "
+                   "lateral, other, unknown) or views (PA, LATERAL, ...)", type="views")
+    balance: Balance = option(
+        "rows", "with several stores: rows = each store's share of an epoch in proportion to "
+                "its rows; archive = an equal share for each")
 
     def __post_init__(self) -> None:
+        check_views(self.views)  # first: its message names the lists it also takes
         self.check_choices()
         if self.batch_size < 1 or self.epochs < 1 or self.buffer_chunks < 1:
             raise OptionError(f"batch_size, epochs and buffer_chunks must be at least 1, not "
@@ -273,6 +284,7 @@ class TrainConfig(Options):
         data = asdict(self)
         data["betas"] = list(self.betas)
         data["demographics"] = list(self.demographics)
+        data["views"] = self.views if isinstance(self.views, str) else list(self.views)
         return data
 
 
@@ -307,6 +319,9 @@ class EvaluateConfig(Options):
         The backbone weights file, when the head was trained on one (for localisation).
     n_workers : int or None
         Processes of the local cluster localisation starts when no client is given.
+    views : str or tuple of str
+        Which rows are scored by view (:mod:`cxrdask.archive.views`): ``frontal`` (the
+        default), ``all``, or families or views.
     """
 
     OPTIONS_NAME = "evaluation"
@@ -329,8 +344,13 @@ class EvaluateConfig(Options):
     weights: str | None = option(
         None, "backbone weights file, when the head was trained on one")
     n_workers: int | None = option(None, "local worker processes for --boxes", flag="--workers")
+    views: ViewSelection | tuple[str, ...] = option(
+        "frontal", "which rows by view: frontal (PA, AP and their variants, and rows with no "
+                   "view recorded), all, or a comma-separated list of families or views",
+        type="views")
 
     def __post_init__(self) -> None:
+        check_views(self.views)
         self.check_choices()
         if isinstance(self.bootstrap, bool) or self.bootstrap < 0:
             raise OptionError(f"bootstrap must be 0 (no intervals) or more resamples, not "

@@ -96,8 +96,17 @@ def describe_checkpoint(path: str, storage_options: StorageOptions | None = None
         f"  backbone: {backbone.get('name')} ({backbone.get('weights')})"
         + (f", sha256 {backbone['sha256'][:12]}…" if backbone.get("sha256") else ""),
         f"  preprocessing: {_preprocessing(provenance.get('preprocessing') or {})}",
-        f"  features from: {provenance.get('store_url', '?')}",
     ]
+    stores = provenance.get("stores") or []
+    if not stores:  # a checkpoint from before heads recorded their stores
+        lines.append(f"  features from: {provenance.get('store_url', '?')}")
+    for each in stores:
+        kept = ", ".join(f"{family} {n}" for family, n in each["views"].items() if n)
+        left = ", ".join(f"{family} {n}" for family, n in each["views_left_out"].items() if n)
+        lines.append(f"  features from: {each['url']} ({each['archive']}): "
+                     f"{each['rows']['train']:,} training, {each['rows']['validation']:,} "
+                     f"validation rows; views {each['views_kept']}: {kept or 'none'}"
+                     + (f"; left out: {left}" if left else ""))
     return "\n".join(lines)
 
 

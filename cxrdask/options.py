@@ -60,8 +60,8 @@ class Options:
             kind = hints[item.name]
             value = getattr(self, item.name)
             allowed = values_of(kind)
-            plain = tuple(member for member in typing.get_args(kind) or (kind,)
-                          if isinstance(member, type))
+            members = [typing.get_origin(m) or m for m in typing.get_args(kind) or (kind,)]
+            plain = tuple(member for member in members if isinstance(member, type))
             if allowed and value not in allowed and not isinstance(value, plain):
                 raise OptionError(f"{item.name} must be one of {', '.join(map(repr, allowed))}, "
                                   f"not {value!r}")

@@ -205,3 +205,72 @@ def test_a_dicom_archive_without_pydicom_is_refused_before_any_work(tmp_path, mo
     with pytest.raises(MissingExtraError, match=r"pip install 'cxrdask\[dicom\]'"):
         plan_extraction(None, str(archive), str(tmp_path / "s.zarr"), weights="random")
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_chexpert_pointed_at_the_folder_that_holds_it_finds_every_image(tmp_path):
+    """CheXpert's train.csv paths begin with ``CheXpert-v1.0-small/`` (the folder the download
+    unpacks to): pointed at the folder above it, or at it, every image is found."""
+    from cxrdask.extract.plan import plan_extraction
+
+    parent = tmp_path / "downloads"
+    archive = make_archive(str(parent / "CheXpert-v1.0-small"), 60, size=32, layout="chexpert",
+                           seed=4, threads=2)
+    listed = pd.read_csv(f"{archive.root}/train.csv")["Path"]
+    assert listed.str.startswith("CheXpert-v1.0-small/train/patient").all()  # as published
+    for root in (str(parent), archive.root):
+        plan = plan_extraction(None, root, str(tmp_path / "f.zarr"), weights="random")
+        assert plan.missing == [] and len(plan.urls) == len(plan.rows) == 60, root
+        assert all(url.endswith(path) for url, path in
+                   zip(map(plan.urls.get, plan.rows["image_index"]), plan.rows["path"], strict=True))
+
+
+def test_mimic_pointed_above_its_folder_finds_every_image(archives, tmp_path):
+    """MIMIC-CXR-JPG's ``files/p10/p100.../s5.../ID.jpg`` tree read from a folder above the one
+    holding its CSVs (its labels given by hand): each image by its own path, not by a guess."""
+    root = archives["mimic-cxr-jpg"]
+    table = read_archive(root)
+    from pathlib import Path
+
+    above = str(Path(root).parent)
+    located = locate_archive_images(table, above)
+    assert located.missing == [] and len(located.urls) == len(table)
+    assert all(located.urls[i].endswith(p) for i, p in zip(table["image_index"], table["path"],
+                                                             strict=True))
+
+
+def test_vinbigdata_kaggle_file_under_another_name_is_read_by_its_header(archives, tmp_path):
+    """torchxrayvision ships Kaggle's VinBigData ``train.csv`` as ``vinbigdata-train.csv.gz``:
+    given by hand under that name it is still the box layout (its header says so), so its
+    findings are the 14 classes, not its box columns."""
+    from cxrdask.archive.kinds.vindr import KAGGLE_CLASSES
+
+    root = archives["vindr-cxr"]
+    readers = pd.read_csv(f"{root}/annotations/image_labels_train.csv")
+    rows = []
+    for _, reader in readers.iterrows():
+        named = [c for c in readers.columns[2:] if reader[c] == 1] or ["No finding"]
+        rows += [{"image_id": reader["image_id"], "class_name": c,
+                  "class_id": KAGGLE_CLASSES.index(c) if c in KAGGLE_CLASSES else 14,
+                  "rad_id": reader["rad_id"], "x_min": 1.0, "y_min": 2.0, "x_max": 30.0,
+                  "y_max": 40.0} for c in named]
+    renamed = tmp_path / "vinbigdata-train.csv.gz"
+    with gzip.open(renamed, "wt") as handle:
+        pd.DataFrame(rows).to_csv(handle, index=False)
+    table = read_archive(root, metadata=str(renamed))
+    found = findings_of(table)
+    assert not {"class_id", "class_name", "x_min", "x_max", "y_min", "y_max"} & set(found)
+    assert {harmonise(c) for c in KAGGLE_CLASSES} <= set(found)
+    physionet = read_archive(root).set_index("image_index").loc[table["image_index"]]
+    for name in set(findings_of(physionet)) & set(found):
+        np.testing.assert_array_equal(physionet[name].to_numpy(), table[name].to_numpy(), err_msg=name)
+
+
+def test_a_label_file_with_columns_that_are_not_labels_is_refused_by_name(tmp_path):
+    """A PhysioNet-style file (image_id, rad_id) whose columns are boxes or other values is
+    refused, naming the column: no column becomes a finding unless the format says so."""
+    (tmp_path / "boxes.csv").write_text("image_id,rad_id,class_id,x_min\na,R1,3,10.5\n")
+    with pytest.raises(MetadataError, match=r"class_id, x_min are a box file's"):
+        read_archive(str(tmp_path), metadata=str(tmp_path / "boxes.csv"))
+    (tmp_path / "odd.csv").write_text("image_id,rad_id,Nodule/Mass,Grade\na,R1,1,severe\n")
+    with pytest.raises(MetadataError, match=r"line 2, column 'Grade': 'severe' is not a 0/1 label"):
+        read_archive(str(tmp_path), metadata=str(tmp_path / "odd.csv"))

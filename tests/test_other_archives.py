@@ -3,6 +3,8 @@ missing labels masked, and an NIH head scored on another archive (external valid
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from helpers import cxrdask
 
 from cxrdask.archive.findings import MISSING
 from cxrdask.archive.synthetic import make_archive
+from cxrdask.archive.views import view_mask
 from cxrdask.evaluation.report import evaluate
 from cxrdask.extract.run import extract_features
 from cxrdask.head.loss import MaskedBCEWithLogits, loss_for
@@ -74,17 +77,28 @@ def test_an_nih_head_scores_on_a_chexpert_store_as_an_external_validation(
     assert isinstance(loss_for(FeatureStore.open(nih_store), None), torch.nn.BCEWithLogitsLoss)
 
     report = evaluate(chexpert_store, head, bootstrap=20, out_dir=tmp_path / "report")
-    assert report.external is not None and "External validation" in report.external
-    for left_out in ("Infiltration", "Mass", "Nodule", "Emphysema", "Hernia"):
-        assert left_out in report.external
-    assert len(report.table) == 14
-    shared = report.table.set_index("label").loc["Effusion"]
     store = FeatureStore.open(chexpert_store)
-    effusion = store.read("labels")[store.rows("test"), store.label_names.index("Effusion")]
+    # External: every readable row is unseen, so every one is scored (of the frontal views,
+    # the default: CheXpert's laterals are left out and counted), and the report says so.
+    scored = store.rows("all")[view_mask(store.read("view")[store.rows("all")], "frontal")]
+    assert report.split == "all" and report.n_rows == len(scored) > len(store.rows("test"))
+    assert report.views["left_out"]["lateral"] == len(store.rows("all")) - len(scored) > 0
+    assert report.external is not None and "every labelled row of the store (split all)" in report.external
+    # A finding the archive does not label gets no number anywhere, and is listed once.
+    unlabelled = {"Infiltration", "Mass", "Nodule", "Emphysema", "Hernia", "Fibrosis"}
+    assert unlabelled <= set(report.not_labelled)
+    assert not unlabelled & set(report.table["label"]) and len(report.table) == 14 - len(report.not_labelled)
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    numbered = {row["label"] for key in ("per_label", "auc_intervals", "calibration", "subgroups")
+                for row in saved[key]}
+    assert not unlabelled & numbered and set(saved["not_labelled"]) == set(report.not_labelled)
+    shared = report.table.set_index("label").loc["Effusion"]
+    effusion = store.read("labels")[scored, store.label_names.index("Effusion")]
     assert shared["positives"] == int((effusion == 1).sum())  # scored on labelled rows only
-    assert np.isnan(report.table.set_index("label").loc["Mass", "auc"])
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "External validation" in markdown and "left out" in markdown
+    assert markdown.count("Hernia") == 1 and "Not labelled in this archive" in markdown
+    test_only = evaluate(chexpert_store, head, split="test", bootstrap=0, views="all")
+    assert test_only.split == "test" and test_only.n_rows == len(store.rows("test"))
 
 
 def test_a_dicom_archive_extracts_every_decodable_file_and_names_the_broken_one(

@@ -162,3 +162,10 @@ def test_a_stores_codes_describe_themselves_to_xarray(tmp_path):
         assert decoded == meanings, variable
     split_names = np.array(data["split"].attrs["flag_meanings"].split())[data["split"].values]
     assert set(split_names) <= {"train", "validation", "test"} and len(split_names) == 40
+
+
+def test_the_api_reference_lists_every_public_name_where_it_is_defined():
+    reference = (PACKAGE.parent / "docs" / "reference.md").read_text()
+    missing = [f"cxrdask.{module}.{name}" for name, module in cxrdask._EXPORTS.items()
+               if f"::: cxrdask.{module}.{name}\n" not in reference]
+    assert not missing, f"docs/reference.md lacks {missing}"

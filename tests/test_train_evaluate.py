@@ -219,3 +219,28 @@ def test_bf16_head_training_stays_within_noise_of_fp32(tmp_path):
     fp32, bf16 = results["fp32"].history, results["bf16"].history
     assert fp32["val_loss"].iloc[-1] < fp32["val_loss"].iloc[0]  # it learns
     assert abs(bf16["val_loss"] - fp32["val_loss"]).max() < 0.03 * fp32["val_loss"].max()
+
+
+def test_a_split_with_no_rows_is_a_one_line_error_and_all_scores_every_row(tmp_path):
+    """A store without a test split (CheXpert's train.csv alone) is refused before any pass,
+    in one line naming the splits' sizes, not with a traceback; ``split="all"`` scores every
+    readable row."""
+    from cxrdask.errors import ScoreError
+
+    url = str(tmp_path / "f.zarr")
+    make_feature_store(url, 400, feature_dim=16, chunk_rows=100, seed=3)
+    head = train_head(url, TrainConfig(epochs=1, batch_size=64), tmp_path / "head",
+                      progress=False, plot=False).checkpoint
+    store = FeatureStore.open(url, mode="r+")
+    codes = store.read("split")
+    store.array("split")[:] = np.where(codes == 2, 0, codes)  # the test rows become training rows
+    sizes = FeatureStore.open(url).split_counts(ok_only=True)
+    assert sizes["test"] == 0 and sizes["train"] > 0
+    with pytest.raises(ScoreError) as refused:
+        evaluate(url, head, split="test")
+    message = str(refused.value)
+    assert "\n" not in message and "no readable test rows" in message
+    assert f"train {sizes['train']}, validation {sizes['validation']}, test 0" in message
+    report = evaluate(url, head, split="all", bootstrap=0)
+    assert report.split == "all" and report.n_rows == 400
+    assert report.external is None  # the head's own archive: not an external validation

@@ -97,24 +97,49 @@ def listed_tree(root: str, storage_options: StorageOptions | None = None
 def locate_archive_images(frame: pd.DataFrame, root: str,
                           storage_options: StorageOptions | None = None) -> ImageLocations:
     """Each row's image URL (by ``image_index``) from its ``path`` under ``root``, with one
-    listing of the tree; a file found one level off (a flat folder where the archive nests
-    them, as PadChest's copies differ) is matched by its name when that name is unique.
-    Non-NIH kinds only (NIH's images are found by :func:`locate_images`)."""
+    listing of the tree. Non-NIH kinds only (NIH's images are found by :func:`locate_images`).
+
+    The table's paths are relative to the folder its archive was published in; ``root`` may
+    be that folder or one above it (the folder that holds ``CheXpert-v1.0-small/``, a
+    download's parent of MIMIC-CXR-JPG's ``files/``): the folders between are found from
+    the listing, once, and put before every path. A file found one level off (a flat folder
+    where the archive nests them, as PadChest's copies differ) is matched by its name when
+    that name is unique.
+    """
     by_path: dict[str, str] = {}
     by_name: dict[str, str | None] = {}
     for relative, url in listed_tree(root, storage_options):
         by_path[relative] = url
         name = relative.rsplit("/", 1)[-1]
         by_name[name] = None if name in by_name else url
+    paths = [str(relative).lstrip("/") for relative in frame["path"]]
+    prefix = _folders_above(paths, by_path)
     urls: dict[str, str] = {}
     missing: list[str] = []
-    for index, relative in zip(frame["image_index"], frame["path"], strict=True):
-        found = by_path.get(str(relative).lstrip("/")) or by_name.get(str(relative).rsplit("/", 1)[-1])
+    for index, relative in zip(frame["image_index"], paths, strict=True):
+        found = (by_path.get(prefix + relative) or by_path.get(relative)
+                 or by_name.get(relative.rsplit("/", 1)[-1]))
         if found is None:
             missing.append(index)
         else:
             urls[index] = found
     return ImageLocations(root=root, urls=urls, missing=missing)
+
+
+def _folders_above(paths: list[str], listed: dict[str, str], sample: int = 32) -> str:
+    """The folders between the listed root and the folder the table's ``paths`` are relative
+    to (``"CheXpert-v1.0-small/"``), or ``""`` where the paths are found as they are. Read
+    from the first ``sample`` paths: the listed file that ends with one of them, path part by
+    path part, gives the prefix; one pass over the listing."""
+    wanted = [p for p in paths[:sample] if p]
+    if not wanted or any(p in listed for p in wanted):
+        return ""
+    by_name = {p.rsplit("/", 1)[-1]: p for p in wanted}
+    for relative in listed:
+        path = by_name.get(relative.rsplit("/", 1)[-1])
+        if path is not None and relative.endswith("/" + path):
+            return relative[:len(relative) - len(path)]
+    return ""
 
 
 def check_images_found(located: ImageLocations, expected: int, source: str, strict: bool,

@@ -19,6 +19,7 @@ from cxrdask.errors import SplitError
 
 TRAIN, VALIDATION, TEST = 0, 1, 2
 SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
+ALL = "all"  # every row, whatever its split
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 OFFICIAL_TRAIN_VAL = "train_val_list.txt"
 OFFICIAL_TEST = "test_list.txt"
@@ -55,6 +56,14 @@ def split_code(name: str | int) -> int:
     if key not in SPLIT_CODES:
         raise SplitError(f"unknown split {name!r}; use one of {', '.join(SPLIT_NAMES)}")
     return SPLIT_CODES[key]
+
+
+def in_split(codes: np.ndarray, split: str | int | None) -> np.ndarray:
+    """Which rows of ``codes`` a split selects: one split, by name or code, or every row
+    (``"all"`` or None: an external store, whose every row is unseen)."""
+    if split is None or (isinstance(split, str) and split.lower() == ALL):
+        return np.ones(len(codes), dtype=bool)
+    return np.asarray(codes) == split_code(split)
 
 
 def _check_fractions(fractions) -> tuple[float, float, float]:

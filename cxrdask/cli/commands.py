@@ -193,6 +193,7 @@ def cmd_train(args) -> int:
         return EXIT_DONE
     result = train_head(args.store, config, args.out, storage_options=storage_options,
                         progress=not args.quiet, device=args.device)
+    print(result.rows_used())
     print(f"best validation loss {result.best_val_loss:.4f} at epoch {result.best_epoch} "
           f"({len(result.history)} epochs, {result.seconds:.1f} s)")
     print("wrote " + ", ".join(result.files))

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from cxrdask import __version__
-from cxrdask.choices import ARCHIVE_KINDS, UNCERTAIN_POLICIES, SplitName, values_of
+from cxrdask.choices import ARCHIVE_KINDS, UNCERTAIN_POLICIES, ScoredSplit, values_of
 from cxrdask.cli import commands
 from cxrdask.cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_REFUSED, exit_codes_text
 from cxrdask.cli.options import (
@@ -166,7 +166,9 @@ def _image_source_options(parser: argparse.ArgumentParser, store_help: str) -> N
 def _train_options(train: argparse.ArgumentParser) -> None:
     from cxrdask.config import TrainConfig
 
-    train.add_argument("--store", required=True, help="feature store URL")
+    train.add_argument("--store", required=True, action="append",
+                       help="feature store URL; repeat it to train one head on several stores "
+                            "(the union of their findings, each store's own split)")
     train.add_argument("--out", required=True, help="directory for head.pt, curves and plots")
     add_options(train, TrainConfig, defaults="preset")
     add_device(train, "where the head trains (chunks are read lazily on the host either way)",
@@ -189,9 +191,10 @@ def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--store", required=True, help="feature store URL")
     evaluate.add_argument("--checkpoint", required=True, help="head checkpoint (head.pt)")
     evaluate.add_argument("--out", help="directory for report.md, report.json and plots")
-    evaluate.add_argument("--split", choices=list(values_of(SplitName)),
-                          default=source_default("evaluation.report", "evaluate", "split"),
-                          help="rows to evaluate on")
+    evaluate.add_argument("--split", choices=list(values_of(ScoredSplit)),
+                          help="rows to score: a split, or all (every readable row); default: "
+                               "all for a store of an archive the head did not train on "
+                               "(external validation), else test")
     evaluate.add_argument("--compare", metavar="CHECKPOINT",
                           help="a second head on the same store: paired AUC differences with "
                                "bootstrap intervals and DeLong's test")

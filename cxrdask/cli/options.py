@@ -72,7 +72,18 @@ def _backbone(text: str) -> str:
     return text
 
 
-PARSERS = {"chunk_rows": _chunk_rows, "compile": _compile, "backbone": _backbone}
+def _views(text: str) -> str | tuple[str, ...]:
+    """``frontal``, ``all``, or a comma-separated list of view families or views."""
+    from cxrdask.archive.views import check_views
+
+    chosen = text if text in ("frontal", "all") else tuple(v for v in text.split(",") if v)
+    try:
+        return check_views(chosen)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+PARSERS = {"chunk_rows": _chunk_rows, "compile": _compile, "backbone": _backbone, "views": _views}
 
 
 def _plain_type(kind: Any) -> Any:

@@ -141,7 +141,7 @@ def localise(store, checkpoint: str, boxes: str | None = None, images: str | Non
         Seed of the control's pairing.
     """
     from cxrdask.archive.images import locate_images
-    from cxrdask.archive.splits import split_code
+    from cxrdask.archive.splits import in_split
     from cxrdask.head.batches import open_store
 
     unknown = set(old_names) - {"boxes_url", "images_root"}
@@ -157,7 +157,7 @@ def localise(store, checkpoint: str, boxes: str | None = None, images: str | Non
     table_of_boxes = read_boxes(boxes, storage_options)
     store = open_store(store, storage_options)
     table = store.table(["image_index", "age", "sex", "view", "split"])
-    table = table[table["split"] == split_code(split)].set_index("image_index")
+    table = table[in_split(table["split"].to_numpy(), split)].set_index("image_index")
     listed = len(table_of_boxes)
     on_split = table_of_boxes[table_of_boxes["image_index"].isin(table.index)].reset_index(drop=True)
     located = locate_images(images, storage_options=storage_options,

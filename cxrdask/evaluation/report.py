@@ -16,12 +16,13 @@ import pandas as pd
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.expert_labels import read_expert_labels
+from cxrdask.choices import ScoredSplit
 from cxrdask.config import EvaluateConfig
 from cxrdask.errors import OptionError
 from cxrdask.evaluation.audit import Audit, auc_per_label, audit
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.evaluation.published import CHEXNET_2017, CITATIONS, WANG_2017
-from cxrdask.evaluation.scoring import Scores, score_split, shared_findings
+from cxrdask.evaluation.scoring import Scores, score_split, trained_archives
 from cxrdask.head.batches import open_store
 from cxrdask.head.model import Checkpoint
 from cxrdask.store.targets import check_output_folder
@@ -61,7 +62,10 @@ class EvaluationReport:
     audit: Audit | None = None
     compared_with: str = ""
     localisation: LocalisationReport | None = None
-    external: str | None = None  # what an external validation is and leaves out; None if not one
+    external: str | None = None  # what an external validation is; None if not one
+    # The head's findings no scored row labels: they get no number anywhere, listed once.
+    not_labelled: tuple[str, ...] = ()
+    views: dict = field(default_factory=dict)  # the views scored, the rows kept and left out
 
     @property
     def mean_over(self) -> list[str]:
@@ -150,6 +154,11 @@ class EvaluationReport:
             head.append(f"Backbone: {self.backbone}.  ")
         if self.external:
             head.append(f"**{self.external}**  ")
+        if self.views:
+            head.append(f"Views: {describe_views(self.views)}.  ")
+        if self.not_labelled:
+            head.append(f"Not labelled in this archive (no number is given for them): "
+                        f"{', '.join(self.not_labelled)}.  ")
         head.append(f"Means are over the same {int(kept.sum())} of {len(self.table)} diseases in "
                     "every column (those with positive and negative images in the split).\n")
         intervals = self._intervals()
@@ -191,6 +200,7 @@ class EvaluationReport:
             "caveats": self.caveats, "comparable_with_published": not self.caveats,
             "split": self.split, "split_description": self.split_description, "rows": self.n_rows,
             "backbone": self.backbone, "external_validation": self.external,
+            "not_labelled": list(self.not_labelled), "views": self.views,
             "mean_over": self.mean_over, "mean_auc": self.mean_auc,
             "mean_auc_untrained": self.mean_auc_untrained,
             "mean_wang2017": self._mean("wang2017"), "mean_chexnet": self._mean("chexnet"),
@@ -255,20 +265,31 @@ def build_report(store, scores: Scores, found: Audit) -> EvaluationReport:
         n_rows=len(targets), caveats=report_caveats(store.provenance),
         backbone=f"{identity['name']} ({identity['weights']})", audit=found,
         compared_with="" if scores.compared is None else str(scores.compared.path),
-        external=external_validation(store, scores.checkpoint))
+        external=external_validation(store, scores), not_labelled=scores.not_labelled,
+        views=scores.views)
 
 
-def external_validation(store, ckpt: Checkpoint) -> str | None:
+def describe_views(views: dict) -> str:
+    """``frontal (frontal 812, unknown 3); left out: lateral 140`` for the report."""
+    kept = ", ".join(f"{family} {n}" for family, n in views["kept"].items() if n)
+    left = ", ".join(f"{family} {n}" for family, n in views["left_out"].items() if n)
+    chosen = views["views"] if isinstance(views["views"], str) else ",".join(views["views"])
+    return f"{chosen} ({kept or 'no rows'})" + (f"; left out: {left}" if left else "")
+
+
+def external_validation(store, scores: Scores) -> str | None:
     """The sentence that says a head is scored on another archive than it was trained on,
-    and which of its findings that archive does not label; None for the same archive."""
-    trained = (ckpt.provenance.get("archive") or {}).get("kind", "nih")
+    on how many of its findings, and which rows; None for an archive it trained on."""
+    ckpt = scores.checkpoint
+    trained = ", ".join(sorted(trained_archives(ckpt)))
     here = (store.provenance.get("archive") or {}).get("kind", "nih")
-    shared, left_out = shared_findings(store.label_names, ckpt.label_names)
-    if trained == here and not left_out:
+    if here in trained_archives(ckpt):
         return None
-    return (f"External validation: a head trained on a {trained} archive, scored on a {here} "
-            f"archive, on the {len(shared)} of its {len(ckpt.label_names)} findings this archive "
-            "labels" + (f"; left out: {', '.join(left_out)}" if left_out else "") + ".")
+    rows = ("every labelled row of the store (split all)" if scores.split == "all"
+            else f"its {scores.split} split only")
+    return (f"External validation: a head trained on {trained}, scored on a {here} archive: on "
+            f"{rows}, on the {len(scores.scored.labels)} of its {len(ckpt.label_names)} findings "
+            "that rows here label.")
 
 
 def evaluate(
@@ -276,7 +297,7 @@ def evaluate(
     checkpoint: str | Checkpoint,
     config: EvaluateConfig | None = None,
     *,
-    split: str = "test",
+    split: ScoredSplit | None = None,
     out_dir: str | os.PathLike | None = None,
     storage_options: StorageOptions | None = None,
     compare_to: str | Checkpoint | None = None,
@@ -288,12 +309,15 @@ def evaluate(
     operating points; beside the untrained head and published results.
 
     Read out of core from the store (one pass over ``split``, one over the validation split
-    for the thresholds). Intervals come from a bootstrap over patients (images of one
-    patient resampled together); subgroups are sex, age band and view position, each with
-    its gap to the rest of the split and its under-diagnosis rate; thresholds are chosen on the
-    validation split and applied to ``split``. The report states the split, the backbone,
-    and whether the archive is synthetic or the weights random (then its numbers are not
-    comparable with published ones).
+    for the thresholds). A store of an archive the head did not train on is scored whole
+    (``split="all"``, what external validation means), and the report says so; a finding no
+    scored row labels gets no number anywhere and is listed once as not labelled. Intervals
+    come from a bootstrap over patients (images of one patient resampled together);
+    subgroups are sex, age band and view position, each with its gap to the rest of the
+    split and its under-diagnosis rate; thresholds are chosen on the validation split and
+    applied to ``split`` (none with ``split="all"``: its rows include the validation split).
+    The report states the split, the backbone, and whether the archive is synthetic or the
+    weights random (then its numbers are not comparable with published ones).
 
     Parameters
     ----------
@@ -302,7 +326,8 @@ def evaluate(
     checkpoint
         A head checkpoint (``head.pt``) trained on this store's backbone.
     split
-        ``"test"``, ``"validation"`` or ``"train"``.
+        ``"test"``, ``"validation"``, ``"train"``, or ``"all"`` (every readable row). None:
+        ``"all"`` for a store of an archive the head did not train on, else ``"test"``.
     out_dir
         Where ``report.md``, ``report.json`` and the charts go; None: no files.
     storage_options
@@ -344,7 +369,8 @@ def evaluate(
         check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
                                                                 "the images folder": config.images})
     scores = score_split(store, checkpoint, split=split, compare_to=compare_to,
-                         compare_store=compare_store, storage_options=storage_options)
+                         compare_store=compare_store, storage_options=storage_options,
+                         views=config.views)
     found = audit(scores.scored, scores.validation, other=scores.other,
                   resamples=config.bootstrap, seed=config.seed, rule=config.threshold_rule,
                   specificity=config.specificity, expert=expert, stratified=config.stratified)
@@ -354,7 +380,7 @@ def evaluate(
         from cxrdask.runtime.cluster import session_client
 
         report.localisation = localise(
-            store, str(scores.checkpoint.path), config.boxes, config.images, split=split,
+            store, str(scores.checkpoint.path), config.boxes, config.images, split=scores.split,
             client=client or session_client(config.n_workers, announce=False),
             weights=config.weights, storage_options=storage_options, seed=config.seed)
     if out_dir is not None:
@@ -395,6 +421,7 @@ __all__ = [
     "SYNTHETIC_GLOBAL_SIGNS",
     "EvaluationReport",
     "build_report",
+    "describe_views",
     "evaluate",
     "external_validation",
     "report_caveats",

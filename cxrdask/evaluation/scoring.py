@@ -7,14 +7,17 @@ What :func:`~cxrdask.evaluation.report.evaluate` audits; callable alone (:func:`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from cxrdask._fs import StorageOptions
-from cxrdask.errors import CheckpointMismatchError, OptionError
+from cxrdask.archive.splits import ALL
+from cxrdask.archive.views import Views
+from cxrdask.choices import ScoredSplit
+from cxrdask.errors import CheckpointMismatchError, OptionError, ScoreError
 from cxrdask.evaluation.audit import Scored
 from cxrdask.head.batches import FeatureBatches, open_store
 from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_head
@@ -22,9 +25,10 @@ from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_h
 SCORING_BATCH_ROWS = 4096  # rows a scoring pass reads at once: no gradients, so many
 
 
-def split_batches(store, split: str, ckpt: Checkpoint) -> FeatureBatches:
-    """``split``'s rows in store order, with the inputs ``ckpt``'s head takes (checked)."""
-    batches = FeatureBatches(store, split, SCORING_BATCH_ROWS, shuffle=False,
+def split_batches(store, split: str, ckpt: Checkpoint, views: Views = "all") -> FeatureBatches:
+    """``split``'s rows of ``views`` in store order, with the inputs ``ckpt``'s head takes
+    (checked)."""
+    batches = FeatureBatches(store, split, SCORING_BATCH_ROWS, shuffle=False, views=views,
                              demographics=tuple(ckpt.input["demographics"]))
     ckpt.check_inputs(batches.n_inputs)
     return batches
@@ -62,13 +66,41 @@ class Scores:
     other: np.ndarray | None
     checkpoint: Checkpoint
     compared: Checkpoint | None = None
+    # The head's findings with no labelled row among the scored ones (another archive's, or
+    # all missing here): left out of every array above, so no number is ever given for them.
+    not_labelled: tuple[str, ...] = ()
+    # The views scored, and the scored split's rows of each view family kept and left out.
+    views: dict = field(default_factory=dict)
 
 
-def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
+def trained_archives(ckpt: Checkpoint) -> set[str]:
+    """The archive kinds a head was trained on (its checkpoint's stores)."""
+    stores = ckpt.provenance.get("stores")
+    if stores:  # each store it trained on (heads since the study across archives)
+        return {each["archive"] for each in stores}
+    return {(ckpt.provenance.get("archive") or {}).get("kind", "nih")}
+
+
+def default_split(store, ckpt: Checkpoint) -> ScoredSplit:
+    """``"all"`` for a store of an archive the head did not train on (external: every row is
+    unseen), else ``"test"``."""
+    here = (store.provenance.get("archive") or {}).get("kind", "nih")
+    return "test" if here in trained_archives(ckpt) else "all"
+
+
+def score_split(store, checkpoint: str | Checkpoint, *, split: ScoredSplit | None = None,
                 compare_to: str | Checkpoint | None = None, compare_store=None,
-                storage_options: StorageOptions | None = None) -> Scores:
+                storage_options: StorageOptions | None = None, views: Views = "frontal") -> Scores:
     """The first step of :func:`evaluate`, callable alone: the heads' probabilities on
     ``split`` (one pass over its chunks, out of core) and on the validation split.
+
+    ``split``: ``"test"``, ``"validation"``, ``"train"``, or ``"all"`` (every readable row);
+    None chooses (:func:`default_split`): ``all`` where the store's archive is not one the
+    head trained on, else ``test``. A finding of the head that no scored row labels is left
+    out of every array (:attr:`Scores.not_labelled`). With ``split="all"`` no validation
+    split is scored: its rows are among those scored, so thresholds chosen on them would
+    flatter the operating points. ``views`` selects the rows by view
+    (:mod:`cxrdask.archive.views`; frontal by default), the validation split's too.
 
     ``compare_store``: the store the second head reads (features of another backbone on
     the same images, rows and split), for a comparison of two backbones; by default the
@@ -81,9 +113,12 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
         chunk is read).
     StoreMismatchError
         ``compare_store`` holds other images, another split, or other readable rows.
+    ScoreError
+        ``split`` has no readable rows (the message gives each split's size).
     """
     store = open_store(store, storage_options)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    split = default_split(store, ckpt) if split is None else split
     other = (None if compare_to is None else compare_to if isinstance(compare_to, Checkpoint)
              else load_checkpoint(compare_to))
     if compare_store is not None and other is None:
@@ -98,9 +133,14 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
         raise CheckpointMismatchError(
             f"{ckpt.path or 'the head'} predicts {', '.join(ckpt.label_names)}; {store.url} "
             f"labels {', '.join(store.label_names)}: no finding in common to score")
-    batches = split_batches(store, split, ckpt)
-    other_batches = None if other is None else split_batches(other_store, split, other)
-    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)))
+    batches = split_batches(store, split, ckpt, views)
+    if batches.n_rows == 0:
+        sizes = ", ".join(f"{name} {n}" for name, n in store.split_counts(ok_only=True).items())
+        raise ScoreError(f"{store.url} has no readable {split} rows"
+                         + ("" if views == "all" else f" of views {views}")
+                         + f" to score (readable rows: {sizes}); choose another --split, or all")
+    other_batches = None if other is None else split_batches(other_store, split, other, views)
+    untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)), len(ckpt.label_names))
     untrained.input_mean.copy_(ckpt.head.input_mean)
     untrained.input_scale.copy_(ckpt.head.input_scale)
     (probabilities, untrained_probabilities), targets = head_outputs([ckpt.head, untrained],
@@ -108,11 +148,18 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: str = "test",
     other_probabilities = (None if other is None or other_batches is None
                            else head_outputs([other.head], other_batches)[0][0])
     table = store.table(["image_index", "patient_id", "sex", "age", "view"])
+    projected = _projected(store, ckpt, targets)
+    kept = np.flatnonzero(~np.isnan(projected).all(axis=0))  # findings some scored row labels
+    names = tuple(ckpt.label_names)
     return Scores(split=split,
-                  scored=_as_scored(store, ckpt, targets, probabilities, _rows(store, split, table)),
-                  untrained=untrained_probabilities,
-                  validation=_scored(store, "validation", ckpt, table),
-                  other=other_probabilities, checkpoint=ckpt, compared=other)
+                  scored=_as_scored(projected, probabilities, _rows(batches, table), names, kept),
+                  untrained=untrained_probabilities[:, kept],
+                  validation=(None if split == ALL
+                              else _scored(store, "validation", ckpt, table, kept, views)),
+                  other=None if other_probabilities is None else other_probabilities[:, kept],
+                  checkpoint=ckpt, compared=other,
+                  not_labelled=tuple(n for k, n in enumerate(names) if k not in set(kept)),
+                  views=_views_scored(store, split, views))
 
 
 def paired_store(store, url, split: str, storage_options: StorageOptions | None = None):
@@ -151,34 +198,57 @@ def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]
             [name for name, k in zip(head_findings, columns, strict=True) if k is None])
 
 
-def _as_scored(store, ckpt: Checkpoint, targets: np.ndarray, probabilities: np.ndarray,
-               rows: pd.DataFrame) -> Scored:
-    """Scores against the store's labels, laid out in the head's findings: a finding the
+def _projected(store, ckpt: Checkpoint, targets: np.ndarray) -> np.ndarray:
+    """The store's labels laid out in the head's findings (float, NaN missing): a finding the
     store's archive does not label (another archive's head) is missing on every row."""
     heads = list(ckpt.label_names)
     projected = np.full((len(targets), len(heads)), np.nan, dtype=np.float32)
     for k, column in enumerate(store_columns(store.label_names, heads)):
         if column is not None:
             projected[:, k] = targets[:, column]
+    return projected
+
+
+def _as_scored(projected: np.ndarray, probabilities: np.ndarray, rows: pd.DataFrame,
+               names: tuple[str, ...], kept: np.ndarray) -> Scored:
+    """Scores against the labels, of the ``kept`` findings only (those the rows label)."""
+    projected = projected[:, kept]
     known = ~np.isnan(projected)
-    return Scored(projected == 1, probabilities, rows, None if known.all() else known,
-                  tuple(heads))
+    return Scored(projected == 1, probabilities[:, kept], rows, None if known.all() else known,
+                  tuple(names[k] for k in kept))
 
 
-def _rows(store, split: str, table: pd.DataFrame) -> pd.DataFrame:
-    """The split's readable rows of ``table`` (the store's per-row columns), in the order
-    batches yield them."""
-    return table.iloc[store.rows(split)].reset_index(drop=True)
+def _rows(batches: FeatureBatches, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows ``batches`` read, of ``table`` (the store's per-row columns), in the order
+    they yield them."""
+    return table.iloc[np.flatnonzero(batches.plan.keep)].reset_index(drop=True)
 
 
-def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame) -> Scored | None:
-    """The head's probabilities on ``split`` (None where the split is empty)."""
-    batches = split_batches(store, split, ckpt)
+def _views_scored(store, split: str, views: Views) -> dict:
+    """The views asked for, and the split's readable rows of each view family kept and left
+    out (what the report says)."""
+    from cxrdask.archive.splits import in_split
+    from cxrdask.archive.views import view_counts, view_mask
+    from cxrdask.store.features import STATUS_OK
+
+    readable = in_split(store.read("split"), split) & (store.read("status") == STATUS_OK)
+    view = store.read("view")[readable]
+    kept = view_mask(view, views)
+    return {"views": views if isinstance(views, str) else list(views),
+            "kept": view_counts(view[kept]), "left_out": view_counts(view[~kept])}
+
+
+def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame,
+            kept: np.ndarray, views: Views) -> Scored | None:
+    """The head's probabilities on ``split``, of the ``kept`` findings (None where the split
+    is empty)."""
+    batches = split_batches(store, split, ckpt, views)
     if batches.n_rows == 0:
         return None
     (probabilities,), targets = head_outputs([ckpt.head], batches)
-    return _as_scored(store, ckpt, targets, probabilities, _rows(store, split, table))
+    return _as_scored(_projected(store, ckpt, targets), probabilities,
+                      _rows(batches, table), tuple(ckpt.label_names), kept)
 
 
-__all__ = ["SCORING_BATCH_ROWS", "Scores", "head_outputs", "paired_store", "score_split",
-           "shared_findings", "split_batches", "store_columns"]
+__all__ = ["SCORING_BATCH_ROWS", "Scores", "default_split", "head_outputs", "paired_store",
+           "score_split", "shared_findings", "split_batches", "store_columns", "trained_archives"]

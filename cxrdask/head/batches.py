@@ -18,7 +18,8 @@ import torch
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.findings import float_labels
-from cxrdask.archive.splits import split_code
+from cxrdask.archive.splits import ALL, in_split, split_code
+from cxrdask.archive.views import Views, check_views, view_mask
 from cxrdask.head.batch_plan import BatchPlan
 from cxrdask.head.encoding import DEFAULT_DEMOGRAPHICS, encode_inputs
 from cxrdask.store.features import STATUS_OK, FeatureStore
@@ -46,7 +47,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
     store
         A :class:`FeatureStore` or its URL.
     split
-        ``"train"``, ``"validation"``, ``"test"`` or its code.
+        ``"train"``, ``"validation"``, ``"test"`` or its code; or ``"all"``: every row
+        (an external store scored whole).
     batch_size
         Rows per batch.
     shuffle
@@ -61,6 +63,13 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         Leave out a last, smaller batch.
     storage_options
         fsspec options.
+    views
+        Which rows by view (:mod:`cxrdask.archive.views`): ``"all"`` (default), ``"frontal"``,
+        or a list of families or views.
+    label_columns
+        The targets' layout when several stores train one head: for each of the head's
+        findings, this store's label column, or -1 where the store does not label it (then
+        missing on every row). None: the store's own findings.
 
     Attributes
     ----------
@@ -82,11 +91,13 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         demographics: Sequence[str] = DEFAULT_DEMOGRAPHICS,
         drop_last: bool = False,
         storage_options: StorageOptions | None = None,
+        views: Views = "all",
+        label_columns: Sequence[int] | None = None,
     ):
         super().__init__()
         self._store = store
         self.storage_options = storage_options
-        self.split = split_code(split)
+        self.split = split if isinstance(split, str) and split.lower() == ALL else split_code(split)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = seed
@@ -94,6 +105,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         self.buffer_chunks = max(1, int(buffer_chunks))
         self.demographics = tuple(demographics)
         self.drop_last = drop_last
+        self.views = check_views(views)
+        self.label_columns = None if label_columns is None else np.asarray(label_columns, dtype=np.int64)
         self.chunks_read = 0
         self.max_rows_held = 0
         # (mean, scale) applied to every batch by the reader thread; None: raw inputs
@@ -108,7 +121,9 @@ class FeatureBatches(torch.utils.data.IterableDataset):
     @cached_property
     def plan(self) -> BatchPlan:
         """Which chunks and rows make the batches (one byte per row read: split, status)."""
-        keep = (self.store.read("split") == self.split) & (self.store.read("status") == STATUS_OK)
+        keep = in_split(self.store.read("split"), self.split) & (self.store.read("status") == STATUS_OK)
+        if self.views != "all":
+            keep &= view_mask(self.store.read("view"), self.views)
         return BatchPlan(keep, self.store.chunk_rows, self.batch_size, self.shuffle, self.seed,
                          self.buffer_chunks, self.drop_last)
 
@@ -141,6 +156,15 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         return self.store.feature_dim + len(self.demographics)
 
     @property
+    def feature_dim(self) -> int:
+        return self.store.feature_dim
+
+    @property
+    def n_targets(self) -> int:
+        """Findings in a target row: the store's, or the head's (``label_columns``)."""
+        return len(self.store.label_names if self.label_columns is None else self.label_columns)
+
+    @property
     def row_bound(self) -> int:
         """The most rows held in the shuffle buffer at once."""
         return self.plan.row_bound
@@ -166,9 +190,19 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         if self.standardisation is not None:
             mean, scale = self.standardisation
             inputs.sub_(mean).mul_(scale)
-        targets = torch.from_numpy(float_labels(labels[start:stop][keep]))  # NaN: missing
+        targets = torch.from_numpy(self._targets(labels[start:stop][keep]))  # NaN: missing
         self.chunks_read += 1
         return inputs, targets
+
+    def _targets(self, labels: np.ndarray) -> np.ndarray:
+        """Float targets (NaN missing), in the head's findings where ``label_columns`` says."""
+        own = float_labels(labels)
+        if self.label_columns is None:
+            return own
+        out = np.full((len(own), len(self.label_columns)), np.nan, dtype=np.float32)
+        found = self.label_columns >= 0
+        out[:, found] = own[:, self.label_columns[found]]
+        return out
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches made by a background thread (read, convert, shuffle), so training never waits
@@ -258,11 +292,13 @@ def _in_background(items: Iterator, ahead: int) -> Iterator:
                 thread.join(timeout=0.05)
 
 
-def label_counts(store: FeatureStore, split: str | int = "train"
+def label_counts(store: FeatureStore, split: str | int = "train", views: Views = "all"
                  ) -> tuple[int, np.ndarray, np.ndarray]:
-    """Rows, and per-finding positives and negatives of a split (a missing label is neither),
-    counted in one pass over the labels only."""
+    """Rows, and per-finding positives and negatives of a split (a missing label is neither)
+    among the rows ``views`` keeps, counted in one pass over the labels only."""
     keep = (store.read("split") == split_code(split)) & (store.read("status") == STATUS_OK)
+    if views != "all":
+        keep &= view_mask(store.read("view"), views)
     labels = store.array("labels")
     positives = np.zeros(labels.shape[1], dtype=np.int64)
     negatives = np.zeros(labels.shape[1], dtype=np.int64)

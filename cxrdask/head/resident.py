@@ -45,9 +45,8 @@ class ResidentBatches:
     @staticmethod
     def nbytes(batches: FeatureBatches) -> int:
         """What the kept split takes: float16 features, float32 demographics and targets."""
-        dim = batches.store.feature_dim
-        return batches.n_rows * (2 * dim + 4 * (batches.n_inputs - dim)
-                                 + 4 * len(batches.store.label_names))
+        dim = batches.feature_dim
+        return batches.n_rows * (2 * dim + 4 * (batches.n_inputs - dim) + 4 * batches.n_targets)
 
     @classmethod
     def fits(cls, batches: FeatureBatches, device: torch.device, budget_mb: float) -> bool:
@@ -77,11 +76,11 @@ class ResidentBatches:
     def _first_pass(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The lazy epoch, reading raw inputs (the standardisation is applied here, after
         they are kept) into tensors of the split's full size made before the pass."""
-        n, dim = self.batches.n_rows, self.batches.store.feature_dim
+        n, dim = self.batches.n_rows, self.batches.feature_dim
         features = torch.empty((n, dim), dtype=torch.float16, device=self.device)
         extra = torch.empty((n, self.batches.n_inputs - dim), dtype=torch.float32,
                             device=self.device)
-        targets = torch.empty((n, len(self.batches.store.label_names)), dtype=torch.float32,
+        targets = torch.empty((n, self.batches.n_targets), dtype=torch.float32,
                               device=self.device)
         standardisation = self._standardisation()
         held = self.batches.standardisation

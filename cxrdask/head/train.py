@@ -1,9 +1,12 @@
-"""Train the diagnosis head out of core from a feature store, and grid-search it on Dask.
+"""Train the diagnosis head out of core from one feature store or several, and grid-search it
+on Dask.
 
 The loss is BCE on logits with each disease's positives weighted by its negatives /
 positives ratio on the training split (counted in one lazy pass over the labels), as the
-2018 system weighted by disease frequency. Adam, ReduceLROnPlateau, a checkpoint whenever
-validation loss improves, optional early stopping, a fixed seed.
+2018 system weighted by disease frequency; a label an archive does not give is missing, not
+negative (:mod:`cxrdask.head.loss`). Adam, ReduceLROnPlateau, a checkpoint whenever
+validation loss improves, optional early stopping, a fixed seed. Several stores train one
+head over the union of their findings (:mod:`cxrdask.head.union`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,12 +30,19 @@ from cxrdask.backbones.hardware import resolve_device, resolve_precision
 from cxrdask.config import TrainConfig
 from cxrdask.errors import CxrDaskError, OptionError
 from cxrdask.head.batches import FeatureBatches, label_counts, open_store
-from cxrdask.head.loss import loss_for
+from cxrdask.head.loss import MaskedBCEWithLogits, loss_for
 from cxrdask.head.model import new_head, save_checkpoint
 from cxrdask.head.resident import ResidentBatches, to_gpu
 from cxrdask.head.train_step import EagerStep, adam, train_step
+from cxrdask.head.union import (
+    MultiStoreBatches,
+    check_same_features,
+    label_columns,
+    part_buffer_chunks,
+    union_findings,
+)
 from cxrdask.options import renamed
-from cxrdask.store.features import FeatureStore
+from cxrdask.store.features import STATUS_OK, FeatureStore
 from cxrdask.store.targets import check_output_folder
 
 if TYPE_CHECKING:
@@ -48,12 +59,36 @@ class TrainResult:
     history: pd.DataFrame
     seconds: float
     files: list[str] = field(default_factory=list)
+    # Per store: its URL, archive, the rows each split gave and each view family's rows
+    # (what the checkpoint records as provenance["stores"]).
+    stores: list[dict[str, Any]] = field(default_factory=list)
+
+    def rows_used(self) -> str:
+        """One line per store: rows trained and validated on, and the views kept and left out."""
+        lines = []
+        for each in self.stores:
+            views = ", ".join(f"{family} {n}" for family, n in each["views"].items() if n)
+            left = ", ".join(f"{family} {n}" for family, n in each["views_left_out"].items() if n)
+            lines.append(f"{each['url']} ({each['archive']}): {each['rows']['train']} training and "
+                         f"{each['rows']['validation']} validation rows; views {views}"
+                         + (f"; left out by --views {each['views_kept']}: {left}" if left else ""))
+        return "\n".join(lines)
 
 
-def _pos_weight(store: FeatureStore) -> torch.Tensor:
-    n, positives, negatives = label_counts(store, "train")
-    if n == 0:
-        raise CxrDaskError(f"{store.url} has no readable training rows")
+def _pos_weight(stores: list[FeatureStore], findings: list[str], views) -> torch.Tensor:
+    """Each finding's negatives / positives over every store's training rows (a store that
+    does not label a finding adds neither)."""
+    positives = np.zeros(len(findings), dtype=np.int64)
+    negatives = np.zeros(len(findings), dtype=np.int64)
+    for store in stores:
+        n, pos, neg = label_counts(store, "train", views)
+        if n == 0:
+            raise CxrDaskError(f"{store.url} has no readable training rows"
+                               + ("" if views == "all" else f" of views {views}"))
+        columns = np.asarray(label_columns(store, findings))
+        found = columns >= 0
+        positives[found] += pos[columns[found]]
+        negatives[found] += neg[columns[found]]
     # A disease absent from the training split gets weight 1 (it cannot be learnt anyway).
     weight = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
     return torch.tensor(weight, dtype=torch.float32)
@@ -115,7 +150,7 @@ def _step_scheduler(scheduler, optimizer: torch.optim.Optimizer, val_loss: float
 
 
 def train_head(
-    store: FeatureStore | str,
+    store: FeatureStore | str | Sequence[FeatureStore | str],
     config: TrainConfig | None = None,
     out_dir: str | os.PathLike = "head-out",
     *,
@@ -133,7 +168,12 @@ def train_head(
     Parameters
     ----------
     store
-        A :class:`FeatureStore` or its URL.
+        A :class:`FeatureStore` or its URL; or several (a list): one head over the union of
+        their findings, each label missing where a store's archive does not give it, each
+        store's own train and validation split. They must share the backbone and
+        preprocessing (refused before any pass, naming the difference); ``config.balance``
+        says how an epoch draws from them. The checkpoint records every store, and the
+        rows of each split and view it used.
     config, **options
         Every training choice (:class:`TrainConfig` defaults if None), and fields of it
         that replace the config's: ``train_head(store, out_dir="h", epochs=5)``.
@@ -159,27 +199,33 @@ def train_head(
     Raises
     ------
     CxrDaskError
-        The store has no readable validation rows.
+        A store has no readable training or validation rows (of the views asked for).
     CheckpointMismatchError
         ``config.demographics`` asks for inputs the store does not have.
+    StoreMismatchError
+        Several stores whose features differ (backbone, preprocessing, dimension).
     """
-    from cxrdask.progress import progress_callback, show_values
+    from cxrdask.progress import progress_callback
 
     config = TrainConfig.with_options(config, **options)
     where = resolve_device(device)  # checked before any chunk is read
     precision = resolve_precision(config.precision, where)
     if precision not in ("fp32", "bf16"):
         raise OptionError(f"the head trains in fp32 or bf16 (or auto), not {config.precision!r}")
-    store = open_store(store, storage_options)
-    check_output_folder(str(out_dir), "the output folder", {"the store": store.url})
+    stores = _open_stores(store, storage_options)
+    check_output_folder(str(out_dir), "the output folder",
+                        {f"the store {k + 1}": s.url for k, s in enumerate(stores)})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train, val, head = _prepare(store, config, where)
+    findings = union_findings(stores) if len(stores) > 1 else list(stores[0].label_names)
+    train, val, head = _prepare(stores, findings, config, where)
     feeds: dict[str, Any] = {"train": train, "validation": val}
     for name, batches in feeds.items():
         if ResidentBatches.fits(batches, where, config.resident_mb):
             feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
-    criterion = loss_for(store, _pos_weight(store) if config.pos_weight else None).to(where)
+    weight = _pos_weight(stores, findings, config.views) if config.pos_weight else None
+    criterion = _loss(stores, findings, weight).to(where)
+    used = [_store_record(s, train, val, k, config.views) for k, s in enumerate(stores)]
     optimizer = adam(head.parameters(), config.lr, config.weight_decay, config.betas,
                      config.eps, where)
     step = train_step(head.layers, criterion, optimizer, where, precision, config.cuda_graph)
@@ -188,56 +234,96 @@ def train_head(
     checkpoint = str(out / "head.pt")
     save = functools.partial(save_checkpoint, checkpoint, head,
                              config={**config.to_dict(), "precision": precision},
-                             input_spec={"feature_dim": store.feature_dim,
+                             input_spec={"feature_dim": stores[0].feature_dim,
                                          "demographics": list(config.demographics),
                                          "n_inputs": train.n_inputs},
-                             provenance=_checkpoint_provenance(store, where),
-                             label_names=store.label_names)
-    history, (best_loss, best_epoch, stale) = [], (float("inf"), -1, 0)
+                             provenance=_checkpoint_provenance(stores, where, used),
+                             label_names=findings)
     started = time.perf_counter()
     bar = progress_callback(progress, config.epochs, desc="train", unit="epoch")
     with torch.random.fork_rng(devices=[]), bar:
         torch.manual_seed(config.seed)
-        for epoch in range(config.epochs):
-            t = time.perf_counter()
-            feeds["train"].set_epoch(epoch)
-            train_loss = _run_epoch(head.layers, feeds["train"], criterion, step, where, precision)
-            val_loss = _run_epoch(head.layers, feeds["validation"], criterion, None, where, precision)
-            lr = float(optimizer.param_groups[0]["lr"])
-            _step_scheduler(scheduler, optimizer, val_loss)
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                            "lr": lr, "seconds": time.perf_counter() - t})
-            bar.relative_update(1)
-            show_values(bar, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
-            if val_loss < best_loss:
-                best_loss, best_epoch, stale = val_loss, epoch, 0
-                save(epoch=epoch, val_loss=val_loss)
-            else:
-                stale += 1
-                if config.early_stopping and stale >= config.early_stopping:
-                    break
+        history, best_loss, best_epoch = _fit(head, feeds, criterion, step, optimizer, scheduler,
+                                              config, where, precision, save, bar)
     frame = pd.DataFrame(history)
     files = [checkpoint, str(out / "history.csv")]
     frame.to_csv(files[1], index=False)
     if plot:
         files.append(plot_curves(frame, out / "curves.png"))
     return TrainResult(checkpoint=checkpoint, best_epoch=best_epoch, best_val_loss=best_loss,
-                       history=frame, seconds=time.perf_counter() - started, files=files)
+                       history=frame, seconds=time.perf_counter() - started, files=files,
+                       stores=used)
 
 
-def _prepare(store: FeatureStore, config: TrainConfig, where: torch.device
-             ) -> tuple[FeatureBatches, FeatureBatches, Any]:
-    """The training and validation readers and a new head on ``where``, its inputs
-    standardised with the training split's statistics when the config says so."""
-    common: dict[str, Any] = dict(demographics=config.demographics,
-                                  buffer_chunks=config.buffer_chunks)
-    train = FeatureBatches(store, "train", config.batch_size, shuffle=True, seed=config.seed,
-                           **common)
-    val = FeatureBatches(store, "validation", max(config.batch_size, 1024), shuffle=False,
-                         **common)
-    if val.n_rows == 0:
-        raise CxrDaskError(f"{store.url} has no readable validation rows to select a checkpoint")
-    head = new_head(train.n_inputs, config.seed, len(store.label_names))
+def _fit(head, feeds: dict[str, Any], criterion, step, optimizer, scheduler, config: TrainConfig,
+         where: torch.device, precision: str, save, bar) -> tuple[list[dict], float, int]:
+    """The epochs: train, validate, step the scheduler, save the checkpoint whenever the
+    validation loss improves, stop early when the config says. Returns the history, and the
+    best validation loss and its epoch."""
+    from cxrdask.progress import show_values
+
+    history, (best_loss, best_epoch, stale) = [], (float("inf"), -1, 0)
+    for epoch in range(config.epochs):
+        t = time.perf_counter()
+        feeds["train"].set_epoch(epoch)
+        train_loss = _run_epoch(head.layers, feeds["train"], criterion, step, where, precision)
+        val_loss = _run_epoch(head.layers, feeds["validation"], criterion, None, where, precision)
+        lr = float(optimizer.param_groups[0]["lr"])
+        _step_scheduler(scheduler, optimizer, val_loss)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                        "lr": lr, "seconds": time.perf_counter() - t})
+        bar.relative_update(1)
+        show_values(bar, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", lr=f"{lr:.1e}")
+        if val_loss < best_loss:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            save(epoch=epoch, val_loss=val_loss)
+        else:
+            stale += 1
+            if config.early_stopping and stale >= config.early_stopping:
+                break
+    return history, best_loss, best_epoch
+
+
+def _open_stores(stores, storage_options: StorageOptions | None) -> list[FeatureStore]:
+    """The stores a head trains on, opened, checked to hold one kind of features."""
+    listed = [stores] if isinstance(stores, (str, os.PathLike, FeatureStore)) else list(stores)
+    if not listed:
+        raise OptionError("train_head needs a feature store (or a list of them)")
+    opened = [open_store(s if isinstance(s, FeatureStore) else str(s), storage_options)
+              for s in listed]
+    urls = [s.url for s in opened]
+    if len(set(urls)) < len(urls):
+        raise OptionError(f"a store is given twice: {', '.join(urls)}")
+    check_same_features(opened)
+    return opened
+
+
+def _prepare(stores: list[FeatureStore], findings: list[str], config: TrainConfig,
+             where: torch.device) -> tuple[Any, Any, Any]:
+    """The training and validation readers (one store's, or several read as one) and a new
+    head on ``where``, its inputs standardised with the training split's statistics when
+    the config says so."""
+    several = len(stores) > 1
+    common: dict[str, Any] = dict(
+        demographics=config.demographics, views=config.views,
+        buffer_chunks=part_buffer_chunks(config.buffer_chunks, len(stores)))
+    trains, vals = [], []
+    for store in stores:
+        columns = label_columns(store, findings) if several else None
+        trains.append(FeatureBatches(store, "train", config.batch_size, shuffle=True,
+                                     seed=config.seed, label_columns=columns, **common))
+        vals.append(FeatureBatches(store, "validation", max(config.batch_size, 1024),
+                                   shuffle=False, label_columns=columns, **common))
+        if vals[-1].n_rows == 0:
+            raise CxrDaskError(f"{store.url} has no readable validation rows to select a "
+                               "checkpoint" + ("" if config.views == "all"
+                                               else f" of views {config.views}"))
+    train: Any = trains[0]
+    val: Any = vals[0]
+    if several:
+        train = MultiStoreBatches(trains, shuffle=True, balance=config.balance, seed=config.seed)
+        val = MultiStoreBatches(vals, shuffle=False)
+    head = new_head(train.n_inputs, config.seed, len(findings))
     if config.standardize:
         head.set_standardisation(*input_statistics(train))
         for batches in (train, val):  # done by the reader thread; the head keeps it for inference
@@ -246,12 +332,45 @@ def _prepare(store: FeatureStore, config: TrainConfig, where: torch.device
     return train, val, head
 
 
-def _checkpoint_provenance(store: FeatureStore, where: torch.device) -> dict[str, Any]:
-    """What the checkpoint records of the features it was trained on, and where."""
-    provenance = {k: store.provenance.get(k) for k in
+def _loss(stores: list[FeatureStore], findings: list[str], weight: torch.Tensor | None):
+    """The masked loss where any label is missing (a store's, or a finding a store does not
+    give), else plain BCE (:func:`~cxrdask.head.loss.loss_for`)."""
+    if len(stores) == 1:
+        return loss_for(stores[0], weight)
+    return MaskedBCEWithLogits(weight)
+
+
+def _store_record(store: FeatureStore, train, val, k: int, views) -> dict[str, Any]:
+    """What a checkpoint records of one store it trained on: URL, identity, archive, the
+    rows of each split and of each view family, and the families the views left out."""
+    from cxrdask.archive.splits import TRAIN, VALIDATION
+    from cxrdask.archive.views import view_counts, view_mask
+
+    parts = (train.parts[k], val.parts[k]) if isinstance(train, MultiStoreBatches) else (train, val)
+    codes, status = store.read("split"), store.read("status")
+    readable = np.isin(codes, (TRAIN, VALIDATION)) & (status == STATUS_OK)
+    view = store.read("view")
+    kept = view_mask(view, views)
+    return {"url": store.url, "rows_fingerprint": store.provenance.get("rows_fingerprint"),
+            "archive": (store.provenance.get("archive") or {}).get("kind", "nih"),
+            "findings": list(store.label_names),
+            "rows": {"train": parts[0].n_rows, "validation": parts[1].n_rows},
+            "views_kept": views if isinstance(views, str) else ",".join(views),
+            "views": view_counts(view[readable & kept]),
+            "views_left_out": view_counts(view[readable & ~kept])}
+
+
+def _checkpoint_provenance(stores: list[FeatureStore], where: torch.device,
+                           used: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the checkpoint records of the features it was trained on, and where: the first
+    store's backbone, preprocessing and arithmetic (every store's are the same), and each
+    store (``stores``)."""
+    first = stores[0]
+    provenance = {k: first.provenance.get(k) for k in
                   ("backbone", "preprocessing", "dtype", "precision", "split", "archive")}
-    provenance["store_url"] = store.url
+    provenance["store_url"] = first.url
     provenance["device"] = where.type
+    provenance["stores"] = used
     return provenance
 
 
@@ -262,7 +381,7 @@ def plot_curves(history: pd.DataFrame, path: str | os.PathLike) -> str:
     return save_figure(curves_figure(history), path)
 
 
-def _train_task(store_url: str, storage_options, config: TrainConfig, out_dir: str) -> dict:
+def _train_task(store_url: str | list[str], storage_options, config: TrainConfig, out_dir: str) -> dict:
     """One grid-search configuration, run as a Dask task with one torch thread."""
     torch.set_num_threads(1)
     result = train_head(store_url, config, out_dir, storage_options=storage_options,
@@ -274,7 +393,7 @@ def _train_task(store_url: str, storage_options, config: TrainConfig, out_dir: s
 
 
 def grid_search(
-    store_url: str,
+    store_url: str | Sequence[str],
     lrs=(1e-4, 3e-4, 1e-3),
     weight_decays=(0.0, 1e-5, 1e-4),
     *,
@@ -293,7 +412,7 @@ def grid_search(
     Parameters
     ----------
     store_url
-        The feature store.
+        The feature store, or several (one head on all of them, as :func:`train_head`).
     lrs, weight_decays
         The grid.
     config
@@ -322,14 +441,17 @@ def grid_search(
     from cxrdask.runtime.cluster import session_client
 
     base = renamed("grid_search", "base", "config", base, config) or TrainConfig()
-    check_output_folder(str(out_dir), "the output folder", {"the store": store_url})
+    urls = [store_url] if isinstance(store_url, str) else [str(u) for u in store_url]
+    check_output_folder(str(out_dir), "the output folder",
+                        {f"the store {k + 1}": url for k, url in enumerate(urls)})
+    store_url = urls[0] if len(urls) == 1 else urls
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     configs = [replace(base, lr=float(lr), weight_decay=float(wd))
                for lr in lrs for wd in weight_decays]
 
     token = uuid.uuid4().hex
-    name = str(store_url).rstrip("/").rsplit("/", 1)[-1]
+    name = "+".join(url.rstrip("/").rsplit("/", 1)[-1] for url in urls)
 
     def run(c) -> list[dict]:
         with span(f"cxrdask-grid-search {name}"):  # one span per call on the dashboard

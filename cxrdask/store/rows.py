@@ -427,12 +427,13 @@ class RowStore:
         return pd.DataFrame(frame)
 
     def rows(self, split: str | int | None = None, ok_only: bool = True) -> np.ndarray:
-        """Row numbers of one split (all rows if None), by default only rows whose image was read."""
+        """Row numbers of one split (every row if None or ``"all"``), by default only rows
+        whose image was read."""
         keep = np.ones(self.n_rows, dtype=bool)
         if split is not None:
-            from cxrdask.archive.splits import split_code
+            from cxrdask.archive.splits import in_split
 
-            keep &= self.read("split") == split_code(split)
+            keep &= in_split(self.read("split"), split)
         if ok_only:
             keep &= self.read("status") == STATUS_OK
         return np.flatnonzero(keep)
@@ -456,10 +457,13 @@ class RowStore:
         reasons = self.array("error").get_coordinate_selection(rows)
         return pd.DataFrame({"row": rows, "image_index": names, "reason": reasons})
 
-    def split_counts(self) -> dict[str, int]:
+    def split_counts(self, ok_only: bool = False) -> dict[str, int]:
+        """Rows per split (with ``ok_only``: rows whose image was read)."""
         from cxrdask.archive.splits import SPLIT_NAMES
 
         codes = self.read("split")
+        if ok_only:
+            codes = codes[self.read("status") == STATUS_OK]
         return {name: int((codes == code).sum()) for code, name in enumerate(SPLIT_NAMES)}
 
     def update_provenance(self, **values: Any) -> None:

@@ -222,8 +222,9 @@ def _read(found: ArchiveFiles, uncertain: UncertainPolicy, max_age: int | None,
         return _read_mimic(files[0], uncertain, storage_options)
     if kind == "padchest":
         return padchest.read_padchest(files[0], storage_options)
-    if kind == "vindr-cxr":
-        if any(f.endswith(vindr.KAGGLE_LABELS) and "annotations" not in f for f in files):
+    if kind == "vindr-cxr":  # the file's header says which layout it is, never its name
+        fs, path = filesystem(files[0], storage_options)
+        if _header_has(fs, path, *vindr.KAGGLE_HEADER):
             return vindr.read_vindr_kaggle(files[0], storage_options)
         return vindr.read_vindr_physionet(files, storage_options)
     if kind == "rsna-pneumonia":

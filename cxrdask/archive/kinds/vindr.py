@@ -33,14 +33,22 @@ KAGGLE_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiom
 RSNA_LABELS = "stage_2_train_labels.csv"
 RSNA_HEADER = ("patientId", "Target")
 _NOT_FINDINGS = {"image_id", "rad_id", NO_FINDING.lower()}
+# Columns of a box file (Kaggle's layout), which a 0/1 label file never has.
+_BOX_COLUMNS = {"class_name", "class_id", "x_min", "y_min", "x_max", "y_max"}
 
 
 def read_vindr_physionet(urls: list[str], storage_options: StorageOptions | None) -> pd.DataFrame:
-    """PhysioNet's per-radiologist 0/1 label files: a label is positive if any reader said so."""
+    """PhysioNet's per-radiologist 0/1 label files: a label is positive if any reader said so.
+
+    Every column but ``image_id``, ``rad_id`` and ``No finding`` is a finding, and must hold
+    0, 1 or nothing: a box file's columns (Kaggle's layout, read by
+    :func:`read_vindr_kaggle`) or any column of other values is refused by name, never
+    turned into a finding."""
     frames = []
     for url in urls:
         frame = read_csv(url, storage_options, required=("image_id", "rad_id"))
         names = [c for c in frame.columns if c.lower() not in _NOT_FINDINGS]
+        _check_label_columns(frame, names, url)
         values = frame[names].apply(pd.to_numeric, errors="coerce").fillna(0)
         values["image_id"] = frame["image_id"]
         merged = values.groupby("image_id", sort=False).max()
@@ -54,6 +62,26 @@ def read_vindr_physionet(urls: list[str], storage_options: StorageOptions | None
     return archive_table("vindr-cxr", urls[0],
                          {"image_index": ids, "path": merged["folder"] + "/" + ids + ".dicom",
                           "patient": ids, "official_split": merged["official_split"]}, labels)
+
+
+def _check_label_columns(frame: pd.DataFrame, names: list[str], url: str) -> None:
+    """Refuse a PhysioNet label file whose would-be finding columns are not 0/1 labels."""
+    from cxrdask.errors import MetadataError
+
+    boxes = sorted(_BOX_COLUMNS & set(names))
+    if boxes:
+        raise MetadataError(url, message=(
+            f"{url}: columns {', '.join(boxes)} are a box file's (VinBigData's Kaggle train.csv "
+            f"has them), not PhysioNet's 0/1 labels; its header needs {', '.join(KAGGLE_HEADER)} "
+            "to be read as boxes"))
+    for name in names:
+        values = pd.to_numeric(frame[name], errors="coerce")
+        bad = frame[name].notna() & ~values.isin([0, 1])
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise MetadataError(url, message=(
+                f"{url}: line {row + 2}, column {name!r}: {frame[name].iloc[row]!r} is not a 0/1 "
+                "label; VinDr-CXR's PhysioNet label files hold 0 or 1 in every finding column"))
 
 
 def read_vindr_kaggle(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:

@@ -136,16 +136,20 @@ def _chexpert_values(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFr
 
 
 def _chexpert(frame: pd.DataFrame, rng: np.random.Generator) -> LayoutPlan:
+    """CheXpert's layout: about one image in seven is a lateral view (as in its published
+    train.csv), ``Frontal/Lateral`` ``Lateral`` with ``AP/PA`` blank, named ``view*_lateral``."""
     patients = frame["patient_id"].to_numpy()
     valid = np.isin(patients, np.unique(patients)[::10])
     study = frame.groupby("patient_id").cumcount() + 1
     folder = np.where(valid, "valid", "train")
-    paths = [f"{f}/patient{p:05d}/study{s}/view1_frontal.jpg"
-             for f, p, s in zip(folder, patients, study, strict=True)]
+    lateral = rng.random(len(frame)) < 1 / 7
+    paths = [f"{f}/patient{p:05d}/study{s}/" + ("view2_lateral.jpg" if side else "view1_frontal.jpg")
+             for f, p, s, side in zip(folder, patients, study, lateral, strict=True)]
     table = pd.DataFrame({"Path": ["CheXpert-v1.0-small/" + p for p in paths],
                           "Sex": frame["sex"].map({"M": "Male", "F": "Female"}),
                           "Age": np.where(rng.random(len(frame)) < 0.01, 0, frame["age"] % 100),
-                          "Frontal/Lateral": "Frontal", "AP/PA": frame["view_position"]})
+                          "Frontal/Lateral": np.where(lateral, "Lateral", "Frontal"),
+                          "AP/PA": np.where(lateral, None, frame["view_position"])})
     table = pd.concat([table, _chexpert_values(frame, rng)], axis=1)
     files: dict[str, str | bytes] = {"train.csv": _csv(table[~valid]),
                                      "valid.csv": _csv(table[valid])}
