@@ -65,6 +65,8 @@ _EXPORTS = {
     "write_report": "evaluation.report",
     "predict": "serve.inference",
     "create_app": "serve.web.app",
+    "run_study": "study.table",
+    "StudyResult": "study.table",
     "run_demo": "demo",
     "show_messages": "progress",
 }

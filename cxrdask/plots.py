@@ -89,6 +89,29 @@ def roc_figure(targets: np.ndarray, probabilities: np.ndarray, caveat: str | Non
     return figure
 
 
+def study_figure(summary: pd.DataFrame) -> Figure:
+    """Per archive, the mean AUC of the head trained on every archive (internal, its test
+    split) beside that of a head that never saw it (external), over the same findings."""
+    figure = new_figure(max(5.0, 1.6 * len(summary) + 2), 4.2)
+    ax = figure.add_axes((0.1, 0.15, 0.86, 0.72))
+    x = np.arange(len(summary))
+    for offset, column, label in ((-0.2, "internal_auc", "internal (its test split)"),
+                                  (0.2, "external_auc", "external (left out of training)")):
+        values = summary[column].to_numpy(dtype=float)
+        ax.bar(x + offset, np.nan_to_num(values), width=0.4, label=label)
+        for position, value in zip(x + offset, values, strict=True):
+            ax.text(position, (value if np.isfinite(value) else 0) + 0.01,
+                    f"{value:.2f}" if np.isfinite(value) else "n/a", ha="center", fontsize=8)
+    ax.set_xticks(x, [f"{a}\n({n} findings)" for a, n in zip(summary["archive"], summary["findings"],
+                                                              strict=True)])
+    ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("mean AUC")
+    ax.set_title("How the head travels: each archive scored inside and outside its training")
+    ax.legend(loc="lower right", fontsize=8)
+    return figure
+
+
 def auc_bars_figure(table: pd.DataFrame, caveat: str | None = None) -> Figure:
     """Grouped bars per disease: cxrdask, Wang et al. 2017 and CheXNet; a disease whose AUC
     cannot be computed on the split is marked ``n/a`` above its place."""
@@ -178,5 +201,6 @@ __all__ = [
     "new_figure",
     "roc_figure",
     "save_figure",
+    "study_figure",
     "subgroup_gap_figure",
 ]

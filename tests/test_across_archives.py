@@ -193,3 +193,40 @@ def test_a_single_store_trains_as_before(stores, tmp_path):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
     again = train_head(stores["nih"], FAST, tmp_path / "b", progress=False, plot=False)
     pd.testing.assert_series_equal(one.history["val_loss"], again.history["val_loss"])
+
+
+@pytest.mark.slow
+def test_the_study_table_scores_each_archive_inside_and_outside_its_training(
+        stores, cluster_client, tmp_path):
+    """One head on both stores scored on each one's test split; each archive left out in
+    turn and scored whole by a head that never saw it; means over the findings both have."""
+    from cxrdask.config import EvaluateConfig
+    from cxrdask.study.table import run_study
+
+    result = run_study([stores["nih"], stores["chexpert"]], tmp_path / "study", FAST,
+                       EvaluateConfig(bootstrap=50), client=cluster_client)
+    assert set(result.heads) == {"all", "without-nih", "without-chexpert"}
+    assert len(load_checkpoint(result.heads["all"]).label_names) == 16
+    assert list(load_checkpoint(result.heads["without-nih"]).label_names) == list(
+        FeatureStore.open(stores["chexpert"]).label_names)
+    summary = result.summary.set_index("archive")
+    assert list(summary.index) == ["nih", "chexpert"]
+    assert (summary["findings"] == 3).all()  # Effusion, Cardiomegaly, Edema: labelled by both
+    chexpert = FeatureStore.open(stores["chexpert"])
+    frontal = view_mask(chexpert.read("view"), "frontal")
+    assert summary.loc["chexpert", "external_rows"] == int(frontal.sum())  # every frontal row
+    test_rows = (chexpert.read("split") == 2) & frontal
+    assert summary.loc["chexpert", "internal_rows"] == int(test_rows.sum())
+    rows = result.table.set_index(["archive", "finding"])
+    opacity = rows.loc[("chexpert", "Lung Opacity")]
+    assert np.isfinite(opacity["internal_auc"]) and np.isnan(opacity["external_auc"])
+    assert ("chexpert", "Fracture") not in rows.index  # never labelled: no number anywhere
+    effusion = rows.loc[("nih", "Effusion")]
+    assert effusion["internal_low"] <= effusion["internal_auc"] <= effusion["internal_high"]
+    markdown = (tmp_path / "study" / "study.md").read_text()
+    assert "| nih | " in markdown and "| chexpert | Lung Opacity |" in markdown and "n/a" in markdown
+    assert (tmp_path / "study" / "study.png").stat().st_size > 5000
+    saved = (tmp_path / "study" / "study.json").read_text()
+    assert '"archive": "chexpert"' in saved
+    with pytest.raises(OptionError, match="two stores or more"):
+        run_study([stores["nih"]], tmp_path / "one", FAST, client=cluster_client)

@@ -22,6 +22,8 @@ from cxrdask.errors import (
     StrictFailureError,
 )
 
+# The EvaluateConfig fields a study's scores take (its seed is the training's; its views too).
+STUDY_EVALUATE_FIELDS = ("bootstrap", "stratified", "threshold_rule", "specificity")
 # The ExtractConfig fields that matter to a pass that only decodes and resizes.
 # (the backbone: the size and crop it takes, which a torchxrayvision network fixes)
 CACHE_FIELDS = ("backbone", "split", "split_seed", "chunk_rows", "batch_size", "device", "preset",
@@ -219,6 +221,24 @@ def cmd_evaluate(args) -> int:
     print(report.to_markdown())
     if report.files:
         print("wrote " + ", ".join(report.files))
+    return EXIT_DONE
+
+
+def cmd_study(args) -> int:
+    from cxrdask.config import EvaluateConfig, TrainConfig
+    from cxrdask.runtime.cluster import local_client
+    from cxrdask.study.table import run_study
+
+    chosen = options_from_args(args, TrainConfig)  # None: the preset's
+    config = TrainConfig.preset_config(chosen.pop("preset"), **chosen)
+    scoring = EvaluateConfig(**options_from_args(args, EvaluateConfig, only=STUDY_EVALUATE_FIELDS),
+                             seed=config.seed, views=config.views)
+    with local_client(args.scheduler, n_workers=args.workers) as client, \
+            _maybe_report(args.performance_report):
+        result = run_study(args.store, args.out, config, scoring, client=client,
+                           storage_options=parse_storage_options(args.storage_option))
+    print(result.to_markdown())
+    print("wrote " + ", ".join(result.files))
     return EXIT_DONE
 
 

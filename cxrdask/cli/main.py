@@ -43,6 +43,7 @@ COMMANDS = {  # name: one-line help, in the order --help lists them
     "cache": "decode and resize the images once into a pixel store, for repeated extractions",
     "train": "train the head from a feature store",
     "evaluate": "per-disease AUC report for a checkpoint",
+    "study": "how a head travels: train on every store, leave each archive out, score each",
     "predict": "the head's probabilities of its findings for image files",
     "serve": "the single-image web page and its JSON API",
 }
@@ -206,6 +207,20 @@ def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     add_storage(evaluate)
 
 
+def _study_options(study: argparse.ArgumentParser) -> None:
+    from cxrdask.config import EvaluateConfig, TrainConfig
+
+    study.add_argument("--store", required=True, action="append",
+                       help="a feature store; two or more, one per archive, of one backbone")
+    study.add_argument("--out", required=True,
+                       help="new or empty folder for study.md, study.json, study.png, the heads "
+                            "and the reports")
+    add_options(study, TrainConfig, defaults="preset")
+    add_options(study, EvaluateConfig, only=commands.STUDY_EVALUATE_FIELDS)
+    add_cluster(study, "the heads' training", layout=False)
+    add_storage(study)
+
+
 def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("images", nargs="+",
                          help="PNG, JPEG or DICOM files (local paths or URLs)")
@@ -233,7 +248,8 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
 _OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "info": _info_options, "verify": _verify_options, "synth": _synth_options,
     "demo": _demo_options, "extract": _extract_options, "cache": _cache_options,
-    "train": _train_options, "evaluate": _evaluate_options, "predict": _predict_options,
+    "train": _train_options, "evaluate": _evaluate_options, "study": _study_options,
+    "predict": _predict_options,
     "serve": _serve_options}
 
 

@@ -381,8 +381,9 @@ def plot_curves(history: pd.DataFrame, path: str | os.PathLike) -> str:
     return save_figure(curves_figure(history), path)
 
 
-def _train_task(store_url: str | list[str], storage_options, config: TrainConfig, out_dir: str) -> dict:
-    """One grid-search configuration, run as a Dask task with one torch thread."""
+def train_task(store_url: str | list[str], storage_options, config: TrainConfig, out_dir: str) -> dict:
+    """One head trained as a Dask task with one torch thread (a grid-search configuration, a
+    study's head): what :func:`grid_search` tabulates."""
     torch.set_num_threads(1)
     result = train_head(store_url, config, out_dir, storage_options=storage_options,
                         progress=False, plot=False)
@@ -455,7 +456,7 @@ def grid_search(
 
     def run(c) -> list[dict]:
         with span(f"cxrdask-grid-search {name}"):  # one span per call on the dashboard
-            futures = [c.submit(_train_task, store_url, storage_options, cfg,
+            futures = [c.submit(train_task, store_url, storage_options, cfg,
                                 str((out / f"lr{cfg.lr:g}_wd{cfg.weight_decay:g}").resolve()),
                                 pure=False, key=f"train-trial-{i}-{token}")
                        for i, cfg in enumerate(configs)]
@@ -481,5 +482,12 @@ def plot_grid(frame: pd.DataFrame, path: str | os.PathLike) -> str:
     return save_figure(grid_figure(frame), path)
 
 
-__all__ = ["TrainResult", "grid_search", "input_statistics", "plot_curves", "plot_grid",
-           "train_head"]
+__all__ = [
+    "TrainResult",
+    "grid_search",
+    "input_statistics",
+    "plot_curves",
+    "plot_grid",
+    "train_head",
+    "train_task",
+]
