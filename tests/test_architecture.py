@@ -180,7 +180,8 @@ def test_the_store_speaks_xarray(store_url):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback from consolidated metadata, no other noise
         dataset = xr.open_zarr(store_url)
-    assert dict(dataset.sizes) == {"image": 300, "feature": 32, "finding": 14, "chunk": 5}
+    assert dict(dataset.sizes) == {"image": 300, "feature": 32, "finding": 14, "chunk": 5,
+                                   "signature_y": 32, "signature_x": 32}  # the images' signatures
     assert list(dataset["finding"].values) == list(LABELS)
     assert list(dataset["image"].values) == list(store.array("image_index")[:])
     assert dataset["features"].dims == ("image", "feature")

@@ -143,10 +143,11 @@ def _folders_above(paths: list[str], listed: dict[str, str], sample: int = 32) -
 
 
 def check_images_found(located: ImageLocations, expected: int, source: str, strict: bool,
-                       max_failed_fraction: float) -> None:
+                       max_failed_fraction: float, by_path: bool = False) -> None:
     """Refuse, before any work, a run whose images are not where its table says: none found
     (a wrong root, named with where it looked), any missing under ``strict``, or more missing
-    than ``max_failed_fraction``; fewer become failed rows."""
+    than ``max_failed_fraction``; fewer become failed rows. ``by_path``: the table gives
+    each image's path (every kind but NIH's), which the message then says it looked for."""
     missing = located.missing
     found = expected - len(missing)
     details: dict[str, Any] = dict(root=located.root, missing=missing, found=found, expected=expected)
@@ -156,8 +157,9 @@ def check_images_found(located: ImageLocations, expected: int, source: str, stri
     if found == 0:
         raise ImagesNotFoundError(
             f"none of the {expected} images named in {source} is under {located.root} (looked "
-            f"for {located.root}/images/*.png and {located.root}/images_###/images/*.png; "
-            f"e.g. {shown}); is --images the archive's root folder?", **details)
+            + ("for each row's path there and in the folders below it" if by_path else
+               f"for {located.root}/images/*.png and {located.root}/images_###/images/*.png")
+            + f"; e.g. {shown}); is --images the archive's root folder?", **details)
     if strict:
         raise ImageDecodeError(missing[0], f"file not found under {located.root} "
                                f"({len(missing)} of {expected} images missing: {shown})")

@@ -242,6 +242,23 @@ def cmd_study(args) -> int:
     return EXIT_DONE
 
 
+def cmd_overlap(args) -> int:
+    from cxrdask.store.overlap import CANDIDATE_CORRELATION, find_overlap
+
+    pairs = find_overlap(args.first, args.second, threshold=args.threshold,
+                         storage_options=parse_storage_options(args.storage_option))
+    where = f"{args.second} that are images of {args.first}" if args.second else \
+        f"{args.first} that repeat within it"
+    print(f"{pairs['b_row'].nunique()} image(s) of {where} ({len(pairs)} pair(s): thumbnails "
+          f"correlating at {CANDIDATE_CORRELATION:g} or more, details at {args.threshold:g} or more)")
+    if len(pairs):
+        print(pairs.head(10).to_string(index=False))
+    if args.out:
+        pairs.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    return EXIT_DONE
+
+
 def cmd_predict(args) -> int:
     from cxrdask.serve.inference import predict
 

@@ -44,6 +44,7 @@ COMMANDS = {  # name: one-line help, in the order --help lists them
     "train": "train the head from a feature store",
     "evaluate": "per-disease AUC report for a checkpoint",
     "study": "how a head travels: train on every store, leave each archive out, score each",
+    "overlap": "images of one store that are images of another (or repeats within one store)",
     "predict": "the head's probabilities of its findings for image files",
     "serve": "the single-image web page and its JSON API",
 }
@@ -221,6 +222,18 @@ def _study_options(study: argparse.ArgumentParser) -> None:
     add_storage(study)
 
 
+def _overlap_options(overlap: argparse.ArgumentParser) -> None:
+    overlap.add_argument("first", metavar="A.zarr", help="a feature store")
+    overlap.add_argument("second", metavar="B.zarr", nargs="?",
+                         help="another feature store (left out: repeats within A.zarr)")
+    overlap.add_argument("--out", metavar="PAIRS.csv", help="write every pair to this CSV")
+    overlap.add_argument("--threshold", type=float,
+                         default=source_default("store.overlap", "find_overlap", "threshold"),
+                         help="the details' correlation at or above which two images whose "
+                              "thumbnails match are one")
+    add_storage(overlap)
+
+
 def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("images", nargs="+",
                          help="PNG, JPEG or DICOM files (local paths or URLs)")
@@ -249,6 +262,7 @@ _OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "info": _info_options, "verify": _verify_options, "synth": _synth_options,
     "demo": _demo_options, "extract": _extract_options, "cache": _cache_options,
     "train": _train_options, "evaluate": _evaluate_options, "study": _study_options,
+    "overlap": _overlap_options,
     "predict": _predict_options,
     "serve": _serve_options}
 

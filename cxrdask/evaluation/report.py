@@ -20,11 +20,12 @@ from cxrdask.choices import ScoredSplit
 from cxrdask.config import EvaluateConfig
 from cxrdask.errors import OptionError
 from cxrdask.evaluation.audit import Audit, auc_per_label, audit
+from cxrdask.evaluation.external import OverlapCheck, training_overlap
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.evaluation.published import CHEXNET_2017, CITATIONS, WANG_2017
 from cxrdask.evaluation.scoring import Scores, score_split, trained_archives
 from cxrdask.head.batches import open_store
-from cxrdask.head.model import Checkpoint
+from cxrdask.head.model import Checkpoint, load_checkpoint
 from cxrdask.store.targets import check_output_folder
 
 FEW_POSITIVES = 10  # below this, a disease's AUC moves a lot with one image
@@ -66,6 +67,7 @@ class EvaluationReport:
     # The head's findings no scored row labels: they get no number anywhere, listed once.
     not_labelled: tuple[str, ...] = ()
     views: dict = field(default_factory=dict)  # the views scored, the rows kept and left out
+    overlap: OverlapCheck | None = None  # the scored rows that are the head's training images
 
     @property
     def mean_over(self) -> list[str]:
@@ -154,6 +156,8 @@ class EvaluationReport:
             head.append(f"Backbone: {self.backbone}.  ")
         if self.external:
             head.append(f"**{self.external}**  ")
+        if self.overlap is not None:
+            head.append(f"{self.overlap.sentence()}  ")
         if self.views:
             head.append(f"Views: {describe_views(self.views)}.  ")
         if self.not_labelled:
@@ -201,6 +205,7 @@ class EvaluationReport:
             "split": self.split, "split_description": self.split_description, "rows": self.n_rows,
             "backbone": self.backbone, "external_validation": self.external,
             "not_labelled": list(self.not_labelled), "views": self.views,
+            "overlap": None if self.overlap is None else self.overlap.to_json(),
             "mean_over": self.mean_over, "mean_auc": self.mean_auc,
             "mean_auc_untrained": self.mean_auc_untrained,
             "mean_wang2017": self._mean("wang2017"), "mean_chexnet": self._mean("chexnet"),
@@ -243,7 +248,8 @@ def _check_options(config: EvaluateConfig, checkpoint: str | Checkpoint) -> None
                           "its file: pass the checkpoint's path")
 
 
-def build_report(store, scores: Scores, found: Audit) -> EvaluationReport:
+def build_report(store, scores: Scores, found: Audit,
+                 overlap: OverlapCheck | None = None) -> EvaluationReport:
     """The report of an audit (:func:`~cxrdask.evaluation.audit.audit` of ``scores``): the
     per-disease table beside the untrained head and published results, with the store's
     split, backbone and caveats."""
@@ -265,8 +271,8 @@ def build_report(store, scores: Scores, found: Audit) -> EvaluationReport:
         n_rows=len(targets), caveats=report_caveats(store.provenance),
         backbone=f"{identity['name']} ({identity['weights']})", audit=found,
         compared_with="" if scores.compared is None else str(scores.compared.path),
-        external=external_validation(store, scores), not_labelled=scores.not_labelled,
-        views=scores.views)
+        external=external_validation(store, scores, overlap), not_labelled=scores.not_labelled,
+        views=scores.views, overlap=overlap)
 
 
 def describe_views(views: dict) -> str:
@@ -277,9 +283,10 @@ def describe_views(views: dict) -> str:
     return f"{chosen} ({kept or 'no rows'})" + (f"; left out: {left}" if left else "")
 
 
-def external_validation(store, scores: Scores) -> str | None:
+def external_validation(store, scores: Scores, overlap: OverlapCheck | None = None) -> str | None:
     """The sentence that says a head is scored on another archive than it was trained on,
-    on how many of its findings, and which rows; None for an archive it trained on."""
+    on how many of its findings, and which rows; None for an archive it trained on. Where
+    the overlap with its training images was not checked, it is not called external."""
     ckpt = scores.checkpoint
     trained = ", ".join(sorted(trained_archives(ckpt)))
     here = (store.provenance.get("archive") or {}).get("kind", "nih")
@@ -287,7 +294,9 @@ def external_validation(store, scores: Scores) -> str | None:
         return None
     rows = ("every labelled row of the store (split all)" if scores.split == "all"
             else f"its {scores.split} split only")
-    return (f"External validation: a head trained on {trained}, scored on a {here} archive: on "
+    what = ("External validation" if overlap is None or overlap.checked
+            else "Another archive's score (not shown to be external: see the overlap below)")
+    return (f"{what}: a head trained on {trained}, scored on a {here} archive: on "
             f"{rows}, on the {len(scores.scored.labels)} of its {len(ckpt.label_names)} findings "
             "that rows here label.")
 
@@ -365,16 +374,19 @@ def evaluate(
     expert = (None if config.expert_labels is None  # checked before any pass
               else read_expert_labels(config.expert_labels, storage_options))
     store = open_store(store, storage_options)
+    checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    overlap = training_overlap(store, checkpoint, storage_options)
     if out_dir is not None:  # checked before any pass
         check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
                                                                 "the images folder": config.images})
     scores = score_split(store, checkpoint, split=split, compare_to=compare_to,
                          compare_store=compare_store, storage_options=storage_options,
-                         views=config.views)
+                         views=config.views,
+                         exclude_rows=None if overlap is None or not overlap.checked else overlap.rows)
     found = audit(scores.scored, scores.validation, other=scores.other,
                   resamples=config.bootstrap, seed=config.seed, rule=config.threshold_rule,
                   specificity=config.specificity, expert=expert, stratified=config.stratified)
-    report = build_report(store, scores, found)
+    report = build_report(store, scores, found, overlap)
     if config.boxes is not None and config.images is not None:
         from cxrdask.evaluation.localisation import localise
         from cxrdask.runtime.cluster import session_client

@@ -25,11 +25,13 @@ from cxrdask.head.model import Checkpoint, DiagnosisHead, load_checkpoint, new_h
 SCORING_BATCH_ROWS = 4096  # rows a scoring pass reads at once: no gradients, so many
 
 
-def split_batches(store, split: str, ckpt: Checkpoint, views: Views = "all") -> FeatureBatches:
-    """``split``'s rows of ``views`` in store order, with the inputs ``ckpt``'s head takes
-    (checked)."""
+def split_batches(store, split: str, ckpt: Checkpoint, views: Views = "all",
+                  exclude_rows: np.ndarray | None = None) -> FeatureBatches:
+    """``split``'s rows of ``views`` (but ``exclude_rows``) in store order, with the inputs
+    ``ckpt``'s head takes (checked)."""
     batches = FeatureBatches(store, split, SCORING_BATCH_ROWS, shuffle=False, views=views,
-                             demographics=tuple(ckpt.input["demographics"]))
+                             demographics=tuple(ckpt.input["demographics"]),
+                             exclude_rows=exclude_rows)
     ckpt.check_inputs(batches.n_inputs)
     return batches
 
@@ -90,7 +92,8 @@ def default_split(store, ckpt: Checkpoint) -> ScoredSplit:
 
 def score_split(store, checkpoint: str | Checkpoint, *, split: ScoredSplit | None = None,
                 compare_to: str | Checkpoint | None = None, compare_store=None,
-                storage_options: StorageOptions | None = None, views: Views = "frontal") -> Scores:
+                storage_options: StorageOptions | None = None, views: Views = "frontal",
+                exclude_rows: np.ndarray | None = None) -> Scores:
     """The first step of :func:`evaluate`, callable alone: the heads' probabilities on
     ``split`` (one pass over its chunks, out of core) and on the validation split.
 
@@ -100,7 +103,8 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: ScoredSplit | Non
     out of every array (:attr:`Scores.not_labelled`). With ``split="all"`` no validation
     split is scored: its rows are among those scored, so thresholds chosen on them would
     flatter the operating points. ``views`` selects the rows by view
-    (:mod:`cxrdask.archive.views`; frontal by default), the validation split's too.
+    (:mod:`cxrdask.archive.views`; frontal by default), the validation split's too;
+    ``exclude_rows`` (store rows) are left out of every split (images the head trained on).
 
     ``compare_store``: the store the second head reads (features of another backbone on
     the same images, rows and split), for a comparison of two backbones; by default the
@@ -133,13 +137,14 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: ScoredSplit | Non
         raise CheckpointMismatchError(
             f"{ckpt.path or 'the head'} predicts {', '.join(ckpt.label_names)}; {store.url} "
             f"labels {', '.join(store.label_names)}: no finding in common to score")
-    batches = split_batches(store, split, ckpt, views)
+    batches = split_batches(store, split, ckpt, views, exclude_rows)
     if batches.n_rows == 0:
         sizes = ", ".join(f"{name} {n}" for name, n in store.split_counts(ok_only=True).items())
         raise ScoreError(f"{store.url} has no readable {split} rows"
                          + ("" if views == "all" else f" of views {views}")
                          + f" to score (readable rows: {sizes}); choose another --split, or all")
-    other_batches = None if other is None else split_batches(other_store, split, other, views)
+    other_batches = (None if other is None
+                     else split_batches(other_store, split, other, views, exclude_rows))
     untrained = new_head(batches.n_inputs, int(ckpt.config.get("seed", 0)), len(ckpt.label_names))
     untrained.input_mean.copy_(ckpt.head.input_mean)
     untrained.input_scale.copy_(ckpt.head.input_scale)
@@ -155,7 +160,8 @@ def score_split(store, checkpoint: str | Checkpoint, *, split: ScoredSplit | Non
                   scored=_as_scored(projected, probabilities, _rows(batches, table), names, kept),
                   untrained=untrained_probabilities[:, kept],
                   validation=(None if split == ALL
-                              else _scored(store, "validation", ckpt, table, kept, views)),
+                              else _scored(store, "validation", ckpt, table, kept, views,
+                                           exclude_rows)),
                   other=None if other_probabilities is None else other_probabilities[:, kept],
                   checkpoint=ckpt, compared=other,
                   not_labelled=tuple(n for k, n in enumerate(names) if k not in set(kept)),
@@ -238,11 +244,11 @@ def _views_scored(store, split: str, views: Views) -> dict:
             "kept": view_counts(view[kept]), "left_out": view_counts(view[~kept])}
 
 
-def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame,
-            kept: np.ndarray, views: Views) -> Scored | None:
+def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame, kept: np.ndarray,
+            views: Views, exclude_rows: np.ndarray | None) -> Scored | None:
     """The head's probabilities on ``split``, of the ``kept`` findings (None where the split
     is empty)."""
-    batches = split_batches(store, split, ckpt, views)
+    batches = split_batches(store, split, ckpt, views, exclude_rows)
     if batches.n_rows == 0:
         return None
     (probabilities,), targets = head_outputs([ckpt.head], batches)

@@ -244,7 +244,8 @@ def _plan_images(metadata: pd.DataFrame | str | None, images_root: str, store_ur
     else:
         located = locate_images(images_root, storage_options=storage_options,
                                 expected=metadata["image_index"])
-    check_images_found(located, len(metadata), source, config.strict, config.max_failed_fraction)
+    check_images_found(located, len(metadata), source, config.strict, config.max_failed_fraction,
+                       by_path="path" in metadata.columns)
     rows, split_info = prepare_rows(
         metadata, config.split_method if split_codes is None else split_codes,
         seed=config.split_seed, archive_root=images_root, storage_options=storage_options)

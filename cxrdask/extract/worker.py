@@ -32,11 +32,17 @@ from cxrdask.extract.metrics import report_chunk
 from cxrdask.extract.summary import ChunkResult
 from cxrdask.extract.task_config import STAGES, TaskConfig
 from cxrdask.extract.worker_state import StoreKey, worker_state
-from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, format_note, resize_gray
+from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, format_note, resize_gray, signatures
 from cxrdask.imaging.host_input import HostInput, needs_torch_input
 from cxrdask.imaging.jpeg_device import EncodedJpeg, decode_on_device, decodes_jpeg_on, device_jpeg
 from cxrdask.runtime.retries import call_with_retries, is_transient
-from cxrdask.store.features import STATUS_FAILED, STATUS_OK, STATUS_PENDING, FeatureStore
+from cxrdask.store.features import (
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_PENDING,
+    THUMBNAIL_SIDE,
+    FeatureStore,
+)
 from cxrdask.store.lease import check_lease
 from cxrdask.store.pixels import PixelStore
 from cxrdask.store.rows import RowStore
@@ -191,6 +197,11 @@ class _ChunkWork:
                          if runner is not None else None)
         self.pixels_out = (np.zeros((n, size, size), dtype=np.uint8)
                            if config.pixels_role == "write" else None)
+        # Each image's signatures, kept beside its features (zeros where it failed)
+        self.thumbnails = (np.zeros((n, THUMBNAIL_SIDE, THUMBNAIL_SIDE), dtype=np.uint8)
+                           if runner is not None else None)
+        self.details = (np.zeros((n, THUMBNAIL_SIDE, THUMBNAIL_SIDE), dtype=np.int8)
+                        if runner is not None else None)
         self.status = np.full(n, STATUS_FAILED, dtype=np.uint8)
         self.errors = [""] * n
         self.retriable = np.zeros(n, dtype=bool)  # unreadable for now: the chunk stays not done
@@ -214,12 +225,18 @@ class _ChunkWork:
         host = stacked if stacked is not None or on_device_resize else np.stack(self.batch_arrays)
         if host is not None and self.pixels_out is not None:
             self.pixels_out[rows] = host  # resized already, on the host
+        if host is not None and self.thumbnails is not None:
+            self._sign(rows, host)
         if self.runner is not None or on_device_resize:  # else a cache pass: nothing for the device
             with converter.stream():
                 if host is None:
                     pixels = converter.resize(self.batch_arrays)
-                    if self.pixels_out is not None:
-                        self.pixels_out[rows] = pixels.cpu().numpy()
+                    if self.pixels_out is not None or self.thumbnails is not None:
+                        resized = pixels.cpu().numpy()
+                        if self.pixels_out is not None:
+                            self.pixels_out[rows] = resized
+                        if self.thumbnails is not None:
+                            self._sign(rows, resized)
                     self.timing["resize_s"] += time.perf_counter() - t
                     t = time.perf_counter()
                 else:
@@ -231,6 +248,12 @@ class _ChunkWork:
         self.status[rows] = STATUS_OK
         rows.clear()
         self.batch_arrays.clear()
+
+    def _sign(self, rows: list[int], images: np.ndarray) -> None:
+        """The batch's signatures (thumbnail and detail, :func:`~cxrdask.imaging.decode.signatures`)
+        from its images at the model's size."""
+        assert self.thumbnails is not None and self.details is not None
+        self.thumbnails[rows], self.details[rows] = signatures(images, THUMBNAIL_SIDE)
 
     def _decode_jpegs_on_device(self) -> None:
         """The batch's encoded JPEGs decoded on the device in one call; a file the device
@@ -325,7 +348,9 @@ class _ChunkWork:
         if pixel_store is not None and self.pixels_out is not None:
             pixel_store.write_chunk(chunk, self.pixels_out, self.status, self.errors, done=done)
         if store is not None and self.features is not None:
-            store.write_chunk(chunk, self.features, self.status, self.errors, done=done)
+            store.write_chunk(chunk, self.features, self.status, self.errors, done=done,
+                              signatures=(None if self.thumbnails is None or self.details is None
+                                          else (self.thumbnails, self.details)))
         self.timing["write_s"] = time.perf_counter() - t
 
     def result(self, chunk: int, task_seconds: float) -> ChunkResult:

@@ -70,6 +70,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         The targets' layout when several stores train one head: for each of the head's
         findings, this store's label column, or -1 where the store does not label it (then
         missing on every row). None: the store's own findings.
+    exclude_rows
+        Store rows left out (an evaluation's rows that are images the head trained on).
 
     Attributes
     ----------
@@ -93,6 +95,7 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         storage_options: StorageOptions | None = None,
         views: Views = "all",
         label_columns: Sequence[int] | None = None,
+        exclude_rows: Sequence[int] | np.ndarray | None = None,
     ):
         super().__init__()
         self._store = store
@@ -107,6 +110,7 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         self.drop_last = drop_last
         self.views = check_views(views)
         self.label_columns = None if label_columns is None else np.asarray(label_columns, dtype=np.int64)
+        self.exclude_rows = None if exclude_rows is None else np.asarray(exclude_rows, dtype=np.int64)
         self.chunks_read = 0
         self.max_rows_held = 0
         # (mean, scale) applied to every batch by the reader thread; None: raw inputs
@@ -124,6 +128,8 @@ class FeatureBatches(torch.utils.data.IterableDataset):
         keep = in_split(self.store.read("split"), self.split) & (self.store.read("status") == STATUS_OK)
         if self.views != "all":
             keep &= view_mask(self.store.read("view"), self.views)
+        if self.exclude_rows is not None:
+            keep[self.exclude_rows] = False
         return BatchPlan(keep, self.store.chunk_rows, self.batch_size, self.shuffle, self.seed,
                          self.buffer_chunks, self.drop_last)
 

@@ -125,6 +125,34 @@ def _join(first: str | None, second: str) -> str:
     return f"{first}; {second}" if first else second
 
 
+def signatures(images: np.ndarray, side: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Each ``(n, H, W)`` uint8 image's two ``side`` x ``side`` signatures, what a store keeps
+    to find an image again under another name, re-encoded or rescaled
+    (:mod:`cxrdask.store.overlap`):
+
+    - the thumbnail (uint8): the image's mean over boxes (Pillow's BOX filter), its shape;
+    - the detail (int8): its fine texture, the image less its 3 x 3 box blur, sampled on a
+      ``side`` x ``side`` grid. A copy keeps it (JPEG at quality 90: correlation 0.96 or
+      more); two acquisitions of one patient, however alike in shape, never line it up
+      (0.44 at most, on the synthetic archive's images)."""
+    from PIL import ImageFilter
+
+    n = len(images)
+    thumbnails = np.empty((n, side, side), dtype=np.uint8)
+    details = np.empty((n, side, side), dtype=np.int8)
+    for k, pixels in enumerate(images):
+        image = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))
+        thumbnails[k] = np.asarray(image.resize((side, side), Image.Resampling.BOX))
+        fine = (np.asarray(image, dtype=np.int16)
+                - np.asarray(image.filter(ImageFilter.BoxBlur(1)), dtype=np.int16))
+        step_y, step_x = max(1, fine.shape[0] // side), max(1, fine.shape[1] // side)
+        grid = fine[step_y // 2::step_y, step_x // 2::step_x][:side, :side]
+        padded = np.zeros((side, side), dtype=np.int16)
+        padded[:grid.shape[0], :grid.shape[1]] = grid
+        details[k] = np.clip(padded, -128, 127)
+    return thumbnails, details
+
+
 def resize_gray(gray: Image.Image, preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
     """Resize an ``L`` image to ``size`` x ``size`` with Pillow (antialiased): uint8 array.
 
@@ -170,4 +198,4 @@ def preprocess_bytes(data: bytes, image_index: str = "?",
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_gray", "format_note", "preprocess_bytes", "resize_gray",
-           "to_model_input"]
+           "signatures", "to_model_input"]

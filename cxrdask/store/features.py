@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -37,6 +37,9 @@ from cxrdask.store.rows import (
 from cxrdask.store.targets import StoreKind
 
 FLOAT16_MAX = 65504.0
+# Each image's signatures (side x side: its thumbnail and its fine detail, from the model's
+# input): what overlap search compares, 2 KB a row beside the features' 4 KB.
+THUMBNAIL_SIDE = 32
 # Settings that must match for a run to write into an existing feature store.
 WRITE_SETTINGS = (*ROW_SETTINGS, "backbone", "preprocessing", "dtype", "precision", "compile",
                   "engine")
@@ -155,8 +158,19 @@ class FeatureStore(RowStore):
         data = dict(shape=(len(table), dim), chunks=(chunk_rows, dim), dtype=dtype,
                     compressors=_features_codecs(dtype), fill_value=np.nan,
                     dimension_names=("image", "feature"))
+        side = THUMBNAIL_SIDE
+        signatures = {name: dict(shape=(len(table), side, side), chunks=(chunk_rows, side, side),
+                                 dtype=dtype_, fill_value=0, compressors=(ZstdCodec(), Crc32cCodec()),
+                                 dimension_names=("image", "signature_y", "signature_x"))
+                      for name, dtype_ in (("thumbnail", "uint8"), ("detail", "int8"))}
         return cls._create_group(url, table, chunk_rows, provenance, data, storage_options,
-                                 overwrite)
+                                 overwrite, more=signatures)
+
+    @property
+    def has_thumbnails(self) -> bool:
+        """Whether the store keeps each image's signatures, thumbnail and detail (stores made
+        before they were kept do not: what overlap search reads, :mod:`cxrdask.store.overlap`)."""
+        return "thumbnail" in self.group and "detail" in self.group
 
     @property
     def feature_dim(self) -> int:
@@ -200,9 +214,11 @@ class FeatureStore(RowStore):
         return xr.Dataset(variables, coords=coords, attrs={ATTRS_KEY: _normal(self.provenance)})
 
     def write_chunk(self, chunk: int, features: np.ndarray, status: np.ndarray,
-                    errors: list[str], done: bool = True) -> None:
-        """Write one chunk's rows (features, status, error text); then, last, its done marker
-        (left unset with ``done=False``: rows to read again, the next run recomputes it)."""
+                    errors: list[str], done: bool = True,
+                    signatures: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Write one chunk's rows (features, status, error text, and the images' signatures,
+        thumbnails and details, where given and kept); then, last, its done marker (left
+        unset with ``done=False``: rows to read again, the next run recomputes it)."""
         start, stop = self.chunk_bounds(chunk)
         if features.shape != (stop - start, self.feature_dim):
             raise ValueError(f"chunk {chunk}: features of shape {features.shape}, expected "
@@ -223,10 +239,25 @@ class FeatureStore(RowStore):
         self.array("features")[start:stop] = out
         self.array("status")[start:stop] = status.astype(np.uint8)
         self.array("error")[start:stop] = np.asarray(errors, dtype=str)
+        if signatures is not None and self.has_thumbnails:
+            self.array("thumbnail")[start:stop], self.array("detail")[start:stop] = signatures
         if done:
             self.array("done")[chunk] = True
 
 
-__all__ = ["ATTRS_KEY", "DEFAULT_CHUNK_ROWS", "FLOAT16_MAX", "FORMAT_VERSION", "STATUS_FAILED",
-           "STATUS_OK", "STATUS_PENDING", "WRITE_SETTINGS", "FeatureSettings", "FeatureStore",
-           "common_provenance", "rows_fingerprint", "zarr_store"]
+__all__ = [
+    "ATTRS_KEY",
+    "DEFAULT_CHUNK_ROWS",
+    "FLOAT16_MAX",
+    "FORMAT_VERSION",
+    "STATUS_FAILED",
+    "STATUS_OK",
+    "STATUS_PENDING",
+    "THUMBNAIL_SIDE",
+    "WRITE_SETTINGS",
+    "FeatureSettings",
+    "FeatureStore",
+    "common_provenance",
+    "rows_fingerprint",
+    "zarr_store",
+]

@@ -151,9 +151,11 @@ class RowStore:
 
     @classmethod
     def _create_group(cls, url: str, table: pd.DataFrame, chunk_rows: int, provenance: dict,
-                      data: dict, storage_options: StorageOptions | None, overwrite: bool) -> Self:
+                      data: dict, storage_options: StorageOptions | None, overwrite: bool,
+                      more: dict[str, dict] | None = None) -> Self:
         """Make the group: the data array (``cls.DATA_ARRAY``, from ``data``'s arguments), the
-        task arrays, the per-row table and coordinates, then the attributes, consolidated."""
+        task arrays (and a kind's ``more``, by name), the per-row table and coordinates, then
+        the attributes, consolidated."""
         n_rows, n_chunks = len(table), provenance["n_chunks"]
         # A file, a store of the other kind or a folder holding other files is refused
         # before anything is written; overwriting removes the store's own entries alone
@@ -169,6 +171,8 @@ class RowStore:
         # Every array names its dimensions (Zarr v3 dimension_names), and ``image`` and
         # ``finding`` hold the coordinates, so xarray.open_zarr gives a labelled Dataset.
         group.create_array(cls.DATA_ARRAY, **data)
+        for name, arguments in (more or {}).items():
+            group.create_array(name, **arguments)
         group.create_array("status", shape=(n_rows,), chunks=(chunk_rows,), dtype="uint8",
                            fill_value=STATUS_PENDING, dimension_names=("image",),
                            compressors=_CHECKED, attributes=flag_attributes(STATUS_MEANINGS))

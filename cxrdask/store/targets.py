@@ -26,7 +26,7 @@ _COMMON_ENTRIES = frozenset({"zarr.json", LEASE_NAME, "status", "error", "done",
                              "image_index", "patient_id", "follow_up", "age", "sex", "view",
                              "labels", "split"})
 STORE_ENTRIES: dict[str, frozenset[str]] = {
-    "features": _COMMON_ENTRIES | {"features"},
+    "features": _COMMON_ENTRIES | {"features", "thumbnail", "detail"},
     "pixels": _COMMON_ENTRIES | {"pixels"},
 }
 _SHOWN = 3  # entries named in an error

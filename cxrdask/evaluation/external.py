@@ -1,0 +1,114 @@
+"""Whether a score is external: the rows of a store that are images a head trained on.
+
+A head scored on a store of another archive is an external validation only where none of the
+scored images is one it trained on. RSNA Pneumonia's images are NIH ChestX-ray14's, so an NIH
+head scored on an RSNA store would be scored partly on its own training images; evaluation
+finds such rows (:func:`~cxrdask.store.overlap.find_overlap`, by the stores' thumbnails),
+leaves them out, and says how many and why. Where it cannot check (a training store it cannot
+open, or one made before stores kept thumbnails) it says so, and does not call what remains
+external.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cxrdask._fs import StorageOptions
+from cxrdask.errors import CxrDaskError
+from cxrdask.head.model import Checkpoint
+from cxrdask.store.features import FeatureStore
+from cxrdask.store.overlap import find_overlap
+
+
+@dataclass(frozen=True)
+class OverlapCheck:
+    """What was checked of a scored store against the head's training stores.
+
+    Attributes
+    ----------
+    checked : bool
+        Every training store was compared with the scored one.
+    rows : numpy.ndarray
+        The scored store's rows that are images of a training store (left out of the score).
+    pairs : dict of str to int
+        Rows found per training store (by URL).
+    reason : str
+        Why it was not checked (empty where it was).
+    """
+
+    checked: bool
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    pairs: dict[str, int] = field(default_factory=dict)
+    reason: str = ""
+
+    def sentence(self) -> str:
+        """One line for the report."""
+        if not self.checked:
+            return (f"Overlap with the head's training images not checked ({self.reason}): "
+                    "this score is not shown to be external.")
+        if not len(self.rows):
+            return ("Overlap with the head's training images checked (by thumbnails, against "
+                    f"{len(self.pairs)} training store(s)): none of the scored images is one.")
+        found = ", ".join(f"{n} of {url}" for url, n in self.pairs.items() if n)
+        return (f"Left out: {len(self.rows)} row(s) whose image is one the head trained on "
+                f"({found}; found by thumbnails); the score is on the rest.")
+
+    def to_json(self) -> dict:
+        return {"checked": self.checked, "rows_left_out": len(self.rows),
+                "per_training_store": self.pairs, "reason": self.reason or None}
+
+
+def training_stores(ckpt: Checkpoint) -> list[str]:
+    """The URLs of the stores a head trained on, as its checkpoint records them."""
+    stores = ckpt.provenance.get("stores")
+    if stores:
+        return [each["url"] for each in stores]
+    url = ckpt.provenance.get("store_url")
+    return [url] if url else []
+
+
+def _same_place(first: str, second: str) -> bool:
+    """Whether two URLs name one store (a local path relative or absolute alike)."""
+    import os
+
+    def plain(url: str) -> str:
+        return os.path.abspath(url).rstrip("/") if "://" not in url else url.rstrip("/")
+
+    return plain(first) == plain(second)
+
+
+def trained_on(store: FeatureStore, ckpt: Checkpoint) -> bool:
+    """Whether ``store`` is one the head trained on: by its rows' fingerprint where the
+    checkpoint records it (a copy of a training store is one), else by its place."""
+    records = ckpt.provenance.get("stores") or []
+    fingerprint = store.provenance.get("rows_fingerprint")
+    if fingerprint and any(r.get("rows_fingerprint") == fingerprint for r in records):
+        return True
+    return any(_same_place(store.url, url) for url in training_stores(ckpt))
+
+
+def training_overlap(store: FeatureStore, ckpt: Checkpoint,
+                     storage_options: StorageOptions | None = None) -> OverlapCheck | None:
+    """The scored store's rows that are images of the head's training stores; None where the
+    store is one of them (an internal score: its splits are its own)."""
+    if trained_on(store, ckpt):
+        return None
+    urls = training_stores(ckpt)
+    if not urls:
+        return OverlapCheck(False, reason="the checkpoint names no training store")
+    rows, pairs = [], {}
+    for url in urls:
+        try:
+            trained = FeatureStore.open(url, storage_options=storage_options)
+            found = find_overlap(trained, store)
+        except (CxrDaskError, OSError) as exc:
+            return OverlapCheck(False, reason=f"{url}: {exc}".splitlines()[0])
+        rows.append(found["b_row"].to_numpy())
+        pairs[url] = int(found["b_row"].nunique())
+    left_out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+    return OverlapCheck(True, rows=left_out, pairs=pairs)
+
+
+__all__ = ["OverlapCheck", "trained_on", "training_overlap", "training_stores"]

@@ -1,0 +1,185 @@
+"""Images of one store that are images of another (or repeats within one store), found by
+their pixels: RSNA Pneumonia's images are NIH ChestX-ray14's, re-encoded as JPEG-in-DICOM,
+and a head trained on NIH scored on RSNA would be scored partly on images it trained on.
+
+Every feature store keeps two 32 x 32 signatures of each image, made from the model's input
+by the extraction that read it (:func:`~cxrdask.imaging.decode.signatures`): its thumbnail
+(its shape) and its detail (its fine texture, sampled on a grid). Two images are proposed
+as one when their thumbnails, each standardised, correlate at ``CANDIDATE_CORRELATION``
+(0.98) or more, and confirmed when their details correlate at ``threshold`` (0.9) or more.
+A copy, re-encoded (PNG to JPEG at quality 90) or rescaled to the same size, keeps both
+(on the synthetic archive's images at a 224-pixel input: thumbnail 0.9999, detail 0.96 or
+more); two acquisitions of one patient can share a shape (thumbnails up to 0.997) but do
+not line up their texture (detail 0.44 at most), nor do two patients' images (0.68 at
+most): the benchmark measures these margins. The search is
+exact: every pair's thumbnails are compared, by blocks of a matrix product in float32 (the
+BLAS NumPy ships does it at the machine's speed), so nothing is missed for want of an
+index's recall.
+
+Stores made before the signatures were kept cannot be searched: :func:`find_overlap` says so
+(:class:`OverlapUncheckable`) rather than guess. ``cxrdask overlap`` runs it; evaluation
+leaves out the rows of a store that are images a head trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cxrdask._fs import StorageOptions
+from cxrdask.errors import CxrDaskError
+from cxrdask.store.features import STATUS_OK, FeatureStore
+
+DEFAULT_THRESHOLD = 0.9  # the details' correlation that confirms a pair
+CANDIDATE_CORRELATION = 0.98  # the thumbnails' correlation that proposes one
+BLOCK_ROWS = 4096  # at most this many rows of the first store compared at once
+BLOCK_VALUES = 64 * 2**20  # and at most this many products held (256 MB of float32)
+
+
+class OverlapUncheckable(CxrDaskError):
+    """A store keeps no signatures (made before they were kept): overlap cannot be checked."""
+
+
+@dataclass(frozen=True)
+class Signatures:
+    """A store's readable rows with signatures, each standardised to a unit vector of mean 0
+    (a dot product is then a correlation): ``thumbnails`` and ``details`` (rows x 1024,
+    float32), and the store ``rows`` they are."""
+
+    rows: np.ndarray
+    thumbnails: np.ndarray
+    details: np.ndarray
+
+
+def _unit(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows less their mean, over their norm; and which rows were not flat (norm > 0)."""
+    values = values.astype(np.float32)
+    values -= values.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(values, axis=1)
+    kept = norms > 1e-3
+    values[kept] /= norms[kept, None]
+    return values, kept
+
+
+def standardised_signatures(store: FeatureStore) -> Signatures:
+    """The store's signatures of readable rows, standardised; a row whose thumbnail or detail
+    is flat (none kept: a failed image, a store made without images) is left out."""
+    if not store.has_thumbnails:
+        raise OverlapUncheckable(
+            f"{store.url} keeps no thumbnails (it was made before cxrdask kept image "
+            "signatures): its overlap with other stores cannot be checked; extract it again "
+            "(--overwrite) to check it")
+    readable = np.flatnonzero(store.read("status") == STATUS_OK)
+    thumbs, details = store.array("thumbnail"), store.array("detail")
+    width = thumbs.shape[1] * thumbs.shape[2]
+    rows, shapes, textures = [], [], []
+    for start in range(0, store.n_rows, store.chunk_rows):
+        chosen = readable[(readable >= start) & (readable < start + store.chunk_rows)]
+        if len(chosen) == 0:
+            continue
+        stop = start + store.chunk_rows
+        shape, flat_shape = _unit(np.asarray(thumbs[start:stop]).reshape(-1, width)[chosen - start])
+        texture, flat_texture = _unit(np.asarray(details[start:stop]).reshape(-1, width)[chosen - start])
+        kept = flat_shape & flat_texture
+        rows.append(chosen[kept])
+        shapes.append(shape[kept])
+        textures.append(texture[kept])
+    if not rows:
+        empty = np.zeros((0, width), np.float32)
+        return Signatures(np.zeros(0, np.int64), empty, empty)
+    return Signatures(np.concatenate(rows), np.concatenate(shapes), np.concatenate(textures))
+
+
+def _matches(a: Signatures, b: Signatures, threshold: float, same: bool
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (row of ``a``, row of ``b``) whose thumbnails correlate at
+    :data:`CANDIDATE_CORRELATION` or more and whose details at ``threshold`` or more; within
+    one store (``same``), each pair once and no row with itself: each block of ``a`` is
+    compared with the rows of ``b`` after its own first row only (half the products).
+    Returns the rows and both correlations."""
+    found: list[tuple[np.ndarray, ...]] = []
+    step = max(64, min(BLOCK_ROWS, BLOCK_VALUES // max(len(b.rows), 1)))
+    for start in range(0, len(a.rows), step):
+        stop = min(start + step, len(a.rows))
+        first = start if same else 0
+        block = a.thumbnails[start:stop] @ b.thumbnails[first:].T
+        if same:  # the block's own square: keep j > i only
+            square = block[:, :stop - start]
+            square[np.tril_indices(stop - start)] = -1.0
+        for i in np.flatnonzero(block.max(axis=1, initial=-1.0) >= CANDIDATE_CORRELATION):
+            hits = np.flatnonzero(block[i] >= CANDIDATE_CORRELATION)
+            detail = b.details[first + hits] @ a.details[start + i]
+            confirmed = detail >= threshold
+            found.append((np.full(int(confirmed.sum()), a.rows[start + i]),
+                          b.rows[first + hits[confirmed]], block[i, hits[confirmed]],
+                          detail[confirmed]))
+    if not found:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                np.zeros(0, np.float32))
+    rows_a, rows_b, shape, texture = (np.concatenate(part) for part in zip(*found, strict=True))
+    return rows_a, rows_b, shape, texture
+
+
+def find_overlap(a: FeatureStore | str, b: FeatureStore | str | None = None, *,
+                 threshold: float = DEFAULT_THRESHOLD,
+                 storage_options: StorageOptions | None = None) -> pd.DataFrame:
+    """The images of store ``b`` that are images of store ``a`` (with ``b`` None: the images
+    of ``a`` that repeat within it), one row per pair.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``a_row``, ``a_image``, ``a_patient``, ``b_row``, ``b_image``, ``b_patient``, their
+        thumbnails' ``correlation`` and their details' ``detail_correlation``, highest first.
+
+    Raises
+    ------
+    OverlapUncheckable
+        A store keeps no signatures.
+    StoreMismatchError
+        The stores were made with other preprocessing (their thumbnails are of other images
+        sizes or crops, not comparable).
+    """
+    first = _opened(a, storage_options)
+    second = first if b is None else _opened(b, storage_options)
+    if not 0.0 < threshold <= 1.0:
+        from cxrdask.errors import OptionError
+
+        raise OptionError(f"threshold is the details' correlation in (0, 1], not {threshold}")
+    if second is not first:
+        _check_comparable(first, second)
+    left = standardised_signatures(first)
+    right = left if second is first else standardised_signatures(second)
+    rows_a, rows_b, shape, texture = _matches(left, right, threshold, same=second is first)
+    order = np.argsort(-texture, kind="stable")
+    rows_a, rows_b, shape, texture = rows_a[order], rows_b[order], shape[order], texture[order]
+    return pd.DataFrame({
+        "a_row": rows_a, "a_image": first.read("image_index")[rows_a],
+        "a_patient": first.read("patient_id")[rows_a],
+        "b_row": rows_b, "b_image": second.read("image_index")[rows_b],
+        "b_patient": second.read("patient_id")[rows_b],
+        "correlation": shape.astype(np.float64), "detail_correlation": texture.astype(np.float64)})
+
+
+def _opened(store: FeatureStore | str, storage_options: StorageOptions | None) -> FeatureStore:
+    return store if isinstance(store, FeatureStore) else FeatureStore.open(
+        str(store), storage_options=storage_options)
+
+
+def _check_comparable(first: FeatureStore, second: FeatureStore) -> None:
+    """Thumbnails compare when both stores' images were brought to the model's input the
+    same way (size and crop)."""
+    from cxrdask.errors import StoreMismatchError
+
+    keys = ("size", "crop", "crop_fraction")
+    mine = {k: (first.provenance.get("preprocessing") or {}).get(k) for k in keys}
+    theirs = {k: (second.provenance.get("preprocessing") or {}).get(k) for k in keys}
+    differences = {f"preprocessing {k}": (theirs[k], mine[k]) for k in keys if mine[k] != theirs[k]}
+    if differences:
+        raise StoreMismatchError(second.url, differences)
+
+
+__all__ = ["BLOCK_ROWS", "BLOCK_VALUES", "CANDIDATE_CORRELATION", "DEFAULT_THRESHOLD",
+           "OverlapUncheckable", "Signatures", "find_overlap", "standardised_signatures"]

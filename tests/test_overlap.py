@@ -1,0 +1,154 @@
+"""Overlap between archives: RSNA Pneumonia's images are NIH ChestX-ray14's, re-encoded as
+JPEG-in-DICOM. An RSNA-layout archive is written here whose DICOM files hold some of a
+synthetic NIH archive's images (re-encoded at JPEG quality 90 and rescaled, as RSNA's are)
+beside images of its own; both are extracted as usual, and the overlap is found from the
+stores alone, without flagging distinct images of one patient."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from helpers import cxrdask
+from PIL import Image
+
+from cxrdask.archive.synthetic import make_archive
+from cxrdask.archive.synthetic.render import render_image
+from cxrdask.evaluation.report import evaluate
+from cxrdask.extract.run import extract_features
+from cxrdask.head.train import TrainConfig, train_head
+from cxrdask.store.features import FeatureStore
+from cxrdask.store.overlap import OverlapUncheckable, find_overlap
+
+pydicom = pytest.importorskip("pydicom")
+pytestmark = pytest.mark.slow
+
+SMALL = dict(weights="random", backbone="resnet18", image_size=64, progress=False, chunk_rows=16)
+PLANTED = 16
+
+
+def jpeg_dicom(gray: np.ndarray, quality: int = 90) -> bytes:
+    """An 8-bit MONOCHROME2 DICOM whose pixels are one JPEG baseline frame, as RSNA
+    Pneumonia's files are (the pixels re-encoded from NIH's PNGs)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, "JPEG", quality=quality)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture, as RSNA's
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", generate_uid()[-12:]
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory, cluster_client):
+    """A synthetic NIH archive and its store; an RSNA-layout archive of DICOMs: the first
+    ``PLANTED`` of NIH's images re-encoded (JPEG quality 90, rescaled from 128 to 160 px),
+    then images of its own."""
+    root = tmp_path_factory.mktemp("overlap")
+    nih = make_archive(str(root / "nih"), n=60, size=128, seed=11, threads=2)
+    table = pd.read_csv(nih.metadata_url)
+    rsna = root / "rsna"
+    (rsna / "stage_2_train_images").mkdir(parents=True)
+    planted, rows = {}, []
+    for k in range(PLANTED + 12):
+        if k < PLANTED:
+            name = table["Image Index"].iloc[k]
+            path = next((root / "nih").rglob(name))
+            gray = np.asarray(Image.open(path).convert("L").resize((160, 160), Image.Resampling.BILINEAR))
+        else:
+            gray = render_image(np.zeros(14, np.uint8), size=160, seed=(99, 7, k))
+        patient = f"rsna-{k:04d}"
+        if k < PLANTED:
+            planted[patient] = name
+        (rsna / "stage_2_train_images" / f"{patient}.dcm").write_bytes(jpeg_dicom(gray))
+        rows.append({"patientId": patient, "x": "", "y": "", "width": "", "height": "",
+                     "Target": k % 2})
+    pd.DataFrame(rows).to_csv(rsna / "stage_2_train_labels.csv", index=False)
+    stores = {"nih": str(root / "nih.zarr"), "rsna": str(root / "rsna.zarr")}
+    extract_features(nih.metadata_url, nih.root, stores["nih"], client=cluster_client,
+                     split="patient", **SMALL)
+    extract_features(None, str(rsna), stores["rsna"], client=cluster_client, **SMALL)
+    return {"stores": stores, "planted": planted, "root": root}
+
+
+def test_re_encoded_images_are_found_and_nothing_else(archives):
+    pairs = find_overlap(archives["stores"]["nih"], archives["stores"]["rsna"])
+    found = dict(zip(pairs["b_image"], pairs["a_image"], strict=True))
+    assert found == archives["planted"]  # every planted image, each with its original, no other
+    assert pairs["correlation"].min() >= 0.98 and pairs["detail_correlation"].min() >= 0.9
+
+
+def test_distinct_images_of_one_patient_are_not_called_one(archives):
+    store = FeatureStore.open(archives["stores"]["nih"])
+    patients = pd.Series(store.read("patient_id")).value_counts()
+    assert (patients >= 2).sum() >= 5  # follow-ups: several images of one patient
+    assert find_overlap(store).empty  # no repeats within the archive
+    # The margin: how close distinct images of one patient come, against the threshold.
+    from cxrdask.store.overlap import DEFAULT_THRESHOLD, standardised_signatures
+
+    signed = standardised_signatures(store)
+    ids = store.read("patient_id")[signed.rows]
+    closest = max(float(signed.details[i] @ signed.details[j])
+                  for i in range(len(ids)) for j in range(i + 1, len(ids)) if ids[i] == ids[j])
+    assert closest < DEFAULT_THRESHOLD
+
+
+def test_the_command_line_lists_the_pairs(archives, tmp_path):
+    out = tmp_path / "pairs.csv"
+    run = cxrdask("overlap", archives["stores"]["nih"], archives["stores"]["rsna"], "--out", out,
+                  check=True)
+    assert f"{PLANTED} image(s) of" in run.stdout and "that are images of" in run.stdout
+    assert len(pd.read_csv(out)) == PLANTED
+
+
+def test_an_external_score_leaves_out_the_images_the_head_trained_on(archives, tmp_path):
+    stores = archives["stores"]
+    head = train_head(stores["nih"], TrainConfig(epochs=2, batch_size=16), tmp_path / "head",
+                      progress=False, plot=False).checkpoint
+    report = evaluate(stores["rsna"], head, bootstrap=0, out_dir=tmp_path / "report")
+    assert report.overlap is not None and report.overlap.checked
+    assert len(report.overlap.rows) == PLANTED
+    assert report.split == "all" and report.n_rows == 12  # the rest: RSNA's own images
+    assert report.external.startswith("External validation")
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert f"Left out: {PLANTED} row(s) whose image is one the head trained on" in markdown
+
+
+def test_without_thumbnails_the_score_is_not_called_external(archives, tmp_path):
+    """A training store made before stores kept thumbnails: the overlap cannot be checked,
+    and the report says so instead of calling the score external."""
+    stores = archives["stores"]
+    old = tmp_path / "old-nih.zarr"
+    shutil.copytree(stores["nih"], old)
+    group = zarr.open_group(str(old), mode="r+")
+    del group["thumbnail"]
+    del group["detail"]
+    zarr.consolidate_metadata(str(old))
+    assert not FeatureStore.open(str(old)).has_thumbnails
+    with pytest.raises(OverlapUncheckable, match="keeps no thumbnails"):
+        find_overlap(str(old), stores["rsna"])
+    head = train_head(str(old), TrainConfig(epochs=1, batch_size=16), tmp_path / "head",
+                      progress=False, plot=False).checkpoint
+    report = evaluate(stores["rsna"], head, bootstrap=0)
+    assert not report.overlap.checked and "keeps no thumbnails" in report.overlap.reason
+    assert report.external.startswith("Another archive's score (not shown to be external")
+    assert report.n_rows == PLANTED + 12  # nothing left out that was not found
