@@ -6,7 +6,10 @@ Stores of N rows x 2048 float16 features are written straight into Zarr (no imag
 figure runs in its own process so its peak RSS is its own: the lazy chunk reader
 (``FeatureBatches``) against an in-memory baseline (the whole training split loaded into
 one tensor first). ``--full-run`` times ``train_head`` for 50 epochs over the NIH-sized
-store (78,000-odd training rows) at batch 256, the target of the training issue.
+store (78,000-odd training rows) at batch 256, the target of the training issue; with
+``--full-store-rows 112120,223414`` one head over two stores (NIH's and CheXpert's sizes).
+
+    python -m benchmarks.bench_train --sizes "" --full-run --full-store-rows 112120,223414
 """
 
 from __future__ import annotations
@@ -97,14 +100,17 @@ FULL_RUN_VARIANTS = {  # name: TrainConfig fields
 
 def full_run(store_url: str, epochs: int, device: str = "cpu", variant: str = "default",
              batch: int = 256) -> dict:
-    """train_head for ``epochs`` epochs, without early stopping (the real API)."""
+    """train_head for ``epochs`` epochs, without early stopping (the real API); several
+    stores (their URLs joined by commas) train one head."""
     from cxrdask.config import TrainConfig
     from cxrdask.head.model import load_checkpoint
     from cxrdask.head.train import train_head
 
     config = TrainConfig(epochs=epochs, batch_size=batch, early_stopping=None,
                          **FULL_RUN_VARIANTS[variant])
-    result = train_head(store_url, config, tempfile.mkdtemp(prefix="bench-train-"),
+    stores = store_url.split(",")
+    result = train_head(stores if len(stores) > 1 else stores[0], config,
+                        tempfile.mkdtemp(prefix="bench-train-"),
                         progress=False, plot=False, device=device)
     used = load_checkpoint(result.checkpoint).config["precision"]
     return {"seconds": result.seconds, "epochs": len(result.history),
@@ -130,7 +136,8 @@ def main(argv=None) -> None:
                         help=argparse.SUPPRESS)
     parser.add_argument("--variants", default="default",
                         help=f"--full-run configurations, comma list of {', '.join(FULL_RUN_VARIANTS)}")
-    parser.add_argument("--full-store-rows", type=int, default=112_120)
+    parser.add_argument("--full-store-rows", default="112120",
+                        help="rows of the --full-run store; a comma list: one head on several")
     parser.add_argument("--measure-full", nargs=5,
                         metavar=("STORE", "EPOCHS", "DEVICE", "VARIANT", "BATCH"),
                         help=argparse.SUPPRESS)
@@ -158,13 +165,15 @@ def main(argv=None) -> None:
                 rows.append({"what": f"{n} rows, batch {batch}, {mode}", **result})
                 print(rows[-1], flush=True)
     if args.full_run:
-        url = ensure_store(directory, args.full_store_rows)
+        sizes = [int(v) for v in str(args.full_store_rows).split(",")]
+        url = ",".join(ensure_store(directory, n) for n in sizes)
         for variant in args.variants.split(","):
             for batch in (256,):
                 result = run_child("--measure-full", url, str(args.epochs), args.device, variant,
                                    str(batch))
                 rows.append({"what": f"train_head {result['epochs']} epochs, batch {batch}, "
-                                     f"{args.full_store_rows:,}-row store, {args.device}, {variant}",
+                                     f"{' + '.join(f'{n:,}' for n in sizes)}-row store(s), "
+                                     f"{args.device}, {variant}",
                              **result})
                 print(rows[-1], flush=True)
     header = f"bench_train on {machine()}"

@@ -66,6 +66,7 @@ _EXPORTS = {
     "predict": "serve.inference",
     "create_app": "serve.web.app",
     "run_study": "study.table",
+    "find_overlap": "store.overlap",
     "StudyResult": "study.table",
     "run_demo": "demo",
     "show_messages": "progress",

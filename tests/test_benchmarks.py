@@ -200,3 +200,14 @@ def test_bench_compile_measures_the_compile_and_its_break_even(tmp_path):
     run_script("bench_compile", "--precisions", "fp32", "--seconds", 0.2, "--size", 32,
                "--out", out)
     assert _saved(out)["rows"]
+
+
+def test_bench_overlap_finds_the_planted_copies_and_no_other(tmp_path):
+    out = tmp_path / "overlap"
+    result = run_script("bench_overlap", "--a-rows", 600, "--b-rows", 200, "--planted", 40,
+                        "--size", 128, "--model-size", 112, "--out", out)
+    rows = {row["what"].split(" (")[0]: row for row in _saved(out)["rows"]}
+    assert rows["B among A"]["recall"] == 1.0 and rows["B among A"]["false pairs"] == 0
+    assert rows["repeats within A"]["pairs"] == 0
+    alike = rows["distinct images of one patient"]
+    assert alike["highest detail correlation"] < alike["threshold"] and "bench_overlap on" in result.stdout

@@ -374,11 +374,11 @@ def evaluate(
     expert = (None if config.expert_labels is None  # checked before any pass
               else read_expert_labels(config.expert_labels, storage_options))
     store = open_store(store, storage_options)
-    checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    overlap = training_overlap(store, checkpoint, storage_options)
     if out_dir is not None:  # checked before any pass
         check_output_folder(str(out_dir), "the report folder", {"the store": store.url,
                                                                 "the images folder": config.images})
+    checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    overlap = training_overlap(store, checkpoint, storage_options)
     scores = score_split(store, checkpoint, split=split, compare_to=compare_to,
                          compare_store=compare_store, storage_options=storage_options,
                          views=config.views,

@@ -180,33 +180,7 @@ class RowStore:
                            dimension_names=("image",), compressors=_CHECKED)
         group.create_array("done", shape=(n_chunks,), chunks=(1,), dtype="bool", fill_value=False,
                            dimension_names=("chunk",), compressors=_CHECKED)
-        table_chunks = chunk_rows  # aligned with features: a training read touches one chunk each
-        image_index = table["image_index"].to_numpy().astype(str)
-        coordinate = group.create_array("image", shape=(n_rows,), chunks=(table_chunks,), dtype=str,
-                                        dimension_names=("image",))
-        coordinate[:] = image_index
-        names = provenance["label_names"]
-        findings = group.create_array("finding", shape=(len(names),), dtype=str,
-                                      dimension_names=("finding",))
-        findings[:] = np.asarray(names, dtype=str)
-        for name, (column, array_dtype) in TABLE_ARRAYS.items():
-            values = table[column].to_numpy()
-            values = values.astype(str) if array_dtype is str else values.astype(array_dtype)
-            array = group.create_array(name, shape=(n_rows,), chunks=(table_chunks,),
-                                       dtype=array_dtype, dimension_names=("image",))
-            array[:] = values
-        # 1 positive, 0 negative, MISSING (255) where the archive gives no label.
-        labels = group.create_array("labels", shape=(n_rows, len(names)),
-                                    chunks=(table_chunks, len(names)), dtype="uint8",
-                                    fill_value=MISSING, dimension_names=("image", "finding"),
-                                    attributes={"missing": MISSING, **flag_attributes(
-                                        {0: "negative", 1: "positive", MISSING: "missing"})})
-        labels[:] = label_matrix(table, names)
-        from cxrdask.archive.splits import SPLIT_NAMES
-
-        splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
-                                    dimension_names=("image",), attributes=flag_attributes(SPLIT_NAMES))
-        splits[:] = table["split"].to_numpy(dtype=np.uint8)
+        _write_table(group, table, chunk_rows, provenance["label_names"])
         # The attributes go last: a half-made store is not a cxrdask store.
         group.attrs[ATTRS_KEY] = provenance
         # Consolidated metadata (the arrays' metadata in the group's zarr.json) lets xarray
@@ -479,6 +453,39 @@ class RowStore:
 def _normal(value: Any) -> Any:
     """JSON round trip, so tuples and lists (and numpy scalars) compare equal."""
     return json.loads(json.dumps(value, default=str))
+
+
+def _write_table(group: zarr.Group, table: pd.DataFrame, chunk_rows: int, names) -> None:
+    """The per-row table, written once: the ``image`` and ``finding`` coordinates, the
+    metadata columns (:data:`TABLE_ARRAYS`), the labels and the split codes (each with the
+    CF flag attributes that decode it)."""
+    n_rows = len(table)
+    table_chunks = chunk_rows  # aligned with features: a training read touches one chunk each
+    image_index = table["image_index"].to_numpy().astype(str)
+    coordinate = group.create_array("image", shape=(n_rows,), chunks=(table_chunks,), dtype=str,
+                                    dimension_names=("image",))
+    coordinate[:] = image_index
+    findings = group.create_array("finding", shape=(len(names),), dtype=str,
+                                  dimension_names=("finding",))
+    findings[:] = np.asarray(names, dtype=str)
+    for name, (column, array_dtype) in TABLE_ARRAYS.items():
+        values = table[column].to_numpy()
+        values = values.astype(str) if array_dtype is str else values.astype(array_dtype)
+        array = group.create_array(name, shape=(n_rows,), chunks=(table_chunks,),
+                                   dtype=array_dtype, dimension_names=("image",))
+        array[:] = values
+    # 1 positive, 0 negative, MISSING (255) where the archive gives no label.
+    labels = group.create_array("labels", shape=(n_rows, len(names)),
+                                chunks=(table_chunks, len(names)), dtype="uint8",
+                                fill_value=MISSING, dimension_names=("image", "finding"),
+                                attributes={"missing": MISSING, **flag_attributes(
+                                    {0: "negative", 1: "positive", MISSING: "missing"})})
+    labels[:] = label_matrix(table, names)
+    from cxrdask.archive.splits import SPLIT_NAMES
+
+    splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
+                                dimension_names=("image",), attributes=flag_attributes(SPLIT_NAMES))
+    splits[:] = table["split"].to_numpy(dtype=np.uint8)
 
 
 __all__ = [
