@@ -67,6 +67,7 @@ _EXPORTS = {
     "create_app": "serve.web.app",
     "run_study": "study.table",
     "find_overlap": "store.overlap",
+    "measure_shift": "study.shift",
     "StudyResult": "study.table",
     "run_demo": "demo",
     "show_messages": "progress",

@@ -112,6 +112,22 @@ def study_figure(summary: pd.DataFrame) -> Figure:
     return figure
 
 
+def shift_figure(prevalence: pd.DataFrame, names: tuple[str, str], separability: str) -> Figure:
+    """Each shared finding's prevalence in two stores, side by side, under the domain
+    classifier's AUC (how separable the stores are in feature space)."""
+    figure = new_figure(max(6.0, 0.7 * len(prevalence) + 2), 4.2)
+    ax = figure.add_axes((0.08, 0.3, 0.9, 0.58))
+    x = np.arange(len(prevalence))
+    for offset, column, name in ((-0.2, "prevalence_a", names[0]), (0.2, "prevalence_b", names[1])):
+        ax.bar(x + offset, np.nan_to_num(prevalence[column].to_numpy(dtype=float)), width=0.4,
+               label=name)
+    ax.set_xticks(x, list(prevalence["finding"]), rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("share of labelled images positive")
+    ax.set_title(f"{names[0]} against {names[1]}: domain classifier AUC {separability}", fontsize=9)
+    ax.legend(fontsize=8)
+    return figure
+
+
 def auc_bars_figure(table: pd.DataFrame, caveat: str | None = None) -> Figure:
     """Grouped bars per disease: cxrdask, Wang et al. 2017 and CheXNet; a disease whose AUC
     cannot be computed on the split is marked ``n/a`` above its place."""
@@ -201,6 +217,7 @@ __all__ = [
     "new_figure",
     "roc_figure",
     "save_figure",
+    "shift_figure",
     "study_figure",
     "subgroup_gap_figure",
 ]

@@ -24,11 +24,13 @@ from cxrdask.testing import make_feature_store
 FAST = TrainConfig(epochs=2, batch_size=64, resident_mb=0)
 
 
-def relabelled_store(url: str, source: str, findings: dict[str, str | None], views=None) -> str:
+def relabelled_store(url: str, source: str, findings: dict[str, str | None], views=None,
+                     offset: float = 0.0) -> str:
     """A copy of ``source``'s rows and features under another archive's findings: ``findings``
     maps each new finding to the source's finding whose labels it takes (None: the archive
     does not label it, missing on every row), as a second archive of the same images would;
-    ``views`` replaces the view of each row."""
+    ``views`` replaces the view of each row, and ``offset`` is added to every feature (a
+    scanner's shift)."""
     from cxrdask.imaging.preprocessing import Preprocessing
 
     original = FeatureStore.open(source)
@@ -51,7 +53,7 @@ def relabelled_store(url: str, source: str, findings: dict[str, str | None], vie
                                                    "kind": "chexpert"}})
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
-        store.write_chunk(chunk, original.read("features", slice(start, stop)),
+        store.write_chunk(chunk, original.read("features", slice(start, stop)) + offset,
                           original.read("status")[start:stop], [""] * (stop - start))
     store.update_provenance(complete=True, failed_rows=0)
     return url
@@ -230,3 +232,25 @@ def test_the_study_table_scores_each_archive_inside_and_outside_its_training(
     assert '"archive": "chexpert"' in saved
     with pytest.raises(OptionError, match="two stores or more"):
         run_study([stores["nih"]], tmp_path / "one", FAST, client=cluster_client)
+
+
+def test_shift_tells_apart_archives_whose_features_differ(stores, tmp_path):
+    """A domain classifier, cross-validated by patient: two stores drawn alike are hard to
+    tell apart, a store whose features moved is told apart at once; prevalences and
+    demographics beside it."""
+    from cxrdask.study.shift import measure_shift
+
+    alike = measure_shift(stores["nih"], stores["chexpert"], resamples=100)
+    moved_url = relabelled_store(str(tmp_path / "moved.zarr"), stores["chexpert"],
+                                 {"Effusion": "Pleural Effusion", "Edema": "Edema"}, offset=0.6)
+    moved = measure_shift(stores["nih"], moved_url, tmp_path / "shift", resamples=100)
+    assert alike.separability.estimate < 0.7 < 0.95 < moved.separability.estimate
+    assert moved.separability.low <= moved.separability.estimate <= moved.separability.high
+    assert set(alike.prevalence["finding"]) == {"Effusion", "Cardiomegaly", "Edema"}
+    chexpert = FeatureStore.open(stores["chexpert"])
+    lateral = (chexpert.read("view") == "LATERAL").mean()
+    shares = alike.demographics.set_index("measure")
+    assert shares.loc["view lateral", "b"] == f"{lateral:.1%}" and shares.loc["view lateral", "a"] == "0.0%"
+    assert {"shift.md", "shift.json", "shift.png"} <= {p.name for p in (tmp_path / "shift").iterdir()}
+    run = cxrdask("shift", stores["nih"], moved_url, "--bootstrap", 50, "--sample", 500, check=True)
+    assert "Domain classifier" in run.stdout and "AUC" in run.stdout

@@ -259,6 +259,18 @@ def cmd_overlap(args) -> int:
     return EXIT_DONE
 
 
+def cmd_shift(args) -> int:
+    from cxrdask.study.shift import measure_shift
+
+    report = measure_shift(args.first, args.second, args.out, sample=args.sample,
+                           resamples=args.bootstrap, seed=args.seed,
+                           storage_options=parse_storage_options(args.storage_option))
+    print(report.to_markdown())
+    if report.files:
+        print("wrote " + ", ".join(report.files))
+    return EXIT_DONE
+
+
 def cmd_predict(args) -> int:
     from cxrdask.serve.inference import predict
 

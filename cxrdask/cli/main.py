@@ -45,6 +45,7 @@ COMMANDS = {  # name: one-line help, in the order --help lists them
     "evaluate": "per-disease AUC report for a checkpoint",
     "study": "how a head travels: train on every store, leave each archive out, score each",
     "overlap": "images of one store that are images of another (or repeats within one store)",
+    "shift": "how far apart two archives are: a domain classifier's AUC, prevalences, demographics",
     "predict": "the head's probabilities of its findings for image files",
     "serve": "the single-image web page and its JSON API",
 }
@@ -234,6 +235,20 @@ def _overlap_options(overlap: argparse.ArgumentParser) -> None:
     add_storage(overlap)
 
 
+def _shift_options(shift: argparse.ArgumentParser) -> None:
+    shift.add_argument("first", metavar="A.zarr", help="a feature store")
+    shift.add_argument("second", metavar="B.zarr", help="another, of the same backbone")
+    shift.add_argument("--out", help="folder for shift.md, shift.json and shift.png")
+    shift.add_argument("--sample", type=int,
+                       default=source_default("study.shift", "measure_shift", "sample"),
+                       help="readable rows drawn from each store for the classifier")
+    shift.add_argument("--bootstrap", type=int,
+                       default=source_default("study.shift", "measure_shift", "resamples"),
+                       help="patient resamples for the AUC's 95%% interval (0: none)")
+    shift.add_argument("--seed", type=int, default=0, help="seed of the sample, folds and resamples")
+    add_storage(shift)
+
+
 def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("images", nargs="+",
                          help="PNG, JPEG or DICOM files (local paths or URLs)")
@@ -262,7 +277,7 @@ _OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "info": _info_options, "verify": _verify_options, "synth": _synth_options,
     "demo": _demo_options, "extract": _extract_options, "cache": _cache_options,
     "train": _train_options, "evaluate": _evaluate_options, "study": _study_options,
-    "overlap": _overlap_options,
+    "overlap": _overlap_options, "shift": _shift_options,
     "predict": _predict_options,
     "serve": _serve_options}
 
