@@ -66,6 +66,16 @@ def _store(url: str, n: int, seed: int):
     return make_feature_store(url, n, feature_dim=8, chunk_rows=512, seed=seed)
 
 
+def _planted_rows(rng: np.random.Generator, args) -> list[int]:
+    """The rows of A whose copies B holds (the run's first draw)."""
+    return rng.choice(args.a_rows, args.planted, replace=False).tolist()
+
+
+def _planted(args) -> dict[int, int]:
+    """B row -> A row of the copies, as :func:`write_stores` planted them."""
+    return dict(enumerate(sorted(_planted_rows(np.random.default_rng(0), args))))
+
+
 def write_stores(work: Path, args) -> tuple[str, str, dict[int, int], np.ndarray]:
     """Stores A and B with their thumbnails; the planted copies (B row -> A row)."""
     from cxrdask.archive.synthetic.render import render_image
@@ -82,7 +92,7 @@ def write_stores(work: Path, args) -> tuple[str, str, dict[int, int], np.ndarray
     bases: dict[int, np.ndarray] = {}
     thumbs = np.empty((args.a_rows, 32, 32), np.uint8)
     details = np.empty((args.a_rows, 32, 32), np.int8)
-    planted_rows = set(rng.choice(args.a_rows, args.planted, replace=False).tolist())
+    planted_rows = set(_planted_rows(rng, args))
     for row, patient in enumerate(patients):
         if patient not in bases:
             bases[patient] = render_image(no_signs, size=args.size, seed=(1, 7, int(patient)))
@@ -115,6 +125,9 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=256, help="side of the rendered images")
     parser.add_argument("--model-size", type=int, default=224, help="the model's input side")
     parser.add_argument("--threshold", type=float, default=0.9, help="the details' correlation")
+    parser.add_argument("--reuse", metavar="DIR",
+                        help="a folder of an earlier run's stores (a.zarr, b.zarr) with the same "
+                             "sizes: search them again, without writing them")
     parser.add_argument("--smoke", action="store_true", help="write no result files")
     parser.add_argument("--out", default="benchmarks/results/bench_overlap")
     args = parser.parse_args(argv)
@@ -122,10 +135,14 @@ def main(argv=None) -> None:
     from cxrdask.store.features import FeatureStore
     from cxrdask.store.overlap import find_overlap, standardised_signatures
 
-    work = Path(tempfile.mkdtemp(prefix="bench-overlap-"))
-    started = time.perf_counter()
-    a_url, b_url, planted, patients = write_stores(work, args)
-    print(f"stores written in {time.perf_counter() - started:.0f} s", flush=True)
+    if args.reuse:
+        a_url, b_url = str(Path(args.reuse) / "a.zarr"), str(Path(args.reuse) / "b.zarr")
+        planted, patients = _planted(args), FeatureStore.open(a_url).read("patient_id")
+    else:
+        work = Path(tempfile.mkdtemp(prefix="bench-overlap-"))
+        started = time.perf_counter()
+        a_url, b_url, planted, patients = write_stores(work, args)
+        print(f"stores written in {time.perf_counter() - started:.0f} s in {work}", flush=True)
     rows = []
     started = time.perf_counter()
     pairs = find_overlap(a_url, b_url, threshold=args.threshold)

@@ -94,7 +94,7 @@ def test_re_encoded_images_are_found_and_nothing_else(archives):
     pairs = find_overlap(archives["stores"]["nih"], archives["stores"]["rsna"])
     found = dict(zip(pairs["b_image"], pairs["a_image"], strict=True))
     assert found == archives["planted"]  # every planted image, each with its original, no other
-    assert pairs["correlation"].min() >= 0.98 and pairs["detail_correlation"].min() >= 0.9
+    assert pairs["correlation"].min() >= 0.995 and pairs["detail_correlation"].min() >= 0.9
 
 
 def test_distinct_images_of_one_patient_are_not_called_one(archives):
