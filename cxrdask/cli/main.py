@@ -16,9 +16,9 @@ import signal
 import sys
 from collections.abc import Callable
 
+import cxrdask.cli.commands as commands
 from cxrdask import __version__
 from cxrdask.choices import ARCHIVE_KINDS, UNCERTAIN_POLICIES, ScoredSplit, values_of
-from cxrdask.cli import commands
 from cxrdask.cli.exit_codes import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_REFUSED, exit_codes_text
 from cxrdask.cli.options import (
     HelpFormatter,
