@@ -82,6 +82,19 @@ def apply_uncertain(values: np.ndarray, policy: UncertainPolicy) -> np.ndarray:
     return out
 
 
+def finding_key(name: str) -> str:
+    """What two archives' spellings of one finding share: its harmonised name, any case."""
+    return harmonise(name).lower()
+
+
+def finding_columns(own: Sequence[str], wanted: Sequence[str]) -> list[int | None]:
+    """For each of ``wanted`` findings, the position in ``own`` of the same finding (by
+    :func:`finding_key`), or None where ``own`` has none: a store's label column for each
+    of a head's findings."""
+    column = {finding_key(name): k for k, name in enumerate(own)}
+    return [column.get(finding_key(name)) for name in wanted]
+
+
 def findings_of(frame: pd.DataFrame) -> list[str]:
     """The finding columns of a metadata frame (``attrs["findings"]``; NIH's 14 by default)."""
     from cxrdask.archive.labels import LABELS
@@ -120,6 +133,7 @@ def positives_string(frame: pd.DataFrame, findings: Sequence[str]) -> pd.Series:
 
 
 __all__ = ["DEFAULT_PATHOLOGIES", "MISSING", "UNCERTAIN_POLICIES", "UncertainPolicy",
-           "apply_uncertain", "check_uncertain", "findings_of", "float_labels", "harmonise",
+           "apply_uncertain", "check_uncertain", "finding_columns", "finding_key", "findings_of",
+           "float_labels", "harmonise",
            "harmonised_labels", "label_matrix", "labelled_rows", "ordered_findings",
            "positives_string"]

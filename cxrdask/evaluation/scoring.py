@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from cxrdask._fs import StorageOptions
+from cxrdask.archive.findings import finding_columns
 from cxrdask.archive.splits import ALL
 from cxrdask.archive.views import Views
 from cxrdask.choices import ScoredSplit
@@ -187,19 +188,10 @@ def paired_store(store, url, split: str, storage_options: StorageOptions | None 
     return other
 
 
-def store_columns(store_findings, head_findings) -> list[int | None]:
-    """For each of a head's findings, the store's label column of the same finding (by
-    harmonised name, any case), or None where the store's archive does not label it."""
-    from cxrdask.archive.findings import harmonise
-
-    column = {harmonise(name).lower(): k for k, name in enumerate(store_findings)}
-    return [column.get(harmonise(name).lower()) for name in head_findings]
-
-
 def shared_findings(store_findings, head_findings) -> tuple[list[str], list[str]]:
     """Which of a head's findings a store labels, and which it does not: what an external
     validation can score, and what it leaves out."""
-    columns = store_columns(store_findings, head_findings)
+    columns = finding_columns(store_findings, head_findings)
     return ([name for name, k in zip(head_findings, columns, strict=True) if k is not None],
             [name for name, k in zip(head_findings, columns, strict=True) if k is None])
 
@@ -209,7 +201,7 @@ def _projected(store, ckpt: Checkpoint, targets: np.ndarray) -> np.ndarray:
     store's archive does not label (another archive's head) is missing on every row."""
     heads = list(ckpt.label_names)
     projected = np.full((len(targets), len(heads)), np.nan, dtype=np.float32)
-    for k, column in enumerate(store_columns(store.label_names, heads)):
+    for k, column in enumerate(finding_columns(store.label_names, heads)):
         if column is not None:
             projected[:, k] = targets[:, column]
     return projected
@@ -257,4 +249,4 @@ def _scored(store, split: str, ckpt: Checkpoint, table: pd.DataFrame, kept: np.n
 
 
 __all__ = ["SCORING_BATCH_ROWS", "Scores", "default_split", "head_outputs", "paired_store",
-           "score_split", "shared_findings", "split_batches", "store_columns", "trained_archives"]
+           "score_split", "shared_findings", "split_batches", "trained_archives"]

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from cxrdask.archive.findings import harmonise
+from cxrdask.archive.findings import finding_columns, finding_key
 from cxrdask.choices import Balance, values_of
 from cxrdask.errors import StoreMismatchError
 from cxrdask.head.batches import FeatureBatches
@@ -34,14 +34,13 @@ def union_findings(stores: Sequence[FeatureStore]) -> list[str]:
     seen: dict[str, str] = {}
     for store in stores:
         for name in store.label_names:
-            seen.setdefault(harmonise(name).lower(), name)
+            seen.setdefault(finding_key(name), name)
     return list(seen.values())
 
 
 def label_columns(store: FeatureStore, findings: Sequence[str]) -> list[int]:
     """For each of ``findings``, the store's label column of it, or -1 where it has none."""
-    own = {harmonise(name).lower(): k for k, name in enumerate(store.label_names)}
-    return [own.get(harmonise(name).lower(), -1) for name in findings]
+    return [-1 if k is None else k for k in finding_columns(store.label_names, findings)]
 
 
 def check_same_features(stores: Sequence[FeatureStore]) -> None:
