@@ -29,7 +29,8 @@ ArchiveKind = Literal["nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr
 ARCHIVE_KINDS: tuple[str, ...] = values_of(ArchiveKind)
 ArchiveChoice = Literal["auto", ArchiveKind]  # "auto": detected from the archive's files
 # The archives `cxrdask synth` imitates (their folders, image formats and label files).
-Layout = Literal["nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr", "rsna-pneumonia"]
+Layout = Literal["nih", "chexpert", "mimic-cxr-jpg", "padchest", "vindr-cxr", "rsna-pneumonia",
+                 "dicom-export"]
 LAYOUTS: tuple[str, ...] = values_of(Layout)
 CsvVariant = Literal["kaggle2017", "v2020", "sample_labels"]  # NIH's metadata CSV as published
 Prevalence = Literal["nih", "balanced"]

@@ -35,6 +35,7 @@ from cxrdask.choices import (
     ViewSelection,
 )
 from cxrdask.errors import OptionError
+from cxrdask.imaging.dicom import check_modalities
 from cxrdask.options import Options, option
 
 DEFAULT_READ_RETRIES = 4  # extraction's --read-retries, and localisation's image reads
@@ -141,6 +142,10 @@ class ExtractConfig(Options):
                "torch's antialiased resize on the worker's device (GPU nodes: the CPUs only "
                "decode, and with torchcodec installed a GPU decodes gray JPEGs itself, by "
                "nvJPEG). Recorded; the two differ by about one gray level")
+    modalities: str = option(
+        "CR,DX", "DICOM modalities read as chest radiographs (CR, DX: computed and digital "
+                 "radiography); an object of another (a CT or MR slice, a secondary capture) "
+                 "is a failed row naming its modality; a comma-separated list, or any")
     pixel_compression: PixelCompression = option(
         "zstd", "codec of a pixel store this run writes (--pixels, cxrdask cache)")
 
@@ -158,6 +163,7 @@ class ExtractConfig(Options):
         refused = engine_refusal(self.engine, self.device, self.precision, self.compile)
         if refused:
             raise OptionError(refused)
+        check_modalities(self.modalities)
         if self.read_retries < 0:
             raise OptionError(f"read_retries must be 0 or more, not {self.read_retries!r}")
         if not 0.0 <= self.max_failed_fraction <= 1.0:

@@ -160,6 +160,15 @@ class ImageTooLargeError(ImageDecodeError):
     """An image whose pixel count is above the limit (a possible decompression bomb)."""
 
 
+class NotARadiographError(ImageDecodeError):
+    """A DICOM object whose modality is not a projection radiograph's (a CT or MR slice, a
+    secondary capture of a report) and was not allowed: the reason names its modality."""
+
+    def __init__(self, image_index: str, reason: str, modality: str):
+        self.modality = modality
+        super().__init__(image_index, reason)
+
+
 class StoreError(CxrDaskError):
     """A feature store is missing, not a cxrdask store, or cannot be used as asked."""
 
@@ -245,7 +254,8 @@ __all__ = ["ArchiveNotRecognisedError", "CheckpointMismatchError", "CheckpointNo
            "ExtractionFailedError", "ExtractionIncompleteError", "FailedRowsError",
            "FeatureOverflowError", "ImageDecodeError", "ImageTooLargeError", "ImagesNotFoundError",
            "LabelParseError", "MetadataError", "MetadataNotFoundError", "MissingColumnError",
-           "MissingExtraError", "OptionError", "RowProblem", "ScoreError", "SplitError",
+           "MissingExtraError", "NotARadiographError", "OptionError", "RowProblem", "ScoreError",
+           "SplitError",
            "StoreError", "StoreKindError", "StoreLockedError", "StoreMismatchError",
            "StoreNotFoundError", "StrictFailureError", "WeightsNotFoundError",
            "WeightsUnavailableError", "WriteTargetError"]

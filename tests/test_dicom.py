@@ -29,11 +29,13 @@ def _dicom_files() -> list[Path]:
 
 
 def test_every_shipped_dicom_is_a_gray_image_or_a_reason():
+    """Every modality allowed: this is about the decoders (pydicom's files are CT, MR, NM,
+    ..., which extraction turns away by default: test_dicom_headers.py)."""
     decoded, syntaxes, refused = 0, set(), {}
     for path in _dicom_files():
         data = path.read_bytes()
         try:
-            gray, note = decode_gray(data, path.name)
+            gray, note = decode_gray(data, path.name, modalities="any")
         except ImageDecodeError as exc:
             refused[path.name] = str(exc)
             continue
@@ -52,10 +54,29 @@ def test_every_shipped_dicom_is_a_gray_image_or_a_reason():
     assert "cannot decode DICOM pixels" in refused["MR_truncated.dcm"]
 
 
+def test_twelve_bit_jpeg_extended_decodes_through_gdcm_to_pydicoms_reference_values():
+    """pydicom's ``JPEG-lossy.dcm`` (12-bit JPEG Extended whose scan header says Se=0): every
+    pydicom plugin refuses it (GDCM's for 12 bits, libjpeg for the header); GDCM's own
+    reader decodes it to the values pydicom's pixel reference gives for it (244 at
+    [420, 140], 95 at [230, 120])."""
+    pytest.importorskip("gdcm")
+    from cxrdask.imaging.dicom import _gdcm_pixels
+
+    data = (TEST_FILES / "JPEG-lossy.dcm").read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(data))
+    with pytest.raises(Exception, match="all available plugins"):
+        ds.pixel_array  # noqa: B018 - what pydicom alone does with it
+    pixels = _gdcm_pixels(ds, data)
+    assert pixels is not None and pixels.shape == (1024, 256)
+    assert pixels[420, 140] == 244 and pixels[230, 120] == 95
+    gray, note = decode_gray(data, "lossy", modalities="any")  # an NM image
+    assert "JPEG Extended" in note and "by GDCM" in note and gray.size == (256, 1024)
+
+
 def test_a_truncated_file_is_a_decode_error_naming_the_image():
     data = (TEST_FILES / "CT_small.dcm").read_bytes()
     with pytest.raises(ImageDecodeError, match=r"cut\.dcm.*cannot"):
-        decode_gray(data[: len(data) // 2], "cut.dcm")
+        decode_gray(data[: len(data) // 2], "cut.dcm", modalities="any")
 
 
 @pytest.mark.parametrize("syntax", DICOM_SYNTAXES)

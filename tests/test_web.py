@@ -131,6 +131,24 @@ def test_bad_uploads_get_clear_4xx_json_and_the_server_keeps_serving(
     assert post(client, images[0].read_bytes()).status_code == 200
 
 
+def test_a_dicom_that_is_not_a_radiograph_is_refused_naming_its_modality(client, trained_checkpoint):
+    """A hospital export holds CT slices and scanned reports too; the page says what they
+    are instead of giving them a diagnosis, unless the server allows their modality."""
+    pytest.importorskip("pydicom")
+    from cxrdask.archive.synthetic.layouts import encode_dicom
+
+    stored = np.random.default_rng(0).integers(0, 4096, (64, 64)).astype(np.uint16)
+    ct = encode_dicom(stored, header={"Modality": "CT"})
+    response = post(client, ct, name="slice.dcm", content_type="application/dicom")
+    assert response.status_code == 422 and response.json()["error"] == "not_a_radiograph"
+    assert "slice.dcm: DICOM of modality CT is not a projection radiograph" in response.json()["detail"]
+    dx = encode_dicom(stored, header={"Modality": "DX"})
+    assert post(client, dx, name="chest.dcm", content_type="application/dicom").status_code == 200
+    allowing = create_app(trained_checkpoint, device="cpu", modalities="any")
+    with TestClient(allowing) as other:
+        assert post(other, ct, name="slice.dcm", content_type="application/dicom").status_code == 200
+
+
 def test_a_request_without_a_file_is_a_json_422(client):
     response = client.post("/api/predict", data={"age": "40"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "file"

@@ -295,7 +295,7 @@ def cmd_serve(args) -> int:
     listener = listening_socket(args.host, args.port)  # a busy port is refused before the model loads
     app = create_app(args.checkpoint, weights=args.weights, device=args.device,
                      max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     max_concurrent=args.max_concurrent)
+                     max_concurrent=args.max_concurrent, modalities=args.modalities)
     identity = app.state.diagnoser.identity
     print(f"model: {identity['backbone']['name']} ({identity['backbone']['weights']}) + head "
           f"{identity['head']['file']} on {identity['device']}")

@@ -260,6 +260,8 @@ def _predict_options(predict: argparse.ArgumentParser) -> None:
 
 
 def _serve_options(serve: argparse.ArgumentParser) -> None:
+    from cxrdask.imaging.dicom import PROJECTION_MODALITIES
+
     add_model(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="interface to listen on (0.0.0.0 shows the page to other machines)")
@@ -268,6 +270,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
                        help="largest accepted upload in MiB")
     serve.add_argument("--max-concurrent", type=int, default=1,
                        help="images computed at once (each uses every core)")
+    serve.add_argument("--modalities", default=",".join(PROJECTION_MODALITIES), metavar="CODES",
+                       help="DICOM modalities answered as chest radiographs (default: "
+                            "%(default)s); another is refused, naming its modality; or any")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
                                                                "info", "debug"],
                        help="uvicorn's log level")

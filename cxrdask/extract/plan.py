@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cxrdask._fs import StorageOptions, filesystem
+from cxrdask.archive.dicom_headers import ClientSource
 from cxrdask.backbones.engines import ENGINE_RULES
 from cxrdask.backbones.spec import BackboneSpec, check_weights_available
 from cxrdask.config import COMPILE_AUTO_MIN_IMAGES, ExtractConfig
@@ -158,6 +159,7 @@ def plan_extraction(
     storage_options: StorageOptions | None = None,
     split_codes: np.ndarray | None = None,
     pixels: str | None = None,
+    client: ClientSource = None,
     **options: Any,
 ) -> ExtractionPlan:
     """Check a run and plan it, before any cluster starts or anything is written.
@@ -183,6 +185,10 @@ def plan_extraction(
     pixels
         Also keep the decoded, resized images in a pixel store at this URL (made, or
         resumed), for later extractions with :func:`plan_from_pixels`.
+    client
+        Where the DICOM headers of an archive that leaves patients, views, sexes or ages to
+        them are read (:func:`~cxrdask.archive.kinds.read_archive`): a Dask client or a
+        function returning one; None: threads of this process.
     **options
         Fields of :class:`~cxrdask.config.ExtractConfig` that replace those of ``config``
         (``weights="random"``, ``chunk_rows=32``, ...).
@@ -209,7 +215,8 @@ def plan_extraction(
     config = ExtractConfig.with_options(config, **options)
     _check_write_targets(storage_options, _inputs(metadata, images_root), store=store_url,
                          pixels=pixels)
-    plan = _plan_images(metadata, images_root, store_url, config, storage_options, split_codes)
+    plan = _plan_images(metadata, images_root, store_url, config, storage_options, split_codes,
+                        client)
     if pixels is not None:
         plan.pixels_url, plan.pixels_role = pixels, "write"
         plan.chunk_rows = _check_pixels_to_write(plan)
@@ -218,7 +225,7 @@ def plan_extraction(
 
 def _plan_images(metadata: pd.DataFrame | str | None, images_root: str, store_url: str | None,
                  config: ExtractConfig, storage_options: StorageOptions | None,
-                 split_codes: np.ndarray | None) -> ExtractionPlan:
+                 split_codes: np.ndarray | None, client: ClientSource = None) -> ExtractionPlan:
     """The checks and plan of a run that reads the images (``store_url`` None: pixels only)."""
     from cxrdask.archive.images import check_images_found, locate_archive_images, locate_images
     from cxrdask.archive.kinds import read_archive
@@ -226,7 +233,8 @@ def _plan_images(metadata: pd.DataFrame | str | None, images_root: str, store_ur
 
     preprocessing = _preprocessing(config)
     if metadata is None or isinstance(metadata, str):
-        metadata = read_archive(images_root, metadata=metadata, storage_options=storage_options)
+        metadata = read_archive(images_root, metadata=metadata, storage_options=storage_options,
+                                client=client)
     assert not isinstance(metadata, str)
     source = metadata.attrs.get("source", "the metadata")
     if metadata.empty:  # before a cluster starts, a lease is taken or a folder made
@@ -400,6 +408,7 @@ def plan_cache(
     *,
     storage_options: StorageOptions | None = None,
     split_codes: np.ndarray | None = None,
+    client: ClientSource = None,
     **options: Any,
 ) -> ExtractionPlan:
     """Plan a pass that only decodes and resizes the images into a pixel store (no backbone).
@@ -410,7 +419,7 @@ def plan_cache(
     options.setdefault("weights", "random")  # no backbone runs: nothing to download
     config = ExtractConfig.with_options(config, **options)
     _check_write_targets(storage_options, _inputs(metadata, images_root), pixels=pixels)
-    plan = _plan_images(metadata, images_root, None, config, storage_options, split_codes)
+    plan = _plan_images(metadata, images_root, None, config, storage_options, split_codes, client)
     plan.pixels_url, plan.pixels_role = pixels, "write"
     plan.chunk_rows = _check_pixels_to_write(plan)
     return plan

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrdask._fs import StorageOptions
+from cxrdask.archive.dicom_headers import ClientSource
 from cxrdask.config import ExtractConfig
 from cxrdask.errors import (
     ExtractionFailedError,
@@ -109,8 +110,9 @@ def extract_features(
         Another run holds the store's writer lease.
     """
     return _plan_and_run(
-        lambda: plan_extraction(metadata, images_root, store_url, config,
-                                storage_options=storage_options, pixels=pixels, **options),
+        lambda headers_client: plan_extraction(
+            metadata, images_root, store_url, config, storage_options=storage_options,
+            pixels=pixels, client=headers_client, **options),
         client, n_workers, threads_per_worker, progress,
         local_layout(ExtractConfig.with_options(config, **options)))
 
@@ -133,7 +135,7 @@ def extract_from_pixels(
     or precision. Arguments as for :func:`extract_features` and :func:`plan_from_pixels`.
     """
     return _plan_and_run(
-        lambda: plan_from_pixels(pixels, store_url, config, storage_options=storage_options,
+        lambda headers_client: plan_from_pixels(pixels, store_url, config, storage_options=storage_options,
                                  **options),
         client, n_workers, threads_per_worker, progress,
         local_layout(ExtractConfig.with_options(config, **options)))
@@ -159,17 +161,19 @@ def cache_pixels(
     Resumable, leased and checked like :func:`extract_features` (whose arguments these are).
     """
     return _plan_and_run(
-        lambda: plan_cache(metadata, images_root, pixels, config, storage_options=storage_options,
-                           split_codes=split_codes, **options),
+        lambda headers_client: plan_cache(
+            metadata, images_root, pixels, config, storage_options=storage_options,
+            split_codes=split_codes, client=headers_client, **options),
         client, n_workers, threads_per_worker, progress, default_layout=None)
 
 
-def _plan_and_run(plan: Callable[[], ExtractionPlan], client, n_workers: int | None,
+def _plan_and_run(plan: Callable[[ClientSource], ExtractionPlan], client, n_workers: int | None,
                   threads_per_worker: int, progress: Progress,
                   default_layout: tuple[int, int] | None) -> ExtractSummary:
-    """What the three public passes share: ``plan()``, then :func:`run_extraction` on
+    """What the three public passes share: ``plan(client)``, then :func:`run_extraction` on
     ``client`` if given, else on the session's, whose local cluster (of ``default_layout``
-    where no layout is asked for) starts in a thread while ``plan()`` runs.
+    where no layout is asked for) starts in a thread while ``plan`` runs; ``plan`` is given
+    a function that waits for it, called only where DICOM headers are to be read on it.
 
     Planning reads and checks the metadata, lists the images and checks the weights (1.5 s
     for the whole archive on a local disk, more on S3); starting a cluster takes as long,
@@ -187,10 +191,10 @@ def _plan_and_run(plan: Callable[[], ExtractionPlan], client, n_workers: int | N
         with ThreadPoolExecutor(1, thread_name_prefix="cxrdask-cluster-start") as pool:
             started = pool.submit(session_client, n_workers, threads_per_worker,
                                   default_layout=default_layout)
-            planned = plan()
+            planned = plan(started.result)
         client = started.result()
     else:
-        planned = plan()
+        planned = plan(client)
     return run_extraction(planned, client, n_workers=n_workers,
                           threads_per_worker=threads_per_worker, progress=progress)
 
@@ -258,6 +262,7 @@ def _execute(plan: ExtractionPlan, client, leases: list[StoreLease], progress: P
                       batch_size=c.batch_size, io_threads=c.io_threads, torch_threads=1,
                       flip_seed=c.split_seed, pixels_url=plan.pixels_url,
                       pixels_role=plan.pixels_role, read_retries=c.read_retries,
+                      modalities=c.modalities,
                       leases=tuple((lease.url, lease.token) for lease in leases))
     client.register_plugin(ExtractionWorkerPlugin())  # this run's worker state; the last one's goes
     summary = _run(client, stores, plan.rows, plan.urls, task, c, progress)

@@ -36,6 +36,7 @@ class TaskConfig:
     pixels_url: str | None = None
     pixels_role: Literal["none", "source", "write"] = "none"
     read_retries: int = 4
+    modalities: str = "CR,DX"  # DICOM modalities read (see ExtractConfig.modalities)
     leases: tuple[tuple[str, str], ...] = ()  # (store URL, the run's lease token): fencing
 
     @property

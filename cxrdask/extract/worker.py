@@ -101,7 +101,7 @@ def _load_one(url: str, name: str, config: TaskConfig, jpeg_to_device: bool = Fa
         if jpeg is not None:  # its conversion is noted once it is decoded
             return jpeg, None, False, t1 - t0, time.perf_counter() - t1, 0.0
     try:
-        gray, note = decode_gray(data, name)
+        gray, note = decode_gray(data, name, modalities=config.modalities)
     except ImageDecodeError as exc:
         return None, exc.reason, False, t1 - t0, time.perf_counter() - t1, 0.0
     t2 = time.perf_counter()

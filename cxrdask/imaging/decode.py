@@ -18,24 +18,32 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrdask.errors import ImageDecodeError, ImageTooLargeError
-from cxrdask.imaging.dicom import decode_dicom, is_dicom, looks_like_bare_dicom
+from cxrdask.imaging.dicom import (
+    PROJECTION_MODALITIES,
+    Modalities,
+    decode_dicom,
+    is_dicom,
+    looks_like_bare_dicom,
+)
 from cxrdask.imaging.preprocessing import Preprocessing, centre_square, scale_by_range
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
 
 
-def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_MAX_PIXELS
-                ) -> tuple[Image.Image, str | None]:
+def decode_gray(data: bytes, image_index: str = "?", max_pixels: int = DEFAULT_MAX_PIXELS,
+                modalities: Modalities = PROJECTION_MODALITIES) -> tuple[Image.Image, str | None]:
     """Decode PNG/JPEG/DICOM bytes to an 8-bit ``L`` image; also return the conversion made.
 
     RGB/RGBA/LA/P become L; 16-bit and 32-bit images are scaled to 8 bits by their own
-    range; images above ``max_pixels`` are refused before decoding (decompression bombs).
+    range; images above ``max_pixels`` are refused before decoding (decompression bombs); a
+    DICOM object whose modality is not in ``modalities`` is refused
+    (:func:`~cxrdask.imaging.dicom.decode_dicom`).
     """
     if not data:
         raise ImageDecodeError(image_index, "empty file (0 bytes)")
     if is_dicom(data) or looks_like_bare_dicom(data):
-        pixels, dicom_note = decode_dicom(data, image_index, max_pixels)
+        pixels, dicom_note = decode_dicom(data, image_index, max_pixels, modalities)
         return Image.fromarray(pixels), dicom_note
     fast = _gray8_png_fast(data, image_index, max_pixels)
     if fast is not None:

@@ -26,6 +26,7 @@ from cxrdask.backbones.hardware import resolve_device
 from cxrdask.backbones.spec import BackboneSpec, file_sha256
 from cxrdask.head.model import Checkpoint, load_checkpoint
 from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS, decode_gray, to_model_input
+from cxrdask.imaging.dicom import ANY_MODALITY, PROJECTION_MODALITIES, Modalities, check_modalities
 from cxrdask.serve.inference import backbone_for_checkpoint, head_inputs, inference_preprocessing
 
 DISCLAIMER = ("Research tool, not a medical device: its output must not be used for "
@@ -82,7 +83,8 @@ class Diagnoser:
 
     def __init__(self, checkpoint: Checkpoint, spec: BackboneSpec, backbone: nn.Module,
                  device: torch.device, *, max_concurrent: int = 1,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, head_sha256: str | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, head_sha256: str | None = None,
+                 modalities: Modalities = PROJECTION_MODALITIES):
         self.checkpoint = checkpoint
         self.spec = spec
         self.device = device
@@ -90,6 +92,7 @@ class Diagnoser:
         self.head = checkpoint.head.to(device)
         self.preprocessing = inference_preprocessing(checkpoint)
         self.max_pixels = max_pixels
+        self.modalities = check_modalities(modalities) or ANY_MODALITY
         self._slots = threading.BoundedSemaphore(max_concurrent)
         path = checkpoint.path
         self.identity = {
@@ -103,14 +106,16 @@ class Diagnoser:
     @classmethod
     def load(cls, checkpoint: str | Checkpoint, weights: str | None = None,
              device: str = "auto", max_concurrent: int = 1,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> Diagnoser:
+             max_pixels: int = DEFAULT_MAX_PIXELS,
+             modalities: Modalities = PROJECTION_MODALITIES) -> Diagnoser:
         """Load the head checkpoint (a file or loaded) and build its backbone on ``device``
-        (``weights``: the backbone's weights file, when the head was trained on one)."""
+        (``weights``: the backbone's weights file, when the head was trained on one;
+        ``modalities``: the DICOM modalities answered, CR and DX by default)."""
         loaded = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         spec = backbone_for_checkpoint(loaded, weights)
         resolved = resolve_device(device)
         return cls(loaded, spec, build_backbone(spec).to(resolved), resolved,
-                   max_concurrent=max_concurrent, max_pixels=max_pixels,
+                   max_concurrent=max_concurrent, max_pixels=max_pixels, modalities=modalities,
                    head_sha256=file_sha256(loaded.path) if loaded.path else None)
 
     def diagnose(self, data: bytes, name: str = "upload", *, age: float | None = None,
@@ -118,7 +123,7 @@ class Diagnoser:
                  ) -> Diagnosis:
         """Probabilities (and heatmaps) for one image's bytes; ImageDecodeError if it is not one."""
         started = time.perf_counter()
-        gray, note = decode_gray(data, name, self.max_pixels)
+        gray, note = decode_gray(data, name, self.max_pixels, self.modalities)
         width, height = gray.size
         array = to_model_input(gray, self.preprocessing)
         decoded = time.perf_counter()

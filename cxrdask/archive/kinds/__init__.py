@@ -8,7 +8,11 @@ listing: NIH's metadata CSV (any of its three names); CheXpert's ``train.csv``/`
 ``annotations/image_labels_train.csv`` (PhysioNet) or a ``train.csv`` of boxes with
 ``image_id,class_name,...,rad_id`` (Kaggle); RSNA Pneumonia's ``stage_2_train_labels.csv``;
 and for private archives a ``manifest.csv`` with a ``path`` column (``dicom`` when it lists
-DICOM files, else ``csv``). The first that matches wins; ``kind=`` forces one.
+DICOM files, else ``csv``), or a CSV keyed by ``SOPInstanceUID``, ``StudyInstanceUID`` or
+``AccessionNumber`` beside a folder of DICOM files (``dicom``, no path list:
+:mod:`~cxrdask.archive.kinds.dicom_labels`). The first that matches wins; ``kind=`` forces
+one. Where a DICOM archive's files leave out patients, studies, views, sexes or ages, they
+are read from the DICOM headers (:mod:`cxrdask.archive.dicom_headers`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from cxrdask._fs import StorageOptions, filesystem, full_url, join_url
+from cxrdask.archive.dicom_headers import ClientSource, fill_from_headers
 from cxrdask.archive.findings import check_uncertain
 from cxrdask.choices import ARCHIVE_KINDS, ArchiveChoice, ArchiveKind, UncertainPolicy
 from cxrdask.errors import ArchiveNotRecognisedError, ImagesNotFoundError, OptionError
@@ -42,9 +47,21 @@ def _first_line(fs, path: str) -> str:
         return handle.readline().decode("utf-8", "replace").lstrip("\ufeff")
 
 
+def _header(fs, path: str) -> list[str]:
+    return [c.strip().strip('"') for c in _first_line(fs, path).split(",")]
+
+
 def _header_has(fs, path: str, *names: str) -> bool:
-    header = [c.strip().strip('"') for c in _first_line(fs, path).split(",")]
+    header = _header(fs, path)
     return all(name in header for name in names)
+
+
+def _keyed_by_dicom_id(fs, path: str) -> bool:
+    """A labels file keyed by a DICOM identifier (and not a manifest, which lists paths)."""
+    from cxrdask.archive.kinds.dicom_labels import key_of
+
+    header = _header(fs, path)
+    return "path" not in header and key_of(header) is not None
 
 
 def _existing(fs, base: str, *names: str) -> list[str]:
@@ -81,6 +98,10 @@ def _find_kind(fs, base: str) -> tuple[str, list[str], str] | None:
         return "rsna-pneumonia", [join_url(base, vindr.RSNA_LABELS)], base
     if MANIFEST_NAME in names:
         return "manifest", [join_url(base, MANIFEST_NAME)], base
+    keyed = [join_url(base, n) for n in sorted(names) if n.lower().endswith((".csv", ".csv.gz"))]
+    keyed = [url for url in keyed if _keyed_by_dicom_id(fs, url)]
+    if keyed:
+        return "dicom", keyed[:1], base
     return None
 
 
@@ -92,7 +113,9 @@ LOOKED_FOR = ("Data_Entry_2017.csv / Data_Entry_2017_v2020.csv / sample_labels.c
               "annotations/image_labels_train.csv, or train.csv with image_id,class_name,rad_id "
               "(vindr-cxr)",
               "stage_2_train_labels.csv (rsna-pneumonia)",
-              "manifest.csv with a path column (dicom, csv)")
+              "manifest.csv with a path column (dicom, csv)",
+              "a CSV with a SOPInstanceUID, StudyInstanceUID or AccessionNumber column beside "
+              "DICOM files (dicom)")
 
 
 @storage_options_by_keyword(position=1)
@@ -134,6 +157,7 @@ def _kind_of_file(url: str, storage_options: StorageOptions | None) -> str:
         ("vindr-cxr", lambda: _header_has(fs, path, "image_id", "rad_id")),
         ("rsna-pneumonia", lambda: _header_has(fs, path, *vindr.RSNA_HEADER)),
         ("manifest", lambda: _header_has(fs, path, "path")),
+        ("dicom", lambda: _keyed_by_dicom_id(fs, path)),
     ]
     for kind, matches in rules:
         if matches():
@@ -143,7 +167,8 @@ def _kind_of_file(url: str, storage_options: StorageOptions | None) -> str:
 
 def read_archive(root: str, kind: ArchiveChoice = "auto", *, metadata: str | None = None,
                  uncertain: UncertainPolicy = "missing", max_age: int | None = None,
-                 storage_options: StorageOptions | None = None) -> pd.DataFrame:
+                 storage_options: StorageOptions | None = None,
+                 client: ClientSource = None) -> pd.DataFrame:
     """The one table of the archive at ``root``: rows, paths, patients, findings.
 
     Parameters
@@ -161,6 +186,9 @@ def read_archive(root: str, kind: ArchiveChoice = "auto", *, metadata: str | Non
         NIH only: rows with a greater age are dropped and reported (default 123).
     storage_options
         fsspec options.
+    client
+        Where DICOM headers are read when the archive's files leave something to them: a
+        Dask client (or a function returning one); None: threads of this process.
 
     Returns
     -------
@@ -179,10 +207,12 @@ def read_archive(root: str, kind: ArchiveChoice = "auto", *, metadata: str | Non
         if kind != "auto" and _family(kind) != _family(found.kind):
             raise ArchiveNotRecognisedError(f"{root} looks like a {found.describe()}, not {kind}; "
                                             "pass its metadata file with --metadata")
-    frame = _read(found, uncertain, max_age, storage_options)
+    frame = _read(found, uncertain, max_age, storage_options, client)
     frame.attrs["root"] = found.root
     if "report" not in frame.attrs:
         frame.attrs["report"] = describe_table(frame)
+    if frame.attrs.get("from_headers"):
+        frame = fill_from_headers(frame, found.root, client=client, storage_options=storage_options)
     return frame
 
 
@@ -204,7 +234,7 @@ def _family(kind: str) -> str:
 
 
 def _read(found: ArchiveFiles, uncertain: UncertainPolicy, max_age: int | None,
-          storage_options: StorageOptions | None) -> pd.DataFrame:
+          storage_options: StorageOptions | None, client: ClientSource) -> pd.DataFrame:
     from cxrdask.archive.kinds import chexpert, padchest, vindr
     from cxrdask.archive.kinds.manifest import read_manifest
     from cxrdask.archive.kinds.nih import DEFAULT_MAX_AGE, read_metadata
@@ -229,6 +259,12 @@ def _read(found: ArchiveFiles, uncertain: UncertainPolicy, max_age: int | None,
         return vindr.read_vindr_physionet(files, storage_options)
     if kind == "rsna-pneumonia":
         return vindr.read_rsna(files[0], storage_options)
+    fs, path = filesystem(files[0], storage_options)
+    if not _header_has(fs, path, "path") and _keyed_by_dicom_id(fs, path):
+        from cxrdask.archive.kinds.dicom_labels import read_keyed_labels
+
+        return read_keyed_labels(files[0], found.root, uncertain, client=client,
+                                 storage_options=storage_options)
     return read_manifest(files[0], uncertain, storage_options)
 
 

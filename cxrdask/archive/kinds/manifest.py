@@ -5,6 +5,11 @@ of ``image_id``, ``patient_id``, ``study_id``, ``view``, ``sex``, ``age``, ``spl
 (train/validation/test); every other column is a finding, valued ``1``, ``0``, ``-1``
 (uncertain) or blank (not mentioned), named as the archive names it (harmonised to the
 anchor vocabulary where a name matches: ``Pleural Effusion`` becomes ``Effusion``).
+
+A manifest of DICOM files need not give patients, studies, views, sexes or ages: what it
+leaves out is read from the files' headers (``PatientID``, ``StudyInstanceUID``,
+``ViewPosition``, ``PatientSex``, ``PatientAge``; :mod:`cxrdask.archive.dicom_headers`), so
+a patient split stays a patient split.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from cxrdask.archive.kinds.table import archive_table, label_values, read_csv, s
 
 MANIFEST_NAME = "manifest.csv"
 DICOM_SUFFIXES = (".dcm", ".dicom")
+HEADER_FILLED = ("patient", "study", "view_position", "sex", "age")  # from DICOM headers
 _COLUMNS = {"image_id": "image_index", "patient_id": "patient", "study_id": "study",
             "view": "view_position", "sex": "sex", "age": "age", "split": "official_split"}
 
@@ -35,6 +41,8 @@ def read_manifest(url: str, uncertain: UncertainPolicy,
     for name, canonical in _COLUMNS.items():
         if name in frame:
             columns[canonical] = frame[name].fillna("")
+    kind = manifest_kind(frame["path"])
+    from_headers = tuple(c for c in HEADER_FILLED if c not in columns) if kind == "dicom" else ()
     columns.setdefault("image_index", frame["path"])
     columns.setdefault("patient", columns["image_index"])
     if "sex" in columns:
@@ -42,7 +50,7 @@ def read_manifest(url: str, uncertain: UncertainPolicy,
     findings = [c for c in frame.columns if c != "path" and c not in _COLUMNS]
     labels = harmonised_labels({name: apply_uncertain(label_values(frame[name], url), uncertain)
                                 for name in findings})
-    return archive_table(manifest_kind(frame["path"]), url, columns, labels)
+    return archive_table(kind, url, columns, labels, from_headers)
 
 
-__all__ = ["DICOM_SUFFIXES", "MANIFEST_NAME", "manifest_kind", "read_manifest"]
+__all__ = ["DICOM_SUFFIXES", "HEADER_FILLED", "MANIFEST_NAME", "manifest_kind", "read_manifest"]

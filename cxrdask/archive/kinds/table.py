@@ -6,7 +6,8 @@ archive's root), ``patient_id`` (int), ``patient`` and ``study`` (the archive's 
 ``view_position``, ``finding_labels`` (``A|B`` of the positives), ``archive``,
 ``official_split`` where the archive publishes one, ``csv_line``, then one float32 column per
 finding: 1 positive, 0 negative, NaN missing. ``attrs`` carry ``findings``, ``archive`` and
-``source``.
+``source``, and for DICOM archives ``from_headers``: the columns the archive's files do not
+give, which :func:`~cxrdask.archive.dicom_headers.fill_from_headers` takes from the headers.
 """
 
 from __future__ import annotations
@@ -81,10 +82,12 @@ def sex_codes(sex: pd.Series) -> pd.Series:
 
 
 def archive_table(kind: str, source: str, columns: Mapping[str, object],
-                  labels: Mapping[str, np.ndarray]) -> pd.DataFrame:
+                  labels: Mapping[str, np.ndarray], from_headers: tuple[str, ...] = ()
+                  ) -> pd.DataFrame:
     """The canonical frame of an archive: ``columns`` (``image_index``, ``path``,
     ``patient``, and optionally ``study``, ``age``, ``sex``, ``view_position``,
-    ``official_split``, ``csv_line``, ...) and ``labels`` by harmonised finding name."""
+    ``official_split``, ``csv_line``, ...) and ``labels`` by harmonised finding name;
+    ``from_headers`` names the columns its DICOM headers are to fill."""
     frame = pd.DataFrame({k: np.asarray(v) if not isinstance(v, pd.Series) else v.to_numpy()
                           for k, v in columns.items()})
     n = len(frame)
@@ -108,7 +111,8 @@ def archive_table(kind: str, source: str, columns: Mapping[str, object],
         row = int(np.flatnonzero(duplicated.to_numpy())[0])
         raise MetadataError(source, message=f"{source}: image {frame['image_index'].iat[row]!r} "
                             "is listed twice")
-    frame.attrs.update(findings=findings, archive=kind, source=source)
+    frame.attrs.update(findings=findings, archive=kind, source=source,
+                       from_headers=list(from_headers))
     return frame
 
 

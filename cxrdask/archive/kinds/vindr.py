@@ -7,6 +7,10 @@ positive when any radiologist marked it, as torchxrayvision's ``VinDr_Dataset`` 
 Kaggle's file. Images are ``train/<image_id>.dicom`` (``test/`` too on PhysioNet). The
 archives publish no patient id: each image is its own patient.
 
+Neither label file gives view, sex or age; each image's DICOM header does, and they are read
+from there (:mod:`cxrdask.archive.dicom_headers`), as torchxrayvision reads RSNA's from a CSV
+of its DICOM headers.
+
 RSNA Pneumonia: ``stage_2_train_labels.csv`` (``patientId,x,y,width,height,Target``, one row
 per box); ``Pneumonia`` and ``Lung Opacity`` are ``Target``, as torchxrayvision's
 ``RSNA_Pneumonia_Dataset`` has them. Images ``stage_2_train_images/<patientId>.dcm``.
@@ -32,6 +36,9 @@ KAGGLE_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiom
                   "Pulmonary fibrosis")
 RSNA_LABELS = "stage_2_train_labels.csv"
 RSNA_HEADER = ("patientId", "Target")
+# What the label files do not say and each DICOM header does (both archives kept view, sex
+# and age in their headers; neither publishes a patient id beyond the image's own).
+FROM_HEADERS = ("view_position", "sex", "age")
 _NOT_FINDINGS = {"image_id", "rad_id", NO_FINDING.lower()}
 # Columns of a box file (Kaggle's layout), which a 0/1 label file never has.
 _BOX_COLUMNS = {"class_name", "class_id", "x_min", "y_min", "x_max", "y_max"}
@@ -61,7 +68,8 @@ def read_vindr_physionet(urls: list[str], storage_options: StorageOptions | None
                           if name not in ("official_split", "folder")})
     return archive_table("vindr-cxr", urls[0],
                          {"image_index": ids, "path": merged["folder"] + "/" + ids + ".dicom",
-                          "patient": ids, "official_split": merged["official_split"]}, labels)
+                          "patient": ids, "official_split": merged["official_split"]}, labels,
+                         from_headers=FROM_HEADERS)
 
 
 def _check_label_columns(frame: pd.DataFrame, names: list[str], url: str) -> None:
@@ -93,7 +101,7 @@ def read_vindr_kaggle(url: str, storage_options: StorageOptions | None) -> pd.Da
                                          count=len(named)) for c in classes})
     ids = named.index.to_series()
     return archive_table("vindr-cxr", url, {"image_index": ids, "path": "train/" + ids + ".dicom",
-                                            "patient": ids}, labels)
+                                            "patient": ids}, labels, from_headers=FROM_HEADERS)
 
 
 def read_rsna(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
@@ -106,7 +114,8 @@ def read_rsna(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
     return archive_table("rsna-pneumonia", url,
                          {"image_index": ids, "path": "stage_2_train_images/" + ids + ".dcm",
                           "patient": ids},
-                         {"Pneumonia": values, "Lung Opacity": values.copy()})
+                         {"Pneumonia": values, "Lung Opacity": values.copy()},
+                         from_headers=FROM_HEADERS)
 
 
 __all__ = ["KAGGLE_CLASSES", "KAGGLE_HEADER", "KAGGLE_LABELS", "NO_FINDING", "PHYSIONET_LABELS",

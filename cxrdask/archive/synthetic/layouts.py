@@ -8,7 +8,15 @@ positives uncertain, some negatives not mentioned, ``No Finding`` where nothing 
 positive), PadChest's Spanish-report terms, VinDr-CXR's three readers per image (one of
 them sometimes missing a finding), RSNA's boxes. Images are JPEG (CheXpert, MIMIC), 16-bit
 PNG holding 12 bits (PadChest), or DICOM in four transfer syntaxes, a third of them
-``MONOCHROME1`` (VinDr-CXR, RSNA).
+``MONOCHROME1`` (VinDr-CXR, RSNA), whose headers hold what the archives' DICOM headers hold:
+view, sex and age (RSNA's ages as bare numbers, as RSNA wrote them).
+
+``dicom-export`` is a hospital's export rather than a published archive: DICOM files named
+as PACS exports name them (``DICOM/<patient>/<study>/IM00001``, no suffix), headers with
+every identifier (PatientID, StudyInstanceUID, SOPInstanceUID, AccessionNumber), view, sex
+and age (``045Y``), a few objects that are not radiographs (a CT slice, a secondary
+capture), and the labels a report extraction gives: ``reports.csv``, one row per
+AccessionNumber, no paths.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from cxrdask.errors import MissingExtraError
 DICOM_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90",
                   "1.2.840.10008.1.2.1.99")  # explicit LE, RLE, JPEG 2000 lossless, deflated
 _DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+DICOM_ENCODING = f"dicom:{DICOM_SYNTAXES[0]}:MONOCHROME2"
 
 # NIH finding -> the CheXpert column that holds it (the rest are drawn at random).
 _CHEXPERT_OF_NIH = {"Cardiomegaly": "Cardiomegaly", "Edema": "Edema",
@@ -55,13 +64,17 @@ _VINDR_COLUMNS = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiom
                   "Pulmonary fibrosis", "Rib fracture", "Other lesion", "COPD", "Lung tumor",
                   "Pneumonia", "Tuberculosis", "Other diseases", "No finding")
 
-# (relative path, encoding) per row, and the label files as {relative path: text}.
-LayoutPlan = tuple[list[tuple[str, str]], dict[str, str | bytes]]
+# (relative path, encoding) or (relative path, encoding, DICOM header) per row, and the label
+# files as {relative path: text}.
+Placed = tuple[str, str] | tuple[str, str, dict[str, str]]
+LayoutPlan = tuple[list[Placed], dict[str, str | bytes]]
 
 
-def encode_image(pixels: np.ndarray, encoding: str, seed: int = 0) -> bytes:
+def encode_image(pixels: np.ndarray, encoding: str, seed: int = 0,
+                 header: dict[str, str] | None = None) -> bytes:
     """An 8-bit radiograph as ``png``, ``jpeg`` (quality 90), ``png16`` (12 bits in a 16-bit
-    PNG, as PadChest's) or ``dicom:<transfer syntax>:<MONOCHROME1|MONOCHROME2>``."""
+    PNG, as PadChest's) or ``dicom:<transfer syntax>:<MONOCHROME1|MONOCHROME2>`` (with
+    ``header``'s elements, by keyword)."""
     buffer = io.BytesIO()
     if encoding == "png":
         Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
@@ -72,16 +85,19 @@ def encode_image(pixels: np.ndarray, encoding: str, seed: int = 0) -> bytes:
             buffer, format="PNG", compress_level=1)
     elif encoding.startswith("dicom:"):
         _, syntax, photometric = encoding.split(":")
-        return encode_dicom(pixels.astype(np.uint16) * 16, syntax, photometric, seed)
+        return encode_dicom(pixels.astype(np.uint16) * 16, syntax, photometric, seed, header)
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
     return buffer.getvalue()
 
 
 def encode_dicom(stored: np.ndarray, syntax: str = DICOM_SYNTAXES[0],
-                 photometric: str = "MONOCHROME2", seed: int = 0) -> bytes:
+                 photometric: str = "MONOCHROME2", seed: int = 0,
+                 header: dict[str, str] | None = None) -> bytes:
     """A digital X-ray DICOM file of 12-bit ``stored`` values (MONOCHROME2 meaning: high is
-    bright). ``MONOCHROME1`` stores ``4095 - value`` and says so, as such detectors do."""
+    bright). ``MONOCHROME1`` stores ``4095 - value`` and says so, as such detectors do.
+    ``header``: elements by keyword (``PatientID``, ``Modality``, ...) set on the dataset,
+    after the defaults (a DX image, its SOP instance UID from its pixels)."""
     try:
         from pydicom.dataset import Dataset, FileMetaDataset
         from pydicom.uid import UID, ExplicitVRLittleEndian
@@ -100,6 +116,9 @@ def encode_dicom(stored: np.ndarray, syntax: str = DICOM_SYNTAXES[0],
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for keyword, value in (header or {}).items():
+        setattr(ds, keyword, value)
+    meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
     values = 4095 - stored if photometric == "MONOCHROME1" else stored
     ds.PixelData = values.astype(np.uint16).tobytes()
     if syntax in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"):
@@ -231,7 +250,11 @@ def _vindr(frame: pd.DataFrame, rng: np.random.Generator) -> LayoutPlan:
                          **values})
     files: dict[str, str | bytes] = {"annotations/image_labels_train.csv": _csv(pd.DataFrame(rows))}
     encodings = _dicom_encodings(len(frame), rng)
-    return [(f"train/{i}.dicom", e) for i, e in zip(ids, encodings, strict=True)], files
+    headers = [{"Modality": "DX", "ViewPosition": view, "PatientSex": sex,
+                "PatientAge": f"{min(age, 99):03d}Y"}
+               for view, sex, age in zip(frame["view_position"], frame["sex"], frame["age"],
+                                         strict=True)]
+    return [(f"train/{i}.dicom", e, h) for i, e, h in zip(ids, encodings, headers, strict=True)], files
 
 
 def _rsna(frame: pd.DataFrame, rng: np.random.Generator) -> LayoutPlan:
@@ -250,12 +273,41 @@ def _rsna(frame: pd.DataFrame, rng: np.random.Generator) -> LayoutPlan:
                          "height": float(rng.integers(80, 400)), "Target": 1})
     files: dict[str, str | bytes] = {"stage_2_train_labels.csv": _csv(pd.DataFrame(rows))}
     encodings = _dicom_encodings(len(frame), rng)
-    return [(f"stage_2_train_images/{i}.dcm", e) for i, e in zip(ids, encodings, strict=True)], files
+    headers = [{"PatientID": i, "Modality": "CR", "ViewPosition": view, "PatientSex": sex,
+                "PatientAge": str(min(age, 99))}  # RSNA's ages are bare numbers
+               for i, view, sex, age in zip(ids, frame["view_position"], frame["sex"],
+                                            frame["age"], strict=True)]
+    return [(f"stage_2_train_images/{i}.dcm", e, h)
+            for i, e, h in zip(ids, encodings, headers, strict=True)], files
+
+
+def _dicom_export(frame: pd.DataFrame, rng: np.random.Generator) -> LayoutPlan:
+    """A PACS export: nested folders, no suffixes, every identifier in the headers, a few
+    objects that are not radiographs, and report labels per accession number."""
+    root_uid = f"1.2.826.0.1.3680043.10.1418.7.{int(rng.integers(10**6))}"
+    study_number = frame["follow_up"].to_numpy() // 2  # two images to a study, about
+    placed: list[Placed] = []
+    reports: dict[str, dict[str, object]] = {}
+    not_radiograph = rng.random(len(frame)) < 0.04
+    for k, (row, other) in enumerate(zip(frame.itertuples(), not_radiograph, strict=True)):
+        patient, study = f"PAT{row.patient_id:06d}", f"{row.patient_id}.{study_number[k]}"
+        accession = f"ACC{row.patient_id:06d}{study_number[k]:03d}"
+        header = {"PatientID": patient, "StudyInstanceUID": f"{root_uid}.1.{study}",
+                  "SOPInstanceUID": f"{root_uid}.2.{k}", "AccessionNumber": accession,
+                  "Modality": str(rng.choice(["CT", "OT"])) if other else "DX",
+                  "ViewPosition": row.view_position, "PatientSex": row.sex,
+                  "PatientAge": f"{min(row.age, 99):03d}Y"}
+        placed.append((f"DICOM/{patient}/{study_number[k]:03d}/IM{k:05d}", DICOM_ENCODING, header))
+        positives = reports.setdefault(accession, {"AccessionNumber": accession})
+        for name in LABELS:  # a report speaks of its study: positive if any image shows it
+            positives[name] = max(int(positives.get(name, 0)), int(getattr(row, name)))
+    files: dict[str, str | bytes] = {"reports.csv": _csv(pd.DataFrame(list(reports.values())))}
+    return placed, files
 
 
 PLANS: dict[str, Callable[[pd.DataFrame, np.random.Generator], LayoutPlan]] = {
     "chexpert": _chexpert, "mimic-cxr-jpg": _mimic, "padchest": _padchest, "vindr-cxr": _vindr,
-    "rsna-pneumonia": _rsna}
+    "rsna-pneumonia": _rsna, "dicom-export": _dicom_export}
 
 
 def plan_layout(layout: str, frame: pd.DataFrame, seed: int = 0) -> LayoutPlan:

@@ -24,7 +24,7 @@ from cxrdask.archive.findings import label_matrix
 from cxrdask.archive.kinds.nih import CSV_NAMES
 from cxrdask.archive.synthetic.expert import EXPERT_FILE, format_expert_labels
 from cxrdask.archive.synthetic.layout import format_csv, make_metadata, official_lists
-from cxrdask.archive.synthetic.layouts import encode_image, plan_layout
+from cxrdask.archive.synthetic.layouts import Placed, encode_image, plan_layout
 from cxrdask.archive.synthetic.render import render_image
 from cxrdask.archive.synthetic.spec import SyntheticSpec
 from cxrdask.options import renamed
@@ -68,10 +68,10 @@ def _write_images(root: str, storage_options: StorageOptions | None, jobs: list[
     fs, base = filesystem(root, storage_options)
     written = 0
     drawn: list[tuple] = []
-    for relative, name, labels, size, seed, strength, encoding in jobs:
+    for relative, name, labels, size, seed, strength, encoding, header in jobs:
         boxes: dict[str, tuple[int, int, int, int]] = {}
         data = encode_image(render_image(labels, size=size, seed=seed, strength=strength,
-                                         boxes=boxes), encoding, seed[-1])
+                                         boxes=boxes), encoding, seed[-1], header)
         path = join_url(base, relative)
         with fs.open(path, "wb") as handle:
             handle.write(data)
@@ -137,13 +137,15 @@ def make_archive(
     fs.makedirs(base, exist_ok=True)
     labels = label_matrix(frame)
     if spec.layout == "nih":
-        placed = [(f"{image_folder(i)}/{name}", "png") for i, name in enumerate(frame["image_index"])]
+        placed: list[Placed] = [(f"{image_folder(i)}/{name}", "png")
+                                for i, name in enumerate(frame["image_index"])]
     else:
         placed, files = plan_layout(spec.layout, frame, seed)
-    for folder in sorted({relative.rsplit("/", 1)[0] for relative, _ in placed}):
+    for folder in sorted({each[0].rsplit("/", 1)[0] for each in placed}):
         fs.makedirs(join_url(base, folder), exist_ok=True)
-    jobs = [(relative, name, labels[i], size, (seed, 7, i), spec.strength, encoding)
-            for i, (name, (relative, encoding)) in enumerate(zip(frame["image_index"], placed,
+    jobs = [(each[0], name, labels[i], size, (seed, 7, i), spec.strength, each[1],
+             each[2] if len(each) > 2 else None)
+            for i, (name, each) in enumerate(zip(frame["image_index"], placed,
                                                                  strict=True))]
     per_batch = max(1, min(64, math.ceil(n / ((threads or os.cpu_count() or 1) * 4))))
     batches = [jobs[i:i + per_batch] for i in range(0, n, per_batch)]

@@ -17,9 +17,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from cxrdask import __version__
-from cxrdask.errors import ImageDecodeError, ImageTooLargeError
+from cxrdask.errors import ImageDecodeError, ImageTooLargeError, NotARadiographError
 from cxrdask.head.model import Checkpoint
 from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS
+from cxrdask.imaging.dicom import PROJECTION_MODALITIES, Modalities
 from cxrdask.serve.diagnosis import DISCLAIMER, Diagnoser
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
@@ -37,7 +38,8 @@ class ApiError(Exception):
 
 def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, device: str = "auto",
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrent: int = 1,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS,
+               modalities: Modalities = PROJECTION_MODALITIES) -> FastAPI:
     """The web page and JSON API for one head checkpoint; the backbone and head are loaded once.
 
     Parameters
@@ -54,13 +56,17 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
         Images computed at once (each uses every core).
     max_pixels
         Larger images are refused before decoding (decompression bombs).
+    modalities
+        DICOM modalities answered (CR and DX: computed and digital radiography; ``"any"``);
+        an upload of another (a CT slice, a scanned report) is refused, naming its modality.
 
     Returns
     -------
     fastapi.FastAPI
         ``/`` (the page), ``POST /api/predict``, ``/api/health``, ``/docs``.
     """
-    diagnoser = Diagnoser.load(checkpoint, weights, device, max_concurrent, max_pixels)
+    diagnoser = Diagnoser.load(checkpoint, weights, device, max_concurrent, max_pixels,
+                               modalities)
     started = time.time()
     app = FastAPI(title="cxrdask diagnosis", version=__version__,
                   description=f"14 ChestX-ray14 findings for one chest X-ray. {DISCLAIMER}")
@@ -127,6 +133,8 @@ async def _diagnosis(diagnoser: Diagnoser, limit: int, file: UploadFile, *, age:
                                          view=view, heatmaps=heatmaps)
     except ImageTooLargeError as exc:
         raise ApiError(413, "image_too_large", f"{name}: {exc.reason}") from exc
+    except NotARadiographError as exc:
+        raise ApiError(422, "not_a_radiograph", f"{name}: {exc.reason}") from exc
     except ImageDecodeError as exc:
         raise ApiError(422, "not_an_image", f"{name}: {exc.reason}") from exc
     return {
