@@ -18,6 +18,7 @@ its own files do not say it.
 from __future__ import annotations
 
 import math
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ TABLE_COLUMNS = {"PatientID": "patient", "StudyInstanceUID": "study",
                  "ViewPosition": "view_position", "PatientSex": "sex", "PatientAge": "age"}
 HEADER_BLOCK = 2**16  # object-storage reads of a header: 64 KB blocks, not fsspec's 5 MB
 FILES_PER_TASK = 256
+THREADS_PER_TASK = 8
 _AGE_UNITS = {"Y": 1.0, "M": 1 / 12, "W": 7 / 365.25, "D": 1 / 365.25}
 # A client, or a function that returns one (called only when there are headers to read).
 ClientSource = Any | Callable[[], Any] | None
@@ -94,21 +96,26 @@ def read_header(handle) -> dict[str, Any]:
     return values
 
 
-def _read_batch(urls: Sequence[str], storage_options: StorageOptions | None
-                ) -> list[dict[str, Any]]:
-    """The headers of a batch of files; a file that cannot be read gets its ``error``."""
-    rows = []
-    for url in urls:
-        try:
-            fs, path = filesystem(url, storage_options)
-            with fs.open(path, "rb", block_size=HEADER_BLOCK) as handle:
-                row = read_header(handle)
-            row["error"] = ""
-        except Exception as exc:  # a missing or damaged file: its pixel pass names it
-            row = {tag: "" for tag in HEADER_TAGS}
-            row.update(header_bytes=0, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-        rows.append(row)
-    return rows
+def _read_one(url: str, storage_options: StorageOptions | None) -> dict[str, Any]:
+    """One file's header; a file that cannot be read gets its ``error`` (its pixel pass, or
+    the table's reader, names it)."""
+    try:
+        fs, path = filesystem(url, storage_options)
+        with fs.open(path, "rb", block_size=HEADER_BLOCK) as handle:
+            row = read_header(handle)
+        row["error"] = ""
+    except Exception as exc:  # a missing or damaged file
+        row = {tag: "" for tag in HEADER_TAGS}
+        row.update(header_bytes=0, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+    return row
+
+
+def _read_batch(urls: Sequence[str], storage_options: StorageOptions | None,
+                threads: int = THREADS_PER_TASK) -> list[dict[str, Any]]:
+    """The headers of a batch of files, ``threads`` at a time (a header read waits on
+    storage: on object storage, a request's latency)."""
+    with ThreadPoolExecutor(max(1, min(threads, len(urls)))) as pool:
+        return list(pool.map(lambda url: _read_one(url, storage_options), urls))
 
 
 def read_dicom_headers(urls: Sequence[str], *, client: ClientSource = None,
@@ -124,7 +131,7 @@ def read_dicom_headers(urls: Sequence[str], *, client: ClientSource = None,
         DICOM files (any fsspec URLs).
     client
         A Dask client (or a function returning one) to read on, ``FILES_PER_TASK`` files a
-        task; None: ``threads`` threads of this process.
+        task, ``THREADS_PER_TASK`` at a time; None: ``threads`` threads of this process.
     storage_options
         fsspec options.
     """
@@ -132,18 +139,15 @@ def read_dicom_headers(urls: Sequence[str], *, client: ClientSource = None,
 
     _pydicom()  # a clear MissingExtraError before any task
     urls = list(urls)
-    batches = [urls[i:i + FILES_PER_TASK] for i in range(0, len(urls), FILES_PER_TASK)]
-    if not batches:
-        rows: list[dict[str, Any]] = []
-    elif client is not None:
+    if client is not None and urls:
         chosen = client() if callable(client) else client
-        futures = chosen.map(_read_batch, batches, storage_options=storage_options,
-                             pure=False, key=[f"dicom-headers-{i}" for i in range(len(batches))])
+        batches = [urls[i:i + FILES_PER_TASK] for i in range(0, len(urls), FILES_PER_TASK)]
+        token = uuid.uuid4().hex[:8]
+        futures = chosen.map(_read_batch, batches, storage_options=storage_options, pure=False,
+                             key=[f"dicom-headers-{token}-{i}" for i in range(len(batches))])
         rows = [row for batch in chosen.gather(futures) for row in batch]
     else:
-        with ThreadPoolExecutor(max(1, min(threads, len(batches)))) as pool:
-            rows = [row for batch in pool.map(lambda b: _read_batch(b, storage_options), batches)
-                    for row in batch]
+        rows = _read_batch(urls, storage_options, threads) if urls else []
     frame = pd.DataFrame(rows, columns=[*HEADER_TAGS, "header_bytes", "error"])
     frame.index = pd.Index(urls, name="url")
     return frame
