@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cxrdask._fs import StorageOptions, filesystem
+from cxrdask.store.overlap import copies_phrase
 
 # --------------------------------------------------------------------------- checkpoints
 
@@ -106,7 +107,8 @@ def describe_checkpoint(path: str, storage_options: StorageOptions | None = None
         lines.append(f"  features from: {each['url']} ({each['archive']}): "
                      f"{each['rows']['train']:,} training, {each['rows']['validation']:,} "
                      f"validation rows; views {each['views_kept']}: {kept or 'none'}"
-                     + (f"; left out: {left}" if left else ""))
+                     + (f"; left out: {left}" if left else "")
+                     + copies_phrase(each.get("copies")))
     return "\n".join(lines)
 
 

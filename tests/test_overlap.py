@@ -152,3 +152,37 @@ def test_without_thumbnails_the_score_is_not_called_external(archives, tmp_path)
     assert not report.overlap.checked and "keeps no thumbnails" in report.overlap.reason
     assert report.external.startswith("Another archive's score (not shown to be external")
     assert report.n_rows == PLANTED + 12  # nothing left out that was not found
+
+
+def test_one_head_on_both_learns_each_image_once_and_scores_the_copies_apart(archives, tmp_path):
+    """Trained on NIH then RSNA, a head learns each planted image once, through NIH's copy in
+    NIH's split: RSNA's copies are left out of its training and validation rows, and out
+    of its internal score (the head learnt them from NIH, in whatever split)."""
+    from cxrdask.archive.splits import TEST, TRAIN, VALIDATION
+
+    stores = archives["stores"]
+    result = train_head([stores["nih"], stores["rsna"]], TrainConfig(epochs=1, batch_size=16),
+                        tmp_path / "both", progress=False, plot=False)
+    first, second = result.stores
+    assert first["copies"]["rows_left_out"] == 0
+    assert second["copies"]["rows_left_out"] == PLANTED and second["copies"]["checked"]
+    assert f"{PLANTED} copies of earlier stores' images left out" in result.rows_used()
+    rsna = FeatureStore.open(stores["rsna"])
+    copies = np.zeros(rsna.n_rows, bool)
+    copies[find_overlap(stores["nih"], stores["rsna"])["b_row"].to_numpy()] = True
+    split = rsna.read("split")
+    assert second["rows"]["train"] == int(((split == TRAIN) & ~copies).sum())
+    assert second["rows"]["validation"] == int(((split == VALIDATION) & ~copies).sum())
+    report = evaluate(stores["rsna"], result.checkpoint, split="all", bootstrap=0,
+                      out_dir=tmp_path / "rsna")
+    assert report.overlap.internal and len(report.overlap.rows) == PLANTED
+    assert report.n_rows == rsna.n_rows - PLANTED and report.external is None
+    assert "whose image is also in an earlier training store" in (
+        tmp_path / "rsna" / "report.md").read_text()
+    assert evaluate(stores["nih"], result.checkpoint, bootstrap=0).overlap is None  # the first
+    if (split == TEST).any():
+        test_only = evaluate(stores["rsna"], result.checkpoint, bootstrap=0)
+        assert test_only.n_rows == int(((split == TEST) & ~copies).sum())
+    reverse = train_head([stores["rsna"], stores["nih"]], TrainConfig(epochs=1, batch_size=16),
+                         tmp_path / "reverse", progress=False, plot=False)
+    assert reverse.stores[1]["copies"]["rows_left_out"] == PLANTED  # NIH's copies of RSNA's

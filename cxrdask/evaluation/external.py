@@ -7,6 +7,10 @@ finds such rows (:func:`~cxrdask.store.overlap.find_overlap`, by the stores' thu
 leaves them out, and says how many and why. Where it cannot check (a training store it cannot
 open, or one made before stores kept thumbnails) it says so, and does not call what remains
 external.
+
+A head trained on several stores learnt each image once, through its first store's copy
+(:func:`~cxrdask.store.overlap.copies_of_earlier`): scored on a later training store, the
+rows that are copies of an earlier store's images are left out the same way.
 """
 
 from __future__ import annotations
@@ -36,15 +40,21 @@ class OverlapCheck:
         Rows found per training store (by URL).
     reason : str
         Why it was not checked (empty where it was).
+    internal : bool
+        The scored store is one the head trained on (the rows are copies of earlier
+        training stores' images, which the head learnt from there).
     """
 
     checked: bool
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     pairs: dict[str, int] = field(default_factory=dict)
     reason: str = ""
+    internal: bool = False
 
     def sentence(self) -> str:
         """One line for the report."""
+        if self.internal:
+            return self._internal_sentence()
         if not self.checked:
             return (f"Overlap with the head's training images not checked ({self.reason}): "
                     "this score is not shown to be external.")
@@ -55,9 +65,22 @@ class OverlapCheck:
         return (f"Left out: {len(self.rows)} row(s) whose image is one the head trained on "
                 f"({found}; found by thumbnails); the score is on the rest.")
 
+    def _internal_sentence(self) -> str:
+        if not self.checked:
+            return (f"Copies of the earlier training stores' images not checked ({self.reason}): "
+                    "rows here may be images the head learnt from another store.")
+        if not len(self.rows):
+            return ("Copies of the earlier training stores' images checked (by thumbnails): "
+                    "none among the scored rows.")
+        found = ", ".join(f"{n} of {url}" for url, n in self.pairs.items() if n)
+        return (f"Left out: {len(self.rows)} row(s) whose image is also in an earlier training "
+                f"store ({found}; found by thumbnails), where the head learnt it; the score "
+                "is on the rest.")
+
     def to_json(self) -> dict:
         return {"checked": self.checked, "rows_left_out": len(self.rows),
-                "per_training_store": self.pairs, "reason": self.reason or None}
+                "per_training_store": self.pairs, "reason": self.reason or None,
+                "internal": self.internal}
 
 
 def training_stores(ckpt: Checkpoint) -> list[str]:
@@ -79,36 +102,51 @@ def _same_place(first: str, second: str) -> bool:
     return plain(first) == plain(second)
 
 
-def trained_on(store: FeatureStore, ckpt: Checkpoint) -> bool:
-    """Whether ``store`` is one the head trained on: by its rows' fingerprint where the
-    checkpoint records it (a copy of a training store is one), else by its place."""
+def training_position(store: FeatureStore, ckpt: Checkpoint) -> int | None:
+    """Where ``store`` is among the stores the head trained on (0 the first), None where it
+    is none of them: by its rows' fingerprint where the checkpoint records it (a copy of a
+    training store is one), else by its place."""
     records = ckpt.provenance.get("stores") or []
     fingerprint = store.provenance.get("rows_fingerprint")
-    if fingerprint and any(r.get("rows_fingerprint") == fingerprint for r in records):
-        return True
-    return any(_same_place(store.url, url) for url in training_stores(ckpt))
+    for k, record in enumerate(records):
+        if fingerprint and record.get("rows_fingerprint") == fingerprint:
+            return k
+    return next((k for k, url in enumerate(training_stores(ckpt)) if _same_place(store.url, url)),
+                None)
+
+
+def trained_on(store: FeatureStore, ckpt: Checkpoint) -> bool:
+    """Whether ``store`` is one the head trained on (:func:`training_position`)."""
+    return training_position(store, ckpt) is not None
 
 
 def training_overlap(store: FeatureStore, ckpt: Checkpoint,
                      storage_options: StorageOptions | None = None) -> OverlapCheck | None:
-    """The scored store's rows that are images of the head's training stores; None where the
-    store is one of them (an internal score: its splits are its own)."""
-    if trained_on(store, ckpt):
+    """The scored store's rows that are images the head trained on: of any training store
+    where the store is not one (an external score); of the training stores listed before it
+    where it is (a head on several stores learnt each image through its first copy); None
+    for the first or only training store (an internal score: its splits are its own)."""
+    position = training_position(store, ckpt)
+    if position == 0:
         return None
     urls = training_stores(ckpt)
     if not urls:
         return OverlapCheck(False, reason="the checkpoint names no training store")
+    internal = position is not None
+    if internal:
+        urls = urls[:position]
     rows, pairs = [], {}
     for url in urls:
         try:
             trained = FeatureStore.open(url, storage_options=storage_options)
             found = find_overlap(trained, store)
         except (CxrDaskError, OSError) as exc:
-            return OverlapCheck(False, reason=f"{url}: {exc}".splitlines()[0])
+            return OverlapCheck(False, reason=f"{url}: {exc}".splitlines()[0], internal=internal)
         rows.append(found["b_row"].to_numpy())
         pairs[url] = int(found["b_row"].nunique())
     left_out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
-    return OverlapCheck(True, rows=left_out, pairs=pairs)
+    return OverlapCheck(True, rows=left_out, pairs=pairs, internal=internal)
 
 
-__all__ = ["OverlapCheck", "trained_on", "training_overlap", "training_stores"]
+__all__ = ["OverlapCheck", "trained_on", "training_overlap", "training_position",
+           "training_stores"]

@@ -43,6 +43,7 @@ from cxrdask.head.union import (
 )
 from cxrdask.options import renamed
 from cxrdask.store.features import STATUS_OK, FeatureStore
+from cxrdask.store.overlap import Copies, copies_of_earlier, copies_phrase
 from cxrdask.store.targets import check_output_folder
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ class TrainResult:
             left = ", ".join(f"{family} {n}" for family, n in each["views_left_out"].items() if n)
             lines.append(f"{each['url']} ({each['archive']}): {each['rows']['train']} training and "
                          f"{each['rows']['validation']} validation rows; views {views}"
-                         + (f"; left out by --views {each['views_kept']}: {left}" if left else ""))
+                         + (f"; left out by --views {each['views_kept']}: {left}" if left else "")
+                         + copies_phrase(each.get("copies")))
         return "\n".join(lines)
 
 
@@ -218,14 +220,18 @@ def train_head(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     findings = union_findings(stores) if len(stores) > 1 else list(stores[0].label_names)
-    train, val, head = _prepare(stores, findings, config, where)
+    # An image and its copies in one split: a later store's copies of an earlier store's
+    # images are left out (RSNA Pneumonia's images are NIH's).
+    copies = ([copies_of_earlier(stores, k) for k in range(len(stores))] if len(stores) > 1
+              else [None])
+    train, val, head = _prepare(stores, findings, config, where, copies)
     feeds: dict[str, Any] = {"train": train, "validation": val}
     for name, batches in feeds.items():
         if ResidentBatches.fits(batches, where, config.resident_mb):
             feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
     weight = _pos_weight(stores, findings, config.views) if config.pos_weight else None
     criterion = _loss(stores, findings, weight).to(where)
-    used = [_store_record(s, train, val, k, config.views) for k, s in enumerate(stores)]
+    used = [_store_record(s, train, val, k, config.views, copies[k]) for k, s in enumerate(stores)]
     optimizer = adam(head.parameters(), config.lr, config.weight_decay, config.betas,
                      config.eps, where)
     step = train_step(head.layers, criterion, optimizer, where, precision, config.cuda_graph)
@@ -299,21 +305,24 @@ def _open_stores(stores, storage_options: StorageOptions | None) -> list[Feature
 
 
 def _prepare(stores: list[FeatureStore], findings: list[str], config: TrainConfig,
-             where: torch.device) -> tuple[Any, Any, Any]:
-    """The training and validation readers (one store's, or several read as one) and a new
-    head on ``where``, its inputs standardised with the training split's statistics when
-    the config says so."""
+             where: torch.device, copies: list[Copies | None]) -> tuple[Any, Any, Any]:
+    """The training and validation readers (one store's, or several read as one, each
+    without its ``copies`` of earlier stores' images) and a new head on ``where``, its
+    inputs standardised with the training split's statistics when the config says so."""
     several = len(stores) > 1
     common: dict[str, Any] = dict(
         demographics=config.demographics, views=config.views,
         buffer_chunks=part_buffer_chunks(config.buffer_chunks, len(stores)))
     trains, vals = [], []
-    for store in stores:
+    for store, copied in zip(stores, copies, strict=True):
         columns = label_columns(store, findings) if several else None
+        left_out = copied.rows if copied is not None and len(copied.rows) else None
         trains.append(FeatureBatches(store, "train", config.batch_size, shuffle=True,
-                                     seed=config.seed, label_columns=columns, **common))
+                                     seed=config.seed, label_columns=columns,
+                                     exclude_rows=left_out, **common))
         vals.append(FeatureBatches(store, "validation", max(config.batch_size, 1024),
-                                   shuffle=False, label_columns=columns, **common))
+                                   shuffle=False, label_columns=columns, exclude_rows=left_out,
+                                   **common))
         if vals[-1].n_rows == 0:
             raise CxrDaskError(f"{store.url} has no readable validation rows to select a "
                                "checkpoint" + ("" if config.views == "all"
@@ -340,9 +349,11 @@ def _loss(stores: list[FeatureStore], findings: list[str], weight: torch.Tensor 
     return MaskedBCEWithLogits(weight)
 
 
-def _store_record(store: FeatureStore, train, val, k: int, views) -> dict[str, Any]:
+def _store_record(store: FeatureStore, train, val, k: int, views,
+                  copies: Copies | None = None) -> dict[str, Any]:
     """What a checkpoint records of one store it trained on: URL, identity, archive, the
-    rows of each split and of each view family, and the families the views left out."""
+    rows of each split and of each view family, the families the views left out, and (of
+    several stores) the copies of earlier stores' images left out."""
     from cxrdask.archive.splits import TRAIN, VALIDATION
     from cxrdask.archive.views import view_counts, view_mask
 
@@ -357,7 +368,8 @@ def _store_record(store: FeatureStore, train, val, k: int, views) -> dict[str, A
             "rows": {"train": parts[0].n_rows, "validation": parts[1].n_rows},
             "views_kept": views if isinstance(views, str) else ",".join(views),
             "views": view_counts(view[readable & kept]),
-            "views_left_out": view_counts(view[readable & ~kept])}
+            "views_left_out": view_counts(view[readable & ~kept]),
+            "copies": None if copies is None else copies.to_json()}
 
 
 def _checkpoint_provenance(stores: list[FeatureStore], where: torch.device,

@@ -164,6 +164,65 @@ def find_overlap(a: FeatureStore | str, b: FeatureStore | str | None = None, *,
         "correlation": shape.astype(np.float64), "detail_correlation": texture.astype(np.float64)})
 
 
+@dataclass(frozen=True)
+class Copies:
+    """The rows of one store whose images are images of earlier stores (of a list that
+    trains one head), as :func:`copies_of_earlier` finds them.
+
+    Attributes
+    ----------
+    rows : numpy.ndarray
+        This store's rows that are copies (left out of training: the image trains once,
+        through its first store's copy and in that store's split).
+    per_store : dict of str to int
+        Rows found per earlier store (by URL).
+    checked : bool
+        Every earlier store was compared with this one.
+    reason : str
+        Why not (empty where it was).
+    """
+
+    rows: np.ndarray
+    per_store: dict[str, int]
+    checked: bool = True
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return {"checked": self.checked, "rows_left_out": len(self.rows),
+                "per_earlier_store": self.per_store, "reason": self.reason or None}
+
+
+def copies_of_earlier(stores: list[FeatureStore], k: int, *,
+                      threshold: float = DEFAULT_THRESHOLD) -> Copies:
+    """The rows of ``stores[k]`` that are images of ``stores[:k]``: one head trained on several
+    stores keeps an image and its copies in one split by leaving out every later copy (RSNA
+    Pneumonia's images are NIH's: listed after NIH, an RSNA store gives only its own). A
+    store without signatures cannot be checked: ``checked`` False and the reason, nothing
+    left out."""
+    rows, per_store = [], {}
+    for earlier in stores[:k]:
+        try:
+            found = find_overlap(earlier, stores[k], threshold=threshold)
+        except OverlapUncheckable as exc:
+            return Copies(np.zeros(0, np.int64), per_store, False, str(exc).splitlines()[0])
+        rows.append(found["b_row"].to_numpy())
+        per_store[earlier.url] = int(found["b_row"].nunique())
+    left_out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+    return Copies(left_out.astype(np.int64), per_store)
+
+
+def copies_phrase(record: dict | None) -> str:
+    """What a checkpoint's store record says of its copies, as a phrase for ``info`` and
+    the training summary ("" for a store trained alone or the first of several)."""
+    if not record:
+        return ""
+    if not record["checked"]:
+        return f"; copies of earlier stores' images not checked ({record['reason']})"
+    if not record["rows_left_out"]:
+        return "; no copies of earlier stores' images" if record["per_earlier_store"] else ""
+    return f"; {record['rows_left_out']:,} copies of earlier stores' images left out"
+
+
 def _opened(store: FeatureStore | str, storage_options: StorageOptions | None) -> FeatureStore:
     return store if isinstance(store, FeatureStore) else FeatureStore.open(
         str(store), storage_options=storage_options)
@@ -182,5 +241,6 @@ def _check_comparable(first: FeatureStore, second: FeatureStore) -> None:
         raise StoreMismatchError(second.url, differences)
 
 
-__all__ = ["BLOCK_ROWS", "BLOCK_VALUES", "CANDIDATE_CORRELATION", "DEFAULT_THRESHOLD",
-           "OverlapUncheckable", "Signatures", "find_overlap", "standardised_signatures"]
+__all__ = ["BLOCK_ROWS", "BLOCK_VALUES", "CANDIDATE_CORRELATION", "DEFAULT_THRESHOLD", "Copies",
+           "OverlapUncheckable", "Signatures", "copies_of_earlier", "copies_phrase", "find_overlap",
+           "standardised_signatures"]
