@@ -211,3 +211,17 @@ def test_bench_overlap_finds_the_planted_copies_and_no_other(tmp_path):
     assert rows["repeats within A"]["pairs"] == 0
     alike = rows["distinct images of one patient"]
     assert alike["highest detail correlation"] < alike["threshold"] and "bench_overlap on" in result.stdout
+
+
+def test_bench_dicom_headers_reads_no_pixel_data(tmp_path):
+    out = tmp_path / "headers"
+    result = run_script("bench_dicom_headers", "--files", 300, "--side", 256, "--workers", 1,
+                        "--out", out)
+    rows = {row["what"].split(",")[0] + row["what"].split(",")[1]: row for row in _saved(out)["rows"]}
+    assert len(rows) == 3 and "bench_dicom_headers on" in result.stdout
+    for name, row in rows.items():
+        if name.startswith("headers"):
+            assert row["unreadable"] == 0 and row["distinct patients"] == 100
+            assert row["share of the files' bytes"] < 0.01  # 128 KB files, under 1 KB read
+        else:
+            assert row["share of the files' bytes"] == 1.0
