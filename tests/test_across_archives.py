@@ -4,6 +4,8 @@ run say of the rows they used."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -230,6 +232,12 @@ def test_the_study_table_scores_each_archive_inside_and_outside_its_training(
     assert (tmp_path / "study" / "study.png").stat().st_size > 5000
     saved = (tmp_path / "study" / "study.json").read_text()
     assert '"archive": "chexpert"' in saved
+    shift = result.shifts[("nih", "chexpert")]  # the pair's shift, beside the table
+    assert 0.0 <= shift.separability.low <= shift.separability.estimate <= shift.separability.high
+    assert f"| nih and chexpert | {shift.rows[0]:,} and {shift.rows[1]:,} | {shift.separability} |" \
+        in markdown
+    assert json.loads(saved)["shift"][0]["archives"] == ["nih", "chexpert"]
+    assert (tmp_path / "study" / "shift" / "nih-chexpert" / "shift.png").stat().st_size > 5000
     with pytest.raises(OptionError, match="two stores or more"):
         run_study([stores["nih"]], tmp_path / "one", FAST, client=cluster_client)
 

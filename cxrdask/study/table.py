@@ -6,11 +6,14 @@ left out in turn, a head trains on the others, and it is scored on the left-out 
 whole store (external: every row unseen). Each score is per finding, with its patient
 bootstrap interval, on the findings the scored archive labels; a finding no other archive
 labels cannot be scored externally and is said to be so, never given a number. The heads
-train as Dask tasks, in parallel where the cluster has workers to spare.
+train as Dask tasks, in parallel where the cluster has workers to spare. Beside the table,
+every pair of archives is measured for shift (:mod:`cxrdask.study.shift`): how well a
+classifier tells them apart in feature space, before any head.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -32,6 +35,7 @@ from cxrdask.head.train import train_task
 from cxrdask.head.union import check_same_features
 from cxrdask.store.features import FeatureStore
 from cxrdask.store.targets import check_output_folder
+from cxrdask.study.shift import ShiftReport, measure_shift
 
 CITATION = ("Zech J.R. et al., Variable generalization performance of a deep learning model to "
             "detect pneumonia in chest radiographs: a cross-sectional study, PLOS Medicine 2018")
@@ -47,6 +51,8 @@ class StudyResult:
     heads: dict[str, str]
     reports: dict[str, EvaluationReport] = field(default_factory=dict, repr=False)
     files: list[str] = field(default_factory=list)
+    # Each pair of archives: how far apart they are before any head (cxrdask shift).
+    shifts: dict[tuple[str, str], ShiftReport] = field(default_factory=dict, repr=False)
 
     def to_markdown(self) -> str:
         """The generalisation table: each archive's internal and external mean AUC over the
@@ -63,6 +69,15 @@ class StudyResult:
             lines.append(f"| {row.archive} | {row.finding} | "
                          f"{_with_interval(row.internal_auc, row.internal_low, row.internal_high)} | "
                          f"{_with_interval(row.external_auc, row.external_low, row.external_high)} |")
+        if self.shifts:
+            lines += ["", "How far apart the archives are, before any head: a domain classifier on "
+                      "the features, cross-validated by patient (0.5: they cannot be told apart; "
+                      "1: always). Each pair's prevalences, ages, sexes and views are in "
+                      "`shift/`.", "", "| archives | rows | domain AUC (95% CI) |",
+                      "|---|---|---|"]
+            for (a, b), shift in self.shifts.items():
+                lines.append(f"| {a} and {b} | {shift.rows[0]:,} and {shift.rows[1]:,} | "
+                             f"{shift.separability} |")
         notes = ["Internal: the head trained on every archive, scored on this archive's test split. "
                  "External: a head trained on the other archives only, scored on every labelled "
                  "row of this archive (split all).",
@@ -74,6 +89,8 @@ class StudyResult:
     def to_json(self) -> dict[str, Any]:
         return {"summary": json.loads(self.summary.to_json(orient="records")),
                 "per_finding": json.loads(self.table.to_json(orient="records")),
+                "shift": [{"archives": [a, b], **shift.to_json()}
+                          for (a, b), shift in self.shifts.items()],
                 "heads": self.heads, "citation": CITATION}
 
 
@@ -107,7 +124,8 @@ def run_study(
     storage_options: StorageOptions | None = None,
 ) -> StudyResult:
     """Train on every store and on each leave-one-out set, score internally and externally,
-    and write ``study.md``, ``study.json`` and ``study.png`` in ``out_dir``.
+    measure the shift between every pair of stores, and write ``study.md``, ``study.json``
+    and ``study.png`` in ``out_dir`` (each pair's shift in ``shift/A-B/``).
 
     Parameters
     ----------
@@ -121,7 +139,7 @@ def run_study(
         select the scored rows unless ``evaluate_config`` says otherwise).
     evaluate_config
         How each score is audited (:class:`~cxrdask.config.EvaluateConfig`: bootstrap
-        resamples, seed, views).
+        resamples, seed, views); the shifts' intervals take its resamples and seed.
     client
         Where the heads train (a Dask client; None: the session's cluster): one task each,
         at once.
@@ -157,9 +175,14 @@ def run_study(
                           out / "reports" / f"{name}-external", storage_options)
         reports[f"{name}-internal"], reports[f"{name}-external"] = internal, external
         records.extend(_rows(name, internal, external))
+    shifts = {(names[i], names[j]): measure_shift(
+                  opened[i], opened[j], out / "shift" / f"{names[i]}-{names[j]}",
+                  resamples=evaluate_config.bootstrap, seed=evaluate_config.seed)
+              for i, j in itertools.combinations(range(len(opened)), 2)}
     table = pd.DataFrame(records)
     result = StudyResult(table=table, summary=_summary(table, reports, names), heads=heads,
-                         reports={k: v for k, v in reports.items() if v is not None})
+                         reports={k: v for k, v in reports.items() if v is not None},
+                         shifts=shifts)
     result.files = _write(result, out)
     return result
 
