@@ -276,3 +276,24 @@ def test_a_label_file_with_columns_that_are_not_labels_is_refused_by_name(tmp_pa
     (tmp_path / "odd.csv").write_text("image_id,rad_id,Nodule/Mass,Grade\na,R1,1,severe\n")
     with pytest.raises(MetadataError, match=r"line 2, column 'Grade': 'severe' is not a 0/1 label"):
         read_archive(str(tmp_path), metadata=str(tmp_path / "odd.csv"))
+
+
+@pytest.mark.parametrize("layout,label_file", [
+    ("chexpert", "train.csv"), ("mimic-cxr-jpg", "mimic-cxr-2.0.0-chexpert.csv.gz"),
+    ("rsna-pneumonia", "stage_2_train_labels.csv")])
+def test_a_published_label_file_with_a_column_its_format_does_not_name_is_refused(
+        archives, tmp_path, layout, label_file):
+    """An extra column (a user's own, or another file's) is neither read as a finding nor
+    dropped unseen: the reader names it and says where such columns belong."""
+    import shutil
+    from pathlib import Path
+
+    copy = tmp_path / layout
+    shutil.copytree(archives[layout], copy)
+    path = next(Path(copy).rglob(label_file))
+    frame = pd.read_csv(path, dtype=str)
+    frame["Severity"] = "2"
+    frame.to_csv(path, index=False)
+    with pytest.raises(MetadataError, match=r"column\(s\) 'Severity' are not in .*published "
+                                            r"header.*manifest\.csv"):
+        read_archive(str(copy))

@@ -15,7 +15,13 @@ import pandas as pd
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.findings import UncertainPolicy, apply_uncertain, harmonise
-from cxrdask.archive.kinds.table import archive_table, label_values, read_csv, sex_codes
+from cxrdask.archive.kinds.table import (
+    archive_table,
+    check_known_columns,
+    label_values,
+    read_csv,
+    sex_codes,
+)
 
 FINDINGS = ("Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
             "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
@@ -46,6 +52,7 @@ def read_chexpert(csv_urls: list[str], uncertain: UncertainPolicy,
     frames, found = [], []
     for url in csv_urls:
         frame = read_csv(url, storage_options, required=(*HEADER, *FINDINGS))
+        check_known_columns(frame, url, (*HEADER, NO_FINDING, *FINDINGS), "CheXpert")
         frame["official_split"] = "test" if url.rstrip("/").endswith("valid.csv") else "trainval"
         frame["csv_line"] = np.arange(2, 2 + len(frame))
         frames.append(frame)
@@ -85,6 +92,8 @@ def read_mimic(metadata_url: str, labels_url: str, split_url: str | None,
     meta = read_csv(metadata_url, storage_options,
                     required=("dicom_id", "subject_id", "study_id", "ViewPosition"))
     labels = read_csv(labels_url, storage_options, required=("subject_id", "study_id"))
+    check_known_columns(labels, labels_url, ("subject_id", "study_id", NO_FINDING, *FINDINGS),
+                        "MIMIC-CXR-JPG's label file")
     keys = ["subject_id", "study_id"]
     joined = meta.merge(labels.drop_duplicates(keys), on=keys, how="left", validate="many_to_one")
     joined["csv_line"] = np.arange(2, 2 + len(joined))

@@ -54,6 +54,18 @@ def read_csv(url: str, storage_options: StorageOptions | None, required: tuple[s
     return frame
 
 
+def check_known_columns(frame: pd.DataFrame, url: str, known: tuple[str, ...], what: str) -> None:
+    """Refuse a published label file with a column its format does not name
+    (:class:`MetadataError` naming them): no column becomes a finding, or is dropped unseen,
+    unless the format says what it is. Your own columns belong in a manifest."""
+    unknown = [c for c in frame.columns if c not in known]
+    if unknown:
+        raise MetadataError(url, message=(
+            f"{url}: column(s) {', '.join(map(repr, unknown))} are not in {what}'s published "
+            f"header ({', '.join(known)}); cxrdask reads no column its format does not name: "
+            "drop them, or list your images in a manifest.csv (path, then your findings)"))
+
+
 def label_values(column: pd.Series, url: str) -> np.ndarray:
     """A CheXpert-style label column as float32: ``1.0``, ``0.0``, ``-1.0``, blank -> NaN.
     Any other value is a :class:`MetadataError` naming the first bad line."""
@@ -116,5 +128,5 @@ def archive_table(kind: str, source: str, columns: Mapping[str, object],
     return frame
 
 
-__all__ = ["FIRST_DATA_LINE", "archive_table", "label_values", "patient_numbers", "read_csv",
-           "sex_codes"]
+__all__ = ["FIRST_DATA_LINE", "archive_table", "check_known_columns", "label_values",
+           "patient_numbers", "read_csv", "sex_codes"]

@@ -23,7 +23,7 @@ import pandas as pd
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.findings import harmonised_labels
-from cxrdask.archive.kinds.table import archive_table, read_csv
+from cxrdask.archive.kinds.table import archive_table, check_known_columns, read_csv
 
 NO_FINDING = "No finding"
 PHYSIONET_LABELS = ("annotations/image_labels_train.csv", "annotations/image_labels_test.csv")
@@ -36,6 +36,9 @@ KAGGLE_CLASSES = ("Aortic enlargement", "Atelectasis", "Calcification", "Cardiom
                   "Pulmonary fibrosis")
 RSNA_LABELS = "stage_2_train_labels.csv"
 RSNA_HEADER = ("patientId", "Target")
+RSNA_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
+KAGGLE_COLUMNS = ("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max",
+                  "y_max")
 # What the label files do not say and each DICOM header does (both archives kept view, sex
 # and age in their headers; neither publishes a patient id beyond the image's own).
 FROM_HEADERS = ("view_position", "sex", "age")
@@ -95,6 +98,7 @@ def _check_label_columns(frame: pd.DataFrame, names: list[str], url: str) -> Non
 def read_vindr_kaggle(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
     """Kaggle's one-row-per-box ``train.csv``: the set of classes any radiologist named."""
     frame = read_csv(url, storage_options, required=KAGGLE_HEADER)
+    check_known_columns(frame, url, KAGGLE_COLUMNS, "VinBigData's Kaggle train.csv")
     named = frame.groupby("image_id", sort=True)["class_name"].agg(lambda x: set(x.dropna()))
     classes = sorted({*KAGGLE_CLASSES, *(c for cs in named for c in cs if c != NO_FINDING)})
     labels = harmonised_labels({c: np.fromiter((c in cs for cs in named), dtype=np.float32,
@@ -107,6 +111,7 @@ def read_vindr_kaggle(url: str, storage_options: StorageOptions | None) -> pd.Da
 def read_rsna(url: str, storage_options: StorageOptions | None) -> pd.DataFrame:
     """RSNA Pneumonia's box file as one row per image: Pneumonia = Lung Opacity = Target."""
     frame = read_csv(url, storage_options, required=RSNA_HEADER)
+    check_known_columns(frame, url, RSNA_COLUMNS, "RSNA Pneumonia's stage_2_train_labels.csv")
     target = pd.to_numeric(frame["Target"], errors="coerce")
     per_image = target.groupby(frame["patientId"], sort=False).max()
     values = per_image.to_numpy(dtype=np.float32)
