@@ -6,7 +6,6 @@ stores alone, without flagging distinct images of one patient."""
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import numpy as np
@@ -17,6 +16,7 @@ from helpers import cxrdask
 from PIL import Image
 
 from cxrdask.archive.synthetic import make_archive
+from cxrdask.archive.synthetic.layouts import encode_jpeg_dicom
 from cxrdask.archive.synthetic.render import render_image
 from cxrdask.evaluation.report import evaluate
 from cxrdask.extract.run import extract_features
@@ -29,33 +29,6 @@ pytestmark = pytest.mark.slow
 
 SMALL = dict(weights="random", backbone="resnet18", image_size=64, progress=False, chunk_rows=16)
 PLANTED = 16
-
-
-def jpeg_dicom(gray: np.ndarray, quality: int = 90) -> bytes:
-    """An 8-bit MONOCHROME2 DICOM whose pixels are one JPEG baseline frame, as RSNA
-    Pneumonia's files are (the pixels re-encoded from NIH's PNGs)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
-
-    buffer = io.BytesIO()
-    Image.fromarray(gray).save(buffer, "JPEG", quality=quality)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture, as RSNA's
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", generate_uid()[-12:]
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate([buffer.getvalue()])
-    ds["PixelData"].VR = "OB"
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +52,7 @@ def archives(tmp_path_factory, cluster_client):
         patient = f"rsna-{k:04d}"
         if k < PLANTED:
             planted[patient] = name
-        (rsna / "stage_2_train_images" / f"{patient}.dcm").write_bytes(jpeg_dicom(gray))
+        (rsna / "stage_2_train_images" / f"{patient}.dcm").write_bytes(encode_jpeg_dicom(gray))
         rows.append({"patientId": patient, "x": "", "y": "", "width": "", "height": "",
                      "Target": k % 2})
     pd.DataFrame(rows).to_csv(rsna / "stage_2_train_labels.csv", index=False)
@@ -186,3 +159,23 @@ def test_one_head_on_both_learns_each_image_once_and_scores_the_copies_apart(arc
     reverse = train_head([stores["rsna"], stores["nih"]], TrainConfig(epochs=1, batch_size=16),
                          tmp_path / "reverse", progress=False, plot=False)
     assert reverse.stores[1]["copies"]["rows_left_out"] == PLANTED  # NIH's copies of RSNA's
+
+
+def test_a_synthetic_archive_can_hold_copies_of_another(archives, tmp_path, cluster_client):
+    """``copies_of``/``copies`` (``cxrdask synth --copies-of``): an RSNA-layout archive whose
+    first images are the NIH archive's, re-encoded as JPEG in DICOM, each found."""
+    from cxrdask.errors import OptionError
+
+    root = archives["root"]
+    rsna = make_archive(str(tmp_path / "rsna"), 24, size=160, layout="rsna-pneumonia", seed=8,
+                        copies_of=str(root / "nih"), copies=10, threads=1)
+    store = str(tmp_path / "rsna.zarr")
+    extract_features(None, rsna.root, store, client=cluster_client, **SMALL)
+    pairs = find_overlap(archives["stores"]["nih"], store)
+    names = sorted(p.name for p in (root / "nih").rglob("*.png"))[:10]
+    assert sorted(pairs["a_image"]) == names and pairs["b_row"].nunique() == 10
+    with pytest.raises(OptionError, match="give both"):
+        make_archive(str(tmp_path / "x"), 5, layout="rsna-pneumonia", copies=3)
+    with pytest.raises(OptionError, match="fewer than the 500 to copy"):
+        make_archive(str(tmp_path / "y"), 600, size=32, layout="rsna-pneumonia",
+                     copies_of=str(root / "nih"), copies=500)

@@ -83,12 +83,53 @@ def encode_image(pixels: np.ndarray, encoding: str, seed: int = 0,
     elif encoding == "png16":
         Image.fromarray((pixels.astype(np.uint16) * 16).astype(np.uint16)).save(
             buffer, format="PNG", compress_level=1)
+    elif encoding == "dicom-jpeg":
+        return encode_jpeg_dicom(pixels, 90, header)
     elif encoding.startswith("dicom:"):
         _, syntax, photometric = encoding.split(":")
         return encode_dicom(pixels.astype(np.uint16) * 16, syntax, photometric, seed, header)
     else:
         raise ValueError(f"unknown encoding {encoding!r}")
     return buffer.getvalue()
+
+
+def encode_jpeg_dicom(gray: np.ndarray, quality: int = 90, header: dict[str, str] | None = None
+                      ) -> bytes:
+    """An 8-bit MONOCHROME2 DICOM whose pixels are one JPEG baseline frame, as RSNA
+    Pneumonia's files are (NIH's PNGs re-encoded): a CR secondary capture, with
+    ``header``'s elements."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, "JPEG", quality=quality)
+    digest = int(hashlib.sha1(gray.tobytes()).hexdigest(), 16) % 10**20
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture, as RSNA's
+    meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.1418.3.{digest}"
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    for keyword, value in (header or {}).items():
+        setattr(ds, keyword, value)
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def copy_encoding(encoding: str) -> str:
+    """How a copy of another archive's image is written in a layout whose own images are
+    ``encoding``: JPEG in DICOM where they are DICOM (as RSNA re-encoded NIH's), else the
+    same."""
+    return "dicom-jpeg" if encoding.startswith("dicom:") else encoding
 
 
 def encode_dicom(stored: np.ndarray, syntax: str = DICOM_SYNTAXES[0],
@@ -288,13 +329,13 @@ def _dicom_export(frame: pd.DataFrame, rng: np.random.Generator) -> LayoutPlan:
     study_number = frame["follow_up"].to_numpy() // 2  # two images to a study, about
     placed: list[Placed] = []
     reports: dict[str, dict[str, object]] = {}
-    not_radiograph = rng.random(len(frame)) < 0.04
+    not_radiograph = np.arange(len(frame)) % 40 == 20  # one object in 40: a CT slice, a capture
     for k, (row, other) in enumerate(zip(frame.itertuples(), not_radiograph, strict=True)):
         patient, study = f"PAT{row.patient_id:06d}", f"{row.patient_id}.{study_number[k]}"
         accession = f"ACC{row.patient_id:06d}{study_number[k]:03d}"
         header = {"PatientID": patient, "StudyInstanceUID": f"{root_uid}.1.{study}",
                   "SOPInstanceUID": f"{root_uid}.2.{k}", "AccessionNumber": accession,
-                  "Modality": str(rng.choice(["CT", "OT"])) if other else "DX",
+                  "Modality": ("CT", "OT")[k // 40 % 2] if other else "DX",
                   "ViewPosition": row.view_position, "PatientSex": row.sex,
                   "PatientAge": f"{min(row.age, 99):03d}Y"}
         placed.append((f"DICOM/{patient}/{study_number[k]:03d}/IM{k:05d}", DICOM_ENCODING, header))
@@ -316,4 +357,5 @@ def plan_layout(layout: str, frame: pd.DataFrame, seed: int = 0) -> LayoutPlan:
     return PLANS[layout](frame, np.random.default_rng([seed, 11]))
 
 
-__all__ = ["DICOM_SYNTAXES", "LAYOUTS", "Layout", "encode_dicom", "encode_image", "plan_layout"]
+__all__ = ["DICOM_SYNTAXES", "LAYOUTS", "Layout", "copy_encoding", "encode_dicom", "encode_image",
+           "encode_jpeg_dicom", "plan_layout"]

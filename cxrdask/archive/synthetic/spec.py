@@ -31,6 +31,11 @@ class SyntheticSpec(Options):
         Whose archive to imitate: ``nih`` (ChestX-ray14, Kaggle's folders), ``chexpert``,
         ``mimic-cxr-jpg``, ``padchest``, ``vindr-cxr`` or ``rsna-pneumonia``, each in its
         published folders, image format and label files.
+    copies_of, copies : str, int
+        Make the first ``copies`` images the images of the synthetic NIH archive at
+        ``copies_of`` (in file-name order), re-encoded as this layout's files hold them and
+        brought to ``size``: as RSNA Pneumonia's images are NIH's, JPEG in DICOM (quality
+        90) for a DICOM layout. Overlap between archives is then there to be found.
     official : bool
         Write ``train_val_list.txt``, ``test_list.txt``, a stand-in for Google's expert
         labels of some of their images (``google2019_nih-chest-xray-labels.csv.gz``) and
@@ -48,6 +53,18 @@ class SyntheticSpec(Options):
     official: bool = True
     layout: Layout = option(
         "nih", "whose archive to imitate: its folders, image format and label files")
+    copies_of: str = option(
+        "", "a synthetic NIH archive whose images the first --copies images are, re-encoded "
+            "(as RSNA Pneumonia's images are NIH's: JPEG in DICOM for a DICOM layout)")
+    copies: int = option(0, "how many images are copies of --copies-of's")
+
+    def __post_init__(self) -> None:
+        from cxrdask.errors import OptionError
+
+        self.check_choices()
+        if self.copies < 0 or (self.copies and not self.copies_of):
+            raise OptionError("copies is a number of images of copies_of's archive: give both "
+                              f"(copies={self.copies!r}, copies_of={self.copies_of!r})")
 
 
 __all__ = ["SyntheticSpec"]

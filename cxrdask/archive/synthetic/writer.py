@@ -17,14 +17,16 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import fsspec
+import numpy as np
+from PIL import Image
 
-from cxrdask._fs import StorageOptions, filesystem, join_url
+from cxrdask._fs import StorageOptions, filesystem, full_url, join_url
 from cxrdask.archive.boxes import BOX_FILE, BOX_FINDINGS, BOX_IMAGE_SIZE, format_boxes
 from cxrdask.archive.findings import label_matrix
 from cxrdask.archive.kinds.nih import CSV_NAMES
 from cxrdask.archive.synthetic.expert import EXPERT_FILE, format_expert_labels
 from cxrdask.archive.synthetic.layout import format_csv, make_metadata, official_lists
-from cxrdask.archive.synthetic.layouts import Placed, encode_image, plan_layout
+from cxrdask.archive.synthetic.layouts import Placed, copy_encoding, encode_image, plan_layout
 from cxrdask.archive.synthetic.render import render_image
 from cxrdask.archive.synthetic.spec import SyntheticSpec
 from cxrdask.options import renamed
@@ -68,10 +70,16 @@ def _write_images(root: str, storage_options: StorageOptions | None, jobs: list[
     fs, base = filesystem(root, storage_options)
     written = 0
     drawn: list[tuple] = []
-    for relative, name, labels, size, seed, strength, encoding, header in jobs:
+    for relative, name, labels, size, seed, strength, encoding, header, source in jobs:
         boxes: dict[str, tuple[int, int, int, int]] = {}
-        data = encode_image(render_image(labels, size=size, seed=seed, strength=strength,
-                                         boxes=boxes), encoding, seed[-1], header)
+        if source is None:
+            pixels = render_image(labels, size=size, seed=seed, strength=strength, boxes=boxes)
+        else:  # a copy of another archive's image, brought to this one's size
+            with fsspec.open(source, "rb", **(storage_options or {})) as handle:
+                original = Image.open(handle).convert("L")
+                pixels = np.asarray(original.resize((size, size), Image.Resampling.BILINEAR))
+            encoding = copy_encoding(encoding)
+        data = encode_image(pixels, encoding, seed[-1], header)
         path = join_url(base, relative)
         with fs.open(path, "wb") as handle:
             handle.write(data)
@@ -143,10 +151,10 @@ def make_archive(
         placed, files = plan_layout(spec.layout, frame, seed)
     for folder in sorted({each[0].rsplit("/", 1)[0] for each in placed}):
         fs.makedirs(join_url(base, folder), exist_ok=True)
+    sources = _copied_images(spec, storage_options)
     jobs = [(each[0], name, labels[i], size, (seed, 7, i), spec.strength, each[1],
-             each[2] if len(each) > 2 else None)
-            for i, (name, each) in enumerate(zip(frame["image_index"], placed,
-                                                                 strict=True))]
+             each[2] if len(each) > 2 else None, sources[i] if i < len(sources) else None)
+            for i, (name, each) in enumerate(zip(frame["image_index"], placed, strict=True))]
     per_batch = max(1, min(64, math.ceil(n / ((threads or os.cpu_count() or 1) * 4))))
     batches = [jobs[i:i + per_batch] for i in range(0, n, per_batch)]
     bytes_written, drawn = _run_batches(root, storage_options, batches, threads, client, progress)
@@ -171,6 +179,22 @@ def make_archive(
         seconds=time.perf_counter() - start,
         bytes_written=bytes_written,
     )
+
+
+def _copied_images(spec: SyntheticSpec, storage_options: StorageOptions | None) -> list[str]:
+    """The images the first ``spec.copies`` rows copy: the NIH archive at ``spec.copies_of``'s
+    PNGs in file-name order (refused where it has fewer)."""
+    if not spec.copies:
+        return []
+    fs, base = filesystem(spec.copies_of, storage_options)
+    found = sorted(fs.glob(join_url(base.rstrip("/"), "images_*/images/*.png")),
+                   key=lambda path: path.rsplit("/", 1)[-1])
+    if len(found) < spec.copies:
+        from cxrdask.errors import OptionError
+
+        raise OptionError(f"{spec.copies_of} holds {len(found)} NIH-layout images "
+                          f"(images_###/images/*.png), fewer than the {spec.copies} to copy")
+    return [full_url(fs, path) for path in found[:spec.copies]]
 
 
 def _write_nih_files(root: str, storage_options: StorageOptions | None, frame, spec: SyntheticSpec,
