@@ -179,3 +179,19 @@ def test_a_synthetic_archive_can_hold_copies_of_another(archives, tmp_path, clus
     with pytest.raises(OptionError, match="fewer than the 500 to copy"):
         make_archive(str(tmp_path / "y"), 600, size=32, layout="rsna-pneumonia",
                      copies_of=str(root / "nih"), copies=500)
+
+
+def test_a_report_counts_the_rows_left_out_of_its_own_split(archives, tmp_path):
+    """Scored on its test split, a store says how many of that split's rows were left out,
+    not how many copies the whole store holds."""
+    from cxrdask.archive.splits import TEST
+
+    stores = archives["stores"]
+    head = train_head([stores["nih"], stores["rsna"]], TrainConfig(epochs=1, batch_size=16),
+                      tmp_path / "both", progress=False, plot=False).checkpoint
+    rsna = FeatureStore.open(stores["rsna"])
+    copies = find_overlap(stores["nih"], stores["rsna"])["b_row"].to_numpy()
+    in_test = int((rsna.read("split")[copies] == TEST).sum())
+    report = evaluate(stores["rsna"], head, split="test", bootstrap=0)
+    assert len(report.overlap.rows) == in_test < PLANTED
+    assert report.overlap.to_json()["rows_left_out"] == in_test

@@ -15,7 +15,7 @@ rows that are copies of an earlier store's images are left out the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -50,6 +50,16 @@ class OverlapCheck:
     pairs: dict[str, int] = field(default_factory=dict)
     reason: str = ""
     internal: bool = False
+
+    found: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # rows per store
+
+    def within(self, keep: np.ndarray) -> OverlapCheck:
+        """The check restricted to the rows ``keep`` (a mask over the store's rows) says
+        are scored: the rows left out of this score, not of the whole store."""
+        found = {url: rows[keep[rows]] for url, rows in self.found.items()}
+        rows = self.rows[keep[self.rows]]
+        return replace(self, rows=rows, found=found,
+                       pairs={url: int(np.unique(each).size) for url, each in found.items()})
 
     def sentence(self) -> str:
         """One line for the report."""
@@ -145,7 +155,8 @@ def training_overlap(store: FeatureStore, ckpt: Checkpoint,
         rows.append(found["b_row"].to_numpy())
         pairs[url] = int(found["b_row"].nunique())
     left_out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
-    return OverlapCheck(True, rows=left_out, pairs=pairs, internal=internal)
+    return OverlapCheck(True, rows=left_out, pairs=pairs, internal=internal,
+                        found=dict(zip(urls, rows, strict=True)))
 
 
 __all__ = ["OverlapCheck", "trained_on", "training_overlap", "training_position",

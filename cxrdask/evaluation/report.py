@@ -24,7 +24,7 @@ from cxrdask.evaluation.external import OverlapCheck, training_overlap
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.evaluation.published import CHEXNET_2017, CITATIONS, WANG_2017
 from cxrdask.evaluation.scoring import Scores, score_split, trained_archives
-from cxrdask.head.batches import open_store
+from cxrdask.head.batches import open_store, readable_rows
 from cxrdask.head.model import Checkpoint, load_checkpoint
 from cxrdask.store.targets import check_output_folder
 
@@ -386,6 +386,8 @@ def evaluate(
     found = audit(scores.scored, scores.validation, other=scores.other,
                   resamples=config.bootstrap, seed=config.seed, rule=config.threshold_rule,
                   specificity=config.specificity, expert=expert, stratified=config.stratified)
+    if overlap is not None and overlap.checked:  # the rows left out of this split, not all
+        overlap = overlap.within(readable_rows(store, scores.split, config.views))
     report = build_report(store, scores, found, overlap)
     if config.boxes is not None and config.images is not None:
         from cxrdask.evaluation.localisation import localise

@@ -25,6 +25,16 @@ from cxrdask.head.encoding import DEFAULT_DEMOGRAPHICS, encode_inputs
 from cxrdask.store.features import STATUS_OK, FeatureStore
 
 
+def readable_rows(store: FeatureStore, split: str | int, views: Views = "all") -> np.ndarray:
+    """A mask of ``store``'s readable rows of ``split`` (a name, a code or ``all``) and
+    ``views``: the rows a reader of that split gives, before any are left out."""
+    code = split if isinstance(split, str) and split.lower() == ALL else split_code(split)
+    keep = in_split(store.read("split"), code) & (store.read("status") == STATUS_OK)
+    if views != "all":
+        keep &= view_mask(store.read("view"), views)
+    return keep
+
+
 def open_store(store: FeatureStore | str, storage_options: StorageOptions | None = None
                ) -> FeatureStore:
     """Accept a store or its URL."""
@@ -125,9 +135,7 @@ class FeatureBatches(torch.utils.data.IterableDataset):
     @cached_property
     def plan(self) -> BatchPlan:
         """Which chunks and rows make the batches (one byte per row read: split, status)."""
-        keep = in_split(self.store.read("split"), self.split) & (self.store.read("status") == STATUS_OK)
-        if self.views != "all":
-            keep &= view_mask(self.store.read("view"), self.views)
+        keep = readable_rows(self.store, self.split, self.views)
         if self.exclude_rows is not None:
             keep[self.exclude_rows] = False
         return BatchPlan(keep, self.store.chunk_rows, self.batch_size, self.shuffle, self.seed,
@@ -318,4 +326,4 @@ def label_counts(store: FeatureStore, split: str | int = "train", views: Views =
     return int(keep.sum()), positives, negatives
 
 
-__all__ = ["FeatureBatches", "label_counts", "open_store"]
+__all__ = ["FeatureBatches", "label_counts", "open_store", "readable_rows"]

@@ -93,6 +93,17 @@ def encode_image(pixels: np.ndarray, encoding: str, seed: int = 0,
     return buffer.getvalue()
 
 
+def _set_elements(ds, header: dict[str, str] | None) -> None:
+    """``header``'s elements on ``ds``, by keyword. Values are written as the archives wrote
+    them, non-conformant ones too (RSNA's ages without a unit), without pydicom's warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for keyword, value in (header or {}).items():
+            setattr(ds, keyword, value)
+
+
 def encode_jpeg_dicom(gray: np.ndarray, quality: int = 90, header: dict[str, str] | None = None
                       ) -> bytes:
     """An 8-bit MONOCHROME2 DICOM whose pixels are one JPEG baseline frame, as RSNA
@@ -113,8 +124,7 @@ def encode_jpeg_dicom(gray: np.ndarray, quality: int = 90, header: dict[str, str
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "CR"
-    for keyword, value in (header or {}).items():
-        setattr(ds, keyword, value)
+    _set_elements(ds, header)
     ds.Rows, ds.Columns = gray.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
@@ -157,8 +167,7 @@ def encode_dicom(stored: np.ndarray, syntax: str = DICOM_SYNTAXES[0],
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for keyword, value in (header or {}).items():
-        setattr(ds, keyword, value)
+    _set_elements(ds, header)
     meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
     values = 4095 - stored if photometric == "MONOCHROME1" else stored
     ds.PixelData = values.astype(np.uint16).tobytes()
