@@ -5,13 +5,14 @@ Writes ``--files`` DICOM files of ``--side`` x ``--side`` 16-bit pixels (uncompr
 or DX export holds them: 2 MB each at 1024), each with its own PatientID, StudyInstanceUID,
 SOPInstanceUID, AccessionNumber, view, sex and age. Then reads their headers as cxrdask
 reads them (:func:`cxrdask.archive.dicom_headers.read_dicom_headers`: pydicom's
-``stop_before_pixels`` and ``specific_tags``) in threads of this process and on a local Dask
-cluster, and, for comparison, reads the whole of every file (what a pass that decodes the
-pixels must read). Every pass counts the bytes it asked the file system for. Each pass runs
-with the files in the page cache (written just before: the times are the parsing's and the
-file system's) and, with ``--cold`` (root only), again after the page cache is dropped
-(``/proc/sys/vm/drop_caches``): the disk's. The kernel reads ahead of what is asked, so a
-cold header pass moves more from the disk than it counts.
+``stop_before_pixels`` and ``specific_tags``) in this process (one file at a time on a local
+disk, where parsing holds the GIL) and on a local Dask cluster, and, for comparison, reads
+the whole of every file (what a pass that decodes the pixels must read). Every pass counts
+the bytes it asked the file system for. Each pass runs with the files in the page cache
+(written just before: the times are the parsing's and the file system's) and, with
+``--cold`` (root only), again after the page cache is dropped (``/proc/sys/vm/drop_caches``):
+the disk's. The kernel reads ahead of what is asked, so a cold header pass moves more from
+the disk than it counts.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--side", type=int, default=1024, help="pixels a side (16-bit)")
-    parser.add_argument("--threads", type=int, default=16, help="reader threads of this process")
+    parser.add_argument("--threads", type=int, default=16,
+                        help="threads reading whole files (headers: one on a local disk)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="Dask worker processes of the cluster pass")
     parser.add_argument("--cold", action="store_true",
@@ -120,7 +122,7 @@ def main(argv=None) -> None:
 
                 started = start()
                 headers = read_dicom_headers(paths, threads=args.threads)
-                record(f"headers, {args.threads} threads of one process, {cache} cache",
+                record(f"headers, one process, {cache} cache",
                        time.perf_counter() - started, int(headers["header_bytes"].sum()), headers)
                 started = start()
                 headers = read_dicom_headers(paths, client=client)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "find_metadata": "archive.kinds.nih",
     "read_archive": "archive.kinds",
     "detect_archive": "archive.kinds",
+    "read_dicom_headers": "archive.dicom_headers",
     "ARCHIVE_KINDS": "archive.kinds",
     "DEFAULT_PATHOLOGIES": "archive.findings",
     "harmonise": "archive.findings",

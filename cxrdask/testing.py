@@ -132,6 +132,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
+                with proxy._lock:
+                    proxy.bytes_sent[self.command] += len(data)
         except (BrokenPipeError, ConnectionResetError):  # the client is gone (killed)
             self.close_connection = True
 
@@ -180,6 +182,8 @@ class FaultyProxy:
     requests : dict[str, int]
         Every request received, by kind: ``LIST`` for bucket listings (each page counts),
         else the HTTP method. A job that lists an archive once makes ceil(N / 1000) LISTs.
+    bytes_sent : dict[str, int]
+        Bytes of the response bodies sent to the client, by HTTP method (what was read).
     holding : threading.Event
         Set while the ``hold`` request is held.
     """
@@ -198,6 +202,7 @@ class FaultyProxy:
         self.faults = self.answered = 0
         self.faults_by_method: collections.Counter[str] = collections.Counter()
         self.requests: collections.Counter[str] = collections.Counter()
+        self.bytes_sent: collections.Counter[str] = collections.Counter()
         self.holding = threading.Event()
         self._hold, self._hold_seconds = hold, hold_seconds
         self._released = threading.Event()

@@ -10,9 +10,12 @@ and skips the values of those it is not asked for, so a header costs a few kilob
 file of megabytes. Each file's ``header_bytes`` says how many were read.
 
 :func:`read_dicom_headers` reads many: as Dask tasks on a client when one is given (a batch
-of files a task), else in threads of this process (reading headers waits on storage, not on
-the CPU). :func:`fill_from_headers` puts what the headers say into an archive's table where
-its own files do not say it.
+of files a task), else in this process. On object storage a header read waits on the
+request, and several run at once (``THREADS_PER_TASK`` a task); on a local disk parsing is
+the cost, and it holds the GIL: one thread reads fastest (3,000 files: 2.0 s in one thread,
+4.4 s in 16), so local files are read one at a time and the cluster's processes share them.
+:func:`fill_from_headers` puts what the headers say into an archive's table where its own
+files do not say it.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from cxrdask._fs import StorageOptions, filesystem, join_url
+from cxrdask._fs import StorageOptions, filesystem, is_local, join_url
 
 HEADER_TAGS = ("PatientID", "StudyInstanceUID", "SOPInstanceUID", "AccessionNumber",
                "ViewPosition", "PatientSex", "PatientAge", "Modality")
@@ -112,9 +115,16 @@ def _read_one(url: str, storage_options: StorageOptions | None) -> dict[str, Any
 
 def _read_batch(urls: Sequence[str], storage_options: StorageOptions | None,
                 threads: int = THREADS_PER_TASK) -> list[dict[str, Any]]:
-    """The headers of a batch of files, ``threads`` at a time (a header read waits on
-    storage: on object storage, a request's latency)."""
-    with ThreadPoolExecutor(max(1, min(threads, len(urls)))) as pool:
+    """The headers of a batch of files: ``threads`` at a time on remote storage (a read
+    waits on a request), one at a time on a local disk (parsing holds the GIL)."""
+    if not urls:
+        return []
+    fs, _ = filesystem(urls[0], storage_options)
+    if is_local(fs):
+        threads = 1
+    if threads <= 1:
+        return [_read_one(url, storage_options) for url in urls]
+    with ThreadPoolExecutor(min(threads, len(urls))) as pool:
         return list(pool.map(lambda url: _read_one(url, storage_options), urls))
 
 
@@ -131,7 +141,9 @@ def read_dicom_headers(urls: Sequence[str], *, client: ClientSource = None,
         DICOM files (any fsspec URLs).
     client
         A Dask client (or a function returning one) to read on, ``FILES_PER_TASK`` files a
-        task, ``THREADS_PER_TASK`` at a time; None: ``threads`` threads of this process.
+        task; None: this process.
+    threads
+        Reads at once on remote storage (a local disk is read one file at a time).
     storage_options
         fsspec options.
     """
@@ -147,7 +159,7 @@ def read_dicom_headers(urls: Sequence[str], *, client: ClientSource = None,
                              key=[f"dicom-headers-{token}-{i}" for i in range(len(batches))])
         rows = [row for batch in chosen.gather(futures) for row in batch]
     else:
-        rows = _read_batch(urls, storage_options, threads) if urls else []
+        rows = _read_batch(urls, storage_options, threads)
     frame = pd.DataFrame(rows, columns=[*HEADER_TAGS, "header_bytes", "error"])
     frame.index = pd.Index(urls, name="url")
     return frame
