@@ -82,7 +82,7 @@ def read_header(handle) -> dict[str, Any]:
     Part 10 nor a bare dataset) raises ValueError."""
     import pydicom
 
-    from cxrdask.imaging.dicom import is_dicom, looks_like_bare_dicom
+    from cxrdask.archive.dicom_files import is_dicom, looks_like_bare_dicom
 
     counted = _CountingReader(handle)
     start = counted.read(132)
@@ -147,9 +147,9 @@ def read_dicom_headers(urls: Sequence[str], *, client: ClientSource = None,
     storage_options
         fsspec options.
     """
-    from cxrdask.imaging.dicom import _pydicom
+    from cxrdask.archive.dicom_files import require_pydicom
 
-    _pydicom()  # a clear MissingExtraError before any task
+    require_pydicom()  # a clear MissingExtraError before any task
     urls = list(urls)
     if client is not None and urls:
         chosen = client() if callable(client) else client

@@ -245,7 +245,7 @@ def _plan_images(metadata: pd.DataFrame | str | None, images_root: str, store_ur
         raise ImagesNotFoundError(f"the images folder {images_root} does not exist", root=images_root,
                                   expected=len(metadata))
     if "path" in metadata.columns:  # every kind but NIH says where each image is
-        from cxrdask.imaging.dicom import check_dicom_reader
+        from cxrdask.archive.dicom_files import check_dicom_reader
 
         check_dicom_reader(metadata["path"])  # before any listing or worker
         located = locate_archive_images(metadata, images_root, storage_options)

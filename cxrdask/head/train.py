@@ -222,8 +222,9 @@ def train_head(
     findings = union_findings(stores) if len(stores) > 1 else list(stores[0].label_names)
     # An image and its copies in one split: a later store's copies of an earlier store's
     # images are left out (RSNA Pneumonia's images are NIH's).
-    copies = ([copies_of_earlier(stores, k) for k in range(len(stores))] if len(stores) > 1
-              else [None])
+    copies: list[Copies | None] = [None]
+    if len(stores) > 1:
+        copies = [copies_of_earlier(stores, k) for k in range(len(stores))]
     train, val, head = _prepare(stores, findings, config, where, copies)
     feeds: dict[str, Any] = {"train": train, "validation": val}
     for name, batches in feeds.items():

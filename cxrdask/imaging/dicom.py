@@ -31,48 +31,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cxrdask.errors import (
-    ImageDecodeError,
-    ImageTooLargeError,
-    MissingExtraError,
-    NotARadiographError,
+from cxrdask.archive.dicom_files import (
+    DICOM_MAGIC,
+    check_dicom_reader,
+    is_dicom,
+    looks_like_bare_dicom,
+    require_pydicom,
 )
+from cxrdask.errors import ImageDecodeError, ImageTooLargeError, NotARadiographError
 from cxrdask.imaging.preprocessing import scale_by_range
 
-DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble (DICOM PS3.10)
 PROJECTION_MODALITIES = ("CR", "DX")  # computed and digital radiography
 ANY_MODALITY = "any"
 _JPEG_EXTENDED_12BIT = "1.2.840.10008.1.2.4.51"
-
-
-def is_dicom(data: bytes) -> bool:
-    """True for a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
-    return len(data) >= 132 and data[128:132] == DICOM_MAGIC
-
-
-def looks_like_bare_dicom(data: bytes) -> bool:
-    """A DICOM dataset written without the Part 10 preamble and ``DICM`` (older exports):
-    it starts with a little-endian element of group 0x0002 (file meta) or 0x0008."""
-    return len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[3:4] == b"\x00"
-
-
-def check_dicom_reader(paths) -> None:
-    """Before a run: where any image is a DICOM file by its name, pydicom must be there
-    (:class:`~cxrdask.errors.MissingExtraError` otherwise, before any worker starts)."""
-    from cxrdask.archive.kinds.manifest import DICOM_SUFFIXES  # (pandas: the client only)
-
-    if any(str(path).lower().endswith(DICOM_SUFFIXES) for path in paths):
-        _pydicom()
-
-
-def _pydicom():
-    try:
-        import pydicom
-        import pydicom.pixels
-    except ImportError:
-        raise MissingExtraError("reading DICOM files needs pydicom and its pixel handlers: "
-                                "pip install 'cxrdask[dicom]'") from None
-    return pydicom
 
 
 Modalities = Sequence[str] | str
@@ -116,7 +87,7 @@ def decode_dicom(data: bytes, image_index: str = "?", max_pixels: int | None = N
         Not decodable (truncated, no handler for its transfer syntax), no pixel data, more
         than one frame, or a modality not in ``modalities``; the reason names which.
     """
-    pydicom = _pydicom()
+    pydicom = require_pydicom()
     with warnings.catch_warnings():  # pydicom warns about every non-conformant element
         warnings.simplefilter("ignore")
         return _decode(pydicom, data, image_index, max_pixels, check_modalities(modalities))

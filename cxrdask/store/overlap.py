@@ -199,7 +199,8 @@ def copies_of_earlier(stores: list[FeatureStore], k: int, *,
     Pneumonia's images are NIH's: listed after NIH, an RSNA store gives only its own). A
     store without signatures cannot be checked: ``checked`` False and the reason, nothing
     left out."""
-    rows, per_store = [], {}
+    rows: list[np.ndarray] = []
+    per_store: dict[str, int] = {}
     for earlier in stores[:k]:
         try:
             found = find_overlap(earlier, stores[k], threshold=threshold)

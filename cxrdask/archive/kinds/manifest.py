@@ -17,11 +17,11 @@ from __future__ import annotations
 import pandas as pd
 
 from cxrdask._fs import StorageOptions
+from cxrdask.archive.dicom_files import DICOM_SUFFIXES
 from cxrdask.archive.findings import UncertainPolicy, apply_uncertain, harmonised_labels
 from cxrdask.archive.kinds.table import archive_table, label_values, read_csv, sex_codes
 
 MANIFEST_NAME = "manifest.csv"
-DICOM_SUFFIXES = (".dcm", ".dicom")
 HEADER_FILLED = ("patient", "study", "view_position", "sex", "age")  # from DICOM headers
 _COLUMNS = {"image_id": "image_index", "patient_id": "patient", "study_id": "study",
             "view": "view_position", "sex": "sex", "age": "age", "split": "official_split"}

@@ -111,14 +111,14 @@ def encode_jpeg_dicom(gray: np.ndarray, quality: int = 90, header: dict[str, str
     ``header``'s elements."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit
+    from pydicom.uid import UID, JPEGBaseline8Bit
 
     buffer = io.BytesIO()
     Image.fromarray(gray).save(buffer, "JPEG", quality=quality)
     digest = int(hashlib.sha1(gray.tobytes()).hexdigest(), 16) % 10**20
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # secondary capture, as RSNA's
-    meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.10.1418.3.{digest}"
+    meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.7")  # secondary capture, as RSNA's
+    meta.MediaStorageSOPInstanceUID = UID(f"1.2.826.0.1.3680043.10.1418.3.{digest}")
     meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds = Dataset()
     ds.file_meta = meta
@@ -337,7 +337,7 @@ def _dicom_export(frame: pd.DataFrame, rng: np.random.Generator) -> LayoutPlan:
     root_uid = f"1.2.826.0.1.3680043.10.1418.7.{int(rng.integers(10**6))}"
     study_number = frame["follow_up"].to_numpy() // 2  # two images to a study, about
     placed: list[Placed] = []
-    reports: dict[str, dict[str, object]] = {}
+    reports: dict[str, dict[str, str | int]] = {}
     not_radiograph = np.arange(len(frame)) % 40 == 20  # one object in 40: a CT slice, a capture
     for k, (row, other) in enumerate(zip(frame.itertuples(), not_radiograph, strict=True)):
         patient, study = f"PAT{row.patient_id:06d}", f"{row.patient_id}.{study_number[k]}"
