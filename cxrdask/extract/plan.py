@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from cxrdask._fs import StorageOptions, filesystem
-from cxrdask.archive.dicom_headers import ClientSource
 from cxrdask.backbones.engines import ENGINE_RULES
 from cxrdask.backbones.spec import BackboneSpec, check_weights_available
 from cxrdask.config import COMPILE_AUTO_MIN_IMAGES, ExtractConfig
@@ -33,6 +32,7 @@ from cxrdask.imaging.preprocessing import CPU_INTERPOLATION, DEVICE_INTERPOLATIO
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cxrdask.archive.dicom_headers import ClientSource  # (pandas: imported by the call)
     from cxrdask.store.features import FeatureSettings, FeatureStore
     from cxrdask.store.rows import RowStore
 

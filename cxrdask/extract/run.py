@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cxrdask._fs import StorageOptions
-from cxrdask.archive.dicom_headers import ClientSource
 from cxrdask.config import ExtractConfig
 from cxrdask.errors import (
     ExtractionFailedError,
@@ -46,6 +45,7 @@ from cxrdask.store.lease import StoreLease
 if TYPE_CHECKING:
     import pandas as pd
 
+    from cxrdask.archive.dicom_headers import ClientSource  # (pandas: imported by the call)
     from cxrdask.progress import Progress
     from cxrdask.store.rows import RowStore
 
