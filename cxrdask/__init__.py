@@ -68,6 +68,8 @@ _EXPORTS = {
     "create_app": "serve.web.app",
     "run_study": "study.table",
     "find_overlap": "store.overlap",
+    "neighbours": "store.neighbours",
+    "open_index": "store.neighbours",
     "measure_shift": "study.shift",
     "StudyResult": "study.table",
     "run_demo": "demo",

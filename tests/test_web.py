@@ -149,6 +149,37 @@ def test_a_dicom_that_is_not_a_radiograph_is_refused_naming_its_modality(client,
         assert post(other, ct, name="slice.dcm", content_type="application/dicom").status_code == 200
 
 
+def test_with_a_store_each_diagnosis_lists_the_most_similar_stored_images(
+        trained_checkpoint, images, tmp_path):
+    """``--store``: five stored images beside the diagnosis, the upload's own stored row
+    first (it is in the store), each with its labels, split and a picture; a store of another
+    backbone is refused at start."""
+    from cxrdask.errors import CheckpointMismatchError
+    from cxrdask.store.features import FeatureStore
+    from cxrdask.testing import make_feature_store
+
+    store = trained_store(trained_checkpoint)
+    with TestClient(create_app(trained_checkpoint, device="cpu", store=store)) as with_store:
+        body = post(with_store, images[0].read_bytes(), name=images[0].name).json()
+        similar = body["similar"]
+        rows = FeatureStore.open(store).read("image_index")
+        assert [c["rank"] for c in similar["cases"]] == [1, 2, 3, 4, 5]
+        assert similar["cases"][0]["image"] == images[0].name
+        assert similar["query_in_store"] == list(rows).index(images[0].name)
+        assert similar["cases"][0]["similarity"] > 0.995 > similar["cases"][1]["similarity"]
+        assert {"findings", "split", "patient_id", "picture"} <= set(similar["cases"][1])
+        picture = with_store.get(similar["cases"][1]["picture"])
+        assert picture.status_code == 200 and Image.open(io.BytesIO(picture.content)).size == (128, 128)
+        assert with_store.get("/api/cases/99999.png").status_code == 404
+    with TestClient(create_app(trained_checkpoint, device="cpu")) as without:
+        assert "similar" not in post(without, images[0].read_bytes()).json()
+        assert without.get("/api/cases/0.png").json()["error"] == "no_store"
+    other = str(tmp_path / "other.zarr")
+    make_feature_store(other, 64, feature_dim=32, chunk_rows=32, seed=1)
+    with pytest.raises(CheckpointMismatchError, match="similar cases need a store of the head"):
+        create_app(trained_checkpoint, device="cpu", store=other)
+
+
 def test_a_request_without_a_file_is_a_json_422(client):
     response = client.post("/api/predict", data={"age": "40"})
     assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "file"
@@ -188,6 +219,13 @@ def test_heatmap_layer_pools_to_the_stored_features():
 # --------------------------------------------------------------------------- the real server
 
 
+def trained_store(checkpoint: str) -> str:
+    """The feature store a head was trained on, as its checkpoint records it."""
+    from cxrdask.head.model import load_checkpoint
+
+    return load_checkpoint(checkpoint).provenance["stores"][0]["url"]
+
+
 @pytest.fixture(scope="module")
 def server(trained_checkpoint, tmp_path_factory):
     """``cxrdask serve`` on 127.0.0.1, as a user starts it."""
@@ -196,7 +234,8 @@ def server(trained_checkpoint, tmp_path_factory):
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "cxrdask.cli", "serve", "--checkpoint", trained_checkpoint,
-             "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+             "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+             "--store", trained_store(trained_checkpoint)],
             stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -275,6 +314,17 @@ def test_page_in_headless_chromium(server, images, tmp_path):
                 return n / (c.width * c.height); }""")
             assert painted > 0.01
             assert page.get_attribute("#heatmap", "data-label") == labels[0]
+
+            # the similar cases: this stored image first, said to be in the store, with pictures
+            page.wait_for_selector("#similar:not([hidden])", timeout=30_000)
+            cases = page.eval_on_selector_all("#cases .case .meta", "els => els.map(e => e.textContent)")
+            assert len(cases) == 5 and cases[0].startswith(images[0].name)
+            assert "itself in the store" in page.inner_text("#similar-note")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#cases .case img')].every(i => i.naturalWidth)",
+                timeout=30_000)
+            widths = page.eval_on_selector_all("#cases .case img", "imgs => imgs.map(i => i.naturalWidth)")
+            assert widths == [128] * 5
 
             page.click(f'#bars .bar[data-label="{labels[-1]}"]')
             assert page.get_attribute("#heatmap", "data-label") == labels[-1]

@@ -259,6 +259,57 @@ def cmd_overlap(args) -> int:
     return EXIT_DONE
 
 
+def cmd_index(args) -> int:
+    from cxrdask.store.features import FeatureStore
+    from cxrdask.store.neighbours import build_index, index_url
+
+    store = FeatureStore.open(args.store, storage_options=parse_storage_options(args.storage_option))
+    if args.scheduler:
+        from distributed import Client
+
+        from cxrdask.store.neighbours import open_index
+
+        with Client(args.scheduler) as client:
+            built = open_index(store, client=client)
+    else:
+        built = build_index(store)
+    print(f"indexed {len(built.rows):,} rows of {store.url} ({store.feature_dim} features, "
+          f"centred cosine, exact search) in {built.seconds:.1f} s: {index_url(store)}")
+    return EXIT_DONE
+
+
+def cmd_neighbours(args) -> int:
+    import numpy as np
+
+    from cxrdask.store.features import FeatureStore
+    from cxrdask.store.neighbours import neighbours
+
+    store = FeatureStore.open(args.store, storage_options=parse_storage_options(args.storage_option))
+    query: int | str | np.ndarray = args.query
+    if args.query.isdigit():
+        query = int(args.query)
+    elif args.query not in set(store.read("image_index")):  # a file: its features, as stored
+        import fsspec
+
+        from cxrdask.serve.inference import image_features
+
+        fs, path = fsspec.core.url_to_fs(args.query)
+        if not fs.exists(path):
+            raise OptionError(f"{args.query} is not an image of {store.url} (by name or row) nor "
+                              "a file")
+
+        query = image_features([args.query], store, weights=args.weights, device=args.device)[0]
+    found = neighbours(store, query, args.k)
+    same = found.attrs["query_in_store"]
+    print(f"the {len(found)} stored images most like {args.query}"
+          + (f" (it is row {same} of the store)" if same is not None else "") + ":")
+    print(found.to_string(index=False))
+    if args.csv:
+        found.to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return EXIT_DONE
+
+
 def cmd_shift(args) -> int:
     from cxrdask.study.shift import measure_shift
 
@@ -295,7 +346,8 @@ def cmd_serve(args) -> int:
     listener = listening_socket(args.host, args.port)  # a busy port is refused before the model loads
     app = create_app(args.checkpoint, weights=args.weights, device=args.device,
                      max_upload_bytes=int(args.max_upload_mb * 2**20),
-                     max_concurrent=args.max_concurrent, modalities=args.modalities)
+                     max_concurrent=args.max_concurrent, modalities=args.modalities,
+                     store=args.store)
     identity = app.state.diagnoser.identity
     print(f"model: {identity['backbone']['name']} ({identity['backbone']['weights']}) + head "
           f"{identity['head']['file']} on {identity['device']}")
@@ -331,5 +383,6 @@ def cmd_demo(args) -> int:
     return EXIT_DONE
 
 
-__all__ = ["CACHE_FIELDS", "cmd_cache", "cmd_demo", "cmd_evaluate", "cmd_extract", "cmd_info",
-           "cmd_predict", "cmd_serve", "cmd_synth", "cmd_train", "cmd_verify", "listening_socket"]
+__all__ = ["CACHE_FIELDS", "cmd_cache", "cmd_demo", "cmd_evaluate", "cmd_extract", "cmd_index",
+           "cmd_info", "cmd_neighbours", "cmd_overlap", "cmd_predict", "cmd_serve", "cmd_shift",
+           "cmd_study", "cmd_synth", "cmd_train", "cmd_verify", "listening_socket"]

@@ -46,6 +46,8 @@ COMMANDS = {  # name: one-line help, in the order --help lists them
     "study": "how a head travels: train on every store, leave each archive out, score each",
     "overlap": "images of one store that are images of another (or repeats within one store)",
     "shift": "how far apart two archives are: a domain classifier's AUC, prevalences, demographics",
+    "index": "build a store's nearest-neighbour index (kept beside it), for similar cases",
+    "neighbours": "the stored images most like one image (a file, a stored image or a row)",
     "predict": "the head's probabilities of its findings for image files",
     "serve": "the single-image web page and its JSON API",
 }
@@ -249,6 +251,33 @@ def _shift_options(shift: argparse.ArgumentParser) -> None:
     add_storage(shift)
 
 
+def _index_options(index: argparse.ArgumentParser) -> None:
+    index.add_argument("store", metavar="STORE.zarr", help="a feature store")
+    index.add_argument("--scheduler", help="address of a running Dask scheduler to build it on "
+                                           "(default: this process)")
+    add_storage(index)
+
+
+def _neighbours_options(neighbours: argparse.ArgumentParser) -> None:
+    neighbours.add_argument("store", metavar="STORE.zarr", help="a feature store")
+    neighbours.add_argument("query", metavar="IMAGE",
+                            help="an image file (PNG, JPEG, DICOM; path or URL), a stored "
+                                 "image's name, or a row number")
+    neighbours.add_argument("-k", type=int, default=api_default(_neighbours(), "k"),
+                            help="how many similar images")
+    neighbours.add_argument("--csv", help="also write them to this CSV")
+    neighbours.add_argument("--weights",
+                            help="the store's backbone weights file, when it was made with one")
+    add_device(neighbours, "where the backbone runs for an image file")
+    add_storage(neighbours)
+
+
+def _neighbours():
+    from cxrdask.store.neighbours import neighbours
+
+    return neighbours
+
+
 def _predict_options(predict: argparse.ArgumentParser) -> None:
     predict.add_argument("images", nargs="+",
                          help="PNG, JPEG or DICOM files (local paths or URLs)")
@@ -273,6 +302,9 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--modalities", default=",".join(PROJECTION_MODALITIES), metavar="CODES",
                        help="DICOM modalities answered as chest radiographs (default: "
                             "%(default)s); another is refused, naming its modality; or any")
+    serve.add_argument("--store", metavar="STORE.zarr",
+                       help="a feature store of the head's backbone: each diagnosis lists the "
+                            "five stored images most like the upload, with their labels")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning",
                                                                "info", "debug"],
                        help="uvicorn's log level")
@@ -283,6 +315,7 @@ _OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "demo": _demo_options, "extract": _extract_options, "cache": _cache_options,
     "train": _train_options, "evaluate": _evaluate_options, "study": _study_options,
     "overlap": _overlap_options, "shift": _shift_options,
+    "index": _index_options, "neighbours": _neighbours_options,
     "predict": _predict_options,
     "serve": _serve_options}
 

@@ -43,6 +43,7 @@ class Diagnosis:
     height: int
     note: str | None
     timing_ms: dict[str, float]
+    features: np.ndarray | None = None  # the backbone's features, as a store holds them
 
     def ranking(self) -> list[dict]:
         """Diseases by decreasing probability."""
@@ -161,7 +162,7 @@ class Diagnoser:
             heatmaps=None if cams is None else {
                 label: np.round(cam, 4).tolist() for label, cam in zip(names, cams, strict=True)},
             width=width, height=height, note=note,
-            timing_ms={k: round(v * 1000, 1) for k, v in timing.items()})
+            timing_ms={k: round(v * 1000, 1) for k, v in timing.items()}, features=features[0])
 
 
 __all__ = ["DISCLAIMER", "Diagnoser", "Diagnosis", "grad_cam", "last_conv_maps"]

@@ -22,9 +22,10 @@ from cxrdask.imaging.decode import preprocess_bytes
 from cxrdask.imaging.preprocessing import Preprocessing
 
 
-def backbone_for_checkpoint(ckpt: Checkpoint, weights: str | None = None) -> BackboneSpec:
-    """The backbone the head was trained on; a weights file must be given and must match."""
-    identity = ckpt.backbone
+def backbone_for_identity(identity: dict, weights: str | None = None,
+                          what: str = "the head was trained on") -> BackboneSpec:
+    """The backbone a store's or a head's recorded identity names; a weights file must be
+    given where it was one, and must match (its sha256)."""
     if identity["kind"] == "random":
         seed = int(identity["weights"].rsplit(" ", 1)[-1])
         return BackboneSpec(identity["name"], "random", seed)
@@ -32,11 +33,40 @@ def backbone_for_checkpoint(ckpt: Checkpoint, weights: str | None = None) -> Bac
         return BackboneSpec(identity["name"], identity["weights"].split(".")[-1])
     if weights is None:
         raise CheckpointMismatchError(
-            f"the head was trained on features of {identity['name']} with weights file "
-            f"{identity['weights']} (sha256 {identity.get('sha256', '?')[:12]}…); pass weights=")
+            f"{what} features of {identity['name']} with weights file {identity['weights']} "
+            f"(sha256 {identity.get('sha256', '?')[:12]}…); pass weights=")
     spec = BackboneSpec(identity["name"], weights)
-    ckpt.check_inputs(ckpt.input["n_inputs"], spec.identity())
+    mine = spec.identity()
+    if identity.get("sha256") and mine.get("sha256") != identity["sha256"]:
+        raise CheckpointMismatchError(f"{weights} is not the weights file {what} features of "
+                                      f"(sha256 {identity['sha256'][:12]}…)")
     return spec
+
+
+def backbone_for_checkpoint(ckpt: Checkpoint, weights: str | None = None) -> BackboneSpec:
+    """The backbone the head was trained on; a weights file must be given and must match."""
+    spec = backbone_for_identity(ckpt.backbone, weights)
+    if ckpt.backbone["kind"] not in ("random", "torchvision") or weights is not None:
+        ckpt.check_inputs(ckpt.input["n_inputs"], spec.identity())
+    return spec
+
+
+def image_features(images: Iterable, store, *, weights: str | None = None,
+                   device: str = "auto") -> np.ndarray:
+    """The features a store's backbone and preprocessing give ``images`` (paths or URLs,
+    bytes, or PIL images): what the store holds for an image it has, to find similar ones
+    (:func:`~cxrdask.store.neighbours.neighbours`)."""
+    spec = backbone_for_identity(store.provenance["backbone"], weights,
+                                 f"the store {store.url} holds")
+    preprocessing = Preprocessing.from_dict({**store.provenance["preprocessing"], "flip": "none"})
+    runner = cached_runner(spec, device)
+    arrays = []
+    for i, item in enumerate(images):
+        name, data = _image_bytes(item, i)
+        arrays.append(preprocess_bytes(data, name, preprocessing)[0])
+    if not arrays:
+        return np.zeros((0, store.feature_dim), np.float32)
+    return np.concatenate([runner(np.stack(arrays[i:i + 8])) for i in range(0, len(arrays), 8)])
 
 
 def inference_preprocessing(ckpt: Checkpoint) -> Preprocessing:
@@ -119,4 +149,5 @@ def _image_bytes(item, position: int) -> tuple[str, bytes]:
         return os.path.basename(str(item)), handle.read()
 
 
-__all__ = ["backbone_for_checkpoint", "head_inputs", "inference_preprocessing", "predict"]
+__all__ = ["backbone_for_checkpoint", "backbone_for_identity", "head_inputs", "image_features",
+           "inference_preprocessing", "predict"]

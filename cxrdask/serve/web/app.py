@@ -11,7 +11,8 @@ import time
 from importlib import resources
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+import numpy as np
+from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -22,6 +23,7 @@ from cxrdask.head.model import Checkpoint
 from cxrdask.imaging.decode import DEFAULT_MAX_PIXELS
 from cxrdask.imaging.dicom import PROJECTION_MODALITIES, Modalities
 from cxrdask.serve.diagnosis import DISCLAIMER, Diagnoser
+from cxrdask.serve.web.cases import SimilarCases
 
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 2**20
 ACCEPTED_TYPES = {"image/png", "image/jpeg", "application/dicom", "application/octet-stream"}
@@ -39,7 +41,8 @@ class ApiError(Exception):
 def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, device: str = "auto",
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_concurrent: int = 1,
                max_pixels: int = DEFAULT_MAX_PIXELS,
-               modalities: Modalities = PROJECTION_MODALITIES) -> FastAPI:
+               modalities: Modalities = PROJECTION_MODALITIES,
+               store: str | None = None) -> FastAPI:
     """The web page and JSON API for one head checkpoint; the backbone and head are loaded once.
 
     Parameters
@@ -59,11 +62,15 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
     modalities
         DICOM modalities answered (CR and DX: computed and digital radiography; ``"any"``);
         an upload of another (a CT slice, a scanned report) is refused, naming its modality.
+    store
+        A feature store of the head's backbone: each diagnosis then lists the five stored
+        images most like the upload, with their labels (:mod:`cxrdask.serve.web.cases`).
 
     Returns
     -------
     fastapi.FastAPI
-        ``/`` (the page), ``POST /api/predict``, ``/api/health``, ``/docs``.
+        ``/`` (the page), ``POST /api/predict``, ``/api/health``, ``/docs``, and with a
+        store ``/api/cases/{row}.png``.
     """
     diagnoser = Diagnoser.load(checkpoint, weights, device, max_concurrent, max_pixels,
                                modalities)
@@ -71,6 +78,8 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
     app = FastAPI(title="cxrdask diagnosis", version=__version__,
                   description=f"14 ChestX-ray14 findings for one chest X-ray. {DISCLAIMER}")
     app.state.diagnoser = diagnoser
+    cases = None if store is None else SimilarCases.open(store, diagnoser.checkpoint)
+    app.state.cases = cases
     static = resources.files("cxrdask.serve.web") / "static"
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
@@ -109,15 +118,30 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
         view: Annotated[str | None, Form(pattern="^(PA|AP)$")] = None,
         heatmaps: Annotated[bool, Query(description="also return a Grad-CAM map per disease")] = True,
     ) -> dict:
-        return await _diagnosis(diagnoser, max_upload_bytes, file, age=age, sex=sex, view=view,
-                                heatmaps=heatmaps)
+        answer, features = await _diagnosis(diagnoser, max_upload_bytes, file, age=age, sex=sex,
+                                             view=view, heatmaps=heatmaps)
+        if cases is not None and features is not None:
+            answer["similar"] = await run_in_threadpool(cases.around, features)
+        return answer
+
+    @app.get("/api/cases/{row}.png", summary="A stored image beside a diagnosis (with --store)",
+             responses={404: {"description": "no store, or no such row"}})
+    async def case_picture(row: int) -> Response:
+        if cases is None:
+            raise ApiError(404, "no_store", "the server was started without a store (--store)")
+        try:
+            return Response(await run_in_threadpool(cases.picture, row), media_type="image/png")
+        except IndexError:
+            raise ApiError(404, "no_such_row", f"row {row} is not a row of {cases.store.url}") from None
 
     return app
 
 
 async def _diagnosis(diagnoser: Diagnoser, limit: int, file: UploadFile, *, age: float | None,
-                     sex: str | None, view: str | None, heatmaps: bool) -> dict:
-    """``POST /api/predict``'s answer for one upload, or the :class:`ApiError` that refuses it."""
+                     sex: str | None, view: str | None, heatmaps: bool
+                     ) -> tuple[dict, np.ndarray | None]:
+    """``POST /api/predict``'s answer for one upload and the upload's features, or the
+    :class:`ApiError` that refuses it."""
     name = file.filename or "upload"
     content_type = (file.content_type or "application/octet-stream").split(";")[0].strip()
     if content_type not in ACCEPTED_TYPES:
@@ -148,7 +172,7 @@ async def _diagnosis(diagnoser: Diagnoser, limit: int, file: UploadFile, *, age:
         "model": diagnoser.identity,
         "timing_ms": result.timing_ms,
         "disclaimer": DISCLAIMER,
-    }
+    }, result.features
 
 
 def _too_large(length: int | None, limit: int) -> str:

@@ -77,6 +77,33 @@ function showBars(answer) {
     `(epoch ${m.head.epoch}), ${m.device}; ${answer.timing_ms.total} ms.`;
 }
 
+function showSimilar(answer) {
+  const similar = answer.similar;
+  $("similar").hidden = !similar;
+  if (!similar) return;
+  $("similar-store").textContent = similar.store;
+  $("similar-note").textContent = similar.query_in_store === null
+    ? "The stored images most like this one (centred cosine similarity of the backbone's features)."
+    : `This image is itself in the store (row ${similar.query_in_store}): it comes first.`;
+  const list = $("cases");
+  list.replaceChildren();
+  for (const c of similar.cases) {
+    const item = document.createElement("li");
+    item.className = "case";
+    const img = document.createElement("img");
+    img.src = c.picture;
+    img.alt = `stored image ${c.image}`;
+    const labels = document.createElement("div");
+    labels.className = "labels";
+    labels.textContent = c.findings.replaceAll("|", ", ").replaceAll("_", " ");
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = `${c.image}, ${c.split}, similarity ${c.similarity.toFixed(3)}`;
+    item.append(img, labels, meta);
+    list.append(item);
+  }
+}
+
 async function upload(file) {
   setError("");
   $("status").textContent = `Analysing ${file.name}…`;
@@ -102,6 +129,7 @@ async function upload(file) {
   $("result").hidden = false;
   $("heatmap").dataset.drawn = "false";
   showBars(answer);
+  showSimilar(answer);
   const img = $("xray");
   img.onload = () => drawHeatmap(answer.ranking[0].label);
   img.onerror = () => drawHeatmap(answer.ranking[0].label); // e.g. a format the browser can't show
