@@ -68,6 +68,16 @@ class NeighbourIndex:
     mean: np.ndarray
     state: dict[str, Any]
     seconds: float = 0.0  # what building it took (0: read from beside the store)
+    _catalogue: dict[str, np.ndarray] | None = None
+
+    def catalogue(self, store: FeatureStore) -> dict[str, np.ndarray]:
+        """The per-row arrays a query's answer shows (name, patient, split, labels, status),
+        read from the store once (a few MB at NIH's size), so a query reads nothing more than
+        its own vector: one zarr read is a millisecond or two, and an answer names k rows."""
+        if self._catalogue is None:
+            self._catalogue = {name: store.read(name) for name in
+                               ("image_index", "patient_id", "split", "labels", "status")}
+        return self._catalogue
 
     def unit(self, features: np.ndarray) -> np.ndarray:
         """Features as the index holds them: centred on the store's mean, unit length."""
@@ -205,7 +215,8 @@ def neighbours(store: FeatureStore | str, query: int | str | np.ndarray, k: int 
     if isinstance(k, bool) or k < 1:
         raise OptionError(f"k is how many similar images, at least 1, not {k!r}")
     index = index or open_index(store, client=client)
-    own_row = _query_row(store, query)
+    known = index.catalogue(store)
+    own_row = _query_row(store, query, known)
     vector = (np.asarray(store.array("features")[own_row], dtype=np.float32)
               if own_row is not None else np.asarray(query, dtype=np.float32))
     if vector.size != store.feature_dim:
@@ -220,10 +231,10 @@ def neighbours(store: FeatureStore | str, query: int | str | np.ndarray, k: int 
         rows = np.concatenate([[own_row], rows[~mine]])
         similarity = np.concatenate([[1.0], similarity[~mine]])
     rows, similarity = rows[:k], similarity[:k]
-    found = _describe(store, rows)
+    found = _describe(store, rows, known)
     found.insert(0, "rank", np.arange(1, len(rows) + 1))
     found["split"] = [SPLIT_NAMES[code] if 0 <= code < len(SPLIT_NAMES) else str(code)
-                      for code in store.read("split")[rows]]
+                      for code in known["split"][rows]]
     found["similarity"] = similarity.astype(np.float64)
     found["distance"] = 1.0 - found["similarity"]
     found.attrs["query_in_store"] = (own_row if own_row is not None else
@@ -232,35 +243,34 @@ def neighbours(store: FeatureStore | str, query: int | str | np.ndarray, k: int 
     return found
 
 
-def _query_row(store: FeatureStore, query) -> int | None:
+def _query_row(store: FeatureStore, query, known: dict[str, np.ndarray]) -> int | None:
     if isinstance(query, (bool, np.bool_)):
         raise OptionError("a query is a row, an image name or a feature vector, not a bool")
     if isinstance(query, (int, np.integer)):
         if not 0 <= int(query) < store.n_rows:
             raise OptionError(f"row {query} is not a row of {store.url} (0 to {store.n_rows - 1})")
-        if store.read("status")[int(query)] != STATUS_OK:
+        if known["status"][int(query)] != STATUS_OK:
             raise OptionError(f"row {query} of {store.url} has no features (its image failed)")
         return int(query)
     if isinstance(query, str):
-        names = store.read("image_index")
-        found = np.flatnonzero(names == query)
+        found = np.flatnonzero(known["image_index"] == query)
         if not len(found):
             raise OptionError(f"{query!r} is not an image of {store.url}: give a stored image's "
                               "name, a row, or an image file (cxrdask neighbours STORE FILE)")
-        return _query_row(store, int(found[0]))
+        return _query_row(store, int(found[0]), known)
     return None
 
 
-def _describe(store: FeatureStore, rows: np.ndarray) -> pd.DataFrame:
+def _describe(store: FeatureStore, rows: np.ndarray, known: dict[str, np.ndarray]) -> pd.DataFrame:
     """Image, patient and positive findings of ``rows``."""
     from cxrdask.archive.findings import float_labels
 
-    labels = float_labels(store.read("labels")[rows])
+    labels = float_labels(known["labels"][rows])
     names = list(store.label_names)
     findings = ["|".join(n for n, v in zip(names, row, strict=True) if v == 1) or "No Finding"
                 for row in labels]
-    return pd.DataFrame({"row": rows.astype(np.int64), "image": store.read("image_index")[rows],
-                         "patient_id": store.read("patient_id")[rows], "findings": findings})
+    return pd.DataFrame({"row": rows.astype(np.int64), "image": known["image_index"][rows],
+                         "patient_id": known["patient_id"][rows], "findings": findings})
 
 
 def _opened(store: FeatureStore | str, storage_options: StorageOptions | None) -> FeatureStore:
