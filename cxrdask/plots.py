@@ -128,6 +128,31 @@ def shift_figure(prevalence: pd.DataFrame, names: tuple[str, str], separability:
     return figure
 
 
+def suspects_figure(top: pd.DataFrame, thumbnails: np.ndarray | None) -> Figure:
+    """The most suspect labels: each image's thumbnail (the store's 32 x 32 one, where it
+    keeps them) under its finding, the label the store gives and the out-of-fold
+    probability; without thumbnails, the scores as bars."""
+    columns = 6
+    if thumbnails is None or not len(top):
+        figure = new_figure(8, 0.3 * max(len(top), 1) + 1.2)
+        ax = figure.add_axes((0.45, 0.08, 0.5, 0.85))
+        ax.barh([f"{r.image}: {r.finding} = {r.given}" for r in top.itertuples()], top["score"])
+        ax.invert_yaxis()
+        ax.set_xlabel("label quality score (cleanlab, self-confidence)")
+        ax.tick_params(axis="y", labelsize=7)
+        return figure
+    rows = -(-len(top) // columns)
+    figure = new_figure(1.7 * columns, 2.0 * rows + 0.4)
+    for k, (row, thumbnail) in enumerate(zip(top.itertuples(), thumbnails, strict=True)):
+        ax = figure.add_subplot(rows, columns, k + 1)
+        ax.imshow(thumbnail, cmap="gray", vmin=0, vmax=255)
+        ax.set_axis_off()
+        ax.set_title(f"{row.image}\n{row.finding} = {row.given}, p {row.probability:.2f}",
+                     fontsize=6)
+    figure.suptitle("Most suspect labels (given label, out-of-fold probability)", fontsize=9)
+    return figure
+
+
 def auc_bars_figure(table: pd.DataFrame, caveat: str | None = None) -> Figure:
     """Grouped bars per disease: cxrdask, Wang et al. 2017 and CheXNet; a disease whose AUC
     cannot be computed on the split is marked ``n/a`` above its place."""
@@ -220,4 +245,5 @@ __all__ = [
     "shift_figure",
     "study_figure",
     "subgroup_gap_figure",
+    "suspects_figure",
 ]

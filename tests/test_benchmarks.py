@@ -225,3 +225,13 @@ def test_bench_dicom_headers_reads_no_pixel_data(tmp_path):
             assert row["share of the files' bytes"] < 0.01  # 128 KB files, under 1 KB read
         else:
             assert row["share of the files' bytes"] == 1.0
+
+
+def test_bench_neighbours_times_the_build_and_the_queries(tmp_path):
+    out = tmp_path / "neighbours"
+    run_script("bench_neighbours", "--rows", 2000, "--dim", 64, "--queries", 20, "--out", out)
+    rows = {row["what"].split(" (")[0].split(":")[0]: row for row in _saved(out)["rows"]}
+    assert rows["build the index"]["rows"] == 2000
+    assert rows["neighbours(store, row, k)"]["median_ms"] > 0
+    recall = [row for row in _saved(out)["rows"] if row["what"].startswith("compare: float16")]
+    assert recall and recall[0]["recall_at_5"] >= 0.99  # float16 finds float32's top 5

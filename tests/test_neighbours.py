@@ -47,7 +47,7 @@ def test_a_stored_rows_neighbours_start_with_itself_and_are_the_exact_nearest(st
         expected = [r for r in np.argsort(-similarity[row], kind="stable") if r != row][:5]
         assert sorted(found["row"].iloc[1:]) == sorted(expected)
         np.testing.assert_allclose(found["similarity"].iloc[1:], np.sort(similarity[row][expected])[::-1],
-                                   atol=1e-4)
+                                   atol=2e-3)  # the index holds float16 vectors
         assert (np.diff(found["similarity"].to_numpy()) <= 1e-6).all()
         assert found.attrs["query_in_store"] == row
     name = store.read("image_index")[77]

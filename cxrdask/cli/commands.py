@@ -274,7 +274,7 @@ def cmd_index(args) -> int:
     else:
         built = build_index(store)
     print(f"indexed {len(built.rows):,} rows of {store.url} ({store.feature_dim} features, "
-          f"centred cosine, exact search) in {built.seconds:.1f} s: {index_url(store)}")
+          f"centred cosine, exhaustive search in float16) in {built.seconds:.1f} s: {index_url(store)}")
     return EXIT_DONE
 
 

@@ -146,6 +146,21 @@ class RowStore:
         if not isinstance(attributes, dict):
             raise StoreError(f"{url}: its {ATTRS_KEY!r} attribute is not a mapping")
         self.provenance: dict[str, Any] = dict(attributes)
+        self._splits: np.ndarray | None = None
+
+    def with_splits(self, codes: np.ndarray):
+        """This store read with other split codes (nothing written): what a cross-validation
+        fold's head trains and is scored on (the rows of other folds train, its own are the
+        test split). The store's own split is untouched, for every other reader."""
+        import copy
+
+        codes = np.asarray(codes, dtype=np.int8)
+        if codes.shape != (self.n_rows,):
+            raise ValueError(f"{codes.shape[0] if codes.ndim else 0} split codes for "
+                             f"{self.n_rows} rows")
+        other = copy.copy(self)
+        other._splits = codes
+        return other
 
     # ------------------------------------------------------------------ create / open
 
@@ -298,6 +313,8 @@ class RowStore:
         CorruptChunkError
             A chunk read fails its checksum or cannot be decoded; the error names it.
         """
+        if name == "split" and self._splits is not None:  # with_splits': this object's own
+            return np.asarray(self._splits[selection])
         array = self.array(name)
         try:
             return np.asarray(array[selection])
