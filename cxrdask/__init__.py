@@ -70,6 +70,7 @@ _EXPORTS = {
     "find_overlap": "store.overlap",
     "neighbours": "store.neighbours",
     "open_index": "store.neighbours",
+    "audit_labels": "evaluation.label_audit",
     "measure_shift": "study.shift",
     "StudyResult": "study.table",
     "run_demo": "demo",

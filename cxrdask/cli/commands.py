@@ -259,6 +259,22 @@ def cmd_overlap(args) -> int:
     return EXIT_DONE
 
 
+def cmd_audit_labels(args) -> int:
+    from cxrdask.config import TrainConfig
+    from cxrdask.evaluation.label_audit import audit_labels
+    from cxrdask.runtime.cluster import local_client
+
+    chosen = options_from_args(args, TrainConfig)  # None: the preset's
+    config = TrainConfig.preset_config(chosen.pop("preset"), **chosen)
+    with local_client(args.scheduler, n_workers=args.workers) as client:
+        audit = audit_labels(args.store, args.out, folds=args.folds, config=config,
+                             expert_labels=args.expert_labels, client=client,
+                             storage_options=parse_storage_options(args.storage_option))
+    print(audit.to_markdown())
+    print("wrote " + ", ".join(audit.files))
+    return EXIT_DONE
+
+
 def cmd_index(args) -> int:
     from cxrdask.store.features import FeatureStore
     from cxrdask.store.neighbours import build_index, index_url
@@ -383,6 +399,23 @@ def cmd_demo(args) -> int:
     return EXIT_DONE
 
 
-__all__ = ["CACHE_FIELDS", "cmd_cache", "cmd_demo", "cmd_evaluate", "cmd_extract", "cmd_index",
-           "cmd_info", "cmd_neighbours", "cmd_overlap", "cmd_predict", "cmd_serve", "cmd_shift",
-           "cmd_study", "cmd_synth", "cmd_train", "cmd_verify", "listening_socket"]
+__all__ = [
+    "CACHE_FIELDS",
+    "cmd_audit_labels",
+    "cmd_cache",
+    "cmd_demo",
+    "cmd_evaluate",
+    "cmd_extract",
+    "cmd_index",
+    "cmd_info",
+    "cmd_neighbours",
+    "cmd_overlap",
+    "cmd_predict",
+    "cmd_serve",
+    "cmd_shift",
+    "cmd_study",
+    "cmd_synth",
+    "cmd_train",
+    "cmd_verify",
+    "listening_socket",
+]

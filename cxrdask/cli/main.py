@@ -47,6 +47,7 @@ COMMANDS = {  # name: one-line help, in the order --help lists them
     "overlap": "images of one store that are images of another (or repeats within one store)",
     "shift": "how far apart two archives are: a domain classifier's AUC, prevalences, demographics",
     "index": "build a store's nearest-neighbour index (kept beside it), for similar cases",
+    "audit-labels": "rank a store's labels by how likely each is wrong (out-of-fold heads, cleanlab)",
     "neighbours": "the stored images most like one image (a file, a stored image or a row)",
     "predict": "the head's probabilities of its findings for image files",
     "serve": "the single-image web page and its JSON API",
@@ -67,7 +68,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                                     formatter_class=HelpFormatter, epilog=epilog)
         if only is None or only == name:
             _OPTIONS[name](sub)
-            sub.set_defaults(run=getattr(commands, f"cmd_{name}"))
+            sub.set_defaults(run=getattr(commands, f"cmd_{name.replace('-', '_')}"))
     return parser
 
 
@@ -251,6 +252,30 @@ def _shift_options(shift: argparse.ArgumentParser) -> None:
     add_storage(shift)
 
 
+def _audit_labels_options(audit: argparse.ArgumentParser) -> None:
+    from cxrdask.config import TrainConfig
+
+    audit.add_argument("store", metavar="STORE.zarr", help="a feature store")
+    audit.add_argument("--out", required=True,
+                       help="new or empty folder for label_issues.csv, label_audit.md, "
+                            "suspects.png and the fold heads")
+    audit.add_argument("--folds", type=int, default=api_default(_audit_labels(), "folds"),
+                       help="heads trained by patient folds, each predicting the patients it "
+                            "did not see")
+    audit.add_argument("--expert-labels", metavar="CSV",
+                       help="Google's 2019 expert labels of NIH images: how many top suspects "
+                            "the experts label otherwise")
+    add_options(audit, TrainConfig, defaults="preset")
+    add_cluster(audit, "the fold heads' training", layout=False)
+    add_storage(audit)
+
+
+def _audit_labels():
+    from cxrdask.evaluation.label_audit import audit_labels
+
+    return audit_labels
+
+
 def _index_options(index: argparse.ArgumentParser) -> None:
     index.add_argument("store", metavar="STORE.zarr", help="a feature store")
     index.add_argument("--scheduler", help="address of a running Dask scheduler to build it on "
@@ -316,6 +341,7 @@ _OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "train": _train_options, "evaluate": _evaluate_options, "study": _study_options,
     "overlap": _overlap_options, "shift": _shift_options,
     "index": _index_options, "neighbours": _neighbours_options,
+    "audit-labels": _audit_labels_options,
     "predict": _predict_options,
     "serve": _serve_options}
 
