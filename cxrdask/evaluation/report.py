@@ -20,6 +20,7 @@ from cxrdask.choices import ScoredSplit
 from cxrdask.config import EvaluateConfig
 from cxrdask.errors import OptionError
 from cxrdask.evaluation.audit import Audit, auc_per_label, audit
+from cxrdask.evaluation.checklist import ChecklistItem, checklist_markdown, tripod_ai
 from cxrdask.evaluation.external import OverlapCheck, training_overlap
 from cxrdask.evaluation.localisation import WANG_CITATION, LocalisationReport
 from cxrdask.evaluation.published import CHEXNET_2017, CITATIONS, WANG_2017
@@ -68,6 +69,8 @@ class EvaluationReport:
     not_labelled: tuple[str, ...] = ()
     views: dict = field(default_factory=dict)  # the views scored, the rows kept and left out
     overlap: OverlapCheck | None = None  # the scored rows that are the head's training images
+    # Each TRIPOD+AI entry: whether this run fills it (cxrdask.evaluation.checklist).
+    checklist: list[ChecklistItem] = field(default_factory=list)
 
     @property
     def mean_over(self) -> list[str]:
@@ -389,6 +392,7 @@ def evaluate(
     if overlap is not None and overlap.checked:  # the rows left out of this split, not all
         overlap = overlap.within(readable_rows(store, scores.split, config.views))
     report = build_report(store, scores, found, overlap)
+    report.checklist = tripod_ai(store, scores, report, config)
     if config.boxes is not None and config.images is not None:
         from cxrdask.evaluation.localisation import localise
         from cxrdask.runtime.cluster import session_client
@@ -413,11 +417,14 @@ def write_report(report: EvaluationReport, scores: Scores, out_dir: str | os.Pat
     targets, probabilities = scores.scored.targets, scores.scored.probabilities
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(report.to_markdown())
+    if report.checklist:
+        (out / "checklist.md").write_text(checklist_markdown(report.checklist))
     (out / "report.json").write_text(json.dumps(
         {**report.to_json(), "checkpoint": ckpt.path, "backbone_identity": ckpt.backbone},
         indent=2))
     caveat = report.caveat_line
     files = [str(out / "report.md"), str(out / "report.json"),
+             *([str(out / "checklist.md")] if report.checklist else []),
              save_figure(roc_figure(targets, probabilities, caveat, scores.scored.labels,
                                     scores.scored.known), out / "roc.png"),
              save_figure(auc_bars_figure(report.table, caveat), out / "auc_bars.png"),
