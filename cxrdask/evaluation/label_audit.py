@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +158,9 @@ def audit_labels(store: FeatureStore | str, out_dir: str | os.PathLike, *, folds
     folds
         Heads trained, each predicting the patients it did not see (2 or more).
     config
-        How each head trains (:class:`~cxrdask.config.TrainConfig`).
+        How each head trains (:class:`~cxrdask.config.TrainConfig`), without positives
+        weighted in the loss whatever it says: cleanlab reads the probabilities as
+        calibrated.
     expert_labels
         Google's 2019 expert labels of NIH images: the report says how many top suspects
         the experts read and how many of those they label otherwise.
@@ -180,7 +182,10 @@ def audit_labels(store: FeatureStore | str, out_dir: str | os.PathLike, *, folds
         from cxrdask.archive.expert_labels import read_expert_labels
 
         expert = read_expert_labels(expert_labels, storage_options)
-    config = config or TrainConfig()
+    # Probabilities as they are, not moved toward the positives by a weighted loss: cleanlab
+    # reads them as calibrated (with positives weighted, a 200-image demo had cleanlab call
+    # up to 125 of 199 labels of a finding errors).
+    config = replace(config or TrainConfig(), pos_weight=False)
     patients = opened.read("patient_id")
     fold = patient_folds(patients, folds, seed)
     client = client if client is not None else session_client(announce=False)
