@@ -16,7 +16,8 @@ def test_every_command_has_help():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {"info", "verify", "synth", "demo", "extract", "cache", "train",
-                             "evaluate", "study", "overlap", "shift", "predict", "serve"}
+                             "evaluate", "study", "overlap", "shift", "index", "neighbours",
+                             "audit-labels", "predict", "serve"}
     for name in commands:
         assert cxrdask(name, "--help", check=True).stdout.startswith(f"usage: cxrdask {name}")
 

@@ -161,16 +161,20 @@ def _facts(store, scores, report, config) -> dict[str, Any]:
 
 def _filled(f: dict[str, Any]) -> dict[str, tuple[Status, str, str]]:
     """The entries the run fills, in whole or in part: (status, what, where)."""
-    report, ckpt, config = f["report"], f["checkpoint"], f["train_config"]
+    return {**_method_items(f), **_result_items(f)}
+
+
+def _method_items(f: dict[str, Any]) -> dict[str, tuple[Status, str, str]]:
+    """Data, participants, preparation, outcome, predictors and analysis (items 5a-16)."""
+    return {**_data_items(f), **_analysis_items(f)}
+
+
+def _data_items(f: dict[str, Any]) -> dict[str, tuple[Status, str, str]]:
+    """Data, participants, preparation, outcome, predictors, size, missing data (5a-11)."""
+    report, ckpt = f["report"], f["checkpoint"]
     trained = ", ".join(f"{s.get('archive')} ({s.get('url')})" for s in f["training"]) or "its store"
     prep = f["prep"]
     caveats = "; ".join(report.caveats) or "none"
-    overlap = report.overlap.sentence() if report.overlap is not None else (
-        "an internal score: the head's own store, its own splits")
-    subgroups = report.audit is not None and report.audit.subgroups is not None
-    age = f["age"]
-    female = "" if np.isnan(f["female"]) else f"{f['female']:.0%} female, "
-    ages = f"age median {age[0]:.0f} ({age[1]:.0f}-{age[2]:.0f}), " if age else ""
     return {
         "5a": ("partly", f"the {f['archive']} archive, store {f['store']} ({f['n_rows']} rows); the "
                          f"head trained on {trained}. Caveats: {caveats}. Representativeness: "
@@ -204,6 +208,16 @@ def _filled(f: dict[str, Any]) -> dict[str, tuple[Status, str, str]]:
         "11": ("filled", "a missing label is left out of the loss and of every score of its "
                          f"finding (labelled rows per finding: {_counts(f['labelled'])}); "
                          f"unreadable images: {f['failed']}", "report.md (table)"),
+    }
+
+
+def _analysis_items(f: dict[str, Any]) -> dict[str, tuple[Status, str, str]]:
+    """Analytical methods, imbalance, fairness, output, training against evaluation (12a-16)."""
+    report, config = f["report"], f["train_config"]
+    overlap = report.overlap.sentence() if report.overlap is not None else (
+        "an internal score: the head's own store, its own splits")
+    subgroups = report.audit is not None and report.audit.subgroups is not None
+    return {
         "12a": ("filled", f"split {f['split'].get('method', '?')} with patients kept apart "
                           f"({f['split'].get('description', '')}); training and validation splits "
                           f"fit the head, the {f['scored_split']} split scores it",
@@ -227,6 +241,17 @@ def _filled(f: dict[str, Any]) -> dict[str, tuple[Status, str, str]]:
         "15": ("filled", "a probability per finding; thresholds chosen on the validation split, "
                          "never on the scored rows", "report.md (operating points)"),
         "16": ("filled", f"{report.external or 'internal score'}. {overlap}", "report.md (header)"),
+    }
+
+
+def _result_items(f: dict[str, Any]) -> dict[str, tuple[Status, str, str]]:
+    """Open science, participants, development, specification and performance (18e-23b)."""
+    report, ckpt = f["report"], f["checkpoint"]
+    subgroups = report.audit is not None and report.audit.subgroups is not None
+    age = f["age"]
+    female = "" if np.isnan(f["female"]) else f"{f['female']:.0%} female, "
+    ages = f"age median {age[0]:.0f} ({age[1]:.0f}-{age[2]:.0f}), " if age else ""
+    return {
         "18e": ("partly", f"the {f['archive']} archive's own terms", ""),
         "18f": ("partly", "cxrdask's version and the checkpoint's sha256 are recorded; where the "
                           "study's code is shared is the author's", "checkpoint, report.json"),

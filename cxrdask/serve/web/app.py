@@ -124,6 +124,13 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
             answer["similar"] = await run_in_threadpool(cases.around, features)
         return answer
 
+    _add_case_pictures(app, cases)
+    return app
+
+
+def _add_case_pictures(app: FastAPI, cases: SimilarCases | None) -> None:
+    """``GET /api/cases/{row}.png``: a stored image shown beside a diagnosis."""
+
     @app.get("/api/cases/{row}.png", summary="A stored image beside a diagnosis (with --store)",
              responses={404: {"description": "no store, or no such row"}})
     async def case_picture(row: int) -> Response:
@@ -133,8 +140,6 @@ def create_app(checkpoint: str | Checkpoint, *, weights: str | None = None, devi
             return Response(await run_in_threadpool(cases.picture, row), media_type="image/png")
         except IndexError:
             raise ApiError(404, "no_such_row", f"row {row} is not a row of {cases.store.url}") from None
-
-    return app
 
 
 async def _diagnosis(diagnoser: Diagnoser, limit: int, file: UploadFile, *, age: float | None,
