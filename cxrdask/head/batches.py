@@ -22,7 +22,7 @@ from cxrdask.archive.splits import ALL, in_split, split_code
 from cxrdask.archive.views import Views, check_views, view_mask
 from cxrdask.head.batch_plan import BatchPlan
 from cxrdask.head.encoding import DEFAULT_DEMOGRAPHICS, encode_inputs
-from cxrdask.store.features import STATUS_OK, FeatureStore
+from cxrdask.store.features import STATUS_OK, FeatureStore, open_store
 
 
 def readable_rows(store: FeatureStore, split: str | int, views: Views = "all") -> np.ndarray:
@@ -33,14 +33,6 @@ def readable_rows(store: FeatureStore, split: str | int, views: Views = "all") -
     if views != "all":
         keep &= view_mask(store.read("view"), views)
     return keep
-
-
-def open_store(store: FeatureStore | str, storage_options: StorageOptions | None = None
-               ) -> FeatureStore:
-    """Accept a store or its URL."""
-    if isinstance(store, FeatureStore):
-        return store
-    return FeatureStore.open(store, storage_options=storage_options)
 
 
 class FeatureBatches(torch.utils.data.IterableDataset):

@@ -245,6 +245,14 @@ class FeatureStore(RowStore):
             self.array("done")[chunk] = True
 
 
+def open_store(store: FeatureStore | str, storage_options: StorageOptions | None = None
+               ) -> FeatureStore:
+    """Accept a store or its URL (what every function that takes a store calls first)."""
+    if isinstance(store, FeatureStore):
+        return store
+    return FeatureStore.open(str(store), storage_options=storage_options)
+
+
 __all__ = [
     "ATTRS_KEY",
     "DEFAULT_CHUNK_ROWS",
@@ -258,6 +266,7 @@ __all__ = [
     "FeatureSettings",
     "FeatureStore",
     "common_provenance",
+    "open_store",
     "rows_fingerprint",
     "zarr_store",
 ]

@@ -30,7 +30,7 @@ import pandas as pd
 
 from cxrdask._fs import StorageOptions, filesystem, join_url
 from cxrdask.errors import CxrDaskError, MissingExtraError, OptionError
-from cxrdask.store.features import STATUS_OK, FeatureStore
+from cxrdask.store.features import STATUS_OK, FeatureStore, open_store
 
 INDEX_SUFFIX = ".neighbours"
 # A query at least this similar to a stored row is that image: the store's features were
@@ -102,7 +102,7 @@ def build_index(store: FeatureStore | str, *, storage_options: StorageOptions | 
     """Build the index of ``store``'s readable rows, reading its features a chunk at a time
     (twice: the mean, then the vectors), and keep it beside the store (``save``)."""
     faiss = _faiss()
-    store = _opened(store, storage_options)
+    store = open_store(store, storage_options)
     started = time.perf_counter()
     ok = store.read("status") == STATUS_OK
     rows = np.flatnonzero(ok)
@@ -170,7 +170,7 @@ def open_index(store: FeatureStore | str, *, client=None,
                storage_options: StorageOptions | None = None) -> NeighbourIndex:
     """The store's index: the one kept beside it where it was built from the store as it is
     now, else built again (on ``client``'s cluster when given) and kept."""
-    store = _opened(store, storage_options)
+    store = open_store(store, storage_options)
     kept = _load(index_url(store), store.storage_options)
     if kept is not None and kept.state == store_state(store):
         return kept
@@ -217,7 +217,7 @@ def neighbours(store: FeatureStore | str, query: int | str | np.ndarray, k: int 
     """
     from cxrdask.archive.splits import SPLIT_NAMES
 
-    store = _opened(store, storage_options)
+    store = open_store(store, storage_options)
     if isinstance(k, bool) or k < 1:
         raise OptionError(f"k is how many similar images, at least 1, not {k!r}")
     index = index or open_index(store, client=client)
@@ -277,11 +277,6 @@ def _describe(store: FeatureStore, rows: np.ndarray, known: dict[str, np.ndarray
                 for row in labels]
     return pd.DataFrame({"row": rows.astype(np.int64), "image": known["image_index"][rows],
                          "patient_id": known["patient_id"][rows], "findings": findings})
-
-
-def _opened(store: FeatureStore | str, storage_options: StorageOptions | None) -> FeatureStore:
-    return store if isinstance(store, FeatureStore) else FeatureStore.open(
-        str(store), storage_options=storage_options)
 
 
 __all__ = ["INDEX_SUFFIX", "SAME_IMAGE", "NeighbourIndex", "build_index", "index_url", "neighbours",

@@ -31,7 +31,7 @@ import pandas as pd
 
 from cxrdask._fs import StorageOptions
 from cxrdask.errors import CxrDaskError
-from cxrdask.store.features import STATUS_OK, FeatureStore
+from cxrdask.store.features import STATUS_OK, FeatureStore, open_store
 
 DEFAULT_THRESHOLD = 0.9  # the details' correlation that confirms a pair
 CANDIDATE_CORRELATION = 0.995  # the thumbnails' correlation that proposes one
@@ -143,8 +143,8 @@ def find_overlap(a: FeatureStore | str, b: FeatureStore | str | None = None, *,
         The stores were made with other preprocessing (their thumbnails are of other images
         sizes or crops, not comparable).
     """
-    first = _opened(a, storage_options)
-    second = first if b is None else _opened(b, storage_options)
+    first = open_store(a, storage_options)
+    second = first if b is None else open_store(b, storage_options)
     if not 0.0 < threshold <= 1.0:
         from cxrdask.errors import OptionError
 
@@ -222,11 +222,6 @@ def copies_phrase(record: dict | None) -> str:
     if not record["rows_left_out"]:
         return "; no copies of earlier stores' images" if record["per_earlier_store"] else ""
     return f"; {record['rows_left_out']:,} copies of earlier stores' images left out"
-
-
-def _opened(store: FeatureStore | str, storage_options: StorageOptions | None) -> FeatureStore:
-    return store if isinstance(store, FeatureStore) else FeatureStore.open(
-        str(store), storage_options=storage_options)
 
 
 def _check_comparable(first: FeatureStore, second: FeatureStore) -> None:

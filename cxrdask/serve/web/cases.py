@@ -20,7 +20,7 @@ from PIL import Image
 
 from cxrdask.errors import CheckpointMismatchError
 from cxrdask.head.model import Checkpoint
-from cxrdask.store.features import FeatureStore
+from cxrdask.store.features import FeatureStore, open_store
 from cxrdask.store.neighbours import NeighbourIndex, neighbours, open_index
 
 SHOWN = 5  # cases beside a diagnosis
@@ -39,7 +39,7 @@ class SimilarCases:
     def open(cls, store: str | FeatureStore, checkpoint: Checkpoint) -> SimilarCases:
         """The store's index, after checking that it holds features of ``checkpoint``'s
         backbone and preprocessing (:class:`CheckpointMismatchError` otherwise)."""
-        opened = store if isinstance(store, FeatureStore) else FeatureStore.open(str(store))
+        opened = open_store(store)
         mine, theirs = opened.provenance["backbone"], checkpoint.backbone
         keys = ("name", "kind", "weights", "sha256", "feature_dim")
         if any(mine.get(k) != theirs.get(k) for k in keys):
