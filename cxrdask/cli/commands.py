@@ -298,13 +298,14 @@ def cmd_neighbours(args) -> int:
     import numpy as np
 
     from cxrdask.store.features import FeatureStore
-    from cxrdask.store.neighbours import neighbours
+    from cxrdask.store.neighbours import neighbours, open_index
 
     store = FeatureStore.open(args.store, storage_options=parse_storage_options(args.storage_option))
+    index = open_index(store)
     query: int | str | np.ndarray = args.query
     if args.query.isdigit():
         query = int(args.query)
-    elif args.query not in set(store.read("image_index")):  # a file: its features, as stored
+    elif args.query not in set(index.catalogue(store)["image_index"]):  # a file: its features
         import fsspec
 
         from cxrdask.serve.inference import image_features
@@ -315,7 +316,7 @@ def cmd_neighbours(args) -> int:
                               "a file")
 
         query = image_features([args.query], store, weights=args.weights, device=args.device)[0]
-    found = neighbours(store, query, args.k)
+    found = neighbours(store, query, args.k, index=index)
     same = found.attrs["query_in_store"]
     print(f"the {len(found)} stored images most like {args.query}"
           + (f" (it is row {same} of the store)" if same is not None else "") + ":")

@@ -23,7 +23,7 @@ from cxrdask._fs import StorageOptions
 from cxrdask.errors import CxrDaskError
 from cxrdask.head.model import Checkpoint
 from cxrdask.store.features import FeatureStore
-from cxrdask.store.overlap import find_overlap
+from cxrdask.store.overlap import Copies, copies_in
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,9 @@ class OverlapCheck:
     ----------
     checked : bool
         Every training store was compared with the scored one.
-    rows : numpy.ndarray
-        The scored store's rows that are images of a training store (left out of the score).
-    pairs : dict of str to int
-        Rows found per training store (by URL).
+    found : dict of str to numpy.ndarray
+        Per training store (by URL), the scored store's rows that are its images; ``rows``
+        (all of them: left out of the score) and ``pairs`` (how many per store) follow.
     reason : str
         Why it was not checked (empty where it was).
     internal : bool
@@ -46,20 +45,24 @@ class OverlapCheck:
     """
 
     checked: bool
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    pairs: dict[str, int] = field(default_factory=dict)
+    found: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     reason: str = ""
     internal: bool = False
 
-    found: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # rows per store
+    @property
+    def rows(self) -> np.ndarray:
+        """The scored store's rows that are images of a training store."""
+        return Copies(self.found).rows
+
+    @property
+    def pairs(self) -> dict[str, int]:
+        """Rows found per training store (by URL)."""
+        return Copies(self.found).per_store
 
     def within(self, keep: np.ndarray) -> OverlapCheck:
         """The check restricted to the rows ``keep`` (a mask over the store's rows) says
         are scored: the rows left out of this score, not of the whole store."""
-        found = {url: rows[keep[rows]] for url, rows in self.found.items()}
-        rows = self.rows[keep[self.rows]]
-        return replace(self, rows=rows, found=found,
-                       pairs={url: int(np.unique(each).size) for url, each in found.items()})
+        return replace(self, found={url: rows[keep[rows]] for url, rows in self.found.items()})
 
     def sentence(self) -> str:
         """One line for the report."""
@@ -145,18 +148,11 @@ def training_overlap(store: FeatureStore, ckpt: Checkpoint,
     internal = position is not None
     if internal:
         urls = urls[:position]
-    rows, pairs = [], {}
-    for url in urls:
-        try:
-            trained = FeatureStore.open(url, storage_options=storage_options)
-            found = find_overlap(trained, store)
-        except (CxrDaskError, OSError) as exc:
-            return OverlapCheck(False, reason=f"{url}: {exc}".splitlines()[0], internal=internal)
-        rows.append(found["b_row"].to_numpy())
-        pairs[url] = int(found["b_row"].nunique())
-    left_out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
-    return OverlapCheck(True, rows=left_out, pairs=pairs, internal=internal,
-                        found=dict(zip(urls, rows, strict=True)))
+    try:
+        copies = copies_in(store, urls, storage_options=storage_options)
+    except (CxrDaskError, OSError) as exc:
+        return OverlapCheck(False, reason=str(exc).splitlines()[0], internal=internal)
+    return OverlapCheck(True, copies.found, internal=internal)
 
 
 __all__ = ["OverlapCheck", "trained_on", "training_overlap", "training_position",

@@ -166,30 +166,51 @@ def find_overlap(a: FeatureStore | str, b: FeatureStore | str | None = None, *,
 
 @dataclass(frozen=True)
 class Copies:
-    """The rows of one store whose images are images of earlier stores (of a list that
-    trains one head), as :func:`copies_of_earlier` finds them.
+    """The rows of one store whose images are images of other stores (:func:`copies_in`).
 
     Attributes
     ----------
-    rows : numpy.ndarray
-        This store's rows that are copies (left out of training: the image trains once,
-        through its first store's copy and in that store's split).
-    per_store : dict of str to int
-        Rows found per earlier store (by URL).
+    found : dict of str to numpy.ndarray
+        Per other store (by URL), this store's rows that are its images.
     checked : bool
-        Every earlier store was compared with this one.
+        Every other store was compared with this one.
     reason : str
         Why not (empty where it was).
     """
 
-    rows: np.ndarray
-    per_store: dict[str, int]
+    found: dict[str, np.ndarray]
     checked: bool = True
     reason: str = ""
+
+    @property
+    def rows(self) -> np.ndarray:
+        """This store's rows that are images of any of the others (left out of training: the
+        image trains once, through its first store's copy and in that store's split)."""
+        if not self.found:
+            return np.zeros(0, np.int64)
+        return np.unique(np.concatenate(list(self.found.values()))).astype(np.int64)
+
+    @property
+    def per_store(self) -> dict[str, int]:
+        """How many of this store's rows are images of each other store."""
+        return {url: int(np.unique(rows).size) for url, rows in self.found.items()}
 
     def to_json(self) -> dict:
         return {"checked": self.checked, "rows_left_out": len(self.rows),
                 "per_earlier_store": self.per_store, "reason": self.reason or None}
+
+
+def copies_in(store: FeatureStore | str, others, *, threshold: float = DEFAULT_THRESHOLD,
+              storage_options: StorageOptions | None = None) -> Copies:
+    """The rows of ``store`` that are images of each of ``others`` (stores or URLs), by
+    :func:`find_overlap`; its errors (a store without signatures, one that cannot be
+    opened) are the caller's to turn into an unchecked answer."""
+    store = open_store(store, storage_options)
+    found = {}
+    for other in others:
+        other = open_store(other, storage_options)
+        found[other.url] = find_overlap(other, store, threshold=threshold)["b_row"].to_numpy()
+    return Copies(found)
 
 
 def copies_of_earlier(stores: list[FeatureStore], k: int, *,
@@ -199,17 +220,10 @@ def copies_of_earlier(stores: list[FeatureStore], k: int, *,
     Pneumonia's images are NIH's: listed after NIH, an RSNA store gives only its own). A
     store without signatures cannot be checked: ``checked`` False and the reason, nothing
     left out."""
-    rows: list[np.ndarray] = []
-    per_store: dict[str, int] = {}
-    for earlier in stores[:k]:
-        try:
-            found = find_overlap(earlier, stores[k], threshold=threshold)
-        except OverlapUncheckable as exc:
-            return Copies(np.zeros(0, np.int64), per_store, False, str(exc).splitlines()[0])
-        rows.append(found["b_row"].to_numpy())
-        per_store[earlier.url] = int(found["b_row"].nunique())
-    left_out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
-    return Copies(left_out.astype(np.int64), per_store)
+    try:
+        return copies_in(stores[k], stores[:k], threshold=threshold)
+    except OverlapUncheckable as exc:
+        return Copies({}, False, str(exc).splitlines()[0])
 
 
 def copies_phrase(record: dict | None) -> str:
@@ -238,5 +252,5 @@ def _check_comparable(first: FeatureStore, second: FeatureStore) -> None:
 
 
 __all__ = ["BLOCK_ROWS", "BLOCK_VALUES", "CANDIDATE_CORRELATION", "DEFAULT_THRESHOLD", "Copies",
-           "OverlapUncheckable", "Signatures", "copies_of_earlier", "copies_phrase", "find_overlap",
-           "standardised_signatures"]
+           "OverlapUncheckable", "Signatures", "copies_in", "copies_of_earlier", "copies_phrase",
+           "find_overlap", "standardised_signatures"]

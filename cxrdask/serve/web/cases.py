@@ -40,19 +40,12 @@ class SimilarCases:
         """The store's index, after checking that it holds features of ``checkpoint``'s
         backbone and preprocessing (:class:`CheckpointMismatchError` otherwise)."""
         opened = open_store(store)
-        mine, theirs = opened.provenance["backbone"], checkpoint.backbone
-        keys = ("name", "kind", "weights", "sha256", "feature_dim")
-        if any(mine.get(k) != theirs.get(k) for k in keys):
-            raise CheckpointMismatchError(
-                f"{opened.url} holds features of {mine.get('name')} ({mine.get('weights')}); the "
-                f"head is on {theirs.get('name')} ({theirs.get('weights')}): similar cases need "
-                "a store of the head's backbone")
-        size = {k: v for k, v in opened.provenance["preprocessing"].items() if k != "flip"}
-        wanted = {k: v for k, v in checkpoint.provenance.get("preprocessing", {}).items()
-                  if k != "flip"}
-        if wanted and size != wanted:
-            raise CheckpointMismatchError(f"{opened.url} was made with other preprocessing than "
-                                          f"the head's features ({size} against {wanted})")
+        try:  # the check every reader of a store with a head makes
+            checkpoint.check_features(opened.provenance["backbone"],
+                                      opened.provenance["preprocessing"])
+        except CheckpointMismatchError as exc:
+            raise CheckpointMismatchError(f"{opened.url}: similar cases need a store of the "
+                                          f"head's backbone and preprocessing: {exc}") from None
         return cls(opened, open_index(opened), _pixel_store(opened))
 
     def around(self, features: np.ndarray, k: int = SHOWN) -> dict[str, Any]:
