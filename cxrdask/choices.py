@@ -52,6 +52,11 @@ XrvBackbone = Literal["xrv-densenet121-res224-all", "xrv-densenet121-res224-nih"
                       "xrv-densenet121-res224-mimic_ch", "xrv-resnet50-res512-all"]
 BackboneName = Literal[TorchvisionBackbone, XrvBackbone]
 BACKBONE_NAMES: tuple[str, ...] = values_of(BackboneName)
+# A transformer's embedding: its class token, the mean of its patch tokens, or both side by
+# side (DINOv2's linear probes); auto: the class token where the model has one, else its
+# pooled output.
+Pooling = Literal["auto", "cls", "mean", "cls+mean"]
+POOLINGS: tuple[str, ...] = values_of(Pooling)
 
 # Where and how things compute.
 Device = Literal["auto", "cpu", "cuda"]  # auto: the GPU where there is one
@@ -71,6 +76,7 @@ __all__ = [
     "ARCHIVE_KINDS",
     "BACKBONE_NAMES",
     "LAYOUTS",
+    "POOLINGS",
     "SPLIT_NAMES",
     "UNCERTAIN_POLICIES",
     "ArchiveChoice",
@@ -85,6 +91,7 @@ __all__ = [
     "HeadPrecision",
     "Layout",
     "PixelCompression",
+    "Pooling",
     "Precision",
     "PresetName",
     "Prevalence",

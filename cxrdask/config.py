@@ -27,6 +27,7 @@ from cxrdask.choices import (
     Flip,
     HeadPrecision,
     PixelCompression,
+    Pooling,
     Precision,
     PresetName,
     ResizeOn,
@@ -93,11 +94,19 @@ class ExtractConfig(Options):
                 "at most 512 rows (a resumed store keeps its own)", type="chunk_rows")
     batch_size: int = option(DEFAULT_BATCH_SIZE, "images per backbone call")
     backbone: BackboneName | str = option(
-        "resnet50", "torchvision network; torchxrayvision's (xrv-...); or timm:MODEL, a timm "
-        "CNN (e.g. timm:convnext_tiny); the last two bring their own preprocessing",
-        type="backbone", metavar="{" + ",".join(BACKBONE_NAMES) + ",timm:MODEL}")
+        "resnet50", "torchvision network; torchxrayvision's (xrv-...); timm:MODEL, a timm CNN "
+        "or ViT (e.g. timm:convnext_tiny); or hf:REPOSITORY_OR_FOLDER, a Hugging Face "
+        "transformers model (e.g. hf:microsoft/rad-dino); the last three bring their own "
+        "preprocessing", type="backbone",
+        metavar="{" + ",".join(BACKBONE_NAMES) + ",timm:MODEL,hf:REPOSITORY_OR_FOLDER}")
     weights: str = option("imagenet", "imagenet (the network's published weights) | a "
-                                       "torchvision enum name | PATH.pth | random")
+                                       "torchvision enum name | PATH.pth | random; an hf: "
+                                       "model's own safetensors, or allow-pickle to accept "
+                                       "its pickled pytorch_model.bin")
+    pooling: Pooling = option(
+        "auto", "an hf: model's embedding: cls (its class token, DINOv2's pooler_output), mean "
+                "(its patch tokens' mean), cls+mean; auto = cls where it has a class token, "
+                "else its pooled output")
     weights_seed: int = option(0, "seed of --weights random")
     device: Device = option("auto", "where the backbone runs: auto = the worker's GPU when it has "
                                    "one, else its CPU")
@@ -151,7 +160,8 @@ class ExtractConfig(Options):
 
     def __post_init__(self) -> None:
         self.check_choices()
-        BackboneSpec(name=self.backbone, weights="random")  # refuses an unknown name
+        # refuses an unknown name, or a pooling it does not take
+        BackboneSpec(name=self.backbone, weights="random", pooling=self.pooling)
         if self.chunk_rows != "auto" and (isinstance(self.chunk_rows, bool) or self.chunk_rows < 1):
             raise OptionError(f"chunk_rows must be a positive number of rows or 'auto', not "
                               f"{self.chunk_rows!r}")

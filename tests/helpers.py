@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+from PIL import Image
 
 from cxrdask._fs import StorageOptions
 from cxrdask.archive.findings import label_matrix
 from cxrdask.archive.labels import LABELS
+from cxrdask.archive.synthetic import render_image
 from cxrdask.backbones.spec import FEATURE_DIMS
 from cxrdask.imaging.decode import preprocess_bytes
 from cxrdask.imaging.preprocessing import Preprocessing
@@ -227,3 +229,35 @@ def finetune_backbone(metadata_url: str, archive_root: str, weights_out: str | o
             optimiser.step()
     torch.save(model.state_dict(), os.fspath(weights_out))
     return os.fspath(weights_out)
+
+
+def radiographs(root, n: int = 20) -> list[str]:
+    """Non-square 8-bit PNGs (so the centre crop matters) with learnable signs, and a
+    manifest that makes them an archive."""
+    rng = np.random.default_rng(4)
+    lines, paths = ["path,patient_id,Effusion,Cardiomegaly"], []
+    for i in range(n):
+        labels = np.zeros(14, np.uint8)
+        labels[[1, 2]] = rng.random(2) < 0.5
+        square = render_image(labels, size=288, seed=i, strength=2.0)
+        image = square[:, 16:272] if i % 2 else square[20:268]  # 288x256 or 248x288
+        path = root / f"img{i:02d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+        lines.append(f"{path.name},{i},{labels[2]},{labels[1]}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def assert_the_web_page_agrees_with_predict(checkpoint: str, image: str, weights=None) -> None:
+    """The web page's path (Grad-CAM's maps, pooled) gives predict's probabilities."""
+    from cxrdask.serve.diagnosis import Diagnoser
+    from cxrdask.serve.inference import predict
+
+    with open(image, "rb") as handle:
+        data = handle.read()
+    diagnosis = Diagnoser.load(checkpoint, weights=weights, device="cpu").diagnose(data, "x.png")
+    expected = predict([image], checkpoint, weights=weights, device="cpu").iloc[0]
+    for label, probability in diagnosis.probabilities.items():
+        assert abs(probability - expected[label]) < 2e-3, label
+    assert set(diagnosis.heatmaps) == set(diagnosis.probabilities)

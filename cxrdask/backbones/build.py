@@ -27,6 +27,10 @@ def build_backbone(spec: BackboneSpec) -> nn.Module:
         from cxrdask.backbones.xrv import build_xrv
 
         return _frozen(build_xrv(spec))
+    if spec.is_hf:
+        from cxrdask.backbones.hf_models import build_hf
+
+        return _frozen(build_hf(spec))
     if spec.is_timm:
         from cxrdask.backbones.timm_models import build_timm
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import fsspec
 
-from cxrdask.choices import XrvBackbone, values_of
+from cxrdask.choices import POOLINGS, XrvBackbone, values_of
 from cxrdask.errors import OptionError, WeightsNotFoundError, WeightsUnavailableError
 
 _XRV_RELEASE = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
@@ -79,31 +79,72 @@ class BackboneSpec:
         ``resnet50``, ``resnet18`` or ``densenet121`` (torchvision's ImageNet networks), or
         one of torchxrayvision's chest X-ray models (:data:`XRV_BACKBONES`:
         ``xrv-densenet121-res224-all``, ``xrv-resnet50-res512-all``, ...), or a timm CNN
-        (``timm:convnext_tiny``, ``timm:efficientnet_b0``); both bring their own preprocessing
-        (:meth:`preprocessing`).
+        (``timm:convnext_tiny``) or vision transformer (``timm:vit_small_patch16_224``), or
+        a Hugging Face ``transformers`` vision model (``hf:microsoft/rad-dino``, a Hub
+        repository, or ``hf:/models/rad-dino``, a ``save_pretrained`` folder); the last
+        three bring their own preprocessing (:meth:`preprocessing`).
     weights : str
         ``imagenet``: the network's published weights (torchvision's ImageNet weights, or
         torchxrayvision's for an ``xrv-`` network); a torchvision enum name
         (``IMAGENET1K_V2``); a weights file (any fsspec URL; identified by its sha256); or
-        ``random``.
+        ``random``. An ``hf:`` model's weights are its own safetensors (``imagenet`` or
+        ``published``), its pickled ``pytorch_model.bin`` where allowed (``allow-pickle``),
+        or ``random``.
     seed : int
         Seed of ``random`` weights.
+    pooling : str
+        An ``hf:`` model's embedding: ``cls`` (its class token, DINOv2's ``pooler_output``),
+        ``mean`` (the mean of its patch tokens; a model without a class token: its pooled
+        output), ``cls+mean`` (both, side by side), or ``auto`` (``cls`` where the model has
+        a class token, else ``mean``). Other backbones give their own pooled features.
     """
 
     name: str = "resnet50"
     weights: str = "imagenet"
     seed: int = 0
+    pooling: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.name not in FEATURE_DIMS and not TIMM_NAME.fullmatch(self.name):
+        if (self.name not in FEATURE_DIMS and not TIMM_NAME.fullmatch(self.name)
+                and not HF_NAME.fullmatch(self.name)):
             raise OptionError(f"unknown backbone {self.name!r}; use one of "
-                              f"{', '.join(FEATURE_DIMS)}, or timm:MODEL (a timm CNN)")
+                              f"{', '.join(FEATURE_DIMS)}, timm:MODEL (a timm network), or "
+                              "hf:REPOSITORY_OR_FOLDER (a Hugging Face transformers model)")
+        if self.pooling not in POOLINGS:
+            raise OptionError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
+        if self.pooling != "auto" and not self.is_hf:
+            raise OptionError(f"{self.name} gives its own pooled features: pooling applies to "
+                              "hf: backbones")
+        if self.is_hf:
+            from cxrdask.backbones.hf_files import HF_WEIGHTS, HfSource
+
+            if self.weights not in HF_WEIGHTS:
+                raise OptionError(f"{self.name}'s weights are its own: one of "
+                                  f"{', '.join(HF_WEIGHTS)}, not {self.weights!r}")
+            folder = os.path.expanduser(self.name.removeprefix("hf:"))
+            if os.path.isdir(folder):  # recorded absolute, so workers and later steps find it
+                object.__setattr__(self, "name", "hf:" + HfSource.of(self.name).location)
 
     @property
     def feature_dim(self) -> int:
+        if self.is_hf:
+            from cxrdask.backbones.hf_files import feature_width
+
+            return feature_width(self.name, self.pooling)
         if self.is_timm:
             return timm_facts(self.name)["feature_dim"]
         return FEATURE_DIMS[self.name]
+
+    @property
+    def takes_tokens(self) -> bool:
+        """A vision transformer (``hf:`` models, timm's ViTs): fixed input size, features
+        and Grad-CAM from tokens."""
+        return self.is_hf or (self.is_timm and timm_facts(self.name)["tokens"])
+
+    @property
+    def is_hf(self) -> bool:
+        """A Hugging Face ``transformers`` model (``hf:ID_OR_FOLDER``)."""
+        return self.name.startswith("hf:")
 
     @property
     def is_timm(self) -> bool:
@@ -124,8 +165,13 @@ class BackboneSpec:
         nothing for torchvision's ImageNet networks, which take the store's settings).
         ``fixed_size``: whether another ``image_size`` is refused (torchxrayvision's) or may
         replace the network's default (timm's data config, for a CNN)."""
+        if self.is_hf:
+            from cxrdask.backbones.hf_files import hf_facts
+
+            return {**hf_facts(self.name)["preprocessing"], "fixed_size": True}
         if self.is_timm:
-            return {**timm_facts(self.name)["preprocessing"], "fixed_size": False}
+            facts = timm_facts(self.name)
+            return {**facts["preprocessing"], "fixed_size": facts["tokens"]}
         if not self.is_xrv:
             return {}
         return {"size": XRV_BACKBONES[self.name][2], **XRV_PREPROCESSING, "fixed_size": True}
@@ -133,9 +179,11 @@ class BackboneSpec:
     @property
     def kind(self) -> str:
         """``random``, ``torchvision`` (an enum), ``torchxrayvision`` (its published
-        weights) or ``file``."""
+        weights), ``timm``, ``hf`` (a transformers model's own weights) or ``file``."""
         if self.weights in (None, "random", "none"):
             return "random"
+        if self.is_hf:
+            return "hf"
         if self.is_xrv and self.weights in ("imagenet", "published"):
             return "torchxrayvision"
         if self.is_timm and self.weights in ("imagenet", "published"):
@@ -156,10 +204,28 @@ class BackboneSpec:
             identity["weights"] = f"torchxrayvision {XRV_BACKBONES[self.name][1]}"
         elif kind == "timm":
             identity["weights"] = f"timm {timm_facts(self.name)['hf_hub_id']}"
+        elif kind == "hf":
+            identity.update(_hf_weights_identity(self))
         else:
             identity["weights"] = os.path.basename(self.weights)
             identity["sha256"] = file_sha256(self.weights)
+        if self.is_hf:
+            from cxrdask.backbones.hf_files import resolved_pooling
+
+            identity["pooling"] = resolved_pooling(self.name, self.pooling)
         return identity
+
+
+def _hf_weights_identity(spec: BackboneSpec) -> dict:
+    """An ``hf:`` model's weights as provenance: its source, its weights files and their
+    sha256 (a folder's contents can change under the same name)."""
+    from cxrdask.backbones.hf_files import HfSource, folder_of, weight_files, weights_sha256
+
+    allow_pickle = spec.weights == "allow-pickle"
+    folder = folder_of(HfSource.of(spec.name), allow_pickle)
+    files = weight_files(folder, allow_pickle, spec.name)
+    return {"weights": ", ".join(os.path.basename(file) for file in files),
+            "sha256": weights_sha256(files)}
 
 
 def file_sha256(url: str) -> str:
@@ -175,6 +241,7 @@ def file_sha256(url: str) -> str:
 
 
 TIMM_NAME = re.compile(r"timm:[A-Za-z0-9_.\-]+")
+HF_NAME = re.compile(r"hf:\S+")
 
 
 def timm_facts(name: str) -> dict:
@@ -258,6 +325,9 @@ def check_weights_available(spec: BackboneSpec) -> None:
     every worker timing out on the download.
     """
     kind = spec.kind
+    if spec.is_hf:  # its config, processor and weights, fetched into the Hub's cache if need be
+        spec.identity()
+        return
     if kind == "random":
         return
     if kind == "file":
@@ -284,6 +354,7 @@ def check_weights_available(spec: BackboneSpec) -> None:
 
 __all__ = [
     "FEATURE_DIMS",
+    "HF_NAME",
     "HUB_HOST",
     "IMAGENET_DEFAULT",
     "PRECISIONS",

@@ -1,15 +1,18 @@
-"""timm's convolutional networks as cxrdask backbones (``timm:convnext_tiny``,
-``timm:efficientnet_b0``, ...), through the ``timm`` package (``pip install 'cxrdask[timm]'``).
+"""timm's networks as cxrdask backbones: CNNs (``timm:convnext_tiny``,
+``timm:efficientnet_b0``) and vision transformers (``timm:vit_small_patch16_224``,
+``timm:vit_base_patch14_dinov2``), through the ``timm`` package (``pip install 'cxrdask[timm]'``).
 
-Features are the network's own pooled features (``num_classes=0``: its ``forward_head``
-with ``pre_logits``; for ConvNeXt the pooled maps after its LayerNorm). Its preprocessing
+Features are the network's own pooled pre-logits (``num_classes=0``: its ``forward_head``
+with ``pre_logits``; for ConvNeXt the pooled maps after its LayerNorm, for a ViT its class
+token or token mean, as its ``global_pool`` says, after its ``fc_norm``). Its preprocessing
 comes from timm's data config: the input size, its mean and std, and its centre crop
 (``crop_pct``) as :class:`~cxrdask.imaging.preprocessing.Preprocessing`'s
 ``crop_fraction``; gray is repeated to three channels; images are resized with cxrdask's
-antialiased bilinear, not timm's bicubic. Networks whose features are not pooled from
-spatial maps (vision transformers) are refused: Grad-CAM and the pooled-feature contract
-need the maps. Weights are timm's published ones (from the Hugging Face Hub into its
-cache on first use), a local file (``--weights FILE``, loaded by timm), or random.
+antialiased bilinear, not timm's bicubic. A ViT takes its own input size only (its position
+embeddings are made for it). Grad-CAM weighs a CNN's last maps, and a ViT's tokens at its
+last block's first norm (:attr:`TimmFeatures.cam_layer`). Weights are timm's published ones
+(from the Hugging Face Hub into its cache on first use), a local file (``--weights FILE``,
+loaded by timm), or random.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ class TimmFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network.forward_head(self.network.forward_features(x), pre_logits=True)
 
+    @property
+    def cam_layer(self) -> nn.Module | None:
+        """A vision transformer's last block's first norm (tokens, what Grad-CAM weighs for
+        it); None for a CNN, whose maps Grad-CAM weighs."""
+        blocks = getattr(self.network, "blocks", None)
+        return blocks[-1].norm1 if blocks is not None and hasattr(blocks[-1], "norm1") else None
+
 
 def _timm():
     try:
@@ -68,8 +78,9 @@ def _create(name: str, **kwargs) -> nn.Module:
 
 @functools.cache
 def timm_facts(name: str) -> dict:
-    """The feature width, the preprocessing (timm's data config) and the weights' Hub
-    repository of a timm network; refused (OptionError) if it is not a CNN."""
+    """The feature width, the preprocessing (timm's data config), the weights' Hub
+    repository of a timm network, and whether its features come from tokens (a vision
+    transformer) rather than maps."""
     from timm.data import resolve_data_config
 
     network: Any = _create(name, pretrained=False).eval()  # timm's attributes, untyped
@@ -77,10 +88,11 @@ def timm_facts(name: str) -> dict:
     size = int(config["input_size"][-1])
     with torch.inference_mode():
         maps = network.forward_features(torch.zeros(1, 3, size, size))
-    if maps.ndim != 4:
-        raise OptionError(f"{name}'s features are not pooled from feature maps ({maps.ndim}-d "
-                          "output, a transformer?): cxrdask takes timm's convolutional networks")
-    return {"feature_dim": int(network.num_features),
+    tokens = maps.ndim == 3
+    if tokens and TimmFeatures(network).cam_layer is None:
+        raise OptionError(f"{name} gives tokens but has no blocks[-1].norm1 for Grad-CAM: "
+                          "cxrdask takes timm's CNNs and ViT-style transformers")
+    return {"feature_dim": int(network.num_features), "tokens": tokens,
             "hf_hub_id": network.pretrained_cfg.get("hf_hub_id") or _architecture(name),
             "preprocessing": {"size": size, "mean": tuple(config["mean"]),
                               "std": tuple(config["std"]), "channels": "gray-repeated-3",

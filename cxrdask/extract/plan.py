@@ -301,9 +301,13 @@ def _preprocessing(config: ExtractConfig) -> Preprocessing:
     """The store's preprocessing: the config's, with what the backbone fixes (a
     torchxrayvision network's size, normalisation, channel and crop); an ``image_size``
     other than the default and the network's own is refused."""
-    interpolation = DEVICE_INTERPOLATION if config.resize == "device" else CPU_INTERPOLATION
     own = BackboneSpec(name=config.backbone, weights="random").preprocessing()
     fixed = own.pop("fixed_size", False)
+    # the model processor's resampling (bicubic for a Hugging Face model that asks for it)
+    # on the CPU; torch's bilinear where images are resized on the device
+    interpolation = (DEVICE_INTERPOLATION if config.resize == "device"
+                     else own.pop("interpolation", CPU_INTERPOLATION))
+    own.pop("interpolation", None)
     default = ExtractConfig().image_size
     if fixed and config.image_size not in (default, own["size"]):
         raise OptionError(f"{config.backbone} takes {own['size']}-pixel images (its own "
@@ -476,7 +480,7 @@ def _rows_settings(plan: ExtractionPlan) -> dict:
 def _checked_backbone(config: ExtractConfig) -> BackboneSpec:
     """The run's backbone, its weights checked available (offline, a missing file) before any work."""
     spec = BackboneSpec(name=config.backbone, weights=config.weights or "random",
-                        seed=config.weights_seed)
+                        seed=config.weights_seed, pooling=config.pooling)
     check_weights_available(spec)
     return spec
 

@@ -25,7 +25,12 @@ from cxrdask.imaging.dicom import (
     is_dicom,
     looks_like_bare_dicom,
 )
-from cxrdask.imaging.preprocessing import Preprocessing, centre_square, scale_by_range
+from cxrdask.imaging.preprocessing import (
+    BICUBIC_INTERPOLATION,
+    Preprocessing,
+    centre_square,
+    scale_by_range,
+)
 
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")  # Pillow names its BytesIO
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit (about 9459 x 9459)
@@ -168,7 +173,9 @@ def resize_gray(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(
     ``torch-bilinear-antialias`` the decode threads skip it and hand over the full image.
     """
     size = preprocessing.size
-    if preprocessing.crop == "centre" and (gray.size[0] != gray.size[1]
+    if preprocessing.crop == "shortest-edge" and not preprocessing.resize_on_device:
+        return _shortest_edge_then_centre(gray, preprocessing)
+    if preprocessing.crop in ("centre", "shortest-edge") and (gray.size[0] != gray.size[1]
                                            or preprocessing.crop_fraction != 1.0):
         top, left, side = centre_square(gray.size[1], gray.size[0], preprocessing.crop_fraction)
         gray = gray.crop((left, top, left + side, top + side))
@@ -181,8 +188,27 @@ def resize_gray(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(
 
         image = np.asarray(gray, dtype=np.uint8)
         return DeviceInput(torch.device("cpu"), preprocessing).resize([image])[0].numpy()
-    gray = gray.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=preprocessing.reducing_gap)
+    gray = gray.resize((size, size), _resampling(preprocessing), reducing_gap=preprocessing.reducing_gap)
     return np.asarray(gray, dtype=np.uint8)
+
+
+def _resampling(preprocessing: Preprocessing) -> Image.Resampling:
+    return (Image.Resampling.BICUBIC if preprocessing.interpolation == BICUBIC_INTERPOLATION
+            else Image.Resampling.BILINEAR)
+
+
+def _shortest_edge_then_centre(gray: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
+    """``transformers``' and torchvision's rule: the shorter side resized to ``size /
+    crop_fraction`` (the aspect kept, the longer side rounded down), then the centred
+    ``size`` square cropped (its corner rounded down)."""
+    width, height = gray.size
+    short = round(preprocessing.size / preprocessing.crop_fraction)
+    new = ((short, int(short * height / width)) if width <= height
+           else (int(short * width / height), short))
+    if new != gray.size:
+        gray = gray.resize(new, _resampling(preprocessing), reducing_gap=preprocessing.reducing_gap)
+    left, top, side = (new[0] - preprocessing.size) // 2, (new[1] - preprocessing.size) // 2, preprocessing.size
+    return np.asarray(gray.crop((left, top, left + side, top + side)), dtype=np.uint8)
 
 
 def to_model_input(gray: Image.Image, preprocessing: Preprocessing = Preprocessing(),

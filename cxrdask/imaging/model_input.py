@@ -77,7 +77,7 @@ class DeviceInput:
         shapes (other archives) one by one.
         """
         size = self.preprocessing.size
-        if self.preprocessing.crop == "centre":
+        if self.preprocessing.crop in ("centre", "shortest-edge"):  # the latter approximated
             images = [image[top:top + side, left:left + side]
                       for image in images for top, left, side in
                       [centre_square(image.shape[0], image.shape[1],

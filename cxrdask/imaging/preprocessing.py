@@ -14,6 +14,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CPU_INTERPOLATION = "bilinear-antialias"  # Pillow, in the decode threads
 DEVICE_INTERPOLATION = "torch-bilinear-antialias"  # torch.nn.functional.interpolate, on the device
+BICUBIC_INTERPOLATION = "bicubic-antialias"  # Pillow, where a model's processor resizes bicubic
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,11 @@ class Preprocessing:
         threads; ``torch-bilinear-antialias`` is torch's antialiased bilinear
         ``interpolate`` on the worker's device (a GPU node's CPUs then only decode). Both
         round to 8 bits; they differ by about one gray level, so a store records which.
-    reducing_gap : float
-        Pillow's ``reducing_gap`` for large downscales.
+        ``bicubic-antialias`` is Pillow's bicubic, for a model whose image processor
+        resizes so (a Hugging Face model's ``resample: 3``).
+    reducing_gap : float or None
+        Pillow's ``reducing_gap`` for large downscales (None: exact, as ``transformers``
+        resizes).
     mean, std : tuple of float
         Per-channel normalisation (ImageNet's; one value each for a one-channel network).
     flip : str
@@ -39,8 +43,12 @@ class Preprocessing:
         How the gray image becomes the network's input: ``gray-repeated-3`` (three equal
         channels, ImageNet networks) or ``gray-1`` (one channel, torchxrayvision's).
     crop : str
-        ``none`` (the image squashed to a square), or ``centre``: cropped to its centred
-        square first, as torchxrayvision's ``XRayCenterCrop`` does.
+        ``none`` (the image squashed to a square); ``centre``: cropped to its centred
+        square first, as torchxrayvision's ``XRayCenterCrop`` does; or ``shortest-edge``:
+        the shorter side resized to ``size / crop_fraction``, the aspect kept, then the
+        centred ``size`` square cropped, as ``transformers``' image processors and
+        torchvision's ``Resize`` + ``CenterCrop`` do (on a device resize, approximated by
+        ``centre``).
     crop_fraction : float
         With ``centre``, the share of the shorter side the square keeps (timm's
         ``crop_pct``: resizing the shorter side to ``size / crop_pct`` and cropping
@@ -49,7 +57,7 @@ class Preprocessing:
 
     size: int = 224
     interpolation: str = CPU_INTERPOLATION
-    reducing_gap: float = 2.0
+    reducing_gap: float | None = 2.0
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     flip: str = "none"  # "none", or "train" = random horizontal flip of training rows (2018)
@@ -101,5 +109,5 @@ def flip_for(image_index: str, seed: int) -> bool:
     return bool(digest & 1)
 
 
-__all__ = ["CPU_INTERPOLATION", "DEVICE_INTERPOLATION", "IMAGENET_MEAN", "IMAGENET_STD",
-           "Preprocessing", "centre_square", "flip_for", "scale_by_range"]
+__all__ = ["BICUBIC_INTERPOLATION", "CPU_INTERPOLATION", "DEVICE_INTERPOLATION", "IMAGENET_MEAN",
+           "IMAGENET_STD", "Preprocessing", "centre_square", "flip_for", "scale_by_range"]

@@ -26,11 +26,19 @@ def backbone_for_identity(identity: dict, weights: str | None = None,
                           what: str = "the head was trained on") -> BackboneSpec:
     """The backbone a store's or a head's recorded identity names; a weights file must be
     given where it was one, and must match (its sha256)."""
+    pooling = identity.get("pooling", "auto")  # an hf: model's embedding
     if identity["kind"] == "random":
         seed = int(identity["weights"].rsplit(" ", 1)[-1])
-        return BackboneSpec(identity["name"], "random", seed)
+        return BackboneSpec(identity["name"], "random", seed, pooling)
     if identity["kind"] == "torchvision" and weights is None:
         return BackboneSpec(identity["name"], identity["weights"].split(".")[-1])
+    if identity["kind"] == "hf":  # its own weights, checked to be the very files (sha256)
+        spec = BackboneSpec(identity["name"], weights or "published", pooling=pooling)
+        if spec.identity().get("sha256") != identity.get("sha256"):
+            raise CheckpointMismatchError(
+                f"{identity['name']}'s weights are not those {what} features of (sha256 "
+                f"{identity.get('sha256', '?')[:12]}…)")
+        return spec
     if weights is None:
         raise CheckpointMismatchError(
             f"{what} features of {identity['name']} with weights file {identity['weights']} "

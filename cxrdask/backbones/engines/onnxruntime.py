@@ -27,6 +27,7 @@ import io
 import json
 import os
 import platform
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,11 +58,14 @@ def onnx_cache_path(spec: BackboneSpec) -> Path | None:
     their seed, torch's version (the exporter) and :data:`EXPORT_FORMAT`."""
     if spec.kind == "file":
         return None
+    identity = spec.identity() if spec.is_hf else {}  # a folder's weights by their sha256
     key = json.dumps({"name": spec.name, "weights": spec.weights,
                       "seed": spec.seed if spec.kind == "random" else None,
+                      "sha256": identity.get("sha256"), "pooling": identity.get("pooling"),
                       "torch": _torch_version(), "format": EXPORT_FORMAT}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return onnx_cache_dir() / f"{spec.name.replace(':', '-')}-{digest}.onnx"  # timm:x
+    stem = re.sub(r"[^A-Za-z0-9_.\-]+", "-", spec.name).strip("-")[-80:]  # timm:x, hf:/a/b
+    return onnx_cache_dir() / f"{stem}-{digest}.onnx"
 
 
 @functools.cache
@@ -71,17 +75,19 @@ def _torch_version() -> str:
     return importlib.metadata.version("torch")
 
 
-def export_onnx(model: nn.Module, channels: int = 3) -> bytes:
+def export_onnx(model: nn.Module, channels: int = 3, size: int | None = None) -> bytes:
     """``model`` exported to ONNX in memory (input ``images`` of ``channels`` channels, any
-    batch and image size)."""
+    batch size; any image size, or ``size`` only: a transformer's position embeddings are
+    traced for the size it takes)."""
     import torch
 
     buffer = io.BytesIO()
-    example = torch.zeros(1, channels, 224, 224)
+    example = torch.zeros(1, channels, size or 224, size or 224)
+    images_axes = {0: "batch"} if size else {0: "batch", 2: "height", 3: "width"}
     torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
                       input_names=["images"], output_names=["features"],
-                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
-                                    "features": {0: "batch"}}, dynamo=False)
+                      dynamic_axes={"images": images_axes, "features": {0: "batch"}},
+                      dynamo=False)
     return buffer.getvalue()
 
 
@@ -137,7 +143,8 @@ def exported_onnx(spec: BackboneSpec, reuse: bool = True) -> bytes:
         raise MissingExtraError("exporting the backbone to ONNX needs: pip install onnx") from exc
     from cxrdask.backbones.build import build_backbone
 
-    data = export_onnx(build_backbone(spec), spec.in_channels)
+    size = spec.preprocessing()["size"] if spec.takes_tokens else None
+    data = export_onnx(build_backbone(spec), spec.in_channels, size)
     if path is not None:
         _write_atomically(path, data)
     return data
