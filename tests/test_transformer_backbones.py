@@ -237,3 +237,27 @@ def test_a_timm_vit_extracts_its_pre_logits_and_maps_at_its_patch_grid(tmp_path,
     with pytest.raises(OptionError, match="takes 224-pixel images"):
         extract_features(None, str(archive), str(tmp_path / "s.zarr"), progress=False,
                          backbone="timm:vit_tiny_patch16_224", weights="random", image_size=320)
+
+
+def test_a_long_run_logs_its_expected_time_before_it_starts(tmp_path, cluster_client,
+                                                            monkeypatch, caplog):
+    """One timed batch per worker after the warm-up; the estimate is logged before the first
+    chunk, and a short run (the threshold's default) times nothing."""
+    import logging
+
+    from cxrdask.extract import run
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    radiographs(archive, 8)
+    caplog.set_level(logging.INFO, logger="cxrdask")
+    extract_features(None, str(archive), str(tmp_path / "short.zarr"), client=cluster_client,
+                     progress=False, weights="random", image_size=64, split="patient")
+    assert "expected:" not in caplog.text
+    monkeypatch.setattr(run, "ESTIMATE_MIN_BATCHES", 0)
+    extract_features(None, str(archive), str(tmp_path / "s.zarr"), client=cluster_client,
+                     progress=False, weights="random", image_size=64, split="patient")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("expected:"))
+    assert "8 images through resnet50 at 64x64" in line and "on 2 workers" in line
+    rate = float(line.split("(")[1].split(" images/s")[0].replace(",", ""))
+    assert rate > 0

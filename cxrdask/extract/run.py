@@ -9,6 +9,7 @@ backbone on every worker, submit one task per store chunk, follow its progress, 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -41,6 +42,12 @@ from cxrdask.extract.tasks import run_chunk, run_warmup, worker_hardware
 from cxrdask.extract.worker_state import ExtractionWorkerPlugin
 from cxrdask.imaging.preprocessing import flip_for
 from cxrdask.store.lease import StoreLease
+
+logger = logging.getLogger(__name__)
+#: A run estimates its time (one timed batch per worker, after the warm-up) where each
+#: worker thread has this many batches or more to compute: the timed batch then costs at
+#: most 1% of the run, and a short run needs no estimate.
+ESTIMATE_MIN_BATCHES = 100
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -349,7 +356,8 @@ def _run(client, stores: list[RowStore], rows: pd.DataFrame, urls: dict[str, str
     run_token = uuid.uuid4().hex
     with span(f"cxrdask-extract {_store_name(store.url)}") as span_id:
         if todo:
-            _warm_up(client, config, run_token)
+            images = sum(stop - start for start, stop in map(store.chunk_bounds, todo))
+            _warm_up(client, config, run_token, images)
             warm_seconds = time.perf_counter() - started  # worker start-up, imports, model build
         args = _chunk_arguments(store, todo, rows, urls, config)
         # retries: a task that raised (a worker's write to the store failed) runs again.
@@ -381,22 +389,45 @@ def _chunks_to_run(stores: list[RowStore], retry_failed: bool) -> tuple[list[int
     return [c for c in range(store.n_chunks) if not done[c]], damaged
 
 
-def _warm_up(client, config: TaskConfig, run_token: str) -> None:
-    """Build the backbone on every worker before the chunks are submitted."""
+def _warm_up(client, config: TaskConfig, run_token: str, images: int) -> None:
+    """Build the backbone on every worker before the chunks are submitted; where the run
+    is long enough (:data:`ESTIMATE_MIN_BATCHES`), time one batch on each and log the
+    backbone's expected time for the run (:func:`expected_time`)."""
     # One per worker, preferably on it; a worker lost meanwhile hands its warm-up to
     # another (a strict pin would wait for the dead worker forever). Workers that
     # join later build their model in their first chunk task.
-    warm = [client.submit(run_warmup, config, workers=[w], allow_other_workers=True,
+    threads = client.nthreads()  # asked of the scheduler: _worker_threads
+    measure = images >= ESTIMATE_MIN_BATCHES * config.batch_size * max(1, sum(threads.values()))
+    warm = [client.submit(run_warmup, config, measure, workers=[w], allow_other_workers=True,
                           pure=False, key=f"{WARMUP_PREFIX}-{i}-{run_token}")
-            for i, w in enumerate(client.nthreads())]  # asked of the scheduler: _worker_threads
+            for i, w in enumerate(threads)]
     try:
-        client.gather(warm)
+        answers = client.gather(warm)
     except BaseException:
         client.cancel(warm)
         raise
+    rates = [rate * n for (_, rate), n in zip(answers, threads.values(), strict=True)
+             if rate is not None]
+    if rates:
+        logger.info(expected_time(images, rates, config))
     # Nothing needs their results: released, a worker lost later is not sent its
     # warm-up again (the scheduler recomputes lost results that a client still holds).
     del warm
+
+
+def expected_time(images: int, rates: list[float], config: TaskConfig) -> str:
+    """The line a run logs before its chunks start: the backbone's expected time for
+    ``images`` on workers computing ``rates`` images per second each (one timed batch per
+    worker, times its threads; reading and decoding share the cores, so this is a floor)."""
+    total = sum(rates)
+    seconds = images / total
+    hours, rest = divmod(round(seconds), 3600)
+    spent = f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+    size = config.preprocessing.size
+    return (f"expected: {images:,} images through {config.backbone.name} at {size}x{size} "
+            f"take about {spent} of backbone time ({total:,.1f} images/s on {len(rates)} "
+            f"worker{'s' if len(rates) != 1 else ''}, one timed batch each; reading and "
+            "decoding come on top)")
 
 
 def _chunk_arguments(store: RowStore, todo: list[int], rows: pd.DataFrame,

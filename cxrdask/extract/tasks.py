@@ -46,12 +46,14 @@ async def worker_hardware(device: str, engine: str) -> dict[str, Any]:
     return await asyncio.to_thread(answer)
 
 
-def run_warmup(config: TaskConfig) -> float:
-    """On a worker: build its backbone ahead of the chunks (seconds taken); see
-    :func:`cxrdask.extract.worker.warm_worker`."""
-    from cxrdask.extract.worker import warm_worker
+def run_warmup(config: TaskConfig, measure: bool = False) -> tuple[float, float | None]:
+    """On a worker: build its backbone ahead of the chunks; the seconds taken and, where
+    ``measure``, the images per second one timed batch took; see
+    :func:`cxrdask.extract.worker.warm_worker` and :func:`~cxrdask.extract.worker.measured_rate`."""
+    from cxrdask.extract.worker import measured_rate, warm_worker
 
-    return warm_worker(config)
+    seconds = warm_worker(config)
+    return seconds, measured_rate(config) if measure and config.runs_backbone else None
 
 
 def run_chunk(chunk: int, urls: list[str | None], names: list[str], flips: list[bool],

@@ -145,6 +145,18 @@ def _runner(config: TaskConfig):
                          config.batch_size, config.engine, config.torch_threads)
 
 
+def measured_rate(config: TaskConfig) -> float:
+    """Images per second this worker's backbone computes, from one timed batch of zeros at
+    the store's image size (after its warm-up): what the client's estimate of a run's time
+    is made of (:func:`cxrdask.extract.run.expected_time`)."""
+    runner = _runner(config)
+    size = config.preprocessing.size
+    batch = np.zeros((config.batch_size, config.preprocessing.n_channels, size, size), np.float32)
+    start = time.perf_counter()
+    runner(batch)
+    return config.batch_size / max(time.perf_counter() - start, 1e-9)
+
+
 def warm_worker(config: TaskConfig) -> float:
     """Build the worker's backbone ahead of the chunks and warm it; returns seconds taken.
 
@@ -375,4 +387,4 @@ def _worker_name() -> str:
         return f"pid-{os.getpid()}"
 
 
-__all__ = ["extract_chunk", "warm_worker"]
+__all__ = ["extract_chunk", "measured_rate", "warm_worker"]

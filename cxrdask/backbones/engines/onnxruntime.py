@@ -58,11 +58,13 @@ def onnx_cache_path(spec: BackboneSpec) -> Path | None:
     their seed, torch's version (the exporter) and :data:`EXPORT_FORMAT`."""
     if spec.kind == "file":
         return None
-    identity = spec.identity() if spec.is_hf else {}  # a folder's weights by their sha256
-    key = json.dumps({"name": spec.name, "weights": spec.weights,
-                      "seed": spec.seed if spec.kind == "random" else None,
-                      "sha256": identity.get("sha256"), "pooling": identity.get("pooling"),
-                      "torch": _torch_version(), "format": EXPORT_FORMAT}, sort_keys=True)
+    facts = {"name": spec.name, "weights": spec.weights,
+             "seed": spec.seed if spec.kind == "random" else None,
+             "torch": _torch_version(), "format": EXPORT_FORMAT}
+    if spec.is_hf:  # a folder's weights by their sha256, and the embedding taken
+        identity = spec.identity()
+        facts.update(sha256=identity.get("sha256"), pooling=identity["pooling"])
+    key = json.dumps(facts, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.\-]+", "-", spec.name).strip("-")[-80:]  # timm:x, hf:/a/b
     return onnx_cache_dir() / f"{stem}-{digest}.onnx"
