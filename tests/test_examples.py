@@ -57,6 +57,7 @@ DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "doc
 # Why a block may be left out; anything else must run.
 NOT_RUN_REASONS = {
     "real-archive": "needs the real 45 GB NIH archive",
+    "weights": "downloads published weights (the machines that build the docs cannot)",
     "gpu": "needs a CUDA GPU",
     "cluster": "needs a Slurm/Kubernetes/Coiled cluster",
     "install": "installs the project into the reader's environment",
