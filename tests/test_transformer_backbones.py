@@ -7,6 +7,7 @@ resolution; pickled weights and offline repositories are refused before any work
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_features_equal_transformers_own_pipeline(dinov2, tmp_path):
     spec = BackboneSpec(f"hf:{dinov2}", "published")
     preprocessing = Preprocessing(**{k: v for k, v in spec.preprocessing().items()
                                      if k != "fixed_size"})
-    batch = np.stack([to_model_input(decode_gray(open(p, "rb").read(), p)[0], preprocessing)
+    batch = np.stack([to_model_input(decode_gray(Path(p).read_bytes(), p)[0], preprocessing)
                       for p in paths])
     mine = BackboneRunner.build(spec, device="cpu", batch_size=len(paths))(batch)
     cosines = centred_cosines(mine, reference)
@@ -163,7 +164,7 @@ def test_an_hf_folder_extracts_a_head_trains_and_the_heatmap_has_the_patch_grid(
     head = train_head(store, out_dir=tmp_path / "head", epochs=2, batch_size=4, progress=False)
     image = str(archive / "img03.png")
     assert_the_web_page_agrees_with_predict(head.checkpoint, image)
-    diagnosis = Diagnoser.load(head.checkpoint, device="cpu").diagnose(open(image, "rb").read())
+    diagnosis = Diagnoser.load(head.checkpoint, device="cpu").diagnose(Path(image).read_bytes())
     for cam in diagnosis.heatmaps.values():
         assert np.asarray(cam).shape == (37, 37)  # 518 / 14
         assert np.asarray(cam).max() == pytest.approx(1.0) or np.asarray(cam).max() == 0.0
@@ -171,7 +172,7 @@ def test_an_hf_folder_extracts_a_head_trains_and_the_heatmap_has_the_patch_grid(
 
 def test_pickled_weights_are_refused_unless_allowed(tmp_path):
     folder = save_dinov2(tmp_path / "pickled", side=224, crop=224, safe=False)
-    with pytest.raises(WeightsUnavailableError, match="pickled weights only.*allow-pickle"):
+    with pytest.raises(WeightsUnavailableError, match=r"pickled weights only.*allow-pickle"):
         check_weights_available(BackboneSpec(f"hf:{folder}", "published"))
     spec = BackboneSpec(f"hf:{folder}", "allow-pickle")
     check_weights_available(spec)
@@ -182,11 +183,11 @@ def test_pickled_weights_are_refused_unless_allowed(tmp_path):
 
 def test_a_folder_without_its_processor_or_weights_says_what_is_missing(tmp_path, dinov2):
     (tmp_path / "config-only").mkdir()
-    (tmp_path / "config-only" / "config.json").write_text(open(f"{dinov2}/config.json").read())
-    with pytest.raises(WeightsNotFoundError, match="preprocessor_config.json"):
+    (tmp_path / "config-only" / "config.json").write_text(Path(dinov2, "config.json").read_text())
+    with pytest.raises(WeightsNotFoundError, match=r"preprocessor_config\.json"):
         check_weights_available(BackboneSpec(f"hf:{tmp_path / 'config-only'}", "published"))
     with pytest.raises(WeightsNotFoundError, match="no folder"):
-        BackboneSpec(f"hf:{tmp_path / 'nowhere'}", "published").feature_dim
+        _ = BackboneSpec(f"hf:{tmp_path / 'nowhere'}", "published").feature_dim
     with pytest.raises(OptionError, match="weights are its own"):
         BackboneSpec(f"hf:{dinov2}", "model.pth")
     with pytest.raises(OptionError, match="pooling applies to hf: backbones"):
@@ -232,7 +233,7 @@ def test_a_timm_vit_extracts_its_pre_logits_and_maps_at_its_patch_grid(tmp_path,
     assert FeatureStore.open(store).feature_dim == 192
     head = train_head(store, out_dir=tmp_path / "head", epochs=2, batch_size=4, progress=False)
     diagnosis = Diagnoser.load(head.checkpoint, device="cpu").diagnose(
-        open(archive / "img01.png", "rb").read())
+        (archive / "img01.png").read_bytes())
     assert {np.asarray(cam).shape for cam in diagnosis.heatmaps.values()} == {(14, 14)}
     with pytest.raises(OptionError, match="takes 224-pixel images"):
         extract_features(None, str(archive), str(tmp_path / "s.zarr"), progress=False,

@@ -214,9 +214,10 @@ def processor_preprocessing(processor: Any, name: str) -> dict:
     :class:`~cxrdask.imaging.preprocessing.Preprocessing` fields.
 
     A shortest-edge resize to ``S`` then a centre crop of ``C`` is crop ``shortest-edge``
-    with ``crop_fraction = C / S``, the very rule (exact resizing, Pillow's filter); ConvNeXt's ``crop_pct`` below 384 is the same rule; a resize to a
-    fixed height and width squashes the image. Gray images are repeated to three
-    channels, as ``do_convert_rgb`` does.
+    with ``crop_fraction = C / S``, the very rule (exact resizing, Pillow's filter);
+    ConvNeXt's ``crop_pct`` below 384 is the same rule; a resize to a fixed height and
+    width squashes the image. Gray images are repeated to three channels, as
+    ``do_convert_rgb`` does.
     """
     size, crop = processor.size, getattr(processor, "crop_size", None)
     do_crop = bool(getattr(processor, "do_center_crop", False))

@@ -207,7 +207,8 @@ def _shortest_edge_then_centre(gray: Image.Image, preprocessing: Preprocessing) 
            else (int(short * width / height), short))
     if new != gray.size:
         gray = gray.resize(new, _resampling(preprocessing), reducing_gap=preprocessing.reducing_gap)
-    left, top, side = (new[0] - preprocessing.size) // 2, (new[1] - preprocessing.size) // 2, preprocessing.size
+    side = preprocessing.size
+    left, top = (new[0] - side) // 2, (new[1] - side) // 2
     return np.asarray(gray.crop((left, top, left + side, top + side)), dtype=np.uint8)
 
 

@@ -198,8 +198,8 @@ class Diagnoser:
             return self.head(torch.cat([features, demographics])[None])[0]
 
         if heatmaps:  # one forward; its time counts Grad-CAM's gradients through the last block
-            features, cams = layer_grad_cam(self.backbone, self.backbone.cam_layer, x,
-                                            logits_of_features)
+            layer: nn.Module = getattr(self.backbone, "cam_layer")  # noqa: B009 (HfFeatures, TimmFeatures)
+            features, cams = layer_grad_cam(self.backbone, layer, x, logits_of_features)
         else:
             with torch.no_grad():
                 features, cams = self.backbone(x)[0], None
