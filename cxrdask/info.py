@@ -124,8 +124,12 @@ def _numel(value: Any) -> int:
 def _preprocessing(pre: dict) -> str:
     if not pre:
         return "?"
+    crop = pre.get("crop", "none")
+    if crop != "none":
+        fraction = pre.get("crop_fraction", 1.0)
+        crop = f"crop {crop}" + (f" {fraction:.3g}" if fraction != 1.0 else "")
     return (f"{pre.get('size')} px, {pre.get('interpolation')}, {pre.get('channels')}, "
-            f"flip {pre.get('flip')}")
+            + ("" if crop == "none" else f"{crop}, ") + f"flip {pre.get('flip')}")
 
 
 # --------------------------------------------------------------------------- stores
@@ -169,7 +173,9 @@ def describe_store(url: str, storage_options: StorageOptions | None = None) -> s
         backbone = p["backbone"]
         lines += [
             f"  backbone: {backbone.get('name')} ({backbone.get('weights')})"
-            + (f", sha256 {backbone['sha256'][:12]}…" if backbone.get("sha256") else ""),
+            + (f", sha256 {backbone['sha256'][:12]}…" if backbone.get("sha256") else "")
+            + (f", pooling {backbone['pooling']}, {backbone['feature_dim']} features"
+               if backbone.get("pooling") else ""),
             f"  engine: {p.get('engine', 'torch')}, precision {p.get('precision')}, "
             f"compile {p.get('compile')}",
             f"  preprocessing: {_preprocessing(pre)}",
