@@ -124,6 +124,51 @@ def test_poolings_are_the_class_token_the_patch_mean_or_both(tmp_path, pooling, 
     assert spec.identity()["pooling"] == pooling
 
 
+def _other_architectures() -> dict:
+    """Small random ViT, Swin, ResNet and ConvNeXt as ``transformers`` defines them, each
+    with the processor its model cards use: (config, processor, the grid of its map)."""
+    squash = transformers.ViTImageProcessor(size={"height": 224, "width": 224})
+    convnext = transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, crop_pct=0.875)
+    return {
+        "vit": (transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
+                                       intermediate_size=96, patch_size=16), squash, 14),
+        "swin": (transformers.SwinConfig(embed_dim=24, depths=[1, 1], num_heads=[2, 2],
+                                         window_size=7), squash, 28),
+        "resnet": (transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32],
+                                             depths=[1, 1], layer_type="basic"), convnext, 28),
+        "convnext": (transformers.ConvNextConfig(hidden_sizes=[16, 32], depths=[1, 1],
+                                                 num_stages=2), convnext, 28),
+    }
+
+
+@pytest.mark.parametrize("architecture", ["vit", "swin", "resnet", "convnext"])
+def test_vit_swin_and_the_cnns_transformers_hosts_run_with_their_own_embedding(tmp_path,
+                                                                                architecture):
+    """ViT: its class token; Swin and the CNNs (no class token): their ``pooler_output``;
+    each with a Grad-CAM map at its own grid."""
+    from cxrdask.serve.diagnosis import layer_grad_cam
+
+    config, processor, grid = _other_architectures()[architecture]
+    torch.manual_seed(0)
+    transformers.AutoModel.from_config(config).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    spec = BackboneSpec(f"hf:{tmp_path}", "published")
+    size = spec.preprocessing()["size"]
+    x = torch.randn(1, 3, size, size)
+    network = build_backbone(spec)
+    with torch.inference_mode():
+        output = transformers.AutoModel.from_pretrained(tmp_path)(pixel_values=x)
+        expected = (output.last_hidden_state[:, 0] if architecture == "vit"
+                    else torch.flatten(output.pooler_output, 1))
+        torch.testing.assert_close(network(x), expected)
+    assert spec.identity()["pooling"] == ("cls" if architecture == "vit" else "mean")
+    head = torch.nn.Linear(spec.feature_dim, 14)
+    _, cams = layer_grad_cam(network, network.cam_layer, x, lambda f: head(f[None])[0])
+    assert cams.shape == (14, grid, grid) and float(cams.max()) == pytest.approx(1.0)
+    if architecture == "convnext":  # ConvNeXt's crop_pct: the shorter side to 256, centre 224
+        assert spec.preprocessing()["crop_fraction"] == 0.875
+
+
 @pytest.mark.parametrize("engine,precision,tolerance", [
     ("onnxruntime", "fp32", 1e-4), ("openvino", "fp32", 1e-4), ("openvino", "bf16", 0.99),
     ("torch", "bf16", 0.99)])

@@ -87,7 +87,7 @@ def folder_of(source: HfSource, allow_pickle: bool = False) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    from cxrdask.backbones.spec import HUB_HOST, unreachable
+    from cxrdask.backbones.reachability import HUB_HOST, unreachable
 
     patterns = [*CONFIG_FILES, *SAFETENSORS, "model-*.safetensors",
                 *((*PICKLED, "pytorch_model-*.bin") if allow_pickle else ())]

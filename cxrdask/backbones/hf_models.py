@@ -6,7 +6,7 @@ its class token (for DINOv2 that is ``pooler_output``, the model card's embeddin
 mean of its patch tokens (the class and register tokens left out), or both side by side;
 a model without a class token (Swin, the CNNs ``transformers`` hosts) gives its own
 ``pooler_output``. Weights load from safetensors only unless ``allow-pickle`` was given,
-in float32, with PyTorch's scaled-dot-product attention.
+in float32, with the attention ``transformers`` picks for the model.
 
 :class:`HfFeatures` also names the layer Grad-CAM weighs (:attr:`HfFeatures.cam_layer`):
 the last block's first norm, whose output holds every token the last attention mixes
@@ -88,13 +88,13 @@ def build_hf(spec: Any) -> HfFeatures:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
-            model = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
+            model = transformers.AutoModel.from_config(config)
     else:
         weight_files(folder, allow_pickle, spec.name)  # safetensors, or pickles where allowed
         try:
             model = transformers.AutoModel.from_pretrained(
                 folder, local_files_only=True, use_safetensors=None if allow_pickle else True,
-                dtype=torch.float32, attn_implementation="sdpa")
+                dtype=torch.float32)
         except (OSError, ValueError, RuntimeError) as exc:
             raise WeightsUnavailableError(f"could not load {spec.name}: {exc}") from exc
     return HfFeatures(model.float().eval(), pooling, facts["prefix_tokens"])

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import sys
 import urllib.parse
 from dataclasses import dataclass
 
 import fsspec
 
+from cxrdask.backbones.reachability import HUB_HOST, REACHABILITY_TIMEOUT_S, unreachable
 from cxrdask.choices import POOLINGS, XrvBackbone, values_of
 from cxrdask.errors import OptionError, WeightsNotFoundError, WeightsUnavailableError
 
@@ -64,9 +64,6 @@ TORCHVISION_WEIGHTS: dict[str, tuple[str, dict[str, str]]] = {
 }
 # torchvision weight enum names (IMAGENET1K_V2); a path such as /DATA/W.PTH is a file.
 _ENUM_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
-# How long the check before a run waits for the weights' download server.
-REACHABILITY_TIMEOUT_S = 5.0
-HUB_HOST = "huggingface.co"  # where timm's published weights come from
 
 
 @dataclass(frozen=True)
@@ -288,16 +285,6 @@ def _torch_hub_dir() -> str:
     cache = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
     return os.path.join(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch"))),
                         "hub")
-
-
-def unreachable(host: str) -> OSError | None:
-    """Why ``host``'s HTTPS port cannot be reached within :data:`REACHABILITY_TIMEOUT_S`
-    (None when it can): where weights come from, asked before any worker downloads."""
-    try:
-        socket.create_connection((host, 443), timeout=REACHABILITY_TIMEOUT_S).close()
-    except OSError as exc:
-        return exc
-    return None
 
 
 def _check_timm_weights(name: str) -> None:

@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,10 +87,12 @@ def export_onnx(model: nn.Module, channels: int = 3, size: int | None = None) ->
     buffer = io.BytesIO()
     example = torch.zeros(1, channels, size or 224, size or 224)
     images_axes = {0: "batch"} if size else {0: "batch", 2: "height", 3: "width"}
-    torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
-                      input_names=["images"], output_names=["features"],
-                      dynamic_axes={"images": images_axes, "features": {0: "batch"}},
-                      dynamo=False)
+    with warnings.catch_warnings():  # a transformer's shape checks, traced as constants
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, (example,), buffer,  # type: ignore[arg-type]
+                          input_names=["images"], output_names=["features"],
+                          dynamic_axes={"images": images_axes, "features": {0: "batch"}},
+                          dynamo=False)
     return buffer.getvalue()
 
 
