@@ -221,10 +221,13 @@ class TrainConfig(Options):
         Inputs after the features.
     buffer_chunks : int
         Chunks the lazy reader shuffles together.
-    resident_mb : int
-        A split whose float32 inputs fit this many MiB is kept in memory after its first
-        lazy pass (on a GPU: in a quarter of its free memory), so later epochs wait for no
-        decompression; 0 reads every epoch lazily (host memory then flat in N).
+    resident_mb : int or "auto"
+        Host memory, in MiB, for the splits kept after their first lazy pass (float16
+        features, float32 demographics and targets), so later epochs wait for no
+        decompression: the training split first, then the validation split, each kept
+        where it fits what is left (on a GPU: in a quarter of its free memory). ``auto``:
+        half the memory available when training starts. 0 reads every epoch lazily (host
+        memory then flat in N). Which was chosen is logged and kept in the result.
     precision : str
         The head's arithmetic: ``fp32``, ``bf16`` (autocast; about 2x faster on CPUs with
         native bf16), or ``auto``: bf16 where the CPU or GPU computes it natively, else
@@ -253,7 +256,7 @@ class TrainConfig(Options):
     seed: int = option(0, "seed of the head's initial weights and of the shuffles")
     demographics: tuple[str, ...] = DEFAULT_DEMOGRAPHICS
     buffer_chunks: int = 4
-    resident_mb: int = 1024
+    resident_mb: int | Literal["auto"] = "auto"
     precision: HeadPrecision = option(
         "auto", "the head's arithmetic: auto = bf16 where the CPU or GPU computes it natively, "
                 "else fp32 (recorded in the checkpoint)")
@@ -284,8 +287,11 @@ class TrainConfig(Options):
                               f"and {self.weight_decay}")
         if self.early_stopping is not None and self.early_stopping < 1:
             raise OptionError(f"early_stopping must be None or at least 1, not {self.early_stopping}")
-        if self.resident_mb < 0:
-            raise OptionError(f"resident_mb must be 0 (always lazy) or more, not {self.resident_mb}")
+        if self.resident_mb != "auto" and (isinstance(self.resident_mb, bool)
+                                           or not isinstance(self.resident_mb, int)
+                                           or self.resident_mb < 0):
+            raise OptionError(f"resident_mb must be 'auto', 0 (always lazy) or more, not "
+                              f"{self.resident_mb!r}")
 
     @classmethod
     def preset_config(cls, name: str = "default", **overrides) -> TrainConfig:

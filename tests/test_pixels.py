@@ -274,3 +274,40 @@ def test_resident_batches_equal_the_lazy_readers_bit_for_bit(tmp_path):
     assert np.array_equal(rows(resident), lazy)  # from memory
     assert resident.features is not None and resident.features.dtype == torch.float16
     assert resident.batches.standardisation is not None  # given back after the first pass
+
+
+def test_the_kept_splits_share_one_budget_and_auto_is_half_the_available_memory(tmp_path,
+                                                                                monkeypatch):
+    """The training split is kept first, the validation split where what is left still
+    holds it; ``auto`` is half of psutil's available memory; each choice says why."""
+    import psutil
+
+    from cxrdask.head.batches import FeatureBatches
+    from cxrdask.head.resident import ResidentBatches, keep_where_they_fit, resident_budget_mb
+    from cxrdask.testing import make_feature_store
+
+    url = str(tmp_path / "f.zarr")
+    make_feature_store(url, 3000, feature_dim=256, chunk_rows=256)
+    cpu = torch.device("cpu")
+
+    def feeds() -> dict:
+        return {name: FeatureBatches(url, name, 64, seed=0) for name in ("train", "validation")}
+
+    train_mib = ResidentBatches.nbytes(feeds()["train"]) / 2**20
+    just_train = feeds()
+    chosen = keep_where_they_fit(just_train, cpu, train_mib + 0.01, seed=0)
+    assert isinstance(just_train["train"], ResidentBatches)
+    assert isinstance(just_train["validation"], FeatureBatches)  # the rest no longer holds it
+    assert "kept in memory" in chosen["train"] and "read lazily" in chosen["validation"]
+    lazy = feeds()
+    assert all("read lazily" in why for why in keep_where_they_fit(lazy, cpu, 0, seed=0).values())
+    assert all(isinstance(b, FeatureBatches) for b in lazy.values())
+
+    class Memory:
+        available = 6 * 2**30
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    assert resident_budget_mb("auto") == 3 * 1024
+    both = feeds()
+    keep_where_they_fit(both, cpu, "auto", seed=0)
+    assert all(isinstance(b, ResidentBatches) for b in both.values())

@@ -17,6 +17,38 @@ import torch
 from cxrdask.head.batches import FeatureBatches
 
 
+def resident_budget_mb(setting: int | str) -> float:
+    """The host memory the kept splits may take: ``setting`` MiB, or for ``auto`` half of
+    what the machine has available now (psutil's ``available``: free memory and the page
+    cache that can be dropped)."""
+    if setting != "auto":
+        return float(setting)
+    import psutil
+
+    return psutil.virtual_memory().available / 2 / 2**20
+
+
+def keep_where_they_fit(feeds: dict, device: torch.device, setting: int | str, seed: int
+                        ) -> dict[str, str]:
+    """Replace each split's lazy batches in ``feeds`` (training first) by
+    :class:`ResidentBatches` where it fits what the budget has left; returns, per split,
+    what was chosen and why (logged by the caller, kept in the training result)."""
+    budget = resident_budget_mb(setting)
+    chosen = {}
+    for name, batches in feeds.items():
+        need = ResidentBatches.nbytes(batches) / 2**20
+        if ResidentBatches.fits(batches, device, budget):
+            feeds[name] = ResidentBatches(batches, device, shuffle=name == "train", seed=seed)
+            budget -= 0 if device.type == "cuda" else need
+            where = "GPU memory" if device.type == "cuda" else "memory"
+            chosen[name] = (f"{batches.n_rows:,} rows kept in {where} after the first epoch "
+                            f"(float16 features, {need:,.0f} MiB)")
+        else:
+            chosen[name] = (f"{batches.n_rows:,} rows read lazily every epoch (kept, they "
+                            f"would take {need:,.0f} MiB; {max(budget, 0):,.0f} MiB allowed)")
+    return chosen
+
+
 def to_gpu(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host batch on the GPU: from pinned memory, without blocking the host."""
     return tensor.pin_memory().to(device, non_blocking=True)
@@ -28,8 +60,8 @@ class ResidentBatches:
 
     The first epoch reads the store chunk by chunk as always (the reader thread prepares the
     next buffer while the head trains) and keeps each row; later epochs reshuffle the rows
-    in memory. Used only for a split that fits (:meth:`fits`): a larger one stays lazy every
-    epoch, and memory stays flat in N.
+    in memory. Used only for a split that fits (:meth:`fits`, :func:`keep_where_they_fit`):
+    a larger one stays lazy every epoch, and memory stays flat in N.
     """
 
     def __init__(self, batches: FeatureBatches, device: torch.device, shuffle: bool, seed: int):
@@ -129,4 +161,4 @@ class ResidentBatches:
             yield x_out[:m], y_out[:m]
 
 
-__all__ = ["ResidentBatches", "to_gpu"]
+__all__ = ["ResidentBatches", "keep_where_they_fit", "resident_budget_mb", "to_gpu"]

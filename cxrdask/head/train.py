@@ -12,6 +12,7 @@ head over the union of their findings (:mod:`cxrdask.head.union`).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import time
@@ -32,7 +33,7 @@ from cxrdask.errors import CxrDaskError, OptionError
 from cxrdask.head.batches import FeatureBatches, label_counts, open_store
 from cxrdask.head.loss import MaskedBCEWithLogits, loss_for
 from cxrdask.head.model import new_head, save_checkpoint
-from cxrdask.head.resident import ResidentBatches, to_gpu
+from cxrdask.head.resident import keep_where_they_fit, to_gpu
 from cxrdask.head.train_step import EagerStep, adam, train_step
 from cxrdask.head.union import (
     MultiStoreBatches,
@@ -45,6 +46,8 @@ from cxrdask.options import renamed
 from cxrdask.store.features import STATUS_OK, FeatureStore
 from cxrdask.store.overlap import Copies, copies_of_earlier, copies_phrase
 from cxrdask.store.targets import check_output_folder
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from cxrdask.progress import Progress
@@ -63,6 +66,8 @@ class TrainResult:
     # Per store: its URL, archive, the rows each split gave and each view family's rows
     # (what the checkpoint records as provenance["stores"]).
     stores: list[dict[str, Any]] = field(default_factory=list)
+    # Per split: kept in memory after the first epoch, or read lazily every epoch, and why.
+    memory: dict[str, str] = field(default_factory=dict)
 
     def rows_used(self) -> str:
         """One line per store: rows trained and validated on, and the views kept and left out."""
@@ -227,9 +232,9 @@ def train_head(
         copies = [copies_of_earlier(stores, k) for k in range(len(stores))]
     train, val, head = _prepare(stores, findings, config, where, copies)
     feeds: dict[str, Any] = {"train": train, "validation": val}
-    for name, batches in feeds.items():
-        if ResidentBatches.fits(batches, where, config.resident_mb):
-            feeds[name] = ResidentBatches(batches, where, shuffle=name == "train", seed=config.seed)
+    memory = keep_where_they_fit(feeds, where, config.resident_mb, config.seed)
+    for name, chosen in memory.items():
+        logger.info(f"{name} split: {chosen}")
     weight = _pos_weight(stores, findings, config.views) if config.pos_weight else None
     criterion = _loss(stores, findings, weight).to(where)
     used = [_store_record(s, train, val, k, config.views, copies[k]) for k, s in enumerate(stores)]
@@ -259,7 +264,7 @@ def train_head(
         files.append(plot_curves(frame, out / "curves.png"))
     return TrainResult(checkpoint=checkpoint, best_epoch=best_epoch, best_val_loss=best_loss,
                        history=frame, seconds=time.perf_counter() - started, files=files,
-                       stores=used)
+                       stores=used, memory=memory)
 
 
 def _fit(head, feeds: dict[str, Any], criterion, step, optimizer, scheduler, config: TrainConfig,
