@@ -61,6 +61,9 @@ def flag_attributes(meanings: tuple[str, ...] | dict[int, str]) -> dict[str, Any
 # What every store's rows must match for a run to write into it (a kind adds its own).
 ROW_SETTINGS = ("format_version", "chunk_rows", "label_names", "n_rows", "rows_fingerprint",
                 "split")
+# Chunks per shard of the per-row table arrays (65,536 rows at 512 a chunk): 16 objects per
+# column for a million rows, where there were 1,954.
+TABLE_SHARD_CHUNKS = 128
 TABLE_ARRAYS: dict[str, tuple[str, Any]] = {  # store array -> (metadata column, dtype)
     "image_index": ("image_index", str),
     "patient_id": ("patient_id", "int32"),
@@ -478,9 +481,14 @@ def _write_table(group: zarr.Group, table: pd.DataFrame, chunk_rows: int, names)
     CF flag attributes that decode it)."""
     n_rows = len(table)
     table_chunks = chunk_rows  # aligned with features: a training read touches one chunk each
+    # Written once, by the client, whole: many chunks to an object (Zarr v3 sharding), so a
+    # million-row store is not thousands of small objects per column (a read of one chunk is
+    # one ranged read of its shard). Stores made before keep their unsharded arrays, read
+    # as ever.
+    shards = (table_chunks * max(1, min(TABLE_SHARD_CHUNKS, -(-n_rows // table_chunks))),)
     image_index = table["image_index"].to_numpy().astype(str)
     coordinate = group.create_array("image", shape=(n_rows,), chunks=(table_chunks,), dtype=str,
-                                    dimension_names=("image",))
+                                    shards=shards, dimension_names=("image",))
     coordinate[:] = image_index
     findings = group.create_array("finding", shape=(len(names),), dtype=str,
                                   dimension_names=("finding",))
@@ -489,11 +497,12 @@ def _write_table(group: zarr.Group, table: pd.DataFrame, chunk_rows: int, names)
         values = table[column].to_numpy()
         values = values.astype(str) if array_dtype is str else values.astype(array_dtype)
         array = group.create_array(name, shape=(n_rows,), chunks=(table_chunks,),
-                                   dtype=array_dtype, dimension_names=("image",))
+                                   shards=shards, dtype=array_dtype, dimension_names=("image",))
         array[:] = values
     # 1 positive, 0 negative, MISSING (255) where the archive gives no label.
     labels = group.create_array("labels", shape=(n_rows, len(names)),
                                 chunks=(table_chunks, len(names)), dtype="uint8",
+                                shards=(shards[0], len(names)),
                                 fill_value=MISSING, dimension_names=("image", "finding"),
                                 attributes={"missing": MISSING, **flag_attributes(
                                     {0: "negative", 1: "positive", MISSING: "missing"})})
@@ -501,7 +510,8 @@ def _write_table(group: zarr.Group, table: pd.DataFrame, chunk_rows: int, names)
     from cxrdask.archive.splits import SPLIT_NAMES
 
     splits = group.create_array("split", shape=(n_rows,), chunks=(table_chunks,), dtype="uint8",
-                                dimension_names=("image",), attributes=flag_attributes(SPLIT_NAMES))
+                                shards=shards, dimension_names=("image",),
+                                attributes=flag_attributes(SPLIT_NAMES))
     splits[:] = table["split"].to_numpy(dtype=np.uint8)
 
 
@@ -515,6 +525,7 @@ __all__ = [
     "STATUS_OK",
     "STATUS_PENDING",
     "TABLE_ARRAYS",
+    "TABLE_SHARD_CHUNKS",
     "RowStore",
     "common_provenance",
     "flag_attributes",
