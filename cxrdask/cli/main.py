@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import logging
 import os
 import signal
 import sys
@@ -358,7 +359,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(only=_command_of(argv) or "").parse_args(argv)
     from cxrdask.progress import show_messages
 
-    show_messages()  # the library logs; the command line prints
+    # The library logs; the command line prints, for this command only: a main() called
+    # in-process (a notebook, a test) leaves no handler on a stream that may close after it.
+    handler = show_messages()
+    try:
+        return _run(args)
+    finally:
+        logging.getLogger("cxrdask").removeHandler(handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command: its exit status, errors turned into their codes."""
     try:
         with second_interrupt_exits(args.command):
             status = args.run(args)
