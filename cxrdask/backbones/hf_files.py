@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from cxrdask.backbones.digest import file_sha256
 from cxrdask.errors import MissingExtraError, OptionError, WeightsNotFoundError, WeightsUnavailableError
 
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
@@ -156,13 +157,10 @@ def _stamp(path: str) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=32)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a local file, remembered while its size and time are unchanged (a
-    ViT-B's 350 MB take a second; a run asks for its identity several times)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """:func:`~cxrdask.backbones.digest.file_sha256`, remembered while the file's size and
+    time are unchanged (a ViT-B's 350 MB take a second; a run asks for its identity several
+    times)."""
+    return file_sha256(path)
 
 
 @functools.cache

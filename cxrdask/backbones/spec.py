@@ -8,18 +8,16 @@ from :data:`TORCHVISION_WEIGHTS`, so neither the client nor a worker imports tor
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
 import urllib.parse
 from dataclasses import dataclass
 
-import fsspec
-
+from cxrdask.backbones.digest import file_sha256
 from cxrdask.backbones.reachability import HUB_HOST, REACHABILITY_TIMEOUT_S, unreachable
 from cxrdask.choices import POOLINGS, XrvBackbone, values_of
-from cxrdask.errors import OptionError, WeightsNotFoundError, WeightsUnavailableError
+from cxrdask.errors import OptionError, WeightsUnavailableError
 
 _XRV_RELEASE = "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
 _XRV_DENSENET = "densenet121-d121-tw-lr001-rot45-tr15-sc15-seed0-best.pt"
@@ -223,18 +221,6 @@ def _hf_weights_identity(spec: BackboneSpec) -> dict:
     files = weight_files(folder, allow_pickle, spec.name)
     return {"weights": ", ".join(os.path.basename(file) for file in files),
             "sha256": weights_sha256(files)}
-
-
-def file_sha256(url: str) -> str:
-    """sha256 of a weights file at any fsspec URL, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    try:
-        with fsspec.open(url, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError as exc:
-        raise WeightsNotFoundError(f"weights file not found: {url}") from exc
-    return digest.hexdigest()
 
 
 TIMM_NAME = re.compile(r"timm:[A-Za-z0-9_.\-]+")
