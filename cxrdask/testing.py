@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import random
 import socket
 import threading
 import time
@@ -155,7 +156,9 @@ class FaultyProxy:
     fail_first
         The first this-many requests of each object fail.
     fault_rate
-        Besides, this share of object requests fails at random (seeded).
+        Besides, this share of object requests fails at random: the draw is seeded by
+        ``seed``, the method, the key and how often that request was seen, so which requests
+        fail does not depend on the order threads send them in.
     outage_after
         After this many object requests answered, every object request fails (a reset)
         until :meth:`end_outage`.
@@ -179,6 +182,8 @@ class FaultyProxy:
         Object requests failed, and object requests forwarded, so far.
     faults_by_method : dict[str, int]
         Faults per HTTP method.
+    faulted : list[tuple[str, str]]
+        ``(method, bucket/key)`` of every faulted request, in order.
     requests : dict[str, int]
         Every request received, by kind: ``LIST`` for bucket listings (each page counts),
         else the HTTP method. A job that lists an archive once makes ceil(N / 1000) LISTs.
@@ -193,7 +198,6 @@ class FaultyProxy:
                  methods: tuple[str, ...] = ("GET",), stall_seconds: float = 0.0,
                  hold: str | None = None, hold_seconds: float = 60.0, seed: int = 0):
         import collections
-        import random
         import urllib.parse
 
         parsed = urllib.parse.urlparse(target)
@@ -201,6 +205,7 @@ class FaultyProxy:
         self.only_suffix, self.methods, self.stall_seconds = only_suffix, methods, stall_seconds
         self.faults = self.answered = 0
         self.faults_by_method: collections.Counter[str] = collections.Counter()
+        self.faulted: list[tuple[str, str]] = []
         self.requests: collections.Counter[str] = collections.Counter()
         self.bytes_sent: collections.Counter[str] = collections.Counter()
         self.holding = threading.Event()
@@ -208,7 +213,7 @@ class FaultyProxy:
         self._released = threading.Event()
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._random = random.Random(seed)
+        self._seed = seed
         self._server = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
         self._server.proxy = self
         self._server.upstream = (parsed.hostname or "127.0.0.1", parsed.port)
@@ -233,18 +238,23 @@ class FaultyProxy:
             return None
         with self._lock:
             if self.outage_after is not None and self.answered >= self.outage_after:
-                self.faults += 1
-                self.faults_by_method[method] += 1
+                self._count_fault(method, bucket_and_key)
                 return "reset"
-            seen = self._seen.get(f"{method} {bucket_and_key}", 0)
-            self._seen[f"{method} {bucket_and_key}"] = seen + 1
-            if seen < self.fail_first or self._random.random() < self.fault_rate:
-                self.faults += 1
-                self.faults_by_method[method] += 1
+            request = f"{method} {bucket_and_key}"
+            seen = self._seen.get(request, 0)
+            self._seen[request] = seen + 1
+            draw = random.Random(f"{self._seed} {request} {seen}").random()
+            if seen < self.fail_first or draw < self.fault_rate:
+                self._count_fault(method, bucket_and_key)
                 kinds = ["503", "reset", "500"] + (["stall"] if self.stall_seconds > 0 else [])
                 return kinds[self.faults % len(kinds)]
             self.answered += 1
             return None
+
+    def _count_fault(self, method: str, bucket_and_key: str) -> None:
+        self.faults += 1
+        self.faults_by_method[method] += 1
+        self.faulted.append((method, bucket_and_key))
 
     def end_outage(self) -> None:
         """Storage is back: object requests are answered again."""
