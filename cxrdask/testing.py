@@ -22,7 +22,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -286,6 +286,9 @@ def make_feature_store(
     dtype: str = "float16",
     storage_options: StorageOptions | None = None,
     shuffle_labels: bool = False,
+    findings: Mapping[str, str | None] | None = None,
+    kind: str = "nih",
+    signatures: bool = False,
 ):
     """A complete feature store of ``n_rows`` with no images behind it (benchmarks, tests).
 
@@ -293,6 +296,13 @@ def make_feature_store(
     random direction by ``signal`` standard deviations, so a head can learn them; with
     ``shuffle_labels`` the labels are permuted after the features are made (no signal).
     Written chunk by chunk: memory stays at one chunk whatever ``n_rows``.
+
+    ``findings`` makes it another archive's store: each of its findings (in order) takes the
+    labels of the NIH finding it names, or is missing on every row (None), as a store of
+    CheXpert's or MIMIC's finding set would be; ``kind`` is the archive recorded. With
+    ``signatures`` each row gets a thumbnail and detail of its own (smooth random shapes and
+    random texture, seeded by ``seed`` and the row), so an overlap search has rows to
+    compare; :func:`copy_signatures` plants one store's rows in another.
     """
     from cxrdask.archive.splits import patient_split
     from cxrdask.store.features import STATUS_OK, FeatureSettings, FeatureStore
@@ -304,6 +314,8 @@ def make_feature_store(
     labels = label_matrix(frame)
     if shuffle_labels:
         frame.loc[:, list(LABELS)] = labels[rng.permutation(n_rows)]
+    if findings is not None:
+        frame = _with_findings(frame, findings)
     directions = rng.standard_normal((len(LABELS), feature_dim)).astype(np.float32)
     settings = FeatureSettings(
         backbone={"name": "synthetic", "feature_dim": feature_dim, "kind": "random",
@@ -312,16 +324,57 @@ def make_feature_store(
         split={"method": "patient", "seed": seed, "description": f"patient split, seed {seed}"})
     store = FeatureStore.create(url, frame, settings, chunk_rows=chunk_rows,
                                 storage_options=storage_options,
-                                extra={"archive": {"root": None, "synthetic": True}})
+                                extra={"archive": {"root": None, "synthetic": True,
+                                                   "kind": kind}})
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
         noise = np.random.default_rng([seed, 12, chunk]).standard_normal(
             (stop - start, feature_dim), dtype=np.float32)
         features = np.abs(noise + signal * labels[start:stop].astype(np.float32) @ directions)
         store.write_chunk(chunk, features, np.full(stop - start, STATUS_OK, np.uint8),
-                          [""] * (stop - start))
+                          [""] * (stop - start),
+                          signatures=random_signatures(seed, start, stop) if signatures else None)
     store.update_provenance(complete=True, failed_rows=0)
     return store
+
+
+def _with_findings(frame, findings: Mapping[str, str | None]):
+    """The NIH-labelled ``frame`` under another archive's findings (see make_feature_store)."""
+    unknown = sorted({taken for taken in findings.values() if taken is not None} - set(LABELS))
+    if unknown:
+        raise ValueError(f"findings take the labels of NIH findings, not {unknown}")
+    renamed = frame.drop(columns=list(LABELS))
+    for name, taken in findings.items():
+        renamed[name] = np.nan if taken is None else frame[taken].astype(float)
+    renamed.attrs["findings"] = list(findings)
+    return renamed
+
+
+def random_signatures(seed: int, start: int, stop: int, side: int = 32
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``start``-``stop``'s thumbnails (smooth shapes: a 4 x 4 random field enlarged,
+    plus noise) and details (random texture), drawn from ``seed`` and ``start``."""
+    rng = np.random.default_rng([seed, 13, start])
+    n = stop - start
+    coarse = rng.uniform(40, 215, (n, 4, 1, 4, 1))
+    shapes = np.broadcast_to(coarse, (n, 4, side // 4, 4, side // 4)).reshape(n, side, side)
+    thumbnails = np.clip(shapes + rng.normal(0, 8, (n, side, side)), 0, 255).astype(np.uint8)
+    details = rng.integers(-40, 41, (n, side, side), dtype=np.int8)
+    return thumbnails, details
+
+
+def copy_signatures(source: str, rows: Sequence[int], target: str,
+                    storage_options: StorageOptions | None = None) -> None:
+    """Give ``target``'s first ``len(rows)`` rows the signatures of ``source``'s ``rows``:
+    its images are then those images again (as RSNA's are NIH's), for overlap search."""
+    from cxrdask.store.features import FeatureStore
+
+    first = FeatureStore.open(source, storage_options=storage_options)
+    second = FeatureStore.open(target, mode="r+", storage_options=storage_options)
+    taken = np.asarray(rows, np.int64)
+    for name in ("thumbnail", "detail"):
+        values = first.array(name).get_orthogonal_selection((taken, slice(None), slice(None)))
+        second.array(name)[:len(taken)] = values
 
 
 def direct_features(paths: Iterable[str], spec: BackboneSpec,
@@ -337,4 +390,5 @@ def direct_features(paths: Iterable[str], spec: BackboneSpec,
     return np.concatenate(out)
 
 
-__all__ = ["FaultyProxy", "direct_features", "free_port", "local_s3_server", "make_feature_store"]
+__all__ = ["FaultyProxy", "copy_signatures", "direct_features", "free_port", "local_s3_server",
+           "make_feature_store", "random_signatures"]

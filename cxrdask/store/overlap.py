@@ -15,7 +15,9 @@ their texture (detail 0.85 at most); two patients' images differ in shape (the c
 0.98, with details at 0.91, are turned away by their thumbnails). The search is
 exact: every pair's thumbnails are compared, by blocks of a matrix product in float32 (the
 BLAS NumPy ships does it at the machine's speed), so nothing is missed for want of an
-index's recall.
+index's recall. Between two stores the smaller one's signatures are held and the larger's
+read a block at a time: a million rows searched against RSNA's 26,684 hold one block of the
+million, not the million.
 
 Stores made before the signatures were kept cannot be searched: :func:`find_overlap` says so
 (:class:`OverlapUncheckable`) rather than guess. ``cxrdask overlap`` runs it; evaluation
@@ -24,6 +26,7 @@ leaves out the rows of a store that are images a head trained on.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,33 +67,68 @@ def _unit(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values, kept
 
 
-def standardised_signatures(store: FeatureStore) -> Signatures:
-    """The store's signatures of readable rows, standardised; a row whose thumbnail or detail
-    is flat (none kept: a failed image, a store made without images) is left out."""
+def _check_signatures(store: FeatureStore) -> None:
     if not store.has_thumbnails:
         raise OverlapUncheckable(
             f"{store.url} keeps no thumbnails (it was made before cxrdask kept image "
             "signatures): its overlap with other stores cannot be checked; extract it again "
             "(--overwrite) to check it")
+
+
+def signature_blocks(store: FeatureStore, block_rows: int = BLOCK_ROWS) -> Iterator[Signatures]:
+    """The store's signatures of readable rows, standardised, a block of whole chunks (about
+    ``block_rows`` rows) at a time: what a search streams, so that only one block of the
+    larger store is in memory. A row whose thumbnail or detail is flat (none kept: a failed
+    image, a store made without images) is left out."""
+    _check_signatures(store)
     readable = np.flatnonzero(store.read("status") == STATUS_OK)
     thumbs, details = store.array("thumbnail"), store.array("detail")
     width = thumbs.shape[1] * thumbs.shape[2]
-    rows, shapes, textures = [], [], []
-    for start in range(0, store.n_rows, store.chunk_rows):
-        chosen = readable[(readable >= start) & (readable < start + store.chunk_rows)]
+    step = max(1, block_rows // store.chunk_rows) * store.chunk_rows
+    for start in range(0, store.n_rows, step):
+        stop = min(start + step, store.n_rows)
+        chosen = readable[(readable >= start) & (readable < stop)]
         if len(chosen) == 0:
             continue
-        stop = start + store.chunk_rows
         shape, flat_shape = _unit(np.asarray(thumbs[start:stop]).reshape(-1, width)[chosen - start])
         texture, flat_texture = _unit(np.asarray(details[start:stop]).reshape(-1, width)[chosen - start])
         kept = flat_shape & flat_texture
-        rows.append(chosen[kept])
-        shapes.append(shape[kept])
-        textures.append(texture[kept])
-    if not rows:
+        yield Signatures(chosen[kept], shape[kept], texture[kept])
+
+
+def standardised_signatures(store: FeatureStore) -> Signatures:
+    """Every block of :func:`signature_blocks` at once (the within-store search needs them
+    all)."""
+    _check_signatures(store)
+    blocks = list(signature_blocks(store))
+    if not blocks:
+        width = store.array("thumbnail").shape[1] * store.array("thumbnail").shape[2]
         empty = np.zeros((0, width), np.float32)
         return Signatures(np.zeros(0, np.int64), empty, empty)
-    return Signatures(np.concatenate(rows), np.concatenate(shapes), np.concatenate(textures))
+    return Signatures(*(np.concatenate(part) for part in zip(
+        *((b.rows, b.thumbnails, b.details) for b in blocks), strict=True)))
+
+
+def _streamed_matches(first: FeatureStore, second: FeatureStore, threshold: float
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair between two stores: the smaller store's signatures held, the larger's
+    streamed a block at a time (memory is the smaller store, whatever the larger's size)."""
+    flipped = first.n_rows > second.n_rows  # stream the larger one
+    held = standardised_signatures(first if flipped else second)
+    found = []
+    for block in signature_blocks(second if flipped else first):
+        rows_streamed, rows_held, shape, texture = _matches(block, held, threshold, same=False)
+        found.append((rows_held, rows_streamed, shape, texture) if flipped
+                     else (rows_streamed, rows_held, shape, texture))
+    if not found:
+        return _no_pairs()
+    rows_a, rows_b, shape, texture = (np.concatenate(part) for part in zip(*found, strict=True))
+    return rows_a, rows_b, shape, texture
+
+
+def _no_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+            np.zeros(0, np.float32))
 
 
 def _matches(a: Signatures, b: Signatures, threshold: float, same: bool
@@ -117,8 +155,7 @@ def _matches(a: Signatures, b: Signatures, threshold: float, same: bool
                           b.rows[first + hits[confirmed]], block[i, hits[confirmed]],
                           detail[confirmed]))
     if not found:
-        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                np.zeros(0, np.float32))
+        return _no_pairs()
     rows_a, rows_b, shape, texture = (np.concatenate(part) for part in zip(*found, strict=True))
     return rows_a, rows_b, shape, texture
 
@@ -151,9 +188,11 @@ def find_overlap(a: FeatureStore | str, b: FeatureStore | str | None = None, *,
         raise OptionError(f"threshold is the details' correlation in (0, 1], not {threshold}")
     if second is not first:
         _check_comparable(first, second)
-    left = standardised_signatures(first)
-    right = left if second is first else standardised_signatures(second)
-    rows_a, rows_b, shape, texture = _matches(left, right, threshold, same=second is first)
+    if second is first:
+        signatures = standardised_signatures(first)
+        rows_a, rows_b, shape, texture = _matches(signatures, signatures, threshold, same=True)
+    else:
+        rows_a, rows_b, shape, texture = _streamed_matches(first, second, threshold)
     order = np.argsort(-texture, kind="stable")
     rows_a, rows_b, shape, texture = rows_a[order], rows_b[order], shape[order], texture[order]
     return pd.DataFrame({
