@@ -215,3 +215,27 @@ def test_the_larger_store_is_streamed_whichever_side_it_is_given(tmp_path):
     assert sorted(zip(backward["b_row"], backward["a_row"], strict=True)) == sorted(
         zip(forward["a_row"], forward["b_row"], strict=True))
     assert (forward["detail_correlation"] > 0.999).all()
+
+
+def test_stores_too_large_to_compare_row_by_row_are_screened_by_a_sample(tmp_path, monkeypatch):
+    """Above EXACT_PAIRS a sample of the later store is searched first: stores that share no
+    image are judged so without the whole search (and say so); stores that share images
+    (RSNA's are NIH's) still have every copy found, the same as the exact search."""
+    from cxrdask.store import overlap
+    from cxrdask.testing import copy_signatures, make_feature_store
+
+    nih, rsna, other = (str(tmp_path / f"{name}.zarr") for name in ("nih", "rsna", "other"))
+    make_feature_store(nih, 3000, feature_dim=4, chunk_rows=500, seed=1, signatures=True)
+    make_feature_store(rsna, 1000, feature_dim=4, chunk_rows=250, seed=2, signatures=True)
+    make_feature_store(other, 1000, feature_dim=4, chunk_rows=250, seed=3, signatures=True)
+    planted = np.random.default_rng(4).choice(3000, 600, replace=False)
+    copy_signatures(nih, planted, rsna)
+    exact = overlap.copies_in(rsna, [nih, other])
+    monkeypatch.setattr(overlap, "EXACT_PAIRS", 10_000)
+    monkeypatch.setattr(overlap, "SCREEN_ROWS", 100)
+    screened = overlap.copies_in(rsna, [nih, other])
+    assert screened.screened == (FeatureStore.open(other).url,)
+    assert np.array_equal(screened.rows, np.arange(600)) and np.array_equal(exact.rows, screened.rows)
+    record = {"checked": True, **screened.to_json()}
+    assert "600 copies" in overlap.copies_phrase(record)
+    assert "none of 100 random rows was a copy" in overlap.copies_phrase(record)
