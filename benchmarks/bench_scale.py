@@ -1,35 +1,45 @@
-"""How the costs around extraction grow with the archive's size N (issue: archive scale).
+"""How every step around a study grows with its rows N, up to a million across archives.
 
-For each N (1,000, 10,000 and 112,120 by default) this writes an archive of the real
-layout (NIH's CSV and official lists, images in folders of 10,000; each image a tiny
-placeholder PNG, since only listing and bookkeeping are timed here) and a complete
-synthetic feature store of N rows, then times each stage that does not touch pixels:
+For each N (10,000, 100,000, 300,000 and 1,000,000 by default) this writes, without any
+extraction:
+
+- an archive of NIH's layout of N images (the CSV, the official lists, folders of 10,000;
+  each image a tiny placeholder PNG: only listing and bookkeeping read it);
+- a study's stores, N rows together, shared between NIH, CheXpert and MIMIC-CXR in
+  proportion to their published sizes (15.7 %, 31.3 %, 52.9 %): synthetic features with a
+  learnable signal, each archive's own finding set (CheXpert's and MIMIC's 14, some missing
+  on every row), patients with several images each, and each row's image signatures;
+- an RSNA-sized store (26,684 rows) whose first rows are copies of NIH-like rows' images.
+
+Then it times:
 
 - read and validate the metadata CSV; locate the images (one listing); assign the
-  official split; create a store of N rows (metadata, row arrays, chunk grid);
-- the resume check of a finished store (open it, check its settings, read its done markers);
-- ``cxrdask info`` on the store; ``FeatureStore.open`` + ``table()``;
-- one training epoch over the training split (read lazily), one evaluation pass (no
-  intervals);
+  official split; create a store of N rows (and counts its objects);
+- on the study's stores: the resume check, ``cxrdask info``, ``cxrdask verify`` and
+  ``table()``; one training epoch over every store read lazily (the reader's rows/s);
+- each in a child process of its own, with that process's peak RSS: one head on every
+  store, 50 epochs (the resident split choosing memory or the lazy reader, and saying
+  which); ``evaluate`` with 1,000 patient resamples on each store's test rows; the overlap
+  search of the N rows against the RSNA-sized store (recall of the planted copies); the
+  study, each archive left out in turn (``--study-epochs`` and ``--study-bootstrap``, 5 and
+  200 by default: labelled in the table).
 
-with the process's peak RSS after each N. The log-log slope of each stage's seconds over N
-is fitted (1.0 = linear).
+The log-log slope of each stage's seconds over N is fitted (1.0 = linear) and drawn.
 
-``--s3`` also times the metadata read, the listing (and counts its LIST requests: one pass
-is ceil(N / 1000) pages), the split, the store's creation, the resume check, ``info`` and
-``table()`` with the archive and the stores in a bucket of moto's S3 server on 127.0.0.1
-(the objects are put into the server in-process, untimed: only reading them is measured).
+``--s3`` also times the archive and store stages with the archive and the stores in a bucket
+of moto's S3 server on 127.0.0.1 (put there in-process, untimed), and counts each stage's
+requests (LIST, HEAD, GET, PUT) through a counting proxy.
 
 ``--extract`` runs a real extraction of the N placeholder images at a small input size
 (``--image-size``, 32 by default: ResNet50's per-image compute is then small, so every
 fixed and per-task cost shows) on a local cluster, in a child process as a user's job
 would run: its wall time, the share of the workers' time not spent reading, decoding,
-resizing, running the network or writing (the orchestration overhead: scheduling,
-task hand-off, waiting at the start and the end), the client process's peak RSS (client
-and scheduler), and the slowest answer of the Dask dashboard while the job ran.
+resizing, running the network or writing (the orchestration overhead), the client
+process's peak RSS (client and scheduler), and the slowest answer of the Dask dashboard
+while the job ran.
 
-    python -m benchmarks.bench_scale --s3 --extract           # 1,000, 10,000 and 112,120
-    python -m benchmarks.bench_scale --sizes 1000,2000 --out /tmp/scale   # a quick check
+    python -m benchmarks.bench_scale --sizes 10000,100000,300000,1000000 --s3
+    python -m benchmarks.bench_scale --sizes 1000,2000 --rsna-rows 500 --out /tmp/scale  # quick
 """
 
 from __future__ import annotations
@@ -81,49 +91,160 @@ def timed(stages: dict, name: str, work):
     return result
 
 
-def measure(n: int, directory: Path, s3: dict | None = None, extract: dict | None = None) -> dict:
-    """Every stage at N rows; ``s3``: ``{"options", "proxy"}`` to time the S3 stages too;
-    ``extract``: ``{"workers", "image_size"}`` to run a real extraction too."""
-    from cxrdask.evaluation.report import evaluate
+ARCHIVES = (("nih", 112_120), ("chexpert", 223_414), ("mimic", 377_110))
+"""The archives a study's N rows are shared between, in their published sizes' proportions."""
+RSNA_ROWS = 26_684  # RSNA Pneumonia: NIH's images again, what the overlap search runs against
+PLANTED = 2_000  # of them, copies of the NIH-like store's rows
+CHEXPERT_FINDINGS = {  # CheXpert's (and MIMIC-CXR's) findings, from NIH's labels where shared
+    "No Finding": None, "Enlarged Cardiomediastinum": None, "Cardiomegaly": "Cardiomegaly",
+    "Lung Opacity": "Infiltration", "Lung Lesion": "Nodule", "Edema": "Edema",
+    "Consolidation": "Consolidation", "Pneumonia": "Pneumonia", "Atelectasis": "Atelectasis",
+    "Pneumothorax": "Pneumothorax", "Pleural Effusion": "Effusion",
+    "Pleural Other": "Pleural_Thickening", "Fracture": None, "Support Devices": None}
+
+
+def archive_rows(n: int) -> dict[str, int]:
+    """N rows shared between the archives in proportion to their sizes."""
+    total = sum(size for _, size in ARCHIVES)
+    rows = {name: round(n * size / total) for name, size in ARCHIVES}
+    rows[ARCHIVES[-1][0]] += n - sum(rows.values())
+    return rows
+
+
+def write_study_stores(directory: Path, n: int, rsna_rows: int) -> tuple[list[str], str]:
+    """The archives' stores (N rows together, other finding sets, signatures) and an
+    RSNA-sized store whose first rows are copies of the NIH-like store's images."""
+    from cxrdask.testing import copy_signatures, make_feature_store
+
+    urls = []
+    for seed, (name, rows) in enumerate(archive_rows(n).items()):
+        url = str(directory / f"{name}_{n}.zarr")
+        make_feature_store(url, rows, chunk_rows=512, seed=seed, backbone_seed=0, signal=0.3, kind=name,
+                           signatures=True,
+                           findings=None if name == "nih" else CHEXPERT_FINDINGS)
+        urls.append(url)
+    rsna = str(directory / f"rsna_{n}.zarr")
+    make_feature_store(rsna, rsna_rows, chunk_rows=512, seed=9, backbone_seed=0, signal=0.3, kind="rsna",
+                       signatures=True)
+    nih_rows = archive_rows(n)["nih"]
+    planted = np.sort(np.random.default_rng(0).choice(nih_rows, min(PLANTED, nih_rows, rsna_rows),
+                                                      replace=False))
+    copy_signatures(urls[0], planted, rsna)
+    return urls, rsna
+
+
+def planted_count(n: int, args) -> int:
+    return min(PLANTED, archive_rows(n)["nih"], args.rsna_rows)
+
+
+def measure(n: int, directory: Path, args, s3: dict | None = None) -> dict:
+    """Every stage at N rows (see the module's docstring); ``s3``: ``{"options", "proxy"}``
+    to time the S3 stages too. Returns ``{"n", "stages": seconds, "counts": figures}``."""
     from cxrdask.head.train import TrainConfig, train_head
-    from cxrdask.testing import make_feature_store
 
     root = directory / f"archive_{n}"
     csv = write_layout(root, n)
-    finished = directory / f"finished_{n}.zarr"
-    make_feature_store(str(finished), n, chunk_rows=512, seed=0, signal=0.3)
     stages: dict[str, float] = {}
-    time_store_stages(stages, "", n, str(root), str(directory / f"created_{n}.zarr"),
-                      str(finished))
-    out = directory / f"head_{n}"
-    result = timed(stages, "one training epoch (lazy)", lambda: train_head(
-        str(finished), TrainConfig(epochs=1, resident_mb=0), out, progress=False, plot=False))
-    timed(stages, "one evaluation pass",
-          lambda: evaluate(str(finished), result.checkpoint, bootstrap=0))
-    counts: dict[str, float] = {}
+    counts: dict[str, object] = {}
+    started = time.perf_counter()
+    stores, rsna = write_study_stores(directory, n, args.rsna_rows)
+    counts["writing the stores (synthetic features, not a user step) (s)"] = time.perf_counter() - started
+    counts.update(time_store_stages(stages, "", n, str(root), str(directory / f"created_{n}.zarr"),
+                                    stores))
+    epoch = timed(stages, "one training epoch over every store (lazy reader)", lambda: train_head(
+        stores, TrainConfig(epochs=1, resident_mb=0), directory / f"epoch_{n}", progress=False,
+        plot=False))
+    counts["lazy reader: training and validation rows/s"] = sum(
+        each["rows"]["train"] + each["rows"]["validation"] for each in epoch.stores) / stages[
+        "one training epoch over every store (lazy reader)"]
+    for stage, child in (("head, 50 epochs", "head"), ("evaluate, 1,000 patient resamples", "evaluate"),
+                         (f"overlap: N rows against {args.rsna_rows:,}", "overlap"),
+                         ("study: leave each archive out", "study")):
+        result = run_child(child, {"stores": stores, "rsna": rsna, "planted": planted_count(n, args),
+                                   "checkpoint": counts.get("head, 50 epochs: checkpoint"),
+                                   "out": str(directory / f"{child}_{n}"), "study_epochs": args.study_epochs,
+                                   "study_bootstrap": args.study_bootstrap})
+        stages[stage] = result.pop("seconds")
+        counts.update({f"{stage}: {key}": value for key, value in result.items()})
     if s3 is not None:
         upload(root, f"archive_{n}")  # untimed: only reading the bucket is measured
-        upload(finished, f"finished_{n}.zarr")
+        for url in stores:
+            upload(Path(url), Path(url).name)
         counts.update(time_store_stages(
             stages, "S3: ", n, f"s3://{BUCKET}/archive_{n}", f"s3://{BUCKET}/created_{n}.zarr",
-            f"s3://{BUCKET}/finished_{n}.zarr", **s3))
-    if extract is not None:
-        counts.update(measure_extraction(csv, root, directory / f"extracted_{n}.zarr", **extract))
+            [f"s3://{BUCKET}/{Path(url).name}" for url in stores], **s3))
+        clear_bucket()
+    if args.extract:
+        counts.update(measure_extraction(csv, root, directory / f"extracted_{n}.zarr",
+                                         args.workers, args.image_size))
         stages["extraction (all of it, warm-up excluded)"] = counts.pop("extraction seconds")
     shutil.rmtree(root)  # the placeholder archive: N small files
-    return {"n": n, **{k: round(v, 4) for k, v in stages.items()}, "peak_rss_mb": peak_rss_mb(),
-            **counts}
+    for url in [*stores, rsna, str(directory / f"created_{n}.zarr")]:
+        shutil.rmtree(url, ignore_errors=True)
+    counts["peak RSS of this process (MB)"] = peak_rss_mb()
+    return {"n": n, "stages": {k: round(v, 4) for k, v in stages.items()}, "counts": counts}
+
+
+def run_child(stage: str, arguments: dict) -> dict:
+    """One stage in a child process of its own, as a user's notebook or command would run
+    it: its seconds and the process's peak RSS are its own."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--stage-child", stage,
+                             json.dumps(arguments)], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"stage {stage} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def stage_child(stage: str, arguments: dict) -> dict:
+    """The heavy stages, each timed in its own process (see :func:`run_child`)."""
+    from cxrdask.config import EvaluateConfig, TrainConfig
+    from cxrdask.evaluation.report import evaluate
+    from cxrdask.head.train import train_head
+    from cxrdask.store.overlap import copies_phrase, find_overlap
+
+    stores, out = arguments["stores"], Path(arguments["out"])
+    started = time.perf_counter()
+    figures: dict[str, object] = {}
+    if stage == "head":
+        result = train_head(stores, TrainConfig(epochs=50), out, progress=False, plot=False)
+        figures["memory"] = "; ".join(f"{k}: {v}" for k, v in result.memory.items())
+        figures["checkpoint"] = result.checkpoint
+        figures["copies"] = " / ".join(copies_phrase(each.get("copies")).lstrip("; ")
+                                       for each in result.stores[1:])
+    elif stage == "evaluate":  # the head of the stage before
+        rows = 0
+        for k, url in enumerate(stores):
+            report = evaluate(url, arguments["checkpoint"], EvaluateConfig(bootstrap=1000), split="test",
+                              out_dir=out / f"report_{k}")
+            rows += report.n_rows
+        figures["test rows scored"] = rows
+    elif stage == "overlap":
+        found = [find_overlap(url, arguments["rsna"]) for url in stores]
+        figures["pairs found"] = sum(len(f) for f in found)
+        figures["planted copies found"] = f"{len(found[0]):,} of {arguments['planted']:,}"
+    elif stage == "study":
+        from cxrdask.runtime.cluster import local_client
+        from cxrdask.study.table import run_study
+
+        with local_client(n_workers=2, threads_per_worker=1, announce=False) as client:
+            started = time.perf_counter()
+            run_study(stores, out, TrainConfig(epochs=arguments["study_epochs"]),
+                      EvaluateConfig(bootstrap=arguments["study_bootstrap"]), client=client)
+        figures["settings"] = (f"{arguments['study_epochs']} epochs a head, "
+                               f"{arguments['study_bootstrap']} resamples a score")
+    return {"seconds": time.perf_counter() - started, **figures,
+            "peak RSS of its process (MB)": peak_rss_mb()}
 
 
 def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: str,
-                      finished: str, options: dict | None = None, proxy=None) -> dict:
+                      finished: list[str], options: dict | None = None, proxy=None) -> dict:
     """The stages that read the archive and the stores, on local disk or (with
     ``options`` and the request-counting ``proxy``) in the bucket: read and validate the
     CSV, list the images, assign the official split, create a store of N rows (at
-    ``created``), the resume check, ``info`` and ``table()`` of the finished store (the
-    archive holds ``n`` images). Each
-    stage's seconds go into ``stages`` under ``prefix`` + its name; returns the proxy's
-    request counts of the listing, the resume check and ``table()`` (none without one)."""
+    ``created``); then, on each ``finished`` store (N rows together), the resume check,
+    ``info``, ``verify`` and ``table()``, their seconds summed. Each stage's seconds go into
+    ``stages`` under ``prefix`` + its name; returns the objects the created store holds and,
+    with a proxy, each stage's requests by kind."""
     from cxrdask.archive.images import locate_images
     from cxrdask.archive.kinds.nih import read_metadata
     from cxrdask.extract.layout import prepare_rows
@@ -131,41 +252,55 @@ def time_store_stages(stages: dict, prefix: str, n: int, archive: str, created: 
     from cxrdask.info import describe_store
     from cxrdask.store.features import FeatureSettings, FeatureStore
 
-    def requests() -> collections.Counter:
-        return proxy.requests.copy() if proxy is not None else collections.Counter()
+    counted: dict[str, collections.Counter] = {}
 
-    metadata = timed(stages, f"{prefix}read + validate metadata", lambda: read_metadata(
+    def step(name: str, work):
+        before = proxy.requests.copy() if proxy is not None else collections.Counter()
+        result = timed(stages, f"{prefix}{name}", work)
+        if proxy is not None:
+            counted[name] = proxy.requests - before
+        return result
+
+    metadata = step("read + validate metadata", lambda: read_metadata(
         f"{archive}/Data_Entry_2017.csv", storage_options=options))
-    before = requests()
-    located = timed(stages, f"{prefix}locate images (one listing)", lambda: locate_images(
+    located = step("locate images (one listing)", lambda: locate_images(
         archive, storage_options=options, expected=metadata["image_index"]))
-    listing = requests() - before
     assert not located.missing and len(located.urls) == n
-    rows, split = timed(stages, f"{prefix}assign the official split", lambda: prepare_rows(
+    rows, split = step("assign the official split", lambda: prepare_rows(
         metadata, "official", archive_root=archive, storage_options=options))
-    timed(stages, f"{prefix}create a store of N rows", lambda: FeatureStore.create(
+    step("create a store of N rows", lambda: FeatureStore.create(
         created, rows, FeatureSettings(backbone={"name": "resnet50", "feature_dim": 2048},
                                        preprocessing=Preprocessing().to_dict(), split=split),
         chunk_rows=512, storage_options=options))
 
     def resume_check() -> int:
-        opened = FeatureStore.open(finished, storage_options=options)
-        opened.check_settings({"dtype": opened.provenance["dtype"], "chunk_rows": 512})
-        return int((~opened.done_chunks()).sum())
+        pending = 0
+        for url in finished:
+            opened = FeatureStore.open(url, storage_options=options)
+            opened.check_settings({"dtype": opened.provenance["dtype"], "chunk_rows": 512})
+            pending += int((~opened.done_chunks()).sum())
+        return pending
 
-    before = requests()
-    assert timed(stages, f"{prefix}resume check of a finished store", resume_check) == 0
-    resume = requests() - before
-    timed(stages, f"{prefix}cxrdask info", lambda: describe_store(finished, options))
-    before = requests()
-    timed(stages, f"{prefix}FeatureStore.open + table()",
-          lambda: FeatureStore.open(finished, storage_options=options).table())
-    opened = requests() - before
+    assert step("resume check of the finished stores", resume_check) == 0
+    step("cxrdask info of each store", lambda: [describe_store(url, options) for url in finished])
+    problems = step("cxrdask verify of each store", lambda: [
+        FeatureStore.open(url, storage_options=options).verify() for url in finished])
+    assert all(p.empty for p in problems)
+    step("FeatureStore.open + table() of each store",
+         lambda: [FeatureStore.open(url, storage_options=options).table() for url in finished])
+    figures: dict[str, object] = {}
     if proxy is None:
-        return {}
-    return {"S3 LIST requests of the listing": listing["LIST"],
-            "S3 requests of the resume check": resume.total(),
-            "S3 requests of open + table()": opened.total()}
+        figures["objects of a created store"] = sum(1 for p in Path(created).rglob("*") if p.is_file())
+        figures["objects of the finished stores"] = sum(
+            1 for url in finished for p in Path(url).rglob("*") if p.is_file())
+        return figures
+    figures["S3 LIST requests of the listing"] = counted["locate images (one listing)"]["LIST"]
+    for name in ("create a store of N rows", "resume check of the finished stores",
+                 "cxrdask info of each store", "FeatureStore.open + table() of each store"):
+        figures[f"S3 requests of {name}"] = " ".join(
+            f"{kind} {counted[name][kind]}" for kind in ("LIST", "HEAD", "GET", "PUT", "DELETE")
+            if counted[name][kind])
+    return figures
 
 
 BUCKET = "scale"
@@ -173,14 +308,25 @@ BUCKET = "scale"
 
 def upload(local: Path, prefix: str) -> None:
     """Put every file under ``local`` into moto's bucket directly (in-process, untimed)."""
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.s3.models import s3_backends
-
-    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    backend = _backend()
     for path in local.rglob("*"):
         if path.is_file():
             backend.put_object(BUCKET, f"{prefix}/{path.relative_to(local).as_posix()}",
                                path.read_bytes())
+
+
+def clear_bucket() -> None:
+    """Empty the bucket after a size (moto holds what it was given)."""
+    backend = _backend()
+    for key in list(backend.get_bucket(BUCKET).keys.keys()):
+        backend.delete_object(BUCKET, key)
+
+
+def _backend():
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    return s3_backends[DEFAULT_ACCOUNT_ID]["global"]
 
 
 def measure_extraction(csv: str, root: Path, store: Path, workers: int, image_size: int) -> dict:
@@ -238,29 +384,16 @@ def extract_child(csv: str, root: str, store: str, workers: int, image_size: int
             "dashboard: answers during the job": answered[0]}
 
 
-COUNTS = ("S3 LIST requests of the listing", "S3 requests of the resume check",
-          "S3 requests of open + table()", "extraction images/s", "extraction chunks",
-          "extraction stages",
-          "orchestration share of the workers' time", "client peak RSS (MB)",
-          "dashboard: slowest answer during the job (s)", "dashboard: answers during the job")
-"""Figures reported beside the stages' seconds, not fitted."""
-
-
 def slopes(rows: list[dict]) -> dict[str, float]:
     """Each stage's log-log slope of seconds over N (1.0: linear)."""
     ns = np.log([row["n"] for row in rows])
-    out = {}
-    for stage in rows[0]:
-        if stage in ("n", "peak_rss_mb") or stage in COUNTS:
-            continue
-        seconds = np.log([max(row[stage], 1e-4) for row in rows])
-        out[stage] = float(np.polyfit(ns, seconds, 1)[0])
-    return out
+    return {stage: float(np.polyfit(ns, np.log([max(row["stages"][stage], 1e-4) for row in rows]), 1)[0])
+            for stage in rows[0]["stages"]}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000,112120")
+    parser.add_argument("--sizes", default="10000,100000,300000,1000000")
     parser.add_argument("--dir", help="work folder (default: a temporary one, removed)")
     parser.add_argument("--out", default="benchmarks/results/bench_scale")
     parser.add_argument("--s3", action="store_true",
@@ -269,14 +402,29 @@ def main(argv=None) -> None:
                         help="also run a real extraction of the N placeholder images")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for --extract")
     parser.add_argument("--image-size", type=int, default=32, help="network input for --extract")
+    parser.add_argument("--rsna-rows", type=int, default=RSNA_ROWS,
+                        help="rows of the store the overlap search runs against")
+    parser.add_argument("--study-epochs", type=int, default=5, help="epochs of each head of the study")
+    parser.add_argument("--study-bootstrap", type=int, default=200,
+                        help="patient resamples of each score of the study")
     parser.add_argument("--extract-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--stage-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--from-log", nargs="+", metavar="LOG",
+                        help="make the table and chart from the lines earlier runs printed (one "
+                             "size a run, each run's output kept)")
     args = parser.parse_args(argv)
     if args.extract_child:
         csv, root, store, workers, size = args.extract_child
         print(json.dumps(extract_child(csv, root, store, int(workers), int(size))))
         return
+    if args.stage_child:
+        print(json.dumps(stage_child(args.stage_child[0], json.loads(args.stage_child[1]))))
+        return
+    if args.from_log:
+        rows = [json.loads(line) for log in args.from_log for line in Path(log).read_text().splitlines()
+                if line.startswith('{"n": ')]
+        return report(sorted(rows, key=lambda row: row["n"]), args)
     directory = Path(args.dir or tempfile.mkdtemp(prefix="bench-scale-"))
-    extract = {"workers": args.workers, "image_size": args.image_size} if args.extract else None
     rows = []
     with contextlib.ExitStack() as stack:
         s3 = None
@@ -293,23 +441,34 @@ def main(argv=None) -> None:
             s3 = {"options": options, "proxy": proxy}
         try:
             for n in (int(v) for v in args.sizes.split(",")):
-                rows.append(measure(n, directory, s3, extract))
-                print(rows[-1], flush=True)
+                rows.append(measure(n, directory, args, s3))
+                print(json.dumps(rows[-1], default=str), flush=True)
         finally:
             if not args.dir:
                 shutil.rmtree(directory, ignore_errors=True)
-    fitted = slopes(rows) if len(rows) > 1 else {}
-    shown = [{"what": stage, **{f"N={row['n']:,} (s)": row[stage] for row in rows},
-              "log-log slope": round(fitted.get(stage, float("nan")), 2)}
-             for stage in rows[0] if stage not in ("n", "peak_rss_mb") and stage not in COUNTS]
-    shown.append({"what": "peak RSS of this process (MB)",
-                  **{f"N={row['n']:,} (s)": row["peak_rss_mb"] for row in rows}})
-    shown += [{"what": name, **{f"N={row['n']:,} (s)": _rounded(row[name]) for row in rows}}
-              for name in COUNTS if name in rows[0]]
+    report(rows, args)
+
+
+def report(rows: list[dict], args) -> None:
+    """The table (JSON, CSV), the log-log chart and the printed table of the sizes measured."""
+    for row in rows:
+        row["counts"].pop("head, 50 epochs: checkpoint", None)  # a path in a removed folder
     header = f"bench_scale on {machine()}"
+    shown = shown_rows(rows)
     save_results(args.out, shown, header, vars(args))
     _plot(rows, Path(args.out).with_suffix(".png"), header)
     print(table(shown, header))
+
+
+def shown_rows(rows: list[dict]) -> list[dict]:
+    """The table: each stage's seconds per N and its fitted slope, then the other figures."""
+    fitted = slopes(rows) if len(rows) > 1 else {}
+    shown = [{"what": stage, **{f"N={row['n']:,} (s)": row["stages"][stage] for row in rows},
+              "log-log slope": round(fitted.get(stage, float("nan")), 2)}
+             for stage in rows[0]["stages"]]
+    return shown + [{"what": name, **{f"N={row['n']:,} (s)": _rounded(row["counts"].get(name))
+                                      for row in rows}}
+                    for name in rows[0]["counts"]]
 
 
 def _rounded(value):
@@ -317,22 +476,24 @@ def _rounded(value):
 
 
 def _plot(rows: list[dict], path: Path, header: str) -> None:
+    """Each stage's seconds against N, log-log, its fitted slope in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 6))
     ns = [row["n"] for row in rows]
-    for stage in rows[0]:
-        if stage not in ("n", "peak_rss_mb") and stage not in COUNTS:
-            ax.plot(ns, [max(row[stage], 1e-4) for row in rows], marker="o", label=stage)
+    fitted = slopes(rows) if len(rows) > 1 else {}
+    for stage in rows[0]["stages"]:
+        label = f"{stage} (slope {fitted[stage]:.2f})" if stage in fitted else stage
+        ax.plot(ns, [max(row["stages"][stage], 1e-4) for row in rows], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("rows N")
+    ax.set_xlabel("rows N (all archives together)")
     ax.set_ylabel("seconds")
     ax.set_title(header, fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -289,6 +289,7 @@ def make_feature_store(
     findings: Mapping[str, str | None] | None = None,
     kind: str = "nih",
     signatures: bool = False,
+    backbone_seed: int | None = None,
 ):
     """A complete feature store of ``n_rows`` with no images behind it (benchmarks, tests).
 
@@ -303,11 +304,16 @@ def make_feature_store(
     ``signatures`` each row gets a thumbnail and detail of its own (smooth random shapes and
     random texture, seeded by ``seed`` and the row), so an overlap search has rows to
     compare; :func:`copy_signatures` plants one store's rows in another.
+
+    ``backbone_seed`` (``seed`` by default) draws each finding's direction and is the
+    synthetic backbone the store records: stores of one ``backbone_seed`` and other ``seed``
+    are other archives' images through one backbone (one head trains on them all).
     """
     from cxrdask.archive.splits import patient_split
     from cxrdask.store.features import STATUS_OK, FeatureSettings, FeatureStore
 
-    rng = np.random.default_rng([seed, 11])
+    backbone_seed = seed if backbone_seed is None else backbone_seed
+    rng = np.random.default_rng([backbone_seed, 11])
     frame = make_metadata(n_rows, seed=seed)
     frame["split"] = patient_split(frame["patient_id"], seed=seed)
     frame = frame.sort_values("split", kind="stable").reset_index(drop=True)
@@ -319,7 +325,7 @@ def make_feature_store(
     directions = rng.standard_normal((len(LABELS), feature_dim)).astype(np.float32)
     settings = FeatureSettings(
         backbone={"name": "synthetic", "feature_dim": feature_dim, "kind": "random",
-                  "weights": f"synthetic features, seed {seed}"},
+                  "weights": f"synthetic features, seed {backbone_seed}"},
         preprocessing=Preprocessing().to_dict(), dtype=dtype,  # type: ignore[arg-type]
         split={"method": "patient", "seed": seed, "description": f"patient split, seed {seed}"})
     store = FeatureStore.create(url, frame, settings, chunk_rows=chunk_rows,

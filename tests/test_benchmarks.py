@@ -72,25 +72,44 @@ def test_bench_store_compares_with_text(tmp_path):
     assert 30_000 < text < 45_000 and half < 4096 < text  # float16 raw is 4096 bytes a row
 
 
-def test_bench_scale_times_every_stage_and_fits_slopes(tmp_path):
+def test_bench_scale_times_every_stage_at_its_smallest_size(tmp_path):
+    """The scale benchmark's smoke run: one small size, every stage (S3 and an extraction
+    too); then the table and chart remade from its printed line, as a run per size is."""
     out = tmp_path / "scale"
-    result = run_script("bench_scale", "--sizes", "500,1000", "--s3", "--extract", "--out", out)
+    result = run_script("bench_scale", "--sizes", "600", "--rsna-rows", "200", "--s3", "--extract",
+                        "--study-epochs", 1, "--study-bootstrap", 10, "--out", out)
     rows = {row["what"]: row for row in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    n = "N=600 (s)"
     for stage in ("read + validate metadata", "locate images (one listing)",
-                  "resume check of a finished store", "cxrdask info", "one training epoch (lazy)",
-                  "one evaluation pass", "S3: locate images (one listing)",
-                  "S3: resume check of a finished store", "S3: cxrdask info",
-                  "extraction (all of it, warm-up excluded)"):
-        assert rows[stage]["N=500 (s)"] > 0 and rows[stage]["N=1,000 (s)"] > 0
-        assert isinstance(rows[stage]["log-log slope"], float)
-    # One listing: 500 images + the CSV and two lists = 1 page of 1,000; 1,003 objects = 2.
-    pages = rows["S3 LIST requests of the listing"]
-    assert (pages["N=500 (s)"], pages["N=1,000 (s)"]) == (1, 2)
-    for n in ("N=500 (s)", "N=1,000 (s)"):
-        assert 0 <= rows["orchestration share of the workers' time"][n] < 0.5
-        assert 100 < rows["client peak RSS (MB)"][n] < 4000
-        assert "forward" in rows["extraction stages"][n]
-    assert "log-log slope" in result.stdout and out.with_suffix(".png").exists()
+                  "resume check of the finished stores", "cxrdask info of each store",
+                  "cxrdask verify of each store", "one training epoch over every store (lazy reader)",
+                  "head, 50 epochs", "evaluate, 1,000 patient resamples",
+                  "overlap: N rows against 200", "study: leave each archive out",
+                  "S3: locate images (one listing)", "S3: resume check of the finished stores",
+                  "S3: cxrdask info of each store", "extraction (all of it, warm-up excluded)"):
+        assert rows[stage][n] > 0, stage
+    # 600 images + the CSV and two lists: one page of a listing; the planted copies all found
+    assert rows["S3 LIST requests of the listing"][n] == 1
+    planted = rows["overlap: N rows against 200: planted copies found"][n]
+    assert planted.split(" of ")[0] == planted.split(" of ")[1] != "0"
+    assert "kept in memory" in rows["head, 50 epochs: memory"][n]
+    assert "PUT" in rows["S3 requests of create a store of N rows"][n]
+    assert "PUT" not in rows["S3 requests of cxrdask info of each store"][n]
+    assert 0 <= rows["orchestration share of the workers' time"][n] < 0.5
+    assert 100 < rows["client peak RSS (MB)"][n] < 4000
+    assert "forward" in rows["extraction stages"][n]
+    log = tmp_path / "run.log"
+    log.write_text(result.stdout)
+    run_script("bench_scale", "--from-log", log, log, "--out", tmp_path / "again")
+    assert (tmp_path / "again.png").exists() and out.with_suffix(".png").exists()
+
+
+def test_bench_scale_fits_each_stages_slope_over_n():
+    from benchmarks.bench_scale import slopes
+
+    rows = [{"n": n, "stages": {"linear": n * 1e-5, "quadratic": (n * 1e-4) ** 2, "flat": 0.3}}
+            for n in (10_000, 100_000, 1_000_000)]
+    assert slopes(rows) == pytest.approx({"linear": 1.0, "quadratic": 2.0, "flat": 0.0}, abs=1e-9)
 
 
 def test_bench_peers_runs_each_contender_on_the_same_files_and_compares_outputs(tmp_path):
