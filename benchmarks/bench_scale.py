@@ -18,7 +18,7 @@ Then it times:
 - on the study's stores: the resume check, ``cxrdask info``, ``cxrdask verify`` and
   ``table()``; one training epoch over every store read lazily (the reader's rows/s);
 - each in a child process of its own, with that process's peak RSS: one head on every
-  store, 50 epochs (the resident split choosing memory or the lazy reader, and saying
+  store, 50 epochs without early stopping (the resident split choosing memory or the lazy reader, and saying
   which); ``evaluate`` with 1,000 patient resamples on each store's test rows; the overlap
   search of the N rows against the RSNA-sized store (recall of the planted copies); the
   study, each archive left out in turn (``--study-epochs`` and ``--study-bootstrap``, 5 and
@@ -206,7 +206,8 @@ def stage_child(stage: str, arguments: dict) -> dict:
     started = time.perf_counter()
     figures: dict[str, object] = {}
     if stage == "head":
-        result = train_head(stores, TrainConfig(epochs=50), out, progress=False, plot=False)
+        result = train_head(stores, TrainConfig(epochs=50, early_stopping=None), out,
+                            progress=False, plot=False)
         figures["memory"] = "; ".join(f"{k}: {v}" for k, v in result.memory.items())
         figures["checkpoint"] = result.checkpoint
         figures["copies"] = " / ".join(copies_phrase(each.get("copies")).lstrip("; ")
