@@ -239,3 +239,28 @@ def test_stores_too_large_to_compare_row_by_row_are_screened_by_a_sample(tmp_pat
     record = {"checked": True, **screened.to_json()}
     assert "600 copies" in overlap.copies_phrase(record)
     assert "none of 100 random rows was a copy" in overlap.copies_phrase(record)
+
+
+def test_copies_found_once_are_kept_until_either_store_changes(tmp_path, monkeypatch):
+    """A second head or report on the same stores reads the copies from the cache folder
+    (no search: it would raise here); a store written again is searched again."""
+    from cxrdask.store import overlap
+    from cxrdask.testing import copy_signatures, make_feature_store
+
+    monkeypatch.setenv("CXRDASK_CACHE_DIR", str(tmp_path / "cache"))
+    nih, rsna = str(tmp_path / "nih.zarr"), str(tmp_path / "rsna.zarr")
+    make_feature_store(nih, 600, feature_dim=4, chunk_rows=100, seed=1, signatures=True)
+    make_feature_store(rsna, 300, feature_dim=4, chunk_rows=100, seed=2, signatures=True)
+    copy_signatures(nih, [5, 50, 500], rsna)
+    first = overlap.copies_in(rsna, [nih])
+    assert np.array_equal(first.rows, [0, 1, 2])
+    assert len(list((tmp_path / "cache" / "copies").glob("*.npz"))) == 1
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(overlap, "find_overlap", no_search)
+    assert np.array_equal(overlap.copies_in(rsna, [nih]).rows, first.rows)
+    FeatureStore.open(rsna, mode="r+").update_provenance(note="written again")
+    with pytest.raises(AssertionError, match="searched again"):
+        overlap.copies_in(rsna, [nih])

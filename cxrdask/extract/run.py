@@ -349,7 +349,7 @@ def _run(client, stores: list[RowStore], rows: pd.DataFrame, urls: dict[str, str
     from distributed import span
 
     store = stores[0]  # the feature store, or the pixel store a cache pass writes
-    todo, damaged = _chunks_to_run(stores, choices.retry_failed)
+    todo, damaged = _chunks_to_run(stores, choices.retry_failed, client)
     started = time.perf_counter()
     warm_seconds = 0.0
     install_counters(client)
@@ -373,7 +373,8 @@ def _run(client, stores: list[RowStore], rows: pd.DataFrame, urls: dict[str, str
     return summary
 
 
-def _chunks_to_run(stores: list[RowStore], retry_failed: bool) -> tuple[list[int], list[int]]:
+def _chunks_to_run(stores: list[RowStore], retry_failed: bool, client
+                   ) -> tuple[list[int], list[int]]:
     """The chunks this run computes: those not done in every store it writes, those found
     damaged (:func:`_damaged_done_chunks`), and with ``retry_failed`` those holding failed
     rows. Returns them and the damaged ones."""
@@ -381,7 +382,7 @@ def _chunks_to_run(stores: list[RowStore], retry_failed: bool) -> tuple[list[int
 
     store = stores[0]
     done = np.logical_and.reduce([s.done_chunks() for s in stores])
-    damaged = _damaged_done_chunks(stores, done)
+    damaged = _damaged_done_chunks(stores, done, client)
     done[damaged] = False  # recomputed: a damaged chunk is never skipped as done
     if retry_failed:  # chunks holding failed rows are recomputed too
         failed_rows = np.flatnonzero(store.read("status") == STATUS_FAILED)
@@ -475,18 +476,34 @@ def _gather(client, futures: list, total: int, progress: Progress, strict: bool)
     return results
 
 
-def _damaged_done_chunks(stores: list[RowStore], done: np.ndarray) -> list[int]:
+def _damaged_done_chunks(stores: list[RowStore], done: np.ndarray, client) -> list[int]:
     """The chunks marked done that fail their checksums or lost their data, in any store
     the run writes: a resumed run reads every chunk it would skip (far cheaper than
-    computing it) and recomputes the damaged ones instead of trusting their markers."""
+    computing it) and recomputes the damaged ones instead of trusting their markers.
+
+    The reading is the cluster's, not the client's: at a million rows it is 4 GB of
+    features, so each worker thread reads back a share of the chunks (two tasks a thread,
+    each listing the store once)."""
     skipped = np.flatnonzero(done)
     if len(skipped) == 0:
         return []
-    damaged: set[int] = set()
-    for store in stores:
-        problems = store.verify((store.DATA_ARRAY, "status", "error"), chunks=skipped)
-        damaged.update(int(c) for c in problems["chunk"])
-    return sorted(damaged)
+    parts = [part for part in np.array_split(skipped, 2 * max(1, worker_threads(client)))
+             if len(part)]
+    futures = [client.submit(damaged_chunks_of, store.url, store.storage_options,
+                             store.DATA_ARRAY, part.tolist(), pure=False)
+               for store in stores for part in parts]
+    return sorted({chunk for found in client.gather(futures) for chunk in found})
+
+
+def damaged_chunks_of(url: str, storage_options: StorageOptions | None, data_array: str,
+                      chunks: list[int]) -> list[int]:
+    """Which of ``chunks`` of the store at ``url`` fail their checksums or lost their data
+    (a task: :func:`_damaged_done_chunks`)."""
+    from cxrdask.store.pixels import open_any_store
+
+    store = open_any_store(url, storage_options=storage_options)
+    problems = store.verify((data_array, "status", "error"), chunks=np.asarray(chunks))
+    return sorted({int(chunk) for chunk in problems["chunk"]})
 
 
 __all__ = ["cache_pixels", "extract_features", "extract_from_pixels", "run_extraction"]

@@ -26,14 +26,19 @@ leaves out the rows of a store that are images a head trained on.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxrdask._fs import StorageOptions
+from cxrdask._fs import StorageOptions, filesystem
 from cxrdask.errors import CxrDaskError
+from cxrdask.runtime.cache import cache_root
 from cxrdask.store.features import STATUS_OK, FeatureStore, open_store
 
 DEFAULT_THRESHOLD = 0.9  # the details' correlation that confirms a pair
@@ -124,6 +129,17 @@ def _streamed_matches(first: FeatureStore, second: FeatureStore, threshold: floa
         return _no_pairs()
     rows_a, rows_b, shape, texture = (np.concatenate(part) for part in zip(*found, strict=True))
     return rows_a, rows_b, shape, texture
+
+
+def _identity(store: FeatureStore) -> list:
+    """What changes when a store's signatures may have: where it is, when it was made, its
+    rows and chunks done, and when its group's metadata was last written (at every run's
+    end; an mtime on disk, LastModified or an ETag on object storage)."""
+    fs, path = filesystem(store.url, store.storage_options)
+    info = fs.info(f"{path.rstrip('/')}/zarr.json")
+    written = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("created")
+    return [store.url, store.provenance.get("created"), store.n_rows,
+            int(store.done_chunks().sum()), str(written)]
 
 
 def _no_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -245,7 +261,7 @@ class Copies:
                 "screened_by_sample": list(self.screened)}
 
 
-EXACT_PAIRS = 10**10  # rows x rows compared exactly (about 2 minutes on 2 cores)
+EXACT_PAIRS = 10**9  # rows x rows compared exactly (about 13 s on 2 cores)
 SCREEN_ROWS = 2_000  # beyond, this many random rows are searched first
 
 
@@ -256,8 +272,8 @@ def copies_in(store: FeatureStore | str, others, *, threshold: float = DEFAULT_T
     opened) are the caller's to turn into an unchecked answer.
 
     The exact search costs the product of the two stores' rows: at a million rows across
-    archives (NIH, CheXpert and MIMIC together) every pair of stores is 3 x 10^11 pairs,
-    an hour on 2 cores, for archives that share no image. So where a pair of stores is above
+    archives (NIH, CheXpert and MIMIC together) the three pairs of stores are 3 x 10^11 pairs
+    of rows, an hour on 2 cores, for archives that share no image. So where a pair of stores is above
     :data:`EXACT_PAIRS`, :data:`SCREEN_ROWS` random rows of ``store`` are searched first:
     if none is a copy, the stores are judged to share none (were 0.15 % of its rows copies,
     a sample this size would find one 95 times in 100) and the other store is listed in
@@ -268,13 +284,44 @@ def copies_in(store: FeatureStore | str, others, *, threshold: float = DEFAULT_T
     found, screened = {}, []
     for other in others:
         other = open_store(other, storage_options)
-        if store.n_rows * other.n_rows > EXACT_PAIRS and not _sample_has_copies(
-                store, other, threshold):
-            found[other.url] = np.zeros(0, np.int64)
+        found[other.url], by_sample = _copies_between(store, other, threshold)
+        if by_sample:
             screened.append(other.url)
-            continue
-        found[other.url] = find_overlap(other, store, threshold=threshold)["b_row"].to_numpy()
     return Copies(found, screened=tuple(screened))
+
+
+def _copies_between(store: FeatureStore, other: FeatureStore, threshold: float
+                    ) -> tuple[np.ndarray, bool]:
+    """The rows of ``store`` that are images of ``other``, and whether a sample judged
+    there are none (:func:`copies_in`). Kept in the cache folder
+    (:func:`~cxrdask.runtime.cache.cache_root`, ``copies/``) under both stores' identities
+    (:func:`_identity`): every head trained and every report scored
+    on the same stores asks again, and a million rows' search is minutes."""
+    path = _copies_cache_path(store, other, threshold)
+    try:
+        with np.load(path) as kept:
+            return kept["rows"], bool(kept["screened"])
+    except (OSError, KeyError, ValueError):
+        pass
+    if store.n_rows * other.n_rows > EXACT_PAIRS and not _sample_has_copies(store, other, threshold):
+        rows, by_sample = np.zeros(0, np.int64), True
+    else:
+        rows = find_overlap(other, store, threshold=threshold)["b_row"].to_numpy().astype(np.int64)
+        by_sample = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(partial, rows=rows, screened=by_sample)
+        os.replace(partial, path)
+    except OSError:  # a read-only home: the answer is still right, only not kept
+        pass
+    return rows, by_sample
+
+
+def _copies_cache_path(store: FeatureStore, other: FeatureStore, threshold: float) -> Path:
+    key = json.dumps([_identity(store), _identity(other), threshold, EXACT_PAIRS, SCREEN_ROWS,
+                      CANDIDATE_CORRELATION])
+    return cache_root() / "copies" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npz"
 
 
 def _sample_has_copies(store: FeatureStore, other: FeatureStore, threshold: float) -> bool:

@@ -37,6 +37,7 @@ import numpy as np
 
 from cxrdask.backbones.spec import BackboneSpec
 from cxrdask.errors import MissingExtraError
+from cxrdask.runtime.cache import cache_root
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,11 +47,7 @@ EXPORT_FORMAT = 1
 
 def onnx_cache_dir() -> Path:
     """Where exported models are kept (see the module's docstring)."""
-    root = os.getenv("CXRDASK_CACHE_DIR")
-    if not root:
-        root = os.path.join(os.getenv("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-                            "cxrdask")
-    return Path(root) / "onnx"
+    return cache_root() / "onnx"
 
 
 def onnx_cache_path(spec: BackboneSpec) -> Path | None:
