@@ -205,7 +205,8 @@ def stage_child(stage: str, arguments: dict) -> dict:
     from cxrdask.config import EvaluateConfig, TrainConfig
     from cxrdask.evaluation.report import evaluate
     from cxrdask.head.train import train_head
-    from cxrdask.store.overlap import copies_phrase, find_overlap
+    from cxrdask.store.copies import copies_phrase
+    from cxrdask.store.overlap import find_overlap
 
     stores, out = arguments["stores"], Path(arguments["out"])
     started = time.perf_counter()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cxrdask._fs import StorageOptions, filesystem
-from cxrdask.store.overlap import copies_phrase
+from cxrdask.store.copies import copies_phrase
 
 # --------------------------------------------------------------------------- checkpoints
 

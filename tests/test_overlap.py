@@ -221,7 +221,7 @@ def test_stores_too_large_to_compare_row_by_row_are_screened_by_a_sample(tmp_pat
     """Above EXACT_PAIRS a sample of the later store is searched first: stores that share no
     image are judged so without the whole search (and say so); stores that share images
     (RSNA's are NIH's) still have every copy found, the same as the exact search."""
-    from cxrdask.store import overlap
+    from cxrdask.store import copies as overlap
     from cxrdask.testing import copy_signatures, make_feature_store
 
     nih, rsna, other = (str(tmp_path / f"{name}.zarr") for name in ("nih", "rsna", "other"))
@@ -244,7 +244,7 @@ def test_stores_too_large_to_compare_row_by_row_are_screened_by_a_sample(tmp_pat
 def test_copies_found_once_are_kept_until_either_store_changes(tmp_path, monkeypatch):
     """A second head or report on the same stores reads the copies from the cache folder
     (no search: it would raise here); a store written again is searched again."""
-    from cxrdask.store import overlap
+    from cxrdask.store import copies as overlap
     from cxrdask.testing import copy_signatures, make_feature_store
 
     monkeypatch.setenv("CXRDASK_CACHE_DIR", str(tmp_path / "cache"))

@@ -9,7 +9,7 @@ open, or one made before stores kept thumbnails) it says so, and does not call w
 external.
 
 A head trained on several stores learnt each image once, through its first store's copy
-(:func:`~cxrdask.store.overlap.copies_of_earlier`): scored on a later training store, the
+(:func:`~cxrdask.store.copies.copies_of_earlier`): scored on a later training store, the
 rows that are copies of an earlier store's images are left out the same way.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 from cxrdask._fs import StorageOptions
 from cxrdask.errors import CxrDaskError
 from cxrdask.head.model import Checkpoint
+from cxrdask.store.copies import Copies, copies_in
 from cxrdask.store.features import FeatureStore
-from cxrdask.store.overlap import Copies, copies_in
 
 
 @dataclass(frozen=True)

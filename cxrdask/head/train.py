@@ -43,8 +43,8 @@ from cxrdask.head.union import (
     union_findings,
 )
 from cxrdask.options import renamed
+from cxrdask.store.copies import Copies, copies_of_earlier, copies_phrase
 from cxrdask.store.features import STATUS_OK, FeatureStore
-from cxrdask.store.overlap import Copies, copies_of_earlier, copies_phrase
 from cxrdask.store.targets import check_output_folder
 
 logger = logging.getLogger(__name__)
