@@ -179,6 +179,9 @@ def measure(n: int, directory: Path, args, s3: dict | None = None) -> dict:
             f"s3://{BUCKET}/created_{n}.zarr", [f"s3://{BUCKET}/{Path(url).name}" for url in stores],
             time_archive=whole, **s3))
         clear_bucket()
+    if args.resume:
+        counts.update(measure_resume(csv, root, directory / f"resumed_{n}.zarr", args.workers))
+        stages["resume a finished extraction (the command line)"] = counts.pop("resume seconds")
     if args.extract:
         counts.update(measure_extraction(csv, root, directory / f"extracted_{n}.zarr",
                                          args.workers, args.image_size))
@@ -354,6 +357,59 @@ def measure_extraction(csv: str, root: Path, store: Path, workers: int, image_si
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+RESUMED = ["--weights", "random", "--image-size", "32", "--precision", "fp32", "--engine", "torch",
+           "--compile", "no", "--chunk-rows", "512", "--split", "official"]
+"""The options of the extraction :func:`measure_resume` makes finished, then runs again."""
+
+
+def measure_resume(csv: str, root: Path, store: Path, workers: int) -> dict:
+    """A finished extraction's store, made as ``cxrdask extract`` makes it (its plan, its
+    settings; each chunk written with random features, no network run), then the same
+    command run again from the command line, in a child process: its wall time (Python's
+    start, the archive's listing, the plan, the cluster, the store's read-back on the
+    workers) and the client process's peak RSS."""
+    from cxrdask.extract.plan import plan_extraction
+    from cxrdask.store.features import STATUS_OK, FeatureStore
+
+    plan = plan_extraction(csv, str(root), str(store), weights="random", image_size=32,
+                           precision="fp32", engine="torch", compile=False, chunk_rows=512,
+                           split="official")
+    made = FeatureStore.create(str(store), plan.rows, plan.settings(), chunk_rows=512,
+                               extra={"archive": plan.archive, "extract_config": plan.config.to_dict()})
+    for chunk in range(made.n_chunks):
+        start, stop = made.chunk_bounds(chunk)
+        features = np.random.default_rng([7, chunk]).random((stop - start, made.feature_dim), np.float32)
+        made.write_chunk(chunk, features, np.full(stop - start, STATUS_OK, np.uint8), [""] * (stop - start))
+    made.update_provenance(complete=True, failed_rows=0)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--resume-child", csv,
+                             str(root), str(store), str(workers)], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        raise RuntimeError(f"the resumed extraction failed:\n{result.stderr[-4000:]}")
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    shutil.rmtree(store, ignore_errors=True)
+    return {"resume seconds": seconds, "resume: chunks run": answer["chunks run"],
+            "resume: client peak RSS (MB)": answer["peak RSS (MB)"]}
+
+
+def resume_child(csv: str, root: str, store: str, workers: int) -> dict:
+    """``cxrdask extract`` with the options the store was made with, as a user types it."""
+    import contextlib as _contextlib
+    import io
+
+    from cxrdask.cli import main as cli
+
+    printed = io.StringIO()
+    with _contextlib.redirect_stdout(printed):
+        code = cli(["extract", "--metadata", csv, "--images", root, "--store", store, "--quiet",
+                    "--workers", str(workers), *RESUMED])
+    if code:
+        raise SystemExit(code)
+    run = [line for line in printed.getvalue().splitlines() if "chunk" in line]
+    return {"chunks run": run[-1] if run else printed.getvalue()[-200:], "peak RSS (MB)": peak_rss_mb()}
+
+
 def extract_child(csv: str, root: str, store: str, workers: int, image_size: int) -> dict:
     """``extract_features`` as a notebook user calls it, on a local cluster of ``workers``
     one-thread processes, with the dashboard polled every half second meanwhile."""
@@ -422,7 +478,11 @@ def main(argv=None) -> None:
     parser.add_argument("--study-epochs", type=int, default=5, help="epochs of each head of the study")
     parser.add_argument("--study-bootstrap", type=int, default=200,
                         help="patient resamples of each score of the study")
+    parser.add_argument("--resume", action="store_true",
+                        help="also time `cxrdask extract` run again on a finished store of the "
+                             "N images (from the command line, its client's peak RSS)")
     parser.add_argument("--extract-child", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--resume-child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--stage-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--from-log", nargs="+", metavar="LOG",
                         help="make the table and chart from the lines earlier runs printed (one "
@@ -431,6 +491,10 @@ def main(argv=None) -> None:
     if args.extract_child:
         csv, root, store, workers, size = args.extract_child
         print(json.dumps(extract_child(csv, root, store, int(workers), int(size))))
+        return
+    if args.resume_child:
+        csv, root, store, workers = args.resume_child
+        print(json.dumps(resume_child(csv, root, store, int(workers))))
         return
     if args.stage_child:
         print(json.dumps(stage_child(args.stage_child[0], json.loads(args.stage_child[1]))))
