@@ -197,17 +197,27 @@ def test_a_report_counts_the_rows_left_out_of_its_own_split(archives, tmp_path):
     assert report.overlap.to_json()["rows_left_out"] == in_test
 
 
-def test_the_larger_store_is_streamed_whichever_side_it_is_given(tmp_path):
+def test_the_larger_store_is_streamed_whichever_side_it_is_given(tmp_path, monkeypatch):
     """Between two stores the smaller one is held and the larger read a block at a time:
     the pairs are the planted ones, the same either way round (sides swapped), and a
     block boundary (whole chunks: 4,000 rows here) does not drop any."""
     from cxrdask.testing import copy_signatures, make_feature_store
 
     big, small = str(tmp_path / "big.zarr"), str(tmp_path / "small.zarr")
+    from cxrdask.store import overlap
+
     make_feature_store(big, 9000, feature_dim=4, chunk_rows=500, seed=1, signatures=True)
     make_feature_store(small, 700, feature_dim=4, chunk_rows=100, seed=2, signatures=True)
     planted = [0, 3999, 4000, 4499, 4500, 8999, 6123]
     copy_signatures(big, planted, small)
+    held = []
+    whole = overlap.standardised_signatures
+
+    def recorded(store):
+        held.append(store.n_rows)
+        return whole(store)
+
+    monkeypatch.setattr(overlap, "standardised_signatures", recorded)
     forward = find_overlap(big, small)
     assert sorted(zip(forward["a_row"], forward["b_row"], strict=True)) == sorted(
         (row, k) for k, row in enumerate(planted))
@@ -215,6 +225,7 @@ def test_the_larger_store_is_streamed_whichever_side_it_is_given(tmp_path):
     assert sorted(zip(backward["b_row"], backward["a_row"], strict=True)) == sorted(
         zip(forward["a_row"], forward["b_row"], strict=True))
     assert (forward["detail_correlation"] > 0.999).all()
+    assert held == [700, 700]  # only the smaller store is ever held whole
 
 
 def test_stores_too_large_to_compare_row_by_row_are_screened_by_a_sample(tmp_path, monkeypatch):

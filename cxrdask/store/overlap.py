@@ -115,13 +115,13 @@ def _streamedmatching_pairs(first: FeatureStore, second: FeatureStore, threshold
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every pair between two stores: the smaller store's signatures held, the larger's
     streamed a block at a time (memory is the smaller store, whatever the larger's size)."""
-    flipped = first.n_rows > second.n_rows  # stream the larger one
-    held = standardised_signatures(first if flipped else second)
+    streams_first = first.n_rows >= second.n_rows  # hold the smaller, stream the larger
+    held = standardised_signatures(second if streams_first else first)
     found = []
-    for block in signature_blocks(second if flipped else first):
+    for block in signature_blocks(first if streams_first else second):
         rows_streamed, rows_held, shape, texture = matching_pairs(block, held, threshold, same=False)
-        found.append((rows_held, rows_streamed, shape, texture) if flipped
-                     else (rows_streamed, rows_held, shape, texture))
+        found.append((rows_streamed, rows_held, shape, texture) if streams_first
+                     else (rows_held, rows_streamed, shape, texture))
     if not found:
         return _no_pairs()
     rows_a, rows_b, shape, texture = (np.concatenate(part) for part in zip(*found, strict=True))
