@@ -454,11 +454,22 @@ def extract_child(csv: str, root: str, store: str, workers: int, image_size: int
             "dashboard: answers during the job": answered[0]}
 
 
+def _names(rows: list[dict], part: str) -> list[str]:
+    """Every stage (or figure) any size measured, in the order first seen (a size run without
+    ``--s3`` has no S3 stages)."""
+    return list(dict.fromkeys(name for row in rows for name in row[part]))
+
+
 def slopes(rows: list[dict]) -> dict[str, float]:
-    """Each stage's log-log slope of seconds over N (1.0: linear)."""
-    ns = np.log([row["n"] for row in rows])
-    return {stage: float(np.polyfit(ns, np.log([max(row["stages"][stage], 1e-4) for row in rows]), 1)[0])
-            for stage in rows[0]["stages"]}
+    """Each stage's log-log slope of seconds over N (1.0: linear), over the sizes that
+    measured it (two at least)."""
+    fitted = {}
+    for stage in _names(rows, "stages"):
+        points = [(row["n"], row["stages"][stage]) for row in rows if stage in row["stages"]]
+        if len(points) > 1:
+            n, seconds = np.log([p[0] for p in points]), np.log([max(p[1], 1e-4) for p in points])
+            fitted[stage] = float(np.polyfit(n, seconds, 1)[0])
+    return fitted
 
 
 def main(argv=None) -> None:
@@ -542,12 +553,12 @@ def report(rows: list[dict], args) -> None:
 def shown_rows(rows: list[dict]) -> list[dict]:
     """The table: each stage's seconds per N and its fitted slope, then the other figures."""
     fitted = slopes(rows) if len(rows) > 1 else {}
-    shown = [{"what": stage, **{f"N={row['n']:,} (s)": row["stages"][stage] for row in rows},
+    shown = [{"what": stage, **{f"N={row['n']:,} (s)": row["stages"].get(stage) for row in rows},
               "log-log slope": round(fitted.get(stage, float("nan")), 2)}
-             for stage in rows[0]["stages"]]
+             for stage in _names(rows, "stages")]
     return shown + [{"what": name, **{f"N={row['n']:,} (s)": _rounded(row["counts"].get(name))
                                       for row in rows}}
-                    for name in rows[0]["counts"]]
+                    for name in _names(rows, "counts")]
 
 
 def _rounded(value):
@@ -562,11 +573,11 @@ def _plot(rows: list[dict], path: Path, header: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6))
-    ns = [row["n"] for row in rows]
     fitted = slopes(rows) if len(rows) > 1 else {}
-    for stage in rows[0]["stages"]:
+    for stage in _names(rows, "stages"):
         label = f"{stage} (slope {fitted[stage]:.2f})" if stage in fitted else stage
-        ax.plot(ns, [max(row["stages"][stage], 1e-4) for row in rows], marker="o", label=label)
+        points = [(row["n"], max(row["stages"][stage], 1e-4)) for row in rows if stage in row["stages"]]
+        ax.plot(*zip(*points, strict=True), marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("rows N (all archives together)")
