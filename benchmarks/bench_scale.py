@@ -572,18 +572,21 @@ def _plot(rows: list[dict], path: Path, header: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 6))
+    fig, ax = plt.subplots(figsize=(13, 7))
     fitted = slopes(rows) if len(rows) > 1 else {}
-    for stage in _names(rows, "stages"):
+    colours = plt.get_cmap("tab20").colors
+    for k, stage in enumerate(_names(rows, "stages")):
         label = f"{stage} (slope {fitted[stage]:.2f})" if stage in fitted else stage
         points = [(row["n"], max(row["stages"][stage], 1e-4)) for row in rows if stage in row["stages"]]
-        ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.plot(*zip(*points, strict=True), marker="os^D"[k // 20 % 4], color=colours[k % 20],
+                linestyle="--" if stage.startswith("S3") else "-", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("rows N (all archives together)")
     ax.set_ylabel("seconds")
     ax.set_title(header, fontsize=8)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
