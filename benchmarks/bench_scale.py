@@ -116,18 +116,18 @@ def archive_rows(n: int) -> dict[str, int]:
 def write_study_stores(directory: Path, n: int, rsna_rows: int) -> tuple[list[str], str]:
     """The archives' stores (N rows together, other finding sets, signatures) and an
     RSNA-sized store whose first rows are copies of the NIH-like store's images."""
-    from cxrdask.testing import copy_signatures, make_feature_store
+    from cxrdask.testing import StoreOrigin, copy_signatures, make_feature_store
 
     urls = []
     for seed, (name, rows) in enumerate(archive_rows(n).items()):
         url = str(directory / f"{name}_{n}.zarr")
-        make_feature_store(url, rows, chunk_rows=512, seed=seed, backbone_seed=0, signal=0.3, kind=name,
-                           signatures=True,
-                           findings=None if name == "nih" else CHEXPERT_FINDINGS)
+        make_feature_store(url, rows, chunk_rows=512, seed=seed, signal=0.3, origin=StoreOrigin(
+            kind=name, findings=None if name == "nih" else CHEXPERT_FINDINGS, signatures=True,
+            backbone_seed=0))
         urls.append(url)
     rsna = str(directory / f"rsna_{n}.zarr")
-    make_feature_store(rsna, rsna_rows, chunk_rows=512, seed=9, backbone_seed=0, signal=0.3, kind="rsna",
-                       signatures=True)
+    make_feature_store(rsna, rsna_rows, chunk_rows=512, seed=9, signal=0.3,
+                       origin=StoreOrigin(kind="rsna", signatures=True, backbone_seed=0))
     nih_rows = archive_rows(n)["nih"]
     planted = np.sort(np.random.default_rng(0).choice(nih_rows, min(PLANTED, nih_rows, rsna_rows),
                                                       replace=False))

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -275,6 +276,34 @@ class FaultyProxy:
         self._server.server_close()
 
 
+@dataclass(frozen=True)
+class StoreOrigin:
+    """Where a synthetic store's rows come from (:func:`make_feature_store`).
+
+    Attributes
+    ----------
+    kind : str
+        The archive the store records (``nih``, ``chexpert``, ``mimic``, ...).
+    findings : mapping of str to str or None, optional
+        Another archive's finding set: each of its findings (in order) takes the labels of
+        the NIH finding it names, or is missing on every row (None), as a store of CheXpert's
+        or MIMIC's findings would be. None: NIH's 14.
+    signatures : bool
+        Each row gets a thumbnail and detail of its own (smooth random shapes and random
+        texture, drawn from the store's seed), so an overlap search has rows to compare;
+        :func:`copy_signatures` plants one store's rows in another.
+    backbone_seed : int, optional
+        Draws each finding's direction, and is the synthetic backbone the store records
+        (the store's seed by default): stores of one ``backbone_seed`` and other seeds are
+        other archives' images through one backbone (one head trains on them all).
+    """
+
+    kind: str = "nih"
+    findings: Mapping[str, str | None] | None = None
+    signatures: bool = False
+    backbone_seed: int | None = None
+
+
 def make_feature_store(
     url: str,
     n_rows: int,
@@ -286,10 +315,7 @@ def make_feature_store(
     dtype: str = "float16",
     storage_options: StorageOptions | None = None,
     shuffle_labels: bool = False,
-    findings: Mapping[str, str | None] | None = None,
-    kind: str = "nih",
-    signatures: bool = False,
-    backbone_seed: int | None = None,
+    origin: StoreOrigin = StoreOrigin(),
 ):
     """A complete feature store of ``n_rows`` with no images behind it (benchmarks, tests).
 
@@ -298,21 +324,13 @@ def make_feature_store(
     ``shuffle_labels`` the labels are permuted after the features are made (no signal).
     Written chunk by chunk: memory stays at one chunk whatever ``n_rows``.
 
-    ``findings`` makes it another archive's store: each of its findings (in order) takes the
-    labels of the NIH finding it names, or is missing on every row (None), as a store of
-    CheXpert's or MIMIC's finding set would be; ``kind`` is the archive recorded. With
-    ``signatures`` each row gets a thumbnail and detail of its own (smooth random shapes and
-    random texture, seeded by ``seed`` and the row), so an overlap search has rows to
-    compare; :func:`copy_signatures` plants one store's rows in another.
-
-    ``backbone_seed`` (``seed`` by default) draws each finding's direction and is the
-    synthetic backbone the store records: stores of one ``backbone_seed`` and other ``seed``
-    are other archives' images through one backbone (one head trains on them all).
+    ``origin`` makes it another archive's store, its images' signatures kept, or its
+    features one backbone's with other stores' (:class:`StoreOrigin`).
     """
     from cxrdask.archive.splits import patient_split
     from cxrdask.store.features import STATUS_OK, FeatureSettings, FeatureStore
 
-    backbone_seed = seed if backbone_seed is None else backbone_seed
+    backbone_seed = seed if origin.backbone_seed is None else origin.backbone_seed
     rng = np.random.default_rng([backbone_seed, 11])
     frame = make_metadata(n_rows, seed=seed)
     frame["split"] = patient_split(frame["patient_id"], seed=seed)
@@ -320,8 +338,8 @@ def make_feature_store(
     labels = label_matrix(frame)
     if shuffle_labels:
         frame.loc[:, list(LABELS)] = labels[rng.permutation(n_rows)]
-    if findings is not None:
-        frame = _with_findings(frame, findings)
+    if origin.findings is not None:
+        frame = _with_findings(frame, origin.findings)
     directions = rng.standard_normal((len(LABELS), feature_dim)).astype(np.float32)
     settings = FeatureSettings(
         backbone={"name": "synthetic", "feature_dim": feature_dim, "kind": "random",
@@ -331,7 +349,7 @@ def make_feature_store(
     store = FeatureStore.create(url, frame, settings, chunk_rows=chunk_rows,
                                 storage_options=storage_options,
                                 extra={"archive": {"root": None, "synthetic": True,
-                                                   "kind": kind}})
+                                                   "kind": origin.kind}})
     for chunk in range(store.n_chunks):
         start, stop = store.chunk_bounds(chunk)
         noise = np.random.default_rng([seed, 12, chunk]).standard_normal(
@@ -339,7 +357,8 @@ def make_feature_store(
         features = np.abs(noise + signal * labels[start:stop].astype(np.float32) @ directions)
         store.write_chunk(chunk, features, np.full(stop - start, STATUS_OK, np.uint8),
                           [""] * (stop - start),
-                          signatures=random_signatures(seed, start, stop) if signatures else None)
+                          signatures=random_signatures(seed, start, stop) if origin.signatures
+                          else None)
     store.update_provenance(complete=True, failed_rows=0)
     return store
 
@@ -396,5 +415,5 @@ def direct_features(paths: Iterable[str], spec: BackboneSpec,
     return np.concatenate(out)
 
 
-__all__ = ["FaultyProxy", "copy_signatures", "direct_features", "free_port", "local_s3_server",
+__all__ = ["FaultyProxy", "StoreOrigin", "copy_signatures", "direct_features", "free_port", "local_s3_server",
            "make_feature_store", "random_signatures"]

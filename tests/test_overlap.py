@@ -23,12 +23,14 @@ from cxrdask.extract.run import extract_features
 from cxrdask.head.train import TrainConfig, train_head
 from cxrdask.store.features import FeatureStore
 from cxrdask.store.overlap import OverlapUncheckable, find_overlap
+from cxrdask.testing import StoreOrigin
 
 pydicom = pytest.importorskip("pydicom")
 pytestmark = pytest.mark.slow
 
 SMALL = dict(weights="random", backbone="resnet18", image_size=64, progress=False, chunk_rows=16)
 PLANTED = 16
+SIGNED = StoreOrigin(signatures=True)  # synthetic stores whose rows have signatures
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +208,8 @@ def test_the_larger_store_is_streamed_whichever_side_it_is_given(tmp_path, monke
     big, small = str(tmp_path / "big.zarr"), str(tmp_path / "small.zarr")
     from cxrdask.store import overlap
 
-    make_feature_store(big, 9000, feature_dim=4, chunk_rows=500, seed=1, signatures=True)
-    make_feature_store(small, 700, feature_dim=4, chunk_rows=100, seed=2, signatures=True)
+    make_feature_store(big, 9000, feature_dim=4, chunk_rows=500, seed=1, origin=SIGNED)
+    make_feature_store(small, 700, feature_dim=4, chunk_rows=100, seed=2, origin=SIGNED)
     planted = [0, 3999, 4000, 4499, 4500, 8999, 6123]
     copy_signatures(big, planted, small)
     held = []
@@ -236,9 +238,9 @@ def test_stores_too_large_to_compare_row_by_row_are_screened_by_a_sample(tmp_pat
     from cxrdask.testing import copy_signatures, make_feature_store
 
     nih, rsna, other = (str(tmp_path / f"{name}.zarr") for name in ("nih", "rsna", "other"))
-    make_feature_store(nih, 3000, feature_dim=4, chunk_rows=500, seed=1, signatures=True)
-    make_feature_store(rsna, 1000, feature_dim=4, chunk_rows=250, seed=2, signatures=True)
-    make_feature_store(other, 1000, feature_dim=4, chunk_rows=250, seed=3, signatures=True)
+    make_feature_store(nih, 3000, feature_dim=4, chunk_rows=500, seed=1, origin=SIGNED)
+    make_feature_store(rsna, 1000, feature_dim=4, chunk_rows=250, seed=2, origin=SIGNED)
+    make_feature_store(other, 1000, feature_dim=4, chunk_rows=250, seed=3, origin=SIGNED)
     planted = np.random.default_rng(4).choice(3000, 600, replace=False)
     copy_signatures(nih, planted, rsna)
     exact = overlap.copies_in(rsna, [nih, other])
@@ -260,8 +262,8 @@ def test_copies_found_once_are_kept_until_either_store_changes(tmp_path, monkeyp
 
     monkeypatch.setenv("CXRDASK_CACHE_DIR", str(tmp_path / "cache"))
     nih, rsna = str(tmp_path / "nih.zarr"), str(tmp_path / "rsna.zarr")
-    make_feature_store(nih, 600, feature_dim=4, chunk_rows=100, seed=1, signatures=True)
-    make_feature_store(rsna, 300, feature_dim=4, chunk_rows=100, seed=2, signatures=True)
+    make_feature_store(nih, 600, feature_dim=4, chunk_rows=100, seed=1, origin=SIGNED)
+    make_feature_store(rsna, 300, feature_dim=4, chunk_rows=100, seed=2, origin=SIGNED)
     copy_signatures(nih, [5, 50, 500], rsna)
     first = overlap.copies_in(rsna, [nih])
     assert np.array_equal(first.rows, [0, 1, 2])
