@@ -29,16 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from cxrdask.backbones.engines.onnxruntime import exported_onnx, onnx_cache_dir, onnx_cache_path
+from cxrdask.backbones.engines.onnxruntime import exported_onnx, onnx_cache_path
 from cxrdask.backbones.spec import BackboneSpec
 from cxrdask.errors import MissingExtraError
+from cxrdask.runtime.cache import cache_root
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16"}
 
 
 def openvino_cache_dir() -> str:
     """Where OpenVINO keeps compiled models (beside the ONNX exports)."""
-    return str(onnx_cache_dir().parent / "openvino")
+    return str(cache_root() / "openvino")
 
 
 class OpenVinoBackend:
