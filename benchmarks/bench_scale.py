@@ -395,13 +395,12 @@ def measure_resume(csv: str, root: Path, store: Path, workers: int) -> dict:
 
 def resume_child(csv: str, root: str, store: str, workers: int) -> dict:
     """``cxrdask extract`` with the options the store was made with, as a user types it."""
-    import contextlib as _contextlib
     import io
 
     from cxrdask.cli import main as cli
 
     printed = io.StringIO()
-    with _contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed):
         code = cli(["extract", "--metadata", csv, "--images", root, "--store", store, "--quiet",
                     "--workers", str(workers), *RESUMED])
     if code:

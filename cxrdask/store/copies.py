@@ -26,13 +26,12 @@ from cxrdask.store.overlap import (
     CANDIDATE_CORRELATION,
     DEFAULT_THRESHOLD,
     OverlapUncheckable,
-    Signatures,
     check_comparable,
     check_signatures,
     find_overlap,
     matching_pairs,
     signature_blocks,
-    standardised,
+    signatures_of,
 )
 
 
@@ -150,12 +149,8 @@ def _sample_has_copies(store: FeatureStore, other: FeatureStore, threshold: floa
     readable = np.flatnonzero(store.read("status") == STATUS_OK)
     rows = np.sort(np.random.default_rng(0).choice(
         readable, min(SCREEN_ROWS, len(readable)), replace=False))
-    width = store.array("thumbnail").shape[1] * store.array("thumbnail").shape[2]
-    picked = [np.asarray(store.array(name).get_orthogonal_selection(
-        (rows, slice(None), slice(None)))).reshape(-1, width) for name in ("thumbnail", "detail")]
-    (shape, flat_shape), (texture, flat_texture) = standardised(picked[0]), standardised(picked[1])
-    kept = flat_shape & flat_texture
-    sample = Signatures(rows[kept], shape[kept], texture[kept])
+    sample = signatures_of(rows, *(np.asarray(store.array(name).get_orthogonal_selection(
+        (rows, slice(None), slice(None)))) for name in ("thumbnail", "detail")))
     return any(len(matching_pairs(sample, block, threshold, same=False)[0])
                for block in signature_blocks(other))
 

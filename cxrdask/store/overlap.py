@@ -83,25 +83,29 @@ def signature_blocks(store: FeatureStore, block_rows: int = BLOCK_ROWS) -> Itera
     check_signatures(store)
     readable = np.flatnonzero(store.read("status") == STATUS_OK)
     thumbs, details = store.array("thumbnail"), store.array("detail")
-    width = thumbs.shape[1] * thumbs.shape[2]
     step = max(1, block_rows // store.chunk_rows) * store.chunk_rows
     for start in range(0, store.n_rows, step):
         stop = min(start + step, store.n_rows)
         chosen = readable[(readable >= start) & (readable < stop)]
         if len(chosen) == 0:
             continue
-        shape, flat_shape = standardised(
-            np.asarray(thumbs[start:stop]).reshape(-1, width)[chosen - start])
-        texture, flat_texture = standardised(
-            np.asarray(details[start:stop]).reshape(-1, width)[chosen - start])
-        kept = flat_shape & flat_texture
-        yield Signatures(chosen[kept], shape[kept], texture[kept])
+        yield signatures_of(chosen, np.asarray(thumbs[start:stop])[chosen - start],
+                            np.asarray(details[start:stop])[chosen - start])
+
+
+def signatures_of(rows: np.ndarray, thumbnails: np.ndarray, details: np.ndarray) -> Signatures:
+    """``rows``' signatures as read from the store (``(rows, side, side)`` each), standardised;
+    a row whose thumbnail or detail is flat is left out."""
+    width = thumbnails.shape[-2] * thumbnails.shape[-1]
+    shape, flat_shape = standardised(thumbnails.reshape(-1, width))
+    texture, flat_texture = standardised(details.reshape(-1, width))
+    kept = flat_shape & flat_texture
+    return Signatures(np.asarray(rows)[kept], shape[kept], texture[kept])
 
 
 def standardised_signatures(store: FeatureStore) -> Signatures:
     """Every block of :func:`signature_blocks` at once (the within-store search needs them
     all)."""
-    check_signatures(store)
     blocks = list(signature_blocks(store))
     if not blocks:
         width = store.array("thumbnail").shape[1] * store.array("thumbnail").shape[2]
@@ -111,7 +115,7 @@ def standardised_signatures(store: FeatureStore) -> Signatures:
         *((b.rows, b.thumbnails, b.details) for b in blocks), strict=True)))
 
 
-def _streamedmatching_pairs(first: FeatureStore, second: FeatureStore, threshold: float
+def _streamed_matches(first: FeatureStore, second: FeatureStore, threshold: float
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every pair between two stores: the smaller store's signatures held, the larger's
     streamed a block at a time (memory is the smaller store, whatever the larger's size)."""
@@ -134,7 +138,7 @@ def _no_pairs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def matching_pairs(a: Signatures, b: Signatures, threshold: float, same: bool
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every pair (row of ``a``, row of ``b``) whose thumbnails correlate at
     :data:`CANDIDATE_CORRELATION` or more and whose details at ``threshold`` or more; within
     one store (``same``), each pair once and no row with itself: each block of ``a`` is
@@ -194,7 +198,7 @@ def find_overlap(a: FeatureStore | str, b: FeatureStore | str | None = None, *,
         signatures = standardised_signatures(first)
         rows_a, rows_b, shape, texture = matching_pairs(signatures, signatures, threshold, same=True)
     else:
-        rows_a, rows_b, shape, texture = _streamedmatching_pairs(first, second, threshold)
+        rows_a, rows_b, shape, texture = _streamed_matches(first, second, threshold)
     order = np.argsort(-texture, kind="stable")
     rows_a, rows_b, shape, texture = rows_a[order], rows_b[order], shape[order], texture[order]
     return pd.DataFrame({
@@ -220,5 +224,5 @@ def check_comparable(first: FeatureStore, second: FeatureStore) -> None:
 
 __all__ = ["BLOCK_ROWS", "BLOCK_VALUES", "CANDIDATE_CORRELATION", "DEFAULT_THRESHOLD",
            "OverlapUncheckable", "Signatures", "check_comparable", "check_signatures",
-           "find_overlap", "matching_pairs", "signature_blocks", "standardised",
+           "find_overlap", "matching_pairs", "signature_blocks", "signatures_of", "standardised",
            "standardised_signatures"]
