@@ -212,6 +212,45 @@ def test_strict_fails_whenever_the_store_holds_failed_rows(archive, tmp_path):
     assert FeatureStore.open(str(tmp_path / "f.zarr")).failures().empty
 
 
+WORKER_LOGS_SCRIPT = """
+import time
+from distributed import Client
+from cxrdask.errors import StoreLockedError
+from cxrdask.runtime.cluster import start_local_cluster
+
+def fenced():
+    raise StoreLockedError("the lease of f.zarr is no longer held: this run lost it")
+
+def broken():
+    raise ValueError("a task's own bug")
+
+if __name__ == "__main__":
+    with start_local_cluster(n_workers=1) as cluster, Client(cluster) as client:
+        for function in (fenced, broken):
+            try:
+                client.submit(function, pure=False).result()
+            except Exception as error:
+                print("client got", type(error).__name__, flush=True)
+        time.sleep(0.5)  # the worker's log lines reach stderr
+"""
+
+
+def test_a_chunk_fenced_by_its_lease_leaves_no_traceback_in_the_workers_log(tmp_path):
+    """The CI run of defect 3's test failed once: a --strict stop released the lease while
+    another chunk was running; that chunk's lease check refused it (as designed), and the
+    worker logged "Compute Failed" with its traceback into the user's terminal. The
+    preloaded filter drops that one log; the client still gets the error, and any other
+    task's failure is logged as before (checked here on a real cluster of processes)."""
+    script = tmp_path / "worker_logs.py"
+    script.write_text(WORKER_LOGS_SCRIPT)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=ENV, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.split("\n")[:2] == ["client got StoreLockedError", "client got ValueError"]
+    assert "Compute Failed" in run.stderr and "ValueError" in run.stderr, run.stderr
+    assert "StoreLockedError" not in run.stderr, run.stderr
+
+
 # --------------------------------------------------------------------------- 4. evaluate
 
 

@@ -46,11 +46,31 @@ class CancelledOnPurpose(logging.Filter):
         return "ended with CancelledError" not in record.getMessage()
 
 
+class FencedByItsLease(logging.Filter):
+    """Drops distributed's "Compute Failed" error, with its traceback, for a chunk task that
+    its lease check refused (:class:`~cxrdask.errors.StoreLockedError`).
+
+    That refusal is the fence working, not a second failure: after a ``strict`` stop or an
+    error the client cancels the run and releases its lease, and a chunk already running
+    then refuses to write (the cancel had not reached its worker yet). Where a run really
+    lost its lease, the client gets the same error from the task's result and reports it
+    in one line; the worker's copy was a traceback in the middle of the user's terminal.
+    Other tasks' failures are logged as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (isinstance(record.msg, str) and record.msg.startswith("Compute Failed")):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not any(isinstance(arg, str) and arg.startswith("StoreLockedError(")
+                       for arg in args)
+
+
 def dask_setup(worker) -> None:
     """Dask's preload hook: runs in the worker process when it starts."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger("distributed.worker.state_machine").addFilter(CancelledOnPurpose())
+    logging.getLogger("distributed.worker").addFilter(FencedByItsLease())
     threading.Thread(target=_import_worker_modules, name="cxrdask-preimport", daemon=True).start()
     atexit.register(leave_when_closed, worker)
 
@@ -92,6 +112,7 @@ __all__ = [
     "TORCH_MODULES",
     "WORKER_MODULES",
     "CancelledOnPurpose",
+    "FencedByItsLease",
     "dask_setup",
     "leave_when_closed",
     "preimported_modules",
