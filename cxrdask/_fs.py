@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import fsspec
@@ -41,9 +42,30 @@ def full_url(fs, path: str) -> str:
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
+def find_files(fs, path: str) -> list[str]:
+    """Every file below ``path``, sorted, as ``fs.find(path)`` lists them.
+
+    On the local disk the tree is walked with :func:`os.walk` instead: fsspec's local
+    ``find`` asks for every file's ``stat`` (7 of the 9 s a listing of a million images
+    took on 2 cores, for sizes nothing here reads), and it lists a link to a folder as a
+    file, so the images of an ``images/`` folder linked to another disk were all missing.
+    The walk follows such links. Elsewhere (S3, GCS, ...) it is ``fs.find``: one listing
+    request a thousand objects.
+    """
+    if not is_local(fs):
+        return fs.find(path)
+    path = fs._strip_protocol(path)
+    if os.path.isfile(path):
+        return [path]
+    found = [f"{folder}/{name}" if folder != "/" else f"/{name}"
+             for folder, _, names in os.walk(path, followlinks=True) for name in names]
+    found.sort()
+    return found
+
+
 def join_url(root: str, *parts: str) -> str:
     """Join URL parts with ``/`` (fsspec URLs use forward slashes on every platform)."""
     return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-__all__ = ["StorageOptions", "filesystem", "full_url", "is_local", "join_url", "with_defaults"]
+__all__ = ["StorageOptions", "filesystem", "find_files", "full_url", "is_local", "join_url", "with_defaults"]

@@ -32,8 +32,8 @@ def _saved(out: Path) -> dict:
 def test_bench_extract_writes_its_table_json_and_plot(tmp_path):
     out = tmp_path / "extract"
     result = run_script("bench_extract", "--n", 8, "--size", 128, "--archive", tmp_path / "archive",
-                        "--layouts", "1x1", "--no-compile", "--no-onnxruntime",
-                        "--no-openvino", "--parts", "c",
+                        "--layouts", "1x1", "--precisions", "fp32", "--batch-sizes", 8,
+                        "--no-compile", "--no-onnxruntime", "--no-openvino", "--parts", "c",
                         "--seconds", 0.3, "--chunk-rows", 8, "--out", out)
     saved = json.loads(out.with_suffix(".json").read_text())
     rows = {row["what"]: row for row in saved["rows"] if "what" in row}

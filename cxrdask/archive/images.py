@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cxrdask._fs import StorageOptions, filesystem, full_url
+from cxrdask._fs import StorageOptions, filesystem, find_files, full_url
 from cxrdask.errors import ImageDecodeError, ImagesNotFoundError
 from cxrdask.options import storage_options_by_keyword
 
@@ -89,7 +89,7 @@ def listed_tree(root: str, storage_options: StorageOptions | None = None
     listing."""
     fs, base = filesystem(root, storage_options)
     base = base.rstrip("/")
-    for path in fs.find(base):
+    for path in find_files(fs, base):
         relative = path[len(base) + 1:] if path.startswith(base + "/") else path
         yield relative, full_url(fs, path)
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 from cxrdask import __version__
-from cxrdask._fs import StorageOptions, filesystem, is_local, with_defaults
+from cxrdask._fs import StorageOptions, filesystem, find_files, is_local, with_defaults
 from cxrdask.archive.findings import MISSING, findings_of, float_labels, label_matrix
 from cxrdask.errors import (
     CorruptChunkError,
@@ -398,7 +398,7 @@ class RowStore:
         """The store's chunk keys that exist (one listing)."""
         fs, path = filesystem(self.url, self.storage_options)
         base = path.rstrip("/") + "/"
-        return {p[len(base):] for p in fs.find(base) if "/c/" in p[len(base):]}
+        return {p[len(base):] for p in find_files(fs, base) if "/c/" in p[len(base):]}
 
     def forget_chunks(self, chunks) -> None:
         """Clear the done markers of ``chunks``, so the next (resumed) extraction recomputes

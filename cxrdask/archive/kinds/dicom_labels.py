@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cxrdask._fs import StorageOptions, filesystem, full_url
+from cxrdask._fs import StorageOptions, filesystem, find_files, full_url
 from cxrdask.archive.dicom_headers import ClientSource, header_columns, read_dicom_headers
 from cxrdask.archive.findings import UncertainPolicy, apply_uncertain, harmonised_labels
 from cxrdask.archive.kinds.table import archive_table, label_values, read_csv
@@ -39,7 +39,7 @@ def list_dicom_files(root: str, storage_options: StorageOptions | None) -> list[
     fs, base = filesystem(root, storage_options)
     base = base.rstrip("/")
     found = []
-    for path in fs.find(base):
+    for path in find_files(fs, base):
         name = path.rsplit("/", 1)[-1]
         suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
         if suffix in ("dcm", "dicom") or (not suffix and name.lower() not in _NOT_DICOM):

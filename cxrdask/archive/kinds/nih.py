@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxrdask._fs import StorageOptions, filesystem, join_url
-from cxrdask.archive.kinds.table import read_csv
+from cxrdask.archive.kinds.table import each_distinct, read_csv
 from cxrdask.archive.labels import LABELS, parse_labels
 from cxrdask.errors import (
     ImagesNotFoundError,
@@ -229,7 +229,7 @@ def _canonical_columns(raw: pd.DataFrame, url: str) -> pd.DataFrame:
     for canonical, names in {**_REQUIRED_COLUMNS, **_OPTIONAL_COLUMNS}.items():
         present = [n for n in names if n in raw.columns]
         if present:
-            out[canonical] = raw[present[0]].astype(str).str.strip()
+            out[canonical] = each_distinct(raw[present[0]], str.strip)
         elif canonical in _REQUIRED_COLUMNS:
             raise MissingColumnError(
                 url,
@@ -266,11 +266,11 @@ def _validate(frame: pd.DataFrame, url: str) -> tuple[pd.DataFrame, list[RowProb
     follow_up = _parse_column(frame["follow_up"], _parse_int, "Follow-up #", note)
     patient = _parse_column(frame["patient_id"], _parse_int, "Patient ID", note)
 
-    sex = frame["sex"].str.upper().map(_SEX)
+    sex = each_distinct(frame["sex"], str.upper).map(_SEX)
     rows = np.flatnonzero(sex.isna().to_numpy())
     note(rows, "Patient Gender", frame["sex"].iloc[rows], lambda v: "unknown sex (expected M or F)")
 
-    view = frame["view_position"].str.upper()
+    view = each_distinct(frame["view_position"], str.upper)
     rows = np.flatnonzero(view.eq("").to_numpy())
     note(rows, "View Position", view.iloc[rows], lambda v: "missing view position")
 
@@ -288,8 +288,9 @@ def _validate(frame: pd.DataFrame, url: str) -> tuple[pd.DataFrame, list[RowProb
     for position, name in enumerate(LABELS):
         out[name] = label_matrix[:, position]
     for name in _OPTIONAL_COLUMNS:
-        if name in frame:
-            out[name] = pd.to_numeric(frame[name], errors="coerce")
+        if name in frame:  # each distinct size or spacing parsed once
+            codes, uniques = pd.factorize(frame[name], use_na_sentinel=False)
+            out[name] = pd.to_numeric(pd.Series(uniques), errors="coerce").to_numpy()[codes]
     out["csv_line"] = frame["csv_line"]
     out = out.loc[~bad].reset_index(drop=True)
     for name in ("patient_id", "follow_up", "age"):
@@ -304,8 +305,10 @@ def _check_image_index(frame: pd.DataFrame, note) -> None:
     empty = np.flatnonzero(index.eq("").to_numpy())
     note(empty, "Image Index", index.iloc[empty], lambda v: "missing image index")
     duplicated = index.duplicated(keep="first") & index.ne("")
-    first_line = frame.groupby("image_index")["csv_line"].transform("min")
     rows = np.flatnonzero(duplicated.to_numpy())
+    if len(rows) == 0:
+        return
+    first_line = frame.groupby("image_index")["csv_line"].transform("min")
     note(rows, "Image Index", index.iloc[rows],
          lambda v: f"duplicate image index (first seen on line {first_line[index == v].iat[0]})")
 

@@ -13,7 +13,7 @@ give, which :func:`~cxrdask.archive.dicom_headers.fill_from_headers` takes from 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import fsspec
 import numpy as np
@@ -90,7 +90,18 @@ def patient_numbers(patients: pd.Series) -> np.ndarray:
 
 def sex_codes(sex: pd.Series) -> pd.Series:
     """``M``/``F`` from the archives' spellings (``Male``, ``F``, ...); empty where unknown."""
-    return sex.fillna("").astype(str).str.strip().str.upper().map(_SEX).fillna("")
+    return each_distinct(sex.fillna(""), lambda text: text.strip().upper()).map(_SEX).fillna("")
+
+
+def each_distinct(values: pd.Series, change: Callable[[str], str]) -> pd.Series:
+    """``values`` as text, ``change`` (``str.strip``, ``str.upper``) applied to each distinct
+    value once: a column of a million rows holds a few hundred distinct values, and pandas'
+    string methods (without pyarrow) make a Python call a row, 3.4 of the 5 s a
+    million-row CSV took to read."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=False)
+    changed = np.array([change(str(value)) for value in np.asarray(uniques, dtype=object)],
+                       dtype=object)
+    return pd.Series(changed[codes], index=values.index).astype(str)
 
 
 def archive_table(kind: str, source: str, columns: Mapping[str, object],
@@ -128,5 +139,5 @@ def archive_table(kind: str, source: str, columns: Mapping[str, object],
     return frame
 
 
-__all__ = ["FIRST_DATA_LINE", "archive_table", "check_known_columns", "label_values",
-           "patient_numbers", "read_csv", "sex_codes"]
+__all__ = ["FIRST_DATA_LINE", "archive_table", "check_known_columns", "each_distinct",
+           "label_values", "patient_numbers", "read_csv", "sex_codes"]
