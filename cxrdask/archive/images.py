@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cxrdask._fs import StorageOptions, filesystem, find_files, full_url
+from cxrdask._fs import StorageOptions, filesystem, find_files, full_url, is_local
 from cxrdask.errors import ImageDecodeError, ImagesNotFoundError
 from cxrdask.options import storage_options_by_keyword
 
@@ -71,14 +71,19 @@ def locate_images(
     """
     urls: dict[str, str] = {}
     duplicates: list[str] = []
+    image_folders: dict[str, bool] = {}  # a few hundred folders hold a million images
     for relative, url in sorted(listed_tree(root, storage_options)):
         folder, _, name = relative.rpartition("/")
-        if not _NIH_IMAGE_FOLDER.match(folder) or not name.lower().endswith(_IMAGE_SUFFIXES):
+        if folder not in image_folders:
+            image_folders[folder] = bool(_NIH_IMAGE_FOLDER.match(folder))
+        if not image_folders[folder] or not name.lower().endswith(_IMAGE_SUFFIXES):
             continue
         if name in urls:
             duplicates.append(name)
             continue
         urls[name] = url
+    if expected is not None:  # a Series' own tolist: iterating one costs a call a name
+        expected = expected.tolist() if hasattr(expected, "tolist") else list(expected)
     missing = [] if expected is None else [n for n in expected if n not in urls]
     return ImageLocations(root=root, urls=urls, missing=missing, duplicates=duplicates)
 
@@ -89,9 +94,10 @@ def listed_tree(root: str, storage_options: StorageOptions | None = None
     listing."""
     fs, base = filesystem(root, storage_options)
     base = base.rstrip("/")
+    local = is_local(fs)  # a plain path there (full_url), asked once rather than per file
     for path in find_files(fs, base):
         relative = path[len(base) + 1:] if path.startswith(base + "/") else path
-        yield relative, full_url(fs, path)
+        yield relative, path if local else full_url(fs, path)
 
 
 def locate_archive_images(frame: pd.DataFrame, root: str,

@@ -140,7 +140,7 @@ def read_official_lists(
     lists = []
     for path in paths:
         with fs.open(path, "rt") as handle:
-            lists.append({line.strip() for line in handle if line.strip()})
+            lists.append({line.strip() for line in handle.read().splitlines()} - {""})
     return lists[0], lists[1]
 
 
@@ -158,8 +158,9 @@ def official_split(
     (1/8 gives about 70/10/20 overall on the real lists, whose test share is 22.8%).
     """
     names = pd.Series(np.asarray(image_indices, dtype=object))
-    in_test = names.isin(test).to_numpy()
-    in_train_val = names.isin(train_val).to_numpy()
+    listed = names.tolist()  # set lookups: pandas' isin first copies each set into an array
+    in_test = np.fromiter((name in test for name in listed), dtype=bool, count=len(listed))
+    in_train_val = np.fromiter((name in train_val for name in listed), dtype=bool, count=len(listed))
     both = np.flatnonzero(in_test & in_train_val)
     neither = np.flatnonzero(~in_test & ~in_train_val)
     for rows, what in ((both, "in both official lists"), (neither, "in neither official list")):

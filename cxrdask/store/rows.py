@@ -17,9 +17,11 @@ import hashlib
 import json
 import math
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.storage
@@ -85,12 +87,19 @@ def zarr_store(url: str, storage_options: StorageOptions | None = None, read_onl
     )
 
 
+_FINGERPRINT_BLOCK = 100_000  # names hashed at a time
+_CHUNKS_READ_AT_ONCE = 16  # chunks whose bytes verify asks for together (concurrently on S3)
+
+
 def rows_fingerprint(image_indices) -> str:
-    """sha256 of the ordered image indices: a resume must write the very same rows."""
+    """sha256 of the ordered image indices, each followed by a newline: a resume must write
+    the very same rows. Hashed a block of names at a time (one ``update`` per name took 2 s
+    at a million rows); the digest is the same, so every store's recorded one still holds."""
     digest = hashlib.sha256()
-    for name in image_indices:
-        digest.update(str(name).encode())
-        digest.update(b"\n")
+    names = list(map(str, np.asarray(image_indices, dtype=object).tolist()))
+    for start in range(0, len(names), _FINGERPRINT_BLOCK):
+        block = names[start:start + _FINGERPRINT_BLOCK]
+        digest.update(("\n".join(block) + "\n").encode())
     return digest.hexdigest()
 
 
@@ -362,23 +371,52 @@ class RowStore:
         for name in arrays:
             array = self.array(name)
             step = array.chunks[0]
+            written: list[tuple[int, str, slice]] = []
             for chunk in range(self.n_chunks) if chunks is None else sorted({int(c) for c in chunks}):
                 start, stop = (chunk, chunk + 1) if name == "done" else self.chunk_bounds(chunk)
                 index = start // step
                 key = f"{name}/c/{index}" + "/0" * (array.ndim - 1)
-                if key not in present:
-                    if done[chunk] and self._must_exist(name, chunk):
-                        problems.append({"chunk": chunk, "array": name, "problem": "missing",
-                                         "detail": f"{key} is absent but the chunk is marked done"})
-                    continue
-                try:
-                    array[start:stop]
-                except Exception as exc:
-                    problems.append({"chunk": chunk, "array": name, "problem": "corrupt",
-                                     "detail": str(exc)})
+                if key in present:
+                    written.append((chunk, key, slice(start, stop)))
+                elif done[chunk] and self._must_exist(name, chunk):
+                    problems.append({"chunk": chunk, "array": name, "problem": "missing",
+                                     "detail": f"{key} is absent but the chunk is marked done"})
+            problems.extend({"chunk": chunk, "array": name, "problem": "corrupt", "detail": detail}
+                            for chunk, detail in self._corrupt_chunks(array, written))
         import pandas as pd
 
         return pd.DataFrame(problems, columns=["chunk", "array", "problem", "detail"])
+
+    def _corrupt_chunks(self, array: zarr.Array, written: list[tuple[int, str, slice]]
+                        ) -> Iterator[tuple[int, str]]:
+        """(chunk, why) for each of the ``written`` chunks of ``array`` (chunk, key, rows)
+        that fails its check.
+
+        Where the array is unsharded and its codecs end with a crc32c (every array tasks
+        write), the check is that checksum on the chunk's stored bytes, as zarr checks it
+        when it reads, without the decompression: a million-row store's features (4 GB)
+        took 4.6 s to decode on 2 workers for a resume that only asks whether any chunk
+        changed since it was written. Bytes that match the checksum they were written with
+        decode as they did then. Otherwise each chunk is decoded, as a read would."""
+        compressors = array.compressors
+        if array.shards is not None or not compressors or not isinstance(compressors[-1], Crc32cCodec):
+            for chunk, _, rows in written:
+                try:
+                    array[rows]
+                except Exception as exc:
+                    yield chunk, str(exc)
+            return
+        fs, path = filesystem(self.url, self.storage_options)
+        for at in range(0, len(written), _CHUNKS_READ_AT_ONCE):
+            block = written[at:at + _CHUNKS_READ_AT_ONCE]
+            paths = [f"{path.rstrip('/')}/{key}" for _, key, _ in block]
+            stored = fs.cat(paths, on_error="return")
+            for (chunk, key, _), chunk_path in zip(block, paths, strict=True):
+                data = stored.get(chunk_path)
+                if not isinstance(data, bytes):
+                    yield chunk, f"{key} could not be read: {data}"
+                elif len(data) < 4 or google_crc32c.value(data[:-4]) != int.from_bytes(data[-4:], "little"):
+                    yield chunk, f"{key}: its bytes do not match the crc32c checksum stored with them"
 
     def _must_exist(self, name: str, chunk: int) -> bool:
         """Whether a done chunk of ``name`` must have been written. Zarr skips chunks that
