@@ -40,6 +40,10 @@ resizing, running the network or writing (the orchestration overhead), the clien
 process's peak RSS (client and scheduler), and the slowest answer of the Dask dashboard
 while the job ran.
 
+``--stages bookkeeping`` leaves out the lazy epoch and the four child stages (head,
+``evaluate``, overlap, study: most of an hour at a million rows), to measure again what
+reads and writes the archive and the stores.
+
     python -m benchmarks.bench_scale --sizes 10000,100000,300000,1000000 --s3
     python -m benchmarks.bench_scale --sizes 1000,2000 --rsna-rows 500 --out /tmp/scale  # quick
 """
@@ -142,8 +146,6 @@ def planted_count(n: int, args) -> int:
 def measure(n: int, directory: Path, args, s3: dict | None = None) -> dict:
     """Every stage at N rows (see the module's docstring); ``s3``: ``{"options", "proxy"}``
     to time the S3 stages too. Returns ``{"n", "stages": seconds, "counts": figures}``."""
-    from cxrdask.head.train import TrainConfig, train_head
-
     root = directory / f"archive_{n}"
     csv = write_layout(root, n)
     stages: dict[str, float] = {}
@@ -153,21 +155,8 @@ def measure(n: int, directory: Path, args, s3: dict | None = None) -> dict:
     counts["writing the stores (synthetic features, not a user step) (s)"] = time.perf_counter() - started
     counts.update(time_store_stages(stages, "", n, str(root), str(directory / f"created_{n}.zarr"),
                                     stores))
-    epoch = timed(stages, "one training epoch over every store (lazy reader)", lambda: train_head(
-        stores, TrainConfig(epochs=1, resident_mb=0), directory / f"epoch_{n}", progress=False,
-        plot=False))
-    counts["lazy reader: training and validation rows/s"] = sum(
-        each["rows"]["train"] + each["rows"]["validation"] for each in epoch.stores) / stages[
-        "one training epoch over every store (lazy reader)"]
-    for stage, child in (("head, 50 epochs", "head"), ("evaluate, 1,000 patient resamples", "evaluate"),
-                         (f"overlap: N rows against {args.rsna_rows:,}", "overlap"),
-                         ("study: leave each archive out", "study")):
-        result = run_child(child, {"stores": stores, "rsna": rsna, "planted": planted_count(n, args),
-                                   "checkpoint": counts.get("head, 50 epochs: checkpoint"),
-                                   "out": str(directory / f"{child}_{n}"), "study_epochs": args.study_epochs,
-                                   "study_bootstrap": args.study_bootstrap})
-        stages[stage] = result.pop("seconds")
-        counts.update({f"{stage}: {key}": value for key, value in result.items()})
+    if args.stages == "all":
+        time_training_stages(stages, counts, n, directory, stores, rsna, args)
     if s3 is not None:
         whole = args.s3 == "all"
         if whole:
@@ -191,6 +180,29 @@ def measure(n: int, directory: Path, args, s3: dict | None = None) -> dict:
         shutil.rmtree(url, ignore_errors=True)
     counts["peak RSS of this process (MB)"] = peak_rss_mb()
     return {"n": n, "stages": {k: round(v, 4) for k, v in stages.items()}, "counts": counts}
+
+
+def time_training_stages(stages: dict, counts: dict, n: int, directory: Path, stores: list[str],
+                         rsna: str, args) -> None:
+    """The lazy epoch, then the head, ``evaluate``, the overlap and the study, each in a
+    child process of its own (see the module's docstring)."""
+    from cxrdask.head.train import TrainConfig, train_head
+
+    epoch = timed(stages, "one training epoch over every store (lazy reader)", lambda: train_head(
+        stores, TrainConfig(epochs=1, resident_mb=0), directory / f"epoch_{n}", progress=False,
+        plot=False))
+    counts["lazy reader: training and validation rows/s"] = sum(
+        each["rows"]["train"] + each["rows"]["validation"] for each in epoch.stores) / stages[
+        "one training epoch over every store (lazy reader)"]
+    for stage, child in (("head, 50 epochs", "head"), ("evaluate, 1,000 patient resamples", "evaluate"),
+                         (f"overlap: N rows against {args.rsna_rows:,}", "overlap"),
+                         ("study: leave each archive out", "study")):
+        result = run_child(child, {"stores": stores, "rsna": rsna, "planted": planted_count(n, args),
+                                   "checkpoint": counts.get("head, 50 epochs: checkpoint"),
+                                   "out": str(directory / f"{child}_{n}"), "study_epochs": args.study_epochs,
+                                   "study_bootstrap": args.study_bootstrap})
+        stages[stage] = result.pop("seconds")
+        counts.update({f"{stage}: {key}": value for key, value in result.items()})
 
 
 def run_child(stage: str, arguments: dict) -> dict:
@@ -491,6 +503,9 @@ def main(argv=None) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="also time `cxrdask extract` run again on a finished store of the "
                              "N images (from the command line, its client's peak RSS)")
+    parser.add_argument("--stages", choices=("all", "bookkeeping"), default="all",
+                        help="bookkeeping: only the CSV, the listing and the stores' steps (no "
+                             "epoch, head, evaluate, overlap or study)")
     parser.add_argument("--extract-child", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--resume-child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--stage-child", nargs=2, help=argparse.SUPPRESS)
@@ -553,7 +568,7 @@ def shown_rows(rows: list[dict]) -> list[dict]:
     """The table: each stage's seconds per N and its fitted slope, then the other figures."""
     fitted = slopes(rows) if len(rows) > 1 else {}
     shown = [{"what": stage, **{f"N={row['n']:,} (s)": row["stages"].get(stage) for row in rows},
-              "log-log slope": round(fitted.get(stage, float("nan")), 2)}
+              "log-log slope": round(fitted[stage], 2) if stage in fitted else None}
              for stage in _names(rows, "stages")]
     return shown + [{"what": name, **{f"N={row['n']:,} (s)": _rounded(row["counts"].get(name))
                                       for row in rows}}
