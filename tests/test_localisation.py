@@ -138,21 +138,22 @@ def _gain_over_shuffled(report, measure: str = "iou", threshold: float = 0.1) ->
 @pytest.mark.timeout(900)
 def test_gradcam_localises_the_signs_a_backbone_learned_and_not_those_it_did_not(
         signs_archive, cluster_client, tmp_path):
-    """The maps of a backbone that learned the signs (its last blocks fine-tuned on the train
+    """The maps of a backbone that learned the signs (its last block fine-tuned on the train
     list) box them far more often than another image's map of the same finding does (the
     chance a map that knows nothing of the image has); a random-weight backbone's maps, which
     carry a sign only as pooled statistics, do not: the comparison is one that can fail."""
     from helpers import finetune_backbone
 
     weights = finetune_backbone(signs_archive.metadata_url, signs_archive.root,
-                                tmp_path / "resnet18-signs.pth", epochs=3, frozen_stages=2)
+                                tmp_path / "resnet18-signs.pth", epochs=3, frozen_stages=3)
     learned = _localise_with(signs_archive, weights, cluster_client, tmp_path / "learned")
     unlearned = _localise_with(signs_archive, "random", cluster_client, tmp_path / "random")
     assert len(learned.boxes) >= 100 and learned.missing_images == 0
 
     gain, t = _gain_over_shuffled(learned)
     assert learned.mean_accuracy("iou", 0.1) >= 0.5
-    assert gain >= 0.1 and t >= 2.5, (gain, t)  # measured: 0.20 more boxes, t = 4.0
+    # measured: 0.16 more boxes, t = 4.1 (with layer3 learning too: 0.20, t = 4.1, 20 s more)
+    assert gain >= 0.1 and t >= 2.5, (gain, t)
 
     gain, t = _gain_over_shuffled(unlearned)
-    assert gain < 0.1 and t < 2.5, (gain, t)  # measured: 0.04, t = 0.9
+    assert gain < 0.1 and t < 2.5, (gain, t)  # measured: 0.02, t = 0.5
