@@ -49,16 +49,24 @@ def find_files(fs, path: str) -> list[str]:
     ``find`` asks for every file's ``stat`` (7 of the 9 s a listing of a million images
     took on 2 cores, for sizes nothing here reads), and it lists a link to a folder as a
     file, so the images of an ``images/`` folder linked to another disk were all missing.
-    The walk follows such links. Elsewhere (S3, GCS, ...) it is ``fs.find``: one listing
-    request a thousand objects.
+    The walk follows such links, each folder once: a link back up the tree (a loop) or a
+    second link to a folder already listed is not walked again. Elsewhere (S3, GCS, ...)
+    it is ``fs.find``: one listing request a thousand objects.
     """
     if not is_local(fs):
         return fs.find(path)
     path = fs._strip_protocol(path)
     if os.path.isfile(path):
         return [path]
-    found = [f"{folder}/{name}" if folder != "/" else f"/{name}"
-             for folder, _, names in os.walk(path, followlinks=True) for name in names]
+    found: list[str] = []
+    walked: set[tuple[int, int]] = set()
+    for folder, folders, names in os.walk(path, followlinks=True):
+        identity = os.stat(folder)
+        if (identity.st_dev, identity.st_ino) in walked:
+            folders[:] = []  # reached again through a link: its files are listed already
+            continue
+        walked.add((identity.st_dev, identity.st_ino))
+        found.extend(f"{folder}/{name}" if folder != "/" else f"/{name}" for name in names)
     found.sort()
     return found
 

@@ -199,7 +199,8 @@ def test_the_local_listing_equals_fsspecs_find_and_follows_linked_folders(tmp_pa
     the 15 s a million images took). It lists what fsspec lists: nested and hidden files,
     a file given as the path, a path that does not exist, a relative path. One difference,
     on purpose: an images folder that is a link to another disk is followed (fsspec lists
-    the link itself as a file, and every image behind it was "missing")."""
+    the link itself as a file, and every image behind it was "missing"), and a link that
+    loops back up the tree is not walked twice."""
     import fsspec
 
     from cxrdask._fs import find_files
@@ -224,7 +225,11 @@ def test_the_local_listing_equals_fsspecs_find_and_follows_linked_folders(tmp_pa
     (root / "images_002" / "images").symlink_to(elsewhere, target_is_directory=True)
     assert f"{root}/images_002/images/00000001_000.png" in find_files(fs, str(root))
     located = locate_images(str(root), expected=["00000001_000.png", "00000002_000.png"])
-    assert located.missing == []
+    assert located.missing == [] and located.duplicates == []
+
+    (root / "images_001" / "images" / "up").symlink_to(root, target_is_directory=True)  # a loop
+    listed = find_files(fs, str(root))
+    assert len(listed) == len(set(listed)) == 6 and not any("/up/" in path for path in listed)
 
 
 def test_synthetic_archive_round_trip(small_archive):
