@@ -566,7 +566,7 @@ def report(rows: list[dict], args) -> None:
 
 def shown_rows(rows: list[dict]) -> list[dict]:
     """The table: each stage's seconds per N and its fitted slope, then the other figures."""
-    fitted = slopes(rows) if len(rows) > 1 else {}
+    fitted = slopes(rows)  # stages of one size get none
     shown = [{"what": stage, **{f"N={row['n']:,} (s)": row["stages"].get(stage) for row in rows},
               "log-log slope": round(fitted[stage], 2) if stage in fitted else None}
              for stage in _names(rows, "stages")]
@@ -587,7 +587,7 @@ def _plot(rows: list[dict], path: Path, header: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(13, 7))
-    fitted = slopes(rows) if len(rows) > 1 else {}
+    fitted = slopes(rows)  # stages of one size get none
     colours = plt.get_cmap("tab20").colors
     for k, stage in enumerate(_names(rows, "stages")):
         label = f"{stage} (slope {fitted[stage]:.2f})" if stage in fitted else stage

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cxrdask._fs import StorageOptions, filesystem, find_files, full_url, is_local
+from cxrdask._fs import StorageOptions, filesystem, find_files, full_url
 from cxrdask.errors import ImageDecodeError, ImagesNotFoundError
 from cxrdask.options import storage_options_by_keyword
 
@@ -94,10 +94,9 @@ def listed_tree(root: str, storage_options: StorageOptions | None = None
     listing."""
     fs, base = filesystem(root, storage_options)
     base = base.rstrip("/")
-    local = is_local(fs)  # a plain path there (full_url), asked once rather than per file
     for path in find_files(fs, base):
         relative = path[len(base) + 1:] if path.startswith(base + "/") else path
-        yield relative, path if local else full_url(fs, path)
+        yield relative, full_url(fs, path)
 
 
 def locate_archive_images(frame: pd.DataFrame, root: str,
